@@ -113,3 +113,41 @@ export class StoreError extends Error {
     this.kind = kind;
   }
 }
+
+/**
+ * Orders keys the way S3 lists them: by their UTF-8 bytes, which is code point order
+ * (plain `<` on JavaScript strings compares UTF-16 code units and differs for characters past U+FFFF).
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * assert.deepEqual(["1.2.34/a", "1.2.3/b", "1.2.3.4"].sort(compareKeys), ["1.2.3.4", "1.2.3/b", "1.2.34/a"]);
+ * ```
+ */
+export function compareKeys(a: string, b: string): number {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    const x = a.charCodeAt(i);
+    const y = b.charCodeAt(i);
+    if (x !== y) return codePointRank(x) - codePointRank(y);
+  }
+  return a.length - b.length;
+}
+
+/** Moves surrogates (U+D800–DFFF) above U+E000–FFFF so code units compare in code point order. */
+function codePointRank(unit: number): number {
+  if (unit < 0xd800) return unit;
+  return unit < 0xe000 ? unit + 0x2000 : unit - 0x800;
+}
+
+/**
+ * Throws a `RangeError` for a range no object can satisfy (negative or fractional start, end before start).
+ * Whether the start lies past the end of an object is for the store to say.
+ */
+export function checkRange(range: ByteRange): void {
+  const { start, end } = range;
+  if (!Number.isSafeInteger(start) || start < 0) throw new RangeError(`Invalid range start: ${start}`);
+  if (end !== undefined && (!Number.isSafeInteger(end) || end < start)) {
+    throw new RangeError(`Invalid range end: ${end} (start ${start})`);
+  }
+}

@@ -1,0 +1,203 @@
+/**
+ * The HTTP handler: routes, CORS, errors turned into responses in one place, and one log line
+ * per request (method, path, status, bytes, milliseconds).
+ *
+ * @module
+ */
+
+import { errorResponse, HttpError, toHttpError } from "./http_error.ts";
+import { type RouteContext, Router } from "./router.ts";
+import type { Services } from "./services.ts";
+import { retrieveHandlers, type RetrieveOptions } from "./wado.ts";
+
+/** A sink for log lines (stdout by default). */
+export type Logger = (line: string) => void;
+
+/** Options for {@linkcode createHandler}. */
+export interface HandlerOptions extends RetrieveOptions {
+  log?: Logger;
+}
+
+const CORS_ALLOW_HEADERS =
+  "Accept, Authorization, Content-Type, If-None-Match, Range, Cache-Control, X-Requested-With";
+const CORS_EXPOSE_HEADERS = "Content-Length, Content-Type, Content-Location, ETag, Warning, Location";
+
+/**
+ * Builds the request handler for `Deno.serve`.
+ *
+ * @example
+ * ```ts ignore
+ * const handler = createHandler(services);
+ * Deno.serve({ port: 8080 }, handler);
+ * ```
+ */
+export function createHandler(
+  services: Services,
+  options: HandlerOptions = {},
+): (request: Request) => Promise<Response> {
+  const log = options.log ?? ((line: string) => console.log(line));
+  const { config } = services;
+  const router = new Router(config.basePath);
+  const retrieve = retrieveHandlers(services, options);
+
+  // Health (not PS3.18): liveness and readiness of every configured store.
+  router.add("/healthz", { GET: () => json({ status: "ok" }) });
+  router.add("/readyz", { GET: () => ready(services) });
+  router.add("/aets", { GET: () => listAets(services) });
+  // PS3.18 10.4.1 Retrieve Instances: study, series, instance resources.
+  router.add("/aets/:aet/studies/:study", { GET: retrieve.study });
+  router.add("/aets/:aet/studies/:study/series/:series", { GET: retrieve.series });
+  router.add("/aets/:aet/studies/:study/series/:series/instances/:instance", { GET: retrieve.instance });
+
+  return async (request: Request): Promise<Response> => {
+    const started = performance.now();
+    const url = new URL(request.url);
+    const method = request.method.toUpperCase();
+    let response: Response;
+    try {
+      response = await dispatch(router, request, url, method);
+    } catch (error) {
+      const httpError = toHttpError(error);
+      if (httpError.status >= 500) {
+        const cause = error instanceof Error ? (error.stack ?? error.message) : String(error);
+        log(`error ${method} ${url.pathname}: ${cause}`);
+      }
+      response = errorResponse(httpError);
+    }
+    response = withCors(request, response, config.corsOrigins);
+    if (method === "HEAD" && response.body) {
+      await response.body.cancel();
+      response = new Response(null, { status: response.status, headers: response.headers });
+    }
+    return logged(response, (bytes, outcome) => {
+      const ms = (performance.now() - started).toFixed(1);
+      log(
+        `${method} ${url.pathname}${url.search} ${response.status} ${bytes}B ${ms}ms${
+          outcome ? " " + outcome : ""
+        }`,
+      );
+    });
+  };
+}
+
+async function dispatch(router: Router, request: Request, url: URL, method: string): Promise<Response> {
+  const match = router.match(method === "OPTIONS" ? "GET" : method, url);
+  if (match.kind === "none") {
+    throw new HttpError(
+      404,
+      `No such resource: ${url.pathname} (routes live under /aets/{aet}/studies/...; see GET /aets)`,
+    );
+  }
+  if (method === "OPTIONS") return new Response(null, { status: 204 });
+  if (match.kind === "method") {
+    throw new HttpError(
+      405,
+      `Method ${method} is not allowed on ${url.pathname}: use ${match.allow.join(", ")}`,
+      {
+        headers: { allow: match.allow.join(", ") },
+      },
+    );
+  }
+  const context: RouteContext = { request, url, params: match.params };
+  return await match.handler(context);
+}
+
+function withCors(request: Request, response: Response, origins: string[]): Response {
+  if (origins.length === 0) return response;
+  const origin = request.headers.get("origin");
+  let allow: string | undefined;
+  if (origins.includes("*")) allow = "*";
+  else if (origin !== null && origins.includes(origin)) allow = origin;
+  if (allow === undefined) return response;
+  const headers = new Headers(response.headers);
+  headers.set("access-control-allow-origin", allow);
+  if (allow !== "*") headers.append("vary", "Origin");
+  headers.set("access-control-expose-headers", CORS_EXPOSE_HEADERS);
+  if (request.method.toUpperCase() === "OPTIONS") {
+    headers.set("access-control-allow-methods", "GET, HEAD, POST, OPTIONS");
+    headers.set(
+      "access-control-allow-headers",
+      request.headers.get("access-control-request-headers") ?? CORS_ALLOW_HEADERS,
+    );
+    headers.set("access-control-max-age", "600");
+  }
+  return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
+}
+
+/** Wraps the body to count bytes, and calls `done` once when it ends, fails or is cancelled. */
+function logged(response: Response, done: (bytes: number, outcome?: string) => void): Response {
+  if (!response.body) {
+    done(0);
+    return response;
+  }
+  let bytes = 0;
+  let finished = false;
+  const finish = (outcome?: string) => {
+    if (finished) return;
+    finished = true;
+    done(bytes, outcome);
+  };
+  const reader = response.body.getReader();
+  const body = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      try {
+        const { value, done } = await reader.read();
+        if (done) {
+          controller.close();
+          finish();
+        } else {
+          bytes += value.byteLength;
+          controller.enqueue(value);
+        }
+      } catch (error) {
+        const message = error instanceof Error ? error.message : String(error);
+        finish(`aborted: ${message}`);
+        throw error;
+      }
+    },
+    async cancel(reason) {
+      finish("client disconnected");
+      await reader.cancel(reason);
+    },
+  }, { highWaterMark: 0 });
+  return new Response(body, {
+    status: response.status,
+    statusText: response.statusText,
+    headers: response.headers,
+  });
+}
+
+function json(value: unknown, status = 200): Response {
+  return new Response(JSON.stringify(value) + "\n", {
+    status,
+    headers: { "content-type": "application/json; charset=utf-8" },
+  });
+}
+
+async function listAets(services: Services): Promise<Response> {
+  const entries = await services.aets.entries();
+  return json(entries.map(([aet]) => aet));
+}
+
+async function ready(services: Services): Promise<Response> {
+  try {
+    const entries = await services.aets.entries();
+    const problems: string[] = [];
+    await Promise.all(entries.map(async ([aet, bucket]) => {
+      try {
+        await services.store.check(bucket, { signal: AbortSignal.timeout(5_000) });
+      } catch (error) {
+        problems.push(
+          `AET ${aet} (bucket ${bucket}): ${error instanceof Error ? error.message : String(error)}`,
+        );
+      }
+    }));
+    if (problems.length > 0) return json({ status: "unavailable", problems: problems.sort() }, 503);
+    return json({ status: "ready", store: services.store.kind, aets: entries.length });
+  } catch (error) {
+    return json(
+      { status: "unavailable", problems: [error instanceof Error ? error.message : String(error)] },
+      503,
+    );
+  }
+}

@@ -1,0 +1,137 @@
+/**
+ * A streaming `multipart/related` writer (RFC 2387, PS3.18 8.6.1.2): parts come from an
+ * async source, go out in order, and large chunks move without copying.
+ *
+ * @module
+ */
+
+/** One part of a multipart body. */
+export interface Part {
+  /** Header name → value, written as given. */
+  headers: Record<string, string>;
+  /** The part's bytes. */
+  body: ReadableStream<Uint8Array> | Uint8Array;
+}
+
+const encoder = new TextEncoder();
+
+/** A fresh random boundary (32 hex digits, prefixed so it reads well in logs). */
+export function randomBoundary(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return "dicomweb-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Options for {@linkcode multipartStream}. */
+export interface MultipartOptions {
+  /** Output chunks are coalesced up to this size (default 512 KiB). */
+  chunkSize?: number;
+  /** Called once when the consumer cancels (client gone); abort upstream reads here. */
+  onCancel?: (reason: unknown) => void;
+}
+
+/**
+ * Turns a sequence of parts into a multipart body stream. Pull-based: a part's body is read only
+ * as fast as the consumer takes bytes. An error from the source or a part body errors the stream,
+ * so the HTTP response is aborted rather than ending short but well-formed.
+ *
+ * @example
+ * ```ts
+ * import { multipartStream } from "./multipart.ts";
+ * async function* parts() {
+ *   yield { headers: { "Content-Type": "application/dicom" }, body: new Uint8Array([1, 2]) };
+ * }
+ * const text = await new Response(multipartStream(parts(), "b")).text();
+ * ```
+ */
+export function multipartStream(
+  parts: AsyncIterable<Part>,
+  boundary: string,
+  options: MultipartOptions = {},
+): ReadableStream<Uint8Array> {
+  const chunkSize = options.chunkSize ?? 512 * 1024;
+  const iterator = parts[Symbol.asyncIterator]();
+  let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
+  let first = true;
+  let done = false;
+  let pending: Uint8Array[] = [];
+  let pendingBytes = 0;
+
+  const push = (bytes: Uint8Array) => {
+    if (bytes.byteLength === 0) return;
+    pending.push(bytes);
+    pendingBytes += bytes.byteLength;
+  };
+  const take = (): Uint8Array => {
+    let out: Uint8Array;
+    if (pending.length === 1) out = pending[0];
+    else {
+      out = new Uint8Array(pendingBytes);
+      let at = 0;
+      for (const p of pending) {
+        out.set(p, at);
+        at += p.byteLength;
+      }
+    }
+    pending = [];
+    pendingBytes = 0;
+    return out;
+  };
+  const partHead = (part: Part) => {
+    let head = `--${boundary}\r\n`;
+    for (const [name, value] of Object.entries(part.headers)) head += `${name}: ${value}\r\n`;
+    return encoder.encode(head + "\r\n");
+  };
+
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      try {
+        await fill(controller);
+      } catch (error) {
+        done = true;
+        options.onCancel?.(error);
+        await Promise.allSettled([reader?.cancel(error), iterator.return?.()]);
+        throw error;
+      }
+    },
+    async cancel(reason) {
+      done = true;
+      options.onCancel?.(reason);
+      await Promise.allSettled([reader?.cancel(reason), iterator.return?.()]);
+    },
+  }, { highWaterMark: 0 });
+
+  async function fill(controller: ReadableStreamDefaultController<Uint8Array>) {
+    // Fill one output chunk: the first chunk goes out as soon as it has anything (fast first byte).
+    while (!done && pendingBytes < chunkSize) {
+      if (reader) {
+        const { value, done: partDone } = await reader.read();
+        if (partDone) {
+          reader = undefined;
+          push(encoder.encode("\r\n"));
+        } else {
+          push(value);
+        }
+      } else {
+        const next = await iterator.next();
+        if (next.done) {
+          push(encoder.encode(`--${boundary}--\r\n`));
+          done = true;
+          break;
+        }
+        const part = next.value;
+        push(partHead(part));
+        if (part.body instanceof Uint8Array) {
+          push(part.body);
+          push(encoder.encode("\r\n"));
+        } else {
+          reader = part.body.getReader();
+        }
+      }
+      if (first && pendingBytes > 0) break;
+    }
+    first = false;
+    if (pendingBytes > 0) controller.enqueue(take());
+    if (done) controller.close();
+  }
+}
+

@@ -1,0 +1,595 @@
+/**
+ * {@linkcode ObjectStore} on an S3-compatible server (AWS S3, Ceph RGW, MinIO, s3rver).
+ *
+ * The only module that imports the AWS SDK. One `S3Client` per store; requests go through
+ * `FetchHttpHandler` (Deno's `fetch`), whose GET bodies stream and stop when the signal aborts.
+ *
+ * @module
+ */
+
+import {
+  AbortMultipartUploadCommand,
+  CompleteMultipartUploadCommand,
+  CreateMultipartUploadCommand,
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadBucketCommand,
+  HeadObjectCommand,
+  ListBucketsCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+  UploadPartCommand,
+} from "@aws-sdk/client-s3";
+import { FetchHttpHandler } from "@smithy/fetch-http-handler";
+import {
+  checkRange,
+  type GetOptions,
+  type ListOptions,
+  type ObjectBody,
+  type ObjectInfo,
+  type ObjectStore,
+  type PutOptions,
+  type ReadOptions,
+  StoreError,
+} from "./store.ts";
+
+/** Static credentials; without them the SDK's default chain applies (env vars, profiles, instance roles). */
+export interface S3Credentials {
+  accessKeyId: string;
+  secretAccessKey: string;
+  sessionToken?: string;
+}
+
+/** Options for {@linkcode S3Store}. */
+export interface S3StoreOptions {
+  /** Server URL, e.g. `http://127.0.0.1:7480`; omitted for AWS S3. */
+  endpoint?: string;
+  /** Signing region, e.g. `us-east-1`. */
+  region: string;
+  /** Bucket in the path instead of the host name. Default: `true` when `endpoint` is set. */
+  forcePathStyle?: boolean;
+  credentials?: S3Credentials;
+  /** Most requests waiting for S3's answer at once (a GET counts until its headers arrive). Default 50. */
+  maxConcurrency?: number;
+  /** Keys per ListObjectsV2 page (MaxKeys). Default 1000, the S3 maximum. */
+  pageSize?: number;
+  /** Part size for multipart uploads; streams up to this size go up in one PutObject. Default 8 MiB. */
+  partSize?: number;
+  /** Attempts per request including retries (the SDK retries throttling and network errors). Default 3. */
+  maxAttempts?: number;
+  /** Milliseconds to wait for response headers before giving up. Default 60 000. */
+  requestTimeout?: number;
+}
+
+const MIB = 1024 * 1024;
+/** S3 allows at most this many parts per multipart upload. */
+const MAX_PARTS = 10_000;
+/** Part uploads in flight at once for one multipart upload. */
+const PARTS_IN_FLIGHT = 2;
+
+/**
+ * S3-backed object store.
+ *
+ * @example
+ * ```ts ignore
+ * const store = new S3Store({ endpoint: "http://127.0.0.1:7480", region: "us-east-1" });
+ * for await (const info of store.list("DICOM", "1.2.3/")) console.log(info.key, info.size);
+ * ```
+ */
+export class S3Store implements ObjectStore {
+  readonly kind = "s3";
+  readonly location: string;
+  #client: S3Client;
+  #slots: Slots;
+  #pageSize: number;
+  #partSize: number;
+
+  constructor(options: S3StoreOptions) {
+    const { endpoint, region } = options;
+    this.location = endpoint ?? `AWS S3 (${region})`;
+    this.#pageSize = positive(options.pageSize ?? 1000, "pageSize");
+    this.#partSize = positive(options.partSize ?? 8 * MIB, "partSize");
+    this.#slots = new Slots(positive(options.maxConcurrency ?? 50, "maxConcurrency"));
+    this.#client = new S3Client({
+      endpoint,
+      region,
+      forcePathStyle: options.forcePathStyle ?? endpoint !== undefined,
+      credentials: options.credentials,
+      maxAttempts: options.maxAttempts ?? 3,
+      // s3rver stores aws-chunked framing and Ceph answers 411 to streamed PUTs in the default mode
+      requestChecksumCalculation: "WHEN_REQUIRED",
+      responseChecksumValidation: "WHEN_REQUIRED",
+      requestHandler: new FetchHttpHandler({ requestTimeout: options.requestTimeout ?? 60_000 }),
+    });
+  }
+
+  async listBuckets(options: ReadOptions = {}): Promise<string[]> {
+    const out = await this.#send(
+      { op: "list buckets" },
+      options.signal,
+      (client, o) => client.send(new ListBucketsCommand({}), o),
+    );
+    return (out.Buckets ?? []).map((b) => b.Name ?? "").filter((name) => name !== "");
+  }
+
+  async *list(bucket: string, prefix: string, options: ListOptions = {}): AsyncIterable<ObjectInfo> {
+    let token: string | undefined;
+    do {
+      const out = await this.#send(
+        { op: "list", bucket, key: prefix },
+        options.signal,
+        (client, o) =>
+          client.send(
+            new ListObjectsV2Command({
+              Bucket: bucket,
+              Prefix: prefix === "" ? undefined : prefix,
+              MaxKeys: this.#pageSize,
+              ContinuationToken: token,
+              StartAfter: token === undefined ? options.startAfter : undefined,
+            }),
+            o,
+          ),
+      );
+      for (const item of out.Contents ?? []) {
+        const key = item.Key ?? "";
+        yield { key, size: item.Size ?? 0, etag: unquote(item.ETag), lastModified: item.LastModified };
+      }
+      token = out.IsTruncated ? out.NextContinuationToken : undefined;
+      if (out.IsTruncated && !token) {
+        throw new StoreError(
+          "failed",
+          `S3 listing of bucket "${bucket}" is truncated without a continuation token`,
+        );
+      }
+    } while (token);
+  }
+
+  async head(bucket: string, key: string, options: ReadOptions = {}): Promise<ObjectInfo | null> {
+    try {
+      const out = await this.#send(
+        { op: "head", bucket, key },
+        options.signal,
+        (client, o) => client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }), o),
+      );
+      return { key, size: out.ContentLength ?? 0, etag: unquote(out.ETag), lastModified: out.LastModified };
+    } catch (error) {
+      if (isMissingKey(error)) return null;
+      throw error;
+    }
+  }
+
+  async get(bucket: string, key: string, options: GetOptions = {}): Promise<ObjectBody | null> {
+    const { range, signal } = options;
+    if (range) checkRange(range);
+    let out;
+    try {
+      out = await this.#send(
+        { op: "get", bucket, key },
+        signal,
+        (client, o) =>
+          client.send(
+            new GetObjectCommand({
+              Bucket: bucket,
+              Key: key,
+              Range: range && `bytes=${range.start}-${range.end ?? ""}`,
+            }),
+            o,
+          ),
+      );
+    } catch (error) {
+      if (isMissingKey(error)) return null;
+      if (statusOf(error) === 416) {
+        throw new RangeError(`Range start ${range?.start} is past the end of ${bucket}/${key}`, {
+          cause: error,
+        });
+      }
+      throw error;
+    }
+    const body = out.Body as ReadableStream<Uint8Array>;
+    const length = out.ContentLength ?? 0;
+    const etag = unquote(out.ETag);
+    const lastModified = out.LastModified;
+    const span = out.ContentRange && /^bytes (\d+)-(\d+)\/(\d+)$/.exec(out.ContentRange);
+    const size = span ? Number(span[3]) : length;
+    const info = { key, size, etag, lastModified };
+    if (!range) return { info, start: 0, length, body };
+    // s3rver answers `bytes=0-` on an empty object with "bytes 0-0/0"; others ignore the range
+    if (range.start >= size) {
+      await body.cancel().catch(() => {});
+      throw new RangeError(`Range start ${range.start} is past the end of ${bucket}/${key} (${size} bytes)`);
+    }
+    const end = Math.min(range.end ?? size - 1, size - 1);
+    if (span && Number(span[1]) === range.start && Number(span[2]) === end) {
+      return { info, start: range.start, length: end - range.start + 1, body };
+    }
+    // the server ignored the range: apply it here
+    const from = span ? range.start - Number(span[1]) : range.start;
+    return {
+      info,
+      start: range.start,
+      length: end - range.start + 1,
+      body: slice(body, from, from + end - range.start + 1),
+    };
+  }
+
+  async put(
+    bucket: string,
+    key: string,
+    body: ReadableStream<Uint8Array> | Uint8Array,
+    options: PutOptions = {},
+  ): Promise<ObjectInfo> {
+    const { size, signal } = options;
+    if (body instanceof Uint8Array) {
+      if (size !== undefined && size !== body.byteLength) {
+        throw new RangeError(`Body of ${bucket}/${key} has ${body.byteLength} bytes, expected ${size}`);
+      }
+      return await this.#putOne(bucket, key, body, options);
+    }
+    const partSize = Math.max(this.#partSize, Math.ceil((size ?? 0) / MAX_PARTS));
+    const parts = new PartReader(body.getReader(), partSize, signal);
+    try {
+      const first = await parts.next();
+      const second = first && await parts.next();
+      if (!second) {
+        const data = first ?? new Uint8Array(0);
+        if (size !== undefined && size !== data.byteLength) {
+          throw new RangeError(`Body of ${bucket}/${key} has ${data.byteLength} bytes, expected ${size}`);
+        }
+        return await this.#putOne(bucket, key, data, options);
+      }
+      return await this.#putMultipart(bucket, key, [first, second], parts, options);
+    } catch (error) {
+      await parts.cancel(error);
+      throw error;
+    }
+  }
+
+  async delete(bucket: string, key: string, options: ReadOptions = {}): Promise<void> {
+    try {
+      await this.#send(
+        { op: "delete", bucket, key },
+        options.signal,
+        (client, o) => client.send(new DeleteObjectCommand({ Bucket: bucket, Key: key }), o),
+      );
+    } catch (error) {
+      if (!isMissingKey(error)) throw error;
+    }
+  }
+
+  async check(bucket: string, options: ReadOptions = {}): Promise<void> {
+    await this.#send(
+      { op: "check", bucket },
+      options.signal,
+      (client, o) => client.send(new HeadBucketCommand({ Bucket: bucket }), o),
+    );
+  }
+
+  close(): void {
+    this.#client.destroy();
+  }
+
+  async #putOne(bucket: string, key: string, data: Uint8Array, options: PutOptions): Promise<ObjectInfo> {
+    const out = await this.#send(
+      { op: "put", bucket, key },
+      options.signal,
+      (client, o) =>
+        client.send(
+          new PutObjectCommand({
+            Bucket: bucket,
+            Key: key,
+            Body: data,
+            ContentLength: data.byteLength,
+            ContentType: options.contentType,
+          }),
+          o,
+        ),
+    );
+    return { key, size: data.byteLength, etag: unquote(out.ETag) };
+  }
+
+  /** Uploads `first` parts then the rest of `parts`, at most {@linkcode PARTS_IN_FLIGHT} at once; aborts on failure. */
+  async #putMultipart(
+    bucket: string,
+    key: string,
+    first: Uint8Array[],
+    parts: PartReader,
+    options: PutOptions,
+  ): Promise<ObjectInfo> {
+    const where = { op: "put", bucket, key };
+    const created = await this.#send(
+      where,
+      options.signal,
+      (client, o) =>
+        client.send(
+          new CreateMultipartUploadCommand({ Bucket: bucket, Key: key, ContentType: options.contentType }),
+          o,
+        ),
+    );
+    const uploadId = created.UploadId;
+    // stops the other part uploads (and the source stream) as soon as one fails
+    const abort = new AbortController();
+    const signal = options.signal ? AbortSignal.any([options.signal, abort.signal]) : abort.signal;
+    const done: { PartNumber: number; ETag?: string }[] = [];
+    const inFlight = new Set<Promise<void>>();
+    const state: { failure?: { error: unknown } } = {};
+    const throwIfFailed = () => {
+      if (state.failure) throw state.failure.error;
+    };
+    let total = 0;
+    try {
+      const pending = [...first];
+      for (let number = 1;; number++) {
+        const data = pending.shift() ?? await parts.next();
+        throwIfFailed();
+        if (!data) break;
+        if (number > MAX_PARTS) {
+          throw new RangeError(`Body of ${bucket}/${key} needs more than ${MAX_PARTS} parts: pass its size`);
+        }
+        total += data.byteLength;
+        const upload = this.#send(where, signal, (client, o) =>
+          client.send(
+            new UploadPartCommand({
+              Bucket: bucket,
+              Key: key,
+              UploadId: uploadId,
+              PartNumber: number,
+              Body: data,
+              ContentLength: data.byteLength,
+            }),
+            o,
+          )).then(
+            (out) => void done.push({ PartNumber: number, ETag: out.ETag }),
+            (error) => {
+              state.failure ??= { error };
+              abort.abort(error);
+              void parts.cancel(error);
+            },
+          ).finally(() => inFlight.delete(upload));
+        inFlight.add(upload);
+        while (inFlight.size >= PARTS_IN_FLIGHT) await Promise.race(inFlight);
+      }
+      await Promise.all(inFlight);
+      throwIfFailed();
+      if (options.size !== undefined && options.size !== total) {
+        throw new RangeError(`Body of ${bucket}/${key} has ${total} bytes, expected ${options.size}`);
+      }
+      done.sort((a, b) => a.PartNumber - b.PartNumber);
+      const out = await this.#send(
+        where,
+        options.signal,
+        (client, o) =>
+          client.send(
+            new CompleteMultipartUploadCommand({
+              Bucket: bucket,
+              Key: key,
+              UploadId: uploadId,
+              MultipartUpload: { Parts: done },
+            }),
+            o,
+          ),
+      );
+      const etag = unquote(out.ETag);
+      if (etag !== "") return { key, size: total, etag };
+      // Ceph 16 answers with an empty <ETag/>: ask for it
+      return await this.head(bucket, key, { signal: options.signal }) ?? { key, size: total, etag };
+    } catch (thrown) {
+      const error = state.failure ? state.failure.error : thrown;
+      abort.abort(error);
+      await Promise.allSettled(inFlight);
+      // no signal: the caller's may be aborted already, and the parts must not stay behind
+      await this.#send(
+        where,
+        undefined,
+        (client, o) =>
+          client.send(
+            new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId }),
+            o,
+          ),
+      ).catch(() => {});
+      throw error;
+    }
+  }
+
+  /** Runs one request within the concurrency limit and turns failures into {@linkcode StoreError}s. */
+  async #send<T>(
+    where: Where,
+    signal: AbortSignal | undefined,
+    request: (client: S3Client, options: { abortSignal?: AbortSignal }) => Promise<T>,
+  ): Promise<T> {
+    await this.#slots.acquire(signal);
+    try {
+      return await request(this.#client, { abortSignal: signal });
+    } catch (error) {
+      throw toStoreError(error, where, this.location, signal);
+    } finally {
+      this.#slots.release();
+    }
+  }
+}
+
+interface Where {
+  op: string;
+  bucket?: string;
+  key?: string;
+}
+
+/** Turns an SDK or network failure into a {@linkcode StoreError}; passes aborts and not-founds through. */
+function toStoreError(error: unknown, where: Where, location: string, signal?: AbortSignal): unknown {
+  if (signal?.aborted) return signal.reason;
+  if (error instanceof StoreError) return error;
+  const name = (error as Error)?.name ?? "Error";
+  const message = (error as Error)?.message ?? String(error);
+  const status = statusOf(error);
+  const target = where.bucket === undefined
+    ? location
+    : `bucket "${where.bucket}"${where.key ? ` key "${where.key}"` : ""} at ${location}`;
+  if (name === "NoSuchBucket" || (where.op === "check" && status === 404)) {
+    return new StoreError(
+      "no-bucket",
+      `S3 bucket "${where.bucket}" does not exist at ${location}: create it or configure an existing bucket`,
+      { cause: error },
+    );
+  }
+  if (isMissingKey(error) || status === 416) return error;
+  if (
+    status === 403 || name === "AccessDenied" || name === "InvalidAccessKeyId" ||
+    name === "SignatureDoesNotMatch" || name === "CredentialsProviderError"
+  ) {
+    return new StoreError(
+      "denied",
+      `S3 denied ${where.op} on ${target}: ${/^(Error|Unknown|\d+)$/.test(name) ? "Forbidden" : name}` +
+        ` (check the access key, secret and the bucket's policy)`,
+      { cause: error },
+    );
+  }
+  if (status === undefined || status === 502 || status === 503 || status === 504) {
+    const detail = status === undefined ? `${name}: ${rootMessage(error)}` : `HTTP ${status} ${name}`;
+    return new StoreError(
+      "unavailable",
+      `Cannot reach S3 at ${location}: ${detail} (check the endpoint URL and that the server is running)`,
+      { cause: error },
+    );
+  }
+  return new StoreError("failed", `S3 ${where.op} on ${target} failed: HTTP ${status} ${name}: ${message}`, {
+    cause: error,
+  });
+}
+
+function rootMessage(error: unknown): string {
+  let e = error as Error | undefined;
+  while (e?.cause instanceof Error) e = e.cause;
+  return e?.message ?? String(error);
+}
+
+function statusOf(error: unknown): number | undefined {
+  return (error as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode;
+}
+
+function isMissingKey(error: unknown): boolean {
+  const name = (error as Error)?.name;
+  return name === "NoSuchKey" || name === "NotFound" || (statusOf(error) === 404 && name !== "NoSuchBucket");
+}
+
+function unquote(etag: string | undefined): string {
+  return (etag ?? "").replace(/^(W\/)?"(.*)"$/, "$2");
+}
+
+function positive(value: number, name: string): number {
+  if (!Number.isSafeInteger(value) || value < 1) {
+    throw new RangeError(`${name} must be a positive integer: ${value}`);
+  }
+  return value;
+}
+
+/** Bytes `[from, to)` of `body`. */
+function slice(body: ReadableStream<Uint8Array>, from: number, to: number): ReadableStream<Uint8Array> {
+  let offset = 0;
+  return body.pipeThrough(
+    new TransformStream({
+      transform(chunk, controller) {
+        const a = Math.max(from - offset, 0);
+        const b = Math.min(to - offset, chunk.byteLength);
+        offset += chunk.byteLength;
+        if (a < b) controller.enqueue(chunk.subarray(a, b));
+        if (offset >= to) controller.terminate();
+      },
+    }),
+  );
+}
+
+/** Cuts a stream into parts of exactly `size` bytes (the last may be shorter), holding at most one part plus a chunk. */
+class PartReader {
+  #reader: ReadableStreamDefaultReader<Uint8Array>;
+  #size: number;
+  #signal?: AbortSignal;
+  #chunks: Uint8Array[] = [];
+  #buffered = 0;
+  #ended = false;
+  #cancelled = false;
+  #onAbort = () => void this.cancel(this.#signal?.reason);
+
+  constructor(reader: ReadableStreamDefaultReader<Uint8Array>, size: number, signal?: AbortSignal) {
+    this.#reader = reader;
+    this.#size = size;
+    this.#signal = signal;
+    // unblocks a pending read when the caller gives up
+    signal?.addEventListener("abort", this.#onAbort, { once: true });
+  }
+
+  /** The next part, or `null` at the end. Throws if the stream errors or the signal aborts. */
+  async next(): Promise<Uint8Array | null> {
+    while (!this.#ended && this.#buffered < this.#size) {
+      this.#signal?.throwIfAborted();
+      const { done, value } = await this.#reader.read();
+      // a cancelled reader reads as "done": never mistake that for the end of the body
+      this.#signal?.throwIfAborted();
+      if (this.#cancelled) throw new Error("Upload cancelled");
+      if (done) {
+        this.#ended = true;
+        this.#signal?.removeEventListener("abort", this.#onAbort);
+      } else if (value.byteLength > 0) {
+        this.#chunks.push(value);
+        this.#buffered += value.byteLength;
+      }
+    }
+    if (this.#buffered === 0) return null;
+    const part = new Uint8Array(Math.min(this.#size, this.#buffered));
+    let filled = 0;
+    while (filled < part.byteLength) {
+      const chunk = this.#chunks[0];
+      const n = Math.min(chunk.byteLength, part.byteLength - filled);
+      part.set(n === chunk.byteLength ? chunk : chunk.subarray(0, n), filled);
+      filled += n;
+      if (n === chunk.byteLength) this.#chunks.shift();
+      else this.#chunks[0] = chunk.subarray(n);
+    }
+    this.#buffered -= filled;
+    return part;
+  }
+
+  async cancel(reason: unknown): Promise<void> {
+    if (this.#cancelled || this.#ended) return;
+    this.#cancelled = true;
+    this.#signal?.removeEventListener("abort", this.#onAbort);
+    this.#chunks = [];
+    await this.#reader.cancel(reason).catch(() => {});
+  }
+}
+
+/** A FIFO counting semaphore whose waiters leave the queue when their signal aborts. */
+class Slots {
+  #free: number;
+  #waiters: (() => void)[] = [];
+
+  constructor(count: number) {
+    this.#free = count;
+  }
+
+  acquire(signal?: AbortSignal): Promise<void> {
+    signal?.throwIfAborted();
+    if (this.#free > 0) {
+      this.#free--;
+      return Promise.resolve();
+    }
+    return new Promise((resolve, reject) => {
+      const grant = () => {
+        signal?.removeEventListener("abort", onAbort);
+        resolve();
+      };
+      const onAbort = () => {
+        const i = this.#waiters.indexOf(grant);
+        if (i >= 0) this.#waiters.splice(i, 1);
+        reject(signal?.reason);
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.#waiters.push(grant);
+    });
+  }
+
+  release(): void {
+    const next = this.#waiters.shift();
+    if (next) next();
+    else this.#free++;
+  }
+}

@@ -1,0 +1,35 @@
+/**
+ * What every handler needs: the configuration, the store, the AETs, and per-request helpers.
+ *
+ * @module
+ */
+
+import type { AetRegistry } from "./aets.ts";
+import type { Config } from "./config.ts";
+import { HttpError } from "./http_error.ts";
+import type { ObjectStore } from "./store.ts";
+import type { SyntaxCapabilities } from "./transfer_syntax.ts";
+
+/** Shared, long-lived parts of the server. */
+export interface Services {
+  config: Config;
+  store: ObjectStore;
+  aets: AetRegistry;
+  capabilities: SyntaxCapabilities;
+}
+
+/** The bucket of `aet`, or a 404 naming it. */
+export async function bucketOf(services: Services, aet: string): Promise<string> {
+  const bucket = await services.aets.bucket(aet);
+  if (bucket === undefined) {
+    const known = (await services.aets.entries()).map(([name]) => name);
+    const list = known.length > 0 ? `known AETs: ${known.join(", ")}` : "no AETs are configured";
+    throw new HttpError(404, `Unknown AET "${aet}": ${list} (see GET /aets)`);
+  }
+  return bucket;
+}
+
+/** A `Warning` header value (RFC 7234 5.5, code 299 as PS3.18 uses it). */
+export function warningHeader(host: string, text: string): string {
+  return `299 ${host} "${text.replaceAll('"', "'")}"`;
+}

@@ -1,0 +1,67 @@
+/**
+ * Entry point: configuration → store → handler → `Deno.serve`.
+ * Also a Deno Deploy entry (set `S3_ENDPOINT` or `STORE=s3` there; no filesystem is needed).
+ *
+ * @module
+ */
+
+import { AetRegistry } from "./lib/aets.ts";
+import { createHandler } from "./lib/app.ts";
+import { ConfigError, loadConfig } from "./lib/config.ts";
+import { FileStore } from "./lib/file_store.ts";
+import { S3Store } from "./lib/s3_store.ts";
+import type { ObjectStore } from "./lib/store.ts";
+
+if (import.meta.main) {
+  let config;
+  try {
+    config = await loadConfig();
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    console.error(error.message);
+    Deno.exit(2);
+  }
+  let store: ObjectStore;
+  if (config.s3) {
+    store = new S3Store({ ...config.s3, maxConcurrency: Math.max(50, config.s3Concurrency * 4) });
+  } else {
+    store = await openDataDir(config.dataDir);
+  }
+  const aets = new AetRegistry(store, { configured: config.aets });
+  try {
+    await aets.refresh();
+  } catch (error) {
+    // The server still starts: /readyz reports the problem until the store answers.
+    console.error(`Warning: cannot list AETs from ${store.kind} store ${store.location}: ${(error as Error).message}`);
+  }
+  const handler = createHandler({ config, store, aets, capabilities: { reEncode: false } });
+  const names = (await aets.entries().catch(() => [])).map(([aet, bucket]) => aet === bucket ? aet : `${aet}=${bucket}`);
+  Deno.serve({
+    port: config.port,
+    hostname: config.hostname,
+    onListen({ hostname, port }) {
+      const shown = hostname.includes(":") ? `[${hostname}]` : hostname;
+      console.log(`DICOMweb server on http://${shown}:${port}${config.basePath}`);
+      console.log(`Store: ${store.kind} ${store.location}`);
+      console.log(`AETs: ${names.length > 0 ? names.join(", ") : "(none yet: " + (config.s3 ? "create a bucket" : `create a folder in ${config.dataDir}`) + ")"}`);
+      console.log(`Try: curl http://${shown}:${port}${config.basePath}/aets`);
+    },
+  }, handler);
+}
+
+/** The local-folder store; creates `DATA_DIR` when missing, explains a missing permission. */
+async function openDataDir(dir: string): Promise<ObjectStore> {
+  try {
+    await Deno.mkdir(dir, { recursive: true });
+  } catch (error) {
+    if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
+      console.error(
+        `Cannot use DATA_DIR=${dir}: no read/write permission. ` +
+          `Run with --allow-read=${dir} --allow-write=${dir} (deno task start grants ./data only), or use S3_ENDPOINT`,
+      );
+      Deno.exit(2);
+    }
+    throw error;
+  }
+  return new FileStore(dir);
+}
