@@ -7,6 +7,8 @@
 
 import { errorResponse, HttpError, toHttpError } from "./http_error.ts";
 import { type RouteContext, Router } from "./router.ts";
+import { HeaderCache } from "./headers.ts";
+import { metadataHandlers } from "./metadata.ts";
 import type { Services } from "./services.ts";
 import { retrieveHandlers, type RetrieveOptions } from "./wado.ts";
 
@@ -39,6 +41,8 @@ export function createHandler(
   const { config } = services;
   const router = new Router(config.basePath);
   const retrieve = retrieveHandlers(services, options);
+  const withHeaders = { ...services, headers: services.headers ?? new HeaderCache(config.headerCacheMb * 1024 * 1024) };
+  const metadata = metadataHandlers(withHeaders);
 
   // Health (not PS3.18): liveness and readiness of every configured store.
   router.add("/healthz", { GET: () => json({ status: "ok" }) });
@@ -48,6 +52,10 @@ export function createHandler(
   router.add("/aets/:aet/studies/:study", { GET: retrieve.study });
   router.add("/aets/:aet/studies/:study/series/:series", { GET: retrieve.series });
   router.add("/aets/:aet/studies/:study/series/:series/instances/:instance", { GET: retrieve.instance });
+  // PS3.18 10.4.1.1.2 Retrieve Metadata (Annex F JSON).
+  router.add("/aets/:aet/studies/:study/metadata", { GET: metadata.study });
+  router.add("/aets/:aet/studies/:study/series/:series/metadata", { GET: metadata.series });
+  router.add("/aets/:aet/studies/:study/series/:series/instances/:instance/metadata", { GET: metadata.instance });
 
   return async (request: Request): Promise<Response> => {
     const started = performance.now();

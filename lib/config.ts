@@ -32,6 +32,10 @@ export interface Config {
   corsOrigins: string[];
   /** `Cache-Control` for single-instance responses. */
   cacheControl: string;
+  /** Binary values longer than this many bytes are sent as BulkDataURI in metadata (else InlineBinary). */
+  bulkDataThreshold: number;
+  /** Memory for cached instance headers, in MiB. */
+  headerCacheMb: number;
 }
 
 /** Bad configuration; the message lists every problem and how to fix it. */
@@ -57,6 +61,8 @@ export const CONFIG_NAMES = [
   "S3_CONCURRENCY",
   "CORS_ORIGINS",
   "CACHE_CONTROL",
+  "BULKDATA_THRESHOLD",
+  "HEADER_CACHE_MB",
 ] as const;
 
 const AET_PATTERN = /^[A-Za-z0-9_.\-]{1,64}$/;
@@ -200,11 +206,26 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
   }
 
   const cacheControl = get("CACHE_CONTROL") ?? "private, max-age=86400";
+  const bulkDataThreshold = integer("BULKDATA_THRESHOLD", 1024, 0, 1 << 30);
+  const headerCacheMb = integer("HEADER_CACHE_MB", 64, 0, 1 << 20);
 
   if (problems.length > 0) {
     throw new ConfigError(`Invalid configuration:\n  - ${problems.join("\n  - ")}`);
   }
-  return { port, hostname, basePath, publicUrl, dataDir, s3, aets, s3Concurrency, corsOrigins, cacheControl };
+  return {
+    port,
+    hostname,
+    basePath,
+    publicUrl,
+    dataDir,
+    s3,
+    aets,
+    s3Concurrency,
+    corsOrigins,
+    cacheControl,
+    bulkDataThreshold,
+    headerCacheMb,
+  };
 }
 
 /**

@@ -100,14 +100,14 @@ function concat(chunks: Uint8Array[], total: number): Uint8Array {
  * order of `keys`. When the consumer stops early (`return()`), results already opened are handed
  * to `dispose` so their streams can be cancelled.
  */
-export async function* ahead<T>(
-  keys: AsyncIterable<string> | Iterable<string>,
-  open: (key: string) => Promise<T>,
+export async function* ahead<K, T>(
+  keys: AsyncIterable<K> | Iterable<K>,
+  open: (key: K) => Promise<T>,
   options: { concurrency: number; dispose?: (value: T) => void },
 ): AsyncGenerator<T> {
   const iterator = (Symbol.asyncIterator in keys)
-    ? (keys as AsyncIterable<string>)[Symbol.asyncIterator]()
-    : (keys as Iterable<string>)[Symbol.iterator]();
+    ? (keys as AsyncIterable<K>)[Symbol.asyncIterator]()
+    : (keys as Iterable<K>)[Symbol.iterator]();
   const queue: Promise<T>[] = [];
   let exhausted = false;
   const fill = async () => {

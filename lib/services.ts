@@ -6,6 +6,7 @@
 
 import type { AetRegistry } from "./aets.ts";
 import type { Config } from "./config.ts";
+import type { HeaderCache } from "./headers.ts";
 import { HttpError } from "./http_error.ts";
 import type { ObjectStore } from "./store.ts";
 import type { SyntaxCapabilities } from "./transfer_syntax.ts";
@@ -16,6 +17,8 @@ export interface Services {
   store: ObjectStore;
   aets: AetRegistry;
   capabilities: SyntaxCapabilities;
+  /** Parsed headers by object ETag; created by `createHandler` when not given. */
+  headers?: HeaderCache;
 }
 
 /** The bucket of `aet`, or a 404 naming it. */

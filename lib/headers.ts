@@ -1,0 +1,112 @@
+/**
+ * Part 10 headers of stored instances, read with ranged GETs of the object's front (never the
+ * pixel data) and cached by object ETag, so metadata, frames and bulkdata cost no re-reads.
+ *
+ * @module
+ */
+
+import { HttpError } from "./http_error.ts";
+import { type Part10Header, type RangeSource, readHeader } from "./part10.ts";
+import type { ObjectInfo, ObjectStore } from "./store.ts";
+
+/** A byte-bounded LRU of parsed headers keyed by bucket, key and ETag. */
+export class HeaderCache {
+  readonly #entries = new Map<string, { header: Part10Header; bytes: number }>();
+  readonly #maxBytes: number;
+  #bytes = 0;
+  /** Bytes read from the store to parse headers (for benchmarks and tests). */
+  bytesRead = 0;
+  /** Headers parsed from the store (cache misses). */
+  misses = 0;
+
+  constructor(maxBytes = 64 * 1024 * 1024) {
+    this.#maxBytes = maxBytes;
+  }
+
+  /** The cached header of this object version, refreshed as most recently used. */
+  get(bucket: string, info: Pick<ObjectInfo, "key" | "etag">): Part10Header | undefined {
+    const id = `${bucket}\u0000${info.key}\u0000${info.etag}`;
+    const entry = this.#entries.get(id);
+    if (!entry) return undefined;
+    this.#entries.delete(id);
+    this.#entries.set(id, entry);
+    return entry.header;
+  }
+
+  /** Caches `header` for this object version, evicting the least recently used beyond the bound. */
+  set(bucket: string, info: Pick<ObjectInfo, "key" | "etag">, header: Part10Header): void {
+    const id = `${bucket}\u0000${info.key}\u0000${info.etag}`;
+    const bytes = estimateBytes(header);
+    if (bytes > this.#maxBytes / 4) return;
+    const old = this.#entries.get(id);
+    if (old) {
+      this.#bytes -= old.bytes;
+      this.#entries.delete(id);
+    }
+    this.#entries.set(id, { header, bytes });
+    this.#bytes += bytes;
+    for (const [oldest, entry] of this.#entries) {
+      if (this.#bytes <= this.#maxBytes) break;
+      this.#entries.delete(oldest);
+      this.#bytes -= entry.bytes;
+    }
+  }
+
+  /** Number of cached headers. */
+  get size(): number {
+    return this.#entries.size;
+  }
+}
+
+function estimateBytes(header: Part10Header): number {
+  let bytes = 512 + (header.inflated?.byteLength ?? 0);
+  const walk = (elements: Iterable<{ bytes?: Uint8Array; items?: { elements: Map<number, unknown> }[]; fragments?: unknown[] }>) => {
+    for (const el of elements) {
+      bytes += 96 + (el.bytes?.byteLength ?? 0) + (el.fragments?.length ?? 0) * 32;
+      if (el.items) for (const item of el.items) walk(item.elements.values() as never);
+    }
+  };
+  walk(header.dataset.elements.values());
+  bytes += (header.pixelData?.fragments?.length ?? 0) * 32;
+  return bytes;
+}
+
+/** A {@linkcode RangeSource} over one stored object, counting the bytes it reads. */
+export function objectSource(
+  store: ObjectStore,
+  bucket: string,
+  info: Pick<ObjectInfo, "key" | "size">,
+  counter?: { bytesRead: number },
+): RangeSource {
+  return {
+    name: info.key,
+    size: info.size,
+    async read(start: number, end: number): Promise<Uint8Array> {
+      if (end <= start) return new Uint8Array(0);
+      const object = await store.get(bucket, info.key, { range: { start, end: end - 1 } });
+      if (object === null) throw new HttpError(404, `Not found: object ${info.key} disappeared while being read`);
+      const bytes = new Uint8Array(await new Response(object.body).arrayBuffer());
+      if (counter) counter.bytesRead += bytes.byteLength;
+      return bytes;
+    },
+  };
+}
+
+/** Reads (or takes from the cache) the header of one object version. */
+export async function loadHeader(
+  store: ObjectStore,
+  cache: HeaderCache,
+  bucket: string,
+  info: ObjectInfo,
+  options: { bulkThreshold?: number } = {},
+): Promise<Part10Header> {
+  const cached = cache.get(bucket, info);
+  if (cached) return cached;
+  cache.misses++;
+  const header = await readHeader(objectSource(store, bucket, info, cache), {
+    bulkThreshold: options.bulkThreshold,
+    initialBytes: 8 * 1024,
+  });
+  cache.set(bucket, info, header);
+  return header;
+}

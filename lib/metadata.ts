@@ -1,0 +1,132 @@
+/**
+ * WADO-RS metadata (PS3.18 10.4.1.1.2, Annex F): study, series and instance `/metadata` as
+ * `application/dicom+json`, built from headers read with ranged GETs and cached by ETag.
+ *
+ * @module
+ */
+
+import { toDicomJson, stringifyDicomJson } from "./dicom_json.ts";
+import { type HeaderCache, loadHeader } from "./headers.ts";
+import { HttpError } from "./http_error.ts";
+import { parseAccept, rankRanges } from "./negotiation.ts";
+import { ahead } from "./retrieve.ts";
+import type { RouteContext } from "./router.ts";
+import { bucketOf, type Services } from "./services.ts";
+import type { ObjectInfo } from "./store.ts";
+import { instanceKey, parseInstanceKey, seriesPrefix, studyPrefix } from "./uid.ts";
+import { publicBase } from "./urls.ts";
+import { describe, instanceUrl, targetOf } from "./wado.ts";
+
+/** What the metadata handlers need: {@linkcode Services} with the header cache in place. */
+export type MetadataServices = Services & { headers: HeaderCache };
+
+/** Checks that the client takes `application/dicom+json` (or JSON, or anything). */
+export function acceptJson(accept: string | null): void {
+  const ok = rankRanges(parseAccept(accept)).some((r) =>
+    (r.type === "*" && r.subtype === "*") ||
+    (r.type === "application" && ["dicom+json", "json", "*"].includes(r.subtype))
+  );
+  if (!ok) {
+    throw new HttpError(406, "None of the media types in Accept can be served: metadata is application/dicom+json");
+  }
+}
+
+/** The metadata of one object as a DICOM JSON object with absolute BulkDataURIs. */
+export async function instanceJson(
+  services: MetadataServices,
+  bucket: string,
+  info: ObjectInfo,
+  base: string,
+  aet: string,
+): Promise<Record<string, unknown>> {
+  const header = await loadHeader(services.store, services.headers, bucket, info, {
+    bulkThreshold: services.config.bulkDataThreshold,
+  });
+  const uids = parseInstanceKey(info.key)!;
+  const url = instanceUrl(base, aet, uids.study, uids.series, uids.instance);
+  return toDicomJson(header, { bulkDataUri: (path) => `${url}/bulkdata/${path}` });
+}
+
+/** The three metadata handlers (study, series, instance). */
+export function metadataHandlers(services: MetadataServices) {
+  const { store, config } = services;
+
+  async function respond(ctx: RouteContext, infos: AsyncIterable<ObjectInfo>, notFound: string): Promise<Response> {
+    acceptJson(ctx.request.headers.get("accept"));
+    const target = targetOf(ctx.params);
+    const bucket = await bucketOf(services, target.aet);
+    const base = publicBase(ctx.request, config);
+    const abort = new AbortController();
+    const jsons = ahead(
+      infos,
+      (info) => instanceJson(services, bucket, info, base, target.aet),
+      { concurrency: config.s3Concurrency },
+    );
+    let first: IteratorResult<Record<string, unknown>>;
+    try {
+      first = await jsons.next();
+    } catch (error) {
+      abort.abort();
+      throw error;
+    }
+    if (first.done) throw new HttpError(404, notFound);
+    const encoder = new TextEncoder();
+    let started = false;
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        if (!started) {
+          started = true;
+          controller.enqueue(encoder.encode("[" + stringifyDicomJson(first.value)));
+          return;
+        }
+        const next = await jsons.next();
+        if (next.done) {
+          controller.enqueue(encoder.encode("]\n"));
+          controller.close();
+        } else {
+          controller.enqueue(encoder.encode("," + stringifyDicomJson(next.value)));
+        }
+      },
+      async cancel() {
+        abort.abort();
+        await jsons.return(undefined);
+      },
+    }, { highWaterMark: 0 });
+    return new Response(body, { headers: { "content-type": "application/dicom+json; charset=utf-8" } });
+  }
+
+  async function* listed(bucket: string, prefix: string, study: string, series?: string): AsyncGenerator<ObjectInfo> {
+    for await (const info of store.list(bucket, prefix)) {
+      const uids = parseInstanceKey(info.key);
+      if (uids === null || uids.study !== study || (series !== undefined && uids.series !== series)) continue;
+      yield info;
+    }
+  }
+
+  return {
+    async study(ctx: RouteContext): Promise<Response> {
+      const target = targetOf(ctx.params);
+      const bucket = await bucketOf(services, target.aet);
+      return respond(ctx, listed(bucket, studyPrefix(target.study), target.study), `Not found: ${describe(target)} has no instances`);
+    },
+    async series(ctx: RouteContext): Promise<Response> {
+      const target = targetOf(ctx.params);
+      const bucket = await bucketOf(services, target.aet);
+      return respond(
+        ctx,
+        listed(bucket, seriesPrefix(target.study, target.series!), target.study, target.series),
+        `Not found: ${describe(target)} has no instances`,
+      );
+    },
+    async instance(ctx: RouteContext): Promise<Response> {
+      const target = targetOf(ctx.params);
+      const bucket = await bucketOf(services, target.aet);
+      const key = instanceKey(target.study, target.series!, target.instance!);
+      const info = await store.head(bucket, key);
+      if (info === null) throw new HttpError(404, `Not found: ${describe(target)}`);
+      return respond(ctx, (async function* () {
+        yield info;
+      })(), `Not found: ${describe(target)}`);
+    },
+  };
+}
