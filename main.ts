@@ -34,7 +34,7 @@ if (import.meta.main) {
     // The server still starts: /readyz reports the problem until the store answers.
     console.error(`Warning: cannot list AETs from ${store.kind} store ${store.location}: ${(error as Error).message}`);
   }
-  const handler = createHandler({ config, store, aets, capabilities: { reEncode: false } });
+  const handler = createHandler({ config, store, aets, capabilities: { reEncode: true } });
   const names = (await aets.entries().catch(() => [])).map(([aet, bucket]) => aet === bucket ? aet : `${aet}=${bucket}`);
   Deno.serve({
     port: config.port,

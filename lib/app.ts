@@ -9,6 +9,8 @@ import { errorResponse, HttpError, toHttpError } from "./http_error.ts";
 import { type RouteContext, Router } from "./router.ts";
 import { HeaderCache } from "./headers.ts";
 import { metadataHandlers } from "./metadata.ts";
+import { pixelHandlers } from "./pixels_route.ts";
+import { reEncodeBody } from "./reencode.ts";
 import type { Services } from "./services.ts";
 import { retrieveHandlers, type RetrieveOptions } from "./wado.ts";
 
@@ -40,9 +42,19 @@ export function createHandler(
   const log = options.log ?? ((line: string) => console.log(line));
   const { config } = services;
   const router = new Router(config.basePath);
-  const retrieve = retrieveHandlers(services, options);
   const withHeaders = { ...services, headers: services.headers ?? new HeaderCache(config.headerCacheMb * 1024 * 1024) };
+  const retrieve = retrieveHandlers(withHeaders, {
+    encode: options.encode ??
+      ((opened, _choice, bucket) =>
+        reEncodeBody(opened, {
+          store: services.store,
+          headers: withHeaders.headers,
+          bucket,
+          bulkThreshold: config.bulkDataThreshold,
+        })),
+  });
   const metadata = metadataHandlers(withHeaders);
+  const pixels = pixelHandlers(withHeaders);
 
   // Health (not PS3.18): liveness and readiness of every configured store.
   router.add("/healthz", { GET: () => json({ status: "ok" }) });
@@ -56,6 +68,9 @@ export function createHandler(
   router.add("/aets/:aet/studies/:study/metadata", { GET: metadata.study });
   router.add("/aets/:aet/studies/:study/series/:series/metadata", { GET: metadata.series });
   router.add("/aets/:aet/studies/:study/series/:series/instances/:instance/metadata", { GET: metadata.instance });
+  // PS3.18 10.4.1.1.3 Retrieve Frames, 10.4.1.1.4 Retrieve Bulkdata.
+  router.add("/aets/:aet/studies/:study/series/:series/instances/:instance/frames/:frames", { GET: pixels.frames });
+  router.add("/aets/:aet/studies/:study/series/:series/instances/:instance/bulkdata/:path(.+)", { GET: pixels.bulkdata });
 
   return async (request: Request): Promise<Response> => {
     const started = performance.now();

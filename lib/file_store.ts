@@ -233,7 +233,10 @@ export class FileStore implements ObjectStore {
       file?.close();
       await Deno.remove(temp).catch(() => {});
       if (error instanceof RangeError || signal?.aborted || !isFsError(error)) throw error;
-      if (error instanceof Deno.errors.IsADirectory || error instanceof Deno.errors.NotADirectory) {
+      if (
+        error instanceof Deno.errors.IsADirectory || error instanceof Deno.errors.NotADirectory ||
+        error instanceof Deno.errors.AlreadyExists
+      ) {
         throw new StoreError(
           "failed",
           `Cannot write ${path}: a folder and an object have the same name (keys cannot be both)`,

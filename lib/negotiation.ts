@@ -95,7 +95,16 @@ export function parseAccept(header: string | null | undefined): MediaRange[] {
         }
         i++;
       } else {
-        value = readToken(`value for parameter "${name}"`);
+        // Unquoted values are tokens by RFC 9110, but clients (OHIF) send type=application/octet-stream
+        // unquoted, and PS3.18 treats it as equal to the quoted form: accept "/" and "+" in them.
+        const start = i;
+        while (i < s.length && !" \t,;\"".includes(s[i])) i++;
+        value = s.slice(start, i);
+        if (!/^[!#$%&'*+.^_`|~0-9A-Za-z\-/:=]+$/.test(value)) {
+          throw new SyntaxError(
+            `Malformed Accept header: parameter "${name}" has no valid value at position ${start} in ${JSON.stringify(s)}`,
+          );
+        }
       }
       if (name === "q") {
         if (!/^(?:0(?:\.\d{0,3})?|1(?:\.0{0,3})?)$/.test(value)) {

@@ -58,7 +58,10 @@ export interface S3StoreOptions {
   partSize?: number;
   /** Attempts per request including retries (the SDK retries throttling and network errors). Default 3. */
   maxAttempts?: number;
-  /** Milliseconds to wait for response headers before giving up. Default 60 000. */
+  /**
+   * Milliseconds to wait for an answer (the response headers; for uploads that includes sending the body),
+   * retries included. Default 60 000.
+   */
   requestTimeout?: number;
 }
 
@@ -84,6 +87,7 @@ export class S3Store implements ObjectStore {
   #slots: Slots;
   #pageSize: number;
   #partSize: number;
+  #timeout: number;
 
   constructor(options: S3StoreOptions) {
     const { endpoint, region } = options;
@@ -91,6 +95,7 @@ export class S3Store implements ObjectStore {
     this.#pageSize = positive(options.pageSize ?? 1000, "pageSize");
     this.#partSize = positive(options.partSize ?? 8 * MIB, "partSize");
     this.#slots = new Slots(positive(options.maxConcurrency ?? 50, "maxConcurrency"));
+    this.#timeout = positive(options.requestTimeout ?? 60_000, "requestTimeout");
     this.#client = new S3Client({
       endpoint,
       region,
@@ -100,7 +105,7 @@ export class S3Store implements ObjectStore {
       // s3rver stores aws-chunked framing and Ceph answers 411 to streamed PUTs in the default mode
       requestChecksumCalculation: "WHEN_REQUIRED",
       responseChecksumValidation: "WHEN_REQUIRED",
-      requestHandler: new FetchHttpHandler({ requestTimeout: options.requestTimeout ?? 60_000 }),
+      requestHandler: new FetchHttpHandler(),
     });
   }
 
@@ -230,15 +235,14 @@ export class S3Store implements ObjectStore {
     const parts = new PartReader(body.getReader(), partSize, signal);
     try {
       const first = await parts.next();
-      const second = first && await parts.next();
-      if (!second) {
+      if (!first || !(await parts.hasMore())) {
         const data = first ?? new Uint8Array(0);
         if (size !== undefined && size !== data.byteLength) {
           throw new RangeError(`Body of ${bucket}/${key} has ${data.byteLength} bytes, expected ${size}`);
         }
         return await this.#putOne(bucket, key, data, options);
       }
-      return await this.#putMultipart(bucket, key, [first, second], parts, options);
+      return await this.#putMultipart(bucket, key, first, parts, options);
     } catch (error) {
       await parts.cancel(error);
       throw error;
@@ -288,11 +292,11 @@ export class S3Store implements ObjectStore {
     return { key, size: data.byteLength, etag: unquote(out.ETag) };
   }
 
-  /** Uploads `first` parts then the rest of `parts`, at most {@linkcode PARTS_IN_FLIGHT} at once; aborts on failure. */
+  /** Uploads `first` then the rest of `parts`, at most {@linkcode PARTS_IN_FLIGHT} at once; aborts on failure. */
   async #putMultipart(
     bucket: string,
     key: string,
-    first: Uint8Array[],
+    first: Uint8Array,
     parts: PartReader,
     options: PutOptions,
   ): Promise<ObjectInfo> {
@@ -318,9 +322,8 @@ export class S3Store implements ObjectStore {
     };
     let total = 0;
     try {
-      const pending = [...first];
       for (let number = 1;; number++) {
-        const data = pending.shift() ?? await parts.next();
+        const data = number === 1 ? first : await parts.next();
         throwIfFailed();
         if (!data) break;
         if (number > MAX_PARTS) {
@@ -398,11 +401,26 @@ export class S3Store implements ObjectStore {
     request: (client: S3Client, options: { abortSignal?: AbortSignal }) => Promise<T>,
   ): Promise<T> {
     await this.#slots.acquire(signal);
+    // aborts a request that gets no answer in time; cleared once the headers are in, so a body streams on
+    const timeout = new AbortController();
+    const timer = setTimeout(
+      () => timeout.abort(new DOMException(`No answer within ${this.#timeout} ms`, "TimeoutError")),
+      this.#timeout,
+    );
     try {
-      return await request(this.#client, { abortSignal: signal });
+      const abortSignal = signal ? AbortSignal.any([signal, timeout.signal]) : timeout.signal;
+      return await request(this.#client, { abortSignal });
     } catch (error) {
+      if (timeout.signal.aborted && !signal?.aborted) {
+        throw new StoreError(
+          "unavailable",
+          `S3 at ${this.location} did not answer ${where.op} within ${this.#timeout} ms (check that the server is up)`,
+          { cause: error },
+        );
+      }
       throw toStoreError(error, where, this.location, signal);
     } finally {
+      clearTimeout(timer);
       this.#slots.release();
     }
   }
@@ -432,9 +450,16 @@ function toStoreError(error: unknown, where: Where, location: string, signal?: A
     );
   }
   if (isMissingKey(error) || status === 416) return error;
+  if (name === "CredentialsProviderError") {
+    return new StoreError(
+      "denied",
+      `No S3 credentials for ${location}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an AWS profile`,
+      { cause: error },
+    );
+  }
   if (
     status === 403 || name === "AccessDenied" || name === "InvalidAccessKeyId" ||
-    name === "SignatureDoesNotMatch" || name === "CredentialsProviderError"
+    name === "SignatureDoesNotMatch"
   ) {
     return new StoreError(
       "denied",
@@ -443,7 +468,7 @@ function toStoreError(error: unknown, where: Where, location: string, signal?: A
       { cause: error },
     );
   }
-  if (status === undefined || status === 502 || status === 503 || status === 504) {
+  if ((status === undefined && isNetworkError(error)) || status === 502 || status === 503 || status === 504) {
     const detail = status === undefined ? `${name}: ${rootMessage(error)}` : `HTTP ${status} ${name}`;
     return new StoreError(
       "unavailable",
@@ -451,9 +476,20 @@ function toStoreError(error: unknown, where: Where, location: string, signal?: A
       { cause: error },
     );
   }
-  return new StoreError("failed", `S3 ${where.op} on ${target} failed: HTTP ${status} ${name}: ${message}`, {
+  const http = status === undefined ? "" : `HTTP ${status} `;
+  return new StoreError("failed", `S3 ${where.op} on ${target} failed: ${http}${name}: ${message}`, {
     cause: error,
   });
+}
+
+/** Connection refused or reset, DNS failure, timeout: the server was not reached or did not answer. */
+function isNetworkError(error: unknown): boolean {
+  const { name, message, code } = (error ?? {}) as { name?: string; message?: string; code?: string };
+  return name === "TypeError" || name === "TimeoutError" ||
+    /^E(CONN|TIMEDOUT|NOTFOUND|AI_AGAIN|HOSTUNREACH|NETUNREACH|PIPE)/.test(code ?? "") ||
+    /fetch failed|error sending request|connect|network|socket|timed out|did not complete/i.test(
+      message ?? "",
+    );
 }
 
 function rootMessage(error: unknown): string {
@@ -519,20 +555,7 @@ class PartReader {
 
   /** The next part, or `null` at the end. Throws if the stream errors or the signal aborts. */
   async next(): Promise<Uint8Array | null> {
-    while (!this.#ended && this.#buffered < this.#size) {
-      this.#signal?.throwIfAborted();
-      const { done, value } = await this.#reader.read();
-      // a cancelled reader reads as "done": never mistake that for the end of the body
-      this.#signal?.throwIfAborted();
-      if (this.#cancelled) throw new Error("Upload cancelled");
-      if (done) {
-        this.#ended = true;
-        this.#signal?.removeEventListener("abort", this.#onAbort);
-      } else if (value.byteLength > 0) {
-        this.#chunks.push(value);
-        this.#buffered += value.byteLength;
-      }
-    }
+    while (!this.#ended && this.#buffered < this.#size) await this.#readChunk();
     if (this.#buffered === 0) return null;
     const part = new Uint8Array(Math.min(this.#size, this.#buffered));
     let filled = 0;
@@ -546,6 +569,27 @@ class PartReader {
     }
     this.#buffered -= filled;
     return part;
+  }
+
+  async #readChunk(): Promise<void> {
+    this.#signal?.throwIfAborted();
+    const { done, value } = await this.#reader.read();
+    // a cancelled reader reads as "done": never mistake that for the end of the body
+    this.#signal?.throwIfAborted();
+    if (this.#cancelled) throw new Error("Upload cancelled");
+    if (done) {
+      this.#ended = true;
+      this.#signal?.removeEventListener("abort", this.#onAbort);
+    } else if (value.byteLength > 0) {
+      this.#chunks.push(value);
+      this.#buffered += value.byteLength;
+    }
+  }
+
+  /** Whether another part follows; reads at most one more chunk to find out. */
+  async hasMore(): Promise<boolean> {
+    while (!this.#ended && this.#buffered === 0) await this.#readChunk();
+    return this.#buffered > 0;
   }
 
   async cancel(reason: unknown): Promise<void> {

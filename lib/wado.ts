@@ -69,7 +69,7 @@ function etagMatches(header: string | null, etag: string): boolean {
 }
 
 /** The body of one instance in the chosen syntax (conversion plugs in here). */
-export type BodyEncoder = (opened: OpenedInstance, choice: SyntaxChoice) => ReadableStream<Uint8Array>;
+export type BodyEncoder = (opened: OpenedInstance, choice: SyntaxChoice, bucket: string) => ReadableStream<Uint8Array>;
 
 const asStored: BodyEncoder = (opened) => opened.body;
 
@@ -133,7 +133,7 @@ export function retrieveHandlers(services: Services, options: RetrieveOptions = 
     });
     const base = publicBase(ctx.request, config);
     if (syntax.warning) headers.set("warning", warningHeader(new URL(base).host, syntax.warning));
-    const body = syntax.convert ? encode(opened, syntax) : opened.body;
+    const body = syntax.convert ? encode(opened, syntax, bucket) : opened.body;
     if (!choice.multipart) {
       headers.set("content-type", contentType(syntax));
       if (!syntax.convert) headers.set("content-length", String(opened.info.size));
@@ -218,7 +218,7 @@ export function retrieveHandlers(services: Services, options: RetrieveOptions = 
         };
         if (!syntax.convert) headers["Content-Length"] = String(o.info.size);
         if (syntax.warning) headers["Warning"] = warningHeader(new URL(base).host, syntax.warning);
-        return { headers, body: syntax.convert ? encode(o, syntax) : o.body };
+        return { headers, body: syntax.convert ? encode(o, syntax, bucket) : o.body };
       };
       yield one(first.value!)!;
       for await (const o of opened) {
