@@ -10,7 +10,9 @@ import { type RouteContext, Router } from "./router.ts";
 import { HeaderCache } from "./headers.ts";
 import { metadataHandlers } from "./metadata.ts";
 import { pixelHandlers } from "./pixels_route.ts";
+import { registerQido } from "./qido.ts";
 import { reEncodeBody } from "./reencode.ts";
+import { registerStow } from "./stow.ts";
 import type { Services } from "./services.ts";
 import { retrieveHandlers, type RetrieveOptions } from "./wado.ts";
 
@@ -71,6 +73,8 @@ export function createHandler(
   // PS3.18 10.4.1.1.3 Retrieve Frames, 10.4.1.1.4 Retrieve Bulkdata.
   router.add("/aets/:aet/studies/:study/series/:series/instances/:instance/frames/:frames", { GET: pixels.frames });
   router.add("/aets/:aet/studies/:study/series/:series/instances/:instance/bulkdata/:path(.+)", { GET: pixels.bulkdata });
+  registerQido(router, withHeaders);
+  registerStow(router, withHeaders);
 
   return async (request: Request): Promise<Response> => {
     const started = performance.now();

@@ -36,6 +36,16 @@ export interface Config {
   bulkDataThreshold: number;
   /** Memory for cached instance headers, in MiB. */
   headerCacheMb: number;
+  /** SQLite file of the search catalog (`:memory:` allowed); default `{DATA_DIR}/.catalog.sqlite`. */
+  catalogPath: string;
+  /** Seconds between background crawls of every AET; 0 turns periodic crawling off. */
+  crawlInterval: number;
+  /** QIDO-RS results per page when the client gives no `limit`. */
+  qidoDefaultLimit: number;
+  /** Largest `limit` honoured; larger ones are cut with a Warning. */
+  qidoMaxLimit: number;
+  /** Largest STOW-RS request body in bytes (413 above). */
+  stowMaxBytes: number;
 }
 
 /** Bad configuration; the message lists every problem and how to fix it. */
@@ -63,6 +73,11 @@ export const CONFIG_NAMES = [
   "CACHE_CONTROL",
   "BULKDATA_THRESHOLD",
   "HEADER_CACHE_MB",
+  "CATALOG_PATH",
+  "CRAWL_INTERVAL",
+  "QIDO_DEFAULT_LIMIT",
+  "QIDO_MAX_LIMIT",
+  "STOW_MAX_BYTES",
 ] as const;
 
 const AET_PATTERN = /^[A-Za-z0-9_.\-]{1,64}$/;
@@ -208,6 +223,14 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
   const cacheControl = get("CACHE_CONTROL") ?? "private, max-age=86400";
   const bulkDataThreshold = integer("BULKDATA_THRESHOLD", 1024, 0, 1 << 30);
   const headerCacheMb = integer("HEADER_CACHE_MB", 64, 0, 1 << 20);
+  const catalogPath = get("CATALOG_PATH") ?? `${dataDir.replace(/\/+$/, "")}/.catalog.sqlite`;
+  const crawlInterval = integer("CRAWL_INTERVAL", 300, 0, 7 * 24 * 3600);
+  const qidoMaxLimit = integer("QIDO_MAX_LIMIT", 1000, 1, 100_000);
+  const qidoDefaultLimit = integer("QIDO_DEFAULT_LIMIT", 100, 1, 100_000);
+  if (qidoDefaultLimit > qidoMaxLimit) {
+    problems.push(`QIDO_DEFAULT_LIMIT=${qidoDefaultLimit} is above QIDO_MAX_LIMIT=${qidoMaxLimit}: lower it or raise the maximum`);
+  }
+  const stowMaxBytes = integer("STOW_MAX_BYTES", 4 * 1024 ** 3, 1024, Number.MAX_SAFE_INTEGER);
 
   if (problems.length > 0) {
     throw new ConfigError(`Invalid configuration:\n  - ${problems.join("\n  - ")}`);
@@ -225,6 +248,11 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
     cacheControl,
     bulkDataThreshold,
     headerCacheMb,
+    catalogPath,
+    crawlInterval,
+    qidoDefaultLimit,
+    qidoMaxLimit,
+    stowMaxBytes,
   };
 }
 
