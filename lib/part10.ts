@@ -894,7 +894,7 @@ export function getStrings(dataset: DicomDataset, tag: number): string[] | undef
   return el?.bytes ? elementStrings(el, dataset) : undefined;
 }
 
-/** The first number of a loaded numeric element (US, SS, UL, SL, FL, FD, SV, UV, IS, DS). */
+/** The first number of a loaded numeric element (US, SS, UL, SL, FL, FD, SV, UV, IS, DS); undefined for other VRs. */
 export function getNumber(dataset: DicomDataset, tag: number): number | undefined {
   return getNumbers(dataset, tag)?.[0];
 }
@@ -904,6 +904,7 @@ export function getNumbers(dataset: DicomDataset, tag: number): number[] | undef
   const el = getElement(dataset, tag);
   if (!el?.bytes) return undefined;
   if (el.vr === "IS" || el.vr === "DS") return elementStrings(el, dataset).map((s) => s === "" ? NaN : Number(s));
+  if (!NUMERIC_VRS.has(el.vr)) return undefined;
   return readNumbers(el.bytes, el.vr, dataset.littleEndian).map(Number);
 }
 
@@ -915,6 +916,7 @@ export function elementStrings(el: DicomElement, dataset: DicomDataset): string[
   return text.split("\\").map((s) => trimValue(s, el.vr));
 }
 
+const NUMERIC_VRS = new Set(["US", "SS", "UL", "SL", "FL", "FD", "SV", "UV"]);
 const SINGLE_VALUED_TEXT = new Set(["LT", "ST", "UT", "UR"]);
 const BOTH_ENDS = new Set(["AE", "CS", "DS", "IS", "LO", "PN", "SH"]);
 

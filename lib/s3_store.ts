@@ -210,6 +210,13 @@ export class S3Store implements ObjectStore {
     }
     // the server ignored the range: apply it here
     const from = span ? range.start - Number(span[1]) : range.start;
+    if (from < 0) {
+      await body.cancel().catch(() => {});
+      throw new StoreError(
+        "failed",
+        `S3 at ${this.location} sent ${out.ContentRange} for bytes=${range.start}-`,
+      );
+    }
     return {
       info,
       start: range.start,

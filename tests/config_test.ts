@@ -47,22 +47,46 @@ Deno.test("parseConfig()", async (t) => {
 
   await t.step("selects S3 when S3_ENDPOINT is set, with path-style addressing by default", () => {
     const config = parseConfig({ S3_ENDPOINT: "http://127.0.0.1:9000" });
-    assert.deepEqual(config.s3, { endpoint: "http://127.0.0.1:9000", region: "us-east-1", forcePathStyle: true });
+    assert.deepEqual(config.s3, {
+      endpoint: "http://127.0.0.1:9000",
+      region: "us-east-1",
+      forcePathStyle: true,
+    });
   });
 
   await t.step("reads S3_REGION and S3_FORCE_PATH_STYLE", () => {
-    const config = parseConfig({ S3_ENDPOINT: "https://s3.example.org", S3_REGION: "eu-west-3", S3_FORCE_PATH_STYLE: "false" });
-    assert.deepEqual(config.s3, { endpoint: "https://s3.example.org", region: "eu-west-3", forcePathStyle: false });
+    const config = parseConfig({
+      S3_ENDPOINT: "https://s3.example.org",
+      S3_REGION: "eu-west-3",
+      S3_FORCE_PATH_STYLE: "false",
+    });
+    assert.deepEqual(config.s3, {
+      endpoint: "https://s3.example.org",
+      region: "eu-west-3",
+      forcePathStyle: false,
+    });
     for (const yes of ["1", "true", "TRUE", "yes", "on"]) {
-      assert.equal(parseConfig({ S3_ENDPOINT: "http://h:1", S3_FORCE_PATH_STYLE: yes }).s3?.forcePathStyle, true, yes);
+      assert.equal(
+        parseConfig({ S3_ENDPOINT: "http://h:1", S3_FORCE_PATH_STYLE: yes }).s3?.forcePathStyle,
+        true,
+        yes,
+      );
     }
     for (const no of ["0", "false", "No", "off"]) {
-      assert.equal(parseConfig({ S3_ENDPOINT: "http://h:1", S3_FORCE_PATH_STYLE: no }).s3?.forcePathStyle, false, no);
+      assert.equal(
+        parseConfig({ S3_ENDPOINT: "http://h:1", S3_FORCE_PATH_STYLE: no }).s3?.forcePathStyle,
+        false,
+        no,
+      );
     }
   });
 
   await t.step("STORE=s3 selects AWS S3 (virtual-hosted style), STORE=local wins over S3_ENDPOINT", () => {
-    assert.deepEqual(parseConfig({ STORE: "s3" }).s3, { endpoint: undefined, region: "us-east-1", forcePathStyle: false });
+    assert.deepEqual(parseConfig({ STORE: "s3" }).s3, {
+      endpoint: undefined,
+      region: "us-east-1",
+      forcePathStyle: false,
+    });
     assert.equal(parseConfig({ STORE: "local", S3_ENDPOINT: "http://127.0.0.1:9000" }).s3, undefined);
     assert.ok(parseConfig({ STORE: "S3" }).s3);
   });
@@ -83,8 +107,14 @@ Deno.test("parseConfig()", async (t) => {
   });
 
   await t.step("normalises PUBLIC_URL to no trailing slash", () => {
-    assert.equal(parseConfig({ PUBLIC_URL: "https://pacs.example.org/dicomweb/" }).publicUrl, "https://pacs.example.org/dicomweb");
-    assert.equal(parseConfig({ PUBLIC_URL: "https://pacs.example.org" }).publicUrl, "https://pacs.example.org");
+    assert.equal(
+      parseConfig({ PUBLIC_URL: "https://pacs.example.org/dicomweb/" }).publicUrl,
+      "https://pacs.example.org/dicomweb",
+    );
+    assert.equal(
+      parseConfig({ PUBLIC_URL: "https://pacs.example.org" }).publicUrl,
+      "https://pacs.example.org",
+    );
     assert.equal(parseConfig({ PUBLIC_URL: "http://localhost:8080/" }).publicUrl, "http://localhost:8080");
   });
 
@@ -105,11 +135,15 @@ Deno.test("parseConfig()", async (t) => {
   });
 
   await t.step("throws a ConfigError naming PORT for a bad port", () => {
-    for (const port of ["abc", "-1", "65536", "80.5", "1e3", "0x50", "8080abc"]) rejects({ PORT: port }, "PORT");
+    for (const port of ["abc", "-1", "65536", "80.5", "1e3", "0x50", "8080abc"]) {
+      rejects({ PORT: port }, "PORT");
+    }
   });
 
   await t.step("throws a ConfigError naming PUBLIC_URL for a non-absolute or non-http URL", () => {
-    for (const url of ["foo", "/dicomweb", "ftp://x.org", "pacs.example.org"]) rejects({ PUBLIC_URL: url }, "PUBLIC_URL");
+    for (const url of ["foo", "/dicomweb", "ftp://x.org", "pacs.example.org"]) {
+      rejects({ PUBLIC_URL: url }, "PUBLIC_URL");
+    }
   });
 
   await t.step("throws a ConfigError naming AETS for bad entries", () => {
@@ -141,7 +175,15 @@ Deno.test("parseConfig()", async (t) => {
   });
 
   await t.step("throws a ConfigError naming CORS_ORIGINS for an origin that is not scheme://host", () => {
-    for (const origin of ["example.org", "https://example.org/", "https://example.org/path", "ftp://x.org", "http://"]) {
+    for (
+      const origin of [
+        "example.org",
+        "https://example.org/",
+        "https://example.org/path",
+        "ftp://x.org",
+        "http://",
+      ]
+    ) {
       rejects({ CORS_ORIGINS: origin }, "CORS_ORIGINS");
     }
   });
@@ -155,6 +197,9 @@ Deno.test("parseConfig()", async (t) => {
   });
 
   await t.step("lists every problem in one error", () => {
-    rejects({ PORT: "abc", PUBLIC_URL: "foo", S3_CONCURRENCY: "0" }, /PORT[\s\S]*PUBLIC_URL[\s\S]*S3_CONCURRENCY/);
+    rejects(
+      { PORT: "abc", PUBLIC_URL: "foo", S3_CONCURRENCY: "0" },
+      /PORT[\s\S]*PUBLIC_URL[\s\S]*S3_CONCURRENCY/,
+    );
   });
 });

@@ -112,7 +112,14 @@ Deno.test("readFileMeta()", async (t) => {
   });
 
   await t.step("reads any transfer syntax UID, trimming NUL and space padding", () => {
-    for (const ts of ["1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2"]) {
+    for (
+      const ts of [
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.2",
+        "1.2.840.10008.1.2.1.99",
+        "1.2.840.10008.1.2",
+      ]
+    ) {
       assert.equal(readFileMeta(part10({ ts }).bytes, "x", true)?.transferSyntaxUid, ts);
     }
     const padded = part10({ ts: "1.2.840.10008.1.2.4.90 " as string }).bytes;
@@ -173,7 +180,11 @@ Deno.test("readFileMeta()", async (t) => {
       // Without the group length, the reader needs the next element's tag to see the group end.
       const enough = options.groupLength === false ? metaEnd + 8 : metaEnd;
       for (let n = 0; n < enough; n++) {
-        assert.equal(readFileMeta(bytes.subarray(0, n), "t.dcm"), null, `${JSON.stringify(options)} at ${n} bytes`);
+        assert.equal(
+          readFileMeta(bytes.subarray(0, n), "t.dcm"),
+          null,
+          `${JSON.stringify(options)} at ${n} bytes`,
+        );
       }
       assert.equal(readFileMeta(bytes.subarray(0, enough), "t.dcm")?.transferSyntaxUid, ELE);
     }
@@ -272,7 +283,9 @@ Deno.test({
   ignore: rows === null,
   fn: async (t) => {
     const listed = new Set(rows!.map((r) => r.file));
-    const onDisk = [...Deno.readDirSync(new URL("files/", SHARED))].map((e) => e.name).filter((n) => n.endsWith(".dcm"));
+    const onDisk = [...Deno.readDirSync(new URL("files/", SHARED))].map((e) => e.name).filter((n) =>
+      n.endsWith(".dcm")
+    );
     await t.step("MANIFEST.md lists every file in files/", () => {
       assert.ok(rows!.length >= 40, `${rows!.length} rows`);
       for (const name of onDisk) assert.ok(listed.has(name), name);
@@ -286,10 +299,9 @@ Deno.test({
         const meta = readFileMeta(bytes, row.file, true);
         assert.equal(meta?.transferSyntaxUid, row.transferSyntax, row.file);
         assert.ok(meta!.end > 0 && meta!.end < bytes.length, row.file);
-        if (row.key !== "-") {
-          const sop = row.key.split("/")[2].replace(/\.dcm$/, "");
-          assert.equal(meta?.sopInstanceUid, sop, `${row.file}: (0002,0003) matches the key`);
-        }
+        // (0002,0003) is not compared with the key: real files disagree (rtdose.dcm's meta says 1.2.999...,
+        // its dataset 1.9.999...), and keys come from the dataset.
+        assert.match(meta!.sopInstanceUid, /^(\d+(\.\d+)*)?$/, row.file);
         checked++;
       }
       assert.ok(checked >= 40, `${checked} files checked`);
@@ -301,33 +313,46 @@ Deno.test({
         const whole = readFileMeta(bytes, row.file, true);
         let incremental = null;
         for (let n = 0; incremental === null; n += 37) {
-          incremental = readFileMeta(bytes.subarray(0, Math.min(n, bytes.length)), row.file, n >= bytes.length);
+          incremental = readFileMeta(
+            bytes.subarray(0, Math.min(n, bytes.length)),
+            row.file,
+            n >= bytes.length,
+          );
         }
         assert.deepEqual(incremental, whole, row.file);
       }
     });
 
-    await t.step("no_meta.dcm (raw implicit dataset, no preamble) reads as Implicit VR Little Endian at offset 0", async () => {
+    await t.step("no_meta.dcm (raw dataset after a stray byte) is a SyntaxError naming it", async () => {
+      // no_meta.dcm is CT_small.dcm from offset 335: it starts with the last padding byte (0x20) of the
+      // File Meta, then (0008,0005) at offset 1. Tag (0820,0500) at offset 0 is not plausible: rejected.
       const bytes = await Deno.readFile(new URL("files/no_meta.dcm", SHARED));
-      assert.deepEqual(readFileMeta(bytes, "no_meta.dcm", true), {
-        transferSyntaxUid: IMPLICIT_VR_LITTLE_ENDIAN,
-        sopClassUid: "",
-        sopInstanceUid: "",
-        end: 0,
-        hasPreamble: false,
+      assert.equal(bytes[0], 0x20);
+      assert.throws(() => readFileMeta(bytes, "no_meta.dcm", true), (error: unknown) => {
+        assert.ok(error instanceof SyntaxError);
+        assert.match(error.message, /no_meta\.dcm/);
+        return true;
       });
       // Its first 131 bytes are not enough to decide.
       assert.equal(readFileMeta(bytes.subarray(0, 131), "no_meta.dcm"), null);
+      // Without the stray byte it is a raw dataset starting at (0008,0005): no File Meta, dataset at 0.
+      const meta = readFileMeta(bytes.subarray(1), "no_meta.dcm", true);
+      assert.equal(meta?.end, 0);
+      assert.equal(meta?.hasPreamble, false);
+      assert.equal(meta?.sopInstanceUid, "");
     });
 
-    await t.step("meta_missing_tsyntax.dcm (File Meta without (0002,0010)) is a SyntaxError naming it", async () => {
-      const bytes = await Deno.readFile(new URL("files/meta_missing_tsyntax.dcm", SHARED));
-      assert.throws(() => readFileMeta(bytes, "meta_missing_tsyntax.dcm", true), (error: unknown) => {
-        assert.ok(error instanceof SyntaxError);
-        assert.match(error.message, /meta_missing_tsyntax\.dcm/);
-        assert.match(error.message, /Transfer Syntax UID \(0002,0010\) is missing/);
-        return true;
-      });
-    });
+    await t.step(
+      "meta_missing_tsyntax.dcm (File Meta without (0002,0010)) is a SyntaxError naming it",
+      async () => {
+        const bytes = await Deno.readFile(new URL("files/meta_missing_tsyntax.dcm", SHARED));
+        assert.throws(() => readFileMeta(bytes, "meta_missing_tsyntax.dcm", true), (error: unknown) => {
+          assert.ok(error instanceof SyntaxError);
+          assert.match(error.message, /meta_missing_tsyntax\.dcm/);
+          assert.match(error.message, /Transfer Syntax UID \(0002,0010\) is missing/);
+          return true;
+        });
+      },
+    );
   },
 });

@@ -86,9 +86,15 @@ Deno.test("multipartStream()", async (t) => {
 
   await t.step("writes headers as given, in order, and nothing else", async () => {
     const boundary = "b";
-    const text = await new Response(multipartStream(from([
-      { headers: { "Content-Type": "application/dicom; transfer-syntax=1.2.840.10008.1.2.1", "X-A": "1" }, body: encoder.encode("AB") },
-    ]), boundary)).text();
+    const text = await new Response(multipartStream(
+      from([
+        {
+          headers: { "Content-Type": "application/dicom; transfer-syntax=1.2.840.10008.1.2.1", "X-A": "1" },
+          body: encoder.encode("AB"),
+        },
+      ]),
+      boundary,
+    )).text();
     assert.equal(
       text,
       "--b\r\nContent-Type: application/dicom; transfer-syntax=1.2.840.10008.1.2.1\r\nX-A: 1\r\n\r\nAB\r\n--b--\r\n",
@@ -177,30 +183,33 @@ Deno.test("multipartStream()", async (t) => {
     await reader.cancel();
   });
 
-  await t.step("errors the whole stream when a part body errors (never a well-formed short body)", async () => {
-    let finalized = false;
-    async function* parts(): AsyncGenerator<Part> {
-      try {
-        yield { headers: {}, body: encoder.encode("first") };
-        yield {
-          headers: {},
-          body: new ReadableStream({
-            start(c) {
-              c.enqueue(encoder.encode("partial"));
-            },
-            pull(c) {
-              c.error(new Error("disk on fire"));
-            },
-          }),
-        };
-        yield { headers: {}, body: encoder.encode("never") };
-      } finally {
-        finalized = true;
+  await t.step(
+    "errors the whole stream when a part body errors (never a well-formed short body)",
+    async () => {
+      let finalized = false;
+      async function* parts(): AsyncGenerator<Part> {
+        try {
+          yield { headers: {}, body: encoder.encode("first") };
+          yield {
+            headers: {},
+            body: new ReadableStream({
+              start(c) {
+                c.enqueue(encoder.encode("partial"));
+              },
+              pull(c) {
+                c.error(new Error("disk on fire"));
+              },
+            }),
+          };
+          yield { headers: {}, body: encoder.encode("never") };
+        } finally {
+          finalized = true;
+        }
       }
-    }
-    await assert.rejects(readAll(multipartStream(parts(), "b")), /disk on fire/);
-    assert.equal(finalized, true, "the part source is closed");
-  });
+      await assert.rejects(readAll(multipartStream(parts(), "b")), /disk on fire/);
+      assert.equal(finalized, true, "the part source is closed");
+    },
+  );
 
   await t.step("errors the whole stream when the part source throws", async () => {
     async function* parts(): AsyncGenerator<Part> {
@@ -262,7 +271,9 @@ Deno.test("multipartStream()", async (t) => {
       },
     });
     const onCancel: unknown[] = [];
-    const stream = multipartStream(from([{ headers: {}, body: slow }]), "b", { onCancel: (r) => onCancel.push(r) });
+    const stream = multipartStream(from([{ headers: {}, body: slow }]), "b", {
+      onCancel: (r) => onCancel.push(r),
+    });
     const reader = stream.getReader();
     await reader.read(); // head + "x"
     const pending = reader.read(); // waits on the slow body
@@ -275,39 +286,42 @@ Deno.test("multipartStream()", async (t) => {
     assert.deepEqual(onCancel, ["client gone"], "onCancel is documented as called once");
   });
 
-  await t.step("the first chunk goes out before the first part body is complete (fast first byte)", async () => {
-    let secondChunk: (() => void) | undefined;
-    const body = new ReadableStream<Uint8Array>({
-      start(c) {
-        c.enqueue(encoder.encode("head"));
-      },
-      pull(c) {
-        return new Promise<void>((resolve) => {
-          secondChunk = () => {
-            c.enqueue(encoder.encode("tail"));
-            c.close();
-            resolve();
-          };
-        });
-      },
-    });
-    const reader = multipartStream(from([{ headers: {}, body }]), "b").getReader();
-    // The first read resolves while the body is still open (its pull is blocked).
-    const first = await reader.read();
-    assert.equal(first.done, false);
-    assert.match(new TextDecoder().decode(first.value!), /^--b\r\n/);
-    const rest: Uint8Array[] = [first.value!];
-    const reading = (async () => {
-      while (true) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        rest.push(value);
-      }
-    })();
-    while (secondChunk === undefined) await new Promise((r) => setTimeout(r, 1));
-    secondChunk();
-    await reading;
-    const text = rest.map((c) => new TextDecoder().decode(c)).join("");
-    assert.equal(text, "--b\r\n\r\nheadtail\r\n--b--\r\n");
-  });
+  await t.step(
+    "the first chunk goes out before the first part body is complete (fast first byte)",
+    async () => {
+      let secondChunk: (() => void) | undefined;
+      const body = new ReadableStream<Uint8Array>({
+        start(c) {
+          c.enqueue(encoder.encode("head"));
+        },
+        pull(c) {
+          return new Promise<void>((resolve) => {
+            secondChunk = () => {
+              c.enqueue(encoder.encode("tail"));
+              c.close();
+              resolve();
+            };
+          });
+        },
+      });
+      const reader = multipartStream(from([{ headers: {}, body }]), "b").getReader();
+      // The first read resolves while the body is still open (its pull is blocked).
+      const first = await reader.read();
+      assert.equal(first.done, false);
+      assert.match(new TextDecoder().decode(first.value!), /^--b\r\n/);
+      const rest: Uint8Array[] = [first.value!];
+      const reading = (async () => {
+        while (true) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          rest.push(value);
+        }
+      })();
+      while (secondChunk === undefined) await new Promise((r) => setTimeout(r, 1));
+      secondChunk();
+      await reading;
+      const text = rest.map((c) => new TextDecoder().decode(c)).join("");
+      assert.equal(text, "--b\r\n\r\nheadtail\r\n--b--\r\n");
+    },
+  );
 });

@@ -27,7 +27,9 @@ Deno.test("parseAccept()", async (t) => {
   });
 
   await t.step("parses several media ranges with q-values", () => {
-    const ranges = parseAccept('multipart/related; type="application/dicom"; q=0.9, application/dicom;q=0.5, */*;q=0.1');
+    const ranges = parseAccept(
+      'multipart/related; type="application/dicom"; q=0.9, application/dicom;q=0.5, */*;q=0.1',
+    );
     assert.deepEqual(ranges, [
       { type: "multipart", subtype: "related", params: { type: "application/dicom" }, q: 0.9 },
       { type: "application", subtype: "dicom", params: {}, q: 0.5 },
@@ -36,19 +38,23 @@ Deno.test("parseAccept()", async (t) => {
   });
 
   await t.step("lower-cases type, subtype and parameter names but keeps values", () => {
-    const [range] = parseAccept('Multipart/Related; TYPE="Application/DICOM"; Transfer-Syntax=1.2.840.10008.1.2.1');
+    const [range] = parseAccept(
+      'Multipart/Related; TYPE="Application/DICOM"; Transfer-Syntax=1.2.840.10008.1.2.1',
+    );
     assert.equal(range.type, "multipart");
     assert.equal(range.subtype, "related");
     assert.deepEqual(range.params, { type: "Application/DICOM", "transfer-syntax": ELE });
   });
 
   await t.step("unquotes quoted values, including escaped characters", () => {
-    const [range] = parseAccept('multipart/related; type="application/dicom"; transfer-syntax="*"; x="a\\"b, c"');
+    const [range] = parseAccept(
+      'multipart/related; type="application/dicom"; transfer-syntax="*"; x="a\\"b, c"',
+    );
     assert.deepEqual(range.params, { type: "application/dicom", "transfer-syntax": "*", x: 'a"b, c' });
   });
 
   await t.step("accepts whitespace around separators and empty list elements", () => {
-    const ranges = parseAccept(' ,application/dicom ;  q=0.3 ,, */* ');
+    const ranges = parseAccept(" ,application/dicom ;  q=0.3 ,, */* ");
     assert.equal(ranges.length, 2);
     assert.equal(ranges[0].q, 0.3);
     assert.equal(ranges[1].type, "*");
@@ -76,7 +82,9 @@ Deno.test("parseAccept()", async (t) => {
   });
 
   await t.step("throws a SyntaxError on bad q-values", () => {
-    for (const q of ["abc", "1.5", "2", "-1", ".5", "0.1234", "1.001", ""]) malformed(`application/dicom; q=${q}`);
+    for (const q of ["abc", "1.5", "2", "-1", ".5", "0.1234", "1.001", ""]) {
+      malformed(`application/dicom; q=${q}`);
+    }
   });
 
   await t.step("throws a SyntaxError on a parameter without a value or junk after a range", () => {
@@ -104,15 +112,32 @@ Deno.test("rankRanges()", async (t) => {
 Deno.test("negotiateDicom()", async (t) => {
   await t.step("answers */* and a missing header with multipart in the default syntax", () => {
     for (const accept of [null, "", "*/*", "*/*;q=0.2", "multipart/*"]) {
-      assert.deepEqual(negotiateDicom(accept, MULTI), { multipart: true, transferSyntaxes: [undefined] }, String(accept));
+      assert.deepEqual(
+        negotiateDicom(accept, MULTI),
+        { multipart: true, transferSyntaxes: [undefined] },
+        String(accept),
+      );
     }
   });
 
-  await t.step("takes multipart/related without type, with type=\"*/*\" and with type=\"application/dicom\"", () => {
-    for (const accept of ["multipart/related", 'multipart/related; type="*/*"', 'multipart/related; type="application/dicom"']) {
-      assert.deepEqual(negotiateDicom(accept, MULTI), { multipart: true, transferSyntaxes: [undefined] }, accept);
-    }
-  });
+  await t.step(
+    'takes multipart/related without type, with type="*/*" and with type="application/dicom"',
+    () => {
+      for (
+        const accept of [
+          "multipart/related",
+          'multipart/related; type="*/*"',
+          'multipart/related; type="application/dicom"',
+        ]
+      ) {
+        assert.deepEqual(
+          negotiateDicom(accept, MULTI),
+          { multipart: true, transferSyntaxes: [undefined] },
+          accept,
+        );
+      }
+    },
+  );
 
   await t.step("reads transfer-syntax quoted or unquoted, and '*'", () => {
     for (
@@ -125,7 +150,8 @@ Deno.test("negotiateDicom()", async (t) => {
       assert.deepEqual(negotiateDicom(accept, MULTI), { multipart: true, transferSyntaxes: ["*"] }, accept);
     }
     assert.deepEqual(
-      negotiateDicom(`multipart/related; type="application/dicom"; transfer-syntax="${ELE}"`, MULTI).transferSyntaxes,
+      negotiateDicom(`multipart/related; type="application/dicom"; transfer-syntax="${ELE}"`, MULTI)
+        .transferSyntaxes,
       [ELE],
     );
   });
@@ -134,7 +160,10 @@ Deno.test("negotiateDicom()", async (t) => {
     const accept = `multipart/related; type="application/dicom"; transfer-syntax=*; q=0.5, ` +
       `multipart/related; type="application/dicom"; transfer-syntax=${JPEG_BASELINE}; q=0.9, ` +
       `multipart/related; type="application/dicom"; transfer-syntax=${ELE}; q=0.7`;
-    assert.deepEqual(negotiateDicom(accept, MULTI), { multipart: true, transferSyntaxes: [JPEG_BASELINE, ELE, "*"] });
+    assert.deepEqual(negotiateDicom(accept, MULTI), {
+      multipart: true,
+      transferSyntaxes: [JPEG_BASELINE, ELE, "*"],
+    });
   });
 
   await t.step("does not repeat a syntax listed twice", () => {
@@ -153,7 +182,10 @@ Deno.test("negotiateDicom()", async (t) => {
   });
 
   await t.step("allows bare application/dicom only for a single instance", () => {
-    assert.deepEqual(negotiateDicom("application/dicom", SINGLE), { multipart: false, transferSyntaxes: [undefined] });
+    assert.deepEqual(negotiateDicom("application/dicom", SINGLE), {
+      multipart: false,
+      transferSyntaxes: [undefined],
+    });
     assert.deepEqual(
       negotiateDicom(`application/dicom; transfer-syntax=${ELE}`, SINGLE),
       { multipart: false, transferSyntaxes: [ELE] },
@@ -164,11 +196,13 @@ Deno.test("negotiateDicom()", async (t) => {
 
   await t.step("prefers single-part or multipart by q-value when both are offered", () => {
     assert.equal(
-      negotiateDicom('application/dicom;q=0.4, multipart/related; type="application/dicom";q=0.8', SINGLE).multipart,
+      negotiateDicom('application/dicom;q=0.4, multipart/related; type="application/dicom";q=0.8', SINGLE)
+        .multipart,
       true,
     );
     assert.equal(
-      negotiateDicom('application/dicom, multipart/related; type="application/dicom";q=0.8', SINGLE).multipart,
+      negotiateDicom('application/dicom, multipart/related; type="application/dicom";q=0.8', SINGLE)
+        .multipart,
       false,
     );
     // Falls back to multipart when single-part is not allowed.

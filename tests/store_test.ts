@@ -100,7 +100,8 @@ Deno.test("FileStore keeps keys inside the bucket folder", async (t) => {
     });
 
     await t.step("an object and a folder of the same name fail with a StoreError", async () => {
-      await assert.rejects(store.put("bucket", "1.2/1.3", bytes(1, 1)), (e) => e instanceof StoreError);
+      const sameName = (e: unknown) => e instanceof StoreError && /same name/.test(e.message);
+      await assert.rejects(store.put("bucket", "1.2/1.3", bytes(1, 1)), sameName);
       await assert.rejects(
         store.put("bucket", "1.2/1.3/1.4.dcm/x", bytes(1, 1)),
         (e) => e instanceof StoreError,
@@ -252,6 +253,28 @@ Deno.test("S3Store passes the store contract and uploads large bodies in parts",
         return true;
       });
       await assert.rejects(down.get(bucket, "k"), (e) => e instanceof StoreError && e.kind === "unavailable");
+
+      // a server that accepts connections and never answers
+      const silent = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+      const connections: Deno.Conn[] = [];
+      const accepting = (async () => {
+        for await (const connection of silent) connections.push(connection);
+      })();
+      try {
+        const { port } = silent.addr;
+        const slow = makeStore({ endpoint: `http://127.0.0.1:${port}`, maxAttempts: 1, requestTimeout: 300 });
+        const started = Date.now();
+        await assert.rejects(slow.head(bucket, "k"), (e) => {
+          assert.ok(e instanceof StoreError && e.kind === "unavailable", String(e));
+          assert.match(e.message, new RegExp(`127\\.0\\.0\\.1:${port}.*300 ms`));
+          return true;
+        });
+        assert.ok(Date.now() - started < 5000);
+      } finally {
+        silent.close();
+        await accepting.catch(() => {});
+        for (const connection of connections) connection.close();
+      }
 
       const wrongKey = makeStore({ credentials: { accessKeyId: "NOBODY", secretAccessKey: "x" } });
       for (

@@ -42,17 +42,26 @@ Deno.test("publicBase()", async (t) => {
       "https://pacs.example.org",
     );
     assert.equal(
-      publicBase(request({ forwarded: 'for="[2001:db8::1]";Proto=HTTPS;Host="pacs.example.org:8443"' }), NO_BASE),
+      publicBase(
+        request({ forwarded: 'for="[2001:db8::1]";Proto=HTTPS;Host="pacs.example.org:8443"' }),
+        NO_BASE,
+      ),
       "https://pacs.example.org:8443",
     );
     assert.equal(
-      publicBase(request({ forwarded: "proto=https;host=first.example.org, proto=http;host=second.example.org" }), NO_BASE),
+      publicBase(
+        request({ forwarded: "proto=https;host=first.example.org, proto=http;host=second.example.org" }),
+        NO_BASE,
+      ),
       "https://first.example.org",
     );
   });
 
   await t.step("Forwarded with only proto keeps the Host header", () => {
-    assert.equal(publicBase(request({ host: "pacs.local:9000", forwarded: "proto=https" }), NO_BASE), "https://pacs.local:9000");
+    assert.equal(
+      publicBase(request({ host: "pacs.local:9000", forwarded: "proto=https" }), NO_BASE),
+      "https://pacs.local:9000",
+    );
   });
 
   await t.step("reads X-Forwarded-Host, X-Forwarded-Proto and X-Forwarded-Port", () => {
@@ -62,19 +71,29 @@ Deno.test("publicBase()", async (t) => {
     );
     assert.equal(
       publicBase(
-        request({ "x-forwarded-host": "pacs.example.org", "x-forwarded-proto": "https", "x-forwarded-port": "8443" }),
+        request({
+          "x-forwarded-host": "pacs.example.org",
+          "x-forwarded-proto": "https",
+          "x-forwarded-port": "8443",
+        }),
         NO_BASE,
       ),
       "https://pacs.example.org:8443",
     );
     // A host that already has a port keeps it.
     assert.equal(
-      publicBase(request({ "x-forwarded-host": "pacs.example.org:9443", "x-forwarded-port": "8443" }), NO_BASE),
+      publicBase(
+        request({ "x-forwarded-host": "pacs.example.org:9443", "x-forwarded-port": "8443" }),
+        NO_BASE,
+      ),
       "http://pacs.example.org:9443",
     );
     // Lists: the first (client-nearest) value.
     assert.equal(
-      publicBase(request({ "x-forwarded-host": "a.example.org, b.example.org", "x-forwarded-proto": "https, http" }), NO_BASE),
+      publicBase(
+        request({ "x-forwarded-host": "a.example.org, b.example.org", "x-forwarded-proto": "https, http" }),
+        NO_BASE,
+      ),
       "https://a.example.org",
     );
   });
@@ -95,7 +114,10 @@ Deno.test("publicBase()", async (t) => {
   await t.step("ignores garbage forwarded hosts and protocols", () => {
     assert.equal(publicBase(request({ "x-forwarded-host": "evil/x" }), NO_BASE), "http://127.0.0.1:8080");
     assert.equal(publicBase(request({ forwarded: 'host="a b"' }), NO_BASE), "http://127.0.0.1:8080");
-    assert.equal(publicBase(request({ "x-forwarded-proto": "javascript" }), NO_BASE), "http://127.0.0.1:8080");
+    assert.equal(
+      publicBase(request({ "x-forwarded-proto": "javascript" }), NO_BASE),
+      "http://127.0.0.1:8080",
+    );
     assert.equal(publicBase(request({ forwarded: "proto=ftp" }), NO_BASE), "http://127.0.0.1:8080");
     assert.equal(
       publicBase(request({ "x-forwarded-host": "pacs.example.org", "x-forwarded-port": "x1" }), NO_BASE),
