@@ -20,6 +20,9 @@ import { describe, instanceUrl, targetOf } from "./wado.ts";
 /** What the metadata handlers need: {@linkcode Services} with the header cache in place. */
 export type MetadataServices = Services & { headers: HeaderCache };
 
+/** Top-level (Float/Double Float) Pixel Data: always a BulkDataURI, never inline. */
+export const PIXEL_DATA_PATHS = new Set(["7FE00008", "7FE00009", "7FE00010"]);
+
 /** Checks that the client takes `application/dicom+json` (or JSON, or anything). */
 export function acceptJson(accept: string | null): void {
   const ok = rankRanges(parseAccept(accept)).some((r) =>
@@ -44,7 +47,12 @@ export async function instanceJson(
   });
   const uids = parseInstanceKey(info.key)!;
   const url = instanceUrl(base, aet, uids.study, uids.series, uids.instance);
-  return toDicomJson(header, { bulkDataUri: (path) => `${url}/bulkdata/${path}` });
+  const threshold = services.config.bulkDataThreshold;
+  // Small loaded binary values go inline; large ones, Pixel Data and values not loaded become BulkDataURIs.
+  return toDicomJson(header, {
+    bulkDataUri: (path, el) =>
+      el.bytes && el.bytes.byteLength <= threshold && !PIXEL_DATA_PATHS.has(path) ? undefined : `${url}/bulkdata/${path}`,
+  });
 }
 
 /** The three metadata handlers (study, series, instance). */

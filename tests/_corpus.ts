@@ -77,6 +77,8 @@ export interface InstanceSpec {
   pixelBytes?: number;
   patientName?: string;
   modality?: string;
+  /** Number of frames (NumberOfFrames is written when > 1); each frame has `pixelBytes`. */
+  frames?: number;
 }
 
 /** A small but valid Explicit VR Little Endian CT-like instance. */
@@ -93,7 +95,8 @@ export function buildInstance(spec: InstanceSpec): Uint8Array {
   const groupLength = new Uint8Array(4);
   new DataView(groupLength.buffer).setUint32(0, metaBody.length, true);
   const side = Math.max(1, Math.floor(Math.sqrt((spec.pixelBytes ?? 1024) / 2)));
-  const pixels = new Uint8Array(side * side * 2);
+  const frames = spec.frames ?? 1;
+  const pixels = new Uint8Array(side * side * 2 * frames);
   let seed = [...spec.sop].reduce((n, c) => (n * 31 + c.charCodeAt(0)) >>> 0, 7);
   for (let i = 0; i < pixels.length; i++) {
     seed = (seed * 1103515245 + 12345) >>> 0;
@@ -113,6 +116,7 @@ export function buildInstance(spec: InstanceSpec): Uint8Array {
     text(0x0020, 0x000e, "UI", spec.series),
     u16(0x0028, 0x0002, 1),
     text(0x0028, 0x0004, "CS", "MONOCHROME2"),
+    ...(frames > 1 ? [text(0x0028, 0x0008, "IS", String(frames))] : []),
     u16(0x0028, 0x0010, side),
     u16(0x0028, 0x0011, side),
     u16(0x0028, 0x0100, 16),
