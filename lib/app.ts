@@ -44,7 +44,11 @@ export function createHandler(
   const log = options.log ?? ((line: string) => console.log(line));
   const { config } = services;
   const router = new Router(config.basePath);
-  const withHeaders = { ...services, headers: services.headers ?? new HeaderCache(config.headerCacheMb * 1024 * 1024) };
+  const withHeaders = {
+    ...services,
+    headers: services.headers ?? new HeaderCache(config.headerCacheMb * 1024 * 1024),
+    log,
+  };
   const retrieve = retrieveHandlers(withHeaders, {
     encode: options.encode ??
       ((opened, _choice, bucket) =>

@@ -13,7 +13,14 @@
 
 import { decodeText } from "./charset.ts";
 import { tagToHex } from "./dictionary.ts";
-import { type DicomDataset, type DicomElement, elementStrings, type Part10Header, readNumbers, trimValue } from "./part10.ts";
+import {
+  type DicomDataset,
+  type DicomElement,
+  elementStrings,
+  type Part10Header,
+  readNumbers,
+  trimValue,
+} from "./part10.ts";
 
 /** One attribute of the DICOM JSON Model. */
 export interface DicomJsonAttribute {
@@ -70,7 +77,12 @@ function datasetToJson(dataset: DicomDataset, prefix: string, options: DicomJson
   return out;
 }
 
-function attribute(el: DicomElement, dataset: DicomDataset, path: string, options: DicomJsonOptions): DicomJsonAttribute {
+function attribute(
+  el: DicomElement,
+  dataset: DicomDataset,
+  path: string,
+  options: DicomJsonOptions,
+): DicomJsonAttribute {
   const vr = el.vr;
   if (el.items) {
     if (el.items.length === 0) return { vr };
@@ -92,7 +104,9 @@ export function attributeValues(el: DicomElement, dataset: DicomDataset): unknow
   const vr = el.vr;
   const bytes = el.bytes;
   if (!bytes || bytes.length === 0) return [];
-  if (NUMERIC_BINARY_VRS.has(vr)) return readNumbers(bytes, vr, dataset.littleEndian).map((n) => jsonNumber(n, vr));
+  if (NUMERIC_BINARY_VRS.has(vr)) {
+    return readNumbers(bytes, vr, dataset.littleEndian).map((n) => jsonNumber(n, vr));
+  }
   if (vr === "AT") return readNumbers(bytes, vr, dataset.littleEndian).map((n) => tagToHex(Number(n)));
   if (vr === "PN") return personNames(decodeText(bytes, dataset.characterSet, vr));
   const strings = elementStrings(el, dataset);
@@ -116,7 +130,11 @@ function personNames(text: string): unknown[] {
 }
 
 function jsonNumber(n: number | bigint, vr: string): number | string {
-  if (typeof n === "bigint") return n >= BigInt(Number.MIN_SAFE_INTEGER) && n <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(n) : n.toString();
+  if (typeof n === "bigint") {
+    return n >= BigInt(Number.MIN_SAFE_INTEGER) && n <= BigInt(Number.MAX_SAFE_INTEGER)
+      ? Number(n)
+      : n.toString();
+  }
   if (!Number.isFinite(n)) return String(n);
   if (vr === "FL" || vr === "OF") return shortestFloat32(n);
   return n;
@@ -201,7 +219,9 @@ export function resolveBulkDataPath(dataset: DicomDataset, path: string): DicomE
  * (other objects keep their key order).
  */
 export function stringifyDicomJson(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map((v) => v === undefined ? "null" : stringifyDicomJson(v)).join(",")}]`;
+  if (Array.isArray(value)) {
+    return `[${value.map((v) => v === undefined ? "null" : stringifyDicomJson(v)).join(",")}]`;
+  }
   if (value !== null && typeof value === "object") {
     const record = value as Record<string, unknown>;
     let keys = Object.keys(record).filter((k) => record[k] !== undefined);

@@ -87,11 +87,16 @@ function nativeLayout(header: Part10Header): NativeLayout {
   const photometric = getString(ds, 0x00280004) ?? "";
   const pixel = header.pixelData!;
   if (!rows || !columns || !bits) {
-    throw new SyntaxError(`Cannot locate frames of "${header.name}": Rows, Columns or Bits Allocated is missing`);
+    throw new SyntaxError(
+      `Cannot locate frames of "${header.name}": Rows, Columns or Bits Allocated is missing`,
+    );
   }
   const perPixel = photometric === "YBR_FULL_422" || photometric === "YBR_PARTIAL_422" ? 2 : samples;
   const frameBits = rows * columns * perPixel * bits;
-  return { frames: declaredFrames(header) ?? Math.max(1, Math.floor(pixel.length * 8 / frameBits)), frameBits };
+  return {
+    frames: declaredFrames(header) ?? Math.max(1, Math.floor(pixel.length * 8 / frameBits)),
+    frameBits,
+  };
 }
 
 /** NumberOfFrames when it is a valid positive integer. */
@@ -130,7 +135,9 @@ export function planFrame(header: Part10Header, frame: number): FramePlan {
   if (!pixel) throw new TypeError(`"${header.name}" has no pixel data`);
   const count = frameCount(header);
   if (!Number.isInteger(frame) || frame < 1 || frame > count) {
-    throw new RangeError(`Frame ${frame} is out of range: this instance has ${count === 1 ? "frame 1" : `frames 1-${count}`}`);
+    throw new RangeError(
+      `Frame ${frame} is out of range: this instance has ${count === 1 ? "frame 1" : `frames 1-${count}`}`,
+    );
   }
   const mediaType = frameMediaType(header.transferSyntaxUid);
   if (!pixel.encapsulated) return planNative(header, frame, mediaType);
@@ -153,7 +160,9 @@ export function planFrame(header: Part10Header, frame: number): FramePlan {
   }
   const bot = pixel.basicOffsetTable ?? [];
   if (bot.length > 0) {
-    if (bot.length < count) fail(header, `the Basic Offset Table has ${bot.length} entries for ${count} frames`);
+    if (bot.length < count) {
+      fail(header, `the Basic Offset Table has ${bot.length} entries for ${count} frames`);
+    }
     const start = base + bot[frame - 1];
     const end = frame < bot.length ? base + bot[frame] : Infinity;
     const ranges = fragments.filter((f) => f.offset - 8 >= start && f.offset - 8 < end);

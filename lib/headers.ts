@@ -103,10 +103,19 @@ export async function loadHeader(
   const cached = cache.get(bucket, info);
   if (cached) return cached;
   cache.misses++;
-  const header = await readHeader(objectSource(store, bucket, info, cache), {
-    bulkThreshold: options.bulkThreshold,
-    initialBytes: 8 * 1024,
-  });
+  let header: Part10Header;
+  try {
+    header = await readHeader(objectSource(store, bucket, info, cache), {
+      bulkThreshold: options.bulkThreshold,
+      initialBytes: 8 * 1024,
+    });
+  } catch (error) {
+    // A stored object that is not valid DICOM is the server's problem, not the client's.
+    if (error instanceof SyntaxError) {
+      throw new HttpError(500, `Stored object ${info.key} is not readable DICOM: ${error.message}`, { cause: error });
+    }
+    throw error;
+  }
   cache.set(bucket, info, header);
   return header;
 }

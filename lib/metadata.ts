@@ -65,19 +65,37 @@ export function metadataHandlers(services: MetadataServices) {
     const bucket = await bucketOf(services, target.aet);
     const base = publicBase(ctx.request, config);
     const abort = new AbortController();
+    const single = target.instance !== undefined;
+    let skipped: HttpError | undefined;
     const jsons = ahead(
       infos,
-      (info) => instanceJson(services, bucket, info, base, target.aet),
+      async (info) => {
+        try {
+          return await instanceJson(services, bucket, info, base, target.aet);
+        } catch (error) {
+          // In study/series metadata an unreadable object is left out (and logged) rather than failing all.
+          if (single || !(error instanceof HttpError) || error.status !== 500) throw error;
+          services.log?.(`metadata: skipping ${bucket}/${info.key}: ${error.message}`);
+          skipped = error;
+          return null;
+        }
+      },
       { concurrency: config.s3Concurrency },
     );
-    let first: IteratorResult<Record<string, unknown>>;
+    const nextJson = async () => {
+      for (;;) {
+        const next = await jsons.next();
+        if (next.done || next.value !== null) return next;
+      }
+    };
+    let first: IteratorResult<Record<string, unknown> | null>;
     try {
-      first = await jsons.next();
+      first = await nextJson();
     } catch (error) {
       abort.abort();
       throw error;
     }
-    if (first.done) throw new HttpError(404, notFound);
+    if (first.done) throw skipped ?? new HttpError(404, notFound);
     const encoder = new TextEncoder();
     let started = false;
     const body = new ReadableStream<Uint8Array>({
@@ -87,7 +105,7 @@ export function metadataHandlers(services: MetadataServices) {
           controller.enqueue(encoder.encode("[" + stringifyDicomJson(first.value)));
           return;
         }
-        const next = await jsons.next();
+        const next = await nextJson();
         if (next.done) {
           controller.enqueue(encoder.encode("]\n"));
           controller.close();

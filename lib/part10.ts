@@ -157,12 +157,56 @@ const MAX_DEPTH = 64;
 
 /** Every VR of PS3.5 Table 6.2-1. */
 export const KNOWN_VRS: ReadonlySet<string> = new Set([
-  "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL", "OV", "OW",
-  "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US", "UT", "UV",
+  "AE",
+  "AS",
+  "AT",
+  "CS",
+  "DA",
+  "DS",
+  "DT",
+  "FD",
+  "FL",
+  "IS",
+  "LO",
+  "LT",
+  "OB",
+  "OD",
+  "OF",
+  "OL",
+  "OV",
+  "OW",
+  "PN",
+  "SH",
+  "SL",
+  "SQ",
+  "SS",
+  "ST",
+  "SV",
+  "TM",
+  "UC",
+  "UI",
+  "UL",
+  "UN",
+  "UR",
+  "US",
+  "UT",
+  "UV",
 ]);
 /** VRs with a 2-byte reserved field and a 4-byte length in explicit VR. */
 export const LONG_VRS: ReadonlySet<string> = new Set([
-  "OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV",
+  "OB",
+  "OD",
+  "OF",
+  "OL",
+  "OV",
+  "OW",
+  "SQ",
+  "SV",
+  "UC",
+  "UN",
+  "UR",
+  "UT",
+  "UV",
 ]);
 const BINARY_BULK_VRS = new Set(["OB", "OD", "OF", "OL", "OV", "OW", "UN"]);
 const TEXT_BULK_VRS = new Set(["UT", "LT", "UC"]);
@@ -207,7 +251,9 @@ class SparseBytes {
 
   get(start: number, end: number): Uint8Array | undefined {
     for (const s of this.#segments) {
-      if (start >= s.start && end <= s.start + s.data.length) return s.data.subarray(start - s.start, end - s.start);
+      if (start >= s.start && end <= s.start + s.data.length) {
+        return s.data.subarray(start - s.start, end - s.start);
+      }
     }
     return undefined;
   }
@@ -215,7 +261,9 @@ class SparseBytes {
   /** The loaded segment containing or ending at `offset`. */
   around(offset: number): { start: number; end: number } | undefined {
     for (const s of this.#segments) {
-      if (offset >= s.start && offset <= s.start + s.data.length) return { start: s.start, end: s.start + s.data.length };
+      if (offset >= s.start && offset <= s.start + s.data.length) {
+        return { start: s.start, end: s.start + s.data.length };
+      }
     }
     return undefined;
   }
@@ -244,7 +292,9 @@ class Reader {
 
   u32(offset: number, little: boolean, what: () => string): number {
     const b = this.bytes(offset, 4, what);
-    return (little ? b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24 : b[0] << 24 | b[1] << 16 | b[2] << 8 | b[3]) >>> 0;
+    return (little
+      ? b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24
+      : b[0] << 24 | b[1] << 16 | b[2] << 8 | b[3]) >>> 0;
   }
 
   tag(offset: number, little: boolean, what: () => string): number {
@@ -316,14 +366,22 @@ class DatasetParser {
       let length: number;
       let valueOffset: number;
       if (syntax.explicit) {
-        const v = r.bytes(p + 4, 2, () => `element ${formatTag(tag)} header runs past the end at offset ${at}`);
+        const v = r.bytes(
+          p + 4,
+          2,
+          () => `element ${formatTag(tag)} header runs past the end at offset ${at}`,
+        );
         if (!isUpper(v[0]) || !isUpper(v[1])) {
           r.fail(`element ${formatTag(tag)} has an invalid VR (bytes ${hex(v)}) at offset ${p + 4}`);
         }
         vr = String.fromCharCode(v[0], v[1]);
         if (LONG_VRS.has(vr) || !KNOWN_VRS.has(vr)) {
           if (!KNOWN_VRS.has(vr)) vr = "UN";
-          length = r.u32(p + 8, syntax.little, () => `element ${formatTag(tag)} header runs past the end at offset ${at}`);
+          length = r.u32(
+            p + 8,
+            syntax.little,
+            () => `element ${formatTag(tag)} header runs past the end at offset ${at}`,
+          );
           valueOffset = p + 12;
         } else {
           length = r.u16(p + 6, syntax.little, () => `element header at offset ${at} runs past the end`);
@@ -344,7 +402,9 @@ class DatasetParser {
         }
         if (vr === "OB" || vr === "OW") {
           const { fragments, end: fragmentsEnd } = this.fragments(tag, valueOffset, syntax.little);
-          if (isTopPixel) this.pixel = { tag, vr, offset: valueOffset, length: -1, fragments, end: fragmentsEnd };
+          if (isTopPixel) {
+            this.pixel = { tag, vr, offset: valueOffset, length: -1, fragments, end: fragmentsEnd };
+          }
           element = { tag, vr, offset: valueOffset, length: -1, fragments };
           p = fragmentsEnd;
         } else if (vr === "SQ" || vr === "UN" || !syntax.explicit) {
@@ -377,7 +437,9 @@ class DatasetParser {
           const bytes = r.bytes(valueOffset, length, () => "");
           element = { tag, vr, offset: valueOffset, length, bytes };
           if (tag === 0x00080005) state.characterSet = latin1(bytes).split("\\").map((s) => s.trim());
-          if (tag === 0x00280103 && length >= 2) state.pixelRepresentation = syntax.little ? bytes[0] : bytes[1];
+          if (tag === 0x00280103 && length >= 2) {
+            state.pixelRepresentation = syntax.little ? bytes[0] : bytes[1];
+          }
         }
       }
       elements.set(tag, element);
@@ -387,7 +449,8 @@ class DatasetParser {
 
   isBulk(tag: number, vr: string, length: number): boolean {
     if (OFFSET_TABLE_TAGS.has(tag)) return false;
-    return (BINARY_BULK_VRS.has(vr) && length > this.limits.bulk) || (TEXT_BULK_VRS.has(vr) && length > this.limits.text);
+    return (BINARY_BULK_VRS.has(vr) && length > this.limits.bulk) ||
+      (TEXT_BULK_VRS.has(vr) && length > this.limits.text);
   }
 
   sequence(
@@ -454,14 +517,17 @@ class FragmentScan {
   run(r: Reader, tag: number, little: boolean): void {
     while (!this.done) {
       const at = this.p;
-      const what = () => `encapsulated ${formatTag(tag)} has no sequence delimiter before the end at offset ${at}`;
+      const what = () =>
+        `encapsulated ${formatTag(tag)} has no sequence delimiter before the end at offset ${at}`;
       const itemTag = r.tag(at, little, what);
       const length = r.u32(at + 4, little, what);
       if (itemTag === SEQUENCE_DELIMITER) {
         this.p += 8;
         this.done = true;
       } else if (itemTag !== ITEM) {
-        r.fail(`item tag missing in encapsulated ${formatTag(tag)} at offset ${at}: found ${formatTag(itemTag)}`);
+        r.fail(
+          `item tag missing in encapsulated ${formatTag(tag)} at offset ${at}: found ${formatTag(itemTag)}`,
+        );
       } else if (length === UNDEFINED) {
         r.fail(`fragment of ${formatTag(tag)} has an undefined length at offset ${at + 4}`);
       } else if (at + 8 + length > r.size) {
@@ -570,7 +636,12 @@ function parseMeta(r: Reader): MetaResult {
     elements: { elements, characterSet: [], littleEndian: true },
   };
   if (meta.transferSyntaxUid) {
-    return { meta, datasetOffset: p, transferSyntaxUid: meta.transferSyntaxUid, syntax: syntaxOf(meta.transferSyntaxUid) };
+    return {
+      meta,
+      datasetOffset: p,
+      transferSyntaxUid: meta.transferSyntaxUid,
+      syntax: syntaxOf(meta.transferSyntaxUid),
+    };
   }
   const syntax = detectSyntax(r, p);
   const transferSyntaxUid = syntax.explicit ? EXPLICIT_VR_LITTLE_ENDIAN : IMPLICIT_VR_LITTLE_ENDIAN;
@@ -634,7 +705,14 @@ class HeaderJob {
     if (stop) {
       if (stop.length >= 0) {
         const end = stop.offset + stop.length;
-        pixelData = { tag: stop.tag, vr: stop.vr, offset: stop.offset, length: stop.length, encapsulated: false, end };
+        pixelData = {
+          tag: stop.tag,
+          vr: stop.vr,
+          offset: stop.offset,
+          length: stop.length,
+          encapsulated: false,
+          end,
+        };
       } else {
         let fragments = stop.fragments;
         let end = stop.end ?? 0;
@@ -647,7 +725,9 @@ class HeaderJob {
           main.dataset.elements.set(stop.tag, { ...pixelElement, fragments });
         }
         if (fragments.length === 0) {
-          r.fail(`encapsulated ${formatTag(stop.tag)} has no Basic Offset Table item at offset ${stop.offset}`);
+          r.fail(
+            `encapsulated ${formatTag(stop.tag)} has no Basic Offset Table item at offset ${stop.offset}`,
+          );
         }
         const bot = fragments[0];
         if (bot.length % 4) {
@@ -732,19 +812,30 @@ function limitsOf(options: ParseOptions): Thresholds {
 export function parseBuffer(bytes: Uint8Array, name: string, options: ParseBufferOptions = {}): Part10Header {
   const store = new SparseBytes();
   store.add(0, bytes);
-  const job = new HeaderJob(new Reader(name, bytes.length, store), limitsOf(options), false, options.inflated ? bytes : undefined);
+  const job = new HeaderJob(
+    new Reader(name, bytes.length, store),
+    limitsOf(options),
+    false,
+    options.inflated ? bytes : undefined,
+  );
   try {
     return job.run();
   } catch (e) {
     if (e instanceof NeedInflate) {
-      throw new SyntaxError(`Cannot parse "${name}": the data set is deflated: inflate it first (inflateObject)`);
+      throw new SyntaxError(
+        `Cannot parse "${name}": the data set is deflated: inflate it first (inflateObject)`,
+      );
     }
     throw e;
   }
 }
 
 /** Like {@linkcode parseBuffer}, inflating a deflated data set first. */
-export async function parseObject(bytes: Uint8Array, name: string, options: ParseOptions = {}): Promise<Part10Header> {
+export async function parseObject(
+  bytes: Uint8Array,
+  name: string,
+  options: ParseOptions = {},
+): Promise<Part10Header> {
   const store = new SparseBytes();
   store.add(0, bytes);
   const job = new HeaderJob(new Reader(name, bytes.length, store), limitsOf(options), false);
@@ -761,7 +852,11 @@ export async function parseObject(bytes: Uint8Array, name: string, options: Pars
  * Returns the File Meta bytes of a deflated object followed by its inflated data set: the address space
  * the offsets of a deflated object's header refer to.
  */
-export async function inflateObject(bytes: Uint8Array, name: string, options: ParseOptions = {}): Promise<Uint8Array> {
+export async function inflateObject(
+  bytes: Uint8Array,
+  name: string,
+  options: ParseOptions = {},
+): Promise<Uint8Array> {
   const store = new SparseBytes();
   store.add(0, bytes);
   const { datasetOffset } = parseMeta(new Reader(name, bytes.length, store));
@@ -779,7 +874,11 @@ export async function inflateObject(bytes: Uint8Array, name: string, options: Pa
       if (await inflateRaw(deflated.subarray(0, mid), max, name)) lo = mid;
       else hi = mid - 1;
     }
-    if (hi < 0) throw new SyntaxError(`Cannot parse "${name}": the deflated data set at offset ${datasetOffset} is corrupt`);
+    if (hi < 0) {
+      throw new SyntaxError(
+        `Cannot parse "${name}": the deflated data set at offset ${datasetOffset} is corrupt`,
+      );
+    }
     result = (await inflateRaw(deflated.subarray(0, lo), max, name))!;
   }
   const out = new Uint8Array(datasetOffset + result.length);
@@ -834,7 +933,9 @@ export async function readHeader(source: RangeSource, options: ParseOptions = {}
     const datas = await Promise.all(ranges.map(([s, e]) => source.read(s, e)));
     ranges.forEach(([s, e], i) => {
       if (datas[i].length !== e - s) {
-        throw new Error(`Short read of "${source.name}": asked for bytes ${s}-${e - 1}, got ${datas[i].length}`);
+        throw new Error(
+          `Short read of "${source.name}": asked for bytes ${s}-${e - 1}, got ${datas[i].length}`,
+        );
       }
       store.add(s, datas[i]);
     });
@@ -857,7 +958,13 @@ export async function readHeader(source: RangeSource, options: ParseOptions = {}
 }
 
 /** Which ranges to fetch for a NeedMore: grow the current run by doubling, or jump; batch fragment headers. */
-function planReads(job: HeaderJob, store: SparseBytes, need: NeedMore, initial: number, size: number): [number, number][] {
+function planReads(
+  job: HeaderJob,
+  store: SparseBytes,
+  need: NeedMore,
+  initial: number,
+  size: number,
+): [number, number][] {
   const clamp = (s: number, e: number): [number, number] => [s, Math.min(size, Math.max(e, s + 1))];
   if (job.scanning() && job.lastFragmentLength() > 16384) {
     // Large fragments: read just the next item headers, those the offset tables predict in parallel.
@@ -903,7 +1010,9 @@ export function getNumber(dataset: DicomDataset, tag: number): number | undefine
 export function getNumbers(dataset: DicomDataset, tag: number): number[] | undefined {
   const el = getElement(dataset, tag);
   if (!el?.bytes) return undefined;
-  if (el.vr === "IS" || el.vr === "DS") return elementStrings(el, dataset).map((s) => s === "" ? NaN : Number(s));
+  if (el.vr === "IS" || el.vr === "DS") {
+    return elementStrings(el, dataset).map((s) => s === "" ? NaN : Number(s));
+  }
   if (!NUMERIC_VRS.has(el.vr)) return undefined;
   return readNumbers(el.bytes, el.vr, dataset.littleEndian).map(Number);
 }

@@ -19,6 +19,8 @@ export interface Services {
   capabilities: SyntaxCapabilities;
   /** Parsed headers by object ETag; created by `createHandler` when not given. */
   headers?: HeaderCache;
+  /** Where handlers report problems that do not fail the request (set by `createHandler`). */
+  log?: (line: string) => void;
 }
 
 /** The bucket of `aet`, or a 404 naming it. */

@@ -22,9 +22,20 @@ import {
 type Op = { emit: Uint8Array } | { copy: number; length: number; swap: number };
 
 const SWAP_WIDTH: Record<string, number> = {
-  US: 2, SS: 2, OW: 2, AT: 2,
-  UL: 4, SL: 4, FL: 4, OF: 4, OL: 4,
-  FD: 8, OD: 8, SV: 8, UV: 8, OV: 8,
+  US: 2,
+  SS: 2,
+  OW: 2,
+  AT: 2,
+  UL: 4,
+  SL: 4,
+  FL: 4,
+  OF: 4,
+  OL: 4,
+  FD: 8,
+  OD: 8,
+  SV: 8,
+  UV: 8,
+  OV: 8,
 };
 const TS_TAG = 0x00020010;
 
@@ -164,7 +175,10 @@ export function transcodedLength(header: Part10Header): number {
  * return new Response(transcodeStream(header, body.body));
  * ```
  */
-export function transcodeStream(header: Part10Header, source?: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+export function transcodeStream(
+  header: Part10Header,
+  source?: ReadableStream<Uint8Array>,
+): ReadableStream<Uint8Array> {
   const ops = plan(header);
   if (!source) {
     if (!header.inflated) throw new TypeError(`Cannot transcode "${header.name}": no source stream`);
@@ -210,10 +224,15 @@ export function transcodeStream(header: Part10Header, source?: ReadableStream<Ui
         if (position < op.copy) position = op.copy;
         const end = op.copy + op.length;
         if (!await fill(position)) {
-          controller.error(new SyntaxError(`Cannot transcode "${header.name}": the object ends at offset ${position}`));
+          controller.error(
+            new SyntaxError(`Cannot transcode "${header.name}": the object ends at offset ${position}`),
+          );
           return;
         }
-        let piece: Uint8Array = chunk.subarray(position - chunkStart, Math.min(chunk.length, end - chunkStart));
+        let piece: Uint8Array = chunk.subarray(
+          position - chunkStart,
+          Math.min(chunk.length, end - chunkStart),
+        );
         position += piece.length;
         const last = position === end;
         if (op.swap) {
@@ -246,7 +265,10 @@ function swapWords(bytes: Uint8Array, width: number): Uint8Array {
 }
 
 /** Whole-buffer convenience: the object (or, if deflated, its inflated form) re-encoded in one array. */
-export async function toExplicitVrLittleEndian(header: Part10Header, bytes?: Uint8Array): Promise<Uint8Array> {
+export async function toExplicitVrLittleEndian(
+  header: Part10Header,
+  bytes?: Uint8Array,
+): Promise<Uint8Array> {
   const source = bytes
     ? new ReadableStream<Uint8Array>({
       start(controller) {
