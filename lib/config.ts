@@ -167,12 +167,9 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
       );
     }
   }
+  const forcePathStyle = boolean("S3_FORCE_PATH_STYLE", endpoint !== undefined); // validated even when unused
   if ((endpoint !== undefined && storeKind !== "local") || storeKind === "s3") {
-    s3 = {
-      endpoint,
-      region: get("S3_REGION") ?? "us-east-1",
-      forcePathStyle: boolean("S3_FORCE_PATH_STYLE", endpoint !== undefined),
-    };
+    s3 = { endpoint, region: get("S3_REGION") ?? "us-east-1", forcePathStyle };
   }
 
   let aets: Map<string, string> | undefined;
@@ -180,8 +177,11 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
   if (rawAets !== undefined) {
     aets = new Map();
     for (const entry of rawAets.split(",").map((e) => e.trim()).filter((e) => e !== "")) {
-      const [aet, bucket = aet] = entry.split("=").map((s) => s.trim());
-      if (!AET_PATTERN.test(aet)) {
+      const pieces = entry.split("=").map((s) => s.trim());
+      const [aet, bucket = aet] = pieces;
+      if (pieces.length > 2) {
+        problems.push(`AETS entry ${JSON.stringify(entry)} is not valid: use AET or AET=bucket (one "=")`);
+      } else if (!AET_PATTERN.test(aet)) {
         problems.push(
           `AETS entry ${JSON.stringify(entry)} is not valid: an AET is 1-64 letters, digits, "_", "-" or "."`,
         );

@@ -102,6 +102,14 @@ export class MemoryStore implements ObjectStore {
       const data = entry.data;
       let offset = start;
       const body = new ReadableStream<Uint8Array>({
+        start(controller) {
+          // Like the S3 and folder stores: aborting the signal ends a body that is still open.
+          signal?.addEventListener("abort", () => {
+            try {
+              controller.error(signal.reason);
+            } catch { /* already closed */ }
+          }, { once: true });
+        },
         pull(controller) {
           signal?.throwIfAborted();
           const next = Math.min(offset + CHUNK, end + 1);

@@ -156,58 +156,12 @@ const UNDEFINED = 0xffffffff;
 const MAX_DEPTH = 64;
 
 /** Every VR of PS3.5 Table 6.2-1. */
-export const KNOWN_VRS: ReadonlySet<string> = new Set([
-  "AE",
-  "AS",
-  "AT",
-  "CS",
-  "DA",
-  "DS",
-  "DT",
-  "FD",
-  "FL",
-  "IS",
-  "LO",
-  "LT",
-  "OB",
-  "OD",
-  "OF",
-  "OL",
-  "OV",
-  "OW",
-  "PN",
-  "SH",
-  "SL",
-  "SQ",
-  "SS",
-  "ST",
-  "SV",
-  "TM",
-  "UC",
-  "UI",
-  "UL",
-  "UN",
-  "UR",
-  "US",
-  "UT",
-  "UV",
-]);
+export const KNOWN_VRS: ReadonlySet<string> = new Set(
+  "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV"
+    .split(" "),
+);
 /** VRs with a 2-byte reserved field and a 4-byte length in explicit VR. */
-export const LONG_VRS: ReadonlySet<string> = new Set([
-  "OB",
-  "OD",
-  "OF",
-  "OL",
-  "OV",
-  "OW",
-  "SQ",
-  "SV",
-  "UC",
-  "UN",
-  "UR",
-  "UT",
-  "UV",
-]);
+export const LONG_VRS: ReadonlySet<string> = new Set("OB OD OF OL OV OW SQ SV UC UN UR UT UV".split(" "));
 const BINARY_BULK_VRS = new Set(["OB", "OD", "OF", "OL", "OV", "OW", "UN"]);
 const TEXT_BULK_VRS = new Set(["UT", "LT", "UC"]);
 

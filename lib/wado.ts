@@ -17,6 +17,23 @@ import { checkUid, instanceKey, parseInstanceKey, seriesPrefix, studyPrefix } fr
 import { publicBase } from "./urls.ts";
 import { readFileMeta } from "./file_meta.ts";
 
+/** {@linkcode openInstance}, with a stored object that is not DICOM reported as the server's 500. */
+async function openStored(
+  store: Services["store"],
+  bucket: string,
+  key: string,
+  options?: { signal?: AbortSignal },
+): Promise<OpenedInstance | null> {
+  try {
+    return await openInstance(store, bucket, key, options);
+  } catch (error) {
+    if (error instanceof SyntaxError) {
+      throw new HttpError(500, `Stored object ${key} is not readable DICOM: ${error.message}`, { cause: error });
+    }
+    throw error;
+  }
+}
+
 /** Which level a retrieve request addresses. */
 export interface Target {
   aet: string;
@@ -57,9 +74,15 @@ function contentType(choice: SyntaxChoice): string {
   return `application/dicom; transfer-syntax=${choice.transferSyntax}`;
 }
 
-function strongEtag(objectEtag: string, choice: SyntaxChoice, multipart: boolean): string {
-  const variant = `${multipart ? "m" : "s"}${choice.convert ? "c" : ""}`;
-  return `"${objectEtag.replace(/[^A-Za-z0-9_\-.]/g, "")}-${variant}"`;
+/**
+ * The ETag of an instance representation: the object's ETag plus what the client negotiated. The
+ * representation depends only on the stored object and the Accept header, so a 304 needs no body read.
+ */
+function strongEtag(objectEtag: string, choice: DicomChoice): string {
+  const variant = `${choice.multipart ? "m" : "s"}:${choice.transferSyntaxes.map((t) => t ?? "").join(",")}`;
+  let hash = 0x811c9dc5; // FNV-1a of the variant keeps the tag short and opaque
+  for (let i = 0; i < variant.length; i++) hash = Math.imul(hash ^ variant.charCodeAt(i), 0x01000193) >>> 0;
+  return `"${objectEtag.replace(/[^A-Za-z0-9_\-.]/g, "")}-${hash.toString(36)}"`;
 }
 
 function etagMatches(header: string | null, etag: string): boolean {
@@ -93,26 +116,16 @@ export function retrieveHandlers(services: Services, options: RetrieveOptions = 
 
     const ifNoneMatch = ctx.request.headers.get("if-none-match");
     if (ifNoneMatch !== null) {
-      // Answer from a HEAD (and a small ranged read for the transfer syntax) without the body.
+      // Answered from a HEAD: the ETag depends on the object version and the Accept header only.
       const info = await store.head(bucket, key);
       if (info === null) throw notFound();
-      const prefix = await store.get(bucket, key, {
-        range: { start: 0, end: Math.min(info.size, 65536) - 1 },
-      });
-      if (prefix === null) throw notFound();
-      const bytes = new Uint8Array(await new Response(prefix.body).arrayBuffer());
-      const meta = readFileMeta(bytes, key, true);
-      const syntax = meta &&
-        chooseSyntax(meta.transferSyntaxUid, choice.transferSyntaxes, services.capabilities);
-      if (syntax) {
-        const etag = strongEtag(info.etag, syntax, choice.multipart);
-        if (etagMatches(ifNoneMatch, etag)) {
-          return new Response(null, { status: 304, headers: { etag, "cache-control": config.cacheControl } });
-        }
+      const etag = strongEtag(info.etag, choice);
+      if (etagMatches(ifNoneMatch, etag)) {
+        return new Response(null, { status: 304, headers: { etag, "cache-control": config.cacheControl } });
       }
     }
 
-    const opened = await openInstance(store, bucket, key);
+    const opened = await openStored(store, bucket, key);
     if (opened === null) throw notFound();
     const syntax = chooseSyntax(
       opened.meta.transferSyntaxUid,
@@ -128,7 +141,7 @@ export function retrieveHandlers(services: Services, options: RetrieveOptions = 
       );
     }
     const headers = new Headers({
-      etag: strongEtag(opened.info.etag, syntax, choice.multipart),
+      etag: strongEtag(opened.info.etag, choice),
       "cache-control": config.cacheControl,
     });
     const base = publicBase(ctx.request, config);
@@ -155,7 +168,10 @@ export function retrieveHandlers(services: Services, options: RetrieveOptions = 
     const parts = (async function* () {
       yield { headers: partHeaders, body };
     })();
-    return new Response(multipartStream(parts, boundary), { headers });
+    // A cancel before the first pull never starts `parts`, so release the body here too.
+    return new Response(multipartStream(parts, boundary, { onCancel: () => void body.cancel().catch(() => {}) }), {
+      headers,
+    });
   }
 
   async function collection(ctx: RouteContext): Promise<Response> {
@@ -189,7 +205,7 @@ export function retrieveHandlers(services: Services, options: RetrieveOptions = 
 
     const opened = ahead(
       keySource,
-      (key) => openInstance(store, bucket, key, { signal: abort.signal }),
+      (key) => openStored(store, bucket, key, { signal: abort.signal }),
       { concurrency: config.s3Concurrency, dispose: (o) => void o?.body.cancel().catch(() => {}) },
     );
     // Wait for the first instance so a missing target or a store failure is a proper error status.
@@ -239,7 +255,14 @@ export function retrieveHandlers(services: Services, options: RetrieveOptions = 
         ),
       );
     }
-    const body = multipartStream(parts, boundary, { onCancel: () => abort.abort() });
+    const body = multipartStream(parts, boundary, {
+      onCancel: () => {
+        abort.abort();
+        // `parts` may never have started (cancel before the first pull): close the read-ahead directly.
+        void opened.return(undefined).catch(() => {});
+        void first.value?.body.cancel().catch(() => {});
+      },
+    });
     return new Response(body, { status: partial ? 206 : 200, headers });
   }
 

@@ -35,7 +35,18 @@ export interface FixtureOptions {
 }
 
 const LONG = new Set(["OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"]);
-const WIDTH: Record<string, number> = { US: 2, SS: 2, OW: 2, AT: 4, UL: 4, SL: 4, FL: 4, OF: 4, FD: 8, OD: 8 };
+const WIDTH: Record<string, number> = {
+  US: 2,
+  SS: 2,
+  OW: 2,
+  AT: 4,
+  UL: 4,
+  SL: 4,
+  FL: 4,
+  OF: 4,
+  FD: 8,
+  OD: 8,
+};
 
 class Writer {
   #chunks: Uint8Array[] = [];

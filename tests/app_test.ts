@@ -382,9 +382,8 @@ Deno.test("createHandler() retrieve (WADO-RS)", async (t) => {
     const response = await fetch(instancePath(key));
     assert.equal(response.status, 200);
     const declared = Number(response.headers.get("content-length"));
-    const clone = response.clone();
-    const actual = (await clone.arrayBuffer()).byteLength;
-    if (response.headers.has("content-length")) assert.equal(declared, actual);
+    const actual = (await response.clone().arrayBuffer()).byteLength;
+    assert.equal(declared, actual, "Content-Length matches the multipart body");
     assertParts(await multipart(response), [key]);
   });
 
@@ -664,6 +663,12 @@ Deno.test("createHandler() store failures", async (t) => {
         assert.equal(store.openBodies(), 0, "nothing left open");
       }
     }
+  });
+
+  await t.step("an AET whose bucket is missing is a 502 naming the bucket", async () => {
+    const { fetch } = await setup({ configured: new Map([["PACS", "no-such-bucket"]]) });
+    const body = await errorJson(await fetch("/aets/PACS/studies/1.2.3"), 502);
+    assert.match(body.error, /no-such-bucket/);
   });
 
   await t.step("a body that errors after the first part makes reading the response reject", async () => {

@@ -47,8 +47,14 @@ Deno.test("decodeText() follows ISO 2022 escape sequences", async (t) => {
     assert.equal(decodeText(value, ["ISO 2022 IR 13"], "PN"), "ﾔﾏﾀﾞ^ﾀﾛｳ");
   });
   await t.step("JIS X 0212 (IR 159) and GB 2312 (IR 58)", () => {
-    assert.equal(decodeText(bytes(0x1b, "$(D", 0x30, 0x21, 0x1b, "(B^ABC"), ["", "ISO 2022 IR 159"], "PN"), "丂^ABC");
-    assert.equal(decodeText(bytes(0x1b, "$)A", 0xd6, 0xd0, 0xce, 0xc4, "^X"), ["", "ISO 2022 IR 58"], "PN"), "中文^X");
+    assert.equal(
+      decodeText(bytes(0x1b, "$(D", 0x30, 0x21, 0x1b, "(B^ABC"), ["", "ISO 2022 IR 159"], "PN"),
+      "丂^ABC",
+    );
+    assert.equal(
+      decodeText(bytes(0x1b, "$)A", 0xd6, 0xd0, 0xce, 0xc4, "^X"), ["", "ISO 2022 IR 58"], "PN"),
+      "中文^X",
+    );
   });
   await t.step("delimiters reset to the initial designation", () => {
     // After "\" the G1 set is back to the initial (none): 0xE9 is read as Latin-1 fallback, not Cyrillic.
@@ -94,7 +100,7 @@ const EXPECTED: Record<string, Record<string, string[]>> = {
   "chrX2": { "00100010": ["Wang^XiaoDong=王^小东="] },
   "test-SR": {
     "0040A073/0/0040A075": ["Riesmeier^Jörg"],
-    "0040A730/2/0040A730/0/0040A160": ["Inferred Sample Text\nNew line.\n\r&%$§\"!()<>{}/;"],
+    "0040A730/2/0040A730/0/0040A160": ['Inferred Sample Text\nNew line.\n\r&%$§"!()<>{}/;'],
   },
 };
 

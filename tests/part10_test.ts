@@ -66,7 +66,11 @@ Deno.test("parseBuffer() reads the three uncompressed transfer syntaxes alike", 
       assert.equal(header.explicitVR, ts !== ILE);
       assert.equal(getString(ds, 0x00100010), "Müller^Hans");
       assert.equal(getString(ds, 0x00090010), "ACME 1.0");
-      assert.equal(getNumber(ds, 0x00091001), ts === ILE ? undefined : 7, "a private US is UN in implicit VR");
+      assert.equal(
+        getNumber(ds, 0x00091001),
+        ts === ILE ? undefined : 7,
+        "a private US is UN in implicit VR",
+      );
       assert.equal(ds.elements.get(0x00091001)?.vr, ts === ILE ? "UN" : "US");
       assert.deepEqual(getNumbers(ds, 0x00180050), [1.5, 2]);
       assert.deepEqual(getStrings(ds, 0x00180050), ["1.5", "2"]);
@@ -153,7 +157,12 @@ Deno.test("parseBuffer() lists encapsulated fragments and offset tables", async 
     assert.equal(pixel.length, -1);
     assert.deepEqual(pixel.basicOffsetTable, [0, 26]);
     assert.deepEqual(pixel.fragments!.map((f) => f.length), [10, 4, 6]);
-    assert.deepEqual([...bytes.subarray(pixel.fragments![1].offset, pixel.fragments![1].offset + 4)], [2, 2, 2, 2]);
+    assert.deepEqual([...bytes.subarray(pixel.fragments![1].offset, pixel.fragments![1].offset + 4)], [
+      2,
+      2,
+      2,
+      2,
+    ]);
     assert.equal(pixel.end, bytes.length);
   });
   await t.step("with an empty Basic Offset Table and an Extended Offset Table", () => {
@@ -176,13 +185,20 @@ Deno.test("parseBuffer() lists encapsulated fragments and offset tables", async 
 
 Deno.test("parseBuffer() leaves values above the bulk threshold unloaded", () => {
   const big = new Uint8Array(3000).fill(9);
-  const bytes = buildPart10([{ tag: 0x00420011, vr: "OB", value: big }, { tag: 0x00100020, vr: "LO", value: "A" }]);
+  const bytes = buildPart10([{ tag: 0x00420011, vr: "OB", value: big }, {
+    tag: 0x00100020,
+    vr: "LO",
+    value: "A",
+  }]);
   const header = parseBuffer(bytes, "a.dcm");
   const el = header.dataset.elements.get(0x00420011)!;
   assert.equal(el.bytes, undefined);
   assert.equal(el.length, 3000);
   assert.deepEqual(bytes.subarray(el.offset, el.offset + el.length), big);
-  assert.equal(parseBuffer(bytes, "a.dcm", { bulkThreshold: 4096 }).dataset.elements.get(0x00420011)!.bytes?.length, 3000);
+  assert.equal(
+    parseBuffer(bytes, "a.dcm", { bulkThreshold: 4096 }).dataset.elements.get(0x00420011)!.bytes?.length,
+    3000,
+  );
 });
 
 Deno.test("readHeader() reads only the header through ranged reads", async (t) => {
@@ -226,7 +242,8 @@ Deno.test("readHeader() reads only the header through ranged reads", async (t) =
 Deno.test("readHeader() and parseObject() inflate deflated data sets", async () => {
   const plain = buildPart10(SAMPLE.slice(0, -1), { meta: false });
   const deflated = new Uint8Array(
-    await new Response(new Blob([plain]).stream().pipeThrough(new CompressionStream("deflate-raw"))).arrayBuffer(),
+    await new Response(new Blob([plain]).stream().pipeThrough(new CompressionStream("deflate-raw")))
+      .arrayBuffer(),
   );
   const meta = buildPart10([], { transferSyntax: "1.2.840.10008.1.2.1.99" });
   const bytes = Uint8Array.from([...meta, ...deflated, 0, 0]); // stray bytes after the stream: seen in the wild
@@ -242,7 +259,11 @@ Deno.test("parseBuffer() rejects malformed input with the object name and an off
   const ok = buildPart10([{ tag: 0x00100020, vr: "LO", value: "ID" }]);
   const cases: [string, Uint8Array, RegExp][] = [
     ["an empty object", new Uint8Array(), /"bad.dcm": the object is empty/],
-    ["a truncated element header", ok.subarray(0, ok.length - 6), /element header at offset \d+ runs past the end/],
+    [
+      "a truncated element header",
+      ok.subarray(0, ok.length - 6),
+      /element header at offset \d+ runs past the end/,
+    ],
     [
       "a length past the end",
       buildPart10([{ tag: 0x00280010, vr: "OB", value: new Uint8Array(8), lengthOverride: 4000 }]),
@@ -260,7 +281,29 @@ Deno.test("parseBuffer() rejects malformed input with the object name and an off
     ],
     [
       "an item tag missing",
-      Uint8Array.from([...buildPart10([]), 0x08, 0, 0x15, 0x11, 0x53, 0x51, 0, 0, 8, 0, 0, 0, 0x10, 0, 0x20, 0, 0, 0, 0, 0]),
+      Uint8Array.from([
+        ...buildPart10([]),
+        0x08,
+        0,
+        0x15,
+        0x11,
+        0x53,
+        0x51,
+        0,
+        0,
+        8,
+        0,
+        0,
+        0,
+        0x10,
+        0,
+        0x20,
+        0,
+        0,
+        0,
+        0,
+        0,
+      ]),
       /item tag missing in sequence \(0008,1115\) at offset \d+: found \(0010,0020\)/,
     ],
     [
@@ -281,27 +324,40 @@ Deno.test("parseBuffer() rejects malformed input with the object name and an off
   ];
   for (const [what, bytes, message] of cases) {
     await t.step(what, async () => {
-      assert.throws(() => parseBuffer(bytes, "bad.dcm"), (e) => e instanceof SyntaxError && message.test(e.message));
-      await assert.rejects(readHeader(memorySource(bytes, "bad.dcm")), (e) => e instanceof SyntaxError && message.test(e.message));
+      assert.throws(
+        () => parseBuffer(bytes, "bad.dcm"),
+        (e) => e instanceof SyntaxError && message.test(e.message),
+      );
+      await assert.rejects(
+        readHeader(memorySource(bytes, "bad.dcm")),
+        (e) => e instanceof SyntaxError && message.test(e.message),
+      );
     });
   }
   await t.step("sequences nested too deep", () => {
     let items: Fx[][] = [[]];
-    for (let i = 0; i < 80; i++) items = [[{ tag: 0x0040a730, vr: "SQ", undefinedLength: true, value: items }]];
+    for (let i = 0; i < 80; i++) {
+      items = [[{ tag: 0x0040a730, vr: "SQ", undefinedLength: true, value: items }]];
+    }
     const bytes = buildPart10(items[0]);
     assert.throws(() => parseBuffer(bytes, "deep.dcm"), /sequences nested more than 64 deep/);
   });
   await t.step("many zero-length undefined-length items parse quickly", () => {
     const value = Array.from({ length: 10_000 }, () => [] as Fx[]);
-    const header = parseBuffer(buildPart10([{ tag: 0x00081115, vr: "SQ", undefinedLength: true, value }]), "z.dcm");
+    const header = parseBuffer(
+      buildPart10([{ tag: 0x00081115, vr: "SQ", undefinedLength: true, value }]),
+      "z.dcm",
+    );
     assert.equal(header.dataset.elements.get(0x00081115)!.items!.length, 10_000);
   });
 });
 
 /** What each corpus file is expected to give: undefined = parses, a RegExp = the SyntaxError message. */
 const CORPUS_ERRORS: Record<string, RegExp> = {
-  "MR_truncated.dcm": /^Cannot parse "MR_truncated.dcm": element \(7FE0,0010\) length 8192 runs past the end at offset 1500$/,
-  "rtplan_truncated.dcm": /^Cannot parse "rtplan_truncated.dcm": element \(300A,00B0\) length 976 runs past the end at offset 1418$/,
+  "MR_truncated.dcm":
+    /^Cannot parse "MR_truncated.dcm": element \(7FE0,0010\) length 8192 runs past the end at offset 1500$/,
+  "rtplan_truncated.dcm":
+    /^Cannot parse "rtplan_truncated.dcm": element \(300A,00B0\) length 976 runs past the end at offset 1418$/,
   "no_meta.dcm":
     /^Cannot parse "no_meta.dcm" \(no File Meta Information: read as a raw data set\): element \(0820,0500\) length 173228800 runs past the end at offset 8$/,
 };
@@ -317,7 +373,10 @@ Deno.test("readHeader() and parseObject() agree on every corpus file", async (t)
       const bytes = Deno.readFileSync(dir + name);
       const error = CORPUS_ERRORS[name];
       if (error) {
-        await assert.rejects(parseObject(bytes, name), (e) => e instanceof SyntaxError && error.test(e.message));
+        await assert.rejects(
+          parseObject(bytes, name),
+          (e) => e instanceof SyntaxError && error.test(e.message),
+        );
         await assert.rejects(
           readHeader(memorySource(bytes, name), { initialBytes: 512 }),
           (e) => e instanceof SyntaxError && error.test(e.message),
@@ -347,5 +406,36 @@ Deno.test("readHeader() and parseObject() agree on every corpus file", async (t)
     const header = await parseObject(Deno.readFileSync(dir + "image_dfl.dcm"), "d.dcm");
     assert.equal(header.inflated!.length, 334 + 262682);
     assert.equal(header.pixelData!.offset + header.pixelData!.length, header.inflated!.length);
+  });
+});
+
+Deno.test("dictionary lookups work by tag, keyword and repeating group", async (t) => {
+  const { lookupKeyword, lookupTag, parseTag, vrOf, formatTag } = await import("../lib/dictionary.ts");
+  await t.step("lookupTag() and lookupKeyword()", () => {
+    assert.equal(lookupTag(0x00100010)?.keyword, "PatientName");
+    assert.equal(lookupTag(0x00100010)?.vr, "PN");
+    assert.equal(lookupKeyword("StudyInstanceUID")?.tag, 0x0020000d);
+    assert.equal(lookupKeyword("ModalitiesInStudy")?.vr, "CS");
+    assert.equal(lookupTag(0x00091001), undefined);
+  });
+  await t.step("repeating groups (60xx overlays, 50xx curves)", () => {
+    assert.equal(lookupTag(0x60223000)?.keyword, "OverlayData");
+    assert.equal(lookupTag(0x50100010)?.keyword, "NumberOfPoints");
+    assert.equal(lookupTag(0x50100010)?.retired, true);
+  });
+  await t.step("vrOf() for implicit VR", () => {
+    assert.equal(vrOf(0x00280106), "US");
+    assert.equal(vrOf(0x00280106, { pixelRepresentation: 1 }), "SS");
+    assert.equal(vrOf(0x7fe00010), "OW");
+    assert.equal(vrOf(0x00090010), "LO");
+    assert.equal(vrOf(0x00091001), "UN");
+    assert.equal(vrOf(0x00080000), "UL");
+  });
+  await t.step("parseTag() and formatTag()", () => {
+    assert.equal(parseTag("00100010"), 0x00100010);
+    assert.equal(parseTag("(0010,0010)"), 0x00100010);
+    assert.equal(parseTag("PatientID"), 0x00100020);
+    assert.equal(parseTag("NoSuchKeyword"), undefined);
+    assert.equal(formatTag(0x7fe00010), "(7FE0,0010)");
   });
 });
