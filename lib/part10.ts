@@ -178,48 +178,78 @@ class NeedMore {
 /** Thrown when the data set is deflated and must be inflated first. */
 class NeedInflate {}
 
-/** Loaded byte ranges of an object, merged when they touch. */
+/**
+ * Loaded byte ranges of an object, sorted and found by binary search. Overlapping reads are merged; touching
+ * ones are not (that would copy ever larger buffers), so a read across a boundary is assembled on demand.
+ */
 class SparseBytes {
   #segments: { start: number; data: Uint8Array }[] = [];
 
-  add(start: number, data: Uint8Array): void {
-    let merged = { start, data };
-    const kept = [];
-    for (const s of this.#segments) {
-      const sEnd = s.start + s.data.length;
-      const mEnd = merged.start + merged.data.length;
-      if (sEnd < merged.start || s.start > mEnd) {
-        kept.push(s);
-        continue;
+  /** Index of the last segment starting at or before `offset`, or -1. */
+  #find(offset: number): number {
+    let lo = 0;
+    let hi = this.#segments.length - 1;
+    let found = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.#segments[mid].start <= offset) {
+        found = mid;
+        lo = mid + 1;
+      } else {
+        hi = mid - 1;
       }
-      const lo = Math.min(s.start, merged.start);
-      const hi = Math.max(sEnd, mEnd);
-      const buf = new Uint8Array(hi - lo);
-      buf.set(s.data, s.start - lo);
-      buf.set(merged.data, merged.start - lo);
-      merged = { start: lo, data: buf };
     }
-    kept.push(merged);
-    this.#segments = kept.sort((a, b) => a.start - b.start);
+    return found;
+  }
+
+  #end(i: number): number {
+    return this.#segments[i].start + this.#segments[i].data.length;
+  }
+
+  add(start: number, data: Uint8Array): void {
+    const end = start + data.length;
+    let first = this.#find(start);
+    if (first < 0 || this.#end(first) <= start) first++;
+    let last = first;
+    while (last < this.#segments.length && this.#segments[last].start < end) last++;
+    const overlapping = this.#segments.slice(first, last);
+    if (overlapping.length === 0) {
+      this.#segments.splice(first, 0, { start, data });
+      return;
+    }
+    const lo = Math.min(start, overlapping[0].start);
+    const tail = overlapping[overlapping.length - 1];
+    const merged = new Uint8Array(Math.max(end, tail.start + tail.data.length) - lo);
+    for (const s of overlapping) merged.set(s.data, s.start - lo);
+    merged.set(data, start - lo);
+    this.#segments.splice(first, overlapping.length, { start: lo, data: merged });
   }
 
   get(start: number, end: number): Uint8Array | undefined {
-    for (const s of this.#segments) {
-      if (start >= s.start && end <= s.start + s.data.length) {
-        return s.data.subarray(start - s.start, end - s.start);
-      }
+    let i = this.#find(start);
+    if (i < 0 || this.#end(i) <= start && end > start) return undefined;
+    const s = this.#segments[i];
+    if (end <= this.#end(i)) return s.data.subarray(start - s.start, end - s.start);
+    const out = new Uint8Array(end - start);
+    let at = 0;
+    for (; i < this.#segments.length && at < out.length; i++) {
+      const seg = this.#segments[i];
+      if (seg.start !== start + at) return undefined;
+      const piece = seg.data.subarray(start + at - seg.start, Math.min(seg.data.length, end - seg.start));
+      out.set(piece, at);
+      at += piece.length;
     }
-    return undefined;
+    return at === out.length ? out : undefined;
   }
 
-  /** The loaded segment containing or ending at `offset`. */
+  /** The run of touching segments containing or ending at `offset`. */
   around(offset: number): { start: number; end: number } | undefined {
-    for (const s of this.#segments) {
-      if (offset >= s.start && offset <= s.start + s.data.length) {
-        return { start: s.start, end: s.start + s.data.length };
-      }
-    }
-    return undefined;
+    let i = this.#find(offset);
+    if (i < 0 || offset > this.#end(i)) return undefined;
+    let j = i;
+    while (j + 1 < this.#segments.length && this.#segments[j + 1].start === this.#end(j)) j++;
+    while (i > 0 && this.#end(i - 1) === this.#segments[i].start) i--;
+    return { start: this.#segments[i].start, end: this.#end(j) };
   }
 }
 
@@ -626,6 +656,9 @@ class HeaderJob {
   }
 
   /** The last complete fragment's length (to size reads during the scan). */
+  /** Item header reads made one at a time (no offset table to predict the next ones). */
+  loneHeaderReads = 0;
+
   lastFragmentLength(): number {
     return this.#scan?.fragments.at(-1)?.length ?? 0;
   }
@@ -898,7 +931,12 @@ export async function readHeader(source: RangeSource, options: ParseOptions = {}
   const job = new HeaderJob(new Reader(source.name, size, store), limitsOf(options), true);
   for (;;) {
     try {
-      return job.run();
+      const header = job.run();
+      return {
+        ...header,
+        dataset: detach(header.dataset),
+        meta: header.meta && { ...header.meta, elements: detach(header.meta.elements) },
+      };
     } catch (e) {
       if (e instanceof NeedInflate) {
         const whole = await source.read(0, size);
@@ -912,6 +950,11 @@ export async function readHeader(source: RangeSource, options: ParseOptions = {}
 }
 
 /** Which ranges to fetch for a NeedMore: grow the current run by doubling, or jump; batch fragment headers. */
+/**
+ * Which ranges to fetch for a NeedMore: grow the current run by doubling, or jump to a new place. While
+ * scanning large fragments, read just the next item header plus (in parallel) those the offset tables
+ * predict; without offset tables, after 16 lone headers switch to windows spanning ~32 fragments.
+ */
 function planReads(
   job: HeaderJob,
   store: SparseBytes,
@@ -920,18 +963,34 @@ function planReads(
   size: number,
 ): [number, number][] {
   const clamp = (s: number, e: number): [number, number] => [s, Math.min(size, Math.max(e, s + 1))];
-  if (job.scanning() && job.lastFragmentLength() > 16384) {
-    // Large fragments: read just the next item headers, those the offset tables predict in parallel.
-    const ranges: [number, number][] = [clamp(need.start, need.start + 8)];
+  const fragmentLength = job.lastFragmentLength();
+  if (job.scanning() && fragmentLength > 16384) {
+    const ranges: [number, number][] = [];
     for (const p of job.predictedHeaders()) {
-      if (ranges.length >= 16) break;
+      if (ranges.length >= 64) break;
       if (!store.get(p, p + 8)) ranges.push(clamp(p, p + 8));
     }
-    return ranges;
+    if (ranges.length === 0 && ++job.loneHeaderReads > 16) {
+      return [clamp(need.start, need.start + Math.min(8 * 1024 * 1024, 32 * (fragmentLength + 8)))];
+    }
+    return [clamp(need.start, need.start + 8), ...ranges.filter(([s]) => s !== need.start)];
   }
   const run = store.around(need.start);
   if (run) return [clamp(run.end, Math.max(need.end, run.end + (run.end - run.start)))];
   return [clamp(need.start, Math.max(need.end, need.start + initial))];
+}
+
+/** A copy of a data set whose loaded values no longer share the (possibly large) read buffers. */
+function detach(dataset: DicomDataset): DicomDataset {
+  const elements = new Map<number, DicomElement>();
+  for (const [tag, el] of dataset.elements) {
+    elements.set(tag, {
+      ...el,
+      ...(el.bytes ? { bytes: el.bytes.slice() } : {}),
+      ...(el.items ? { items: el.items.map(detach) } : {}),
+    });
+  }
+  return { ...dataset, elements };
 }
 
 /** The element with this tag, if present. */

@@ -20,13 +20,21 @@ export interface OpenedInstance {
 /** Options for {@linkcode openInstance}. */
 export interface OpenOptions {
   signal?: AbortSignal;
-  /** Bytes buffered ahead of the consumer per object (default 1 MiB). */
+  /** Bytes buffered ahead of the consumer per object, besides the chunk being filled (default 512 KiB). */
   readAhead?: number;
+  /** Largest chunk the body delivers (default 512 KiB). */
+  chunkSize?: number;
 }
+
+const KIB = 1024;
 
 /**
  * Starts reading an object and resolves once its File Meta is known, or `null` when the key does
- * not exist. The returned body replays the bytes consumed to read the meta.
+ * not exist. The returned body replays the bytes read for the meta and keeps reading ahead of its
+ * consumer, up to `readAhead` bytes.
+ *
+ * Bytes arrive in chunks of up to `chunkSize`, filled in place when the store's body is a byte
+ * stream (a `fetch` body): one buffer per chunk instead of one per network read, and no copies.
  */
 export async function openInstance(
   store: ObjectStore,
@@ -36,57 +44,127 @@ export async function openInstance(
 ): Promise<OpenedInstance | null> {
   const object = await store.get(bucket, key, { signal: options.signal });
   if (object === null) return null;
-  const readAhead = options.readAhead ?? 1024 * 1024;
-  const buffered = object.body.pipeThrough(
-    new TransformStream<Uint8Array, Uint8Array>(
-      undefined,
-      new ByteLengthQueuingStrategy({ highWaterMark: readAhead }),
-    ),
-  );
-  const reader = buffered.getReader();
-  const head: Uint8Array[] = [];
-  let headBytes = 0;
+  const source = new ChunkReader(object.body, object.length, options.chunkSize ?? 512 * KIB);
   let meta: FileMeta | null = null;
-  let ended = false;
   try {
     while (meta === null) {
-      const { value, done } = await reader.read();
-      if (done) ended = true;
-      else {
-        head.push(value);
-        headBytes += value.byteLength;
-      }
-      const bytes = head.length === 1 ? head[0] : concat(head, headBytes);
-      if (head.length > 1) head.splice(0, head.length, bytes);
-      meta = readFileMeta(bytes, key, ended || headBytes >= object.info.size);
-      if (meta === null && ended) throw new SyntaxError(`Cannot read File Meta of "${key}": object is empty`);
+      const more = await source.readSome();
+      const head = source.head();
+      meta = readFileMeta(head, key, !more || head.byteLength >= object.info.size);
+      if (meta === null && !more) throw new SyntaxError(`Cannot read File Meta of "${key}": object is empty`);
     }
   } catch (error) {
-    await reader.cancel(error).catch(() => {});
+    await source.cancel(error);
     throw error;
   }
-  let replayed = false;
   const body = new ReadableStream<Uint8Array>({
     async pull(controller) {
-      if (!replayed) {
-        replayed = true;
-        for (const chunk of head) controller.enqueue(chunk);
-        if (ended) controller.close();
-        return;
-      }
-      const { value, done } = await reader.read();
-      if (done) controller.close();
-      else controller.enqueue(value);
+      const chunk = await source.next();
+      if (chunk === null) controller.close();
+      else controller.enqueue(chunk);
     },
     cancel(reason) {
-      return reader.cancel(reason);
+      return source.cancel(reason);
     },
-  }, { highWaterMark: 0 });
+  }, new ByteLengthQueuingStrategy({ highWaterMark: options.readAhead ?? 512 * KIB }));
   return { key, info: object.info, meta, body };
 }
 
-function concat(chunks: Uint8Array[], total: number): Uint8Array {
-  const out = new Uint8Array(total);
+/**
+ * Cuts a body into chunks of up to `chunkSize` bytes. A byte stream is read with a BYOB reader
+ * straight into each chunk's buffer; any other stream's chunks pass through as they come.
+ */
+class ChunkReader {
+  #byob?: ReadableStreamBYOBReader;
+  #reader?: ReadableStreamDefaultReader<Uint8Array>;
+  #chunkSize: number;
+  /** The store's length and the bytes still expected: they only size the buffers. */
+  #announced: number;
+  #left: number;
+  #buffer: Uint8Array | null = null;
+  #filled = 0;
+  /** Chunks read by a default reader and not yet handed out. */
+  #pending: Uint8Array[] = [];
+  #done = false;
+
+  constructor(body: ReadableStream<Uint8Array>, length: number, chunkSize: number) {
+    this.#chunkSize = chunkSize;
+    this.#announced = length;
+    this.#left = length;
+    try {
+      this.#byob = body.getReader({ mode: "byob" });
+    } catch {
+      this.#reader = body.getReader();
+    }
+  }
+
+  /** Reads once more; `false` at the end of the body. */
+  async readSome(): Promise<boolean> {
+    if (this.#done) return false;
+    if (this.#reader) {
+      const { value, done } = await this.#reader.read();
+      if (done) this.#done = true;
+      else this.#pending.push(value);
+      return !done;
+    }
+    if (this.#buffer === null || this.#filled === this.#buffer.byteLength) {
+      // the announced length is all read: a small read finds the end (only a wrong length leaves more)
+      const size = this.#left > 0
+        ? Math.min(this.#left, this.#chunkSize)
+        : this.#left === 0 && this.#announced > 0
+        ? 64
+        : this.#chunkSize;
+      const buffer = new Uint8Array(this.#filled + size);
+      // a full buffer is only read further while looking for the File Meta
+      if (this.#buffer !== null) buffer.set(this.#buffer);
+      this.#buffer = buffer;
+    }
+    const { value, done } = await this.#byob!.read(this.#buffer.subarray(this.#filled));
+    if (value) this.#buffer = new Uint8Array(value.buffer, 0, this.#buffer.byteLength);
+    if (done) {
+      this.#done = true;
+      return false;
+    }
+    this.#filled += value!.byteLength;
+    this.#left -= value!.byteLength;
+    return true;
+  }
+
+  /** Every byte read so far (only before the first {@linkcode next}). */
+  head(): Uint8Array {
+    if (this.#reader) {
+      if (this.#pending.length > 1) this.#pending = [concat(this.#pending)];
+      return this.#pending[0] ?? new Uint8Array(0);
+    }
+    return this.#buffer === null ? new Uint8Array(0) : this.#buffer.subarray(0, this.#filled);
+  }
+
+  /** The next chunk, or `null` at the end. */
+  async next(): Promise<Uint8Array | null> {
+    if (this.#reader) {
+      if (this.#pending.length === 0 && !(await this.readSome())) return null;
+      return this.#pending.shift()!;
+    }
+    while (this.#buffer === null || this.#filled < this.#buffer.byteLength) {
+      if (!(await this.readSome())) break;
+    }
+    const chunk = this.#buffer?.subarray(0, this.#filled);
+    this.#buffer = null;
+    this.#filled = 0;
+    if (chunk === undefined || chunk.byteLength === 0) return this.#done ? null : await this.next();
+    return chunk;
+  }
+
+  async cancel(reason?: unknown): Promise<void> {
+    this.#done = true;
+    this.#buffer = null;
+    this.#pending = [];
+    await (this.#byob ?? this.#reader)!.cancel(reason).catch(() => {});
+  }
+}
+
+function concat(chunks: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
   let at = 0;
   for (const c of chunks) {
     out.set(c, at);

@@ -1,0 +1,103 @@
+/**
+ * Loading the Emscripten builds of the `@cornerstonejs/codec-*` packages under Deno without file system
+ * permissions: the `.wasm` file is compiled through a source-phase import (`import.source`, which Deno
+ * resolves in its module cache like any import) and handed to the Emscripten glue through its
+ * `instantiateWasm` hook, so the glue never calls `fs.readFileSync`. When `import.source` is not available the
+ * bytes are fetched from the file URL instead (that path needs read access to the npm cache).
+ *
+ * @module
+ */
+
+/** The embind classes and heap an Emscripten module exposes (only what the codecs use). */
+// deno-lint-ignore no-explicit-any
+export type EmscriptenModule = Record<string, any>;
+
+/** An Emscripten module factory (`export default function (moduleArg) → Promise<Module>`). */
+// deno-lint-ignore no-explicit-any
+export type EmscriptenFactory = (moduleArg: Record<string, any>) => Promise<EmscriptenModule>;
+
+/** A loaded codec module plus the lines it printed (OpenJPEG reports errors with printf). */
+export interface LoadedCodec {
+  module: EmscriptenModule;
+  /** The last lines printed by the module, newest last (bounded). */
+  printed: string[];
+}
+
+const compiled = new Map<string, Promise<WebAssembly.Module>>();
+
+/** Compiles the `.wasm` at `url` once per process. */
+function compile(url: string): Promise<WebAssembly.Module> {
+  let promise = compiled.get(url);
+  if (!promise) {
+    promise = (async () => {
+      try {
+        // @ts-expect-error: TypeScript has no types for source-phase imports yet; Deno runs them (no --allow-read needed).
+        return await import.source(url) as WebAssembly.Module;
+      } catch {
+        return await WebAssembly.compile(await (await fetch(url)).arrayBuffer());
+      }
+    })();
+    compiled.set(url, promise);
+    promise.catch(() => compiled.delete(url));
+  }
+  return promise;
+}
+
+/**
+ * Instantiates an Emscripten factory with the wasm found at `wasmUrl` (a `file:` URL from
+ * `import.meta.resolve`). Printing is captured instead of going to stdout.
+ */
+export async function loadCodec(factory: EmscriptenFactory, wasmUrl: string): Promise<LoadedCodec> {
+  const wasm = await compile(wasmUrl);
+  const printed: string[] = [];
+  const capture = (line: string) => {
+    printed.push(String(line));
+    if (printed.length > 32) printed.shift();
+  };
+  const module = await factory({
+    print: capture,
+    printErr: capture,
+    instantiateWasm(
+      imports: WebAssembly.Imports,
+      done: (instance: WebAssembly.Instance, module: WebAssembly.Module) => void,
+    ) {
+      WebAssembly.instantiate(wasm, imports).then((instance) => done(instance, wasm));
+      return {};
+    },
+  });
+  return { module, printed };
+}
+
+/** A lazily loaded codec that can be thrown away and reloaded after a crash (a trapped WASM instance). */
+export class CodecSlot {
+  #loading?: Promise<LoadedCodec>;
+  constructor(readonly factory: () => Promise<EmscriptenFactory>, readonly wasmUrl: string) {}
+
+  /** The loaded codec (loading it on first use). */
+  get(): Promise<LoadedCodec> {
+    if (!this.#loading) {
+      this.#loading = this.factory().then((f) => loadCodec(f, this.wasmUrl));
+      this.#loading.catch(() => this.#loading = undefined);
+    }
+    return this.#loading;
+  }
+
+  /** Drops the instance: after a WASM trap its memory may be corrupt. */
+  reset(): void {
+    this.#loading = undefined;
+  }
+}
+
+/** The text of an error thrown by Emscripten code (C++ exceptions arrive as numbers or strings). */
+export function wasmMessage(error: unknown, printed: string[] = []): string {
+  const errors = printed.filter((l) => /error/i.test(l)).map((l) => l.replace(/^\[ERROR\]\s*/, "").trim());
+  if (errors.length) return errors.slice(-2).join("; ");
+  if (error instanceof Error) return error.message;
+  if (typeof error === "number") return "the codec rejected the data";
+  return String(error);
+}
+
+/** A copy of `view` (WASM memory views die with the next allocation or `delete()`). */
+export function copyOut(view: ArrayBufferView): Uint8Array {
+  return new Uint8Array(view.buffer, view.byteOffset, view.byteLength).slice();
+}
