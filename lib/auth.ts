@@ -830,7 +830,7 @@ export class RequestGuard {
     };
     this.#contexts.set(request, context);
     checkHeaderSize(request.headers, this.config.limits);
-    if (access.kind === "public") return await next(request);
+    if (access.kind === "public") return await next(context.trustForwarded ? request : withoutForwarded(request));
 
     const principal = await this.authenticator.authenticate(request);
     context.principal = principal;
@@ -844,11 +844,13 @@ export class RequestGuard {
     const key = principal.method === "none" ? `addr:${context.client}` : `sub:${principal.method}:${principal.subject}`;
     const release = this.limiter.acquire(key);
     try {
-      const limited = limitRequestBody(request, {
+      const forwarded = context.trustForwarded ? request : withoutForwarded(request);
+      const limited = limitRequestBody(forwarded, {
         maxBytes: this.config.stowMaxBytes,
         timeoutMs: this.config.limits.bodyTimeoutMs,
       });
-      if (limited !== request) this.#contexts.set(limited, context);
+      this.#contexts.set(forwarded, context);
+      this.#contexts.set(limited, context);
       const response = await withDeadline(
         this.reads.scope(() => next(limited)),
         this.config.limits.responseTimeoutMs,
@@ -859,6 +861,26 @@ export class RequestGuard {
       throw error;
     }
   }
+}
+
+const FORWARDED_HEADERS = ["forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port", "x-forwarded-prefix", "x-real-ip"];
+
+/**
+ * `request` without `Forwarded` / `X-Forwarded-*` / `X-Real-IP` (for peers that are not trusted proxies), so
+ * nothing downstream (e.g. `publicBase`) can be steered by them. Returned as is when it has none.
+ */
+export function withoutForwarded(request: Request): Request {
+  if (!FORWARDED_HEADERS.some((name) => request.headers.has(name))) return request;
+  const headers = new Headers(request.headers);
+  for (const name of FORWARDED_HEADERS) headers.delete(name);
+  return new Request(request.url, {
+    method: request.method,
+    headers,
+    body: request.body,
+    signal: request.signal,
+    // @ts-ignore: needed by the fetch spec for stream bodies; Deno accepts and ignores it
+    duplex: "half",
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------

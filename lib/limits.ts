@@ -429,12 +429,15 @@ interface Budget {
  */
 export class ReadBudget {
   readonly maxBytes: number;
+  /** Longest a read waits for budget before it proceeds anyway (a request never deadlocks on itself). */
+  readonly maxWaitMs: number;
   readonly #context = new AsyncLocalStorage<Budget>();
 
   /** `maxBytes` = 0 turns the budget off (the wrapped store passes through). */
-  constructor(maxBytes: number) {
+  constructor(maxBytes: number, options: { maxWaitMs?: number } = {}) {
     if (!Number.isSafeInteger(maxBytes) || maxBytes < 0) throw new RangeError(`Invalid read budget: ${maxBytes}`);
     this.maxBytes = maxBytes;
+    this.maxWaitMs = options.maxWaitMs ?? 10_000;
   }
 
   /**
@@ -472,6 +475,7 @@ export class ReadBudget {
   store(store: ObjectStore): ObjectStore {
     if (this.maxBytes === 0) return store;
     const context = this.#context;
+    const maxWait = this.maxWaitMs;
     const get = async (bucket: string, key: string, options?: GetOptions): Promise<ObjectBody | null> => {
       const budget = context.getStore();
       if (budget === undefined) return await store.get(bucket, key, options);
@@ -479,7 +483,7 @@ export class ReadBudget {
       // (a HEAD first would cost a round trip per object).
       const range = options?.range;
       let want = range?.end !== undefined ? range.end - range.start + 1 : 0;
-      if (want > 0) await take(budget, want, options?.signal);
+      if (want > 0) await take(budget, want, maxWait, options?.signal);
       let released = false;
       const release = () => {
         if (released) return;
@@ -492,7 +496,7 @@ export class ReadBudget {
         if (object !== null && want === 0) {
           want = object.length;
           try {
-            await take(budget, want, options?.signal);
+            await take(budget, want, maxWait, options?.signal);
           } catch (error) {
             want = 0;
             await object.body.cancel().catch(() => {});
@@ -528,25 +532,33 @@ export class ReadBudget {
   }
 }
 
-function take(budget: Budget, bytes: number, signal?: AbortSignal): Promise<void> {
+function take(budget: Budget, bytes: number, maxWaitMs: number, signal?: AbortSignal): Promise<void> {
   if (budget.open === 0 || (budget.waiting.length === 0 && budget.open + bytes <= budget.max)) {
     budget.open += bytes;
     return Promise.resolve();
   }
+  if (signal?.aborted) return Promise.reject(signal.reason);
   return new Promise<void>((resolve, reject) => {
+    const leave = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+      const i = budget.waiting.indexOf(entry);
+      if (i >= 0) budget.waiting.splice(i, 1);
+    };
     const entry = {
       bytes,
       grant: () => {
-        signal?.removeEventListener("abort", onAbort);
+        leave();
         budget.open += bytes;
         resolve();
       },
     };
     const onAbort = () => {
-      const i = budget.waiting.indexOf(entry);
-      if (i >= 0) budget.waiting.splice(i, 1);
+      leave();
       reject(signal!.reason);
     };
+    // Past the wait limit the read goes ahead over budget (e.g. a header read while the same object streams).
+    const timer = setTimeout(entry.grant, maxWaitMs);
     signal?.addEventListener("abort", onAbort, { once: true });
     budget.waiting.push(entry);
   });
@@ -557,8 +569,7 @@ function give(budget: Budget, bytes: number): void {
   while (budget.waiting.length > 0) {
     const next = budget.waiting[0];
     if (budget.open !== 0 && budget.open + next.bytes > budget.max) break;
-    budget.waiting.shift();
-    next.grant();
+    next.grant(); // removes itself from the queue
   }
 }
 

@@ -23,7 +23,11 @@ export function randomBoundary(): string {
 
 /** Options for {@linkcode multipartStream}. */
 export interface MultipartOptions {
-  /** Output chunks are coalesced up to this size (default 512 KiB). */
+  /**
+   * Pieces smaller than this (part headers, delimiters, small bodies or body chunks) are merged into
+   * output chunks of about this size; larger body chunks go out as they are, without a copy.
+   * Default 64 KiB.
+   */
   chunkSize?: number;
   /** Called once when the consumer cancels (client gone); abort upstream reads here. */
   onCancel?: (reason: unknown) => void;
@@ -48,7 +52,7 @@ export function multipartStream(
   boundary: string,
   options: MultipartOptions = {},
 ): ReadableStream<Uint8Array> {
-  const chunkSize = options.chunkSize ?? 512 * 1024;
+  const chunkSize = options.chunkSize ?? 64 * 1024;
   const iterator = parts[Symbol.asyncIterator]();
   let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
   let first = true;
@@ -82,22 +86,26 @@ export function multipartStream(
     return encoder.encode(head + "\r\n");
   };
 
+  // Stops everything upstream once, whether the consumer cancelled or something failed.
+  let stopped = false;
+  const stop = async (reason: unknown) => {
+    if (stopped) return;
+    stopped = done = true;
+    options.onCancel?.(reason);
+    await Promise.allSettled([reader?.cancel(reason), iterator.return?.()]);
+  };
+
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
       try {
         await fill(controller);
       } catch (error) {
-        done = true;
-        options.onCancel?.(error);
-        await Promise.allSettled([reader?.cancel(error), iterator.return?.()]);
+        if (stopped) return; // cancelled meanwhile: the consumer is gone
+        await stop(error);
         throw error;
       }
     },
-    async cancel(reason) {
-      done = true;
-      options.onCancel?.(reason);
-      await Promise.allSettled([reader?.cancel(reason), iterator.return?.()]);
-    },
+    cancel: stop,
   }, { highWaterMark: 0 });
 
   async function fill(controller: ReadableStreamDefaultController<Uint8Array>) {
@@ -105,14 +113,22 @@ export function multipartStream(
     while (!done && pendingBytes < chunkSize) {
       if (reader) {
         const { value, done: partDone } = await reader.read();
+        if (stopped) return; // a cancelled reader reads as done: that is not the end of the part
         if (partDone) {
           reader = undefined;
           push(encoder.encode("\r\n"));
+        } else if (value.byteLength >= chunkSize) {
+          // big enough on its own: flush what is pending, then pass it through uncopied
+          if (pendingBytes > 0) controller.enqueue(take());
+          controller.enqueue(value);
+          first = false;
+          return;
         } else {
           push(value);
         }
       } else {
         const next = await iterator.next();
+        if (stopped) return;
         if (next.done) {
           push(encoder.encode(`--${boundary}--\r\n`));
           done = true;
@@ -134,4 +150,3 @@ export function multipartStream(
     if (done) controller.close();
   }
 }
-

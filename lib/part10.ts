@@ -234,7 +234,7 @@ class SparseBytes {
     let at = 0;
     for (; i < this.#segments.length && at < out.length; i++) {
       const seg = this.#segments[i];
-      if (seg.start !== start + at) return undefined;
+      if (at > 0 && seg.start !== start + at) return undefined;
       const piece = seg.data.subarray(start + at - seg.start, Math.min(seg.data.length, end - seg.start));
       out.set(piece, at);
       at += piece.length;
@@ -944,7 +944,12 @@ export async function readHeader(source: RangeSource, options: ParseOptions = {}
         return parseBuffer(inflated, source.name, { ...options, inflated: true });
       }
       if (!(e instanceof NeedMore)) throw e;
-      await load(planReads(job, store, e, initial, size));
+      const ranges = planReads(job, store, e, initial, size).filter(([s, end]) => end > s);
+      // Cannot happen unless planReads and SparseBytes disagree; never spin on a read that adds nothing.
+      if (ranges.length === 0) {
+        throw new Error(`Cannot read "${source.name}": no progress at offset ${e.start}`);
+      }
+      await load(ranges);
     }
   }
 }

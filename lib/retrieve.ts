@@ -119,8 +119,10 @@ class ChunkReader {
       if (this.#buffer !== null) buffer.set(this.#buffer);
       this.#buffer = buffer;
     }
+    const size = this.#buffer.byteLength;
+    // the read transfers the buffer: what comes back is the only usable view of it
     const { value, done } = await this.#byob!.read(this.#buffer.subarray(this.#filled));
-    if (value) this.#buffer = new Uint8Array(value.buffer, 0, this.#buffer.byteLength);
+    this.#buffer = value ? new Uint8Array(value.buffer, 0, size) : null;
     if (done) {
       this.#done = true;
       return false;

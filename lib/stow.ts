@@ -151,7 +151,7 @@ function boundaryOf(contentType: string | null): string {
   }
   const type = media.params.type?.toLowerCase();
   if (type !== undefined && type !== "application/dicom") {
-    throw new HttpError(415, `Unsupported STOW-RS payload type="${type}": only application/dicom instances are stored`);
+    throw new HttpError(415, `Unsupported STOW-RS payload type="${type}": only DICOM instances are stored, ${expected}`);
   }
   const boundary = media.params.boundary;
   if (!boundary) throw new HttpError(400, `Content-Type has no boundary parameter: ${expected}`);
@@ -335,7 +335,7 @@ class StowJob {
             check.finish();
             verified = await readHeader(
               streamedSource(name, size, prefix, tail, check.recorded, null),
-              this.#parseOptions(),
+              { ...this.#parseOptions(), initialBytes: prefix.byteLength },
             ).catch((error) => {
               if (error instanceof NotKept) return undefined; // checked on the stored object instead
               throw error;
@@ -375,7 +375,7 @@ class StowJob {
       if (!header) {
         const source = streamedSource(name, info.size, prefix, tail, check.recorded, { store, bucket, key });
         try {
-          header = await readHeader(source, this.#parseOptions());
+          header = await readHeader(source, { ...this.#parseOptions(), initialBytes: prefix.byteLength });
         } catch (error) {
           // cannot happen when Part10Check and readHeader agree; never leave an unreadable object behind
           await store.delete(bucket, key).catch(() => {});
@@ -510,7 +510,8 @@ class StowJob {
     const headers = new Headers({ "content-type": contentType });
     const host = new URL(base).host;
     if (abort !== undefined) warnings.unshift((abort as Error).message);
-    for (const text of warnings.slice(0, 20)) headers.append("warning", warningHeader(host, text));
+    // header values are bytes: whatever a file holds (UIDs in messages) goes out as printable ASCII only
+    for (const text of warnings.slice(0, 20)) headers.append("warning", warningHeader(host, text.replace(/[^\x20-\x7e]/g, "?")));
     if (warnings.length > 20) headers.append("warning", warningHeader(host, `${warnings.length - 20} more problems`));
     return new Response(JSON.stringify(body) + "\n", { status, headers });
   }
@@ -596,7 +597,7 @@ function checkIdentity(name: string, transferSyntax: string, values: (tag: numbe
       throw new Refusal(FAILURE.cannotUnderstand, `Cannot store ${name}: ${UID_NAMES[tag]} is missing`, found);
     }
     if (!isValidUid(value)) {
-      const shown = JSON.stringify(value.length > 70 ? value.slice(0, 70) + "…" : value);
+      const shown = JSON.stringify(value.length > 70 ? value.slice(0, 70) + "..." : value);
       throw new Refusal(FAILURE.cannotUnderstand, `Cannot store ${name}: ${UID_NAMES[tag]} ${shown} is not a valid UID`, found);
     }
     return value;
@@ -683,6 +684,12 @@ function streamedSource(
     async read(start, end) {
       if (end <= prefix.byteLength) return prefix.subarray(start, end);
       if (start >= tailStart) return tailBytes.subarray(start - tailStart, end - tailStart);
+      if (start < prefix.byteLength && tailStart <= prefix.byteLength) {
+        const out = new Uint8Array(end - start);
+        out.set(prefix.subarray(start));
+        out.set(tailBytes.subarray(prefix.byteLength - tailStart, end - tailStart), prefix.byteLength - start);
+        return out;
+      }
       const header = recorded.get(start);
       if (header && end - start <= header.byteLength) return header.subarray(0, end - start);
       if (!stored) throw new NotKept(`Bytes ${start}-${end} of ${name} were not kept`);

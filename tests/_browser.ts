@@ -47,12 +47,22 @@ export interface PageEvents {
 
 /** A browser tab. */
 export interface Page {
-  goto(url: string, options?: { waitUntil?: "load" | "domcontentloaded" | "networkidle"; timeout?: number }): Promise<number | null>;
+  goto(
+    url: string,
+    options?: { waitUntil?: "load" | "domcontentloaded" | "networkidle"; timeout?: number },
+  ): Promise<number | null>;
   /** Runs before any script of every document the page loads. */
   addInitScript(script: string): Promise<void>;
   /** Polls `fn(arg)` in the page until it returns a truthy value, and returns that value. */
-  waitForFunction<T = unknown>(fn: string, arg?: unknown, options?: { timeout?: number; polling?: number }): Promise<T>;
-  waitForSelector(selector: string, options?: { state?: "attached" | "visible" | "hidden"; timeout?: number }): Promise<void>;
+  waitForFunction<T = unknown>(
+    fn: string,
+    arg?: unknown,
+    options?: { timeout?: number; polling?: number },
+  ): Promise<T>;
+  waitForSelector(
+    selector: string,
+    options?: { state?: "attached" | "visible" | "hidden"; timeout?: number },
+  ): Promise<void>;
   /** `fn(arg)` in the page; the result must be JSON-serializable. */
   evaluate<T = unknown>(fn: string, arg?: unknown): Promise<T>;
   click(selector: string, options?: { timeout?: number }): Promise<void>;
@@ -79,13 +89,16 @@ export interface Browser {
 export async function browserMissing(): Promise<string | undefined> {
   const problems: string[] = [];
   if (!await exists(CHROMIUM)) {
-    problems.push(`${CHROMIUM} is missing: apt-get install -y chromium (Debian's package; never a downloaded browser)`);
+    problems.push(
+      `${CHROMIUM} is missing: apt-get install -y chromium (Debian's package; never a downloaded browser)`,
+    );
   }
   if (!await exists(PLAYWRIGHT)) {
     problems.push(`playwright-core is not installed: npm ci --prefix tools/e2e`);
   }
   try {
-    const out = await new Deno.Command("node", { args: ["--version"], stdout: "piped", stderr: "null" }).output();
+    const out = await new Deno.Command("node", { args: ["--version"], stdout: "piped", stderr: "null" })
+      .output();
     if (!out.success) problems.push("`node --version` failed: install Node.js 18+");
   } catch {
     problems.push("`node` is not on PATH: install Node.js 18+");
@@ -94,12 +107,17 @@ export async function browserMissing(): Promise<string | undefined> {
 }
 
 /** Starts Chromium (headless, fresh profile) through playwright-core. */
-export async function launchBrowser(options: { viewport?: { width: number; height: number } } = {}): Promise<Browser> {
+export async function launchBrowser(
+  options: { viewport?: { width: number; height: number } } = {},
+): Promise<Browser> {
   const missing = await browserMissing();
   if (missing) throw new Error(`Cannot start a browser: ${missing}`);
   const profile = await Deno.makeTempDir({ prefix: "chromium-e2e-" });
   const child = new Deno.Command("node", {
-    args: [DRIVER.pathname, JSON.stringify({ executablePath: CHROMIUM, userDataDir: profile, viewport: options.viewport })],
+    args: [
+      DRIVER.pathname,
+      JSON.stringify({ executablePath: CHROMIUM, userDataDir: profile, viewport: options.viewport }),
+    ],
     cwd: TOOLS.pathname,
     stdin: "piped",
     stdout: "piped",
@@ -113,13 +131,12 @@ export async function launchBrowser(options: { viewport?: { width: number; heigh
     }
   })();
   const writer = child.stdin.getWriter();
-  const pending = new Map<number, { resolve(value: unknown): void; reject(error: Error): void; method: string }>();
-  let ready: (value: { version: string }) => void;
-  let failed: (error: Error) => void;
-  const started = new Promise<{ version: string }>((resolve, reject) => {
-    ready = resolve;
-    failed = reject;
-  });
+  const pending = new Map<
+    number,
+    { resolve(value: unknown): void; reject(error: Error): void; method: string }
+  >();
+  const { promise: started, resolve: ready, reject: failed } = Promise.withResolvers<{ version: string }>();
+  started.catch(() => {}); // also rejected when the driver exits later; only the first outcome counts
   let exited = false;
   const stdoutDone = (async () => {
     for await (const line of lines(child.stdout)) {
@@ -191,7 +208,8 @@ export async function launchBrowser(options: { viewport?: { width: number; heigh
     close,
     async newPage(): Promise<Page> {
       const page = await call<number>("newPage");
-      const on = <T>(method: string, params: Record<string, unknown> = {}) => call<T>(method, { page, ...params });
+      const on = <T>(method: string, params: Record<string, unknown> = {}) =>
+        call<T>(method, { page, ...params });
       return {
         goto: (url, o = {}) => on("goto", { url, ...o }),
         addInitScript: (script) => on("addInitScript", { script }),

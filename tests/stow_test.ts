@@ -288,8 +288,11 @@ Deno.test("STOW-RS of the corpus", async (t) => {
       expectFail.set("J2K_pixelrep_mismatch.dcm", FAILURE.outOfResources); // header above 4 KiB
     }
     await assertCorpusOutcome(app, corpus, res, expectFail);
+    // headers come from the streamed bytes (front, tail, recorded item headers); only a part with elements
+    // in its middle beyond both (the 291 KB waveform, no Pixel Data) is read back after writing
     const gets = (app.store as ReturnType<typeof observe>).calls.filter((c) => c.startsWith("get"));
-    assert.deepEqual(gets, [], "headers are checked from the streamed bytes, never read back");
+    const readBack = corpus.filter((c) => gets.some((g) => g.startsWith(`get ${c.key} `)));
+    assert.deepEqual(readBack.map((c) => c.name), corpus.some((c) => c.name === "waveform_ecg.dcm") ? ["waveform_ecg.dcm"] : []);
     const streamed = corpus.find((c) => c.name === "CT_small.dcm");
     if (streamed) {
       const header = app.recorded.find((r) => r.info.key === streamed.key)!.header;
@@ -304,7 +307,7 @@ Deno.test("STOW-RS of the corpus", async (t) => {
       await Deno.mkdir(`${dir}/${BUCKET}`);
       const app = makeApp(new FileStore(dir), { bufferBytes: 8192 });
       const res = await result(await app.stow(stowRequest(`/aets/${AET}/studies`, corpus, { chunk: 1000 })));
-      await assertCorpusOutcome(app, corpus, res, new Map([["J2K_pixelrep_mismatch.dcm", FAILURE.outOfResources]].filter(() => corpus.length > 3) as [string, number][]));
+      await assertCorpusOutcome(app, corpus, res);
       assert.deepEqual((await allFiles(dir)).filter((p) => p.includes("/.")), []);
     } finally {
       await Deno.remove(dir, { recursive: true });
@@ -424,7 +427,6 @@ Deno.test("STOW-RS responses", async (t) => {
     parts.push({ bytes: buildInstance({ study: "../x", series: SERIES, sop: `${SERIES}.5`, pixelBytes: 10 }) });
     parts.push({ bytes: buildInstance({ study: STUDY, series: "", sop: `${SERIES}.6`, pixelBytes: 10 }) });
     const response = await app.handler(stowRequest(`/aets/${AET}/studies`, parts));
-    if (response.status === 500) console.log(await response.clone().text());
     const res = await result(response);
     assert.equal(res.status, 400);
     assert.equal(res.failed.length, parts.length);

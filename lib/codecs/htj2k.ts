@@ -6,6 +6,7 @@
  */
 
 import type { RawImage } from "./mod.ts";
+import { decompositions } from "./j2k.ts";
 import { CodecSlot, copyOut, wasmMessage } from "./wasm.ts";
 
 const codecs = new CodecSlot(
@@ -78,6 +79,7 @@ export async function encodeHtj2k(samples: Uint8Array, options: Htj2kEncodeOptio
       isSigned: options.signed,
       isUsingColorTransform: options.components === 3,
     }).set(samples);
+    codec.setDecompositions(decompositions(options.width, options.height));
     codec.setQuality(options.lossless ?? true, options.quantizationStep ?? 0);
     if (options.progressionOrder !== undefined) codec.setProgressionOrder(options.progressionOrder);
     codec.encode();

@@ -66,6 +66,11 @@ export interface J2kEncodeOptions {
   ratio?: number;
 }
 
+/** Wavelet levels for an image: 5, fewer for images smaller than 64 pixels on a side. */
+export function decompositions(width: number, height: number): number {
+  return Math.max(0, Math.min(5, Math.floor(Math.log2(Math.min(width, height))) - 1));
+}
+
 /** Encodes little endian samples (pixel-interleaved) as a JPEG 2000 codestream. */
 export async function encodeJ2k(samples: Uint8Array, options: J2kEncodeOptions): Promise<Uint8Array> {
   const { module, printed } = await encoder.get();
@@ -80,6 +85,7 @@ export async function encodeJ2k(samples: Uint8Array, options: J2kEncodeOptions):
       isUsingColorTransform: options.components === 3,
     }).set(samples);
     const lossless = options.lossless ?? true;
+    codec.setDecompositions(decompositions(options.width, options.height));
     codec.setQuality(lossless, 1);
     codec.setCompressionRatio(0, lossless ? 0 : options.ratio ?? 10);
     codec.encode();

@@ -1,0 +1,552 @@
+/**
+ * OHIF Viewer 3.x (the prebuilt `@ohif/app` that tools/viewer installs) in headless Chromium against this
+ * server, with the studies in a real S3 server: the study list, a patient-name filter, and each study
+ * opened to its first image, once with OHIF on another origin (CORS, with an `Authorization` header) and
+ * once served same-origin at `/viewer/` (lib/viewer.ts, `VIEWER` set).
+ *
+ * Screenshots go to `.artifacts/ohif/`. Needs Debian's chromium, `npm ci --prefix tools/e2e` and
+ * `deno task viewer:install`; without them the test fails under CI=true and is skipped (with the reason
+ * printed) elsewhere.
+ */
+
+import assert from "node:assert/strict";
+import { AetRegistry } from "../lib/aets.ts";
+import { createHandler } from "../lib/app.ts";
+import { parseConfig } from "../lib/config.ts";
+import { FileStore } from "../lib/file_store.ts";
+import { errorResponse, toHttpError } from "../lib/http_error.ts";
+import { S3Store } from "../lib/s3_store.ts";
+import { ohifAppConfig, replaceAll, viewerHandler } from "../lib/viewer.ts";
+import { installedOhifVersion, OHIF_DIST_DIR, OHIF_VERSION } from "../tools/viewer/install.ts";
+import { browserMissing, launchBrowser, type Page, type PageEvents } from "./_browser.ts";
+import { type CorpusFile, sharedCorpus } from "./_corpus.ts";
+import { startS3 } from "./_s3server.ts";
+
+const AET = "OHIF";
+const ARTIFACTS = new URL("../.artifacts/ohif/", import.meta.url);
+const TOKEN = "e2e-token-123";
+const CI = Deno.env.get("CI") === "true";
+
+/** The studies, by the file names of ../shared/dicom, with what OHIF's study list must show. */
+const STUDIES = [
+  { name: "ct", files: ["CT_small.dcm"], patient: "CompressedSamples^CT1", date: "20040119", modality: "CT" },
+  {
+    name: "mr", // one series: native, JPEG-LS, RLE and JPEG 2000 instances
+    files: ["MR_small.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm"],
+    patient: "CompressedSamples^MR1",
+    date: "20040826",
+    modality: "MR",
+  },
+  {
+    name: "jpeg-rgb", // JPEG baseline RGB, and a 2-frame RLE instance
+    files: ["SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_rle_2frame.dcm"],
+    patient: "Lestrade^G",
+    date: "20170101",
+    modality: "OT",
+  },
+  {
+    name: "jpeg-12bit",
+    files: ["JPGExtended.dcm"],
+    patient: "CompressedSamples^NM1",
+    date: "20040826",
+    modality: "NM",
+  },
+  {
+    name: "j2k-ct",
+    files: ["J2K_pixelrep_mismatch.dcm"],
+    patient: "JXD191021006",
+    date: "20191019",
+    modality: "CT",
+  },
+  {
+    name: "multiframe",
+    files: ["rtdose.dcm"],
+    patient: "Lastname^Firstname",
+    date: "20030805",
+    modality: "RTDOSE",
+  },
+];
+/** What the patient filter types, and the studies it must leave. */
+const FILTER = { text: "compressed", leaves: ["ct", "mr", "jpeg-12bit"] };
+
+async function missingRequirements(corpus: CorpusFile[]): Promise<string | undefined> {
+  const problems: string[] = [];
+  const browser = await browserMissing();
+  if (browser) problems.push(browser);
+  const version = await installedOhifVersion();
+  if (version !== OHIF_VERSION) {
+    problems.push(
+      `OHIF ${OHIF_VERSION} is not installed in tools/viewer (found ${
+        version ?? "none"
+      }): deno task viewer:install`,
+    );
+  }
+  const names = new Set(corpus.map((f) => f.name));
+  const absent = STUDIES.flatMap((s) => s.files).filter((f) => !names.has(f));
+  if (absent.length > 0) problems.push(`../shared/dicom lacks ${absent.join(", ")}`);
+  return problems.length > 0 ? problems.join("; ") : undefined;
+}
+
+const corpus = await sharedCorpus();
+const missing = await missingRequirements(corpus);
+if (missing && !CI) console.log(`Skipping the OHIF end-to-end test: ${missing}`);
+
+// --- pieces that need no browser ------------------------------------------------------------------
+
+Deno.test("replaceAll() rewrites literals split across chunks", async () => {
+  const input = ['<script src="/a', '.js"></script><link href="/', 'b.css">window.PUBLIC_URL="/"'];
+  const stream = ReadableStream.from(input.map((s) => new TextEncoder().encode(s)))
+    .pipeThrough(
+      replaceAll([['src="/', 'src="/v/'], ['href="/', 'href="/v/'], ['PUBLIC_URL="/"', 'PUBLIC_URL="/v/"']]),
+    );
+  const text = await new Response(stream).text();
+  assert.equal(text, '<script src="/v/a.js"></script><link href="/v/b.css">window.PUBLIC_URL="/v/"');
+});
+
+Deno.test("ohifAppConfig() makes one DICOMweb data source per AET, the first the default", () => {
+  const js = ohifAppConfig([
+    { name: "A", root: "http://h:1/aets/A" },
+    { name: "B", root: "http://h:1/aets/B" },
+  ], { routerBasename: "/viewer" });
+  const config = JSON.parse(js.slice(js.indexOf("{"), js.lastIndexOf("}") + 1));
+  assert.equal(config.routerBasename, "/viewer");
+  assert.equal(config.defaultDataSourceName, "A");
+  assert.deepEqual(config.dataSources.map((d: { sourceName: string }) => d.sourceName), ["A", "B"]);
+  const ds = config.dataSources[1].configuration;
+  assert.equal(ds.qidoRoot, "http://h:1/aets/B");
+  assert.equal(ds.wadoRoot, "http://h:1/aets/B");
+  assert.equal(ds.imageRendering, "wadors");
+  assert.equal(ds.enableStudyLazyLoad, true);
+  assert.equal(ds.supportsFuzzyMatching, true);
+  assert.equal(ds.supportsWildcard, true);
+});
+
+Deno.test({
+  name: "viewer routes: off by default; with VIEWER, /viewer/ serves OHIF rewritten for its path",
+  ignore: missing !== undefined && !CI,
+  async fn() {
+    if (missing) throw new Error(`Cannot run the viewer route test: ${missing}`);
+    const store = new FileStore(await Deno.makeTempDir({ prefix: "viewer-off-" }));
+    const off = createHandler(
+      {
+        config: parseConfig({ AETS: AET }),
+        store,
+        aets: new AetRegistry(store),
+        capabilities: { reEncode: false },
+      },
+      { log: () => {} },
+    );
+    const none = await off(new Request("http://localhost/viewer/"));
+    await none.body?.cancel();
+    assert.equal(none.status, 404, "no /viewer/ unless VIEWER is set");
+
+    const config = parseConfig({
+      AETS: `${AET},OTHER`,
+      BASE_PATH: "/dicomweb",
+      VIEWER: OHIF_DIST_DIR.pathname,
+    });
+    assert.ok("viewer" in config, "lib/config.ts reads VIEWER (see the report's change)");
+    const handler = createHandler(
+      {
+        config,
+        store,
+        aets: new AetRegistry(store, { configured: config.aets }),
+        capabilities: { reEncode: false },
+      },
+      { log: () => {} },
+    );
+    const get = (path: string, headers: HeadersInit = {}) =>
+      handler(new Request(`http://127.0.0.1:8080${path}`, { headers }));
+    const redirect = await get("/dicomweb/viewer");
+    assert.equal(redirect.status, 301);
+    assert.equal(redirect.headers.get("location"), "/dicomweb/viewer/");
+
+    const index = await get("/dicomweb/viewer/");
+    assert.equal(index.status, 200);
+    assert.match(index.headers.get("content-type")!, /^text\/html/);
+    const html = await index.text();
+    assert.match(html, /window\.PUBLIC_URL="\/dicomweb\/viewer\/"/);
+    assert.match(html, /src="\/dicomweb\/viewer\/app-config\.js"/);
+    assert.doesNotMatch(html, /(src|href)="\/(?!dicomweb\/viewer\/)/, "no reference left at the root");
+
+    const route = await get("/dicomweb/viewer/viewer?StudyInstanceUIDs=1.2.3");
+    assert.equal(route.status, 200, "app routes get index.html");
+    assert.match(await route.text(), /<div id="root">/);
+
+    const appConfig = await (await get("/dicomweb/viewer/app-config.js")).text();
+    assert.match(appConfig, /"routerBasename": "\/dicomweb\/viewer"/);
+    assert.match(appConfig, /"qidoRoot": "http:\/\/127\.0\.0\.1:8080\/dicomweb\/aets\/OHIF"/);
+    assert.match(appConfig, /"qidoRoot": "http:\/\/127\.0\.0\.1:8080\/dicomweb\/aets\/OTHER"/);
+
+    const bundleName = html.match(/src="\/dicomweb\/viewer\/(app\.bundle\.[0-9a-f]+\.js)"/)?.[1];
+    assert.ok(bundleName, "index.html names the app bundle");
+    const bundle = await get(`/dicomweb/viewer/${bundleName}`);
+    assert.match(bundle.headers.get("content-type")!, /^text\/javascript/);
+    const etag = bundle.headers.get("etag")!;
+    assert.ok((await bundle.text()).includes('__webpack_require__.p = "/dicomweb/viewer/";'));
+    const again = await get(`/dicomweb/viewer/${bundleName}`, { "if-none-match": etag });
+    assert.equal(again.status, 304);
+
+    const wasm = [...Deno.readDirSync(OHIF_DIST_DIR)].find((e) => e.name.endsWith(".wasm"))!.name;
+    const wasmResponse = await get(`/dicomweb/viewer/${wasm}`);
+    assert.equal(wasmResponse.headers.get("content-type"), "application/wasm");
+    assert.equal(
+      Number(wasmResponse.headers.get("content-length")),
+      (await wasmResponse.arrayBuffer()).byteLength,
+    );
+
+    for (
+      const bad of [
+        "/dicomweb/viewer/../deno.json",
+        "/dicomweb/viewer/%2e%2e/package.json",
+        "/dicomweb/viewer/.x",
+      ]
+    ) {
+      const response = await get(bad);
+      await response.body?.cancel();
+      assert.ok([400, 404].includes(response.status), `${bad}: ${response.status}`);
+    }
+    const absent = await get("/dicomweb/viewer/nope.js");
+    await absent.body?.cancel();
+    assert.equal(absent.status, 404);
+  },
+});
+
+// --- the browser test -----------------------------------------------------------------------------
+
+interface LoggedRequest {
+  method: string;
+  path: string;
+  status: number;
+  origin: string | null;
+  authorization: string | null;
+  requestHeaders: string | null;
+}
+
+/** The DICOMweb server (with VIEWER on), recording every request it answers. */
+function serveDicomweb(store: S3Store, bucket: string) {
+  const config = parseConfig({ PORT: "0", AETS: `${AET}=${bucket}`, VIEWER: OHIF_DIST_DIR.pathname });
+  const aets = new AetRegistry(store, { configured: config.aets });
+  const logs: string[] = [];
+  const handler = createHandler({ config, store, aets, capabilities: { reEncode: true } }, {
+    log: (line) => logs.push(line),
+  });
+  const requests: LoggedRequest[] = [];
+  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (request) => {
+    const response = await handler(request);
+    const url = new URL(request.url);
+    requests.push({
+      method: request.method,
+      path: url.pathname + url.search,
+      status: response.status,
+      origin: request.headers.get("origin"),
+      authorization: request.headers.get("authorization"),
+      requestHeaders: request.headers.get("access-control-request-headers"),
+    });
+    return response;
+  });
+  return { url: `http://127.0.0.1:${(server.addr as Deno.NetAddr).port}`, requests, logs, server };
+}
+
+/** OHIF alone at the root of another origin, configured for the DICOMweb server at `dicomweb`. */
+function serveOhifElsewhere(dicomweb: string) {
+  const dist = OHIF_DIST_DIR.pathname.replace(/\/+$/, "");
+  const cut = dist.lastIndexOf("/");
+  const serve = viewerHandler({
+    files: new FileStore(dist.slice(0, cut)),
+    bucket: dist.slice(cut + 1),
+    publicPath: "/",
+    appConfig: () => ohifAppConfig([{ name: AET, root: `${dicomweb}/aets/${AET}` }], { routerBasename: "/" }),
+  });
+  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (request) => {
+    try {
+      return await serve(request, decodeURIComponent(new URL(request.url).pathname.slice(1)));
+    } catch (error) {
+      return errorResponse(toHttpError(error));
+    }
+  });
+  return { url: `http://127.0.0.1:${(server.addr as Deno.NetAddr).port}`, server };
+}
+
+/** No investigational-use banner, no onboarding tour: they would cover the images. */
+const QUIET_OHIF = `
+  sessionStorage.setItem("investigationalUseDialog", "hidden");
+  localStorage.setItem("shownTours", JSON.stringify(["basicViewerTour"]));
+  // In-flight XHR/fetch count, to wait until OHIF has no request left before leaving a page.
+  window.__e2eInflight = 0;
+  const send = XMLHttpRequest.prototype.send;
+  XMLHttpRequest.prototype.send = function (...args) {
+    window.__e2eInflight++;
+    this.addEventListener("loadend", () => window.__e2eInflight--, { once: true });
+    return send.apply(this, args);
+  };
+  const originalFetch = window.fetch;
+  window.fetch = function (...args) {
+    window.__e2eInflight++;
+    return originalFetch.apply(this, args).finally(() => window.__e2eInflight--);
+  };
+`;
+
+const DATA_ROWS = "table tbody tr:not([data-filter-row])";
+
+const STUDY_ROWS = `() => [...document.querySelectorAll(${JSON.stringify(DATA_ROWS)})]
+  .map((tr) => [...tr.querySelectorAll("td")].map((td) => td.innerText.trim()))
+  .filter((cells) => cells.length >= 3)`;
+
+/** Resolves with pixel statistics once the first viewport canvas shows a non-blank image. */
+const IMAGE_SHOWN = `() => {
+  const canvas = document.querySelector("canvas.cornerstone-canvas");
+  if (!canvas || canvas.width === 0 || canvas.height === 0) return false;
+  const context = canvas.getContext("2d", { willReadFrequently: true });
+  if (!context) return false;
+  const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+  let lit = 0;
+  const colours = new Set();
+  for (let i = 0; i < data.length; i += 4) {
+    if (data[i] || data[i + 1] || data[i + 2]) {
+      lit++;
+      colours.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
+    }
+  }
+  const total = canvas.width * canvas.height;
+  return lit > total * 0.01 && colours.size >= 4 ? { lit, total, colours: colours.size } : false;
+}`;
+
+const IDLE = `() => window.__e2eInflight === 0`;
+
+function ohifDate(date: string): string {
+  const months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+  return `${date.slice(6, 8)}-${months[Number(date.slice(4, 6)) - 1]}-${date.slice(0, 4)}`;
+}
+
+const letters = (s: string) => s.replace(/[^A-Za-z0-9]/g, "").toLowerCase();
+
+function studyUid(study: (typeof STUDIES)[number]): string {
+  return corpus.find((f) => f.name === study.files[0])!.key.split("/")[0];
+}
+
+async function rowsOf(page: Page, count: number): Promise<string[][]> {
+  await page.waitForFunction(`(n) => (${STUDY_ROWS})().length === n`, count, { timeout: 30_000 })
+    .catch(async (error) => {
+      const rows = await page.evaluate<string[][]>(STUDY_ROWS);
+      throw new Error(`Study list: expected ${count} rows, have ${JSON.stringify(rows)}`, { cause: error });
+    });
+  return await page.evaluate<string[][]>(STUDY_ROWS);
+}
+
+function checkRows(rows: string[][], expected: typeof STUDIES): void {
+  for (const study of expected) {
+    const row = rows.find((cells) => letters(cells[0]) === letters(study.patient));
+    assert.ok(row, `${study.name}: a row for patient ${study.patient} in ${JSON.stringify(rows)}`);
+    assert.ok(
+      row[1].startsWith(ohifDate(study.date)),
+      `${study.name}: date ${row[1]}, want ${ohifDate(study.date)}`,
+    );
+    assert.equal(row[2], study.modality, `${study.name}: modality column`);
+  }
+  assert.equal(rows.length, expected.length, `rows: ${JSON.stringify(rows)}`);
+}
+
+async function waitForImage(page: Page, what: string): Promise<void> {
+  try {
+    await page.waitForFunction(IMAGE_SHOWN, null, { timeout: 30_000, polling: 250 });
+  } catch (error) {
+    const events = await page.events({ clear: false });
+    const bad = events.responses.filter((r) => r.status >= 300).map((r) => `${r.status} ${r.url}`);
+    throw new Error(
+      `${what}: no image on the canvas within 30 s (non-2xx: ${JSON.stringify(bad)}, errors: ${
+        JSON.stringify(events.console.filter((c) => c.type === "error").map((c) => c.text))
+      })`,
+      { cause: error },
+    );
+  }
+  await page.waitForFunction(IDLE, null, { timeout: 30_000 });
+}
+
+/** Everything a setup must show: the list, a filter, and every study's first image. */
+async function exercise(
+  page: Page,
+  options: { setup: string; viewerBase: string; dicomweb: string; token?: string },
+): Promise<{ events: PageEvents[]; timings: string }> {
+  const { setup, viewerBase } = options;
+  const events: PageEvents[] = [];
+  const timings: string[] = [];
+  let last = performance.now();
+  const shot = async (name: string) => {
+    await page.screenshot(new URL(`${setup}-${name}.png`, ARTIFACTS).pathname);
+    const now = performance.now();
+    timings.push(`${name} ${((now - last) / 1000).toFixed(1)}`);
+    last = now;
+  };
+
+  // The study list: every study, with its patient, date and modality.
+  await page.goto(`${viewerBase}/`);
+  checkRows(await rowsOf(page, STUDIES.length), STUDIES);
+  await page.waitForFunction(IDLE);
+  await shot("01-study-list");
+
+  // Filtering by patient name narrows the list (a QIDO query with PatientName).
+  await page.fill(`table tbody tr[data-filter-row] td:nth-child(1) input`, FILTER.text);
+  checkRows(await rowsOf(page, FILTER.leaves.length), STUDIES.filter((s) => FILTER.leaves.includes(s.name)));
+  await page.waitForFunction(IDLE);
+  await shot("02-filtered");
+  events.push(await page.events());
+
+  // Open one study the way a user does: select its row, then "Basic Viewer".
+  const first = STUDIES[0];
+  await page.click(`${DATA_ROWS} >> text=${first.patient.split("^")[1]}`);
+  await page.click(`button:has-text("Basic Viewer")`);
+  await page.waitForFunction(`() => location.pathname.endsWith("/viewer")`);
+  await waitForImage(page, `${setup}: ${first.name} opened from the list`);
+  await shot(`03-opened-${first.name}`);
+  events.push(await page.events());
+
+  // Every study by its URL, as links from other systems open them.
+  for (const [i, study] of STUDIES.entries()) {
+    const token = options.token ? `&token=${options.token}` : "";
+    await page.goto(`${viewerBase}/viewer?StudyInstanceUIDs=${studyUid(study)}${token}`);
+    await waitForImage(page, `${setup}: ${study.name}`);
+    await shot(`${String(i + 4).padStart(2, "0")}-${study.name}`);
+    events.push(await page.events());
+  }
+  return { events, timings: timings.join(", ") };
+}
+
+function checkEvents(events: PageEvents[], dicomweb: string, setup: string): number {
+  const ours = (url: string) => url.startsWith(`${dicomweb}/aets/`);
+  const responses = events.flatMap((e) => e.responses).filter((r) => ours(r.url));
+  const bad = responses.filter((r) => r.status < 200 || r.status > 299);
+  assert.deepEqual(
+    bad.map((r) => `${r.status} ${r.method} ${r.url}`),
+    [],
+    `${setup}: every DICOMweb request got a 2xx`,
+  );
+  const failures = events.flatMap((e) => e.failures).filter((f) => ours(f.url));
+  assert.deepEqual(failures, [], `${setup}: no DICOMweb request failed`);
+  const errors = events.flatMap((e) => e.console).filter((c) => c.type === "error");
+  assert.deepEqual(errors, [], `${setup}: no console errors`);
+  assert.deepEqual(events.flatMap((e) => e.errors), [], `${setup}: no uncaught exceptions`);
+  const kinds = new Set(
+    responses.map((r) =>
+      new URL(r.url).pathname.replace(/.*\/(studies|series|metadata|frames)(\/.*)?$/, "$1")
+    ),
+  );
+  for (const kind of ["studies", "series", "metadata", "frames"]) {
+    assert.ok(kinds.has(kind), `${setup}: OHIF made ${kind} requests (made: ${[...kinds].join(", ")})`);
+  }
+  return responses.length;
+}
+
+Deno.test({
+  name: "OHIF Viewer lists, filters and opens studies from S3, cross-origin and same-origin",
+  ignore: missing !== undefined && !CI,
+  sanitizeResources: false, // s3rver's and the browser driver's pipes close asynchronously
+  sanitizeOps: false,
+  async fn(t) {
+    if (missing) throw new Error(`Cannot run the OHIF end-to-end test: ${missing}`);
+    const started = performance.now();
+    await Deno.mkdir(ARTIFACTS, { recursive: true });
+    const s3 = await startS3();
+    let dicomweb: ReturnType<typeof serveDicomweb> | undefined;
+    let elsewhere: ReturnType<typeof serveOhifElsewhere> | undefined;
+    let browser: Awaited<ReturnType<typeof launchBrowser>> | undefined;
+    const store = new S3Store({
+      endpoint: s3.endpoint,
+      region: s3.region,
+      forcePathStyle: true,
+      credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
+    });
+    try {
+      const bucket = s3.uniqueBucket("ohif");
+      await s3.createBucket(bucket);
+      for (const study of STUDIES) {
+        for (const name of study.files) {
+          const file = corpus.find((f) => f.name === name)!;
+          await store.put(bucket, file.key, file.bytes, { size: file.bytes.length });
+        }
+      }
+      dicomweb = serveDicomweb(store, bucket);
+      elsewhere = serveOhifElsewhere(dicomweb.url);
+      browser = await launchBrowser();
+      const timings: string[] = [`setup ${((performance.now() - started) / 1000).toFixed(1)} s`];
+
+      await t.step("cross-origin: OHIF on another port, with an Authorization header", async () => {
+        const t0 = performance.now();
+        const page = await browser!.newPage();
+        await page.addInitScript(QUIET_OHIF);
+        const { events, timings: steps } = await exercise(page, {
+          setup: "cross-origin",
+          viewerBase: elsewhere!.url,
+          dicomweb: dicomweb!.url,
+          token: TOKEN,
+        });
+        await page.close();
+        const count = checkEvents(events, dicomweb!.url, "cross-origin");
+        const requests = dicomweb!.requests.filter((r) => r.origin === elsewhere!.url);
+        const preflights = requests.filter((r) => r.method === "OPTIONS");
+        assert.ok(preflights.length > 0, "the browser sent CORS preflights");
+        for (const p of preflights) {
+          assert.equal(p.status, 204, `preflight ${p.path}`);
+        }
+        assert.ok(
+          preflights.some((p) => /authorization/i.test(p.requestHeaders ?? "")),
+          `a preflight asked for Authorization: ${JSON.stringify(preflights.map((p) => p.requestHeaders))}`,
+        );
+        assert.ok(
+          preflights.some((p) => /accept/i.test(p.requestHeaders ?? "")),
+          "a preflight asked for Accept (frames' Accept has quotes, so it is not CORS-safelisted)",
+        );
+        assert.ok(
+          requests.some((r) => r.method === "GET" && r.authorization === `Bearer ${TOKEN}`),
+          "DICOMweb GETs carried the Authorization header",
+        );
+        timings.push(
+          `cross-origin ${
+            ((performance.now() - t0) / 1000).toFixed(1)
+          } s (${steps}), ${count} DICOMweb responses`,
+        );
+      });
+
+      await t.step("same-origin: OHIF at /viewer/ of this server", async () => {
+        const t0 = performance.now();
+        const before = dicomweb!.requests.length;
+        const page = await browser!.newPage();
+        await page.addInitScript(QUIET_OHIF);
+        const { events, timings: steps } = await exercise(page, {
+          setup: "same-origin",
+          viewerBase: `${dicomweb!.url}/viewer`,
+          dicomweb: dicomweb!.url,
+        });
+        await page.close();
+        const count = checkEvents(events, dicomweb!.url, "same-origin");
+        const requests = dicomweb!.requests.slice(before);
+        assert.ok(
+          requests.some((r) => r.path.startsWith("/viewer/app-config.js")),
+          "OHIF came from /viewer/",
+        );
+        assert.deepEqual(requests.filter((r) => r.method === "OPTIONS"), [], "same origin: no preflight");
+        const bad = requests.filter((r) => r.status >= 400);
+        assert.deepEqual(bad.map((r) => `${r.status} ${r.path}`), [], "nothing of /viewer/ or /aets/ failed");
+        timings.push(
+          `same-origin ${
+            ((performance.now() - t0) / 1000).toFixed(1)
+          } s (${steps}), ${count} DICOMweb responses`,
+        );
+      });
+      const total = (performance.now() - started) / 1000;
+      console.log(
+        `OHIF ${OHIF_VERSION}, Chromium ${browser.version}: ${timings.join("; ")}; total ${
+          total.toFixed(1)
+        } s`,
+      );
+      console.log(`Screenshots: ${ARTIFACTS.pathname}`);
+      assert.ok(total < 180, `the whole OHIF test took ${total.toFixed(0)} s: keep it under 3 minutes`);
+    } finally {
+      await browser?.close();
+      await elsewhere?.server.shutdown();
+      await dicomweb?.server.shutdown();
+      await store.close?.();
+      await s3.stop();
+    }
+  },
+});
