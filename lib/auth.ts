@@ -877,7 +877,6 @@ export function withoutForwarded(request: Request): Request {
     method: request.method,
     headers,
     body: request.body,
-    signal: request.signal,
     // @ts-ignore: needed by the fetch spec for stream bodies; Deno accepts and ignores it
     duplex: "half",
   });

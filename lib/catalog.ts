@@ -197,7 +197,9 @@ const PIXEL_DATA_PATHS = new Set(["7FE00008", "7FE00009", "7FE00010"]);
 export function headerJson(header: Part10Header, bulkThreshold: number): DicomJson {
   return toDicomJson(header, {
     bulkDataUri: (path, el) =>
-      el.bytes && el.bytes.byteLength <= bulkThreshold && !PIXEL_DATA_PATHS.has(path) ? undefined : `bulkdata/${path}`,
+      el.bytes && el.bytes.byteLength <= bulkThreshold && !PIXEL_DATA_PATHS.has(path)
+        ? undefined
+        : `bulkdata/${path}`,
   });
 }
 
@@ -340,4 +342,5 @@ export function keyMismatch(uids: InstanceUids, record: InstanceRecord): string 
 }
 
 /** The reason recorded for keys outside the layout. */
-export const LAYOUT_REASON = "Key is not {StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm with valid UIDs";
+export const LAYOUT_REASON =
+  "Key is not {StudyInstanceUID}/{SeriesInstanceUID}/{SOPInstanceUID}.dcm with valid UIDs";

@@ -154,7 +154,9 @@ export class Crawler {
       this.crawlAll().catch((error) => this.#log(`catalog: crawl failed: ${message(error)}`));
     };
     run();
-    if (intervalSeconds > 0 && this.#timer === undefined) this.#timer = setInterval(run, intervalSeconds * 1000);
+    if (intervalSeconds > 0 && this.#timer === undefined) {
+      this.#timer = setInterval(run, intervalSeconds * 1000);
+    }
   }
 
   /** Stops the timer and background reads; resolves when running crawls have stopped. */
@@ -162,7 +164,9 @@ export class Crawler {
     this.#stopped = true;
     if (this.#timer !== undefined) clearInterval(this.#timer);
     this.#timer = undefined;
-    const running = [...this.#states.values()].flatMap((s) => [s.crawl, s.fill]).filter((p) => p !== undefined);
+    const running = [...this.#states.values()].flatMap((s) => [s.crawl, s.fill]).filter((p) =>
+      p !== undefined
+    );
     await Promise.allSettled(running);
   }
 
@@ -310,9 +314,15 @@ export class Crawler {
       state.markReady();
       const seconds = (performance.now() - started) / 1000;
       this.#log(
-        `catalog ${aet}: crawl of ${bucket} done in ${seconds.toFixed(1)} s: ${report.listed} objects listed ` +
-          `(${rate(report.listed, seconds)}/s), ${report.added} new, ${report.changed} changed, ${report.deleted} deleted, ` +
-          `${report.ignored} ignored; ${report.seriesHeaders} series headers read (${kib(report.headerBytes)}), ` +
+        `catalog ${aet}: crawl of ${bucket} done in ${
+          seconds.toFixed(1)
+        } s: ${report.listed} objects listed ` +
+          `(${
+            rate(report.listed, seconds)
+          }/s), ${report.added} new, ${report.changed} changed, ${report.deleted} deleted, ` +
+          `${report.ignored} ignored; ${report.seriesHeaders} series headers read (${
+            kib(report.headerBytes)
+          }), ` +
           `${report.failed} failed`,
       );
       finish("complete");
@@ -330,7 +340,12 @@ export class Crawler {
     }
   }
 
-  async #list(ticket: CrawlTicket, report: CrawlReport, throttle: Throttle, renew: () => Promise<void>): Promise<void> {
+  async #list(
+    ticket: CrawlTicket,
+    report: CrawlReport,
+    throttle: Throttle,
+    renew: () => Promise<void>,
+  ): Promise<void> {
     const started = performance.now();
     const progress = this.#state(ticket.aet).progress;
     let batch: ObjectInfo[] = [];
@@ -351,7 +366,11 @@ export class Crawler {
       if (batch.length >= 1000) {
         await flush();
         const seconds = (performance.now() - started) / 1000;
-        throttle.say(() => `catalog ${ticket.aet}: listing ${ticket.bucket}: ${report.listed} objects (${rate(report.listed, seconds)}/s)`);
+        throttle.say(() =>
+          `catalog ${ticket.aet}: listing ${ticket.bucket}: ${report.listed} objects (${
+            rate(report.listed, seconds)
+          }/s)`
+        );
       }
     }
     if (batch.length > 0) await flush();
@@ -385,7 +404,9 @@ export class Crawler {
         await renew();
         const seconds = (performance.now() - started) / 1000;
         throttle.say(() =>
-          `catalog ${ticket.aet}: series headers: ${done}/${total} (${rate(done, seconds)}/s, ETA ${eta(total - done, done / seconds)})`
+          `catalog ${ticket.aet}: series headers: ${done}/${total} (${rate(done, seconds)}/s, ETA ${
+            eta(total - done, done / seconds)
+          })`
         );
       });
       progress.phase = "series";
@@ -421,13 +442,17 @@ export class Crawler {
           progress.instancesPending = Math.max(0, total - done);
           const seconds = (performance.now() - started) / 1000;
           throttle.say(() =>
-            `catalog ${aet}: instance headers: ${done}/${total} (${rate(done, seconds)}/s, ETA ${eta(total - done, done / seconds)})`
+            `catalog ${aet}: instance headers: ${done}/${total} (${rate(done, seconds)}/s, ETA ${
+              eta(total - done, done / seconds)
+            })`
           );
         });
       }
       if (done > 0) {
         const seconds = (performance.now() - started) / 1000;
-        this.#log(`catalog ${aet}: ${done} instance headers read in ${seconds.toFixed(1)} s, ${failed} failed`);
+        this.#log(
+          `catalog ${aet}: ${done} instance headers read in ${seconds.toFixed(1)} s, ${failed} failed`,
+        );
       }
     } catch (error) {
       this.#log(`catalog ${aet}: background instance pass stopped: ${message(error)}`);
@@ -452,7 +477,9 @@ export class Crawler {
     const progress = this.#state(aet).progress;
     const bytesBefore = this.#headers.bytesRead;
     try {
-      const header = await loadHeader(this.#store, this.#headers, bucket, info, { bulkThreshold: this.#threshold });
+      const header = await loadHeader(this.#store, this.#headers, bucket, info, {
+        bulkThreshold: this.#threshold,
+      });
       return await this.#catalog.recordInstance(aet, bucket, info, header);
     } catch (error) {
       if (error instanceof StoreError) throw error;

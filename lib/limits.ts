@@ -358,7 +358,6 @@ export function limitRequestBody(request: Request, limits: BodyLimits): Request 
     method: request.method,
     headers: request.headers,
     body,
-    signal: request.signal,
     // @ts-ignore: needed by the fetch spec for stream bodies; Deno accepts and ignores it
     duplex: "half",
   });

@@ -174,19 +174,92 @@ export const COMPUTED_TAGS: ReadonlySet<number> = new Set([
 ]);
 
 const STUDY_TAGS = new Set([
-  0x00080020, 0x00080030, 0x00080050, 0x00080051, 0x00080056, 0x00080061, 0x00080062, 0x00080063, 0x00080090,
-  0x00080092, 0x00080094, 0x00080096, 0x0008009c, 0x0008009d, 0x00080201, 0x00081030, 0x00081032, 0x00081048,
-  0x00081049, 0x00081060, 0x00081062, 0x00081080, 0x00081084, 0x00081110, 0x0020000d, 0x00200010, 0x00201200,
-  0x00201202, 0x00201204, 0x00201206, 0x00201208, 0x00321032, 0x00321033, 0x00321034, 0x00321060, 0x00321064,
-  0x00380010, 0x00380014, 0x00380060, 0x00380062, 0x00401012,
+  0x00080020,
+  0x00080030,
+  0x00080050,
+  0x00080051,
+  0x00080056,
+  0x00080061,
+  0x00080062,
+  0x00080063,
+  0x00080090,
+  0x00080092,
+  0x00080094,
+  0x00080096,
+  0x0008009c,
+  0x0008009d,
+  0x00080201,
+  0x00081030,
+  0x00081032,
+  0x00081048,
+  0x00081049,
+  0x00081060,
+  0x00081062,
+  0x00081080,
+  0x00081084,
+  0x00081110,
+  0x0020000d,
+  0x00200010,
+  0x00201200,
+  0x00201202,
+  0x00201204,
+  0x00201206,
+  0x00201208,
+  0x00321032,
+  0x00321033,
+  0x00321034,
+  0x00321060,
+  0x00321064,
+  0x00380010,
+  0x00380014,
+  0x00380060,
+  0x00380062,
+  0x00401012,
 ]);
 
 const SERIES_TAGS = new Set([
-  0x00080021, 0x00080031, 0x00080060, 0x00080064, 0x00080070, 0x00080080, 0x00080081, 0x00081010, 0x0008103e,
-  0x0008103f, 0x00081040, 0x00081050, 0x00081052, 0x00081070, 0x00081072, 0x00081090, 0x00081111, 0x00081250,
-  0x00120071, 0x00120072, 0x00180015, 0x00181000, 0x00181020, 0x00181030, 0x00185100, 0x0020000e, 0x00200011,
-  0x00200052, 0x00200060, 0x00201040, 0x00201209, 0x00280108, 0x00280109, 0x00400244, 0x00400245, 0x00400250,
-  0x00400251, 0x00400253, 0x00400254, 0x00400260, 0x00400275, 0x00400280,
+  0x00080021,
+  0x00080031,
+  0x00080060,
+  0x00080064,
+  0x00080070,
+  0x00080080,
+  0x00080081,
+  0x00081010,
+  0x0008103e,
+  0x0008103f,
+  0x00081040,
+  0x00081050,
+  0x00081052,
+  0x00081070,
+  0x00081072,
+  0x00081090,
+  0x00081111,
+  0x00081250,
+  0x00120071,
+  0x00120072,
+  0x00180015,
+  0x00181000,
+  0x00181020,
+  0x00181030,
+  0x00185100,
+  0x0020000e,
+  0x00200011,
+  0x00200052,
+  0x00200060,
+  0x00201040,
+  0x00201209,
+  0x00280108,
+  0x00280109,
+  0x00400244,
+  0x00400245,
+  0x00400250,
+  0x00400251,
+  0x00400253,
+  0x00400254,
+  0x00400260,
+  0x00400275,
+  0x00400280,
 ]);
 
 /**
@@ -265,7 +338,9 @@ export function parseSearch(params: URLSearchParams, options: SearchOptions): Se
       const level = levelOf(tag);
       if (!allowed(options, level, tag)) {
         warnings.push(
-          `includefield ${part} is a ${LEVEL_NAMES[level]} attribute, not returned by a ${options.level} search: ignored`,
+          `includefield ${part} is a ${
+            LEVEL_NAMES[level]
+          } attribute, not returned by a ${options.level} search: ignored`,
         );
         continue;
       }
@@ -288,7 +363,9 @@ export function parseSearch(params: URLSearchParams, options: SearchOptions): Se
       continue;
     }
     if (!allowed(options, level, top.tag)) {
-      warnings.push(`${name} is a ${LEVEL_NAMES[level]} attribute, not a key of a ${options.level} search: ignored`);
+      warnings.push(
+        `${name} is a ${LEVEL_NAMES[level]} attribute, not a key of a ${options.level} search: ignored`,
+      );
       continue;
     }
     if (COMPUTED_TAGS.has(top.tag)) {
@@ -299,7 +376,9 @@ export function parseSearch(params: URLSearchParams, options: SearchOptions): Se
     const last = path[path.length - 1];
     if (last.vr === "SQ" && value !== "") {
       throw new QueryError(
-        `Invalid ${name}=${JSON.stringify(value)}: a sequence takes an empty value or a dotted path to an attribute inside it`,
+        `Invalid ${name}=${
+          JSON.stringify(value)
+        }: a sequence takes an empty value or a dotted path to an attribute inside it`,
       );
     }
     filters.push({
@@ -313,7 +392,17 @@ export function parseSearch(params: URLSearchParams, options: SearchOptions): Se
     });
     include.add(top.tag);
   }
-  return { level: options.level, filters, include: [...include], includeAll, fuzzy, limit, offset, serverLimit, warnings };
+  return {
+    level: options.level,
+    filters,
+    include: [...include],
+    includeAll,
+    fuzzy,
+    limit,
+    offset,
+    serverLimit,
+    warnings,
+  };
 }
 
 function allowed(options: SearchOptions, level: Level, tag: number): boolean {
@@ -357,7 +446,9 @@ function parsePath(text: string, context: string): PathStep[] {
     if (tag === undefined) {
       const where = context ? `${context} ` : "";
       throw new QueryError(
-        `Unknown attribute ${JSON.stringify(part)} in ${where}${JSON.stringify(text)}: use a DICOM keyword or an 8-hex-digit tag`,
+        `Unknown attribute ${JSON.stringify(part)} in ${where}${
+          JSON.stringify(text)
+        }: use a DICOM keyword or an 8-hex-digit tag`,
       );
     }
     const vr = lookupTag(tag)?.vr ?? "UN";
@@ -365,7 +456,9 @@ function parsePath(text: string, context: string): PathStep[] {
   });
   for (const step of steps.slice(0, -1)) {
     if (step.vr !== "SQ") {
-      throw new QueryError(`Invalid attribute path ${JSON.stringify(text)}: ${tagToHex(step.tag)} is not a sequence`);
+      throw new QueryError(
+        `Invalid attribute path ${JSON.stringify(text)}: ${tagToHex(step.tag)} is not a sequence`,
+      );
     }
   }
   return steps;
@@ -379,7 +472,9 @@ export function parseMatcher(name: string, value: string, vr: string): Matcher {
   if (value === "") return { kind: "universal" };
   if (value === '""') return { kind: "empty" };
   const wild = /[*?]/.test(value);
-  if (wild && (NO_WILDCARD_VRS.has(vr) || NUMBER_VRS.has(vr))) bad(`wildcards are not allowed on ${vr} values`);
+  if (wild && (NO_WILDCARD_VRS.has(vr) || NUMBER_VRS.has(vr))) {
+    bad(`wildcards are not allowed on ${vr} values`);
+  }
   if (vr === "DA" || vr === "TM" || vr === "DT") return parseRange(value, vr, bad);
   if (NUMBER_VRS.has(vr)) {
     const n = Number(value.trim());
@@ -495,7 +590,9 @@ export function normalizeDateTime(value: string, upper = false): string | undefi
  */
 export function normalizePn(value: string): string {
   return value.normalize("NFKD").replace(/\p{M}/gu, "").toUpperCase()
-    .split("=").map((group) => group.split("^").map((c) => c.trim().replace(/\s+/g, " ")).join("^").replace(/\^+$/, ""))
+    .split("=").map((group) =>
+      group.split("^").map((c) => c.trim().replace(/\s+/g, " ")).join("^").replace(/\^+$/, "")
+    )
     .join("=").replace(/=+$/, "");
 }
 
@@ -522,7 +619,9 @@ const patternCache = new Map<string, RegExp>();
 export function wildcardMatch(pattern: string, text: string): boolean {
   let regex = patternCache.get(pattern);
   if (!regex) {
-    const source = [...pattern].map((c) => c === "*" ? ".*" : c === "?" ? "." : c.replace(/[\\^$.|+()[\]{}]/g, "\\$&"))
+    const source = [...pattern].map((c) =>
+      c === "*" ? ".*" : c === "?" ? "." : c.replace(/[\\^$.|+()[\]{}]/g, "\\$&")
+    )
       .join("");
     regex = new RegExp(`^${source}$`, "su");
     if (patternCache.size > 500) patternCache.clear();
@@ -541,7 +640,8 @@ export function matchPersonName(name: string, matcher: Matcher, fuzzy: boolean):
   if (matcher.kind !== "single" && matcher.kind !== "wildcard") return false;
   const query = matcher.kind === "single" ? matcher.value : matcher.pattern;
   const wild = matcher.kind === "wildcard";
-  const test = (pattern: string, text: string) => wild || fuzzy ? wildcardMatch(pattern, text) : pattern === text;
+  const test = (pattern: string, text: string) =>
+    wild || fuzzy ? wildcardMatch(pattern, text) : pattern === text;
   if (query.includes("=")) return test(query, name);
   const groups = name.split("=");
   if (groups.some((group) => test(query, group))) return true;
@@ -577,11 +677,20 @@ export function matchValue(value: unknown, vr: string, matcher: Matcher, fuzzy: 
       return Number(value) === matcher.value;
     case "range": {
       const text = String(value);
-      const low = vr === "DA" ? normalizeDate(text) : vr === "TM" ? normalizeTime(text) : normalizeDateTime(text);
-      const high = vr === "DA" ? low : vr === "TM" ? normalizeTime(text, true) : normalizeDateTime(text, true);
+      const low = vr === "DA"
+        ? normalizeDate(text)
+        : vr === "TM"
+        ? normalizeTime(text)
+        : normalizeDateTime(text);
+      const high = vr === "DA"
+        ? low
+        : vr === "TM"
+        ? normalizeTime(text, true)
+        : normalizeDateTime(text, true);
       if (low === undefined || high === undefined) return false;
       // A stored value is itself a span (a time without seconds): it matches when the spans overlap.
-      return (matcher.from === undefined || high >= matcher.from) && (matcher.to === undefined || low <= matcher.to);
+      return (matcher.from === undefined || high >= matcher.from) &&
+        (matcher.to === undefined || low <= matcher.to);
     }
   }
 }
@@ -613,11 +722,16 @@ export function matchAttribute(
  * matchDataset(study, filters[0]); // true
  * ```
  */
-export function matchDataset(dataset: DicomJson, filter: Pick<Filter, "path" | "vr" | "matcher" | "fuzzy">): boolean {
+export function matchDataset(
+  dataset: DicomJson,
+  filter: Pick<Filter, "path" | "vr" | "matcher" | "fuzzy">,
+): boolean {
   const walk = (data: DicomJson, depth: number): boolean => {
     const key = tagToHex(filter.path[depth]);
     const attribute = data[key];
-    if (depth === filter.path.length - 1) return matchAttribute(attribute, filter.vr, filter.matcher, filter.fuzzy);
+    if (depth === filter.path.length - 1) {
+      return matchAttribute(attribute, filter.vr, filter.matcher, filter.fuzzy);
+    }
     const items = (attribute?.Value ?? []) as DicomJson[];
     if (items.length === 0) return filter.matcher.kind === "universal" || filter.matcher.kind === "empty";
     return items.some((item) => item !== null && typeof item === "object" && walk(item, depth + 1));

@@ -273,10 +273,12 @@ function renderGray(frame: DecodedFrame, attrs: RenderAttributes, options: Rende
     voi = hi > lo ? (m) => (m - lo) / (hi - lo) * 255 : () => (frame.bitsAllocated === 1 && lo > 0 ? 255 : 0);
   }
   const invert = frame.photometricInterpretation === "MONOCHROME1";
+  // Truncated like dcmtk (inversion first), so lossless data renders exactly as dcm2pnm does.
   const toByte = (v: number) => {
-    let y = Math.round(voi(modality(v)));
-    y = y < 0 ? 0 : y > 255 ? 255 : y;
-    return invert ? 255 - y : y;
+    let y = voi(modality(v));
+    if (invert) y = 255 - y;
+    y = Math.floor(y);
+    return y < 0 ? 0 : y > 255 ? 255 : y;
   };
   const pixels = new Uint8Array(n);
   const range = max - min;
@@ -361,6 +363,7 @@ function renderColor(frame: DecodedFrame, attrs: RenderAttributes): Image8 {
   return { width: columns, height: rows, channels: 3, pixels: out };
 }
 
+/** YCbCr → RGB (PS3.3 C.7.6.3.1.2, offsets 2^(n-1)), rounded. */
 function ybrToRgb(out: Uint8Array, at: number, y: number, cb: number, cr: number, partial: boolean): void {
   if (partial) {
     const l = 1.1644 * (y - 16);
@@ -453,28 +456,41 @@ export function applyViewport(image: Image8, viewport?: Viewport): Image8 {
 
 function resample(image: Image8, tx: Taps, ty: Taps, width: number, height: number): Image8 {
   const c = image.channels;
-  const rowsUsed = new Set<number>();
-  for (let k = 0; k < ty.index.length; k++) rowsUsed.add(ty.index[k]);
-  // Horizontal pass on the rows the vertical pass needs.
-  const horizontal = new Map<number, Float32Array>();
-  for (const row of rowsUsed) {
-    const line = new Float32Array(width * c);
-    const base = row * image.width * c;
+  const src = image.pixels;
+  const stride = image.width * c;
+  const lineLength = width * c;
+  // Horizontal pass, once per source row the vertical pass needs.
+  const lines: (Float32Array | undefined)[] = new Array(image.height);
+  for (let k = 0; k < ty.index.length; k++) {
+    const row = ty.index[k];
+    if (lines[row]) continue;
+    const line = new Float32Array(lineLength);
+    const base = row * stride;
     for (let o = 0; o < width; o++) {
+      const from = tx.start[o];
+      const to = tx.start[o + 1];
       for (let ch = 0; ch < c; ch++) {
-        let s = 0;
-        for (let k = tx.start[o]; k < tx.start[o + 1]; k++) s += image.pixels[base + tx.index[k] * c + ch] * tx.weight[k];
-        line[o * c + ch] = s;
+        let sum = 0;
+        for (let t = from; t < to; t++) sum += src[base + tx.index[t] * c + ch] * tx.weight[t];
+        line[o * c + ch] = sum;
       }
     }
-    horizontal.set(row, line);
+    lines[row] = line;
   }
-  const out = new Uint8Array(width * height * c);
+  // Vertical pass.
+  const out = new Uint8Array(lineLength * height);
+  const acc = new Float32Array(lineLength);
   for (let o = 0; o < height; o++) {
-    for (let x = 0; x < width * c; x++) {
-      let s = 0;
-      for (let k = ty.start[o]; k < ty.start[o + 1]; k++) s += horizontal.get(ty.index[k])![x] * ty.weight[k];
-      out[o * width * c + x] = s < 0 ? 0 : s > 255 ? 255 : Math.round(s);
+    acc.fill(0);
+    for (let t = ty.start[o]; t < ty.start[o + 1]; t++) {
+      const line = lines[ty.index[t]]!;
+      const w = ty.weight[t];
+      for (let x = 0; x < lineLength; x++) acc[x] += line[x] * w;
+    }
+    const at = o * lineLength;
+    for (let x = 0; x < lineLength; x++) {
+      const v = acc[x];
+      out[at + x] = v <= 0 ? 0 : v >= 255 ? 255 : (v + 0.5) | 0;
     }
   }
   return { width, height, channels: image.channels, pixels: out };

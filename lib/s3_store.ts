@@ -61,7 +61,8 @@ export interface S3StoreOptions {
   pageSize?: number;
   /**
    * Keys in the first page of a listing, so its first objects can be fetched sooner (a 1000-key page takes
-   * tens of milliseconds to list and parse). Default 32; never more than `pageSize`.
+   * tens of milliseconds to list and parse); each next page is 4 times larger, up to `pageSize`, and is
+   * requested as soon as the previous one arrives. Default 32.
    */
   firstPageSize?: number;
   /** Part size for multipart uploads; streams up to this size go up in one PutObject. Default 8 MiB. */
@@ -151,7 +152,8 @@ export class S3Store implements ObjectStore {
             o,
           ),
       );
-    let next: Promise<ListObjectsV2CommandOutput> | undefined = page(undefined, this.#firstPageSize);
+    let size = this.#firstPageSize;
+    let next: Promise<ListObjectsV2CommandOutput> | undefined = page(undefined, size);
     while (next) {
       const out: ListObjectsV2CommandOutput = await next;
       const token = out.IsTruncated ? out.NextContinuationToken : undefined;
@@ -162,7 +164,8 @@ export class S3Store implements ObjectStore {
         );
       }
       // ask for the next page now: it arrives while this one is consumed
-      next = token ? page(token, this.#pageSize) : undefined;
+      size = Math.min(size * 4, this.#pageSize);
+      next = token ? page(token, size) : undefined;
       next?.catch(() => {}); // awaited on the next turn, unless the consumer stops first
       for (const item of out.Contents ?? []) {
         const key = item.Key ?? "";

@@ -5,6 +5,7 @@
  */
 
 import type { AetRegistry } from "./aets.ts";
+import type { Catalog } from "./catalog.ts";
 import type { Config } from "./config.ts";
 import type { HeaderCache } from "./headers.ts";
 import { HttpError } from "./http_error.ts";
@@ -19,6 +20,8 @@ export interface Services {
   capabilities: SyntaxCapabilities;
   /** Parsed headers by object ETag; created by `createHandler` when not given. */
   headers?: HeaderCache;
+  /** The search catalog (QIDO-RS, metadata from stored JSON); search answers 503 without one. */
+  catalog?: Catalog;
   /** Where handlers report problems that do not fail the request (set by `createHandler`). */
   log?: (line: string) => void;
 }

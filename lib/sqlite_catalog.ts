@@ -21,8 +21,8 @@ import {
   type CatalogQuery,
   type CrawlTicket,
   headerJson,
-  instanceRecord,
   type InstanceRecord,
+  instanceRecord,
   keyMismatch,
   LAYOUT_REASON,
   type ListingCounts,
@@ -35,7 +35,7 @@ import {
   studyColumns,
 } from "./catalog.ts";
 import { type DicomJson, stringifyDicomJson } from "./dicom_json.ts";
-import { type Filter, type Level, type Matcher, matchDataset, matchPersonName } from "./matching.ts";
+import { type Filter, type Level, matchDataset, type Matcher, matchPersonName } from "./matching.ts";
 import type { Part10Header } from "./part10.ts";
 import { compareKeys, type ObjectInfo } from "./store.ts";
 import { parseInstanceKey } from "./uid.ts";
@@ -108,15 +108,21 @@ export interface SqliteCatalogOptions {
  * await catalog.close();
  * ```
  */
-export async function openSqliteCatalog(path: string, options: SqliteCatalogOptions = {}): Promise<SqliteCatalog> {
+export async function openSqliteCatalog(
+  path: string,
+  options: SqliteCatalogOptions = {},
+): Promise<SqliteCatalog> {
   const log = options.log ?? ((line: string) => console.warn(line));
   let sqlite: typeof import("node:sqlite");
   try {
     sqlite = await import("node:sqlite");
   } catch (error) {
-    throw new Error(`Cannot open the search catalog: node:sqlite is not available here (${(error as Error).message})`, {
-      cause: error,
-    });
+    throw new Error(
+      `Cannot open the search catalog: node:sqlite is not available here (${(error as Error).message})`,
+      {
+        cause: error,
+      },
+    );
   }
   if (path !== ":memory:") {
     let db: DatabaseSync | undefined;
@@ -186,7 +192,9 @@ export class SqliteCatalog implements Catalog {
   #migrate(): void {
     const version = (this.#db.prepare("PRAGMA user_version").get() as { user_version: number }).user_version;
     if (version !== SCHEMA_VERSION) {
-      const tables = this.#db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as { name: string }[];
+      const tables = this.#db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as {
+        name: string;
+      }[];
       this.#transaction(() => {
         for (const { name } of tables) this.#db.exec(`DROP TABLE IF EXISTS "${name.replaceAll('"', '""')}"`);
         this.#db.exec(SCHEMA);
@@ -194,10 +202,16 @@ export class SqliteCatalog implements Catalog {
       });
     }
     const threshold = String(this.#threshold);
-    const stored = this.#q("SELECT value FROM meta WHERE name = 'bulk_threshold'").get() as { value: string } | undefined;
+    const stored = this.#q("SELECT value FROM meta WHERE name = 'bulk_threshold'").get() as
+      | { value: string }
+      | undefined;
     if (stored?.value !== threshold) {
       this.#transaction(() => {
-        if (stored) for (const table of ["documents", "studies", "series", "objects", "aets"]) this.#db.exec(`DELETE FROM ${table}`);
+        if (stored) {
+          for (const table of ["documents", "studies", "series", "objects", "aets"]) {
+            this.#db.exec(`DELETE FROM ${table}`);
+          }
+        }
         this.#q("INSERT OR REPLACE INTO meta (name, value) VALUES ('bulk_threshold', ?)").run(threshold);
       });
     }
@@ -236,8 +250,15 @@ export class SqliteCatalog implements Catalog {
 
   // ---- writing instances ----
 
-  recordInstance(aet: string, bucket: string, info: ObjectInfo, header: Part10Header): Promise<RecordOutcome> {
-    return Promise.resolve(this.#record(aet, bucket, info, headerJson(header, this.#threshold)));
+  recordInstance(
+    aet: string,
+    bucket: string,
+    info: ObjectInfo,
+    header: Part10Header,
+  ): Promise<RecordOutcome> {
+    return settle(() => {
+      return this.#record(aet, bucket, info, headerJson(header, this.#threshold));
+    });
   }
 
   #record(aet: string, bucket: string, info: ObjectInfo, json: DicomJson): RecordOutcome {
@@ -257,7 +278,17 @@ export class SqliteCatalog implements Catalog {
       this.#q("INSERT OR IGNORE INTO aets (aet, bucket) VALUES (?, ?)").run(aet, bucket);
       const previous = this.#object(aet, info.key);
       let id: number;
-      const columns = [info.size, info.etag, uids.study, uids.series, uids.instance, INDEXED, Date.now(), record.sopClass ?? null, record.instanceNumber ?? null];
+      const columns = [
+        info.size,
+        info.etag,
+        uids.study,
+        uids.series,
+        uids.instance,
+        INDEXED,
+        Date.now(),
+        record.sopClass ?? null,
+        record.instanceNumber ?? null,
+      ];
       if (previous) {
         id = previous.id;
         this.#q(
@@ -289,39 +320,60 @@ export class SqliteCatalog implements Catalog {
   }
 
   recordFailure(aet: string, info: ObjectInfo, reason: string): Promise<void> {
-    const state = parseInstanceKey(info.key) === null ? IGNORED : FAILED;
-    this.#transaction(() => this.#fail(aet, info, state, reason));
-    return Promise.resolve();
+    return settle(() => {
+      const state = parseInstanceKey(info.key) === null ? IGNORED : FAILED;
+      this.#transaction(() => this.#fail(aet, info, state, reason));
+      return;
+    });
   }
 
   #fail(aet: string, info: ObjectInfo, state: number, reason: string, bucket?: string): void {
-    if (bucket !== undefined) this.#q("INSERT OR IGNORE INTO aets (aet, bucket) VALUES (?, ?)").run(aet, bucket);
+    if (bucket !== undefined) {
+      this.#q("INSERT OR IGNORE INTO aets (aet, bucket) VALUES (?, ?)").run(aet, bucket);
+    }
     const uids = parseInstanceKey(info.key);
     const previous = this.#object(aet, info.key);
     if (previous) {
-      this.#q("UPDATE objects SET size = ?, etag = ?, state = ?, error = ?, seen_at = ?, sop_class = NULL, instance_number = NULL WHERE id = ?")
+      this.#q(
+        "UPDATE objects SET size = ?, etag = ?, state = ?, error = ?, seen_at = ?, sop_class = NULL, instance_number = NULL WHERE id = ?",
+      )
         .run(info.size, info.etag, state, reason, Date.now(), previous.id);
       this.#q("DELETE FROM documents WHERE id = ?").run(previous.id);
     } else {
       this.#q(
         "INSERT INTO objects (aet, key, size, etag, study, series, sop, state, error, seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-      ).run(aet, info.key, info.size, info.etag, uids?.study ?? null, uids?.series ?? null, uids?.instance ?? null, state, reason, Date.now());
+      ).run(
+        aet,
+        info.key,
+        info.size,
+        info.etag,
+        uids?.study ?? null,
+        uids?.series ?? null,
+        uids?.instance ?? null,
+        state,
+        reason,
+        Date.now(),
+      );
     }
     if (uids) this.#afterLoss(aet, uids.study, uids.series, info.key);
   }
 
   removeInstance(aet: string, key: string): Promise<void> {
-    this.#transaction(() => {
-      const row = this.#object(aet, key);
-      if (!row) return;
-      this.#delete(row);
-      if (row.study !== null && row.series !== null) this.#afterLoss(aet, row.study, row.series, key);
+    return settle(() => {
+      this.#transaction(() => {
+        const row = this.#object(aet, key);
+        if (!row) return;
+        this.#delete(row);
+        if (row.study !== null && row.series !== null) this.#afterLoss(aet, row.study, row.series, key);
+      });
+      return;
     });
-    return Promise.resolve();
   }
 
   #object(aet: string, key: string): ObjectRow | undefined {
-    return this.#q("SELECT id, key, size, etag, state, study, series, seen_at FROM objects WHERE aet = ? AND key = ?")
+    return this.#q(
+      "SELECT id, key, size, etag, state, study, series, seen_at FROM objects WHERE aet = ? AND key = ?",
+    )
       .get(aet, key) as ObjectRow | undefined;
   }
 
@@ -332,7 +384,12 @@ export class SqliteCatalog implements Catalog {
 
   /** After an object left a series (deleted, failed): forget it as the series' source, refresh counts. */
   #afterLoss(aet: string, study: string, series: string, key: string): void {
-    this.#q("DELETE FROM series WHERE aet = ? AND study = ? AND series = ? AND source_key = ?").run(aet, study, series, key);
+    this.#q("DELETE FROM series WHERE aet = ? AND study = ? AND series = ? AND source_key = ?").run(
+      aet,
+      study,
+      series,
+      key,
+    );
     this.#rebuildSeries(aet, study, series);
     this.#refreshSeries(aet, study, series);
     this.#refreshStudy(aet, study);
@@ -340,7 +397,9 @@ export class SqliteCatalog implements Catalog {
 
   /** Rebuilds a missing series row from an indexed instance of it, if there is one; true when done. */
   #rebuildSeries(aet: string, study: string, series: string): boolean {
-    if (this.#q("SELECT 1 FROM series WHERE aet = ? AND study = ? AND series = ?").get(aet, study, series)) return true;
+    if (this.#q("SELECT 1 FROM series WHERE aet = ? AND study = ? AND series = ?").get(aet, study, series)) {
+      return true;
+    }
     const row = this.#q(
       `SELECT o.key, o.size, o.etag, d.json FROM objects o JOIN documents d ON d.id = o.id
        WHERE o.aet = ? AND o.study = ? AND o.series = ? AND o.state = ${INDEXED} ORDER BY o.key LIMIT 1`,
@@ -376,14 +435,24 @@ export class SqliteCatalog implements Catalog {
   }
 
   #refreshSeries(aet: string, study: string, series: string): void {
-    const { n } = this.#q(`SELECT count(*) AS n FROM objects WHERE aet = ? AND study = ? AND series = ? AND state IN ${VALID}`)
+    const { n } = this.#q(
+      `SELECT count(*) AS n FROM objects WHERE aet = ? AND study = ? AND series = ? AND state IN ${VALID}`,
+    )
       .get(aet, study, series) as { n: number };
-    if (n === 0) this.#q("DELETE FROM series WHERE aet = ? AND study = ? AND series = ?").run(aet, study, series);
-    else this.#q("UPDATE series SET num_instances = ? WHERE aet = ? AND study = ? AND series = ?").run(n, aet, study, series);
+    if (n === 0) {
+      this.#q("DELETE FROM series WHERE aet = ? AND study = ? AND series = ?").run(aet, study, series);
+    } else {this.#q("UPDATE series SET num_instances = ? WHERE aet = ? AND study = ? AND series = ?").run(
+        n,
+        aet,
+        study,
+        series,
+      );}
   }
 
   #refreshStudy(aet: string, study: string): void {
-    const rows = this.#q("SELECT modality, study_json FROM series WHERE aet = ? AND study = ? ORDER BY series")
+    const rows = this.#q(
+      "SELECT modality, study_json FROM series WHERE aet = ? AND study = ? ORDER BY series",
+    )
       .all(aet, study) as { modality: string | null; study_json: string }[];
     const counts = this.#q(
       `SELECT count(DISTINCT series) AS series, count(*) AS instances FROM objects
@@ -425,91 +494,116 @@ export class SqliteCatalog implements Catalog {
   // ---- crawling ----
 
   beginCrawl(aet: string, bucket: string, owner: string, leaseMs: number): Promise<CrawlTicket | undefined> {
-    const ticket = this.#transaction(() => {
-      const now = Date.now();
-      const row = this.#q("SELECT bucket, owner, lease_until FROM aets WHERE aet = ?").get(aet) as
-        | { bucket: string; owner: string | null; lease_until: number | null }
-        | undefined;
-      if (row?.owner && row.owner !== owner && (row.lease_until ?? 0) > now) return undefined;
-      if (row && row.bucket !== bucket) this.#wipe(aet);
-      this.#q(
-        `INSERT INTO aets (aet, bucket, owner, lease_until) VALUES (?, ?, ?, ?) ON CONFLICT (aet) DO UPDATE SET
-         bucket = excluded.bucket, owner = excluded.owner, lease_until = excluded.lease_until`,
-      ).run(aet, bucket, owner, now + leaseMs);
-      return { aet, bucket, owner, startedAt: now };
+    return settle(() => {
+      const ticket = this.#transaction(() => {
+        const now = Date.now();
+        const row = this.#q("SELECT bucket, owner, lease_until FROM aets WHERE aet = ?").get(aet) as
+          | { bucket: string; owner: string | null; lease_until: number | null }
+          | undefined;
+        if (row?.owner && row.owner !== owner && (row.lease_until ?? 0) > now) return undefined;
+        if (row && row.bucket !== bucket) this.#wipe(aet);
+        this.#q(
+          `INSERT INTO aets (aet, bucket, owner, lease_until) VALUES (?, ?, ?, ?) ON CONFLICT (aet) DO UPDATE SET
+           bucket = excluded.bucket, owner = excluded.owner, lease_until = excluded.lease_until`,
+        ).run(aet, bucket, owner, now + leaseMs);
+        return { aet, bucket, owner, startedAt: now };
+      });
+      if (ticket) this.#listings.set(ticket, { dirty: new Set(), deleted: 0 });
+      return ticket;
     });
-    if (ticket) this.#listings.set(ticket, { dirty: new Set(), deleted: 0 });
-    return Promise.resolve(ticket);
   }
 
   #wipe(aet: string): void {
     this.#q("DELETE FROM documents WHERE id IN (SELECT id FROM objects WHERE aet = ?)").run(aet);
-    for (const table of ["objects", "series", "studies"]) this.#q(`DELETE FROM ${table} WHERE aet = ?`).run(aet);
+    for (const table of ["objects", "series", "studies"]) {
+      this.#q(`DELETE FROM ${table} WHERE aet = ?`).run(aet);
+    }
     this.#q("UPDATE aets SET complete_at = NULL WHERE aet = ?").run(aet);
   }
 
   renewCrawl(ticket: CrawlTicket, leaseMs: number): Promise<boolean> {
-    const { changes } = this.#q("UPDATE aets SET lease_until = ? WHERE aet = ? AND owner = ?")
-      .run(Date.now() + leaseMs, ticket.aet, ticket.owner);
-    return Promise.resolve(Number(changes) > 0);
+    return settle(() => {
+      const { changes } = this.#q("UPDATE aets SET lease_until = ? WHERE aet = ? AND owner = ?")
+        .run(Date.now() + leaseMs, ticket.aet, ticket.owner);
+      return Number(changes) > 0;
+    });
   }
 
   applyListing(ticket: CrawlTicket, infos: ObjectInfo[]): Promise<ListingCounts> {
-    const state = this.#listing(ticket);
-    const counts: ListingCounts = { added: 0, changed: 0, unchanged: 0, ignored: 0 };
-    if (infos.length === 0) return Promise.resolve(counts);
-    for (let i = 0; i < infos.length; i++) {
-      const previous = i === 0 ? state.cursor : infos[i - 1].key;
-      if (previous !== undefined && compareKeys(previous, infos[i].key) >= 0) {
-        throw new Error(`The listing of ${ticket.bucket} is not in ascending key order at ${infos[i].key}`);
-      }
-    }
-    const aet = ticket.aet;
-    const last = infos[infos.length - 1].key;
-    this.#transaction(() => {
-      // Merge with the stored rows of the same key range: rows the listing skipped were deleted from the bucket.
-      const stored = (state.cursor === undefined
-        ? this.#q("SELECT id, key, size, etag, state, study, series, seen_at FROM objects WHERE aet = ? AND key <= ?").all(aet, last)
-        : this.#q("SELECT id, key, size, etag, state, study, series, seen_at FROM objects WHERE aet = ? AND key > ? AND key <= ?")
-          .all(aet, state.cursor, last)) as unknown as ObjectRow[];
-      const byKey = new Map(stored.map((row) => [row.key, row]));
-      const now = Date.now();
-      for (const info of infos) {
-        const row = byKey.get(info.key);
-        byKey.delete(info.key);
-        if (row && row.size === info.size && row.etag === info.etag) {
-          counts.unchanged++;
-          continue;
+    return settle(() => {
+      const state = this.#listing(ticket);
+      const counts: ListingCounts = { added: 0, changed: 0, unchanged: 0, ignored: 0 };
+      if (infos.length === 0) return counts;
+      for (let i = 0; i < infos.length; i++) {
+        const previous = i === 0 ? state.cursor : infos[i - 1].key;
+        if (previous !== undefined && compareKeys(previous, infos[i].key) >= 0) {
+          throw new Error(`The listing of ${ticket.bucket} is not in ascending key order at ${infos[i].key}`);
         }
-        const uids = parseInstanceKey(info.key);
-        const objectState = uids ? LISTED : IGNORED;
-        const error = uids ? null : LAYOUT_REASON;
-        if (!uids) counts.ignored++;
-        if (row) {
-          counts.changed++;
-          this.#q(
-            `UPDATE objects SET size = ?, etag = ?, state = ?, error = ?, seen_at = ?, sop_class = NULL,
-             instance_number = NULL WHERE id = ?`,
-          ).run(info.size, info.etag, objectState, error, now, row.id);
-          this.#q("DELETE FROM documents WHERE id = ?").run(row.id);
-          if (row.study !== null && row.series !== null) {
-            this.#q("DELETE FROM series WHERE aet = ? AND study = ? AND series = ? AND source_key = ?")
-              .run(aet, row.study, row.series, info.key);
-            state.dirty.add(`${row.study}\0${row.series}`);
+      }
+      const aet = ticket.aet;
+      const last = infos[infos.length - 1].key;
+      this.#transaction(() => {
+        // Merge with the stored rows of the same key range: rows the listing skipped were deleted from the bucket.
+        const stored = (state.cursor === undefined
+          ? this.#q(
+            "SELECT id, key, size, etag, state, study, series, seen_at FROM objects WHERE aet = ? AND key <= ?",
+          ).all(aet, last)
+          : this.#q(
+            "SELECT id, key, size, etag, state, study, series, seen_at FROM objects WHERE aet = ? AND key > ? AND key <= ?",
+          )
+            .all(aet, state.cursor, last)) as unknown as ObjectRow[];
+        const byKey = new Map(stored.map((row) => [row.key, row]));
+        const now = Date.now();
+        for (const info of infos) {
+          const row = byKey.get(info.key);
+          byKey.delete(info.key);
+          if (row && row.size === info.size && row.etag === info.etag) {
+            counts.unchanged++;
+            continue;
           }
-        } else {
-          if (uids) counts.added++;
-          this.#q(
-            `INSERT INTO objects (aet, key, size, etag, study, series, sop, state, error, seen_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-          ).run(aet, info.key, info.size, info.etag, uids?.study ?? null, uids?.series ?? null, uids?.instance ?? null, objectState, error, now);
+          const uids = parseInstanceKey(info.key);
+          const objectState = uids ? LISTED : IGNORED;
+          const error = uids ? null : LAYOUT_REASON;
+          if (!uids) {
+            counts.ignored++;
+          }
+          if (row) {
+            counts.changed++;
+            this.#q(
+              `UPDATE objects SET size = ?, etag = ?, state = ?, error = ?, seen_at = ?, sop_class = NULL,
+               instance_number = NULL WHERE id = ?`,
+            ).run(info.size, info.etag, objectState, error, now, row.id);
+            this.#q("DELETE FROM documents WHERE id = ?").run(row.id);
+            if (row.study !== null && row.series !== null) {
+              this.#q("DELETE FROM series WHERE aet = ? AND study = ? AND series = ? AND source_key = ?")
+                .run(aet, row.study, row.series, info.key);
+              state.dirty.add(`${row.study}\0${row.series}`);
+            }
+          } else {
+            if (uids) counts.added++;
+            this.#q(
+              `INSERT INTO objects (aet, key, size, etag, study, series, sop, state, error, seen_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+            ).run(
+              aet,
+              info.key,
+              info.size,
+              info.etag,
+              uids?.study ?? null,
+              uids?.series ?? null,
+              uids?.instance ?? null,
+              objectState,
+              error,
+              now,
+            );
+          }
+          if (uids) state.dirty.add(`${uids.study}\0${uids.series}`);
         }
-        if (uids) state.dirty.add(`${uids.study}\0${uids.series}`);
-      }
-      for (const row of byKey.values()) this.#forget(ticket, state, row);
+        for (const row of byKey.values()) this.#forget(ticket, state, row);
+      });
+      state.cursor = last;
+      return counts;
     });
-    state.cursor = last;
-    return Promise.resolve(counts);
   }
 
   /** Deletes a stored row the listing did not show, unless it was written after the crawl began (STOW). */
@@ -531,197 +625,249 @@ export class SqliteCatalog implements Catalog {
   }
 
   finishListing(ticket: CrawlTicket): Promise<number> {
-    const state = this.#listing(ticket);
-    this.#transaction(() => {
-      const rest = (state.cursor === undefined
-        ? this.#q("SELECT id, key, size, etag, state, study, series, seen_at FROM objects WHERE aet = ?").all(ticket.aet)
-        : this.#q("SELECT id, key, size, etag, state, study, series, seen_at FROM objects WHERE aet = ? AND key > ?")
-          .all(ticket.aet, state.cursor)) as unknown as ObjectRow[];
-      for (const row of rest) this.#forget(ticket, state, row);
-      const studies = new Set<string>();
-      for (const pair of state.dirty) {
-        const [study, series] = pair.split("\0");
-        this.#rebuildSeries(ticket.aet, study, series);
-        this.#refreshSeries(ticket.aet, study, series);
-        studies.add(study);
-      }
-      for (const study of studies) this.#refreshStudy(ticket.aet, study);
+    return settle(() => {
+      const state = this.#listing(ticket);
+      this.#transaction(() => {
+        const rest = (state.cursor === undefined
+          ? this.#q("SELECT id, key, size, etag, state, study, series, seen_at FROM objects WHERE aet = ?")
+            .all(ticket.aet)
+          : this.#q(
+            "SELECT id, key, size, etag, state, study, series, seen_at FROM objects WHERE aet = ? AND key > ?",
+          )
+            .all(ticket.aet, state.cursor)) as unknown as ObjectRow[];
+        for (const row of rest) {
+          this.#forget(ticket, state, row);
+        }
+        const studies = new Set<string>();
+        for (const pair of state.dirty) {
+          const [study, series] = pair.split("\0");
+          this.#rebuildSeries(ticket.aet, study, series);
+          this.#refreshSeries(ticket.aet, study, series);
+          studies.add(study);
+        }
+        for (const study of studies) {
+          this.#refreshStudy(ticket.aet, study);
+        }
+      });
+      const deleted = state.deleted;
+      state.dirty.clear();
+      state.deleted = 0;
+      return deleted;
     });
-    const deleted = state.deleted;
-    state.dirty.clear();
-    state.deleted = 0;
-    return Promise.resolve(deleted);
   }
 
   seriesToRead(aet: string, limit: number): Promise<SeriesCandidate[]> {
-    const candidates: SeriesCandidate[] = [];
-    const missing = this.#q(
-      `SELECT o.study, o.series FROM objects o WHERE o.aet = ? AND o.state IN ${VALID} AND NOT EXISTS
-         (SELECT 1 FROM series se WHERE se.aet = o.aet AND se.study = o.study AND se.series = o.series)
-       GROUP BY o.study, o.series LIMIT ?`,
-    ).all(aet, limit) as { study: string; series: string }[];
-    for (const { study, series } of missing) {
-      const rebuilt = this.#transaction(() => {
-        if (!this.#rebuildSeries(aet, study, series)) return false;
-        this.#refreshSeries(aet, study, series);
-        this.#refreshStudy(aet, study);
-        return true;
-      });
-      if (rebuilt) continue;
-      const info = this.#q(
-        `SELECT key, size, etag FROM objects WHERE aet = ? AND study = ? AND series = ? AND state = ${LISTED}
-         ORDER BY key LIMIT 1`,
-      ).get(aet, study, series) as ObjectInfo | undefined;
-      if (info) candidates.push({ study, series, info: { key: info.key, size: info.size, etag: info.etag } });
-    }
-    return Promise.resolve(candidates);
+    return settle(() => {
+      const candidates: SeriesCandidate[] = [];
+      const missing = this.#q(
+        `SELECT o.study, o.series FROM objects o WHERE o.aet = ? AND o.state IN ${VALID} AND NOT EXISTS
+           (SELECT 1 FROM series se WHERE se.aet = o.aet AND se.study = o.study AND se.series = o.series)
+         GROUP BY o.study, o.series LIMIT ?`,
+      ).all(aet, limit) as { study: string; series: string }[];
+      for (const { study, series } of missing) {
+        const rebuilt = this.#transaction(() => {
+          if (!this.#rebuildSeries(aet, study, series)) return false;
+          this.#refreshSeries(aet, study, series);
+          this.#refreshStudy(aet, study);
+          return true;
+        });
+        if (rebuilt) continue;
+        const info = this.#q(
+          `SELECT key, size, etag FROM objects WHERE aet = ? AND study = ? AND series = ? AND state = ${LISTED}
+           ORDER BY key LIMIT 1`,
+        ).get(aet, study, series) as ObjectInfo | undefined;
+        if (info) {
+          candidates.push({ study, series, info: { key: info.key, size: info.size, etag: info.etag } });
+        }
+      }
+      return candidates;
+    });
   }
 
   pendingObjects(aet: string, scope: Scope, limit: number): Promise<ObjectInfo[]> {
-    const where = ["aet = ?", `state = ${LISTED}`];
-    const args: SQLInputValue[] = [aet];
-    if (scope.study !== undefined) {
-      where.push("study = ?");
-      args.push(scope.study);
-    }
-    if (scope.series !== undefined) {
-      where.push("series = ?");
-      args.push(scope.series);
-    }
-    if (scope.sops !== undefined) {
-      where.push(`sop IN (${scope.sops.map(() => "?").join(", ") || "NULL"})`);
-      args.push(...scope.sops);
-    }
-    const rows = this.#db.prepare(`SELECT key, size, etag FROM objects WHERE ${where.join(" AND ")} ORDER BY key LIMIT ?`)
-      .all(...args, limit) as unknown as ObjectInfo[];
-    return Promise.resolve(rows.map((r) => ({ key: r.key, size: r.size, etag: r.etag })));
+    return settle(() => {
+      const where = ["aet = ?", `state = ${LISTED}`];
+      const args: SQLInputValue[] = [aet];
+      if (scope.study !== undefined) {
+        where.push("study = ?");
+        args.push(scope.study);
+      }
+      if (scope.series !== undefined) {
+        where.push("series = ?");
+        args.push(scope.series);
+      }
+      if (scope.sops !== undefined) {
+        where.push(`sop IN (${scope.sops.map(() => "?").join(", ") || "NULL"})`);
+        args.push(...scope.sops);
+      }
+      const rows = this.#db.prepare(
+        `SELECT key, size, etag FROM objects WHERE ${where.join(" AND ")} ORDER BY key LIMIT ?`,
+      )
+        .all(...args, limit) as unknown as ObjectInfo[];
+      return rows.map((r) => ({ key: r.key, size: r.size, etag: r.etag }));
+    });
   }
 
   endCrawl(ticket: CrawlTicket, outcome: { complete: boolean; error?: string }): Promise<void> {
-    this.#q(
-      `UPDATE aets SET owner = NULL, lease_until = NULL, last_error = ?,
-       complete_at = CASE WHEN ? THEN ? ELSE complete_at END WHERE aet = ? AND owner = ?`,
-    ).run(outcome.error ?? null, outcome.complete ? 1 : 0, ticket.startedAt, ticket.aet, ticket.owner);
-    this.#listings.delete(ticket);
-    return Promise.resolve();
+    return settle(() => {
+      this.#q(
+        `UPDATE aets SET owner = NULL, lease_until = NULL, last_error = ?,
+         complete_at = CASE WHEN ? THEN ? ELSE complete_at END WHERE aet = ? AND owner = ?`,
+      ).run(outcome.error ?? null, outcome.complete ? 1 : 0, ticket.startedAt, ticket.aet, ticket.owner);
+      this.#listings.delete(ticket);
+      return;
+    });
   }
 
   // ---- reading ----
 
   search(query: CatalogQuery): Promise<SearchRow[]> {
-    const { level } = query;
-    const args: SQLInputValue[] = [query.aet];
-    let select = "s.study, s.json AS study_json, s.modalities, s.num_series, s.num_instances";
-    let from = "studies s";
-    const where: string[] = [];
-    let order = "s.study_date DESC, s.study_time DESC, s.study";
-    if (level === "study") {
-      where.push("s.aet = ?");
-    } else if (level === "series") {
-      select += ", se.series, se.json AS series_json, se.num_instances AS series_instances";
-      from = "series se JOIN studies s ON s.aet = se.aet AND s.study = se.study";
-      where.push("se.aet = ?");
-      order += ", se.series_number IS NULL, se.series_number, se.series";
-    } else {
-      select += ", se.series, se.json AS series_json, se.num_instances AS series_instances, o.sop, d.json AS instance_json";
-      from = `objects o JOIN series se ON se.aet = o.aet AND se.study = o.study AND se.series = o.series
-        JOIN studies s ON s.aet = o.aet AND s.study = o.study JOIN documents d ON d.id = o.id`;
-      where.push("o.aet = ?", `o.state = ${INDEXED}`);
-      order += ", se.series_number IS NULL, se.series_number, se.series, o.instance_number IS NULL, o.instance_number, o.sop";
-    }
-    const own = level === "study" ? "s" : level === "series" ? "se" : "o";
-    if (query.study !== undefined) {
-      where.push(`${own}.study = ?`);
-      args.push(query.study);
-    }
-    if (query.series !== undefined) {
-      where.push(`${own}.series = ?`);
-      args.push(query.series);
-    }
-    for (const filter of query.filters) where.push(condition(filter, level, args));
-    const sql = `SELECT ${select} FROM ${from} WHERE ${where.join(" AND ")} ORDER BY ${order} LIMIT ? OFFSET ?`;
-    args.push(query.limit, query.offset);
-    const rows = this.#db.prepare(sql).all(...args) as Record<string, string | number | null>[];
-    return Promise.resolve(rows.map((row) => ({
-      study: row.study as string,
-      series: (row.series ?? undefined) as string | undefined,
-      sop: (row.sop ?? undefined) as string | undefined,
-      studyJson: JSON.parse(row.study_json as string),
-      seriesJson: row.series_json ? JSON.parse(row.series_json as string) : undefined,
-      instanceJson: row.instance_json ? JSON.parse(row.instance_json as string) : undefined,
-      modalities: row.modalities ? (row.modalities as string).split("\\") : [],
-      studySeries: row.num_series as number,
-      studyInstances: row.num_instances as number,
-      seriesInstances: (row.series_instances ?? undefined) as number | undefined,
-    })));
+    return settle(() => {
+      const { level } = query;
+      const args: SQLInputValue[] = [query.aet];
+      let select = "s.study, s.json AS study_json, s.modalities, s.num_series, s.num_instances";
+      let from = "studies s";
+      const where: string[] = [];
+      let order = "s.study_date DESC, s.study_time DESC, s.study";
+      if (level === "study") {
+        where.push("s.aet = ?");
+      } else if (level === "series") {
+        select += ", se.series, se.json AS series_json, se.num_instances AS series_instances";
+        from = "series se JOIN studies s ON s.aet = se.aet AND s.study = se.study";
+        where.push("se.aet = ?");
+        order += ", se.series_number IS NULL, se.series_number, se.series";
+      } else {
+        select +=
+          ", se.series, se.json AS series_json, se.num_instances AS series_instances, o.sop, d.json AS instance_json";
+        from = `objects o JOIN series se ON se.aet = o.aet AND se.study = o.study AND se.series = o.series
+          JOIN studies s ON s.aet = o.aet AND s.study = o.study JOIN documents d ON d.id = o.id`;
+        where.push("o.aet = ?", `o.state = ${INDEXED}`);
+        order +=
+          ", se.series_number IS NULL, se.series_number, se.series, o.instance_number IS NULL, o.instance_number, o.sop";
+      }
+      const own = level === "study" ? "s" : level === "series" ? "se" : "o";
+      if (query.study !== undefined) {
+        where.push(`${own}.study = ?`);
+        args.push(query.study);
+      }
+      if (query.series !== undefined) {
+        where.push(`${own}.series = ?`);
+        args.push(query.series);
+      }
+      for (const filter of query.filters) where.push(condition(filter, level, args));
+      const sql = `SELECT ${select} FROM ${from} WHERE ${
+        where.join(" AND ")
+      } ORDER BY ${order} LIMIT ? OFFSET ?`;
+      args.push(query.limit, query.offset);
+      const rows = this.#db.prepare(sql).all(...args) as Record<string, string | number | null>[];
+      return rows.map((row) => ({
+        study: row.study as string,
+        series: (row.series ?? undefined) as string | undefined,
+        sop: (row.sop ?? undefined) as string | undefined,
+        studyJson: JSON.parse(row.study_json as string),
+        seriesJson: row.series_json ? JSON.parse(row.series_json as string) : undefined,
+        instanceJson: row.instance_json ? JSON.parse(row.instance_json as string) : undefined,
+        modalities: row.modalities ? (row.modalities as string).split("\\") : [],
+        studySeries: row.num_series as number,
+        studyInstances: row.num_instances as number,
+        seriesInstances: (row.series_instances ?? undefined) as number | undefined,
+      }));
+    });
   }
 
   instanceMetadata(aet: string, study: string, series?: string): Promise<StoredInstance[]> {
-    const sql = `SELECT o.key, o.series, o.sop, o.etag, d.json FROM objects o JOIN documents d ON d.id = o.id
-      WHERE o.aet = ? AND o.study = ? ${series === undefined ? "" : "AND o.series = ?"} AND o.state = ${INDEXED}
-      ORDER BY o.key`;
-    const args = series === undefined ? [aet, study] : [aet, study, series];
-    return Promise.resolve(this.#q(sql).all(...args) as unknown as StoredInstance[]);
+    return settle(() => {
+      const sql =
+        `SELECT o.key, o.series, o.sop, o.etag, d.json FROM objects o JOIN documents d ON d.id = o.id
+        WHERE o.aet = ? AND o.study = ? ${
+          series === undefined ? "" : "AND o.series = ?"
+        } AND o.state = ${INDEXED}
+        ORDER BY o.key`;
+      const args = series === undefined ? [aet, study] : [aet, study, series];
+      return this.#q(sql).all(...args) as unknown as StoredInstance[];
+    });
   }
 
   status(aet?: string): Promise<AetStatus[]> {
-    const aets = (aet === undefined
-      ? this.#q("SELECT * FROM aets ORDER BY aet").all()
-      : this.#q("SELECT * FROM aets WHERE aet = ?").all(aet)) as {
-        aet: string;
-        bucket: string;
-        complete_at: number | null;
-        last_error: string | null;
-        owner: string | null;
-        lease_until: number | null;
-      }[];
-    const now = Date.now();
-    return Promise.resolve(aets.map((row) => {
-      const byState = new Map(
-        (this.#q("SELECT state, count(*) AS n FROM objects WHERE aet = ? GROUP BY state").all(row.aet) as {
-          state: number;
-          n: number;
-        }[]).map((r) => [r.state, r.n]),
-      );
-      const count = (table: string) =>
-        (this.#q(`SELECT count(*) AS n FROM ${table} WHERE aet = ?`).get(row.aet) as { n: number }).n;
-      const objects = [...byState.values()].reduce((a, b) => a + b, 0);
-      return {
-        aet: row.aet,
-        bucket: row.bucket,
-        objects,
-        indexed: byState.get(INDEXED) ?? 0,
-        pending: byState.get(LISTED) ?? 0,
-        failed: byState.get(FAILED) ?? 0,
-        ignored: byState.get(IGNORED) ?? 0,
-        studies: count("studies"),
-        series: count("series"),
-        completeAt: row.complete_at ?? undefined,
-        lastError: row.last_error ?? undefined,
-        crawlingBy: row.owner && (row.lease_until ?? 0) > now ? row.owner : undefined,
-      };
-    }));
+    return settle(() => {
+      const aets = (aet === undefined
+        ? this.#q("SELECT * FROM aets ORDER BY aet").all()
+        : this.#q("SELECT * FROM aets WHERE aet = ?").all(aet)) as {
+          aet: string;
+          bucket: string;
+          complete_at: number | null;
+          last_error: string | null;
+          owner: string | null;
+          lease_until: number | null;
+        }[];
+      const now = Date.now();
+      return aets.map((row) => {
+        const byState = new Map(
+          (this.#q("SELECT state, count(*) AS n FROM objects WHERE aet = ? GROUP BY state").all(row.aet) as {
+            state: number;
+            n: number;
+          }[]).map((r) => [r.state, r.n]),
+        );
+        const count = (table: string) =>
+          (this.#q(`SELECT count(*) AS n FROM ${table} WHERE aet = ?`).get(row.aet) as { n: number }).n;
+        const objects = [...byState.values()].reduce((a, b) =>
+          a + b, 0);
+        return {
+          aet: row.aet,
+          bucket: row.bucket,
+          objects,
+          indexed: byState.get(INDEXED) ?? 0,
+          pending: byState.get(LISTED) ?? 0,
+          failed: byState.get(FAILED) ?? 0,
+          ignored: byState.get(IGNORED) ?? 0,
+          studies: count("studies"),
+          series: count("series"),
+          completeAt: row.complete_at ?? undefined,
+          lastError: row.last_error ?? undefined,
+          crawlingBy: row.owner && (row.lease_until ?? 0) > now ? row.owner : undefined,
+        };
+      });
+    });
   }
 
   failures(aet?: string, limit = 1000): Promise<ObjectProblem[]> {
-    const rows = (aet === undefined
-      ? this.#q(`SELECT aet, key, state, error, etag FROM objects WHERE state IN (${FAILED}, ${IGNORED}) ORDER BY aet, key LIMIT ?`)
-        .all(limit)
-      : this.#q(`SELECT aet, key, state, error, etag FROM objects WHERE aet = ? AND state IN (${FAILED}, ${IGNORED}) ORDER BY key LIMIT ?`)
-        .all(aet, limit)) as { aet: string; key: string; state: number; error: string | null; etag: string }[];
-    return Promise.resolve(rows.map((r) => ({
-      aet: r.aet,
-      key: r.key,
-      state: r.state === FAILED ? "failed" : "ignored",
-      error: r.error ?? "",
-      etag: r.etag,
-    })));
+    return settle(() => {
+      const rows = (aet === undefined
+        ? this.#q(
+          `SELECT aet, key, state, error, etag FROM objects WHERE state IN (${FAILED}, ${IGNORED}) ORDER BY aet, key LIMIT ?`,
+        )
+          .all(limit)
+        : this.#q(
+          `SELECT aet, key, state, error, etag FROM objects WHERE aet = ? AND state IN (${FAILED}, ${IGNORED}) ORDER BY key LIMIT ?`,
+        )
+          .all(aet, limit)) as {
+          aet: string;
+          key: string;
+          state: number;
+          error: string | null;
+          etag: string;
+        }[];
+      return rows.map((r) => ({
+        aet: r.aet,
+        key: r.key,
+        state: r.state === FAILED ? "failed" : "ignored",
+        error: r.error ?? "",
+        etag: r.etag,
+      }));
+    });
   }
 
   close(): Promise<void> {
-    if (this.#db.isOpen) this.#db.close();
-    return Promise.resolve();
+    return settle(() => {
+      if (this.#db.isOpen) this.#db.close();
+      return;
+    });
   }
+}
+
+/** Runs `fn` and hands its result or its error over as a promise. */
+function settle<T>(fn: () => T): Promise<T> {
+  return new Promise((resolve) => resolve(fn()));
 }
 
 // ---- filters → SQL ----
@@ -739,7 +885,10 @@ interface Column {
 const fixed = (expression: string) => () => expression;
 
 const COLUMNS: Record<string, Column> = {
-  "0020000D": { type: "text", column: (level) => level === "study" ? "s.study" : level === "series" ? "se.study" : "o.study" },
+  "0020000D": {
+    type: "text",
+    column: (level) => level === "study" ? "s.study" : level === "series" ? "se.study" : "o.study",
+  },
   "00080020": { type: "date", column: fixed("s.study_date") },
   "00080030": { type: "time", column: fixed("s.study_time"), high: "s.study_time_high" },
   "00080050": { type: "text", column: fixed("s.accession") },
@@ -762,13 +911,20 @@ const DOCUMENTS: Record<Level, string> = { study: "s.json", series: "se.json", i
 /** One filter as an SQL condition (its parameters appended to `args`). */
 function condition(filter: Filter, level: Level, args: SQLInputValue[]): string {
   if (filter.matcher.kind === "universal") return "1";
-  const spec = JSON.stringify({ path: filter.path, vr: filter.vr, matcher: filter.matcher, fuzzy: filter.fuzzy });
+  const spec = JSON.stringify({
+    path: filter.path,
+    vr: filter.vr,
+    matcher: filter.matcher,
+    fuzzy: filter.fuzzy,
+  });
   if (filter.key === "00080061") {
     const m = filter.matcher;
     if (m.kind === "empty") {
       return "NOT EXISTS (SELECT 1 FROM series m WHERE m.aet = s.aet AND m.study = s.study AND m.modality <> '')";
     }
-    return `EXISTS (SELECT 1 FROM series m WHERE m.aet = s.aet AND m.study = s.study AND ${textCondition("m.modality", m, args)})`;
+    return `EXISTS (SELECT 1 FROM series m WHERE m.aet = s.aet AND m.study = s.study AND ${
+      textCondition("m.modality", m, args)
+    })`;
   }
   const column = COLUMNS[filter.key];
   if (!column) {

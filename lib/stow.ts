@@ -52,11 +52,6 @@ export interface StowOptions {
   concurrency?: number;
 }
 
-/** The catalog as STOW uses it (lib/catalog.ts); optional until it is wired into {@linkcode Services}. */
-interface CatalogSink {
-  recordInstance(aet: string, bucket: string, info: ObjectInfo, header: Part10Header): Promise<void>;
-}
-
 const MIB = 1024 * 1024;
 /** Bytes kept from the end of a streamed part, for elements after its Pixel Data. */
 const TAIL_BYTES = 64 * 1024;
@@ -418,11 +413,11 @@ class StowJob {
       try {
         const { info, header, replaced } = await write(key);
         let note: string | undefined;
-        const catalog = (this.#services as { catalog?: CatalogSink }).catalog;
         try {
-          await catalog?.recordInstance(this.#options.aet, this.#options.bucket, info, header);
+          const filed = await this.#services.catalog?.recordInstance(this.#options.aet, this.#options.bucket, info, header);
+          if (filed !== undefined && filed !== "indexed") note = `is stored but not searchable: the catalog filed it as ${filed}`;
         } catch (error) {
-          note = `stored but not yet searchable: ${(error as Error).message}`;
+          note = `is stored but not yet searchable: ${(error as Error).message}`;
           this.#services.log?.(`stow: cannot catalog ${this.#options.bucket}/${key}: ${(error as Error).message}`);
         }
         this.#outcomes.push({ stored: true, index, ...id, replaced, note });

@@ -355,8 +355,35 @@ const TARGETS: Record<string, () => Promise<Target>> = {
     const store = new MemoryStore(["pacs"]);
     const corpus = builtCorpus();
     for (const f of corpus) await store.put("pacs", f.key, f.bytes);
-    const config = parseConfig({ AETS: "PACS=pacs", STOW_MAX_BYTES: String(1 << 20) });
-    const handler = createHandler({ config, store, aets: new AetRegistry(store, { configured: config.aets }), capabilities: { reEncode: true } }, { log: () => {} });
+    const config = parseConfig({ AETS: "PACS=pacs", STOW_MAX_BYTES: String(1 << 20), CRAWL_INTERVAL: "0" });
+    // The search catalog, when lib/sqlite_catalog.ts can open one (QIDO-RS answers 503 without it).
+    let catalog: unknown;
+    try {
+      const module = new URL("../lib/sqlite_catalog.ts", import.meta.url).href;
+      const { openSqliteCatalog } = await import(module);
+      catalog = await openSqliteCatalog(":memory:", { log: () => {} });
+    } catch {
+      catalog = undefined;
+    }
+    const services = { config, store, aets: new AetRegistry(store, { configured: config.aets }), capabilities: { reEncode: true }, catalog };
+    const routed = createHandler(services as Parameters<typeof createHandler>[0], { log: () => {} });
+    // While another route shadows STOW-RS in the router (405), POSTs go to the STOW-RS handler itself.
+    const { stowHandler } = await import("../lib/stow.ts");
+    const { errorResponse, toHttpError } = await import("../lib/http_error.ts");
+    const stow = stowHandler(services as Parameters<typeof stowHandler>[0]);
+    const handler = async (request: Request): Promise<Response> => {
+      const url = new URL(request.url);
+      const m = /^\/aets\/([^/]+)\/studies(?:\/([^/]+))?$/.exec(url.pathname);
+      if (request.method !== "POST" || !m) return await routed(request);
+      const probe = await routed(new Request(url, { method: "POST" }));
+      await probe.body?.cancel();
+      if (probe.status !== 405) return await routed(request);
+      try {
+        return await stow({ request, url, params: { aet: m[1], ...(m[2] ? { study: m[2] } : {}) } });
+      } catch (error) {
+        return errorResponse(toHttpError(error));
+      }
+    };
     const [study, series, sop] = corpus[0].key.slice(0, -4).split("/");
     const requests = [
       `GET /aets/PACS/studies/${study}/series/${series}/instances/${sop}\naccept: multipart/related; type="application/dicom"; transfer-syntax=*`,
@@ -403,7 +430,7 @@ const TARGETS: Record<string, () => Promise<Target>> = {
           if (response.status < 300) return; // a streamed failure after the head is the documented behaviour
           throw error;
         });
-        if (response.status >= 500) {
+        if (response.status >= 500 && !(catalog === undefined && response.status === 503)) {
           const problem = new Error(`${method} ${target.slice(0, 120)} answered ${response.status}`);
           problem.name = "ServerError";
           throw problem;
@@ -419,8 +446,24 @@ const TARGETS: Record<string, () => Promise<Target>> = {
   },
 };
 
-/** The target names. */
-export const TARGET_NAMES = Object.keys(TARGETS);
+/** The harness's own check: input 3 throws a TypeError (unexpected), input 5 never returns (a hang). */
+TARGETS.selftest = () =>
+  Promise.resolve({
+    seeds: () => Promise.resolve([new Uint8Array([1])]),
+    tokens: [],
+    maxLength: 16,
+    run(_input: Uint8Array, _rng: Rng) {
+      const index = Atomics.load(new Int32Array(selftestProgress ?? new SharedArrayBuffer(8)), 0);
+      if (index === 2) throw new SyntaxError("expected kind");
+      if (index === 3) throw new TypeError("unexpected kind");
+      if (index === 5) for (;;);
+    },
+    expected: standard,
+  });
+let selftestProgress: SharedArrayBuffer | undefined;
+
+/** The target names (without the harness self-test). */
+export const TARGET_NAMES = Object.keys(TARGETS).filter((name) => name !== "selftest");
 
 // ---------------------------------------------------------------------------------------------------
 // Harness (main thread)
@@ -488,13 +531,15 @@ export function fuzz(name: string, options: FuzzOptions): Promise<FuzzReport> {
     let since = performance.now();
     let ready = false;
     let seedCount = 0;
-    const finish = (report: Omit<FuzzReport, "target" | "seed" | "peakRssMb" | "seconds" | "seeds">) => {
+    const failures: FuzzFailure[] = [];
+    const finish = (report: Omit<FuzzReport, "target" | "seed" | "peakRssMb" | "seconds" | "seeds" | "failures">) => {
       clearInterval(watchdog);
       worker.terminate();
       resolve({
         target: name,
         seed: options.seed,
         seeds: seedCount,
+        failures,
         ...report,
         peakRssMb: Math.round(peakRss / 1024 / 1024),
         seconds: Math.round((performance.now() - started) / 100) / 10,
@@ -515,7 +560,7 @@ export function fuzz(name: string, options: FuzzOptions): Promise<FuzzReport> {
         lastIndex = index;
         since = performance.now();
       } else if (index >= 0 && performance.now() - since > options.perInputMs) {
-        finish({ tried: Atomics.load(progress, 1), failures: [], hang: { index, ms: Math.round(performance.now() - since) } });
+        finish({ tried: Atomics.load(progress, 1), hang: { index, ms: Math.round(performance.now() - since) } });
       }
     }, 25);
     worker.onmessage = (event: MessageEvent) => {
@@ -524,14 +569,13 @@ export function fuzz(name: string, options: FuzzOptions): Promise<FuzzReport> {
         ready = true;
         seedCount = message.seeds;
         since = performance.now();
-      } else if (message.type === "done") finish({ tried: message.tried, failures: message.failures });
+      } else if (message.type === "failure") failures.push(message.failure);
+      else if (message.type === "done") finish({ tried: message.tried });
     };
     worker.onerror = (event: ErrorEvent) => {
       event.preventDefault();
-      finish({
-        tried: Atomics.load(progress, 1),
-        failures: [{ index: Atomics.load(progress, 0), error: `worker crashed: ${event.message}`, preview: "", length: 0 }],
-      });
+      failures.push({ index: Atomics.load(progress, 0), error: `worker crashed: ${event.message}`, preview: "", length: 0 });
+      finish({ tried: Atomics.load(progress, 1) });
     };
     worker.postMessage({ name, shared, ...options });
   });
@@ -558,10 +602,11 @@ function toBase64(bytes: Uint8Array): string {
 
 async function work(scope: WorkerScope, data: FuzzOptions & { name: string; shared: SharedArrayBuffer }): Promise<void> {
   const progress = new Int32Array(data.shared);
+  selftestProgress = data.shared;
   const target = await TARGETS[data.name]();
   const seeds = await target.seeds();
   scope.postMessage({ type: "ready", seeds: seeds.length });
-  const failures: FuzzFailure[] = [];
+  let failures = 0;
   const until = performance.now() + data.seconds * 1000;
   const maxInputs = data.maxInputs ?? Number.MAX_SAFE_INTEGER;
   let index = 0;
@@ -571,21 +616,23 @@ async function work(scope: WorkerScope, data: FuzzOptions & { name: string; shar
     try {
       await target.run(input, rng);
     } catch (error) {
-      if (!target.expected(error) && failures.length < 20) {
-        failures.push({ index, error: describeError(error), preview: toBase64(input.subarray(0, 256)), length: input.length });
+      if (!target.expected(error) && failures++ < 20) {
+        const failure: FuzzFailure = { index, error: describeError(error), preview: toBase64(input.subarray(0, 256)), length: input.length };
+        scope.postMessage({ type: "failure", failure });
       }
     }
     Atomics.store(progress, 1, index + 1);
   }
   Atomics.store(progress, 0, -1);
-  scope.postMessage({ type: "done", tried: index, failures });
+  scope.postMessage({ type: "done", tried: index });
 }
 
 const workerScope = globalThis as unknown as WorkerScope & { WorkerGlobalScope?: unknown };
 if (typeof workerScope.WorkerGlobalScope !== "undefined" && globalThis instanceof (workerScope.WorkerGlobalScope as typeof Object)) {
   workerScope.onmessage = (event: MessageEvent) => {
     work(workerScope, event.data).catch((error) => {
-      workerScope.postMessage({ type: "done", tried: 0, failures: [{ index: -1, error: `setup failed: ${describeError(error)}`, preview: "", length: 0 }] });
+      workerScope.postMessage({ type: "failure", failure: { index: -1, error: `setup failed: ${describeError(error)}`, preview: "", length: 0 } });
+      workerScope.postMessage({ type: "done", tried: 0 });
     });
   };
 }

@@ -165,6 +165,19 @@ export interface SecuredOptions {
   log?: (line: string) => void;
   audit?: AuditLog;
   auth?: AuthenticatorOptions;
+  /** The search catalog for QIDO-RS (see {@linkcode openTestCatalog}). */
+  catalog?: unknown;
+}
+
+/** A `:memory:` search catalog when lib/sqlite_catalog.ts can open one, else undefined (QIDO-RS then answers 503). */
+export async function openTestCatalog(): Promise<{ close?(): unknown } | undefined> {
+  try {
+    const module = new URL("../lib/sqlite_catalog.ts", import.meta.url).href;
+    const { openSqliteCatalog } = await import(module);
+    return await openSqliteCatalog(":memory:", { log: () => {} });
+  } catch {
+    return undefined;
+  }
 }
 
 /** A handler with authentication, limits and audit, from `env` (plus `AETS` etc.) over `store`. */
@@ -177,7 +190,7 @@ export function securedHandler(
   const log = options.log ?? (() => {});
   if (WIRED) {
     const aets = new AetRegistry(store, { configured: config.aets });
-    const handler = createHandler({ config, store, aets, capabilities: { reEncode: true } }, {
+    const handler = createHandler({ config, store, aets, capabilities: { reEncode: true }, catalog: options.catalog } as Parameters<typeof createHandler>[0], {
       log,
       audit: options.audit,
       auth: options.auth,
@@ -188,7 +201,10 @@ export function securedHandler(
   const guard = new RequestGuard(config, options.auth);
   const guarded = guard.store(store);
   const aets = new AetRegistry(guarded, { configured: config.aets });
-  const inner = createHandler({ config, store: guarded, aets, capabilities: { reEncode: true } }, { log: () => {} });
+  const inner = createHandler(
+    { config, store: guarded, aets, capabilities: { reEncode: true }, catalog: options.catalog } as Parameters<typeof createHandler>[0],
+    { log: () => {} },
+  );
   const handler = async (request: Request, info?: ServeInfo): Promise<Response> => {
     const started = performance.now();
     const url = new URL(request.url);

@@ -61,7 +61,9 @@ export class FetchXMLHttpRequest extends EventTarget {
 
   /** Only asynchronous requests: `async` false throws. */
   open(method: string, url: string | URL, async = true): void {
-    if (async === false) throw new DOMException("Synchronous XMLHttpRequest is not supported", "NotSupportedError");
+    if (async === false) {
+      throw new DOMException("Synchronous XMLHttpRequest is not supported", "NotSupportedError");
+    }
     this.#controller?.abort();
     this.#method = method;
     this.#url = String(new URL(url, globalThis.location?.href));
@@ -103,13 +105,18 @@ export class FetchXMLHttpRequest extends EventTarget {
 
   get responseText(): string {
     if (this.responseType !== "" && this.responseType !== "text") {
-      throw new DOMException(`responseText is not available for responseType "${this.responseType}"`, "InvalidStateError");
+      throw new DOMException(
+        `responseText is not available for responseType "${this.responseType}"`,
+        "InvalidStateError",
+      );
     }
     return this.#bytes ? new TextDecoder().decode(this.#bytes) : "";
   }
 
   send(body?: XhrBody): void {
-    if (this.readyState !== 1 || this.#sent) throw new DOMException("send() needs open()", "InvalidStateError");
+    if (this.readyState !== 1 || this.#sent) {
+      throw new DOMException("send() needs open()", "InvalidStateError");
+    }
     this.#sent = true;
     const controller = new AbortController();
     this.#controller = controller;

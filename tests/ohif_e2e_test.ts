@@ -15,7 +15,9 @@ import { createHandler } from "../lib/app.ts";
 import { parseConfig } from "../lib/config.ts";
 import { FileStore } from "../lib/file_store.ts";
 import { errorResponse, toHttpError } from "../lib/http_error.ts";
+import { crawlerFor } from "../lib/crawler.ts";
 import { S3Store } from "../lib/s3_store.ts";
+import { openSqliteCatalog } from "../lib/sqlite_catalog.ts";
 import { ohifAppConfig, replaceAll, viewerHandler } from "../lib/viewer.ts";
 import { installedOhifVersion, OHIF_DIST_DIR, OHIF_VERSION } from "../tools/viewer/install.ts";
 import { browserMissing, launchBrowser, type Page, type PageEvents } from "./_browser.ts";
@@ -223,14 +225,16 @@ interface LoggedRequest {
   requestHeaders: string | null;
 }
 
-/** The DICOMweb server (with VIEWER on), recording every request it answers. */
-function serveDicomweb(store: S3Store, bucket: string) {
+/** The DICOMweb server (with VIEWER on and its catalog crawled), recording every request it answers. */
+async function serveDicomweb(store: S3Store, bucket: string) {
   const config = parseConfig({ PORT: "0", AETS: `${AET}=${bucket}`, VIEWER: OHIF_DIST_DIR.pathname });
   const aets = new AetRegistry(store, { configured: config.aets });
   const logs: string[] = [];
-  const handler = createHandler({ config, store, aets, capabilities: { reEncode: true } }, {
-    log: (line) => logs.push(line),
-  });
+  const log = (line: string) => logs.push(line);
+  const catalog = await openSqliteCatalog(":memory:", { bulkDataThreshold: config.bulkDataThreshold, log });
+  const crawler = crawlerFor(catalog, { store, aets, log, bulkDataThreshold: config.bulkDataThreshold });
+  await crawler.crawl(AET, { waitForInstances: true }); // as the server does at start
+  const handler = createHandler({ config, store, aets, capabilities: { reEncode: true }, catalog }, { log });
   const requests: LoggedRequest[] = [];
   const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (request) => {
     const response = await handler(request);
@@ -245,7 +249,16 @@ function serveDicomweb(store: S3Store, bucket: string) {
     });
     return response;
   });
-  return { url: `http://127.0.0.1:${(server.addr as Deno.NetAddr).port}`, requests, logs, server };
+  return {
+    url: `http://127.0.0.1:${(server.addr as Deno.NetAddr).port}`,
+    requests,
+    logs,
+    async close() {
+      await server.shutdown();
+      await crawler.stop();
+      await catalog.close();
+    },
+  };
 }
 
 /** OHIF alone at the root of another origin, configured for the DICOMweb server at `dicomweb`. */
@@ -447,7 +460,7 @@ Deno.test({
     const started = performance.now();
     await Deno.mkdir(ARTIFACTS, { recursive: true });
     const s3 = await startS3();
-    let dicomweb: ReturnType<typeof serveDicomweb> | undefined;
+    let dicomweb: Awaited<ReturnType<typeof serveDicomweb>> | undefined;
     let elsewhere: ReturnType<typeof serveOhifElsewhere> | undefined;
     let browser: Awaited<ReturnType<typeof launchBrowser>> | undefined;
     const store = new S3Store({
@@ -465,7 +478,7 @@ Deno.test({
           await store.put(bucket, file.key, file.bytes, { size: file.bytes.length });
         }
       }
-      dicomweb = serveDicomweb(store, bucket);
+      dicomweb = await serveDicomweb(store, bucket);
       elsewhere = serveOhifElsewhere(dicomweb.url);
       browser = await launchBrowser();
       const timings: string[] = [`setup ${((performance.now() - started) / 1000).toFixed(1)} s`];
@@ -544,7 +557,7 @@ Deno.test({
     } finally {
       await browser?.close();
       await elsewhere?.server.shutdown();
-      await dicomweb?.server.shutdown();
+      await dicomweb?.close();
       await store.close?.();
       await s3.stop();
     }

@@ -1,0 +1,321 @@
+/**
+ * STOW-RS benchmark: `deno run -P=bench tests/stow_bench.ts`.
+ *
+ * - the 500-instance CT series (gen_dataset.py --preset bench) as the payload,
+ * - S3: Ceph RGW started here when `radosgw` is installed (its own ports), s3rver otherwise, or `BENCH_S3_ENDPOINT`,
+ * - direct: every file PutObject through the AWS SDK (`S3Store.put`), `S3_CONCURRENCY` in flight,
+ * - through the server (`deno run -P=bench-server main.ts`, a separate process): the same files in one
+ *   STOW-RS request, and in `S3_CONCURRENCY` requests at once; the bucket is emptied between runs,
+ * - the server's peak RSS (VmHWM) after everything, 4 clients at once included.
+ *
+ * Prints the figures and the ratios against the targets (≥ 80% of direct, peak RSS < 200 MB); never asserts.
+ */
+
+import { AetRegistry } from "../lib/aets.ts";
+import { createHandler } from "../lib/app.ts";
+import { loadConfig } from "../lib/config.ts";
+import { errorResponse, toHttpError } from "../lib/http_error.ts";
+import { Router } from "../lib/router.ts";
+import { S3Store } from "../lib/s3_store.ts";
+import { registerStow } from "../lib/stow.ts";
+import { startS3, type TestS3 } from "./_s3server.ts";
+
+const CONCURRENCY = Number(Deno.env.get("S3_CONCURRENCY") ?? 8);
+const ROUNDS = Number(Deno.env.get("BENCH_ROUNDS") ?? 3);
+const REPO = new URL("../", import.meta.url).pathname;
+const SHARED = new URL("../../shared/", import.meta.url).pathname;
+const CREDENTIALS = { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" };
+const encoder = new TextEncoder();
+
+function mbps(bytes: number, ms: number): number {
+  return bytes / 1e6 / (ms / 1000);
+}
+
+function median(values: number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+async function run(cmd: string[], env: Record<string, string> = {}): Promise<string> {
+  const out = await new Deno.Command(cmd[0], { args: cmd.slice(1), env, stdout: "piped", stderr: "piped" }).output();
+  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+  if (!out.success) throw new Error(`${cmd.join(" ")} failed:\n${text}`);
+  return text;
+}
+
+interface Dataset {
+  files: { key: string; bytes: Uint8Array }[];
+  bytes: number;
+}
+
+async function dataset(): Promise<Dataset> {
+  const dir = Deno.env.get("BENCH_DATA") ?? `${REPO}bench-data/bench`;
+  try {
+    await Deno.stat(`${dir}/index.json`);
+  } catch {
+    console.log(`generating the bench series into ${dir} (gen_dataset.py --preset bench)…`);
+    await run(["/usr/bin/python3", `${SHARED}tools/gen_dataset.py`, "--preset", "bench", "--out", dir, "--force"]);
+  }
+  const files: Dataset["files"] = [];
+  const walk = async (path: string, prefix: string) => {
+    for await (const entry of Deno.readDir(path)) {
+      if (entry.isDirectory) await walk(`${path}/${entry.name}`, `${prefix}${entry.name}/`);
+      else if (entry.name.endsWith(".dcm")) {
+        files.push({ key: prefix + entry.name, bytes: await Deno.readFile(`${path}/${entry.name}`) });
+      }
+    }
+  };
+  await walk(dir, "");
+  files.sort((a, b) => (a.key < b.key ? -1 : 1));
+  return { files, bytes: files.reduce((n, f) => n + f.bytes.length, 0) };
+}
+
+interface S3Target {
+  endpoint: string;
+  kind: string;
+  stop(): Promise<void>;
+  handle?: TestS3;
+}
+
+async function s3Server(): Promise<S3Target> {
+  const given = Deno.env.get("BENCH_S3_ENDPOINT");
+  if (given) return { endpoint: given, kind: "external", stop: async () => {} };
+  const hasCeph = await new Deno.Command("sh", { args: ["-c", "command -v radosgw"], stdout: "null" }).output();
+  if (hasCeph.success) {
+    const dir = await Deno.makeTempDir({ prefix: "stow-bench-ceph-" });
+    // ports of its own, so it runs beside the retrieve benchmark's cluster
+    const port = Deno.env.get("BENCH_RGW_PORT") ?? "7530";
+    const env = { CEPHLAB_DIR: dir, MEMSTORE_BYTES: String(3 * 1024 ** 3), RGW_PORT: port, MON_PORT: "3340", MON_PORT_V1: "6829" };
+    console.log("starting Ceph RGW…");
+    await run([`${SHARED}tools/ceph/start.sh`], env);
+    return {
+      endpoint: `http://127.0.0.1:${port}`,
+      kind: "Ceph RGW",
+      stop: async () => {
+        await run([`${SHARED}tools/ceph/stop.sh`, "--clean"], env).catch(() => {});
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+      },
+    };
+  }
+  const handle = await startS3();
+  return { endpoint: handle.endpoint, kind: "s3rver", stop: () => handle.stop(), handle };
+}
+
+async function freePort(): Promise<number> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+interface ServerProcess {
+  url: string;
+  peakRssMb(): Promise<number>;
+  stop(): Promise<void>;
+}
+
+async function startServer(script: string[], env: Record<string, string>): Promise<ServerProcess> {
+  const port = await freePort();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-P=bench-server", ...script],
+    env: { ...env, PORT: String(port), HOSTNAME: "127.0.0.1", NO_COLOR: "1" },
+    cwd: REPO,
+    stdout: "null",
+    stderr: "inherit",
+  }).spawn();
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 400; i++) {
+    try {
+      const r = await fetch(`${url}/healthz`);
+      await r.body?.cancel();
+      if (r.ok) break;
+    } catch { /* not up yet */ }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    url,
+    async peakRssMb() {
+      const status = await run(["cat", `/proc/${child.pid}/status`]);
+      return Number(/VmHWM:\s+(\d+)/.exec(status)![1]) / 1024;
+    },
+    async stop() {
+      child.kill("SIGTERM");
+      await child.status;
+    },
+  };
+}
+
+/** One STOW-RS request with `files` as parts, the body streamed from memory in 64 KiB chunks. */
+async function stow(url: string, files: Dataset["files"]): Promise<{ ms: number; stored: number; status: number }> {
+  const boundary = `bench-${crypto.randomUUID()}`;
+  const head = encoder.encode(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`);
+  const crlf = encoder.encode("\r\n");
+  let i = 0;
+  let at = -1;
+  const body = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      if (i >= files.length) {
+        controller.enqueue(encoder.encode(`--${boundary}--\r\n`));
+        return controller.close();
+      }
+      const bytes = files[i].bytes;
+      if (at < 0) {
+        controller.enqueue(head);
+        at = 0;
+      } else if (at < bytes.length) {
+        controller.enqueue(bytes.subarray(at, at + 65536));
+        at += 65536;
+      } else {
+        controller.enqueue(crlf);
+        i++;
+        at = -1;
+      }
+    },
+  }, { highWaterMark: 0 });
+  const t0 = performance.now();
+  const response = await fetch(url, {
+    method: "POST",
+    body,
+    headers: { "content-type": `multipart/related; type="application/dicom"; boundary=${boundary}`, accept: "application/dicom+json" },
+  });
+  const json = await response.json();
+  const ms = performance.now() - t0;
+  return { ms, stored: json["00081199"]?.Value?.length ?? 0, status: response.status };
+}
+
+/** The baseline: PutObject of every file through the SDK, `CONCURRENCY` in flight. */
+async function direct(store: S3Store, bucket: string, files: Dataset["files"]): Promise<number> {
+  const t0 = performance.now();
+  let next = 0;
+  await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
+    while (next < files.length) {
+      const f = files[next++];
+      await store.put(bucket, f.key, f.bytes, { size: f.bytes.length, contentType: "application/dicom" });
+    }
+  }));
+  return performance.now() - t0;
+}
+
+async function empty(store: S3Store, bucket: string): Promise<void> {
+  const keys = (await Array.fromAsync(store.list(bucket, ""))).map((o) => o.key);
+  let next = 0;
+  await Promise.all(Array.from({ length: 16 }, async () => {
+    while (next < keys.length) await store.delete(bucket, keys[next++]);
+  }));
+}
+
+async function createBucket(s3: S3Target, bucket: string): Promise<void> {
+  if (s3.handle) return await s3.handle.createBucket(bucket);
+  const { S3Client, CreateBucketCommand } = await import("@aws-sdk/client-s3");
+  const client = new S3Client({ endpoint: s3.endpoint, region: "us-east-1", forcePathStyle: true, credentials: CREDENTIALS });
+  await client.send(new CreateBucketCommand({ Bucket: bucket }));
+  client.destroy();
+}
+
+/** Whether main.ts routes POST /aets/{aet}/studies to STOW (a 405 means the router does not merge methods yet). */
+async function routesPost(url: string): Promise<boolean> {
+  const response = await fetch(`${url}/aets/BENCH/studies`, {
+    method: "POST",
+    body: "--x--\r\n",
+    headers: { "content-type": 'multipart/related; type="application/dicom"; boundary=x' },
+  });
+  await response.body?.cancel();
+  return response.status !== 405;
+}
+
+async function main() {
+  const data = await dataset();
+  console.log(`series: ${data.files.length} instances, ${(data.bytes / 1e6).toFixed(1)} MB; S3_CONCURRENCY=${CONCURRENCY}`);
+  const s3 = await s3Server();
+  const bucket = `stow-bench-${Date.now().toString(36)}`;
+  const store = new S3Store({ endpoint: s3.endpoint, region: "us-east-1", forcePathStyle: true, credentials: CREDENTIALS });
+  const results: Record<string, string> = {};
+  try {
+    await createBucket(s3, bucket);
+    const env = {
+      S3_ENDPOINT: s3.endpoint,
+      AETS: `BENCH=${bucket}`,
+      AWS_ACCESS_KEY_ID: CREDENTIALS.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: CREDENTIALS.secretAccessKey,
+      S3_CONCURRENCY: String(CONCURRENCY),
+    };
+    let server = await startServer([`${REPO}main.ts`], env);
+    if (!(await routesPost(server.url))) {
+      await server.stop();
+      results["note"] = "main.ts answers 405 to POST /studies (Router.add does not merge methods yet): " +
+        "the server is main.ts's setup with STOW dispatched first (tests/stow_bench.ts --serve)";
+      server = await startServer([`${REPO}tests/stow_bench.ts`, "--serve"], env);
+    }
+    const url = `${server.url}/aets/BENCH/studies`;
+    // warm-up: connections, JIT
+    await direct(store, bucket, data.files.slice(0, 40));
+    await stow(url, data.files.slice(0, 40));
+    await empty(store, bucket);
+
+    const directRuns: number[] = [];
+    const oneRuns: number[] = [];
+    const manyRuns: number[] = [];
+    for (let r = 0; r < ROUNDS; r++) {
+      directRuns.push(await direct(store, bucket, data.files));
+      await empty(store, bucket);
+      const one = await stow(url, data.files);
+      if (one.stored !== data.files.length || one.status !== 200) {
+        throw new Error(`STOW stored ${one.stored} of ${data.files.length} (HTTP ${one.status})`);
+      }
+      oneRuns.push(one.ms);
+      await empty(store, bucket);
+      const t0 = performance.now();
+      const slices = Array.from({ length: CONCURRENCY }, (_, k) => data.files.filter((_, i) => i % CONCURRENCY === k));
+      const many = await Promise.all(slices.map((files) => stow(url, files)));
+      manyRuns.push(performance.now() - t0);
+      if (many.reduce((n, m) => n + m.stored, 0) !== data.files.length) throw new Error("parallel STOW lost instances");
+      await empty(store, bucket);
+    }
+    const directMs = median(directRuns);
+    const oneMs = median(oneRuns);
+    const manyMs = median(manyRuns);
+    results["direct PutObject (SDK)"] = `${mbps(data.bytes, directMs).toFixed(0)} MB/s (${directMs.toFixed(0)} ms, ${CONCURRENCY} in flight)`;
+    results["STOW, 1 request"] = `${mbps(data.bytes, oneMs).toFixed(0)} MB/s (${oneMs.toFixed(0)} ms), ${(directMs / oneMs * 100).toFixed(0)}% of direct (target ≥ 80%)`;
+    results[`STOW, ${CONCURRENCY} requests at once`] = `${mbps(data.bytes, manyMs).toFixed(0)} MB/s (${manyMs.toFixed(0)} ms), ${(directMs / manyMs * 100).toFixed(0)}% of direct (target ≥ 80%)`;
+
+    const t0 = performance.now();
+    const four = await Promise.all(Array.from({ length: 4 }, () => stow(url, data.files)));
+    const fourMs = performance.now() - t0;
+    results["4 clients, whole series each"] = `${mbps(data.bytes * 4, fourMs).toFixed(0)} MB/s total (${four.map((f) => f.status).join(",")})`;
+    results["server peak RSS"] = `${(await server.peakRssMb()).toFixed(0)} MB (target < 200 MB)`;
+    await server.stop();
+    await empty(store, bucket);
+  } finally {
+    store.close();
+    await s3.stop();
+  }
+  console.log(`\nSTOW-RS benchmark (${s3.kind}, ${ROUNDS} rounds, medians)`);
+  for (const [name, value] of Object.entries(results)) console.log(`  ${name.padEnd(32)} ${value}`);
+}
+
+/** main.ts's setup with STOW's POST routes dispatched before the app's router (until the router merges methods). */
+async function serveForBench() {
+  const config = await loadConfig();
+  const store = new S3Store({ ...config.s3!, maxConcurrency: Math.max(50, config.s3Concurrency * 4) });
+  const aets = new AetRegistry(store, { configured: config.aets });
+  await aets.refresh();
+  const services = { config, store, aets, capabilities: { reEncode: true } };
+  const app = createHandler(services, { log: () => {} });
+  const router = new Router(config.basePath);
+  registerStow(router, services);
+  Deno.serve({ port: config.port, hostname: config.hostname, onListen() {} }, async (request) => {
+    const url = new URL(request.url);
+    const match = request.method === "POST" ? router.match("POST", url) : undefined;
+    if (match?.kind !== "found") return app(request);
+    try {
+      return await match.handler({ request, url, params: match.params });
+    } catch (error) {
+      return errorResponse(toHttpError(error));
+    }
+  });
+}
+
+if (import.meta.main) {
+  if (Deno.args.includes("--serve")) await serveForBench();
+  else await main();
+}
