@@ -116,7 +116,11 @@ export function auditTargetOf(pathname: string, basePath: string): AuditTargetPa
   if (basePath !== "" && !pathname.startsWith(basePath + "/")) return undefined;
   const segments = pathname.slice(basePath.length).split("/").slice(1);
   if (segments[0] !== "aets" || segments.length < 3 || segments[1] === "") return undefined;
-  const out: AuditTargetPath = { aet: AET.test(segments[1]) ? segments[1] : INVALID, resource: "", search: false };
+  const out: AuditTargetPath = {
+    aet: AET.test(segments[1]) ? segments[1] : INVALID,
+    resource: "",
+    search: false,
+  };
   const uid = (value: string | undefined) => (value !== undefined && UID.test(value) ? value : INVALID);
   let i = 2;
   const levels: [string, "study" | "series" | "instance"][] = [["studies", "study"], ["series", "series"], [
@@ -261,7 +265,11 @@ export class AuditLog {
     const read = method === "GET" || method === "HEAD";
     const record: AuditRecord = {
       time: this.#now().toISOString(),
-      action: read ? (target.search ? "search" : "retrieve") : method === "POST" ? "store" : method.toLowerCase(),
+      action: read
+        ? (target.search ? "search" : "retrieve")
+        : method === "POST"
+        ? "store"
+        : method.toLowerCase(),
       resource: target.resource,
       who: entry.principal?.subject ?? null,
       auth: entry.principal?.method ?? null,

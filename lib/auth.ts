@@ -17,7 +17,13 @@
  * @module
  */
 
-import { createRemoteJWKSet, customFetch, errors as joseErrors, type JWTPayload, jwtVerify } from "npm:jose@6.2.18";
+import {
+  createRemoteJWKSet,
+  customFetch,
+  errors as joseErrors,
+  type JWTPayload,
+  jwtVerify,
+} from "npm:jose@6.2.18";
 import { HttpError } from "./http_error.ts";
 import {
   checkHeaderSize,
@@ -114,7 +120,19 @@ export const AUTH_CONFIG_NAMES = [
   "AUTH_GRANTS",
 ] as const;
 
-const ASYMMETRIC = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA", "Ed25519"];
+const ASYMMETRIC = [
+  "RS256",
+  "RS384",
+  "RS512",
+  "PS256",
+  "PS384",
+  "PS512",
+  "ES256",
+  "ES384",
+  "ES512",
+  "EdDSA",
+  "Ed25519",
+];
 const DEFAULT_ALGORITHMS = ASYMMETRIC.filter((a) => a !== "Ed25519");
 const AET_PATTERN = /^[A-Za-z0-9_.\-]{1,64}$/;
 const NAME_PATTERN = /^[A-Za-z0-9_.@+\-]{1,128}$/;
@@ -154,7 +172,9 @@ export function parseAuthConfig(
     for (const item of rawAuth.split(",").map((m) => m.trim()).filter((m) => m !== "")) {
       const method = item === "oidc" ? "jwt" : item;
       if (method !== "jwt" && method !== "token" && method !== "basic") {
-        s.problem(`AUTH=${JSON.stringify(env.AUTH)} is not valid: use none, or a comma list of jwt, token, basic`);
+        s.problem(
+          `AUTH=${JSON.stringify(env.AUTH)} is not valid: use none, or a comma list of jwt, token, basic`,
+        );
       } else if (!methods.includes(method)) methods.push(method);
     }
   }
@@ -175,7 +195,9 @@ export function parseAuthConfig(
   }
   const realm = s.get("AUTH_REALM") ?? "dicomweb";
   if (!/^[\x20-\x7e]{1,100}$/.test(realm) || realm.includes('"') || realm.includes("\\")) {
-    s.problem(`AUTH_REALM=${JSON.stringify(realm)} is not valid: use printable ASCII without quotes or backslashes`);
+    s.problem(
+      `AUTH_REALM=${JSON.stringify(realm)} is not valid: use printable ASCII without quotes or backslashes`,
+    );
   }
 
   let oidc: OidcConfig | undefined;
@@ -185,7 +207,10 @@ export function parseAuthConfig(
       if (value === undefined) return false;
       try {
         const url = new URL(value);
-        if (url.protocol === "https:" || (url.protocol === "http:" && isLoopbackHost(url.hostname.replace(/^\[|\]$/g, "")))) {
+        if (
+          url.protocol === "https:" ||
+          (url.protocol === "http:" && isLoopbackHost(url.hostname.replace(/^\[|\]$/g, "")))
+        ) {
           return true;
         }
         s.problem(`${name}=${JSON.stringify(value)} is not valid: use https (plain http only on loopback)`);
@@ -195,20 +220,28 @@ export function parseAuthConfig(
       return false;
     };
     if (issuer === undefined) {
-      s.problem(`AUTH=jwt needs OIDC_ISSUER: the issuer URL your tokens carry in "iss", e.g. https://idp.example.org/realms/pacs`);
+      s.problem(
+        `AUTH=jwt needs OIDC_ISSUER: the issuer URL your tokens carry in "iss", e.g. https://idp.example.org/realms/pacs`,
+      );
     } else checkUrl("OIDC_ISSUER", issuer);
     const audience = (s.get("OIDC_AUDIENCE") ?? "").split(",").map((a) => a.trim()).filter((a) => a !== "");
     if (audience.length === 0) {
-      s.problem(`AUTH=jwt needs OIDC_AUDIENCE: the "aud" value(s) tokens for this server carry, e.g. dicomweb`);
+      s.problem(
+        `AUTH=jwt needs OIDC_AUDIENCE: the "aud" value(s) tokens for this server carry, e.g. dicomweb`,
+      );
     }
     const jwksUrl = s.get("OIDC_JWKS_URL");
     if (jwksUrl !== undefined) checkUrl("OIDC_JWKS_URL", jwksUrl);
-    const algorithms = (s.get("OIDC_ALGORITHMS") ?? DEFAULT_ALGORITHMS.join(",")).split(",").map((a) => a.trim())
+    const algorithms = (s.get("OIDC_ALGORITHMS") ?? DEFAULT_ALGORITHMS.join(",")).split(",").map((a) =>
+      a.trim()
+    )
       .filter((a) => a !== "");
     for (const alg of algorithms) {
       if (!ASYMMETRIC.includes(alg)) {
         s.problem(
-          `OIDC_ALGORITHMS entry ${JSON.stringify(alg)} is not valid: use asymmetric algorithms (${ASYMMETRIC.join(", ")}); ` +
+          `OIDC_ALGORITHMS entry ${JSON.stringify(alg)} is not valid: use asymmetric algorithms (${
+            ASYMMETRIC.join(", ")
+          }); ` +
             `HS* and none cannot be checked against a JWKS`,
         );
       }
@@ -242,7 +275,9 @@ export function parseAuthConfig(
     }
   }
   if (methods.includes("token") && tokens.length === 0) {
-    s.problem(`AUTH=token needs AUTH_TOKENS: NAME:SHA256HEX entries (make one with: deno run lib/auth.ts token NAME)`);
+    s.problem(
+      `AUTH=token needs AUTH_TOKENS: NAME:SHA256HEX entries (make one with: deno run lib/auth.ts token NAME)`,
+    );
   }
 
   const users = new Map<string, PasswordHash>();
@@ -258,14 +293,18 @@ export function parseAuthConfig(
             `NAME:pbkdf2-sha256:ITERATIONS:SALT:HASH (make one with: deno run lib/auth.ts hash NAME)`,
         );
       } else if (hash.iterations < MIN_ITERATIONS) {
-        s.problem(`AUTH_USERS entry for ${name} uses ${hash.iterations} iterations: use at least ${MIN_ITERATIONS}`);
+        s.problem(
+          `AUTH_USERS entry for ${name} uses ${hash.iterations} iterations: use at least ${MIN_ITERATIONS}`,
+        );
       } else if (users.has(name)) {
         s.problem(`AUTH_USERS lists ${name} twice: name each user once`);
       } else users.set(name, hash);
     }
   }
   if (methods.includes("basic") && users.size === 0) {
-    s.problem(`AUTH=basic needs AUTH_USERS: NAME:HASH entries (make one with: deno run lib/auth.ts hash NAME)`);
+    s.problem(
+      `AUTH=basic needs AUTH_USERS: NAME:HASH entries (make one with: deno run lib/auth.ts hash NAME)`,
+    );
   }
 
   const grants = new Map<string, Grant[]>();
@@ -275,7 +314,9 @@ export function parseAuthConfig(
       const grant = parseGrantEntry(entry);
       if (grant === undefined) {
         s.problem(
-          `AUTH_GRANTS entry ${JSON.stringify(entry)} is not valid: use SUBJECT:ACTION:AET with ACTION read, write ` +
+          `AUTH_GRANTS entry ${
+            JSON.stringify(entry)
+          } is not valid: use SUBJECT:ACTION:AET with ACTION read, write ` +
             `or *, and AET a name or * (e.g. alice:read:PACS, ohif:read:*)`,
         );
       } else grants.set(grant.subject, [...(grants.get(grant.subject) ?? []), grant.grant]);
@@ -283,7 +324,9 @@ export function parseAuthConfig(
   }
   for (const name of [...tokens.map((t) => t.name), ...users.keys()]) {
     if (!grants.has(name) && !grants.has("*")) {
-      s.problem(`${name} (AUTH_TOKENS/AUTH_USERS) has no grants, so it may do nothing: add e.g. ${name}:read:* to AUTH_GRANTS`);
+      s.problem(
+        `${name} (AUTH_TOKENS/AUTH_USERS) has no grants, so it may do nothing: add e.g. ${name}:read:* to AUTH_GRANTS`,
+      );
     }
   }
   return { methods, allowUnauthenticated, realm, oidc, tokens, users, grants };
@@ -378,8 +421,12 @@ export function accessOf(pathname: string, method: string, basePath: string): Ac
   if (verb === "OPTIONS") return { kind: "public" };
   if (basePath !== "" && !pathname.startsWith(basePath + "/")) return { kind: "server", action };
   const rest = pathname.slice(basePath.length);
-  if (rest === "/healthz" || rest === "/readyz") return verb === "GET" || verb === "HEAD" ? { kind: "public" } : { kind: "server", action };
-  if (rest === "/aets" || rest === "/aets/") return action === "read" ? { kind: "list" } : { kind: "server", action };
+  if (rest === "/healthz" || rest === "/readyz") {
+    return verb === "GET" || verb === "HEAD" ? { kind: "public" } : { kind: "server", action };
+  }
+  if (rest === "/aets" || rest === "/aets/") {
+    return action === "read" ? { kind: "list" } : { kind: "server", action };
+  }
   const m = /^\/aets\/([^/]+)(?:\/|$)/.exec(rest);
   if (m) return { kind: "aet", aet: m[1], action };
   return { kind: "server", action };
@@ -459,7 +506,9 @@ async function pbkdf2(password: string, salt: Uint8Array, iterations: number): P
  */
 export async function hashPassword(password: string, iterations = DEFAULT_ITERATIONS): Promise<string> {
   const salt = crypto.getRandomValues(new Uint8Array(16));
-  return `pbkdf2-sha256:${iterations}:${toBase64Url(salt)}:${toBase64Url(await pbkdf2(password, salt, iterations))}`;
+  return `pbkdf2-sha256:${iterations}:${toBase64Url(salt)}:${
+    toBase64Url(await pbkdf2(password, salt, iterations))
+  }`;
 }
 
 /** Whether `password` matches `hash` (a string or a parsed hash); constant-time comparison. */
@@ -558,21 +607,32 @@ export class Authenticator {
       if (methods.includes("jwt") && /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/.test(value)) {
         return await this.#verifyJwt(value);
       }
-      throw this.#unauthorized("Invalid bearer token", { code: "invalid_token", description: "unknown token" });
+      throw this.#unauthorized("Invalid bearer token", {
+        code: "invalid_token",
+        description: "unknown token",
+      });
     }
     if (scheme === "basic" && methods.includes("basic")) {
       const credentials = decodeBasic(value);
-      if (credentials === undefined) throw this.#unauthorized("Malformed Basic credentials: send base64 of user:password");
+      if (credentials === undefined) {
+        throw this.#unauthorized("Malformed Basic credentials: send base64 of user:password");
+      }
       if (await this.#checkPassword(credentials.user, credentials.password)) {
         return this.#principal(credentials.user, "basic", []);
       }
       throw this.#unauthorized("Invalid user name or password");
     }
-    throw this.#unauthorized(`Unsupported authorization scheme "${scheme}": use ${this.challenge().split(" ")[0]}`);
+    throw this.#unauthorized(
+      `Unsupported authorization scheme "${scheme}": use ${this.challenge().split(" ")[0]}`,
+    );
   }
 
   #principal(subject: string, method: AuthMethod, scoped: Grant[]): Principal {
-    const grants = [...scoped, ...(this.config.grants.get(subject) ?? []), ...(this.config.grants.get("*") ?? [])];
+    const grants = [
+      ...scoped,
+      ...(this.config.grants.get(subject) ?? []),
+      ...(this.config.grants.get("*") ?? []),
+    ];
     return { subject, method, grants };
   }
 
@@ -587,9 +647,15 @@ export class Authenticator {
 
   async #checkPassword(user: string, password: string): Promise<boolean> {
     const cacheMs = this.#options.passwordCacheMs ?? 300_000;
-    this.#hmacKey ??= crypto.subtle.importKey("raw", this.#passwordKey, { name: "HMAC", hash: "SHA-256" }, false, [
-      "sign",
-    ]);
+    this.#hmacKey ??= crypto.subtle.importKey(
+      "raw",
+      this.#passwordKey,
+      { name: "HMAC", hash: "SHA-256" },
+      false,
+      [
+        "sign",
+      ],
+    );
     const cacheKey = cacheMs > 0
       ? hex(await crypto.subtle.sign("HMAC", await this.#hmacKey, encoder.encode(`${user}\0${password}`)))
       : "";
@@ -601,9 +667,12 @@ export class Authenticator {
     }
     const stored = this.config.users.get(user);
     // An unknown user costs the same PBKDF2 as a known one, so timing does not tell which names exist.
-    const ok = await this.#limitedPbkdf2(() => verifyPassword(password, stored ?? this.#dummy)) && stored !== undefined;
+    const ok = await this.#limitedPbkdf2(() => verifyPassword(password, stored ?? this.#dummy)) &&
+      stored !== undefined;
     if (ok && cacheMs > 0) {
-      if (this.#verified.size >= MAX_CACHED_PASSWORDS) this.#verified.delete(this.#verified.keys().next().value!);
+      if (this.#verified.size >= MAX_CACHED_PASSWORDS) {
+        this.#verified.delete(this.#verified.keys().next().value!);
+      }
       this.#verified.set(cacheKey, now + cacheMs);
     }
     return ok;
@@ -665,50 +734,74 @@ export class Authenticator {
         description: `no ${oidc.subjectClaim} claim`,
       });
     }
-    const scoped = [...grantsFromScopes(payload[oidc.scopeClaim]), ...(oidc.scopeClaim === "scp" ? [] : grantsFromScopes(payload.scp))];
+    const scoped = [
+      ...grantsFromScopes(payload[oidc.scopeClaim]),
+      ...(oidc.scopeClaim === "scp" ? [] : grantsFromScopes(payload.scp)),
+    ];
     return this.#principal(subject, "jwt", scoped);
   }
 
   #jwtError(error: unknown): HttpError {
     if (error instanceof HttpError) return error;
-    const invalid = (why: string) => this.#unauthorized(`Invalid token: ${why}`, { code: "invalid_token", description: why });
+    const invalid = (why: string) =>
+      this.#unauthorized(`Invalid token: ${why}`, { code: "invalid_token", description: why });
     if (error instanceof joseErrors.JWTExpired) return invalid("expired");
     if (error instanceof joseErrors.JWTClaimValidationFailed) {
       return invalid(`"${error.claim}" claim check failed (${error.reason})`);
     }
-    if (error instanceof joseErrors.JWKSNoMatchingKey) return invalid("signed by a key the issuer does not publish");
+    if (error instanceof joseErrors.JWKSNoMatchingKey) {
+      return invalid("signed by a key the issuer does not publish");
+    }
     if (error instanceof joseErrors.JWSSignatureVerificationFailed) return invalid("bad signature");
-    if (error instanceof joseErrors.JOSEAlgNotAllowed) return invalid("algorithm not allowed (OIDC_ALGORITHMS)");
-    if (error instanceof joseErrors.JWKSTimeout || error instanceof joseErrors.JWKSInvalid || error instanceof TypeError) {
+    if (error instanceof joseErrors.JOSEAlgNotAllowed) {
+      return invalid("algorithm not allowed (OIDC_ALGORITHMS)");
+    }
+    if (
+      error instanceof joseErrors.JWKSTimeout || error instanceof joseErrors.JWKSInvalid ||
+      error instanceof TypeError
+    ) {
       return this.#unavailable(error);
     }
-    if (error instanceof joseErrors.JOSEError && error.code === "ERR_JOSE_GENERIC") return this.#unavailable(error);
+    if (error instanceof joseErrors.JOSEError && error.code === "ERR_JOSE_GENERIC") {
+      return this.#unavailable(error);
+    }
     if (error instanceof joseErrors.JOSEError) return invalid("malformed token");
     return this.#unavailable(error);
   }
 
   #unavailable(error: unknown): HttpError {
     const why = error instanceof Error ? error.message : String(error);
-    return new HttpError(503, `Cannot check the token: the identity provider's keys are unavailable: ${why}`, {
-      cause: error,
-      headers: { "retry-after": "5" },
-    });
+    return new HttpError(
+      503,
+      `Cannot check the token: the identity provider's keys are unavailable: ${why}`,
+      {
+        cause: error,
+        headers: { "retry-after": "5" },
+      },
+    );
   }
 }
 
 /** Finds `jwks_uri` in the issuer's OpenID configuration (its `issuer` must match exactly). */
 export async function discoverJwksUrl(issuer: string, fetcher: typeof fetch = fetch): Promise<string> {
   const url = `${issuer.replace(/\/+$/, "")}/.well-known/openid-configuration`;
-  const response = await fetcher(url, { signal: AbortSignal.timeout(5_000), headers: { accept: "application/json" } });
+  const response = await fetcher(url, {
+    signal: AbortSignal.timeout(5_000),
+    headers: { accept: "application/json" },
+  });
   if (!response.ok) {
     await response.body?.cancel();
     throw new TypeError(`OpenID discovery at ${url} answered ${response.status}: set OIDC_JWKS_URL`);
   }
   const doc = await response.json() as { issuer?: unknown; jwks_uri?: unknown };
   if (doc.issuer !== issuer) {
-    throw new TypeError(`OpenID discovery at ${url} names issuer ${JSON.stringify(doc.issuer)}, not ${issuer}: fix OIDC_ISSUER`);
+    throw new TypeError(
+      `OpenID discovery at ${url} names issuer ${JSON.stringify(doc.issuer)}, not ${issuer}: fix OIDC_ISSUER`,
+    );
   }
-  if (typeof doc.jwks_uri !== "string") throw new TypeError(`OpenID discovery at ${url} has no jwks_uri: set OIDC_JWKS_URL`);
+  if (typeof doc.jwks_uri !== "string") {
+    throw new TypeError(`OpenID discovery at ${url} has no jwks_uri: set OIDC_JWKS_URL`);
+  }
   return doc.jwks_uri;
 }
 
@@ -830,18 +923,28 @@ export class RequestGuard {
     };
     this.#contexts.set(request, context);
     checkHeaderSize(request.headers, this.config.limits);
-    if (access.kind === "public") return await next(context.trustForwarded ? request : withoutForwarded(request));
+    if (access.kind === "public") {
+      return await next(context.trustForwarded ? request : withoutForwarded(request));
+    }
 
     const principal = await this.authenticator.authenticate(request);
     context.principal = principal;
     if (access.kind === "aet" && !allows(principal, access.action, access.aet)) {
       // The same answer whether or not the AET exists: nothing is looked up before this point.
-      throw new HttpError(403, `Forbidden: ${principal.subject} may not ${access.action} AET "${access.aet}"`);
+      throw new HttpError(
+        403,
+        `Forbidden: ${principal.subject} may not ${access.action} AET "${access.aet}"`,
+      );
     }
     if (access.kind === "server" && !allows(principal, access.action, undefined)) {
-      throw new HttpError(403, `Forbidden: ${principal.subject} may not ${access.action} server-wide resources`);
+      throw new HttpError(
+        403,
+        `Forbidden: ${principal.subject} may not ${access.action} server-wide resources`,
+      );
     }
-    const key = principal.method === "none" ? `addr:${context.client}` : `sub:${principal.method}:${principal.subject}`;
+    const key = principal.method === "none"
+      ? `addr:${context.client}`
+      : `sub:${principal.method}:${principal.subject}`;
     const release = this.limiter.acquire(key);
     try {
       const forwarded = context.trustForwarded ? request : withoutForwarded(request);
@@ -863,7 +966,15 @@ export class RequestGuard {
   }
 }
 
-const FORWARDED_HEADERS = ["forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port", "x-forwarded-prefix", "x-real-ip"];
+const FORWARDED_HEADERS = [
+  "forwarded",
+  "x-forwarded-for",
+  "x-forwarded-host",
+  "x-forwarded-proto",
+  "x-forwarded-port",
+  "x-forwarded-prefix",
+  "x-real-ip",
+];
 
 /**
  * `request` without `Forwarded` / `X-Forwarded-*` / `X-Real-IP` (for peers that are not trusted proxies), so
@@ -923,7 +1034,9 @@ async function cli(args: string[]): Promise<number> {
     }
     const hash = await hashPassword(password);
     console.log(name ? `${name}:${hash}` : hash);
-    console.error(`Add it to AUTH_USERS (comma-separated), and grants to AUTH_GRANTS, e.g. ${name ?? "NAME"}:read:*`);
+    console.error(
+      `Add it to AUTH_USERS (comma-separated), and grants to AUTH_GRANTS, e.g. ${name ?? "NAME"}:read:*`,
+    );
     return 0;
   }
   if (command === "token") {

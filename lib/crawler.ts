@@ -60,6 +60,8 @@ export interface CrawlReport {
   failed: number;
   /** Bytes of headers read (ranged GETs) during this crawl's series pass. */
   headerBytes: number;
+  /** Milliseconds the listing took. */
+  listingMs: number;
   startedAt: number;
   finishedAt?: number;
   error?: string;
@@ -87,6 +89,8 @@ interface AetState {
   fill?: Promise<void>;
   /** Resolves when a crawl has made study/series search complete. */
   ready: Promise<void>;
+  /** Whether the catalog says a crawl completed (in this process or an earlier one). */
+  complete?: boolean;
   markReady: () => void;
 }
 
@@ -205,9 +209,12 @@ export class Crawler {
    */
   async ready(aet: string, timeoutMs: number): Promise<boolean> {
     const state = this.#state(aet);
-    if (state.progress.last?.outcome === "complete") return true;
+    if (state.complete || state.progress.last?.outcome === "complete") return true;
     const [status] = await this.#catalog.status(aet);
-    if (status?.completeAt !== undefined) return true;
+    if (status?.completeAt !== undefined) {
+      state.complete = true;
+      return true;
+    }
     if (!state.crawl) {
       this.crawl(aet).catch((error) => this.#log(`catalog ${aet}: crawl failed: ${message(error)}`));
     }
@@ -269,6 +276,7 @@ export class Crawler {
       seriesHeaders: 0,
       failed: 0,
       headerBytes: 0,
+      listingMs: 0,
       startedAt: Date.now(),
     };
     const progress = state.progress;
@@ -312,19 +320,14 @@ export class Crawler {
       }
       await this.#catalog.endCrawl(ticket, { complete: true });
       state.markReady();
-      const seconds = (performance.now() - started) / 1000;
-      this.#log(
-        `catalog ${aet}: crawl of ${bucket} done in ${
-          seconds.toFixed(1)
-        } s: ${report.listed} objects listed ` +
-          `(${
-            rate(report.listed, seconds)
-          }/s), ${report.added} new, ${report.changed} changed, ${report.deleted} deleted, ` +
-          `${report.ignored} ignored; ${report.seriesHeaders} series headers read (${
-            kib(report.headerBytes)
-          }), ` +
-          `${report.failed} failed`,
-      );
+      const seconds = ((performance.now() - started) / 1000).toFixed(1);
+      const listing = `${report.listed} objects listed (${rate(report.listed, report.listingMs / 1000)}/s)`;
+      const changes =
+        `${report.added} new, ${report.changed} changed, ${report.deleted} deleted, ${report.ignored} ignored`;
+      const reads = `${report.seriesHeaders} series headers read (${
+        kib(report.headerBytes)
+      }), ${report.failed} failed`;
+      this.#log(`catalog ${aet}: crawl of ${bucket} done in ${seconds} s: ${listing}, ${changes}; ${reads}`);
       finish("complete");
       if (this.#eager && !this.#stopped) {
         state.fill ??= this.#fill(aet, bucket).finally(() => {
@@ -375,6 +378,7 @@ export class Crawler {
     }
     if (batch.length > 0) await flush();
     report.deleted = await this.#catalog.finishListing(ticket);
+    report.listingMs = performance.now() - started;
   }
 
   async #seriesPass(
@@ -487,7 +491,7 @@ export class Crawler {
         await this.#catalog.removeInstance(aet, info.key);
         return "gone";
       }
-      const why = message(error);
+      const why = reason(error, info.key);
       this.#log(`catalog ${aet}: cannot index ${info.key}: ${why}`);
       await this.#catalog.recordFailure(aet, info, why);
       progress.failed++;
@@ -529,6 +533,13 @@ class Throttle {
     this.#last = now;
     this.log(line());
   }
+}
+
+/** Why an object cannot be indexed, without repeating its key (the failure is recorded with the key). */
+function reason(error: unknown, key: string): string {
+  const cause = error instanceof HttpError && error.cause instanceof SyntaxError ? error.cause : undefined;
+  if (!cause) return message(error);
+  return `Not readable DICOM: ${cause.message.replace(`Cannot parse ${JSON.stringify(key)}: `, "")}`;
 }
 
 function message(error: unknown): string {

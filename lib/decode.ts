@@ -13,7 +13,7 @@ import {
   type FrameDescription,
   NATIVE_SYNTAXES,
 } from "./codecs/mod.ts";
-import { type CodecPool, defaultPool } from "./codecs/pool.ts";
+import { type CodecPool, defaultPool, PoolBusyError } from "./codecs/pool.ts";
 import { HttpError } from "./http_error.ts";
 import { getNumber, getString, type Part10Header } from "./part10.ts";
 
@@ -36,12 +36,20 @@ export interface DecodeOptions {
  */
 export function describeFrame(header: Part10Header): FrameDescription {
   if (!header.pixelData) throw new HttpError(404, `Not found: "${header.name}" has no pixel data`);
+  if (header.pixelData.tag !== 0x7fe00010) {
+    throw new HttpError(
+      422,
+      `Cannot decode "${header.name}": Float and Double Float Pixel Data are not supported`,
+    );
+  }
   const ds = header.dataset;
   const rows = getNumber(ds, 0x00280010);
   const columns = getNumber(ds, 0x00280011);
   const bitsAllocated = getNumber(ds, 0x00280100);
   if (!rows || !columns || !bitsAllocated) {
-    throw new SyntaxError(`Cannot decode pixels of "${header.name}": Rows, Columns or Bits Allocated is missing`);
+    throw new SyntaxError(
+      `Cannot decode pixels of "${header.name}": Rows, Columns or Bits Allocated is missing`,
+    );
   }
   return {
     rows,
@@ -56,7 +64,11 @@ export function describeFrame(header: Part10Header): FrameDescription {
 }
 
 /** Throws 413 when one decoded frame of `d` would be larger than `maxBytes`. */
-export function checkFrameSize(d: FrameDescription, maxBytes = DEFAULT_MAX_FRAME_BYTES, name = "this instance"): void {
+export function checkFrameSize(
+  d: FrameDescription,
+  maxBytes = DEFAULT_MAX_FRAME_BYTES,
+  name = "this instance",
+): void {
   const size = decodedSize(d);
   if (size > maxBytes) {
     throw new HttpError(
@@ -72,9 +84,13 @@ export function decodeFailure(error: unknown, what: string): HttpError {
   if (error instanceof HttpError) return error;
   const message = error instanceof Error ? error.message : String(error);
   if (error instanceof RangeError) {
-    return new HttpError(406, `Cannot decode ${what}: ${message}; ask for transfer-syntax=* to get it as stored`, {
-      cause: error,
-    });
+    return new HttpError(
+      406,
+      `Cannot decode ${what}: ${message}; ask for transfer-syntax=* to get it as stored`,
+      {
+        cause: error,
+      },
+    );
   }
   return new HttpError(422, `Cannot decode ${what}: ${message}`, { cause: error });
 }
@@ -99,7 +115,9 @@ export async function decodedFrame(
   const d = describeFrame(header);
   const ts = header.transferSyntaxUid;
   if (NATIVE_SYNTAXES.has(ts)) return { ...d, bytes, lossy: false };
-  if (!canDecode(ts)) throw decodeFailure(new RangeError(`no codec for transfer syntax ${ts}`), `"${header.name}"`);
+  if (!canDecode(ts)) {
+    throw decodeFailure(new RangeError(`no codec for transfer syntax ${ts}`), `"${header.name}"`);
+  }
   checkFrameSize(d, options.maxFrameBytes, `"${header.name}"`);
   const pool = options.pool ?? defaultPool();
   try {

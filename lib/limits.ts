@@ -83,7 +83,9 @@ export function settingsReader(env: Record<string, string | undefined>, problems
       if (raw === undefined) return fallback;
       const n = Number(raw);
       if (!/^\d+$/.test(raw) || n < min || n > max) {
-        problems.push(`${name}=${JSON.stringify(raw)} is not valid: use a whole number from ${min} to ${max}`);
+        problems.push(
+          `${name}=${JSON.stringify(raw)} is not valid: use a whole number from ${min} to ${max}`,
+        );
         return fallback;
       }
       return n;
@@ -259,7 +261,11 @@ export function releaseWhenDone(response: Response, done: () => void): Response 
       await reader.cancel(reason);
     },
   }, { highWaterMark: 0 });
-  return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+  return new Response(body, {
+    status: response.status,
+    statusText: response.statusText,
+    headers: response.headers,
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -365,7 +371,10 @@ export function limitRequestBody(request: Request, limits: BodyLimits): Request 
 
 /** The 413 a multipart reader throws when a request has more than `max` parts (`STOW_MAX_PARTS`). */
 export function tooManyParts(max: number): HttpError {
-  return new HttpError(413, `Too many parts in one request: at most ${max} (STOW_MAX_PARTS); send fewer per request`);
+  return new HttpError(
+    413,
+    `Too many parts in one request: at most ${max} (STOW_MAX_PARTS); send fewer per request`,
+  );
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -390,7 +399,10 @@ export function withDeadline(work: Promise<Response>, ms: number): Promise<Respo
     timer = setTimeout(() => {
       late = true;
       reject(
-        new HttpError(504, `Timed out after ${ms} ms preparing the response (RESPONSE_TIMEOUT_MS): the store is slow; try again`),
+        new HttpError(
+          504,
+          `Timed out after ${ms} ms preparing the response (RESPONSE_TIMEOUT_MS): the store is slow; try again`,
+        ),
       );
     }, ms);
   });
@@ -417,7 +429,10 @@ interface Budget {
  * shared store; {@linkcode ReadBudget.scope} runs a request's handler (and later its body) with a budget of
  * its own. A `get` counts the bytes it asks for (its range, or the object's size) until its body ends or is
  * cancelled; one that would go over waits for earlier ones to finish, except that a request with nothing
- * open always proceeds. Reads outside a scope (background work) are not counted.
+ * open always proceeds, and a wait longer than `maxWaitMs` (default 10 s) proceeds anyway, so a request that
+ * reads a header range while the same object streams cannot deadlock on itself. Reads outside a scope
+ * (background work such as crawls) are not counted. Whole-object reads are counted once the store says how
+ * long they are (no extra HEAD); ranged reads before they are sent.
  *
  * @example
  * ```ts ignore
@@ -434,7 +449,9 @@ export class ReadBudget {
 
   /** `maxBytes` = 0 turns the budget off (the wrapped store passes through). */
   constructor(maxBytes: number, options: { maxWaitMs?: number } = {}) {
-    if (!Number.isSafeInteger(maxBytes) || maxBytes < 0) throw new RangeError(`Invalid read budget: ${maxBytes}`);
+    if (!Number.isSafeInteger(maxBytes) || maxBytes < 0) {
+      throw new RangeError(`Invalid read budget: ${maxBytes}`);
+    }
     this.maxBytes = maxBytes;
     this.maxWaitMs = options.maxWaitMs ?? 10_000;
   }
@@ -461,7 +478,11 @@ export class ReadBudget {
           return enter(() => reader.cancel(reason));
         },
       }, { highWaterMark: 0 });
-      return new Response(body, { status: response.status, statusText: response.statusText, headers: response.headers });
+      return new Response(body, {
+        status: response.status,
+        statusText: response.statusText,
+        headers: response.headers,
+      });
     });
   }
 

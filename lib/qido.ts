@@ -159,7 +159,9 @@ async function searchResponse(services: Services, resource: Resource, ctx: Route
     }
   }
   const base = publicBase(ctx.request, config);
-  const texts = rows.map((row) => stringifyDicomJson(formatRow(row, resource, query, base, aet)));
+  const texts = rows.map((row) =>
+    withCharset(stringifyDicomJson(formatRow(row, resource, query, base, aet)))
+  );
   const headers = new Headers({ "content-type": "application/dicom+json; charset=utf-8" });
   const host = new URL(base).host;
   for (const warning of warnings) headers.append("warning", warningHeader(host, warning));
@@ -286,8 +288,18 @@ function formatRow(
       }
     }
   }
-  if (/[^ -~]/.test(JSON.stringify(out))) out["00080005"] = attr("CS", "ISO_IR 192");
   return out;
+}
+
+const CHARSET = '"00080005":{"vr":"CS","Value":["ISO_IR 192"]}';
+
+/**
+ * Adds Specific Character Set "ISO_IR 192" to a result whose text is not all ASCII (see the module docs). Keys are
+ * in ascending order and (0008,0005) sorts before every attribute a search returns, so it goes first.
+ */
+function withCharset(text: string): string {
+  if (!/[^ -~]/.test(text)) return text;
+  return text === "{}" ? `{${CHARSET}}` : `{${CHARSET},${text.slice(1)}`;
 }
 
 // ---- admin ----

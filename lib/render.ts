@@ -90,7 +90,12 @@ const DEFAULT_QUALITY = 90;
 // ---------------------------------------------------------------------------------------------------------
 // Attributes
 
-function lutFrom(item: DicomDataset | undefined, descriptorTag: number, dataTag: number, signed: boolean): Lut | undefined {
+function lutFrom(
+  item: DicomDataset | undefined,
+  descriptorTag: number,
+  dataTag: number,
+  signed: boolean,
+): Lut | undefined {
   if (!item) return undefined;
   const descriptor = getElement(item, descriptorTag);
   const data = getElement(item, dataTag);
@@ -256,7 +261,9 @@ function renderGray(frame: DecodedFrame, attrs: RenderAttributes, options: Rende
     : (v: number) => v * attrs.rescaleSlope + attrs.rescaleIntercept;
   let voi: (m: number) => number;
   const chosen = options.window ??
-    (attrs.windows[0] && attrs.windows[0].width > 0 ? { ...attrs.windows[0], function: attrs.voiFunction } : undefined);
+    (attrs.windows[0] && attrs.windows[0].width > 0
+      ? { ...attrs.windows[0], function: attrs.voiFunction }
+      : undefined);
   if (chosen) {
     const fn = chosen.function ?? "LINEAR";
     voi = (m) => windowValue(m, chosen.center, chosen.width, fn);
@@ -320,7 +327,9 @@ function renderColor(frame: DecodedFrame, attrs: RenderAttributes): Image8 {
     return { width: columns, height: rows, channels: 3, pixels: out };
   }
   if (frame.samplesPerPixel !== 3) {
-    throw new SyntaxError(`Photometric Interpretation ${photometric} with ${frame.samplesPerPixel} samples per pixel cannot be rendered`);
+    throw new SyntaxError(
+      `Photometric Interpretation ${photometric} with ${frame.samplesPerPixel} samples per pixel cannot be rendered`,
+    );
   }
   const bytes = frame.bytes;
   const wide = frame.bitsAllocated === 16;
@@ -328,7 +337,9 @@ function renderColor(frame: DecodedFrame, attrs: RenderAttributes): Image8 {
   const down = Math.max(0, (frame.bitsStored || frame.bitsAllocated) - 8);
   const sample = wide ? (i: number) => view.getUint16(2 * i, true) >> down : (i: number) => bytes[i];
   if (photometric === "YBR_FULL_422" || photometric === "YBR_PARTIAL_422") {
-    if (frame.bitsAllocated !== 8) throw new SyntaxError(`${photometric} with ${frame.bitsAllocated} bits is not supported`);
+    if (frame.bitsAllocated !== 8) {
+      throw new SyntaxError(`${photometric} with ${frame.bitsAllocated} bits is not supported`);
+    }
     // Native 4:2:2: Y0 Y1 Cb Cr for each pair of pixels on a row.
     const partial = photometric === "YBR_PARTIAL_422";
     let at = 0;
@@ -433,7 +444,12 @@ function taps(from: number, length: number, size: number, limit: number): Taps {
 }
 
 /** The output size of a viewport for a source region `sw × sh`: the region scaled to fit, aspect kept. */
-export function fitViewport(sw: number, sh: number, vw: number, vh: number): { width: number; height: number } {
+export function fitViewport(
+  sw: number,
+  sh: number,
+  vw: number,
+  vh: number,
+): { width: number; height: number } {
   const scale = Math.min(vw / sw, vh / sh);
   return { width: Math.max(1, Math.round(sw * scale)), height: Math.max(1, Math.round(sh * scale)) };
 }
@@ -450,8 +466,16 @@ export function applyViewport(image: Image8, viewport?: Viewport): Image8 {
   const fromX = sw < 0 ? sx + 1 : sx; // a negative width counts leftwards from sx
   const fromY = sh < 0 ? sy + 1 : sy;
   const { width, height } = fitViewport(Math.abs(sw), Math.abs(sh), viewport.width, viewport.height);
-  if (width === image.width && height === image.height && sx === 0 && sy === 0 && sw > 0 && sh > 0) return image;
-  return resample(image, taps(fromX, sw, width, image.width), taps(fromY, sh, height, image.height), width, height);
+  if (width === image.width && height === image.height && sx === 0 && sy === 0 && sw > 0 && sh > 0) {
+    return image;
+  }
+  return resample(
+    image,
+    taps(fromX, sw, width, image.width),
+    taps(fromY, sh, height, image.height),
+    width,
+    height,
+  );
 }
 
 function resample(image: Image8, tx: Taps, ty: Taps, width: number, height: number): Image8 {
@@ -526,7 +550,9 @@ function chunk(type: string, data: Uint8Array): Uint8Array {
 }
 
 async function deflate(data: Uint8Array): Promise<Uint8Array> {
-  const stream = new Blob([data as Uint8Array<ArrayBuffer>]).stream().pipeThrough(new CompressionStream("deflate"));
+  const stream = new Blob([data as Uint8Array<ArrayBuffer>]).stream().pipeThrough(
+    new CompressionStream("deflate"),
+  );
   return new Uint8Array(await new Response(stream).arrayBuffer());
 }
 
@@ -636,6 +662,8 @@ export async function renderFrame(
   options: RenderOptions,
 ): Promise<RenderedImage> {
   const image = applyViewport(toDisplay(frame, attrs, options), options.viewport);
-  const bytes = options.mediaType === "image/png" ? await encodePng(image) : await encodeJpeg(image, options.quality);
+  const bytes = options.mediaType === "image/png"
+    ? await encodePng(image)
+    : await encodeJpeg(image, options.quality);
   return { bytes, mediaType: options.mediaType, width: image.width, height: image.height };
 }

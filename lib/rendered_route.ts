@@ -23,7 +23,7 @@ import { HttpError } from "./http_error.ts";
 import { multipartStream, randomBoundary } from "./multipart.ts";
 import { parseAccept, rankRanges } from "./negotiation.ts";
 import { getString, type Part10Header } from "./part10.ts";
-import { renderAttributes, type RenderOptions, type VoiFunction, type Viewport } from "./render.ts";
+import { renderAttributes, type RenderOptions, type Viewport, type VoiFunction } from "./render.ts";
 import type { RouteContext, Router } from "./router.ts";
 import { bucketOf, type Services } from "./services.ts";
 import type { ObjectInfo } from "./store.ts";
@@ -96,18 +96,24 @@ function badParameter(name: string, value: string, expected: string): HttpError 
 }
 
 /** The media type a list of media ranges asks for, or undefined. */
-function pickMediaType(ranges: string): { mediaType: RenderOptions["mediaType"]; multipart: boolean } | undefined {
+function pickMediaType(
+  ranges: string,
+): { mediaType: RenderOptions["mediaType"]; multipart: boolean } | undefined {
   for (const r of rankRanges(parseAccept(ranges))) {
     const type = `${r.type}/${r.subtype}`;
     if (type === "multipart/related") {
       const inner = r.params.type?.toLowerCase();
-      if (inner === undefined || inner === "*/*" || inner === "image/*") return { mediaType: "image/jpeg", multipart: true };
+      if (inner === undefined || inner === "*/*" || inner === "image/*") {
+        return { mediaType: "image/jpeg", multipart: true };
+      }
       if ((MEDIA_TYPES as readonly string[]).includes(inner)) {
         return { mediaType: inner as RenderOptions["mediaType"], multipart: true };
       }
       continue;
     }
-    if ((MEDIA_TYPES as readonly string[]).includes(type)) return { mediaType: type as RenderOptions["mediaType"], multipart: false };
+    if ((MEDIA_TYPES as readonly string[]).includes(type)) {
+      return { mediaType: type as RenderOptions["mediaType"], multipart: false };
+    }
     if (type === "*/*" || type === "image/*") return { mediaType: "image/jpeg", multipart: false };
   }
   return undefined;
@@ -137,7 +143,9 @@ export function parseRenderRequest(url: URL, acceptHeader: string | null): Rende
     const asked = acceptParam ? `accept=${acceptParam}` : `Accept: ${acceptHeader}`;
     throw new HttpError(
       406,
-      `None of the media types asked for (${asked.slice(0, 120)}) can be rendered: use image/jpeg or image/png, e.g. ?accept=image/jpeg`,
+      `None of the media types asked for (${
+        asked.slice(0, 120)
+      }) can be rendered: use image/jpeg or image/png, e.g. ?accept=image/jpeg`,
     );
   }
   const options: RenderOptions = { mediaType: chosen.mediaType };
@@ -148,12 +156,15 @@ export function parseRenderRequest(url: URL, acceptHeader: string | null): Rende
     const width = Number(parts[1]);
     const fn = (parts[2] ?? "LINEAR").toUpperCase();
     if (
-      parts.length < 2 || parts.length > 3 || parts[0] === "" || parts[1] === "" || !Number.isFinite(center) ||
+      parts.length < 2 || parts.length > 3 || parts[0] === "" || parts[1] === "" ||
+      !Number.isFinite(center) ||
       !Number.isFinite(width) || width <= 0 || !["LINEAR", "LINEAR_EXACT", "SIGMOID"].includes(fn)
     ) {
       throw badParameter("window", window, "use center,width[,LINEAR|LINEAR_EXACT|SIGMOID] with width > 0");
     }
-    if (fn === "LINEAR" && width < 1) throw badParameter("window", window, "a LINEAR window needs width >= 1");
+    if (fn === "LINEAR" && width < 1) {
+      throw badParameter("window", window, "a LINEAR window needs width >= 1");
+    }
     options.window = { center, width, function: fn as VoiFunction };
   }
   const viewport = q.get("viewport");
@@ -177,7 +188,9 @@ export function parseRenderRequest(url: URL, acceptHeader: string | null): Rende
   const quality = q.get("quality");
   if (quality !== null) {
     const n = Number(quality);
-    if (!/^\d{1,3}$/.test(quality) || n < 1 || n > 100) throw badParameter("quality", quality, "use an integer from 1 to 100");
+    if (!/^\d{1,3}$/.test(quality) || n < 1 || n > 100) {
+      throw badParameter("quality", quality, "use an integer from 1 to 100");
+    }
     options.quality = n;
   }
   return { options, multipart: chosen.multipart };
@@ -214,7 +227,9 @@ export function registerRendered(router: Router, services: Services, options: Re
     // PS3.18 10.4.1.1.5 (rendered) and 10.4.1.1.6 (thumbnail), four levels each.
     router.add(`${base}/${suffix}`, { GET: (ctx) => handlers.study(ctx, kind) });
     router.add(`${base}/series/:series/${suffix}`, { GET: (ctx) => handlers.series(ctx, kind) });
-    router.add(`${base}/series/:series/instances/:instance/${suffix}`, { GET: (ctx) => handlers.instance(ctx, kind) });
+    router.add(`${base}/series/:series/instances/:instance/${suffix}`, {
+      GET: (ctx) => handlers.instance(ctx, kind),
+    });
     router.add(`${base}/series/:series/instances/:instance/frames/:frames/${suffix}`, {
       GET: (ctx) => handlers.instance(ctx, kind),
     });
@@ -234,12 +249,21 @@ export function renderedHandlers(services: RenderServices, options: RenderedOpti
     });
   }
 
-  async function readFrame(bucket: string, info: ObjectInfo, header: Part10Header, frame: number): Promise<Uint8Array> {
+  async function readFrame(
+    bucket: string,
+    info: ObjectInfo,
+    header: Part10Header,
+    frame: number,
+  ): Promise<Uint8Array> {
     const plan = planFrame(header, frame);
     const source = objectSource(services.store, bucket, info);
-    const chunks = await Promise.all(plan.ranges.map((r) =>
-      header.inflated ? header.inflated.subarray(r.offset, r.offset + r.length) : source.read(r.offset, r.offset + r.length)
-    ));
+    const chunks = await Promise.all(
+      plan.ranges.map((r) =>
+        header.inflated
+          ? header.inflated.subarray(r.offset, r.offset + r.length)
+          : source.read(r.offset, r.offset + r.length)
+      ),
+    );
     let bytes: Uint8Array;
     if (chunks.length === 1) bytes = chunks[0];
     else {
@@ -270,18 +294,27 @@ export function renderedHandlers(services: RenderServices, options: RenderedOpti
     const { header, info } = chosen;
     if (!header.pixelData) {
       const sopClass = getString(header.dataset, 0x00080016) ?? "unknown";
-      throw new HttpError(404, `Not found: ${what} has no pixel data (SOP Class ${sopClass}), so it has no ${kind} image`);
+      throw new HttpError(
+        404,
+        `Not found: ${what} has no pixel data (SOP Class ${sopClass}), so it has no ${kind} image`,
+      );
     }
     const description = describeFrame(header);
     planFrame(header, frame); // RangeError (400) for a frame past the end, before any read
     const v = renderOptions.viewport;
     if (v?.sx !== undefined && (v.sx >= description.columns || v.sy! >= description.rows)) {
-      throw badParameter("viewport", ctx.url.searchParams.get("viewport")!, `the region starts outside the ${description.columns}×${description.rows} image`);
+      throw badParameter(
+        "viewport",
+        ctx.url.searchParams.get("viewport")!,
+        `the region starts outside the ${description.columns}×${description.rows} image`,
+      );
     }
     const variant = JSON.stringify([kind, frame, renderOptions, request.multipart]);
     const etag = `"${info.etag.replace(/[^A-Za-z0-9_\-.]/g, "")}-${hash(variant)}"`;
     const headers = new Headers({ etag, "cache-control": services.config.cacheControl, vary: "Accept" });
-    if (etagMatches(ctx.request.headers.get("if-none-match"), etag)) return new Response(null, { status: 304, headers });
+    if (etagMatches(ctx.request.headers.get("if-none-match"), etag)) {
+      return new Response(null, { status: 304, headers });
+    }
     const id = `${bucket}\u0000${chosen.key}\u0000${info.etag}\u0000${variant}`;
     let image = kind === "thumbnail" ? cache.get(id) : undefined;
     if (!image) {
@@ -355,7 +388,12 @@ export function renderedHandlers(services: RenderServices, options: RenderedOpti
     if (ctx.params.frames !== undefined) {
       const list = ctx.params.frames.split(",");
       if (list.length !== 1 || !/^\d{1,9}$/.test(list[0].trim())) {
-        throw new HttpError(400, `Invalid frame "${ctx.params.frames.slice(0, 80)}": render one frame at a time, e.g. frames/1/${kind}`);
+        throw new HttpError(
+          400,
+          `Invalid frame "${
+            ctx.params.frames.slice(0, 80)
+          }": render one frame at a time, e.g. frames/1/${kind}`,
+        );
       }
       frame = Number(list[0]);
     }
@@ -373,7 +411,9 @@ export function renderedHandlers(services: RenderServices, options: RenderedOpti
     const keys = await keysOf(bucket, target);
     if (keys.length === 0) throw new HttpError(404, `Not found: ${describe(target)} has no instances`);
     const chosen = await middleWithPixels(bucket, keys);
-    if (!chosen) throw new HttpError(404, `Not found: no instance of ${describe(target)} has pixel data to render`);
+    if (!chosen) {
+      throw new HttpError(404, `Not found: no instance of ${describe(target)} has pixel data to render`);
+    }
     return respond(ctx, kind, bucket, chosen, 1, `${chosen.key} (representative of ${describe(target)})`);
   }
 
@@ -392,7 +432,9 @@ export function renderedHandlers(services: RenderServices, options: RenderedOpti
     const ordered = [...bySeries.values()].sort((a, b) => b.length - a.length);
     for (const seriesKeys of ordered.slice(0, 8)) {
       const chosen = await middleWithPixels(bucket, seriesKeys);
-      if (chosen) return respond(ctx, kind, bucket, chosen, 1, `${chosen.key} (representative of ${describe(target)})`);
+      if (chosen) {
+        return respond(ctx, kind, bucket, chosen, 1, `${chosen.key} (representative of ${describe(target)})`);
+      }
     }
     throw new HttpError(404, `Not found: no instance of ${describe(target)} has pixel data to render`);
   }

@@ -28,6 +28,9 @@ export interface OpenOptions {
 
 const KIB = 1024;
 
+/** Bytes each opened object reads ahead of its consumer unless told otherwise. */
+export const DEFAULT_READ_AHEAD = 512 * KIB;
+
 /**
  * Starts reading an object and resolves once its File Meta is known, or `null` when the key does
  * not exist. The returned body replays the bytes read for the meta and keeps reading ahead of its
@@ -66,7 +69,7 @@ export async function openInstance(
     cancel(reason) {
       return source.cancel(reason);
     },
-  }, new ByteLengthQueuingStrategy({ highWaterMark: options.readAhead ?? 512 * KIB }));
+  }, new ByteLengthQueuingStrategy({ highWaterMark: options.readAhead ?? DEFAULT_READ_AHEAD }));
   return { key, info: object.info, meta, body };
 }
 
@@ -177,8 +180,9 @@ function concat(chunks: Uint8Array[]): Uint8Array {
 
 /**
  * Maps `keys` through `open` with up to `concurrency` calls in flight, yielding results in the
- * order of `keys`. When the consumer stops early (`return()`), results already opened are handed
- * to `dispose` so their streams can be cancelled.
+ * order of `keys`. Keys are pulled in the background: a slow key source (the next listing page)
+ * never holds back a result that is already open. When the consumer stops early (`return()`),
+ * results already opened are handed to `dispose` so their streams can be cancelled.
  */
 export async function* ahead<K, T>(
   keys: AsyncIterable<K> | Iterable<K>,
@@ -190,29 +194,47 @@ export async function* ahead<K, T>(
     : (keys as Iterable<K>)[Symbol.iterator]();
   const queue: Promise<T>[] = [];
   let exhausted = false;
-  const fill = async () => {
-    while (!exhausted && queue.length < options.concurrency) {
-      const next = await iterator.next();
-      if (next.done) {
+  let stopped = false;
+  let filling: Promise<void> | undefined;
+  const fill = (): Promise<void> =>
+    filling ??= (async () => {
+      try {
+        while (!exhausted && !stopped && queue.length < options.concurrency) {
+          const next = await iterator.next();
+          if (next.done) exhausted = true;
+          else if (!stopped) {
+            const promise = open(next.value);
+            promise.catch(() => {}); // awaited below; this only keeps an early rejection from being "unhandled"
+            queue.push(promise);
+          }
+        }
+      } catch (error) {
+        // the key source failed: the consumer gets the error after the results before it
         exhausted = true;
-        break;
+        const failed = Promise.reject(error);
+        failed.catch(() => {});
+        queue.push(failed);
+      } finally {
+        filling = undefined;
       }
-      const promise = open(next.value);
-      promise.catch(() => {}); // awaited below; this only keeps an early rejection from being "unhandled"
-      queue.push(promise);
-    }
-  };
+    })();
   try {
-    await fill();
-    while (queue.length > 0) {
+    while (true) {
+      if (queue.length === 0) {
+        if (exhausted) break;
+        await fill();
+        continue;
+      }
       const value = await queue.shift()!;
-      await fill();
+      void fill();
       yield value;
     }
   } finally {
+    stopped = true;
     for (const pending of queue.splice(0)) {
       pending.then((value) => options.dispose?.(value), () => {});
     }
+    await filling;
     if (!exhausted) await iterator.return?.();
   }
 }

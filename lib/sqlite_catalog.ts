@@ -40,7 +40,28 @@ import type { Part10Header } from "./part10.ts";
 import { compareKeys, type ObjectInfo } from "./store.ts";
 import { parseInstanceKey } from "./uid.ts";
 
-const SCHEMA_VERSION = 1;
+const SCHEMA_VERSION = 2;
+
+/**
+ * Fixed planner statistics (`sqlite_stat1`) shaped like a large catalog: few AETs, unique UIDs and IDs. Without
+ * them SQLite walks the date-ordered index for `PatientID=x` instead of looking the ID up; with `ANALYZE` on a
+ * small or empty catalog it would guess just as badly. Format: rows, then rows per value of each index prefix.
+ */
+const PLANNER_STATS: [string, string, string][] = [
+  ["studies", "studies_key", "1000000 100000 1"],
+  ["studies", "studies_order", "1000000 100000 100 50 1"],
+  ["studies", "studies_patient_id", "1000000 100000 3"],
+  ["studies", "studies_accession", "1000000 100000 1"],
+  ["studies", "studies_study_id", "1000000 100000 20"],
+  ["studies", "studies_patient_name", "1000000 100000 3"],
+  ["series", "series_key", "3000000 300000 3 1"],
+  ["series", "series_uid", "3000000 300000 1"],
+  ["series", "series_modality", "3000000 300000 30000"],
+  ["objects", "objects_key", "60000000 6000000 1"],
+  ["objects", "objects_series", "60000000 6000000 60 20 10"],
+  ["objects", "objects_sop", "60000000 6000000 1"],
+  ["objects", "objects_state", "60000000 6000000 2000000 1"],
+];
 
 /** Object states (the `objects.state` column). */
 const LISTED = 0;
@@ -200,6 +221,13 @@ export class SqliteCatalog implements Catalog {
         this.#db.exec(SCHEMA);
         this.#db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
       });
+      this.#db.exec("ANALYZE sqlite_schema");
+      this.#transaction(() => {
+        this.#db.exec("DELETE FROM sqlite_stat1");
+        const insert = this.#db.prepare("INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES (?, ?, ?)");
+        for (const row of PLANNER_STATS) insert.run(...row);
+      });
+      this.#db.exec("ANALYZE sqlite_schema");
     }
     const threshold = String(this.#threshold);
     const stored = this.#q("SELECT value FROM meta WHERE name = 'bulk_threshold'").get() as
@@ -928,16 +956,35 @@ function condition(filter: Filter, level: Level, args: SQLInputValue[]): string 
   }
   const column = COLUMNS[filter.key];
   if (!column) {
+    const doc = DOCUMENTS[filter.level];
+    // The JSON text must contain a literal part of the value (not for PN, which is folded, nor numbers).
+    const literal = filter.vr === "PN" ? undefined : longestLiteral(filter.matcher);
+    const plain = literal !== undefined && literal.length >= 2 &&
+      ![...literal].some((c) => c < " " || c === '"' || c === "\\");
+    const prefilter = plain ? `instr(${doc}, ?) > 0 AND ` : "";
+    if (prefilter) args.push(literal!);
     args.push(spec);
-    return `qido_match(${DOCUMENTS[filter.level]}, ?)`;
+    return `(${prefilter}qido_match(${doc}, ?))`;
   }
   const c = column.column(level);
   const m = filter.matcher;
   if (m.kind === "empty") return `(${c} IS NULL OR ${c} = '')`;
   switch (column.type) {
-    case "pn":
-      args.push(spec);
-      return `qido_pn(${c}, ?)`;
+    case "pn": {
+      // `*LIT*` (OHIF's filter) is exactly "some name contains LIT"; otherwise a literal part narrows first.
+      const contains = m.kind === "wildcard" ? /^\*+([^*?=\\^]+)\*+$/.exec(m.pattern)?.[1] : undefined;
+      if (contains !== undefined) {
+        args.push(contains);
+        return `instr(${c}, ?) > 0`;
+      }
+      const literal = longestLiteral(m);
+      if (literal === undefined) {
+        args.push(spec);
+        return `qido_pn(${c}, ?)`;
+      }
+      args.push(literal, spec);
+      return `(instr(${c}, ?) > 0 AND qido_pn(${c}, ?))`;
+    }
     case "date":
     case "time": {
       if (m.kind !== "range") return "0";
@@ -959,6 +1006,14 @@ function condition(filter: Filter, level: Level, args: SQLInputValue[]): string 
     default:
       return textCondition(c, m, args);
   }
+}
+
+/** The longest run of a single/wildcard value without wildcards or name separators, if any. */
+function longestLiteral(m: Matcher): string | undefined {
+  const text = m.kind === "single" ? m.value : m.kind === "wildcard" ? m.pattern : undefined;
+  if (text === undefined) return undefined;
+  const longest = text.split(/[*?=\\^]/).reduce((a, b) => b.length > a.length ? b : a, "");
+  return longest === "" ? undefined : longest;
 }
 
 function textCondition(c: string, m: Matcher, args: SQLInputValue[]): string {

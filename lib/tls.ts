@@ -62,14 +62,20 @@ export function parseTransportConfig(
   const keyFile = s.get("TLS_KEY_FILE");
   let tls: TransportConfig["tls"];
   if ((certFile === undefined) !== (keyFile === undefined)) {
-    const [set, unset] = certFile !== undefined ? ["TLS_CERT_FILE", "TLS_KEY_FILE"] : ["TLS_KEY_FILE", "TLS_CERT_FILE"];
-    s.problem(`${set} is set but ${unset} is not: set both (PEM certificate chain and PEM private key) or neither`);
+    const [set, unset] = certFile !== undefined
+      ? ["TLS_CERT_FILE", "TLS_KEY_FILE"]
+      : ["TLS_KEY_FILE", "TLS_CERT_FILE"];
+    s.problem(
+      `${set} is set but ${unset} is not: set both (PEM certificate chain and PEM private key) or neither`,
+    );
   } else if (certFile !== undefined && keyFile !== undefined) tls = { certFile, keyFile };
   let trustedProxies: TrustedProxies;
   try {
     trustedProxies = parseTrustedProxies(s.get("TRUSTED_PROXIES") ?? "loopback");
   } catch (error) {
-    s.problem(`TRUSTED_PROXIES=${JSON.stringify(env.TRUSTED_PROXIES)} is not valid: ${(error as Error).message}`);
+    s.problem(
+      `TRUSTED_PROXIES=${JSON.stringify(env.TRUSTED_PROXIES)} is not valid: ${(error as Error).message}`,
+    );
     trustedProxies = parseTrustedProxies("loopback");
   }
   return { tls, trustedProxies };
@@ -283,11 +289,18 @@ export async function loadTls(tls: { certFile: string; keyFile: string }): Promi
         : (error as Error).message;
       throw new Error(`${name}=${path} cannot be read: ${why}`);
     }
-    if (!marker.test(text)) throw new Error(`${name}=${path} is not a PEM ${what}: it has no "-----BEGIN ...-----" block`);
+    if (!marker.test(text)) {
+      throw new Error(`${name}=${path} is not a PEM ${what}: it has no "-----BEGIN ...-----" block`);
+    }
     return text;
   };
   return {
     cert: await read("TLS_CERT_FILE", tls.certFile, /-----BEGIN CERTIFICATE-----/, "certificate chain"),
-    key: await read("TLS_KEY_FILE", tls.keyFile, /-----BEGIN (?:RSA |EC |ENCRYPTED )?PRIVATE KEY-----/, "private key"),
+    key: await read(
+      "TLS_KEY_FILE",
+      tls.keyFile,
+      /-----BEGIN (?:RSA |EC |ENCRYPTED )?PRIVATE KEY-----/,
+      "private key",
+    ),
   };
 }

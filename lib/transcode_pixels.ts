@@ -12,7 +12,7 @@
  * @module
  */
 
-import { type DecodedFrame, DECODABLE_SYNTAXES, decodedSize, LOSSY_SYNTAXES } from "./codecs/mod.ts";
+import { DECODABLE_SYNTAXES, type DecodedFrame, decodedSize, LOSSY_SYNTAXES } from "./codecs/mod.ts";
 import { type CodecPool, defaultPool } from "./codecs/pool.ts";
 import { checkFrameSize, decodeFailure, describeFrame } from "./decode.ts";
 import { frameCount, planFrame } from "./frames.ts";
@@ -129,7 +129,9 @@ function writeElement(out: Out, el: DicomElement, littleEndian: boolean, name: s
     return;
   }
   if (el.length > 0 && !el.bytes) {
-    throw new TypeError(`Cannot rewrite "${name}": the value of ${el.tag.toString(16).padStart(8, "0")} was not loaded`);
+    throw new TypeError(
+      `Cannot rewrite "${name}": the value of ${el.tag.toString(16).padStart(8, "0")} was not loaded`,
+    );
   }
   let bytes = el.bytes ?? new Uint8Array(0);
   const width = SWAP_WIDTH[el.vr];
@@ -154,26 +156,39 @@ function writeDataset(out: Out, dataset: DicomDataset, name: string): void {
 }
 
 /** Preamble, "DICM" and a File Meta group like the original's, with `transferSyntax`. */
-function writeMeta(header: Part10Header, transferSyntax: string, overrides?: Map<number, Override>): Uint8Array {
+function writeMeta(
+  header: Part10Header,
+  transferSyntax: string,
+  overrides?: Map<number, Override>,
+): Uint8Array {
   const body = new Out();
   const sopOverride = overrides?.get(0x00080018);
   const ts = textValue(transferSyntax, "UI");
   const originals = [...(header.meta?.elements.elements.values() ?? [])]
     .filter((e) => e.tag !== 0x00020000 && e.tag !== 0x00020010 && e.bytes);
-  const elements = [...originals.map((e) => ({
-    tag: e.tag,
-    vr: e.vr,
-    bytes: e.tag === 0x00020003 && sopOverride ? sopOverride.bytes : e.bytes!,
-  })), {
-    tag: 0x00020010,
-    vr: "UI",
-    bytes: ts,
-  }];
-  if (!elements.some((e) => e.tag === 0x00020001)) elements.push({ tag: 0x00020001, vr: "OB", bytes: new Uint8Array([0, 1]) });
+  const elements = [
+    ...originals.map((e) => ({
+      tag: e.tag,
+      vr: e.vr,
+      bytes: e.tag === 0x00020003 && sopOverride ? sopOverride.bytes : e.bytes!,
+    })),
+    {
+      tag: 0x00020010,
+      vr: "UI",
+      bytes: ts,
+    },
+  ];
+  if (!elements.some((e) => e.tag === 0x00020001)) {
+    elements.push({ tag: 0x00020001, vr: "OB", bytes: new Uint8Array([0, 1]) });
+  }
   const sopClass = getString(header.dataset, 0x00080016);
   const sop = getString(header.dataset, 0x00080018);
-  if (!elements.some((e) => e.tag === 0x00020002) && sopClass) elements.push({ tag: 0x00020002, vr: "UI", bytes: textValue(sopClass, "UI") });
-  if (!elements.some((e) => e.tag === 0x00020003) && sop) elements.push({ tag: 0x00020003, vr: "UI", bytes: textValue(sop, "UI") });
+  if (!elements.some((e) => e.tag === 0x00020002) && sopClass) {
+    elements.push({ tag: 0x00020002, vr: "UI", bytes: textValue(sopClass, "UI") });
+  }
+  if (!elements.some((e) => e.tag === 0x00020003) && sop) {
+    elements.push({ tag: 0x00020003, vr: "UI", bytes: textValue(sop, "UI") });
+  }
   for (const el of elements.sort((a, b) => a.tag - b.tag)) {
     body.header(el.tag, /^[A-Z]{2}$/.test(el.vr) ? el.vr : "UN", el.bytes.length);
     body.block(el.bytes);
@@ -270,7 +285,9 @@ function decodedOverrides(header: Part10Header, first: DecodedFrame): Map<number
     overrides.set(0x00280004, { vr: "CS", bytes: textValue(first.photometricInterpretation, "CS") });
   }
   if (first.samplesPerPixel > 1) overrides.set(0x00280006, { vr: "US", bytes: new Uint8Array([0, 0]) });
-  if (first.lossy && !getString(ds, 0x00282110)) overrides.set(0x00282110, { vr: "CS", bytes: textValue("01", "CS") });
+  if (first.lossy && !getString(ds, 0x00282110)) {
+    overrides.set(0x00282110, { vr: "CS", bytes: textValue("01", "CS") });
+  }
   return overrides;
 }
 
@@ -396,7 +413,11 @@ export function decodedInstanceBody(
   return new ReadableStream<Uint8Array>({
     async pull(controller) {
       if (!parts) {
-        const bytes = await readAll(opened.body, options.maxInstanceBytes ?? DEFAULT_MAX_INSTANCE_BYTES, opened.key);
+        const bytes = await readAll(
+          opened.body,
+          options.maxInstanceBytes ?? DEFAULT_MAX_INSTANCE_BYTES,
+          opened.key,
+        );
         parts = decodedInstanceParts(bytes, opened.key, options);
       }
       const { value, done } = await parts.next();
@@ -431,7 +452,8 @@ export function transcodingEncoder(
   options: PixelTranscodeOptions = {},
 ): PixelBodyEncoder {
   return (opened, choice, bucket) =>
-    DECODABLE_SYNTAXES.has(opened.meta.transferSyntaxUid) && choice.transferSyntax === EXPLICIT_VR_LITTLE_ENDIAN
+    DECODABLE_SYNTAXES.has(opened.meta.transferSyntaxUid) &&
+      choice.transferSyntax === EXPLICIT_VR_LITTLE_ENDIAN
       ? decodedInstanceBody(opened, options)
       : fallback(opened, choice, bucket);
 }

@@ -14,7 +14,7 @@ import { FileStore } from "./file_store.ts";
 import { HttpError } from "./http_error.ts";
 import type { Router } from "./router.ts";
 import type { Services } from "./services.ts";
-import type { ObjectStore } from "./store.ts";
+import { type ObjectStore, StoreError } from "./store.ts";
 import { publicBase } from "./urls.ts";
 
 /** One DICOMweb server (an AET) as an OHIF data source. */
@@ -126,6 +126,9 @@ export function viewerHandler(
     throw new RangeError(`publicPath must start and end with "/": ${JSON.stringify(publicPath)}`);
   }
   const rewrites = rewritesFor(publicPath);
+  // Rewritten files differ per publicPath: so do their ETags (FNV-1a of the path).
+  const pathTag = [...publicPath].reduce((h, c) => Math.imul(h ^ c.charCodeAt(0), 16777619) >>> 0, 2166136261)
+    .toString(16);
   return async (request, path) => {
     if (path === "app-config.js") {
       return new Response(await options.appConfig(request), {
@@ -149,7 +152,7 @@ export function viewerHandler(
     }
     const extension = key.slice(key.lastIndexOf(".") + 1).toLowerCase();
     const patterns = rewrites[extension];
-    const etag = `"${opened.info.etag}${patterns ? "-" + publicPath.length : ""}"`;
+    const etag = `"${opened.info.etag}${patterns ? "-" + pathTag : ""}"`;
     const headers: Record<string, string> = {
       "content-type": CONTENT_TYPES[extension] ?? "application/octet-stream",
       "cache-control": "no-cache",
@@ -173,6 +176,17 @@ async function openFile(files: ObjectStore, bucket: string, key: string) {
     if (error instanceof RangeError) {
       throw new HttpError(400, `Invalid viewer path: ${key}`, { cause: error });
     }
+    if (error instanceof StoreError && error.kind === "denied") {
+      const dir = `${files.location}/${bucket}`;
+      throw new HttpError(
+        503,
+        `Cannot read the OHIF Viewer in ${dir}: run with --allow-read=${dir} (deno task viewer does)`,
+        {
+          cause: error,
+        },
+      );
+    }
+    if (error instanceof StoreError && error.kind === "no-bucket") return null;
     throw error;
   }
 }

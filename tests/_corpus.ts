@@ -138,7 +138,9 @@ export function buildInstance(spec: InstanceSpec): Uint8Array {
 export function builtCorpus(): CorpusFile[] {
   const specs: InstanceSpec[] = [];
   for (const series of ["2.25.100.1", "2.25.100.2"]) {
-    for (let i = 1; i <= 3; i++) specs.push({ study: "2.25.100", series, sop: `${series}.${i}`, pixelBytes: 2048 * i });
+    for (let i = 1; i <= 3; i++) {
+      specs.push({ study: "2.25.100", series, sop: `${series}.${i}`, pixelBytes: 2048 * i });
+    }
   }
   // Prefix collisions: study 1.2.3 vs 1.2.34, series 1.2.3.1 vs 1.2.3.11, sop 1.2.3.1.1 vs 1.2.3.1.11.
   specs.push({ study: "1.2.3", series: "1.2.3.1", sop: "1.2.3.1.1" });

@@ -15,7 +15,7 @@
  * @module
  */
 
-import { builtCorpus, buildInstance, concat } from "./_corpus.ts";
+import { buildInstance, builtCorpus, concat } from "./_corpus.ts";
 
 // ---------------------------------------------------------------------------------------------------
 // PRNG and mutations
@@ -68,7 +68,26 @@ function hashString(text: string): number {
   return h;
 }
 
-const INTERESTING_32 = [0, 1, 2, 4, 7, 8, 0x7f, 0x80, 0xff, 0x100, 0x7fff, 0x8000, 0xffff, 0x10000, 0x7fffffff, 0x80000000, 0xfffffffe, 0xffffffff];
+const INTERESTING_32 = [
+  0,
+  1,
+  2,
+  4,
+  7,
+  8,
+  0x7f,
+  0x80,
+  0xff,
+  0x100,
+  0x7fff,
+  0x8000,
+  0xffff,
+  0x10000,
+  0x7fffffff,
+  0x80000000,
+  0xfffffffe,
+  0xffffffff,
+];
 const DICOM_TOKENS = [
   [0xfe, 0xff, 0x00, 0xe0], // item
   [0xfe, 0xff, 0x0d, 0xe0], // item delimiter
@@ -83,7 +102,13 @@ const DICOM_TOKENS = [
 ];
 
 /** Applies 1–6 random mutations to a copy of `input` (and sometimes splices in another seed). */
-export function mutate(rng: Rng, input: Uint8Array, seeds: readonly Uint8Array[], tokens: number[][], maxLength: number): Uint8Array {
+export function mutate(
+  rng: Rng,
+  input: Uint8Array,
+  seeds: readonly Uint8Array[],
+  tokens: number[][],
+  maxLength: number,
+): Uint8Array {
   let out: Uint8Array = input.slice();
   const rounds = 1 + rng.int(6);
   for (let r = 0; r < rounds; r++) {
@@ -132,11 +157,13 @@ export function mutate(rng: Rng, input: Uint8Array, seeds: readonly Uint8Array[]
         out = concat([out.subarray(0, at), other.subarray(from, from + rng.int(4096))]);
         break;
       }
-      case 8: case 9: { // overwrite or insert a token
+      case 8:
+      case 9: { // overwrite or insert a token
         if (!tokens.length) break;
         const token = Uint8Array.from(rng.pick(tokens));
-        if (rng.chance(0.5) && out.length >= token.length) out.set(token, rng.int(out.length - token.length + 1));
-        else out = concat([out.subarray(0, at), token, out.subarray(at)]);
+        if (rng.chance(0.5) && out.length >= token.length) {
+          out.set(token, rng.int(out.length - token.length + 1));
+        } else out = concat([out.subarray(0, at), token, out.subarray(at)]);
         break;
       }
       case 10: { // repeat a short run many times (long values, deep nesting)
@@ -234,9 +261,16 @@ const TARGETS: Record<string, () => Promise<Target>> = {
         } catch (error) {
           if (!standard(error)) throw error;
         }
-        const source = { name: "fuzz.dcm", size: input.length, read: (s: number, e: number) => Promise.resolve(input.slice(s, e)) };
+        const source = {
+          name: "fuzz.dcm",
+          size: input.length,
+          read: (s: number, e: number) => Promise.resolve(input.slice(s, e)),
+        };
         try {
-          await readHeader(source, { initialBytes: rng.pick([256, 1024, 65536]), maxInflatedBytes: 16 * 1024 * 1024 });
+          await readHeader(source, {
+            initialBytes: rng.pick([256, 1024, 65536]),
+            maxInflatedBytes: 16 * 1024 * 1024,
+          });
         } catch (error) {
           if (!standard(error)) throw error;
         }
@@ -267,17 +301,36 @@ const TARGETS: Record<string, () => Promise<Target>> = {
     const { readMultipart, parseMediaType } = await import("../lib/multipart_parser.ts");
     const boundary = "fuzz-b0undary";
     const part = (type: string, body: Uint8Array) =>
-      concat([encoder.encode(`--${boundary}\r\nContent-Type: ${type}\r\n\r\n`), body, encoder.encode("\r\n")]);
+      concat([
+        encoder.encode(`--${boundary}\r\nContent-Type: ${type}\r\n\r\n`),
+        body,
+        encoder.encode("\r\n"),
+      ]);
     const dicom = buildInstance({ study: "1.2", series: "1.2.3", sop: "1.2.3.4", pixelBytes: 200 });
     return {
       seeds: () =>
         Promise.resolve([
           concat([part("application/dicom", dicom), encoder.encode(`--${boundary}--\r\n`)]),
-          concat([encoder.encode("preamble\r\n"), part("application/dicom; transfer-syntax=1.2.840.10008.1.2.1", dicom), part("text/plain", encoder.encode("--fuzz-b0undar")), encoder.encode(`--${boundary}--epilogue`)]),
+          concat([
+            encoder.encode("preamble\r\n"),
+            part("application/dicom; transfer-syntax=1.2.840.10008.1.2.1", dicom),
+            part("text/plain", encoder.encode("--fuzz-b0undar")),
+            encoder.encode(`--${boundary}--epilogue`),
+          ]),
           concat([part("application/dicom", new Uint8Array(0)), encoder.encode(`--${boundary}--`)]),
           encoder.encode(`--${boundary}\r\n\r\n\r\n--${boundary}--\r\n`),
         ]),
-      tokens: tokenBytes([`\r\n--${boundary}`, `--${boundary}--`, "\r\n", "\r\n\r\n", "Content-Type: ", ": ", "\n", "--", "\r"]),
+      tokens: tokenBytes([
+        `\r\n--${boundary}`,
+        `--${boundary}--`,
+        "\r\n",
+        "\r\n\r\n",
+        "Content-Type: ",
+        ": ",
+        "\n",
+        "--",
+        "\r",
+      ]),
       maxLength: 256 * 1024,
       async run(input, rng) {
         const text = latin1.decode(input.subarray(0, 200));
@@ -289,7 +342,9 @@ const TARGETS: Record<string, () => Promise<Target>> = {
         }
         const b = rng.chance(0.9) ? boundary : latin1.decode(input.subarray(0, rng.int(80)));
         let total = 0;
-        for await (const p of readMultipart(chunked(input, rng), b, { maxHeaderBytes: rng.pick([64, 1024, 16384]) })) {
+        for await (
+          const p of readMultipart(chunked(input, rng), b, { maxHeaderBytes: rng.pick([64, 1024, 16384]) })
+        ) {
           if (rng.chance(0.2)) await p.body.cancel();
           else for await (const chunk of p.body) total += chunk.byteLength;
           if (p.index > 100_000) throw new Error("unbounded part count");
@@ -316,18 +371,47 @@ const TARGETS: Record<string, () => Promise<Target>> = {
       "bytes=-500",
       "",
     ];
-    const syntaxes = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90"];
+    const syntaxes = [
+      "1.2.840.10008.1.2.1",
+      "1.2.840.10008.1.2.4.50",
+      "1.2.840.10008.1.2.5",
+      "1.2.840.10008.1.2.4.90",
+    ];
     const types = ["application/octet-stream", "image/jpeg", "image/dicom-rle", "image/jp2"];
     return {
       seeds: () => Promise.resolve(seeds.map(toBytes)),
-      tokens: tokenBytes([";", ",", "=", '"', "*", "/", "q=", "q=0.", "type=", "transfer-syntax=", "multipart/related", "application/dicom", "\t", " ", "\\", "-", "1", "0"]),
+      tokens: tokenBytes([
+        ";",
+        ",",
+        "=",
+        '"',
+        "*",
+        "/",
+        "q=",
+        "q=0.",
+        "type=",
+        "transfer-syntax=",
+        "multipart/related",
+        "application/dicom",
+        "\t",
+        " ",
+        "\\",
+        "-",
+        "1",
+        "0",
+      ]),
       maxLength: 8 * 1024,
       run(input, rng) {
         const text = latin1.decode(input);
         const attempts: (() => unknown)[] = [
           () => rankRanges(parseAccept(text)),
           () => negotiateDicom(text, { single: rng.chance(0.5) }),
-          () => negotiateFrames(text, { transferSyntax: rng.pick(syntaxes), mediaType: rng.pick(types) }, rng.chance(0.5)),
+          () =>
+            negotiateFrames(
+              text,
+              { transferSyntax: rng.pick(syntaxes), mediaType: rng.pick(types) },
+              rng.chance(0.5),
+            ),
           () => parseFrameList(text),
           () => parseRange(text, rng.pick([0, 1, 1000, 2 ** 40])),
         ];
@@ -365,7 +449,13 @@ const TARGETS: Record<string, () => Promise<Target>> = {
     } catch {
       catalog = undefined;
     }
-    const services = { config, store, aets: new AetRegistry(store, { configured: config.aets }), capabilities: { reEncode: true }, catalog };
+    const services = {
+      config,
+      store,
+      aets: new AetRegistry(store, { configured: config.aets }),
+      capabilities: { reEncode: true },
+      catalog,
+    };
     const routed = createHandler(services as Parameters<typeof createHandler>[0], { log: () => {} });
     // While another route shadows STOW-RS in the router (405), POSTs go to the STOW-RS handler itself.
     const { stowHandler } = await import("../lib/stow.ts");
@@ -394,12 +484,40 @@ const TARGETS: Record<string, () => Promise<Target>> = {
       `GET /aets/PACS/studies/${study}/series?Modality=CT&includefield=00080021,00080031,0008103E,00200011`,
       `GET /aets/PACS/instances?SOPInstanceUID=${sop},1.2.3&00100020=&limit=5`,
       "GET /aets/PACS/series?SeriesInstanceUID=1.2.3.4.5&PerformedProcedureStepStartDate=-20240101&offset=10",
-      `POST /aets/PACS/studies\ncontent-type: multipart/related; type="application/dicom"; boundary=b\n\n--b\r\nContent-Type: application/dicom\r\n\r\n${latin1.decode(corpus[0].bytes)}\r\n--b--\r\n`,
+      `POST /aets/PACS/studies\ncontent-type: multipart/related; type="application/dicom"; boundary=b\n\n--b\r\nContent-Type: application/dicom\r\n\r\n${
+        latin1.decode(corpus[0].bytes)
+      }\r\n--b--\r\n`,
       `GET /aets/${"..%2F".repeat(3)}etc/studies/1.2.3/series/%2e%2e/instances/1.2%00.3`,
     ];
     return {
       seeds: () => Promise.resolve(requests.map(toBytes)),
-      tokens: tokenBytes(["/", "%2F", "%2f", "%2e%2e", "..", "%00", "?", "&", "=", "*", ",", "-", "\\", "%", "%25", "includefield=all", "limit=", "offset=-1", "StudyInstanceUID=", "00100010=", ";", "\n", "accept: ", "--b", "\r\n"]),
+      tokens: tokenBytes([
+        "/",
+        "%2F",
+        "%2f",
+        "%2e%2e",
+        "..",
+        "%00",
+        "?",
+        "&",
+        "=",
+        "*",
+        ",",
+        "-",
+        "\\",
+        "%",
+        "%25",
+        "includefield=all",
+        "limit=",
+        "offset=-1",
+        "StudyInstanceUID=",
+        "00100010=",
+        ";",
+        "\n",
+        "accept: ",
+        "--b",
+        "\r\n",
+      ]),
       maxLength: 64 * 1024,
       async run(input) {
         const text = latin1.decode(input);
@@ -408,7 +526,9 @@ const TARGETS: Record<string, () => Promise<Target>> = {
         const body = blank < 0 ? undefined : input.slice(blank + 2);
         const [requestLine, ...headerLines] = head.split("\n");
         const space = requestLine.indexOf(" ");
-        const method = ["GET", "HEAD", "POST", "OPTIONS", "DELETE"].includes(requestLine.slice(0, space)) ? requestLine.slice(0, space) : "GET";
+        const method = ["GET", "HEAD", "POST", "OPTIONS", "DELETE"].includes(requestLine.slice(0, space))
+          ? requestLine.slice(0, space)
+          : "GET";
         const target = requestLine.slice(space + 1).replace(/[\s\0]/g, "");
         let request: Request;
         try {
@@ -417,11 +537,14 @@ const TARGETS: Record<string, () => Promise<Target>> = {
             const colon = line.indexOf(":");
             if (colon > 0) headers.append(line.slice(0, colon).trim(), line.slice(colon + 1).trim());
           }
-          request = new Request(new URL(target.startsWith("/") ? target : "/" + target, "http://127.0.0.1:8080"), {
-            method,
-            headers,
-            body: method === "POST" || method === "DELETE" ? body : undefined,
-          });
+          request = new Request(
+            new URL(target.startsWith("/") ? target : "/" + target, "http://127.0.0.1:8080"),
+            {
+              method,
+              headers,
+              body: method === "POST" || method === "DELETE" ? body : undefined,
+            },
+          );
         } catch {
           return; // not a request HTTP could carry
         }
@@ -456,7 +579,7 @@ TARGETS.selftest = () =>
       const index = Atomics.load(new Int32Array(selftestProgress ?? new SharedArrayBuffer(8)), 0);
       if (index === 2) throw new SyntaxError("expected kind");
       if (index === 3) throw new TypeError("unexpected kind");
-      if (index === 5) for (;;);
+      if (index === 5) { for (;;); }
     },
     expected: standard,
   });
@@ -502,7 +625,13 @@ export interface FuzzOptions {
   maxInputs?: number;
 }
 
-function generate(target: Target, seeds: readonly Uint8Array[], name: string, seed: number, index: number): { input: Uint8Array; rng: Rng } {
+function generate(
+  target: Target,
+  seeds: readonly Uint8Array[],
+  name: string,
+  seed: number,
+  index: number,
+): { input: Uint8Array; rng: Rng } {
   const rng = new Rng(seed, hashString(name), index);
   // A few unmutated seeds first, then mutations of mutations now and then.
   if (index < seeds.length) return { input: seeds[index], rng };
@@ -532,7 +661,9 @@ export function fuzz(name: string, options: FuzzOptions): Promise<FuzzReport> {
     let ready = false;
     let seedCount = 0;
     const failures: FuzzFailure[] = [];
-    const finish = (report: Omit<FuzzReport, "target" | "seed" | "peakRssMb" | "seconds" | "seeds" | "failures">) => {
+    const finish = (
+      report: Omit<FuzzReport, "target" | "seed" | "peakRssMb" | "seconds" | "seeds" | "failures">,
+    ) => {
       clearInterval(watchdog);
       worker.terminate();
       resolve({
@@ -560,7 +691,10 @@ export function fuzz(name: string, options: FuzzOptions): Promise<FuzzReport> {
         lastIndex = index;
         since = performance.now();
       } else if (index >= 0 && performance.now() - since > options.perInputMs) {
-        finish({ tried: Atomics.load(progress, 1), hang: { index, ms: Math.round(performance.now() - since) } });
+        finish({
+          tried: Atomics.load(progress, 1),
+          hang: { index, ms: Math.round(performance.now() - since) },
+        });
       }
     }, 25);
     worker.onmessage = (event: MessageEvent) => {
@@ -574,7 +708,12 @@ export function fuzz(name: string, options: FuzzOptions): Promise<FuzzReport> {
     };
     worker.onerror = (event: ErrorEvent) => {
       event.preventDefault();
-      failures.push({ index: Atomics.load(progress, 0), error: `worker crashed: ${event.message}`, preview: "", length: 0 });
+      failures.push({
+        index: Atomics.load(progress, 0),
+        error: `worker crashed: ${event.message}`,
+        preview: "",
+        length: 0,
+      });
       finish({ tried: Atomics.load(progress, 1) });
     };
     worker.postMessage({ name, shared, ...options });
@@ -590,7 +729,11 @@ interface WorkerScope {
 }
 
 function describeError(error: unknown): string {
-  if (error instanceof Error) return `${error.name}: ${error.message.slice(0, 300)}\n${(error.stack ?? "").split("\n").slice(1, 6).join("\n")}`;
+  if (error instanceof Error) {
+    return `${error.name}: ${error.message.slice(0, 300)}\n${
+      (error.stack ?? "").split("\n").slice(1, 6).join("\n")
+    }`;
+  }
   return String(error);
 }
 
@@ -600,7 +743,10 @@ function toBase64(bytes: Uint8Array): string {
   return btoa(s);
 }
 
-async function work(scope: WorkerScope, data: FuzzOptions & { name: string; shared: SharedArrayBuffer }): Promise<void> {
+async function work(
+  scope: WorkerScope,
+  data: FuzzOptions & { name: string; shared: SharedArrayBuffer },
+): Promise<void> {
   const progress = new Int32Array(data.shared);
   selftestProgress = data.shared;
   const target = await TARGETS[data.name]();
@@ -617,7 +763,12 @@ async function work(scope: WorkerScope, data: FuzzOptions & { name: string; shar
       await target.run(input, rng);
     } catch (error) {
       if (!target.expected(error) && failures++ < 20) {
-        const failure: FuzzFailure = { index, error: describeError(error), preview: toBase64(input.subarray(0, 256)), length: input.length };
+        const failure: FuzzFailure = {
+          index,
+          error: describeError(error),
+          preview: toBase64(input.subarray(0, 256)),
+          length: input.length,
+        };
         scope.postMessage({ type: "failure", failure });
       }
     }
@@ -628,10 +779,16 @@ async function work(scope: WorkerScope, data: FuzzOptions & { name: string; shar
 }
 
 const workerScope = globalThis as unknown as WorkerScope & { WorkerGlobalScope?: unknown };
-if (typeof workerScope.WorkerGlobalScope !== "undefined" && globalThis instanceof (workerScope.WorkerGlobalScope as typeof Object)) {
+if (
+  typeof workerScope.WorkerGlobalScope !== "undefined" &&
+  globalThis instanceof (workerScope.WorkerGlobalScope as typeof Object)
+) {
   workerScope.onmessage = (event: MessageEvent) => {
     work(workerScope, event.data).catch((error) => {
-      workerScope.postMessage({ type: "failure", failure: { index: -1, error: `setup failed: ${describeError(error)}`, preview: "", length: 0 } });
+      workerScope.postMessage({
+        type: "failure",
+        failure: { index: -1, error: `setup failed: ${describeError(error)}`, preview: "", length: 0 },
+      });
       workerScope.postMessage({ type: "done", tried: 0 });
     });
   };

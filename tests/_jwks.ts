@@ -57,10 +57,16 @@ async function makeKey(alg: string, kid: string): Promise<Key> {
   return { kid, alg, privateKey, jwk };
 }
 
-async function signWith(key: Key, claims: Record<string, unknown>, defaults: Record<string, unknown>): Promise<string> {
+async function signWith(
+  key: Key,
+  claims: Record<string, unknown>,
+  defaults: Record<string, unknown>,
+): Promise<string> {
   const payload: Record<string, unknown> = { ...defaults, ...claims };
   for (const [name, value] of Object.entries(payload)) if (value === null) delete payload[name];
-  return await new SignJWT(payload).setProtectedHeader({ alg: key.alg, kid: key.kid, typ: "JWT" }).sign(key.privateKey);
+  return await new SignJWT(payload).setProtectedHeader({ alg: key.alg, kid: key.kid, typ: "JWT" }).sign(
+    key.privateKey,
+  );
 }
 
 /** Starts the issuer on a free loopback port. */
@@ -72,18 +78,25 @@ export async function startIssuer(): Promise<TestIssuer> {
   let counter = 1;
   const state = { failing: false };
   let issuer = "";
-  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, (request: Request): Response => {
-    const path = new URL(request.url).pathname;
-    if (state.failing) return new Response("down", { status: 503 });
-    if (path === "/.well-known/openid-configuration") {
-      return Response.json({ issuer, jwks_uri: `${issuer}/jwks`, id_token_signing_alg_values_supported: ["RS256"] });
-    }
-    if (path === "/jwks") {
-      fetches++;
-      return Response.json({ keys: keys.map((k) => k.jwk) });
-    }
-    return new Response("not found", { status: 404 });
-  });
+  const server = Deno.serve(
+    { port: 0, hostname: "127.0.0.1", onListen() {} },
+    (request: Request): Response => {
+      const path = new URL(request.url).pathname;
+      if (state.failing) return new Response("down", { status: 503 });
+      if (path === "/.well-known/openid-configuration") {
+        return Response.json({
+          issuer,
+          jwks_uri: `${issuer}/jwks`,
+          id_token_signing_alg_values_supported: ["RS256"],
+        });
+      }
+      if (path === "/jwks") {
+        fetches++;
+        return Response.json({ keys: keys.map((k) => k.jwk) });
+      }
+      return new Response("not found", { status: 404 });
+    },
+  );
   issuer = `http://127.0.0.1:${server.addr.port}`;
   const defaults = () => {
     const now = Math.floor(Date.now() / 1000);
@@ -135,7 +148,13 @@ export async function startIssuer(): Promise<TestIssuer> {
 import { AetRegistry } from "../lib/aets.ts";
 import { createHandler } from "../lib/app.ts";
 import { type AuditLog, redactedSearch } from "../lib/audit.ts";
-import { type AuthConfig, type AuthenticatorOptions, parseAuthConfig, RequestGuard, type ServeInfo } from "../lib/auth.ts";
+import {
+  type AuthConfig,
+  type AuthenticatorOptions,
+  parseAuthConfig,
+  RequestGuard,
+  type ServeInfo,
+} from "../lib/auth.ts";
 import { type Config, parseConfig } from "../lib/config.ts";
 import { errorResponse, toHttpError } from "../lib/http_error.ts";
 import { type LimitsConfig, parseLimitsConfig } from "../lib/limits.ts";
@@ -143,7 +162,11 @@ import type { ObjectStore } from "../lib/store.ts";
 import { parseTransportConfig, type TrustedProxies } from "../lib/tls.ts";
 
 /** Config with the security settings (what `parseConfig` returns once they are wired). */
-export type SecuredConfig = Config & { auth: AuthConfig; limits: LimitsConfig; trustedProxies: TrustedProxies };
+export type SecuredConfig = Config & {
+  auth: AuthConfig;
+  limits: LimitsConfig;
+  trustedProxies: TrustedProxies;
+};
 
 /** Whether lib/app.ts and lib/config.ts already wire the guard (then tests use them as they are). */
 export const WIRED = "auth" in parseConfig({});
@@ -185,16 +208,25 @@ export function securedHandler(
   store: ObjectStore,
   env: Record<string, string>,
   options: SecuredOptions = {},
-): { handler: (request: Request, info?: ServeInfo) => Promise<Response>; config: SecuredConfig; guard?: RequestGuard } {
+): {
+  handler: (request: Request, info?: ServeInfo) => Promise<Response>;
+  config: SecuredConfig;
+  guard?: RequestGuard;
+} {
   const config = securedConfig(env);
   const log = options.log ?? (() => {});
   if (WIRED) {
     const aets = new AetRegistry(store, { configured: config.aets });
-    const handler = createHandler({ config, store, aets, capabilities: { reEncode: true }, catalog: options.catalog } as Parameters<typeof createHandler>[0], {
-      log,
-      audit: options.audit,
-      auth: options.auth,
-    } as Parameters<typeof createHandler>[1]);
+    const handler = createHandler(
+      { config, store, aets, capabilities: { reEncode: true }, catalog: options.catalog } as Parameters<
+        typeof createHandler
+      >[0],
+      {
+        log,
+        audit: options.audit,
+        auth: options.auth,
+      } as Parameters<typeof createHandler>[1],
+    );
     return { handler: handler as (request: Request, info?: ServeInfo) => Promise<Response>, config };
   }
   // --- the proposed lib/app.ts wiring, emulated -----------------------------------------------------
@@ -202,7 +234,13 @@ export function securedHandler(
   const guarded = guard.store(store);
   const aets = new AetRegistry(guarded, { configured: config.aets });
   const inner = createHandler(
-    { config, store: guarded, aets, capabilities: { reEncode: true }, catalog: options.catalog } as Parameters<typeof createHandler>[0],
+    {
+      config,
+      store: guarded,
+      aets,
+      capabilities: { reEncode: true },
+      catalog: options.catalog,
+    } as Parameters<typeof createHandler>[0],
     { log: () => {} },
   );
   const handler = async (request: Request, info?: ServeInfo): Promise<Response> => {
@@ -231,7 +269,11 @@ export function securedHandler(
     const status = response.status;
     const finish = (bytes: number, outcome?: string) => {
       const ms = performance.now() - started;
-      log(`${method} ${url.pathname}${redactedSearch(url)} ${status} ${bytes}B ${ms.toFixed(1)}ms${outcome ? " " + outcome : ""}`);
+      log(
+        `${method} ${url.pathname}${redactedSearch(url)} ${status} ${bytes}B ${ms.toFixed(1)}ms${
+          outcome ? " " + outcome : ""
+        }`,
+      );
       const context = guard.contextOf(request);
       options.audit?.record({
         method,

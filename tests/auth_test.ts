@@ -8,8 +8,8 @@ import assert from "node:assert/strict";
 import {
   accessOf,
   allows,
-  Authenticator,
   type AuthConfig,
+  Authenticator,
   constantTimeEqual,
   grantsFromScopes,
   hashPassword,
@@ -29,7 +29,10 @@ import { observe } from "./_stores.ts";
 
 const ITER = 100_000; // the minimum AUTH_USERS accepts; keeps tests quick
 
-function parse(env: Record<string, string>, hostname = "127.0.0.1"): { config: AuthConfig; problems: string[] } {
+function parse(
+  env: Record<string, string>,
+  hostname = "127.0.0.1",
+): { config: AuthConfig; problems: string[] } {
   const problems: string[] = [];
   const config = parseAuthConfig(env, problems, { hostname });
   return { config, problems };
@@ -63,7 +66,10 @@ Deno.test("parseAuthConfig() refuses AUTH=none off loopback unless explicitly al
   const problems: string[] = [];
   parseAuthConfig({}, problems, { hostname: "127.0.0.1", public: true });
   assert.match(problems[0], /public deployment/);
-  assert.match(parse({ AUTH: "kerberos" }).problems[0], /AUTH="kerberos" is not valid: use none, or a comma list/);
+  assert.match(
+    parse({ AUTH: "kerberos" }).problems[0],
+    /AUTH="kerberos" is not valid: use none, or a comma list/,
+  );
   assert.match(parse({ ALLOW_UNAUTHENTICATED: "maybe" }).problems[0], /use true or false/);
 });
 
@@ -72,7 +78,11 @@ Deno.test("parseAuthConfig() validates OIDC settings", () => {
   assert.equal(missing.length, 2);
   assert.match(missing[0], /AUTH=jwt needs OIDC_ISSUER/);
   assert.match(missing[1], /AUTH=jwt needs OIDC_AUDIENCE/);
-  const ok = parse({ AUTH: "oidc", OIDC_ISSUER: "https://idp.example.org/realms/pacs", OIDC_AUDIENCE: "dicomweb, viewer" });
+  const ok = parse({
+    AUTH: "oidc",
+    OIDC_ISSUER: "https://idp.example.org/realms/pacs",
+    OIDC_AUDIENCE: "dicomweb, viewer",
+  });
   assert.deepEqual(ok.problems, []);
   assert.deepEqual(ok.config.methods, ["jwt"]);
   assert.deepEqual(ok.config.oidc?.audience, ["dicomweb", "viewer"]);
@@ -80,12 +90,27 @@ Deno.test("parseAuthConfig() validates OIDC settings", () => {
   assert.equal(ok.config.oidc?.scopeClaim, "scope");
   assert.ok(!ok.config.oidc?.algorithms.some((a) => a.startsWith("HS")));
   const plain = parse({ AUTH: "jwt", OIDC_ISSUER: "http://idp.example.org", OIDC_AUDIENCE: "x" }).problems;
-  assert.match(plain[0], /OIDC_ISSUER="http:\/\/idp\.example\.org" is not valid: use https \(plain http only on loopback\)/);
-  assert.deepEqual(parse({ AUTH: "jwt", OIDC_ISSUER: "http://127.0.0.1:9999", OIDC_AUDIENCE: "x" }).problems, []);
-  const hs = parse({ AUTH: "jwt", OIDC_ISSUER: "https://i", OIDC_AUDIENCE: "x", OIDC_ALGORITHMS: "RS256,HS256,none" });
+  assert.match(
+    plain[0],
+    /OIDC_ISSUER="http:\/\/idp\.example\.org" is not valid: use https \(plain http only on loopback\)/,
+  );
+  assert.deepEqual(
+    parse({ AUTH: "jwt", OIDC_ISSUER: "http://127.0.0.1:9999", OIDC_AUDIENCE: "x" }).problems,
+    [],
+  );
+  const hs = parse({
+    AUTH: "jwt",
+    OIDC_ISSUER: "https://i",
+    OIDC_AUDIENCE: "x",
+    OIDC_ALGORITHMS: "RS256,HS256,none",
+  });
   assert.equal(hs.problems.length, 2);
   assert.match(hs.problems[0], /OIDC_ALGORITHMS entry "HS256" is not valid: use asymmetric algorithms/);
-  assert.match(parse({ AUTH: "jwt", OIDC_ISSUER: "https://i", OIDC_AUDIENCE: "x", OIDC_CLOCK_SKEW_SECONDS: "3600" }).problems[0], /from 0 to 300/);
+  assert.match(
+    parse({ AUTH: "jwt", OIDC_ISSUER: "https://i", OIDC_AUDIENCE: "x", OIDC_CLOCK_SKEW_SECONDS: "3600" })
+      .problems[0],
+    /from 0 to 300/,
+  );
 });
 
 Deno.test("parseAuthConfig() reads tokens, users and grants, and never echoes a secret", async () => {
@@ -101,18 +126,29 @@ Deno.test("parseAuthConfig() reads tokens, users and grants, and never echoes a 
   assert.deepEqual(config.methods, ["token", "basic"]);
   assert.deepEqual(config.tokens, [{ name: "ohif", sha256 }]);
   assert.equal(config.users.get("alice")?.iterations, ITER);
-  assert.deepEqual(config.grants.get("alice"), [{ action: "read", aet: "PACS" }, { action: "write", aet: "PACS" }]);
-  assert.deepEqual(config.grants.get("https://idp/u:1"), [{ action: "*", aet: "RESEARCH" }], "subjects may contain colons");
+  assert.deepEqual(config.grants.get("alice"), [{ action: "read", aet: "PACS" }, {
+    action: "write",
+    aet: "PACS",
+  }]);
+  assert.deepEqual(
+    config.grants.get("https://idp/u:1"),
+    [{ action: "*", aet: "RESEARCH" }],
+    "subjects may contain colons",
+  );
 
   const bad = parse({
     AUTH: "token,basic",
     AUTH_TOKENS: `ohif:${token}`,
-    AUTH_USERS: "bob:plaintext-password,carol:pbkdf2-sha256:1000:AAAAAAAAAAAAAAAAAAAAAA:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    AUTH_USERS:
+      "bob:plaintext-password,carol:pbkdf2-sha256:1000:AAAAAAAAAAAAAAAAAAAAAA:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
     AUTH_GRANTS: "ohif:delete:PACS ohif:read:../x",
   }).problems;
   assert.ok(!bad.join("\n").includes(token), "a mistyped token is not printed");
   assert.ok(!bad.join("\n").includes("plaintext-password"), "a plain password is not printed");
-  assert.match(bad.join("\n"), /AUTH_TOKENS entry "ohif:…" is not valid: use NAME:SHA256HEX \(make one with: deno run lib\/auth\.ts token NAME\)/);
+  assert.match(
+    bad.join("\n"),
+    /AUTH_TOKENS entry "ohif:…" is not valid: use NAME:SHA256HEX \(make one with: deno run lib\/auth\.ts token NAME\)/,
+  );
   assert.match(bad.join("\n"), /AUTH_USERS entry for "bob" is not valid/);
   assert.match(bad.join("\n"), /AUTH_USERS entry for carol uses 1000 iterations: use at least 100000/);
   assert.match(bad.join("\n"), /AUTH_GRANTS entry "ohif:delete:PACS" is not valid/);
@@ -120,14 +156,20 @@ Deno.test("parseAuthConfig() reads tokens, users and grants, and never echoes a 
   assert.match(parse({ AUTH: "token" }).problems[0], /AUTH=token needs AUTH_TOKENS/);
   assert.match(parse({ AUTH: "basic" }).problems[0], /AUTH=basic needs AUTH_USERS/);
   const ungranted = parse({ AUTH: "token", AUTH_TOKENS: `ci:${sha256}` }).problems;
-  assert.match(ungranted[0], /ci \(AUTH_TOKENS\/AUTH_USERS\) has no grants, so it may do nothing: add e\.g\. ci:read:\* to AUTH_GRANTS/);
+  assert.match(
+    ungranted[0],
+    /ci \(AUTH_TOKENS\/AUTH_USERS\) has no grants, so it may do nothing: add e\.g\. ci:read:\* to AUTH_GRANTS/,
+  );
 });
 
 Deno.test("grantsFromScopes(), allows() and visibleAets() decide per AET and action", () => {
-  assert.deepEqual(grantsFromScopes("openid profile dicomweb:read:PACS dicomweb:write:* dicomweb:bogus:X dicomweb:read:a/b"), [
-    { action: "read", aet: "PACS" },
-    { action: "write", aet: "*" },
-  ]);
+  assert.deepEqual(
+    grantsFromScopes("openid profile dicomweb:read:PACS dicomweb:write:* dicomweb:bogus:X dicomweb:read:a/b"),
+    [
+      { action: "read", aet: "PACS" },
+      { action: "write", aet: "*" },
+    ],
+  );
   assert.deepEqual(grantsFromScopes(["dicomweb:*", 7]), [{ action: "*", aet: "*" }]);
   assert.deepEqual(grantsFromScopes(undefined), []);
   const reader: Principal = { subject: "r", method: "token", grants: [{ action: "read", aet: "PACS" }] };
@@ -150,9 +192,21 @@ Deno.test("accessOf() classifies requests from the raw path and method", () => {
   assert.deepEqual(accessOf("/aets", "GET", ""), { kind: "list" });
   assert.deepEqual(accessOf("/aets/PACS/studies", "POST", ""), { kind: "aet", aet: "PACS", action: "write" });
   assert.deepEqual(accessOf("/aets/PACS", "GET", ""), { kind: "aet", aet: "PACS", action: "read" });
-  assert.deepEqual(accessOf("/aets/%50ACS/studies", "GET", ""), { kind: "aet", aet: "%50ACS", action: "read" });
-  assert.deepEqual(accessOf("/aets/..%2FB/studies", "GET", ""), { kind: "aet", aet: "..%2FB", action: "read" });
-  assert.deepEqual(accessOf("/dicomweb/aets/A/studies/1", "DELETE", "/dicomweb"), { kind: "aet", aet: "A", action: "write" });
+  assert.deepEqual(accessOf("/aets/%50ACS/studies", "GET", ""), {
+    kind: "aet",
+    aet: "%50ACS",
+    action: "read",
+  });
+  assert.deepEqual(accessOf("/aets/..%2FB/studies", "GET", ""), {
+    kind: "aet",
+    aet: "..%2FB",
+    action: "read",
+  });
+  assert.deepEqual(accessOf("/dicomweb/aets/A/studies/1", "DELETE", "/dicomweb"), {
+    kind: "aet",
+    aet: "A",
+    action: "write",
+  });
   assert.deepEqual(accessOf("/aets/A/studies", "GET", "/dicomweb"), { kind: "server", action: "read" });
   assert.deepEqual(accessOf("/dicomweb/healthz", "GET", "/dicomweb"), { kind: "public" });
   assert.deepEqual(accessOf("/admin/crawl", "POST", ""), { kind: "server", action: "write" });
@@ -184,7 +238,11 @@ Deno.test("the CLI prints a usable AUTH_USERS line and AUTH_TOKENS entry", async
     await writer.write(new TextEncoder().encode(input));
     await writer.close();
     const out = await child.output();
-    return { code: out.code, stdout: new TextDecoder().decode(out.stdout), stderr: new TextDecoder().decode(out.stderr) };
+    return {
+      code: out.code,
+      stdout: new TextDecoder().decode(out.stdout),
+      stderr: new TextDecoder().decode(out.stderr),
+    };
   };
   const hashed = await run(["hash", "alice"], "a long password\n");
   assert.equal(hashed.code, 0, hashed.stderr);
@@ -214,11 +272,20 @@ Deno.test("Authenticator with static tokens and Basic users", async (t) => {
   });
   assert.deepEqual(problems, []);
   const auth = new Authenticator(config);
-  const request = (authorization?: string) => ({ headers: new Headers(authorization ? { authorization } : {}) });
+  const request = (authorization?: string) => ({
+    headers: new Headers(authorization ? { authorization } : {}),
+  });
 
   await t.step("no credentials: 401 with a challenge per scheme", async () => {
-    const error = await rejectsWith(auth.authenticate(request()), 401, /Authentication required: send Authorization: Bearer <token> or Authorization: Basic/);
-    assert.equal(error.headers["www-authenticate"], 'Bearer realm="dicomweb", Basic realm="dicomweb", charset="UTF-8"');
+    const error = await rejectsWith(
+      auth.authenticate(request()),
+      401,
+      /Authentication required: send Authorization: Bearer <token> or Authorization: Basic/,
+    );
+    assert.equal(
+      error.headers["www-authenticate"],
+      'Bearer realm="dicomweb", Basic realm="dicomweb", charset="UTF-8"',
+    );
   });
   await t.step("a known token: its name, its grants and the * grants", async () => {
     const who = await auth.authenticate(request(`Bearer ${token}`));
@@ -230,7 +297,11 @@ Deno.test("Authenticator with static tokens and Basic users", async (t) => {
     assert.equal((await auth.authenticate(request(`bearer   ${other.token}`))).subject, "ci");
   });
   await t.step("an unknown or altered token: 401 invalid_token", async () => {
-    const error = await rejectsWith(auth.authenticate(request(`Bearer ${token.slice(0, -1)}A`)), 401, /Invalid bearer token/);
+    const error = await rejectsWith(
+      auth.authenticate(request(`Bearer ${token.slice(0, -1)}A`)),
+      401,
+      /Invalid bearer token/,
+    );
     assert.match(error.headers["www-authenticate"], /error="invalid_token"/);
     await rejectsWith(auth.authenticate(request(`Bearer ${sha256}`)), 401, /Invalid bearer token/);
     await rejectsWith(auth.authenticate(request("Bearer")), 401, /Unsupported authorization scheme/);
@@ -238,16 +309,36 @@ Deno.test("Authenticator with static tokens and Basic users", async (t) => {
   await t.step("Basic: right password, wrong password, unknown user, garbage", async () => {
     assert.equal((await auth.authenticate(request(basic("alice", "wonderland")))).subject, "alice");
     assert.equal((await auth.authenticate(request(basic("alice", "wonderland")))).subject, "alice", "cached");
-    await rejectsWith(auth.authenticate(request(basic("alice", "Wonderland"))), 401, /^Invalid user name or password$/);
-    await rejectsWith(auth.authenticate(request(basic("mallory", "wonderland"))), 401, /^Invalid user name or password$/);
+    await rejectsWith(
+      auth.authenticate(request(basic("alice", "Wonderland"))),
+      401,
+      /^Invalid user name or password$/,
+    );
+    await rejectsWith(
+      auth.authenticate(request(basic("mallory", "wonderland"))),
+      401,
+      /^Invalid user name or password$/,
+    );
     await rejectsWith(auth.authenticate(request("Basic !!!")), 401, /Malformed Basic credentials/);
-    await rejectsWith(auth.authenticate(request("Basic " + btoa("nocolon"))), 401, /Malformed Basic credentials/);
-    await rejectsWith(auth.authenticate(request("Digest username=alice")), 401, /Unsupported authorization scheme "digest"/);
+    await rejectsWith(
+      auth.authenticate(request("Basic " + btoa("nocolon"))),
+      401,
+      /Malformed Basic credentials/,
+    );
+    await rejectsWith(
+      auth.authenticate(request("Digest username=alice")),
+      401,
+      /Unsupported authorization scheme "digest"/,
+    );
   });
   await t.step("AUTH=none: anonymous with every grant", async () => {
     const none = new Authenticator(parse({}).config);
     assert.equal(none.enabled, false);
-    assert.deepEqual(await none.authenticate(request()), { subject: "anonymous", method: "none", grants: [{ action: "*", aet: "*" }] });
+    assert.deepEqual(await none.authenticate(request()), {
+      subject: "anonymous",
+      method: "none",
+      grants: [{ action: "*", aet: "*" }],
+    });
   });
 });
 
@@ -255,7 +346,13 @@ Deno.test("Authenticator with OIDC bearer JWTs from a local issuer", async (t) =
   const idp = await startIssuer();
   try {
     const env = (extra: Record<string, string> = {}) =>
-      parse({ AUTH: "jwt", OIDC_ISSUER: idp.issuer, OIDC_AUDIENCE: "dicomweb", OIDC_JWKS_URL: idp.jwksUrl, ...extra });
+      parse({
+        AUTH: "jwt",
+        OIDC_ISSUER: idp.issuer,
+        OIDC_AUDIENCE: "dicomweb",
+        OIDC_JWKS_URL: idp.jwksUrl,
+        ...extra,
+      });
     const { config, problems } = env({ AUTH_GRANTS: "carol:write:RESEARCH" });
     assert.deepEqual(problems, []);
     const auth = new Authenticator(config, { jwksCooldownMs: 0 });
@@ -263,9 +360,13 @@ Deno.test("Authenticator with OIDC bearer JWTs from a local issuer", async (t) =
     const now = Math.floor(Date.now() / 1000);
 
     await t.step("a valid token: subject and grants from scope, scp and AUTH_GRANTS", async () => {
-      const who = await auth.authenticate(bearer(await idp.sign({ sub: "alice", aud: "dicomweb", scope: "openid dicomweb:read:PACS" })));
+      const who = await auth.authenticate(
+        bearer(await idp.sign({ sub: "alice", aud: "dicomweb", scope: "openid dicomweb:read:PACS" })),
+      );
       assert.deepEqual(who, { subject: "alice", method: "jwt", grants: [{ action: "read", aet: "PACS" }] });
-      const scp = await auth.authenticate(bearer(await idp.sign({ sub: "carol", aud: ["other", "dicomweb"], scp: ["dicomweb:read:*"] })));
+      const scp = await auth.authenticate(
+        bearer(await idp.sign({ sub: "carol", aud: ["other", "dicomweb"], scp: ["dicomweb:read:*"] })),
+      );
       assert.deepEqual(scp.grants, [{ action: "read", aet: "*" }, { action: "write", aet: "RESEARCH" }]);
     });
     await t.step("wrong iss, wrong aud, no sub, no exp: 401 invalid_token saying which", async () => {
@@ -278,62 +379,143 @@ Deno.test("Authenticator with OIDC bearer JWTs from a local issuer", async (t) =
       ];
       for (const [claims, message] of cases) {
         const error = await rejectsWith(auth.authenticate(bearer(await idp.sign(claims))), 401, message);
-        assert.match(error.headers["www-authenticate"], /^Bearer realm="dicomweb", error="invalid_token", error_description="/);
+        assert.match(
+          error.headers["www-authenticate"],
+          /^Bearer realm="dicomweb", error="invalid_token", error_description="/,
+        );
       }
     });
     await t.step("exp and nbf with the configured clock skew (30 s)", async () => {
       await auth.authenticate(bearer(await idp.sign({ sub: "a", aud: "dicomweb", exp: now - 10 })));
-      await rejectsWith(auth.authenticate(bearer(await idp.sign({ sub: "a", aud: "dicomweb", exp: now - 120 }))), 401, /Invalid token: expired/);
+      await rejectsWith(
+        auth.authenticate(bearer(await idp.sign({ sub: "a", aud: "dicomweb", exp: now - 120 }))),
+        401,
+        /Invalid token: expired/,
+      );
       await auth.authenticate(bearer(await idp.sign({ sub: "a", aud: "dicomweb", nbf: now + 10 })));
-      await rejectsWith(auth.authenticate(bearer(await idp.sign({ sub: "a", aud: "dicomweb", nbf: now + 120 }))), 401, /"nbf" claim check failed/);
+      await rejectsWith(
+        auth.authenticate(bearer(await idp.sign({ sub: "a", aud: "dicomweb", nbf: now + 120 }))),
+        401,
+        /"nbf" claim check failed/,
+      );
       const strict = new Authenticator(env({ OIDC_CLOCK_SKEW_SECONDS: "0" }).config);
-      await rejectsWith(strict.authenticate(bearer(await idp.sign({ sub: "a", aud: "dicomweb", exp: now - 10 }))), 401, /expired/);
+      await rejectsWith(
+        strict.authenticate(bearer(await idp.sign({ sub: "a", aud: "dicomweb", exp: now - 10 }))),
+        401,
+        /expired/,
+      );
     });
-    await t.step("forged tokens: alg none, HS256 with the public key, a foreign key under a known kid, tampering", async () => {
-      const b64 = (value: unknown) => btoa(JSON.stringify(value)).replaceAll("=", "").replaceAll("+", "-").replaceAll("/", "_");
-      const claims = { sub: "mallory", aud: "dicomweb", iss: idp.issuer, exp: now + 300, scope: "dicomweb:*" };
-      await rejectsWith(auth.authenticate(bearer(`${b64({ alg: "none" })}.${b64(claims)}.`)), 401, /Invalid token/);
-      const hs = await crypto.subtle.importKey("raw", new TextEncoder().encode("secret"), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
-      const signingInput = `${b64({ alg: "HS256", kid: idp.currentKid })}.${b64(claims)}`;
-      const mac = new Uint8Array(await crypto.subtle.sign("HMAC", hs, new TextEncoder().encode(signingInput)));
-      const hsToken = `${signingInput}.${btoa(String.fromCharCode(...mac)).replaceAll("=", "").replaceAll("+", "-").replaceAll("/", "_")}`;
-      await rejectsWith(auth.authenticate(bearer(hsToken)), 401, /Invalid token: algorithm not allowed/);
-      await rejectsWith(auth.authenticate(bearer(await idp.signForeign(claims))), 401, /Invalid token: bad signature/);
-      const good = await idp.sign({ sub: "alice", aud: "dicomweb", scope: "dicomweb:read:PACS" });
-      const [h, , s] = good.split(".");
-      await rejectsWith(auth.authenticate(bearer(`${h}.${b64(claims)}.${s}`)), 401, /Invalid token: bad signature/);
-      await rejectsWith(auth.authenticate(bearer("a.b.c")), 401, /Invalid token: malformed token/);
-    });
-    await t.step("key rotation: a new kid is fetched; a retired key stops working after the cache expires", async () => {
-      const before = idp.jwksFetches;
-      const oldKid = idp.currentKid;
-      const newKid = await idp.rotate("ES256");
-      const who = await auth.authenticate(bearer(await idp.sign({ sub: "rotated", aud: "dicomweb" })));
-      assert.equal(who.subject, "rotated");
-      assert.ok(idp.jwksFetches > before, "the JWKS was fetched again for the unknown kid");
-      idp.retire(oldKid);
-      const fresh = new Authenticator(config, { jwksCooldownMs: 0 });
-      await rejectsWith(fresh.authenticate(bearer(await idp.sign({ sub: "a", aud: "dicomweb" }, { kid: oldKid }))), 401, /key the issuer does not publish/);
-      assert.equal((await fresh.authenticate(bearer(await idp.sign({ sub: "b", aud: "dicomweb" }, { kid: newKid })))).subject, "b");
-    });
+    await t.step(
+      "forged tokens: alg none, HS256 with the public key, a foreign key under a known kid, tampering",
+      async () => {
+        const b64 = (value: unknown) =>
+          btoa(JSON.stringify(value)).replaceAll("=", "").replaceAll("+", "-").replaceAll("/", "_");
+        const claims = {
+          sub: "mallory",
+          aud: "dicomweb",
+          iss: idp.issuer,
+          exp: now + 300,
+          scope: "dicomweb:*",
+        };
+        await rejectsWith(
+          auth.authenticate(bearer(`${b64({ alg: "none" })}.${b64(claims)}.`)),
+          401,
+          /Invalid token/,
+        );
+        const hs = await crypto.subtle.importKey(
+          "raw",
+          new TextEncoder().encode("secret"),
+          { name: "HMAC", hash: "SHA-256" },
+          false,
+          ["sign"],
+        );
+        const signingInput = `${b64({ alg: "HS256", kid: idp.currentKid })}.${b64(claims)}`;
+        const mac = new Uint8Array(
+          await crypto.subtle.sign("HMAC", hs, new TextEncoder().encode(signingInput)),
+        );
+        const hsToken = `${signingInput}.${
+          btoa(String.fromCharCode(...mac)).replaceAll("=", "").replaceAll("+", "-").replaceAll("/", "_")
+        }`;
+        await rejectsWith(auth.authenticate(bearer(hsToken)), 401, /Invalid token: algorithm not allowed/);
+        await rejectsWith(
+          auth.authenticate(bearer(await idp.signForeign(claims))),
+          401,
+          /Invalid token: bad signature/,
+        );
+        const good = await idp.sign({ sub: "alice", aud: "dicomweb", scope: "dicomweb:read:PACS" });
+        const [h, , s] = good.split(".");
+        await rejectsWith(
+          auth.authenticate(bearer(`${h}.${b64(claims)}.${s}`)),
+          401,
+          /Invalid token: bad signature/,
+        );
+        await rejectsWith(auth.authenticate(bearer("a.b.c")), 401, /Invalid token: malformed token/);
+      },
+    );
+    await t.step(
+      "key rotation: a new kid is fetched; a retired key stops working after the cache expires",
+      async () => {
+        const before = idp.jwksFetches;
+        const oldKid = idp.currentKid;
+        const newKid = await idp.rotate("ES256");
+        const who = await auth.authenticate(bearer(await idp.sign({ sub: "rotated", aud: "dicomweb" })));
+        assert.equal(who.subject, "rotated");
+        assert.ok(idp.jwksFetches > before, "the JWKS was fetched again for the unknown kid");
+        idp.retire(oldKid);
+        const fresh = new Authenticator(config, { jwksCooldownMs: 0 });
+        await rejectsWith(
+          fresh.authenticate(bearer(await idp.sign({ sub: "a", aud: "dicomweb" }, { kid: oldKid }))),
+          401,
+          /key the issuer does not publish/,
+        );
+        assert.equal(
+          (await fresh.authenticate(bearer(await idp.sign({ sub: "b", aud: "dicomweb" }, { kid: newKid }))))
+            .subject,
+          "b",
+        );
+      },
+    );
     await t.step("discovery through /.well-known/openid-configuration", async () => {
-      const { config: discovered } = parse({ AUTH: "jwt", OIDC_ISSUER: idp.issuer, OIDC_AUDIENCE: "dicomweb" });
+      const { config: discovered } = parse({
+        AUTH: "jwt",
+        OIDC_ISSUER: idp.issuer,
+        OIDC_AUDIENCE: "dicomweb",
+      });
       const viaDiscovery = new Authenticator(discovered);
-      assert.equal((await viaDiscovery.authenticate(bearer(await idp.sign({ sub: "d", aud: "dicomweb" })))).subject, "d");
-      const { config: wrongIssuer } = parse({ AUTH: "jwt", OIDC_ISSUER: idp.issuer + "/other", OIDC_AUDIENCE: "dicomweb" });
-      await rejectsWith(new Authenticator(wrongIssuer).authenticate(bearer(await idp.sign({ sub: "d", aud: "dicomweb" }))), 503, /identity provider/);
+      assert.equal(
+        (await viaDiscovery.authenticate(bearer(await idp.sign({ sub: "d", aud: "dicomweb" })))).subject,
+        "d",
+      );
+      const { config: wrongIssuer } = parse({
+        AUTH: "jwt",
+        OIDC_ISSUER: idp.issuer + "/other",
+        OIDC_AUDIENCE: "dicomweb",
+      });
+      await rejectsWith(
+        new Authenticator(wrongIssuer).authenticate(bearer(await idp.sign({ sub: "d", aud: "dicomweb" }))),
+        503,
+        /identity provider/,
+      );
     });
     await t.step("issuer down: cached keys keep working, no keys yet is a 503 (not a 401)", async () => {
       const cold = new Authenticator(config);
       idp.failing = true;
       try {
         await auth.authenticate(bearer(await idp.sign({ sub: "warm", aud: "dicomweb" })));
-        const error = await rejectsWith(cold.authenticate(bearer(await idp.sign({ sub: "cold", aud: "dicomweb" }))), 503, /identity provider's keys are unavailable/);
+        const error = await rejectsWith(
+          cold.authenticate(bearer(await idp.sign({ sub: "cold", aud: "dicomweb" }))),
+          503,
+          /identity provider's keys are unavailable/,
+        );
         assert.equal(error.headers["retry-after"], "5");
       } finally {
         idp.failing = false;
       }
-      assert.equal((await cold.authenticate(bearer(await idp.sign({ sub: "cold", aud: "dicomweb" })))).subject, "cold", "recovers");
+      assert.equal(
+        (await cold.authenticate(bearer(await idp.sign({ sub: "cold", aud: "dicomweb" })))).subject,
+        "cold",
+        "recovers",
+      );
     });
   } finally {
     await idp.close();
@@ -364,7 +546,9 @@ Deno.test("the guarded handler: 401/403 before any store access, unknown = forbi
     });
     const call = async (path: string, init: RequestInit & { token?: string } = {}) => {
       const headers = new Headers(init.headers);
-      if (init.token) headers.set("authorization", init.token.startsWith("Basic ") ? init.token : `Bearer ${init.token}`);
+      if (init.token) {
+        headers.set("authorization", init.token.startsWith("Basic ") ? init.token : `Bearer ${init.token}`);
+      }
       const response = await handler(new Request(`http://127.0.0.1${path}`, { ...init, headers }), {
         remoteAddr: { transport: "tcp", hostname: "127.0.0.1", port: 50000 },
       });
@@ -385,10 +569,20 @@ Deno.test("the guarded handler: 401/403 before any store access, unknown = forbi
     });
     await t.step("no credentials: 401 with WWW-Authenticate, the store untouched", async () => {
       const before = observed.calls.length;
-      for (const path of ["/aets", `/aets/PACS/studies/${study}`, `/aets/NOPE/studies/${study}/metadata`, "/whatever"]) {
+      for (
+        const path of [
+          "/aets",
+          `/aets/PACS/studies/${study}`,
+          `/aets/NOPE/studies/${study}/metadata`,
+          "/whatever",
+        ]
+      ) {
         const response = await call(path);
         assert.equal(response.status, 401, path);
-        assert.match(response.headers.get("www-authenticate")!, /^Bearer realm="dicomweb", Basic realm="dicomweb"/);
+        assert.match(
+          response.headers.get("www-authenticate")!,
+          /^Bearer realm="dicomweb", Basic realm="dicomweb"/,
+        );
         assert.match(JSON.parse(response.text).error, /Authentication required/);
       }
       assert.deepEqual(observed.calls.slice(before), []);
@@ -403,8 +597,17 @@ Deno.test("the guarded handler: 401/403 before any store access, unknown = forbi
       assert.equal(traversal.status, 403);
       assert.equal(forbidden.text.replace("RESEARCH", "X"), unknown.text.replace("NOPE", "X"));
       assert.deepEqual(Object.fromEntries(forbidden.headers), Object.fromEntries(unknown.headers));
-      assert.equal((await call(`/aets/PACS/studies/${study}`, { token: reader.token, method: "POST", body: "x" })).status, 403, "read is not write");
-      assert.equal((await call("/whatever", { token: reader.token })).status, 403, "server-wide routes need a * grant");
+      assert.equal(
+        (await call(`/aets/PACS/studies/${study}`, { token: reader.token, method: "POST", body: "x" }))
+          .status,
+        403,
+        "read is not write",
+      );
+      assert.equal(
+        (await call("/whatever", { token: reader.token })).status,
+        403,
+        "server-wide routes need a * grant",
+      );
       assert.deepEqual(observed.calls.slice(before), []);
     });
     await t.step("allowed requests reach the handler", async () => {
@@ -413,7 +616,9 @@ Deno.test("the guarded handler: 401/403 before any store access, unknown = forbi
       assert.equal(JSON.parse(ok.text).length, 1);
       const missing = await call(`/aets/PACS/studies/9.9.9/metadata`, { token: reader.token });
       assert.equal(missing.status, 404, "allowed callers learn what exists in their AET");
-      const basicOk = await call(`/aets/RESEARCH/studies/${study}/metadata`, { token: basic("alice", "wonderland") });
+      const basicOk = await call(`/aets/RESEARCH/studies/${study}/metadata`, {
+        token: basic("alice", "wonderland"),
+      });
       assert.equal(basicOk.status, 200);
       const jwt = await idp.sign({ sub: "dora", aud: "dicomweb", scope: "dicomweb:read:RESEARCH" });
       assert.equal((await call(`/aets/RESEARCH/studies/${study}/metadata`, { token: jwt })).status, 200);
@@ -429,18 +634,25 @@ Deno.test("the guarded handler: 401/403 before any store access, unknown = forbi
     });
     await t.step("GET /aets lists only what the caller may see", async () => {
       assert.deepEqual(JSON.parse((await call("/aets", { token: reader.token })).text), ["PACS"]);
-      assert.deepEqual(JSON.parse((await call("/aets", { token: basic("alice", "wonderland") })).text), ["PACS", "RESEARCH"]);
+      assert.deepEqual(JSON.parse((await call("/aets", { token: basic("alice", "wonderland") })).text), [
+        "PACS",
+        "RESEARCH",
+      ]);
       const nobody = await idp.sign({ sub: "nobody", aud: "dicomweb", scope: "openid" });
       assert.deepEqual(JSON.parse((await call("/aets", { token: nobody })).text), []);
     });
-    await t.step(`wired into lib/app.ts: ${WIRED ? "yes" : "not yet (emulated by tests/_jwks.ts)"}`, () => {});
+    await t.step(
+      `wired into lib/app.ts: ${WIRED ? "yes" : "not yet (emulated by tests/_jwks.ts)"}`,
+      () => {},
+    );
   } finally {
     await idp.close();
   }
 });
 
 Deno.test("TRUSTED_PROXIES: who may set Forwarded / X-Forwarded-*, and the client address", async (t) => {
-  const { parseTransportConfig, parseTrustedProxies, isTrustedPeer, clientAddress, honoursForwarded } = await import("../lib/tls.ts");
+  const { parseTransportConfig, parseTrustedProxies, isTrustedPeer, clientAddress, honoursForwarded } =
+    await import("../lib/tls.ts");
   await t.step("settings: loopback by default, names, CIDRs, none; bad entries explained", () => {
     const problems: string[] = [];
     const defaults = parseTransportConfig({}, problems);
@@ -450,50 +662,90 @@ Deno.test("TRUSTED_PROXIES: who may set Forwarded / X-Forwarded-*, and the clien
     assert.ok(isTrustedPeer("::ffff:127.0.0.2", defaults.trustedProxies));
     assert.ok(!isTrustedPeer("10.0.0.1", defaults.trustedProxies));
     const lan = parseTrustedProxies("private, 203.0.113.0/24, 2001:db8::/32");
-    for (const a of ["10.1.2.3", "172.31.0.1", "192.168.1.1", "fd00::1", "203.0.113.200", "2001:db8:1::7"]) assert.ok(isTrustedPeer(a, lan), a);
-    for (const a of ["172.32.0.1", "203.0.114.1", "2001:db9::1", "127.0.0.1", "garbage", undefined]) assert.ok(!isTrustedPeer(a, lan), String(a));
+    for (const a of ["10.1.2.3", "172.31.0.1", "192.168.1.1", "fd00::1", "203.0.113.200", "2001:db8:1::7"]) {
+      assert.ok(isTrustedPeer(a, lan), a);
+    }
+    for (const a of ["172.32.0.1", "203.0.114.1", "2001:db9::1", "127.0.0.1", "garbage", undefined]) {
+      assert.ok(!isTrustedPeer(a, lan), String(a));
+    }
     assert.deepEqual(parseTrustedProxies("none").ranges, []);
     assert.ok(isTrustedPeer("8.8.8.8", parseTrustedProxies("0.0.0.0/0")));
     parseTransportConfig({ TRUSTED_PROXIES: "10.0.0.0/33" }, problems);
     parseTransportConfig({ TRUSTED_PROXIES: "proxy.example.org" }, problems);
     parseTransportConfig({ TLS_CERT_FILE: "cert.pem" }, problems);
-    assert.match(problems[0], /TRUSTED_PROXIES="10\.0\.0\.0\/33" is not valid: "10\.0\.0\.0\/33" has a bad prefix length: use \/0 to \/32/);
-    assert.match(problems[1], /"proxy\.example\.org" is not an IP address, a CIDR range or one of loopback, private, linklocal, none/);
-    assert.equal(problems[2], "TLS_CERT_FILE is set but TLS_KEY_FILE is not: set both (PEM certificate chain and PEM private key) or neither");
+    assert.match(
+      problems[0],
+      /TRUSTED_PROXIES="10\.0\.0\.0\/33" is not valid: "10\.0\.0\.0\/33" has a bad prefix length: use \/0 to \/32/,
+    );
+    assert.match(
+      problems[1],
+      /"proxy\.example\.org" is not an IP address, a CIDR range or one of loopback, private, linklocal, none/,
+    );
+    assert.equal(
+      problems[2],
+      "TLS_CERT_FILE is set but TLS_KEY_FILE is not: set both (PEM certificate chain and PEM private key) or neither",
+    );
   });
   await t.step("clientAddress(): forwarded chains only from trusted peers, read from the right", () => {
     const proxies = parseTrustedProxies("10.0.0.0/8");
     const h = (init: Record<string, string>) => new Headers(init);
     const xff = h({ "x-forwarded-for": "198.51.100.1, 203.0.113.9, 10.0.0.2" });
-    assert.equal(clientAddress(xff, { hostname: "10.0.0.1" }, proxies), "203.0.113.9", "a spoofed left-most entry is ignored");
-    assert.equal(clientAddress(xff, { hostname: "192.0.2.1" }, proxies), "192.0.2.1", "an untrusted peer is the client");
-    assert.equal(clientAddress(h({ forwarded: 'for="[2001:db8::1]:4711";proto=https, for=10.0.0.3' }), { hostname: "10.0.0.1" }, proxies), "2001:db8::1");
-    assert.equal(clientAddress(h({ forwarded: "for=unknown" }), { hostname: "10.0.0.1" }, proxies), "10.0.0.1");
+    assert.equal(
+      clientAddress(xff, { hostname: "10.0.0.1" }, proxies),
+      "203.0.113.9",
+      "a spoofed left-most entry is ignored",
+    );
+    assert.equal(
+      clientAddress(xff, { hostname: "192.0.2.1" }, proxies),
+      "192.0.2.1",
+      "an untrusted peer is the client",
+    );
+    assert.equal(
+      clientAddress(h({ forwarded: 'for="[2001:db8::1]:4711";proto=https, for=10.0.0.3' }), {
+        hostname: "10.0.0.1",
+      }, proxies),
+      "2001:db8::1",
+    );
+    assert.equal(
+      clientAddress(h({ forwarded: "for=unknown" }), { hostname: "10.0.0.1" }, proxies),
+      "10.0.0.1",
+    );
     assert.equal(clientAddress(h({}), { hostname: "10.0.0.1" }, proxies), "10.0.0.1");
     assert.ok(honoursForwarded({ hostname: "10.9.9.9" }, proxies));
     assert.ok(!honoursForwarded({ hostname: "192.0.2.1" }, proxies));
     assert.ok(honoursForwarded(undefined, proxies), "a direct call of the handler (tests)");
   });
-  await t.step("the guard strips forwarded headers from untrusted peers before the handler sees them", async () => {
-    const store = new MemoryStore(["pacs"]);
-    const study = "1.2.840.5";
-    await store.put("pacs", `${study}/${study}.1/${study}.1.1.dcm`, buildInstance({ study, series: `${study}.1`, sop: `${study}.1.1` }));
-    const { handler } = securedHandler(store, { AETS: "PACS=pacs", TRUSTED_PROXIES: "10.0.0.0/8" });
-    const metadata = async (hostname: string) => {
-      const response = await handler(
-        new Request(`http://127.0.0.1:8080/aets/PACS/studies/${study}/metadata`, {
-          headers: { "x-forwarded-host": "evil.example", "x-forwarded-proto": "https", forwarded: "host=evil.example;proto=https" },
-        }),
-        { remoteAddr: { transport: "tcp", hostname, port: 1 } },
+  await t.step(
+    "the guard strips forwarded headers from untrusted peers before the handler sees them",
+    async () => {
+      const store = new MemoryStore(["pacs"]);
+      const study = "1.2.840.5";
+      await store.put(
+        "pacs",
+        `${study}/${study}.1/${study}.1.1.dcm`,
+        buildInstance({ study, series: `${study}.1`, sop: `${study}.1.1` }),
       );
-      return JSON.stringify(await response.json());
-    };
-    const viaProxy = await metadata("10.0.0.1");
-    assert.match(viaProxy, /https:\/\/evil\.example\/aets\/PACS/, "a trusted proxy sets the public URL");
-    const direct = await metadata("192.0.2.1");
-    assert.ok(!direct.includes("evil.example"), "an untrusted peer cannot");
-    assert.match(direct, /http:\/\/127\.0\.0\.1:8080\/aets\/PACS/);
-  });
+      const { handler } = securedHandler(store, { AETS: "PACS=pacs", TRUSTED_PROXIES: "10.0.0.0/8" });
+      const metadata = async (hostname: string) => {
+        const response = await handler(
+          new Request(`http://127.0.0.1:8080/aets/PACS/studies/${study}/metadata`, {
+            headers: {
+              "x-forwarded-host": "evil.example",
+              "x-forwarded-proto": "https",
+              forwarded: "host=evil.example;proto=https",
+            },
+          }),
+          { remoteAddr: { transport: "tcp", hostname, port: 1 } },
+        );
+        return JSON.stringify(await response.json());
+      };
+      const viaProxy = await metadata("10.0.0.1");
+      assert.match(viaProxy, /https:\/\/evil\.example\/aets\/PACS/, "a trusted proxy sets the public URL");
+      const direct = await metadata("192.0.2.1");
+      assert.ok(!direct.includes("evil.example"), "an untrusted peer cannot");
+      assert.match(direct, /http:\/\/127\.0\.0\.1:8080\/aets\/PACS/);
+    },
+  );
 });
 
 Deno.test("TLS straight from Deno.serve with TLS_CERT_FILE / TLS_KEY_FILE", async (t) => {
@@ -502,22 +754,72 @@ Deno.test("TLS straight from Deno.serve with TLS_CERT_FILE / TLS_KEY_FILE", asyn
   try {
     // A CA and a server certificate it signs (rustls refuses a self-signed certificate as its own CA).
     const openssl = async (...args: string[]) =>
-      (await new Deno.Command("openssl", { args, stdout: "null", stderr: "null" }).output().catch(() => undefined))?.success ??
+      (await new Deno.Command("openssl", { args, stdout: "null", stderr: "null" }).output().catch(() =>
+        undefined
+      ))?.success ??
         false;
     const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    await Deno.writeTextFile(`${dir}/ext.cnf`, "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n");
-    const made = await openssl("req", "-x509", ...ec, "-days", "1", "-subj", "/CN=test CA", "-keyout", `${dir}/ca.key`, "-out", `${dir}/ca.pem`) &&
-      await openssl("req", ...ec, "-subj", "/CN=localhost", "-keyout", `${dir}/key.pem`, "-out", `${dir}/server.csr`) &&
-      await openssl("x509", "-req", "-in", `${dir}/server.csr`, "-CA", `${dir}/ca.pem`, "-CAkey", `${dir}/ca.key`, "-CAcreateserial",
-        "-days", "1", "-extfile", `${dir}/ext.cnf`, "-out", `${dir}/cert.pem`);
+    await Deno.writeTextFile(
+      `${dir}/ext.cnf`,
+      "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    );
+    const made = await openssl(
+      "req",
+      "-x509",
+      ...ec,
+      "-days",
+      "1",
+      "-subj",
+      "/CN=test CA",
+      "-keyout",
+      `${dir}/ca.key`,
+      "-out",
+      `${dir}/ca.pem`,
+    ) &&
+      await openssl(
+        "req",
+        ...ec,
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        `${dir}/key.pem`,
+        "-out",
+        `${dir}/server.csr`,
+      ) &&
+      await openssl(
+        "x509",
+        "-req",
+        "-in",
+        `${dir}/server.csr`,
+        "-CA",
+        `${dir}/ca.pem`,
+        "-CAkey",
+        `${dir}/ca.key`,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        `${dir}/ext.cnf`,
+        "-out",
+        `${dir}/cert.pem`,
+      );
     if (!made) {
       console.log("openssl is not available: TLS round trip skipped");
       return;
     }
     await t.step("loadTls() explains unreadable and non-PEM files", async () => {
-      await assert.rejects(loadTls({ certFile: `${dir}/nope.pem`, keyFile: `${dir}/key.pem` }), /TLS_CERT_FILE=.*nope\.pem cannot be read/);
-      await assert.rejects(loadTls({ certFile: `${dir}/key.pem`, keyFile: `${dir}/key.pem` }), /TLS_CERT_FILE=.* is not a PEM certificate chain/);
-      await assert.rejects(loadTls({ certFile: `${dir}/cert.pem`, keyFile: `${dir}/cert.pem` }), /TLS_KEY_FILE=.* is not a PEM private key/);
+      await assert.rejects(
+        loadTls({ certFile: `${dir}/nope.pem`, keyFile: `${dir}/key.pem` }),
+        /TLS_CERT_FILE=.*nope\.pem cannot be read/,
+      );
+      await assert.rejects(
+        loadTls({ certFile: `${dir}/key.pem`, keyFile: `${dir}/key.pem` }),
+        /TLS_CERT_FILE=.* is not a PEM certificate chain/,
+      );
+      await assert.rejects(
+        loadTls({ certFile: `${dir}/cert.pem`, keyFile: `${dir}/cert.pem` }),
+        /TLS_KEY_FILE=.* is not a PEM private key/,
+      );
     });
     await t.step("an https round trip with the guard in front", async () => {
       const tls = await loadTls({ certFile: `${dir}/cert.pem`, keyFile: `${dir}/key.pem` });

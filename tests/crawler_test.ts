@@ -191,7 +191,7 @@ Deno.test("Crawler records unreadable and misplaced objects with the reason and 
       ["2.25.6/2.25.6.1/2.25.6.1.1.dcm", "failed"],
       ["notes/readme.txt", "ignored"],
     ]);
-    assert.match(failures[0].error, /not readable DICOM/);
+    assert.match(failures[0].error, /^Not readable DICOM: /);
     assert.match(failures[1].error, /does not match the key/);
     assert.ok(s.logs.some((l) => l.includes("cannot index 2.25.5/2.25.5.1/2.25.5.1.1.dcm")));
     assert.equal((await studyRows(s.catalog)).length, STUDIES.length, "the good objects are all indexed");

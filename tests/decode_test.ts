@@ -49,7 +49,10 @@ async function corpusPresent(): Promise<boolean> {
 const DCMTK = ["dcmdjpeg", "dcmdjpls", "dcmdrle", "dcmcjpeg", "dcmcjpls", "dcmcrle"];
 
 /** Missing prerequisites → skip (or fail under CI). */
-async function prerequisites(t: Deno.TestContext, opts: { corpus?: boolean; dcmtk?: boolean; opj?: boolean }) {
+async function prerequisites(
+  t: Deno.TestContext,
+  opts: { corpus?: boolean; dcmtk?: boolean; opj?: boolean },
+) {
   if (opts.corpus && !await corpusPresent()) {
     return !unavailable(t, "../shared/dicom", "the shared corpus must sit beside the repository");
   }
@@ -65,7 +68,8 @@ async function prerequisites(t: Deno.TestContext, opts: { corpus?: boolean; dcmt
 }
 
 async function run(command: string, args: string[]): Promise<void> {
-  const { code, stderr } = await new Deno.Command(command, { args, stdout: "null", stderr: "piped" }).output();
+  const { code, stderr } = await new Deno.Command(command, { args, stdout: "null", stderr: "piped" })
+    .output();
   if (code !== 0) throw new Error(`${command} ${args.join(" ")} failed: ${new TextDecoder().decode(stderr)}`);
 }
 
@@ -106,7 +110,11 @@ function samples(bytes: Uint8Array, d: FrameDescription): Float64Array {
     const at = d.planarConfiguration === 1 && d.samplesPerPixel > 1
       ? (i % d.samplesPerPixel) * planeSize + Math.floor(i / d.samplesPerPixel)
       : i;
-    const raw = width === 1 ? bytes[at] : width === 2 ? view.getUint16(2 * at, true) : view.getUint32(4 * at, true);
+    const raw = width === 1
+      ? bytes[at]
+      : width === 2
+      ? view.getUint16(2 * at, true)
+      : view.getUint32(4 * at, true);
     out[i] = raw % mask;
   }
   return out;
@@ -129,7 +137,11 @@ function compare(got: Float64Array, expected: Float64Array, bits: number): { max
 /** dcmtk's decompression of `file` (ELE, read back with lib/part10). */
 async function dcmtkReference(file: string, ts: string, dir: string): Promise<Instance> {
   const last = ts.split(".").pop()!;
-  const tool = ts === "1.2.840.10008.1.2.5" ? "dcmdrle" : last === "80" || last === "81" ? "dcmdjpls" : "dcmdjpeg";
+  const tool = ts === "1.2.840.10008.1.2.5"
+    ? "dcmdrle"
+    : last === "80" || last === "81"
+    ? "dcmdjpls"
+    : "dcmdjpeg";
   const out = `${dir}/ref-${crypto.randomUUID()}.dcm`;
   await run(tool, [file, out]);
   return await instance(await Deno.readFile(out), `${tool}(${file})`);
@@ -161,8 +173,12 @@ async function check(
     if (photometric) assert.equal(frame.photometricInterpretation, photometric, `${item.name} photometric`);
     const got = samples(frame.bytes, frame);
     const { maxDiff, psnr } = compare(got, await reference(n), item.description.bitsStored);
-    if (lossless) assert.equal(maxDiff, 0, `${item.name} frame ${n}: lossless decoding differs by up to ${maxDiff}`);
-    else assert.ok(psnr >= 40, `${item.name} frame ${n}: PSNR ${psnr.toFixed(1)} dB < 40 dB (max diff ${maxDiff})`);
+    if (lossless) {
+      assert.equal(maxDiff, 0, `${item.name} frame ${n}: lossless decoding differs by up to ${maxDiff}`);
+    } else {assert.ok(
+        psnr >= 40,
+        `${item.name} frame ${n}: PSNR ${psnr.toFixed(1)} dB < 40 dB (max diff ${maxDiff})`,
+      );}
   }
 }
 
@@ -214,14 +230,22 @@ Deno.test("decodeFrame() equals dcmtk / OpenJPEG for every compressed image of .
         const ts = item.header.transferSyntaxUid;
         if (name === "JPEG2000-embedded-sequence-delimiter.dcm") {
           // The codestream itself is damaged (FFFE,E0DD written over its SIZ marker): a clean SyntaxError.
-          await assert.rejects(decodeFrame(ts, item.frames[0], item.description), /Cannot decode JPEG 2000 data/);
+          await assert.rejects(
+            decodeFrame(ts, item.frames[0], item.description),
+            /Cannot decode JPEG 2000 data/,
+          );
           return;
         }
         if (/\.4\.(9\d|20\d)$/.test(ts)) {
           await check(item, (n) => opjReference(item.frames[n - 1], item.description, dir), isLossless(item));
         } else {
           const ref = await dcmtkReference(path, ts, dir);
-          await check(item, (n) => samples(ref.frames[n - 1], ref.description), isLossless(item), ref.description.photometricInterpretation);
+          await check(
+            item,
+            (n) => samples(ref.frames[n - 1], ref.description),
+            isLossless(item),
+            ref.description.photometricInterpretation,
+          );
         }
       });
     }
@@ -267,7 +291,12 @@ Deno.test("decodeFrame() equals dcmtk on instances dcmtk compresses (JPEG, JPEG-
         const item = await instance(await Deno.readFile(file), file);
         const ref = await dcmtkReference(file, item.header.transferSyntaxUid, dir);
         const lossless = isLossless(item) && !args.includes("+en");
-        await check(item, (n) => samples(ref.frames[n - 1], ref.description), lossless, ref.description.photometricInterpretation);
+        await check(
+          item,
+          (n) => samples(ref.frames[n - 1], ref.description),
+          lossless,
+          ref.description.photometricInterpretation,
+        );
         if (lossless) {
           // ... and equal to the uncompressed source.
           const original = await instance(await Deno.readFile(sources[source]), source);
@@ -298,7 +327,10 @@ Deno.test("decodeFrame() decodes the HTJ2K and JPEG 2000 samples of tests/testda
         await check(item, (n) => opjReference(item.frames[n - 1], item.description, dir), lossless, rgb);
         let source = await instance(await Deno.readFile(new URL(sourceName, CORPUS)), sourceName);
         if (source.header.pixelData?.encapsulated) {
-          source = await instance(await decodeInstance(source.bytes, sourceName, { pool: inline }), sourceName);
+          source = await instance(
+            await decodeInstance(source.bytes, sourceName, { pool: inline }),
+            sourceName,
+          );
         }
         await check(item, (n) => samples(source.frames[n - 1], source.description), lossless);
       });
@@ -321,13 +353,28 @@ Deno.test("decodeFrame() reports damaged data as a SyntaxError naming the codec"
   };
   const junk = new Uint8Array([0xff, 0xd8, 0xff, 0xc0, 0, 11, 8, 0, 8, 0, 8, 1, 1, 0x11, 0, 0xff, 0xd9]);
   await assert.rejects(decodeFrame("1.2.840.10008.1.2.4.50", junk, d), /Cannot decode JPEG data/);
-  await assert.rejects(decodeFrame("1.2.840.10008.1.2.4.80", junk, d), /Cannot decode JPEG-LS data \(CharLS\)/);
-  await assert.rejects(decodeFrame("1.2.840.10008.1.2.4.90", junk, d), /Cannot decode JPEG 2000 data \(OpenJPEG\)/);
-  await assert.rejects(decodeFrame("1.2.840.10008.1.2.4.201", junk, d), /Cannot decode HTJ2K data \(OpenJPH\)/);
+  await assert.rejects(
+    decodeFrame("1.2.840.10008.1.2.4.80", junk, d),
+    /Cannot decode JPEG-LS data \(CharLS\)/,
+  );
+  await assert.rejects(
+    decodeFrame("1.2.840.10008.1.2.4.90", junk, d),
+    /Cannot decode JPEG 2000 data \(OpenJPEG\)/,
+  );
+  await assert.rejects(
+    decodeFrame("1.2.840.10008.1.2.4.201", junk, d),
+    /Cannot decode HTJ2K data \(OpenJPH\)/,
+  );
   await assert.rejects(decodeFrame("1.2.840.10008.1.2.4.100", junk, d), RangeError);
   // The codecs still work after a failure (a trapped WASM instance is replaced).
   const pixels = Uint8Array.from({ length: 64 }, (_, i) => i * 3);
-  const j2k = await encodeJ2k(pixels, { width: 8, height: 8, components: 1, bitsPerSample: 8, signed: false });
+  const j2k = await encodeJ2k(pixels, {
+    width: 8,
+    height: 8,
+    components: 1,
+    bitsPerSample: 8,
+    signed: false,
+  });
   const frame = await decodeFrame("1.2.840.10008.1.2.4.90", j2k, d);
   assert.deepEqual(frame.bytes, pixels);
 });
@@ -336,7 +383,8 @@ Deno.test("decodedFrame() refuses frames above the size bound with 413 and frame
   const item = await instance(await Deno.readFile(new URL("htj2k_lossless_ct.dcm", TESTDATA)), "ct");
   await assert.rejects(
     decodedFrame(item.header, item.frames[0], { pool: inline, maxFrameBytes: 1000 }),
-    (e: unknown) => e instanceof HttpError && e.status === 413 && /Frame too large to decode: 128×128×1/.test(e.message),
+    (e: unknown) =>
+      e instanceof HttpError && e.status === 413 && /Frame too large to decode: 128×128×1/.test(e.message),
   );
   const ok = await decodedFrame(item.header, item.frames[0], { pool: inline });
   assert.equal(ok.bytes.length, 128 * 128 * 2);
@@ -359,7 +407,9 @@ Deno.test("CodecPool decodes in workers like inline decoding, in parallel, and s
     for (const item of items) {
       for (const data of item.frames) {
         const ts = item.header.transferSyntaxUid;
-        jobs.push(Promise.all([pool.decode(ts, data, item.description), inline.decode(ts, data, item.description)]));
+        jobs.push(
+          Promise.all([pool.decode(ts, data, item.description), inline.decode(ts, data, item.description)]),
+        );
       }
     }
     for (const [worker, local] of await Promise.all(jobs)) {
@@ -371,7 +421,11 @@ Deno.test("CodecPool decodes in workers like inline decoding, in parallel, and s
       pool.decode("1.2.840.10008.1.2.4.90", new Uint8Array(20), items[0].description),
       (e: unknown) => e instanceof SyntaxError && /OpenJPEG/.test((e as Error).message),
     );
-    const again = await pool.decode(items[0].header.transferSyntaxUid, items[0].frames[0], items[0].description);
+    const again = await pool.decode(
+      items[0].header.transferSyntaxUid,
+      items[0].frames[0],
+      items[0].description,
+    );
     assert.equal(again.bytes.length, 128 * 128 * 2);
   } finally {
     pool.close();
@@ -382,7 +436,14 @@ Deno.test("decodeInstance() writes an Explicit VR Little Endian instance with th
   if (!await prerequisites(t, { corpus: true, dcmtk: true })) return;
   const dir = await Deno.makeTempDir({ prefix: "decode-test-" });
   try {
-    for (const name of ["SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_rle_2frame.dcm", "MR_small_jp2klossless.dcm", "JPGExtended.dcm"]) {
+    for (
+      const name of [
+        "SC_rgb_jpeg_dcmtk.dcm",
+        "SC_rgb_rle_2frame.dcm",
+        "MR_small_jp2klossless.dcm",
+        "JPGExtended.dcm",
+      ]
+    ) {
       await t.step(name, async () => {
         const path = new URL(name, CORPUS).pathname;
         const source = await instance(await Deno.readFile(path), name);
@@ -392,7 +453,11 @@ Deno.test("decodeInstance() writes an Explicit VR Little Endian instance with th
         assert.equal(back.frames.length, source.frames.length);
         assert.equal(back.header.pixelData?.encapsulated, false);
         for (let n = 1; n <= source.frames.length; n++) {
-          const frame = await decodeFrame(source.header.transferSyntaxUid, source.frames[n - 1], source.description);
+          const frame = await decodeFrame(
+            source.header.transferSyntaxUid,
+            source.frames[n - 1],
+            source.description,
+          );
           assert.deepEqual(back.frames[n - 1], frame.bytes, `${name} frame ${n}`);
         }
         const lossy = LOSSY_SYNTAXES.has(source.header.transferSyntaxUid);
@@ -408,7 +473,9 @@ Deno.test("decodeInstance() writes an Explicit VR Little Endian instance with th
           if (tag === 0x7fe00010 || tag === 0x00280004 || tag === 0x00280006 || tag === 0x00282110) continue;
           const copy = back.header.dataset.elements.get(tag);
           assert.ok(copy, `${name}: element ${tag.toString(16)} kept`);
-          if (value.bytes) assert.deepEqual(copy.bytes, value.bytes, `${name}: element ${tag.toString(16)} value`);
+          if (value.bytes) {
+            assert.deepEqual(copy.bytes, value.bytes, `${name}: element ${tag.toString(16)} value`);
+          }
         }
       });
     }

@@ -35,7 +35,19 @@ async function startS3rver(dir: string, port: number, bucket: string): Promise<F
     await (await startS3()).stop(); // installs tools/node_modules the way the other tests do
   }
   const child = new Deno.Command("node", {
-    args: ["--openssl-legacy-provider", S3RVER_BIN.pathname, "--directory", dir, "--address", "127.0.0.1", "--port", String(port), "--silent", "--configure-bucket", bucket],
+    args: [
+      "--openssl-legacy-provider",
+      S3RVER_BIN.pathname,
+      "--directory",
+      dir,
+      "--address",
+      "127.0.0.1",
+      "--port",
+      String(port),
+      "--silent",
+      "--configure-bucket",
+      bucket,
+    ],
     stdin: "null",
     stdout: "piped",
     stderr: "null",
@@ -178,7 +190,11 @@ class TcpProxy {
 /** Sockets this process has open (Linux: `ls -l /proc/PID/fd`; Deno itself needs --allow-all for /proc/self/fd), or -1. */
 async function openSockets(): Promise<number> {
   try {
-    const out = await new Deno.Command("ls", { args: ["-l", `/proc/${Deno.pid}/fd`], stdout: "piped", stderr: "null" }).output();
+    const out = await new Deno.Command("ls", {
+      args: ["-l", `/proc/${Deno.pid}/fd`],
+      stdout: "piped",
+      stderr: "null",
+    }).output();
     if (!out.success) return -1;
     return new TextDecoder().decode(out.stdout).split("\n").filter((line) => line.includes("socket:")).length;
   } catch {
@@ -208,9 +224,18 @@ Deno.test("faults: S3 killed, cut off and slow; clients gone mid-response; the s
   const upstreamHost = external ? new URL(externalS3!.endpoint).hostname : "127.0.0.1";
   const proxy = new TcpProxy({ hostname: upstreamHost, port: upstreamPort });
   proxy.start();
-  const store = new S3Store({ endpoint: proxy.endpoint, region: "us-east-1", forcePathStyle: true, credentials, requestTimeout: 15_000 });
+  const store = new S3Store({
+    endpoint: proxy.endpoint,
+    region: "us-east-1",
+    forcePathStyle: true,
+    credentials,
+    requestTimeout: 15_000,
+  });
   const observed = observe(store);
-  const { handler, guard } = securedHandler(observed, { AETS: `${AET}=${bucket}`, RESPONSE_TIMEOUT_MS: "20000" });
+  const { handler, guard } = securedHandler(observed, {
+    AETS: `${AET}=${bucket}`,
+    RESPONSE_TIMEOUT_MS: "20000",
+  });
   const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, handler);
   const base = `http://127.0.0.1:${server.addr.port}`;
   let faults = 0;
@@ -228,17 +253,30 @@ Deno.test("faults: S3 killed, cut off and slow; clients gone mid-response; the s
   const objects = new Map<string, Uint8Array>();
   const big = "2.25.8001";
   for (let i = 1; i <= 24; i++) {
-    objects.set(`${big}/${big}.1/${big}.1.${i}.dcm`, buildInstance({ study: big, series: `${big}.1`, sop: `${big}.1.${i}`, pixelBytes: 1 << 20 }));
+    objects.set(
+      `${big}/${big}.1/${big}.1.${i}.dcm`,
+      buildInstance({ study: big, series: `${big}.1`, sop: `${big}.1.${i}`, pixelBytes: 1 << 20 }),
+    );
   }
   const small = "2.25.8002";
   for (let i = 1; i <= 4; i++) {
-    objects.set(`${small}/${small}.1/${small}.1.${i}.dcm`, buildInstance({ study: small, series: `${small}.1`, sop: `${small}.1.${i}`, pixelBytes: 4096 }));
+    objects.set(
+      `${small}/${small}.1/${small}.1.${i}.dcm`,
+      buildInstance({ study: small, series: `${small}.1`, sop: `${small}.1.${i}`, pixelBytes: 4096 }),
+    );
   }
   const verifyAll = async () => {
     for (const [key, bytes] of objects) {
       const [study, series, file] = key.split("/");
-      const response = await get(`/aets/${AET}/studies/${study}/series/${series}/instances/${file.slice(0, -4)}`, { headers: { accept: DICOM } });
-      assert.equal(response.status, 200, `${key}: ${new TextDecoder().decode(response.bytes.subarray(0, 200))}`);
+      const response = await get(
+        `/aets/${AET}/studies/${study}/series/${series}/instances/${file.slice(0, -4)}`,
+        { headers: { accept: DICOM } },
+      );
+      assert.equal(
+        response.status,
+        200,
+        `${key}: ${new TextDecoder().decode(response.bytes.subarray(0, 200))}`,
+      );
       const parts = parseMultipart(response.bytes, boundaryOf(response.headers.get("content-type"))).parts;
       assert.equal(await md5(parts[0].body), await md5(bytes), `${key} byte-exact`);
     }
@@ -253,7 +291,8 @@ Deno.test("faults: S3 killed, cut off and slow; clients gone mid-response; the s
     });
 
     await t.step({
-      name: "s3rver killed mid-response: truncated transfer, 503 while down, back on the same port and folder",
+      name:
+        "s3rver killed mid-response: truncated transfer, 503 while down, back on the same port and folder",
       ignore: external,
       fn: async () => {
         const response = await fetch(`${base}/aets/${AET}/studies/${big}`, { headers: { accept: DICOM } });
@@ -312,45 +351,69 @@ Deno.test("faults: S3 killed, cut off and slow; clients gone mid-response; the s
       await verifyAll();
     });
 
-    await t.step("S3 slow: requests still complete; a short RESPONSE_TIMEOUT_MS answers 504, the server stays up", async () => {
-      proxy.delayMs = 5;
-      faults++;
-      const started = performance.now();
-      const meta = await get(`/aets/${AET}/studies/${small}/metadata`);
-      assert.equal(meta.status, 200);
-      const study = await get(`/aets/${AET}/studies/${big}/series/${big}.1/instances/${big}.1.1`, { headers: { accept: DICOM } });
-      assert.equal(study.status, 200);
-      console.log(`slow S3 (${proxy.delayMs} ms per ${proxy.pieceBytes / 1024} KiB): metadata + 1 MiB instance in ${(performance.now() - started).toFixed(0)} ms`);
-      proxy.delayMs = 400;
-      const impatient = securedHandler(observed, { AETS: `${AET}=${bucket}`, RESPONSE_TIMEOUT_MS: "150" }).handler;
-      requests++;
-      const timedOut = await impatient(new Request(`${base}/aets/${AET}/studies/${big}/series/${big}.1/instances/${big}.1.2/metadata`));
-      assert.equal(timedOut.status, 504);
-      assert.match((await timedOut.json()).error, /Timed out after 150 ms/);
-      assert.equal((await get("/healthz")).status, 200);
-      proxy.delayMs = 0;
-      await eventually(() => observed.openBodies() === 0, 30_000, "the late response's reads to be released");
-    });
-
-    await t.step("20 clients disconnect mid-response from a slow S3: reads, slots and sockets are released", async () => {
-      proxy.delayMs = 2;
-      faults++;
-      const aborted = await Promise.all(Array.from({ length: 20 }, async () => {
-        const controller = new AbortController();
+    await t.step(
+      "S3 slow: requests still complete; a short RESPONSE_TIMEOUT_MS answers 504, the server stays up",
+      async () => {
+        proxy.delayMs = 5;
+        faults++;
+        const started = performance.now();
+        const meta = await get(`/aets/${AET}/studies/${small}/metadata`);
+        assert.equal(meta.status, 200);
+        const study = await get(`/aets/${AET}/studies/${big}/series/${big}.1/instances/${big}.1.1`, {
+          headers: { accept: DICOM },
+        });
+        assert.equal(study.status, 200);
+        console.log(
+          `slow S3 (${proxy.delayMs} ms per ${proxy.pieceBytes / 1024} KiB): metadata + 1 MiB instance in ${
+            (performance.now() - started).toFixed(0)
+          } ms`,
+        );
+        proxy.delayMs = 400;
+        const impatient =
+          securedHandler(observed, { AETS: `${AET}=${bucket}`, RESPONSE_TIMEOUT_MS: "150" }).handler;
         requests++;
-        const response = await fetch(`${base}/aets/${AET}/studies/${big}`, { headers: { accept: DICOM }, signal: controller.signal });
-        const reader = response.body!.getReader();
-        await reader.read();
-        controller.abort();
-        await reader.cancel().catch(() => {});
-        return response.status;
-      }));
-      assert.deepEqual([...new Set(aborted)], [200]);
-      await eventually(() => observed.openBodies() === 0, 30_000, "store bodies to be released");
-      if (guard) await eventually(() => guard.limiter.active() === 0, 10_000, "limiter slots to be released");
-      proxy.delayMs = 0;
-      assert.equal((await get(`/aets/${AET}/studies/${small}/metadata`)).status, 200, "still serving");
-    });
+        const timedOut = await impatient(
+          new Request(`${base}/aets/${AET}/studies/${big}/series/${big}.1/instances/${big}.1.2/metadata`),
+        );
+        assert.equal(timedOut.status, 504);
+        assert.match((await timedOut.json()).error, /Timed out after 150 ms/);
+        assert.equal((await get("/healthz")).status, 200);
+        proxy.delayMs = 0;
+        await eventually(
+          () => observed.openBodies() === 0,
+          30_000,
+          "the late response's reads to be released",
+        );
+      },
+    );
+
+    await t.step(
+      "20 clients disconnect mid-response from a slow S3: reads, slots and sockets are released",
+      async () => {
+        proxy.delayMs = 2;
+        faults++;
+        const aborted = await Promise.all(Array.from({ length: 20 }, async () => {
+          const controller = new AbortController();
+          requests++;
+          const response = await fetch(`${base}/aets/${AET}/studies/${big}`, {
+            headers: { accept: DICOM },
+            signal: controller.signal,
+          });
+          const reader = response.body!.getReader();
+          await reader.read();
+          controller.abort();
+          await reader.cancel().catch(() => {});
+          return response.status;
+        }));
+        assert.deepEqual([...new Set(aborted)], [200]);
+        await eventually(() => observed.openBodies() === 0, 30_000, "store bodies to be released");
+        if (guard) {
+          await eventually(() => guard.limiter.active() === 0, 10_000, "limiter slots to be released");
+        }
+        proxy.delayMs = 0;
+        assert.equal((await get(`/aets/${AET}/studies/${small}/metadata`)).status, 200, "still serving");
+      },
+    );
 
     await t.step("no stored data lost", async () => {
       await verifyAll();
@@ -369,11 +432,16 @@ Deno.test("faults: S3 killed, cut off and slow; clients gone mid-response; the s
     const socketsAfter = await openSockets();
     console.log(
       `faults summary: ${faults} faults injected, ${requests} requests, ${proxy.connections} S3 connections through the proxy, ` +
-        `sockets ${socketsBefore} before / ${socketsAfter} after, RSS ${(Deno.memoryUsage().rss / 1024 / 1024).toFixed(0)} MiB, ` +
+        `sockets ${socketsBefore} before / ${socketsAfter} after, RSS ${
+          (Deno.memoryUsage().rss / 1024 / 1024).toFixed(0)
+        } MiB, ` +
         `${failures.length} failures`,
     );
     if (socketsBefore >= 0 && failures.length === 0) {
-      assert.ok(socketsAfter <= socketsBefore + 2, `sockets left open: ${socketsBefore} before, ${socketsAfter} after`);
+      assert.ok(
+        socketsAfter <= socketsBefore + 2,
+        `sockets left open: ${socketsBefore} before, ${socketsAfter} after`,
+      );
     }
   }
 });

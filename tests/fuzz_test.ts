@@ -26,13 +26,27 @@ for (const name of TARGET_NAMES) {
     reports.push(report);
     console.log(
       `fuzz ${name}: ${report.tried} inputs from ${report.seeds} seeds in ${report.seconds} s, ` +
-        `${report.failures.length} failures, peak RSS ${report.peakRssMb} MiB${report.hang ? `, HANG at input ${report.hang.index}` : ""}`,
+        `${report.failures.length} failures, peak RSS ${report.peakRssMb} MiB${
+          report.hang ? `, HANG at input ${report.hang.index}` : ""
+        }`,
     );
     for (const failure of report.failures.slice(0, 5)) {
-      console.log(`  input ${failure.index} (${failure.length} bytes, first bytes ${failure.preview.slice(0, 120)}):\n  ${failure.error.replaceAll("\n", "\n  ")}`);
+      console.log(
+        `  input ${failure.index} (${failure.length} bytes, first bytes ${
+          failure.preview.slice(0, 120)
+        }):\n  ${failure.error.replaceAll("\n", "\n  ")}`,
+      );
     }
-    assert.equal(report.hang, undefined, `input ${report.hang?.index} ran over ${PER_INPUT_MS} ms (rebuild it with inputAt("${name}", ${SEED}, ${report.hang?.index}))`);
-    assert.deepEqual(report.failures.map((f) => f.index), [], `unexpected errors; rebuild an input with inputAt("${name}", ${SEED}, index)`);
+    assert.equal(
+      report.hang,
+      undefined,
+      `input ${report.hang?.index} ran over ${PER_INPUT_MS} ms (rebuild it with inputAt("${name}", ${SEED}, ${report.hang?.index}))`,
+    );
+    assert.deepEqual(
+      report.failures.map((f) => f.index),
+      [],
+      `unexpected errors; rebuild an input with inputAt("${name}", ${SEED}, index)`,
+    );
     assert.ok(report.tried > 0);
     assert.ok(report.peakRssMb < 2048, `RSS reached ${report.peakRssMb} MiB`);
   });
@@ -73,7 +87,12 @@ async function jail(): Promise<Jail> {
   }
   await Deno.writeTextFile(`${outside}/passwd`, SECRET);
   await Deno.writeTextFile(`${root}/.catalog.sqlite`, SECRET);
-  const mine = buildInstance({ study: "2.25.1", series: "2.25.1.1", sop: "2.25.1.1.1", patientName: "Visible^Ok" });
+  const mine = buildInstance({
+    study: "2.25.1",
+    series: "2.25.1.1",
+    sop: "2.25.1.1.1",
+    patientName: "Visible^Ok",
+  });
   await Deno.mkdir(`${root}/pacs/2.25.1/2.25.1.1`, { recursive: true });
   await Deno.writeFile(`${root}/pacs/2.25.1/2.25.1.1/2.25.1.1.1.dcm`, mine);
   return { root, outside, store: new FileStore(root), close: () => Deno.remove(top, { recursive: true }) };
@@ -97,13 +116,42 @@ Deno.test("path injection: traversal in AETs, UIDs, frames and bulkdata paths ne
     for (const aets of [undefined, "PACS=pacs"]) {
       const config = parseConfig(aets ? { AETS: aets } : {});
       const handler = createHandler(
-        { config, store: j.store, aets: new AetRegistry(j.store, { configured: config.aets }), capabilities: { reEncode: true } },
+        {
+          config,
+          store: j.store,
+          aets: new AetRegistry(j.store, { configured: config.aets }),
+          capabilities: { reEncode: true },
+        },
         { log: () => {} },
       );
-      const aetsTried = ["..", "%2e%2e", "..%2Foutside", "..%2F..%2Foutside", "pacs%2F..%2Fother", "%2E%2E%5Coutside", ".", "other%00", "..%252F"];
-      const uids = ["..", "%2e%2e", "..%2F..%2F..%2Foutside%2F1.2.3", "1.2.3%2F..%2F..", "1.2.3%00", "1.2.3%5C..", "%2F1.2.3", "1.2.3/../../1.2.3"];
+      const aetsTried = [
+        "..",
+        "%2e%2e",
+        "..%2Foutside",
+        "..%2F..%2Foutside",
+        "pacs%2F..%2Fother",
+        "%2E%2E%5Coutside",
+        ".",
+        "other%00",
+        "..%252F",
+      ];
+      const uids = [
+        "..",
+        "%2e%2e",
+        "..%2F..%2F..%2Foutside%2F1.2.3",
+        "1.2.3%2F..%2F..",
+        "1.2.3%00",
+        "1.2.3%5C..",
+        "%2F1.2.3",
+        "1.2.3/../../1.2.3",
+      ];
       const paths: string[] = [];
-      for (const aet of aetsTried) paths.push(`/aets/${aet}/studies/1.2.3`, `/aets/${aet}/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/metadata`);
+      for (const aet of aetsTried) {
+        paths.push(
+          `/aets/${aet}/studies/1.2.3`,
+          `/aets/${aet}/studies/1.2.3/series/1.2.3.4/instances/1.2.3.4.5/metadata`,
+        );
+      }
       for (const uid of uids) {
         paths.push(
           `/aets/pacs/studies/${uid}`,
@@ -115,16 +163,29 @@ Deno.test("path injection: traversal in AETs, UIDs, frames and bulkdata paths ne
           `/aets/pacs/studies?StudyInstanceUID=${uid}`,
         );
       }
-      const accepts = ['multipart/related; type="application/dicom"; transfer-syntax=*', "application/dicom+json", "application/octet-stream"];
+      const accepts = [
+        'multipart/related; type="application/dicom"; transfer-syntax=*',
+        "application/dicom+json",
+        "application/octet-stream",
+      ];
       for (const path of paths) {
         for (const accept of accepts) {
-          const response = await handler(new Request(`http://127.0.0.1${path}`, { headers: { accept, "x-forwarded-host": "../..", host: "..%2F" } }));
+          const response = await handler(
+            new Request(`http://127.0.0.1${path}`, {
+              headers: { accept, "x-forwarded-host": "../..", host: "..%2F" },
+            }),
+          );
           const body = new TextDecoder("latin1").decode(await response.arrayBuffer());
-          assert.ok(!body.includes(SECRET), `${path} (${accept}) returned data from outside the bucket: ${response.status}`);
+          assert.ok(
+            !body.includes(SECRET),
+            `${path} (${accept}) returned data from outside the bucket: ${response.status}`,
+          );
           assert.ok(response.status < 500, `${path}: ${response.status} ${body.slice(0, 200)}`);
         }
       }
-      const visible = await handler(new Request(`http://127.0.0.1/aets/${aets ? "PACS" : "pacs"}/studies/2.25.1/metadata`));
+      const visible = await handler(
+        new Request(`http://127.0.0.1/aets/${aets ? "PACS" : "pacs"}/studies/2.25.1/metadata`),
+      );
       assert.equal(visible.status, 200, "the legitimate object is still served");
       assert.match(await visible.text(), /Visible\^Ok/);
       const list = await (await handler(new Request("http://127.0.0.1/aets"))).json();
@@ -161,7 +222,9 @@ Deno.test("key injection: FileStore refuses keys and buckets that would leave it
         const text = result === null || result === undefined ? "" : JSON.stringify(result);
         assert.ok(!text.includes(SECRET), `${what} reached outside data`);
         if (result && typeof result === "object" && "body" in result) {
-          const bytes = new TextDecoder("latin1").decode(await new Response((result as { body: ReadableStream }).body).arrayBuffer());
+          const bytes = new TextDecoder("latin1").decode(
+            await new Response((result as { body: ReadableStream }).body).arrayBuffer(),
+          );
           assert.ok(!bytes.includes(SECRET), `${what} read a file outside its bucket`);
         }
         return "ok";
@@ -177,20 +240,37 @@ Deno.test("key injection: FileStore refuses keys and buckets that would leave it
     for (const key of badKeys) {
       outcomes.push(await attempt(`get ${key}`, () => j.store.get("pacs", key)));
       outcomes.push(await attempt(`head ${key}`, () => j.store.head("pacs", key)));
-      outcomes.push(await attempt(`put ${key}`, () => j.store.put("pacs", key, new TextEncoder().encode("pwned"))));
+      outcomes.push(
+        await attempt(`put ${key}`, () => j.store.put("pacs", key, new TextEncoder().encode("pwned"))),
+      );
       outcomes.push(await attempt(`delete ${key}`, () => j.store.delete("pacs", key)));
-      outcomes.push(await attempt(`list ${key}`, async () => await Array.fromAsync(j.store.list("pacs", key))));
+      outcomes.push(
+        await attempt(`list ${key}`, async () => await Array.fromAsync(j.store.list("pacs", key))),
+      );
     }
     for (const bucket of badBuckets) {
-      outcomes.push(await attempt(`bucket ${bucket} get`, () => j.store.get(bucket, "1.2.3/1.2.3.4/1.2.3.4.5.dcm")));
-      outcomes.push(await attempt(`bucket ${bucket} put`, () => j.store.put(bucket, "9.9/9.9.9/9.9.9.9.dcm", new Uint8Array(4))));
-      outcomes.push(await attempt(`bucket ${bucket} list`, async () => await Array.fromAsync(j.store.list(bucket, ""))));
+      outcomes.push(
+        await attempt(`bucket ${bucket} get`, () => j.store.get(bucket, "1.2.3/1.2.3.4/1.2.3.4.5.dcm")),
+      );
+      outcomes.push(
+        await attempt(
+          `bucket ${bucket} put`,
+          () => j.store.put(bucket, "9.9/9.9.9/9.9.9.9.dcm", new Uint8Array(4)),
+        ),
+      );
+      outcomes.push(
+        await attempt(`bucket ${bucket} list`, async () => await Array.fromAsync(j.store.list(bucket, ""))),
+      );
       outcomes.push(await attempt(`bucket ${bucket} check`, () => j.store.check(bucket)));
     }
     assert.deepEqual(await tree(j.outside), before, "nothing written or deleted outside the data folder");
     const written = (await tree(j.root)).filter((p) => p.includes("pwned") || /9\.9\.9\.9/.test(p));
     assert.deepEqual(written, [], "no bad key was written anywhere");
-    console.log(`key injection: ${outcomes.length} attempts, ${outcomes.filter((o) => o === "refused").length} refused, none escaped`);
+    console.log(
+      `key injection: ${outcomes.length} attempts, ${
+        outcomes.filter((o) => o === "refused").length
+      } refused, none escaped`,
+    );
   } finally {
     await j.close();
   }
@@ -200,7 +280,12 @@ Deno.test("STOW-RS: UIDs with odd characters inside stored files cannot choose w
   const j = await jail();
   try {
     const config = parseConfig({ AETS: "PACS=pacs" });
-    const services = { config, store: j.store, aets: new AetRegistry(j.store, { configured: config.aets }), capabilities: { reEncode: true } };
+    const services = {
+      config,
+      store: j.store,
+      aets: new AetRegistry(j.store, { configured: config.aets }),
+      capabilities: { reEncode: true },
+    };
     let handler = createHandler(services, { log: () => {} });
     const probe = await handler(new Request("http://127.0.0.1/aets/PACS/studies", { method: "POST" }));
     await probe.body?.cancel();
@@ -208,7 +293,9 @@ Deno.test("STOW-RS: UIDs with odd characters inside stored files cannot choose w
       // The route is shadowed (or missing): call the STOW-RS handler itself with the params the router would give.
       const { stowHandler } = await import("../lib/stow.ts");
       const stow = stowHandler(services);
-      console.log(`POST /aets/PACS/studies answers ${probe.status} through the router: testing stowHandler directly`);
+      console.log(
+        `POST /aets/PACS/studies answers ${probe.status} through the router: testing stowHandler directly`,
+      );
       handler = async (request: Request) => {
         const url = new URL(request.url);
         const m = /^\/aets\/([^/]+)\/studies(?:\/([^/]+))?$/.exec(url.pathname)!;
@@ -239,7 +326,14 @@ Deno.test("STOW-RS: UIDs with odd characters inside stored files cannot choose w
       ])
     );
     const body = concat([...parts, new TextEncoder().encode(`--${boundary}--\r\n`)]);
-    for (const path of ["/aets/PACS/studies", "/aets/PACS/studies/1.2.3", "/aets/PACS/studies/..%2F..%2Foutside", "/aets/..%2Fother/studies"]) {
+    for (
+      const path of [
+        "/aets/PACS/studies",
+        "/aets/PACS/studies/1.2.3",
+        "/aets/PACS/studies/..%2F..%2Foutside",
+        "/aets/..%2Fother/studies",
+      ]
+    ) {
       const response = await handler(
         new Request(`http://127.0.0.1${path}`, {
           method: "POST",
@@ -249,10 +343,17 @@ Deno.test("STOW-RS: UIDs with odd characters inside stored files cannot choose w
       );
       const text = await response.text();
       assert.ok(response.status < 500, `${path}: ${response.status} ${text.slice(0, 300)}`);
-      assert.ok(response.status !== 200, `${path}: none of these instances may be stored: ${text.slice(0, 300)}`);
+      assert.ok(
+        response.status !== 200,
+        `${path}: none of these instances may be stored: ${text.slice(0, 300)}`,
+      );
     }
     assert.deepEqual(await tree(j.outside), before.outside, "nothing written outside the data folder");
-    assert.deepEqual(await tree(`${j.root}/other`), before.other, "nothing written into another AET's bucket");
+    assert.deepEqual(
+      await tree(`${j.root}/other`),
+      before.other,
+      "nothing written into another AET's bucket",
+    );
     for (const path of await tree(`${j.root}/pacs`)) {
       assert.match(path, /^[0-9.]+\/[0-9.]+\/[0-9.]+\.dcm$/, `stored under a bad key: ${path}`);
     }
@@ -265,7 +366,9 @@ Deno.test("fuzz summary", () => {
   const tried = reports.reduce((n, r) => n + r.tried, 0);
   const failures = reports.reduce((n, r) => n + r.failures.length + (r.hang ? 1 : 0), 0);
   console.log(
-    `fuzz summary: ${tried} inputs fuzzed over ${reports.length} targets (${reports.map((r) => `${r.target} ${r.tried}`).join(", ")}), ` +
+    `fuzz summary: ${tried} inputs fuzzed over ${reports.length} targets (${
+      reports.map((r) => `${r.target} ${r.tried}`).join(", ")
+    }), ` +
       `seed ${SEED}, ${failures} failures`,
   );
 });

@@ -4,7 +4,7 @@
  * instance retrieval, and QIDO-RS search and STOW-RS store when they are routed, for a fixed number of
  * requests. Zero errors; prints p50/p99 per kind and the peak RSS. No timing is asserted.
  *
- * `LOAD_REQUESTS` (default 2000) and `LOAD_CLIENTS` (default 200) change the run.
+ * `LOAD_REQUESTS` (default 1200) and `LOAD_CLIENTS` (default 200) change the run.
  */
 
 import assert from "node:assert/strict";
@@ -15,7 +15,7 @@ import { openTestCatalog, securedHandler } from "./_jwks.ts";
 import { boundaryOf, parseMultipart } from "./_multipart_parser.ts";
 import { startS3 } from "./_s3server.ts";
 
-const REQUESTS = Number(Deno.env.get("LOAD_REQUESTS") ?? 2000);
+const REQUESTS = Number(Deno.env.get("LOAD_REQUESTS") ?? 1200);
 const CLIENTS = Number(Deno.env.get("LOAD_CLIENTS") ?? 200);
 const AET = "LOAD";
 const DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*';
@@ -47,11 +47,17 @@ Deno.test(`load: ${CLIENTS} concurrent clients, ${REQUESTS} mixed requests again
       for (let i = 1; i <= 8; i++) {
         const series = `${study}.${s}`;
         const sop = `${series}.${i}`;
-        objects.set(`${study}/${series}/${sop}.dcm`, buildInstance({ study, series, sop, pixelBytes: 64 * 1024 }));
+        objects.set(
+          `${study}/${series}/${sop}.dcm`,
+          buildInstance({ study, series, sop, pixelBytes: 64 * 1024 }),
+        );
       }
     }
     const multi = { study, series: `${study}.9`, sop: `${study}.9.1` };
-    objects.set(`${study}/${multi.series}/${multi.sop}.dcm`, buildInstance({ ...multi, frames: 16, pixelBytes: 32 * 1024 }));
+    objects.set(
+      `${study}/${multi.series}/${multi.sop}.dcm`,
+      buildInstance({ ...multi, frames: 16, pixelBytes: 32 * 1024 }),
+    );
     for (const [key, bytes] of objects) await store.put(bucket, key, bytes, { size: bytes.length });
 
     const tokens = await Promise.all([1, 2, 3, 4].map(() => makeToken()));
@@ -74,10 +80,21 @@ Deno.test(`load: ${CLIENTS} concurrent clients, ${REQUESTS} mixed requests again
     await stowProbe.body?.cancel();
     const qido = qidoProbe.status === 200;
     const stow = stowProbe.status !== 405 && stowProbe.status !== 404;
-    console.log(`routes: QIDO-RS ${qido ? "on" : `off (${qidoProbe.status})`}, STOW-RS ${stow ? "on" : `off (${stowProbe.status})`}`);
+    console.log(
+      `routes: QIDO-RS ${qido ? "on" : `off (${qidoProbe.status})`}, STOW-RS ${
+        stow ? "on" : `off (${stowProbe.status})`
+      }`,
+    );
 
     type Kind = "series-metadata" | "instance-metadata" | "frames" | "instance" | "search" | "store";
-    const kinds: Kind[] = ["series-metadata", "instance-metadata", "frames", "frames", "instance", "instance"];
+    const kinds: Kind[] = [
+      "series-metadata",
+      "instance-metadata",
+      "frames",
+      "frames",
+      "instance",
+      "instance",
+    ];
     if (qido) kinds.push("search");
     if (stow) kinds.push("store");
     const keys = [...objects.keys()].filter((k) => !k.includes(`/${multi.series}/`));
@@ -104,7 +121,9 @@ Deno.test(`load: ${CLIENTS} concurrent clients, ${REQUESTS} mixed requests again
           url = `${base}/studies/${study}/series/${series}/instances/${sop}/metadata`;
           break;
         case "frames":
-          url = `${base}/studies/${study}/series/${multi.series}/instances/${multi.sop}/frames/${1 + (n % 16)}`;
+          url = `${base}/studies/${study}/series/${multi.series}/instances/${multi.sop}/frames/${
+            1 + (n % 16)
+          }`;
           init.headers = { ...auth(client), accept: OCTET };
           break;
         case "instance":
@@ -125,7 +144,10 @@ Deno.test(`load: ${CLIENTS} concurrent clients, ${REQUESTS} mixed requests again
           url = `${base}/studies`;
           init.method = "POST";
           init.body = body as Uint8Array<ArrayBuffer>;
-          init.headers = { ...auth(client), "content-type": `multipart/related; type="application/dicom"; boundary=${boundary}` };
+          init.headers = {
+            ...auth(client),
+            "content-type": `multipart/related; type="application/dicom"; boundary=${boundary}`,
+          };
           break;
         }
       }
@@ -133,20 +155,26 @@ Deno.test(`load: ${CLIENTS} concurrent clients, ${REQUESTS} mixed requests again
         const response = await fetch(url, init);
         const bytes = new Uint8Array(await response.arrayBuffer());
         if (response.status !== 200) {
-          errors.push(`${kind} ${url}: ${response.status} ${new TextDecoder().decode(bytes.subarray(0, 200))}`);
+          errors.push(
+            `${kind} ${url}: ${response.status} ${new TextDecoder().decode(bytes.subarray(0, 200))}`,
+          );
           return;
         }
         if (kind === "instance") {
           const parts = parseMultipart(bytes, boundaryOf(response.headers.get("content-type"))).parts;
           const expected = objects.get(key)!;
-          if (parts.length !== 1 || parts[0].body.length !== expected.length || parts[0].body[200] !== expected[200]) {
+          if (
+            parts.length !== 1 || parts[0].body.length !== expected.length ||
+            parts[0].body[200] !== expected[200]
+          ) {
             errors.push(`${kind} ${url}: wrong bytes`);
           }
         } else if (kind.endsWith("metadata") || kind === "search") {
           const json = JSON.parse(new TextDecoder().decode(bytes));
           if (!Array.isArray(json) || json.length === 0) errors.push(`${kind} ${url}: ${json}`);
-        } else if (kind === "frames" && bytes.length < 32 * 1024) errors.push(`${kind} ${url}: ${bytes.length} bytes`);
-        else if (kind === "store") stored++;
+        } else if (kind === "frames" && bytes.length < 32 * 1024) {
+          errors.push(`${kind} ${url}: ${bytes.length} bytes`);
+        } else if (kind === "store") stored++;
         latencies.set(kind, [...(latencies.get(kind) ?? []), performance.now() - started]);
       } catch (error) {
         errors.push(`${kind} ${url}: ${(error as Error).message}`);
@@ -167,12 +195,20 @@ Deno.test(`load: ${CLIENTS} concurrent clients, ${REQUESTS} mixed requests again
     const all = [...latencies.values()].flat().sort((a, b) => a - b);
     for (const [kind, list] of [...latencies].sort()) {
       list.sort((a, b) => a - b);
-      console.log(`  ${kind.padEnd(18)} ${String(list.length).padStart(5)} req  p50 ${percentile(list, 50).toFixed(1).padStart(7)} ms  p99 ${percentile(list, 99).toFixed(1).padStart(7)} ms`);
+      console.log(
+        `  ${kind.padEnd(18)} ${String(list.length).padStart(5)} req  p50 ${
+          percentile(list, 50).toFixed(1).padStart(7)
+        } ms  p99 ${percentile(list, 99).toFixed(1).padStart(7)} ms`,
+      );
     }
     console.log(
       `load summary: ${REQUESTS} requests from ${CLIENTS} concurrent clients in ${seconds.toFixed(1)} s ` +
-        `(${(REQUESTS / seconds).toFixed(0)} req/s), p50 ${percentile(all, 50).toFixed(1)} ms, p99 ${percentile(all, 99).toFixed(1)} ms, ` +
-        `peak RSS ${(peakRss / 1024 / 1024).toFixed(0)} MiB (server and clients in one process), ${errors.length} failures`,
+        `(${(REQUESTS / seconds).toFixed(0)} req/s), p50 ${percentile(all, 50).toFixed(1)} ms, p99 ${
+          percentile(all, 99).toFixed(1)
+        } ms, ` +
+        `peak RSS ${
+          (peakRss / 1024 / 1024).toFixed(0)
+        } MiB (server and clients in one process), ${errors.length} failures`,
     );
     for (const e of errors.slice(0, 10)) console.log(`  ${e}`);
     assert.deepEqual(errors.slice(0, 10), [], `${errors.length} requests failed`);

@@ -73,7 +73,11 @@ function trickyBodies(boundary: string): Uint8Array[] {
 Deno.test("parseMediaType()", async (t) => {
   await t.step("reads quoted and unquoted parameters alike, names and types lower-cased", () => {
     const a = parseMediaType('Multipart/Related; Type="application/dicom"; boundary="a b;c"');
-    assert.deepEqual(a, { type: "multipart", subtype: "related", params: { type: "application/dicom", boundary: "a b;c" } });
+    assert.deepEqual(a, {
+      type: "multipart",
+      subtype: "related",
+      params: { type: "application/dicom", boundary: "a b;c" },
+    });
     const b = parseMediaType("multipart/related;type=application/dicom;boundary=xyz; transfer-syntax=*");
     assert.deepEqual(b.params, { type: "application/dicom", boundary: "xyz", "transfer-syntax": "*" });
   });
@@ -83,7 +87,18 @@ Deno.test("parseMediaType()", async (t) => {
   });
 
   await t.step("throws a SyntaxError for malformed values", () => {
-    for (const bad of ["", "multipart", "multipart/", "/related", "a/b; =x", "a/b; x", 'a/b; x="open', 'a/b; x="v" junk']) {
+    for (
+      const bad of [
+        "",
+        "multipart",
+        "multipart/",
+        "/related",
+        "a/b; =x",
+        "a/b; x",
+        'a/b; x="open',
+        'a/b; x="v" junk',
+      ]
+    ) {
       assert.throws(() => parseMediaType(bad), SyntaxError, bad);
     }
   });
@@ -97,9 +112,12 @@ Deno.test("readMultipart()", async (t) => {
       body,
     }));
     parts.push({ headers: { "Content-Type": "application/dicom" }, body: randomBytes(70_000, 7) });
-    const bytes = await readAll(multipartStream((async function* () {
-      yield* parts;
-    })(), boundary));
+    const bytes = await readAll(multipartStream(
+      (async function* () {
+        yield* parts;
+      })(),
+      boundary,
+    ));
     const expected = parseMultipart(bytes, boundary).parts;
     for (const sizes of [[1], [2], [3], [7, 1], [boundary.length + 3], [4096], [65536], [bytes.length]]) {
       const got = await readParts(chunked(bytes, sizes), boundary);
@@ -111,24 +129,37 @@ Deno.test("readMultipart()", async (t) => {
     }
   });
 
-  await t.step("handles a preamble, transport padding, a part without headers, folded headers and an epilogue", async () => {
-    const text = "preamble\r\n--b  \t\r\nContent-Type: application/dicom;\r\n transfer-syntax=1.2.840.10008.1.2.1\r\n\r\none" +
-      "\r\n--b\r\n\r\ntwo\r\n--b--\r\nepilogue --b\r\n";
-    for (const sizes of [[1], [5], [1000]]) {
-      const got = await readParts(chunked(encoder.encode(text), sizes), "b");
-      assert.equal(got.length, 2);
-      assert.equal(new TextDecoder().decode(got[0].body), "one");
-      assert.equal(got[0].headers["content-type"], "application/dicom; transfer-syntax=1.2.840.10008.1.2.1");
-      assert.deepEqual(got[1].headers, {});
-      assert.equal(new TextDecoder().decode(got[1].body), "two");
-    }
-  });
+  await t.step(
+    "handles a preamble, transport padding, a part without headers, folded headers and an epilogue",
+    async () => {
+      const text =
+        "preamble\r\n--b  \t\r\nContent-Type: application/dicom;\r\n transfer-syntax=1.2.840.10008.1.2.1\r\n\r\none" +
+        "\r\n--b\r\n\r\ntwo\r\n--b--\r\nepilogue --b\r\n";
+      for (const sizes of [[1], [5], [1000]]) {
+        const got = await readParts(chunked(encoder.encode(text), sizes), "b");
+        assert.equal(got.length, 2);
+        assert.equal(new TextDecoder().decode(got[0].body), "one");
+        assert.equal(
+          got[0].headers["content-type"],
+          "application/dicom; transfer-syntax=1.2.840.10008.1.2.1",
+        );
+        assert.deepEqual(got[1].headers, {});
+        assert.equal(new TextDecoder().decode(got[1].body), "two");
+      }
+    },
+  );
 
   await t.step("skips a body that is not read or is cancelled half way", async () => {
     const boundary = "sep";
     const bodies = [randomBytes(100_000, 1), randomBytes(100_000, 2), encoder.encode("last")];
     const bytes = concat([
-      ...bodies.flatMap((b) => [encoder.encode(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`), b, encoder.encode("\r\n")]),
+      ...bodies.flatMap((
+        b,
+      ) => [
+        encoder.encode(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`),
+        b,
+        encoder.encode("\r\n"),
+      ]),
       encoder.encode(`--${boundary}--`),
     ]);
     const seen: string[] = [];
@@ -164,17 +195,32 @@ Deno.test("readMultipart()", async (t) => {
     await assert.rejects(iterator.next(), /connection reset/);
   });
 
-  await t.step("rejects a body whose boundary never occurs, bad headers, oversized headers, a bad boundary", async () => {
-    await assert.rejects(readParts(chunked(encoder.encode("no parts here"), [3]), "b"), /never occurs/);
-    await assert.rejects(readParts(chunked(encoder.encode("--b\r\nno colon\r\n\r\nx\r\n--b--"), [3]), "b"), /bad header line/);
-    const long = encoder.encode(`--b\r\nX: ${"a".repeat(20_000)}\r\n\r\nx\r\n--b--`);
-    await assert.rejects(readParts(chunked(long, [1000]), "b"), /exceed/);
-    await assert.rejects(readParts(chunked(encoder.encode("--b\r\nX: 1\r\n"), [3]), "b"), /inside the headers/);
-    await assert.rejects(readParts(chunked(encoder.encode("--bjunk\r\n\r\nx\r\n--b--"), [3]), "b"), /not followed by CRLF/);
-    await assert.rejects(readParts(chunked(encoder.encode("x"), [1]), "x".repeat(71)), /Invalid multipart boundary/);
-    // zero parts is well-formed
-    assert.deepEqual(await readParts(chunked(encoder.encode("--b--\r\n"), [2]), "b"), []);
-  });
+  await t.step(
+    "rejects a body whose boundary never occurs, bad headers, oversized headers, a bad boundary",
+    async () => {
+      await assert.rejects(readParts(chunked(encoder.encode("no parts here"), [3]), "b"), /never occurs/);
+      await assert.rejects(
+        readParts(chunked(encoder.encode("--b\r\nno colon\r\n\r\nx\r\n--b--"), [3]), "b"),
+        /bad header line/,
+      );
+      const long = encoder.encode(`--b\r\nX: ${"a".repeat(20_000)}\r\n\r\nx\r\n--b--`);
+      await assert.rejects(readParts(chunked(long, [1000]), "b"), /exceed/);
+      await assert.rejects(
+        readParts(chunked(encoder.encode("--b\r\nX: 1\r\n"), [3]), "b"),
+        /inside the headers/,
+      );
+      await assert.rejects(
+        readParts(chunked(encoder.encode("--bjunk\r\n\r\nx\r\n--b--"), [3]), "b"),
+        /not followed by CRLF/,
+      );
+      await assert.rejects(
+        readParts(chunked(encoder.encode("x"), [1]), "x".repeat(71)),
+        /Invalid multipart boundary/,
+      );
+      // zero parts is well-formed
+      assert.deepEqual(await readParts(chunked(encoder.encode("--b--\r\n"), [2]), "b"), []);
+    },
+  );
 
   await t.step("passes a large part through in chunks no bigger than the source's", async () => {
     const boundary = randomBoundary();

@@ -25,6 +25,8 @@ import { type CorpusFile, sharedCorpus } from "./_corpus.ts";
 import { startS3 } from "./_s3server.ts";
 
 const AET = "OHIF";
+/** A second AET (bucket) holding only the CT study: the same-origin viewer has a data source for each. */
+const OTHER_AET = "OTHER";
 const ARTIFACTS = new URL("../.artifacts/ohif/", import.meta.url);
 const TOKEN = "e2e-token-123";
 const CI = Deno.env.get("CI") === "true";
@@ -123,95 +125,136 @@ Deno.test("ohifAppConfig() makes one DICOMweb data source per AET, the first the
   assert.equal(ds.supportsWildcard, true);
 });
 
-Deno.test({
-  name: "viewer routes: off by default; with VIEWER, /viewer/ serves OHIF rewritten for its path",
-  ignore: missing !== undefined && !CI,
-  async fn() {
-    if (missing) throw new Error(`Cannot run the viewer route test: ${missing}`);
-    const store = new FileStore(await Deno.makeTempDir({ prefix: "viewer-off-" }));
-    const off = createHandler(
-      {
-        config: parseConfig({ AETS: AET }),
-        store,
-        aets: new AetRegistry(store),
-        capabilities: { reEncode: false },
-      },
-      { log: () => {} },
-    );
-    const none = await off(new Request("http://localhost/viewer/"));
-    await none.body?.cancel();
-    assert.equal(none.status, 404, "no /viewer/ unless VIEWER is set");
+/** A miniature OHIF `dist/` with the absolute references the real one has. */
+async function fakeDist(): Promise<string> {
+  const root = await Deno.makeTempDir({ prefix: "viewer-dist-" });
+  const dist = `${root}/dist`;
+  await Deno.mkdir(`${dist}/assets`, { recursive: true });
+  const files: Record<string, string> = {
+    "index.html": '<html><head><meta name="msapplication-TileImage" content="/assets/tile.png">' +
+      '<script>window.PUBLIC_URL="/"</script><link rel="manifest" href="/manifest.json">' +
+      '<script src="/app-config.js"></script><script defer src="/app.bundle.0123456789abcdef.js"></script>' +
+      '<link href="/app.bundle.css" rel="stylesheet"></head><body><div id="root"></div></body></html>',
+    "app.bundle.0123456789abcdef.js":
+      'console.log("a");\n__webpack_require__.p = "/";\nconsole.log("/keep");',
+    "app.bundle.css": "@font-face{src:url(/abcdef.woff2)}",
+    "manifest.json": '{"icons": [{"src": "/assets/icon.png"}], "start_url": "./index.html"}',
+    "app-config.js": "window.config = { stale: true };",
+  };
+  for (const [name, text] of Object.entries(files)) await Deno.writeTextFile(`${dist}/${name}`, text);
+  await Deno.writeFile(`${dist}/codec.wasm`, new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0]));
+  return dist;
+}
 
-    const config = parseConfig({
-      AETS: `${AET},OTHER`,
-      BASE_PATH: "/dicomweb",
-      VIEWER: OHIF_DIST_DIR.pathname,
-    });
-    assert.ok("viewer" in config, "lib/config.ts reads VIEWER (see the report's change)");
-    const handler = createHandler(
-      {
-        config,
-        store,
-        aets: new AetRegistry(store, { configured: config.aets }),
-        capabilities: { reEncode: false },
-      },
-      { log: () => {} },
-    );
-    const get = (path: string, headers: HeadersInit = {}) =>
-      handler(new Request(`http://127.0.0.1:8080${path}`, { headers }));
-    const redirect = await get("/dicomweb/viewer");
-    assert.equal(redirect.status, 301);
-    assert.equal(redirect.headers.get("location"), "/dicomweb/viewer/");
+Deno.test("viewer routes: none unless VIEWER is set; then /viewer/ serves OHIF rewritten for its path", async () => {
+  const store = new FileStore(await Deno.makeTempDir({ prefix: "viewer-data-" }));
+  const off = createHandler(
+    {
+      config: parseConfig({ AETS: AET }),
+      store,
+      aets: new AetRegistry(store),
+      capabilities: { reEncode: false },
+    },
+    { log: () => {} },
+  );
+  const none = await off(new Request("http://localhost/viewer/"));
+  await none.body?.cancel();
+  assert.equal(none.status, 404, "no /viewer/ unless VIEWER is set");
 
-    const index = await get("/dicomweb/viewer/");
-    assert.equal(index.status, 200);
-    assert.match(index.headers.get("content-type")!, /^text\/html/);
-    const html = await index.text();
-    assert.match(html, /window\.PUBLIC_URL="\/dicomweb\/viewer\/"/);
-    assert.match(html, /src="\/dicomweb\/viewer\/app-config\.js"/);
-    assert.doesNotMatch(html, /(src|href)="\/(?!dicomweb\/viewer\/)/, "no reference left at the root");
+  const dist = await fakeDist();
+  const config = parseConfig({ AETS: `${AET},OTHER`, BASE_PATH: "/dicomweb", VIEWER: dist });
+  assert.ok("viewer" in config, "lib/config.ts reads VIEWER");
+  const handler = createHandler(
+    {
+      config,
+      store,
+      aets: new AetRegistry(store, { configured: config.aets }),
+      capabilities: { reEncode: false },
+    },
+    { log: () => {} },
+  );
+  const get = (path: string, headers: HeadersInit = {}) =>
+    handler(new Request(`http://127.0.0.1:8080${path}`, { headers }));
 
-    const route = await get("/dicomweb/viewer/viewer?StudyInstanceUIDs=1.2.3");
-    assert.equal(route.status, 200, "app routes get index.html");
-    assert.match(await route.text(), /<div id="root">/);
+  const redirect = await get("/dicomweb/viewer");
+  assert.equal(redirect.status, 301);
+  assert.equal(redirect.headers.get("location"), "/dicomweb/viewer/");
 
-    const appConfig = await (await get("/dicomweb/viewer/app-config.js")).text();
-    assert.match(appConfig, /"routerBasename": "\/dicomweb\/viewer"/);
-    assert.match(appConfig, /"qidoRoot": "http:\/\/127\.0\.0\.1:8080\/dicomweb\/aets\/OHIF"/);
-    assert.match(appConfig, /"qidoRoot": "http:\/\/127\.0\.0\.1:8080\/dicomweb\/aets\/OTHER"/);
+  const index = await get("/dicomweb/viewer/");
+  assert.equal(index.status, 200);
+  assert.match(index.headers.get("content-type")!, /^text\/html/);
+  const html = await index.text();
+  assert.match(html, /window\.PUBLIC_URL="\/dicomweb\/viewer\/"/);
+  assert.match(html, /src="\/dicomweb\/viewer\/app-config\.js"/);
+  assert.match(html, /content="\/dicomweb\/viewer\/assets\/tile\.png"/);
+  assert.doesNotMatch(html, /(src|href|content)="\/(?!dicomweb\/viewer\/)/, "no reference left at the root");
 
-    const bundleName = html.match(/src="\/dicomweb\/viewer\/(app\.bundle\.[0-9a-f]+\.js)"/)?.[1];
-    assert.ok(bundleName, "index.html names the app bundle");
-    const bundle = await get(`/dicomweb/viewer/${bundleName}`);
-    assert.match(bundle.headers.get("content-type")!, /^text\/javascript/);
-    const etag = bundle.headers.get("etag")!;
-    assert.ok((await bundle.text()).includes('__webpack_require__.p = "/dicomweb/viewer/";'));
-    const again = await get(`/dicomweb/viewer/${bundleName}`, { "if-none-match": etag });
-    assert.equal(again.status, 304);
+  const route = await get("/dicomweb/viewer/viewer?StudyInstanceUIDs=1.2.3");
+  assert.equal(route.status, 200, "app routes get index.html");
+  assert.match(await route.text(), /<div id="root">/);
 
-    const wasm = [...Deno.readDirSync(OHIF_DIST_DIR)].find((e) => e.name.endsWith(".wasm"))!.name;
-    const wasmResponse = await get(`/dicomweb/viewer/${wasm}`);
-    assert.equal(wasmResponse.headers.get("content-type"), "application/wasm");
-    assert.equal(
-      Number(wasmResponse.headers.get("content-length")),
-      (await wasmResponse.arrayBuffer()).byteLength,
-    );
+  const appConfig = await get("/dicomweb/viewer/app-config.js");
+  assert.equal(appConfig.headers.get("cache-control"), "no-store");
+  const js = await appConfig.text();
+  assert.doesNotMatch(js, /stale/, "app-config.js is generated, not the file");
+  assert.match(js, /"routerBasename": "\/dicomweb\/viewer"/);
+  assert.match(js, /"qidoRoot": "http:\/\/127\.0\.0\.1:8080\/dicomweb\/aets\/OHIF"/);
+  assert.match(js, /"qidoRoot": "http:\/\/127\.0\.0\.1:8080\/dicomweb\/aets\/OTHER"/);
 
-    for (
-      const bad of [
-        "/dicomweb/viewer/../deno.json",
-        "/dicomweb/viewer/%2e%2e/package.json",
-        "/dicomweb/viewer/.x",
-      ]
-    ) {
-      const response = await get(bad);
-      await response.body?.cancel();
-      assert.ok([400, 404].includes(response.status), `${bad}: ${response.status}`);
-    }
-    const absent = await get("/dicomweb/viewer/nope.js");
-    await absent.body?.cancel();
-    assert.equal(absent.status, 404);
-  },
+  const bundle = await get("/dicomweb/viewer/app.bundle.0123456789abcdef.js");
+  assert.match(bundle.headers.get("content-type")!, /^text\/javascript/);
+  const etag = bundle.headers.get("etag")!;
+  assert.equal(
+    await bundle.text(),
+    'console.log("a");\n__webpack_require__.p = "/dicomweb/viewer/";\nconsole.log("/keep");',
+    "webpack's public path moved, other strings untouched",
+  );
+  const again = await get("/dicomweb/viewer/app.bundle.0123456789abcdef.js", { "if-none-match": etag });
+  assert.equal(again.status, 304);
+  await again.body?.cancel();
+  assert.equal(
+    await (await get("/dicomweb/viewer/app.bundle.css")).text(),
+    "@font-face{src:url(/dicomweb/viewer/abcdef.woff2)}",
+  );
+  assert.match(
+    await (await get("/dicomweb/viewer/manifest.json")).text(),
+    /"src": "\/dicomweb\/viewer\/assets\/icon\.png"/,
+  );
+
+  const wasm = await get("/dicomweb/viewer/codec.wasm");
+  assert.equal(wasm.headers.get("content-type"), "application/wasm");
+  assert.equal(wasm.headers.get("content-length"), "8");
+  assert.equal((await wasm.arrayBuffer()).byteLength, 8);
+
+  // Nothing outside the dist folder: "%2e%2e" segments are resolved by URL parsing, "%2F" ones are refused.
+  for (
+    const bad of [
+      "/dicomweb/viewer/%2e%2e/%2e%2e/deno.json",
+      "/dicomweb/viewer/..%2F..%2Fdeno.json",
+      "/dicomweb/viewer/.x",
+    ]
+  ) {
+    const response = await get(bad);
+    await response.body?.cancel();
+    assert.ok([400, 404].includes(response.status), `${bad}: ${response.status}`);
+  }
+  const absent = await get("/dicomweb/viewer/nope.js");
+  await absent.body?.cancel();
+  assert.equal(absent.status, 404);
+  await Deno.remove(dist.slice(0, -"/dist".length), { recursive: true });
+
+  const notInstalled = createHandler(
+    {
+      config: parseConfig({ AETS: AET, VIEWER: "/nonexistent/dist" }),
+      store,
+      aets: new AetRegistry(store),
+      capabilities: { reEncode: false },
+    },
+    { log: () => {} },
+  );
+  const missingOhif = await notInstalled(new Request("http://localhost/viewer/"));
+  assert.equal(missingOhif.status, 503);
+  assert.match(await missingOhif.text(), /deno task viewer:install/);
 });
 
 // --- the browser test -----------------------------------------------------------------------------
@@ -226,14 +269,18 @@ interface LoggedRequest {
 }
 
 /** The DICOMweb server (with VIEWER on and its catalog crawled), recording every request it answers. */
-async function serveDicomweb(store: S3Store, bucket: string) {
-  const config = parseConfig({ PORT: "0", AETS: `${AET}=${bucket}`, VIEWER: OHIF_DIST_DIR.pathname });
+async function serveDicomweb(store: S3Store, bucket: string, other: string) {
+  const config = parseConfig({
+    PORT: "0",
+    AETS: `${AET}=${bucket},${OTHER_AET}=${other}`,
+    VIEWER: OHIF_DIST_DIR.pathname,
+  });
   const aets = new AetRegistry(store, { configured: config.aets });
   const logs: string[] = [];
   const log = (line: string) => logs.push(line);
   const catalog = await openSqliteCatalog(":memory:", { bulkDataThreshold: config.bulkDataThreshold, log });
   const crawler = crawlerFor(catalog, { store, aets, log, bulkDataThreshold: config.bulkDataThreshold });
-  await crawler.crawl(AET, { waitForInstances: true }); // as the server does at start
+  await crawler.crawlAll({ waitForInstances: true }); // as the server does at start
   const handler = createHandler({ config, store, aets, capabilities: { reEncode: true }, catalog }, { log });
   const requests: LoggedRequest[] = [];
   const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (request) => {
@@ -379,7 +426,7 @@ async function waitForImage(page: Page, what: string): Promise<void> {
 /** Everything a setup must show: the list, a filter, and every study's first image. */
 async function exercise(
   page: Page,
-  options: { setup: string; viewerBase: string; dicomweb: string; token?: string },
+  options: { setup: string; viewerBase: string; dicomweb: string; token?: string; open: string[] },
 ): Promise<{ events: PageEvents[]; timings: string }> {
   const { setup, viewerBase } = options;
   const events: PageEvents[] = [];
@@ -414,8 +461,8 @@ async function exercise(
   await shot(`03-opened-${first.name}`);
   events.push(await page.events());
 
-  // Every study by its URL, as links from other systems open them.
-  for (const [i, study] of STUDIES.entries()) {
+  // Studies by their URL, as links from other systems open them.
+  for (const [i, study] of STUDIES.filter((s) => options.open.includes(s.name)).entries()) {
     const token = options.token ? `&token=${options.token}` : "";
     await page.goto(`${viewerBase}/viewer?StudyInstanceUIDs=${studyUid(study)}${token}`);
     await waitForImage(page, `${setup}: ${study.name}`);
@@ -478,7 +525,13 @@ Deno.test({
           await store.put(bucket, file.key, file.bytes, { size: file.bytes.length });
         }
       }
-      dicomweb = await serveDicomweb(store, bucket);
+      const other = s3.uniqueBucket("ohif-other");
+      await s3.createBucket(other);
+      for (const name of STUDIES[0].files) {
+        const file = corpus.find((f) => f.name === name)!;
+        await store.put(other, file.key, file.bytes, { size: file.bytes.length });
+      }
+      dicomweb = await serveDicomweb(store, bucket, other);
       elsewhere = serveOhifElsewhere(dicomweb.url);
       browser = await launchBrowser();
       const timings: string[] = [`setup ${((performance.now() - started) / 1000).toFixed(1)} s`];
@@ -492,6 +545,7 @@ Deno.test({
           viewerBase: elsewhere!.url,
           dicomweb: dicomweb!.url,
           token: TOKEN,
+          open: STUDIES.map((s) => s.name),
         });
         await page.close();
         const count = checkEvents(events, dicomweb!.url, "cross-origin");
@@ -529,8 +583,24 @@ Deno.test({
           setup: "same-origin",
           viewerBase: `${dicomweb!.url}/viewer`,
           dicomweb: dicomweb!.url,
+          // The same server code answers both setups: here a few studies suffice (the 3-minute budget).
+          open: ["mr", "jpeg-rgb", "multiframe"],
         });
+        // One data source per AET: ?datasources= picks the other bucket.
+        await page.goto(`${dicomweb!.url}/viewer/?datasources=${OTHER_AET}`);
+        checkRows(await rowsOf(page, 1), [STUDIES[0]]);
+        await page.waitForFunction(IDLE);
+        await page.screenshot(
+          new URL(`same-origin-${OTHER_AET.toLowerCase()}-study-list.png`, ARTIFACTS).pathname,
+        );
+        events.push(await page.events());
         await page.close();
+        assert.ok(
+          events.at(-1)!.responses.some((r) =>
+            r.url.startsWith(`${dicomweb!.url}/aets/${OTHER_AET}/studies?`)
+          ),
+          `the study list of ${OTHER_AET} came from /aets/${OTHER_AET}`,
+        );
         const count = checkEvents(events, dicomweb!.url, "same-origin");
         const requests = dicomweb!.requests.slice(before);
         assert.ok(

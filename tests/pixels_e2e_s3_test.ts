@@ -33,7 +33,9 @@ function instancePath(key: string): string {
 function bulkUris(json: DicomJson, out: string[] = []): string[] {
   for (const attr of Object.values(json)) {
     if (attr.BulkDataURI) out.push(attr.BulkDataURI);
-    if (attr.vr === "SQ" && Array.isArray(attr.Value)) for (const item of attr.Value) bulkUris(item as DicomJson, out);
+    if (attr.vr === "SQ" && Array.isArray(attr.Value)) {
+      for (const item of attr.Value) bulkUris(item as DicomJson, out);
+    }
   }
   return out;
 }
@@ -41,7 +43,9 @@ function bulkUris(json: DicomJson, out: string[] = []): string[] {
 function elementAt(dataset: DicomDataset, path: string): DicomElement {
   const parts = path.split("/");
   let ds = dataset;
-  for (let i = 0; i < parts.length - 1; i += 2) ds = ds.elements.get(parseInt(parts[i], 16))!.items![Number(parts[i + 1])];
+  for (let i = 0; i < parts.length - 1; i += 2) {
+    ds = ds.elements.get(parseInt(parts[i], 16))!.items![Number(parts[i + 1])];
+  }
   return ds.elements.get(parseInt(parts.at(-1)!, 16))!;
 }
 
@@ -52,7 +56,13 @@ async function parts(response: Response): Promise<{ headers: Record<string, stri
 }
 
 async function malformedFiles(): Promise<CorpusFile[]> {
-  const names = ["MR_truncated.dcm", "rtplan_truncated.dcm", "badVR.dcm", "no_meta.dcm", "meta_missing_tsyntax.dcm"];
+  const names = [
+    "MR_truncated.dcm",
+    "rtplan_truncated.dcm",
+    "badVR.dcm",
+    "no_meta.dcm",
+    "meta_missing_tsyntax.dcm",
+  ];
   const out: CorpusFile[] = [];
   for (const [i, name] of names.entries()) {
     try {
@@ -63,12 +73,21 @@ async function malformedFiles(): Promise<CorpusFile[]> {
   return out;
 }
 
-async function suite(t: Deno.TestContext, make: () => Promise<{ store: ObjectStore; bucket: string; cleanup(): Promise<void> }>) {
+async function suite(
+  t: Deno.TestContext,
+  make: () => Promise<{ store: ObjectStore; bucket: string; cleanup(): Promise<void> }>,
+) {
   const multiframe: CorpusFile = {
     key: "2.25.300/2.25.300.1/2.25.300.1.1.dcm",
     name: "built 96-frame cine",
     transferSyntax: "1.2.840.10008.1.2.1",
-    bytes: buildInstance({ study: "2.25.300", series: "2.25.300.1", sop: "2.25.300.1.1", frames: 96, pixelBytes: 64 * 64 * 2 }),
+    bytes: buildInstance({
+      study: "2.25.300",
+      series: "2.25.300.1",
+      sop: "2.25.300.1.1",
+      frames: 96,
+      pixelBytes: 64 * 64 * 2,
+    }),
   };
   const all = [...await sharedCorpus(), ...builtCorpus(), multiframe];
   const broken = await malformedFiles();
@@ -88,7 +107,13 @@ async function suite(t: Deno.TestContext, make: () => Promise<{ store: ObjectSto
   const config = parseConfig({ AETS: `${AET}=${bucket}` });
   const headers = new HeaderCache();
   const handler = createHandler(
-    { config, store: observed, aets: new AetRegistry(observed, { configured: config.aets }), capabilities: { reEncode: true }, headers },
+    {
+      config,
+      store: observed,
+      aets: new AetRegistry(observed, { configured: config.aets }),
+      capabilities: { reEncode: true },
+      headers,
+    },
     { log: () => {} },
   );
   const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, handler);
@@ -103,7 +128,9 @@ async function suite(t: Deno.TestContext, make: () => Promise<{ store: ObjectSto
         assert.match(response.headers.get("content-type")!, /^application\/dicom\+json/);
         const expected = toDicomJson(full.get(f.key)!, {
           bulkDataUri: (path, el) =>
-            el.bytes && el.bytes.byteLength <= 1024 && path !== "7FE00010" ? undefined : `${url}/bulkdata/${path}`,
+            el.bytes && el.bytes.byteLength <= 1024 && path !== "7FE00010"
+              ? undefined
+              : `${url}/bulkdata/${path}`,
         });
         assert.equal(text.trim(), `[${stringifyDicomJson(expected)}]`, f.name);
       }
@@ -114,7 +141,10 @@ async function suite(t: Deno.TestContext, make: () => Promise<{ store: ObjectSto
       for (const f of files) {
         const url = base + instancePath(f.key);
         const [json] = await (await fetch(`${url}/metadata`)).json() as DicomJson[];
-        const loaded = await parseObject(f.bytes, f.name, { bulkThreshold: Infinity, textBulkThreshold: Infinity });
+        const loaded = await parseObject(f.bytes, f.name, {
+          bulkThreshold: Infinity,
+          textBulkThreshold: Infinity,
+        });
         for (const uri of bulkUris(json)) {
           const path = uri.slice(`${url}/bulkdata/`.length);
           const header = full.get(f.key)!;
@@ -123,15 +153,24 @@ async function suite(t: Deno.TestContext, make: () => Promise<{ store: ObjectSto
             assert.equal(got.length, frameCount(header), `${f.name}: one part per frame`);
             continue;
           }
-          const el = path === "7FE00010" && !elementAt(loaded.dataset, path)?.bytes ? undefined : elementAt(loaded.dataset, path);
-          const value = el?.bytes ?? f.bytes.subarray(header.pixelData!.offset, header.pixelData!.offset + header.pixelData!.length);
+          const el = path === "7FE00010" && !elementAt(loaded.dataset, path)?.bytes
+            ? undefined
+            : elementAt(loaded.dataset, path);
+          const value = el?.bytes ??
+            f.bytes.subarray(header.pixelData!.offset, header.pixelData!.offset + header.pixelData!.length);
           const expected = toLittleEndian(value, el?.vr ?? header.pixelData!.vr, header.littleEndian);
           const single = await fetch(uri, { headers: { accept: "application/octet-stream" } });
           assert.equal(single.status, 200, `${f.name} ${path}`);
-          assert.equal(await md5(new Uint8Array(await single.arrayBuffer())), await md5(expected), `${f.name} ${path}`);
+          assert.equal(
+            await md5(new Uint8Array(await single.arrayBuffer())),
+            await md5(expected),
+            `${f.name} ${path}`,
+          );
           const multi = await parts(await fetch(uri));
           assert.equal(await md5(multi[0].body), await md5(expected), `${f.name} ${path} (multipart)`);
-          const ranged = await fetch(uri, { headers: { accept: "application/octet-stream", range: "bytes=2-9" } });
+          const ranged = await fetch(uri, {
+            headers: { accept: "application/octet-stream", range: "bytes=2-9" },
+          });
           assert.equal(ranged.status, 206, `${f.name} ${path} (${expected.length} bytes)`);
           assert.equal(ranged.headers.get("content-range"), `bytes 2-9/${expected.length}`);
           assert.deepEqual(new Uint8Array(await ranged.arrayBuffer()), expected.subarray(2, 10));
@@ -168,7 +207,10 @@ async function suite(t: Deno.TestContext, make: () => Promise<{ store: ObjectSto
           }
           const expected = plan.extract ? plan.extract(raw) : raw;
           assert.equal(await md5(got[n - 1].body), await md5(expected), `${f.name} frame ${n}`);
-          assert.match(got[n - 1].headers["content-type"], new RegExp(`^${plan.mediaType.replace("/", "\\/")}; transfer-syntax=`));
+          assert.match(
+            got[n - 1].headers["content-type"],
+            new RegExp(`^${plan.mediaType.replace("/", "\\/")}; transfer-syntax=`),
+          );
         }
       }
     });
@@ -186,11 +228,13 @@ async function suite(t: Deno.TestContext, make: () => Promise<{ store: ObjectSto
 
     await t.step("frame errors: 0, past the end, not a number, no pixel data", async () => {
       const url = base + instancePath(multiframe.key);
-      for (const [path, status, message] of [
-        ["frames/0", 400, /out of range: this instance has frames 1-96/],
-        ["frames/97", 400, /out of range: this instance has frames 1-96/],
-        ["frames/1,x", 400, /Invalid frame list/],
-      ] as const) {
+      for (
+        const [path, status, message] of [
+          ["frames/0", 400, /out of range: this instance has frames 1-96/],
+          ["frames/97", 400, /out of range: this instance has frames 1-96/],
+          ["frames/1,x", 400, /Invalid frame list/],
+        ] as const
+      ) {
         const response = await fetch(`${url}/${path}`);
         assert.equal(response.status, status, path);
         assert.match((await response.json()).error, message);
@@ -215,26 +259,51 @@ async function suite(t: Deno.TestContext, make: () => Promise<{ store: ObjectSto
       assert.ok(study && series);
     });
 
-    await t.step("ILE, EBE and deflated instances come out as Explicit VR Little Endian with equal values", async () => {
-      for (const f of files.filter((f) => RE_ENCODABLE.has(f.transferSyntax))) {
-        const response = await fetch(base + instancePath(f.key), { headers: { accept: 'multipart/related; type="application/dicom"' } });
-        const [part] = await parts(response);
-        assert.equal(part.headers["content-type"], "application/dicom; transfer-syntax=1.2.840.10008.1.2.1", f.name);
-        const back = await parseObject(part.body, f.name, { bulkThreshold: Infinity, textBulkThreshold: Infinity });
-        const source = await parseObject(f.bytes, f.name, { bulkThreshold: Infinity, textBulkThreshold: Infinity });
-        assert.equal(back.transferSyntaxUid, "1.2.840.10008.1.2.1");
-        assert.equal(stringifyDicomJson(toDicomJson(back)), stringifyDicomJson(toDicomJson(source)), f.name);
-      }
-    });
+    await t.step(
+      "ILE, EBE and deflated instances come out as Explicit VR Little Endian with equal values",
+      async () => {
+        for (const f of files.filter((f) => RE_ENCODABLE.has(f.transferSyntax))) {
+          const response = await fetch(base + instancePath(f.key), {
+            headers: { accept: 'multipart/related; type="application/dicom"' },
+          });
+          const [part] = await parts(response);
+          assert.equal(
+            part.headers["content-type"],
+            "application/dicom; transfer-syntax=1.2.840.10008.1.2.1",
+            f.name,
+          );
+          const back = await parseObject(part.body, f.name, {
+            bulkThreshold: Infinity,
+            textBulkThreshold: Infinity,
+          });
+          const source = await parseObject(f.bytes, f.name, {
+            bulkThreshold: Infinity,
+            textBulkThreshold: Infinity,
+          });
+          assert.equal(back.transferSyntaxUid, "1.2.840.10008.1.2.1");
+          assert.equal(
+            stringifyDicomJson(toDicomJson(back)),
+            stringifyDicomJson(toDicomJson(source)),
+            f.name,
+          );
+        }
+      },
+    );
 
-    await t.step("compressed instances without a transfer-syntax go out as stored, with a Warning", async () => {
-      const jpeg = files.find((f) => f.transferSyntax.startsWith("1.2.840.10008.1.2.4."));
-      if (!jpeg) return;
-      const response = await fetch(base + instancePath(jpeg.key));
-      assert.match(response.headers.get("warning") ?? "", /^299 .* "instance sent in its stored transfer syntax/);
-      const [part] = await parts(response);
-      assert.equal(await md5(part.body), await md5(jpeg.bytes));
-    });
+    await t.step(
+      "compressed instances without a transfer-syntax go out as stored, with a Warning",
+      async () => {
+        const jpeg = files.find((f) => f.transferSyntax.startsWith("1.2.840.10008.1.2.4."));
+        if (!jpeg) return;
+        const response = await fetch(base + instancePath(jpeg.key));
+        assert.match(
+          response.headers.get("warning") ?? "",
+          /^299 .* "instance sent in its stored transfer syntax/,
+        );
+        const [part] = await parts(response);
+        assert.equal(await md5(part.body), await md5(jpeg.bytes));
+      },
+    );
 
     await t.step("malformed objects give a clear error and the server keeps serving", async () => {
       for (const f of broken) {
@@ -257,7 +326,11 @@ Deno.test("metadata, bulkdata and frames end to end from a local folder", async 
   await suite(t, async () => {
     const root = await Deno.makeTempDir({ prefix: "dicomweb-pixels-" });
     await Deno.mkdir(`${root}/pix`);
-    return { store: new FileStore(root), bucket: "pix", cleanup: () => Deno.remove(root, { recursive: true }) };
+    return {
+      store: new FileStore(root),
+      bucket: "pix",
+      cleanup: () => Deno.remove(root, { recursive: true }),
+    };
   });
 });
 

@@ -444,7 +444,7 @@ Deno.test("Admin: POST /admin/index starts a crawl (202), GET reports progress a
     assert.equal(body.aets[0].studies, STUDIES.length);
     assert.equal((body.aets[0].crawl as { last: { outcome: string } }).last.outcome, "complete");
     assert.deepEqual(body.failures.map((f) => f.key), ["2.25.77/2.25.77.1/2.25.77.1.1.dcm"]);
-    assert.match(body.failures[0].error, /not readable DICOM/);
+    assert.match(body.failures[0].error, /^Not readable DICOM: /);
     const bad = await admin.handler(new Request("http://localhost/admin/index?aet=NOPE", { method: "POST" }));
     assert.equal(bad.status, 404);
     await bad.body?.cancel();

@@ -95,7 +95,9 @@ async function thumbnails(data: Awaited<ReturnType<typeof dataset>>, pool: Codec
       while (next < keys.length) {
         const [study, series, file] = keys[next++].split("/");
         const response = await fetch(
-          `${base}/studies/${study}/series/${series}/instances/${file.slice(0, -4)}/thumbnail?viewport=256,256&accept=image%2Fjpeg`,
+          `${base}/studies/${study}/series/${series}/instances/${
+            file.slice(0, -4)
+          }/thumbnail?viewport=256,256&accept=image%2Fjpeg`,
           { headers: { accept: 'multipart/related; type="application/octet-stream"' } },
         );
         if (response.status !== 200) throw new Error(`${response.status}: ${await response.text()}`);
@@ -107,15 +109,20 @@ async function thumbnails(data: Awaited<ReturnType<typeof dataset>>, pool: Codec
   };
   // Warm-up: workers started, codecs compiled (one request).
   const [s, se, f] = data.keys[0].split("/");
-  await (await fetch(`${base}/studies/${s}/series/${se}/instances/${f.slice(0, -4)}/rendered?viewport=8,8`)).arrayBuffer();
+  await (await fetch(`${base}/studies/${s}/series/${se}/instances/${f.slice(0, -4)}/rendered?viewport=8,8`))
+    .arrayBuffer();
   const [bytes, cold] = await time(fetchAll);
   const [, warm] = await time(fetchAll);
   await server.shutdown();
   console.log(
     `thumbnails (${keys.length} × 512×512 CT → 256×256 JPEG, ${CLIENTS} clients, pool of ${pool.size} workers):`,
   );
-  console.log(`  cold: ${(keys.length / cold * 1000).toFixed(1)} thumbnails/s (${(cold / keys.length).toFixed(1)} ms each, ` +
-    `${(bytes / keys.length / 1024).toFixed(1)} KiB average)`);
+  console.log(
+    `  cold: ${(keys.length / cold * 1000).toFixed(1)} thumbnails/s (${
+      (cold / keys.length).toFixed(1)
+    } ms each, ` +
+      `${(bytes / keys.length / 1024).toFixed(1)} KiB average)`,
+  );
   console.log(`  warm (cached): ${(keys.length / warm * 1000).toFixed(1)} thumbnails/s`);
 }
 
@@ -124,7 +131,11 @@ async function stages(path: string) {
   const header = await parseObject(bytes, path);
   const plan = planFrame(header, 1);
   const r = plan.ranges[0];
-  const frame = await decodeFrame(header.transferSyntaxUid, bytes.slice(r.offset, r.offset + r.length), describeFrame(header));
+  const frame = await decodeFrame(
+    header.transferSyntaxUid,
+    bytes.slice(r.offset, r.offset + r.length),
+    describeFrame(header),
+  );
   const attrs = renderAttributes(header);
   const n = 50;
   const measure = async (what: string, f: () => unknown) => {
@@ -137,11 +148,17 @@ async function stages(path: string) {
   const display = toDisplay(frame, attrs, { mediaType: "image/jpeg" });
   await measure("window/level (LUT) 512×512", () => toDisplay(frame, attrs, { mediaType: "image/jpeg" }));
   const thumb = applyViewport(display, { width: 256, height: 256 });
-  await measure("resize to 256×256 (area average)", () => applyViewport(display, { width: 256, height: 256 }));
+  await measure(
+    "resize to 256×256 (area average)",
+    () => applyViewport(display, { width: 256, height: 256 }),
+  );
   await measure("JPEG 256×256 q90, libjpeg-turbo WASM", () => encodeJpeg(thumb, 90));
   const rgba = new Uint8Array(256 * 256 * 4);
   for (let i = 0; i < 256 * 256; i++) rgba.fill(thumb.pixels[i], i * 4, i * 4 + 3), rgba[i * 4 + 3] = 255;
-  await measure("JPEG 256×256 q90, jpeg-js", () => jpegJs.encode({ data: rgba, width: 256, height: 256 }, 90));
+  await measure(
+    "JPEG 256×256 q90, jpeg-js",
+    () => jpegJs.encode({ data: rgba, width: 256, height: 256 }, 90),
+  );
   await measure("JPEG 512×512 q90, libjpeg-turbo WASM", () => encodeJpeg(display, 90));
   await measure("PNG 256×256 (CompressionStream)", () => encodePng(thumb));
 }
@@ -168,7 +185,9 @@ async function transcoding(data: Awaited<ReturnType<typeof dataset>>, pool: Code
     j2k.push(encapsulatedInstance(header, [await encodeJ2k(pixels, layout)], "1.2.840.10008.1.2.4.90"));
     htj2k.push(encapsulatedInstance(header, [await encodeHtj2k(pixels, layout)], "1.2.840.10008.1.2.4.201"));
   }
-  for (const [name, series] of [["JPEG 2000 lossless (.90)", j2k], ["HTJ2K lossless (.201)", htj2k]] as const) {
+  for (
+    const [name, series] of [["JPEG 2000 lossless (.90)", j2k], ["HTJ2K lossless (.201)", htj2k]] as const
+  ) {
     await decodeInstance(series[0], "warm-up", { pool });
     const compressed = series.reduce((n, b) => n + b.length, 0);
     let next = 0;
@@ -183,8 +202,12 @@ async function transcoding(data: Awaited<ReturnType<typeof dataset>>, pool: Code
       }))
     );
     console.log(
-      `transcode ${name} → ELE, ${series.length} instances: ${(pixelBytes / 1e6 / (ms / 1000)).toFixed(1)} MB/s of pixel data ` +
-        `(${(series.length / ms * 1000).toFixed(1)} instances/s; in ${(compressed / 1e6).toFixed(1)} MB, out ${(out / 1e6).toFixed(1)} MB, ` +
+      `transcode ${name} → ELE, ${series.length} instances: ${
+        (pixelBytes / 1e6 / (ms / 1000)).toFixed(1)
+      } MB/s of pixel data ` +
+        `(${(series.length / ms * 1000).toFixed(1)} instances/s; in ${
+          (compressed / 1e6).toFixed(1)
+        } MB, out ${(out / 1e6).toFixed(1)} MB, ` +
         `ratio ${(pixelBytes / compressed).toFixed(2)}:1)`,
     );
   }
@@ -192,10 +215,16 @@ async function transcoding(data: Awaited<ReturnType<typeof dataset>>, pool: Code
 
 if (import.meta.main) {
   const data = await dataset();
-  const load = await Deno.readTextFile("/proc/loadavg").catch(() => "?");
+  const load = (() => {
+    try {
+      return Deno.loadavg().map((n) => n.toFixed(2)).join(" ");
+    } catch {
+      return "?";
+    }
+  })();
   console.log(
     `series: ${data.keys.length} instances under ${data.root}/${data.bucket}; ${navigator.hardwareConcurrency} cores, ` +
-      `load average ${load.split(" ").slice(0, 3).join(" ")}`,
+      `load average ${load}`,
   );
   const pool = new CodecPool();
   try {

@@ -42,7 +42,12 @@ async function has(command: string, args = ["--version"]): Promise<boolean> {
 }
 
 async function run(command: string, args: string[], stdin?: Uint8Array): Promise<Uint8Array> {
-  const child = new Deno.Command(command, { args, stdin: stdin ? "piped" : "null", stdout: "piped", stderr: "piped" })
+  const child = new Deno.Command(command, {
+    args,
+    stdin: stdin ? "piped" : "null",
+    stdout: "piped",
+    stderr: "piped",
+  })
     .spawn();
   if (stdin) {
     const writer = child.stdin.getWriter();
@@ -73,7 +78,9 @@ async function decodePng(png: Uint8Array): Promise<Image8> {
     } else if (type === "IDAT") idat.push(data);
     at += 12 + length;
   }
-  const stream = new Blob(idat as Uint8Array<ArrayBuffer>[]).stream().pipeThrough(new DecompressionStream("deflate"));
+  const stream = new Blob(idat as Uint8Array<ArrayBuffer>[]).stream().pipeThrough(
+    new DecompressionStream("deflate"),
+  );
   const raw = new Uint8Array(await new Response(stream).arrayBuffer());
   const stride = width * channels;
   const out = new Uint8Array(stride * height);
@@ -90,7 +97,11 @@ async function decodePng(png: Uint8Array): Promise<Image8> {
       else if (filter === 3) p = (a + b) >> 1;
       else if (filter === 4) {
         const e = a + b - c;
-        p = Math.abs(e - a) <= Math.abs(e - b) && Math.abs(e - a) <= Math.abs(e - c) ? a : Math.abs(e - b) <= Math.abs(e - c) ? b : c;
+        p = Math.abs(e - a) <= Math.abs(e - b) && Math.abs(e - a) <= Math.abs(e - c)
+          ? a
+          : Math.abs(e - b) <= Math.abs(e - c)
+          ? b
+          : c;
       }
       out[y * stride + x] = (v + p) & 0xff;
     }
@@ -130,7 +141,11 @@ async function frameOf(header: Part10Header, bytes: Uint8Array, n = 1) {
     at += r.length;
   }
   const raw = data.subarray(0, at);
-  return await decodeFrame(header.transferSyntaxUid, plan.extract ? plan.extract(raw) : raw, describeFrame(header));
+  return await decodeFrame(
+    header.transferSyntaxUid,
+    plan.extract ? plan.extract(raw) : raw,
+    describeFrame(header),
+  );
 }
 
 Deno.test("windowValue() follows PS3.3 C.11.2.1.2 for LINEAR, LINEAR_EXACT and SIGMOID", () => {
@@ -154,23 +169,50 @@ Deno.test("windowValue() follows PS3.3 C.11.2.1.2 for LINEAR, LINEAR_EXACT and S
 Deno.test("applyViewport() scales to fit keeping the aspect ratio, cuts regions and flips", () => {
   assert.deepEqual(fitViewport(512, 256, 256, 256), { width: 256, height: 128 });
   assert.deepEqual(fitViewport(64, 64, 256, 128), { width: 128, height: 128 });
-  const image: Image8 = { width: 4, height: 2, channels: 1, pixels: Uint8Array.from([0, 10, 20, 30, 40, 50, 60, 70]) };
+  const image: Image8 = {
+    width: 4,
+    height: 2,
+    channels: 1,
+    pixels: Uint8Array.from([0, 10, 20, 30, 40, 50, 60, 70]),
+  };
   // Halving averages 2×2 blocks.
   assert.deepEqual(Array.from(applyViewport(image, { width: 2, height: 1 }).pixels), [25, 45]);
   // Source region: the right half, at full size.
-  assert.deepEqual(Array.from(applyViewport(image, { width: 2, height: 2, sx: 2, sy: 0, sw: 2, sh: 2 }).pixels), [20, 30, 60, 70]);
+  assert.deepEqual(
+    Array.from(applyViewport(image, { width: 2, height: 2, sx: 2, sy: 0, sw: 2, sh: 2 }).pixels),
+    [20, 30, 60, 70],
+  );
   // Negative width flips horizontally, negative height vertically.
-  assert.deepEqual(Array.from(applyViewport(image, { width: 4, height: 2, sx: 3, sy: 0, sw: -4, sh: 2 }).pixels), [30, 20, 10, 0, 70, 60, 50, 40]);
-  assert.deepEqual(Array.from(applyViewport(image, { width: 4, height: 2, sx: 0, sy: 1, sw: 4, sh: -2 }).pixels), [40, 50, 60, 70, 0, 10, 20, 30]);
+  assert.deepEqual(
+    Array.from(applyViewport(image, { width: 4, height: 2, sx: 3, sy: 0, sw: -4, sh: 2 }).pixels),
+    [30, 20, 10, 0, 70, 60, 50, 40],
+  );
+  assert.deepEqual(
+    Array.from(applyViewport(image, { width: 4, height: 2, sx: 0, sy: 1, sw: 4, sh: -2 }).pixels),
+    [40, 50, 60, 70, 0, 10, 20, 30],
+  );
   // Upscaling is bilinear: constant images stay constant, sizes follow the viewport.
-  const up = applyViewport({ width: 2, height: 2, channels: 3, pixels: new Uint8Array(12).fill(9) }, { width: 8, height: 8 });
+  const up = applyViewport({ width: 2, height: 2, channels: 3, pixels: new Uint8Array(12).fill(9) }, {
+    width: 8,
+    height: 8,
+  });
   assert.equal(up.width, 8);
   assert.ok(up.pixels.every((v) => v === 9));
 });
 
 Deno.test("encodePng() writes PNGs that decode to the same pixels and that Python's zlib accepts", async (t) => {
-  const gray: Image8 = { width: 37, height: 21, channels: 1, pixels: Uint8Array.from({ length: 37 * 21 }, (_, i) => (i * 7) % 256) };
-  const rgb: Image8 = { width: 13, height: 9, channels: 3, pixels: Uint8Array.from({ length: 13 * 9 * 3 }, (_, i) => (i * i) % 253) };
+  const gray: Image8 = {
+    width: 37,
+    height: 21,
+    channels: 1,
+    pixels: Uint8Array.from({ length: 37 * 21 }, (_, i) => (i * 7) % 256),
+  };
+  const rgb: Image8 = {
+    width: 13,
+    height: 9,
+    channels: 3,
+    pixels: Uint8Array.from({ length: 13 * 9 * 3 }, (_, i) => (i * i) % 253),
+  };
   for (const image of [gray, rgb]) {
     const png = await encodePng(image);
     assert.deepEqual(await decodePng(png), image);
@@ -198,7 +240,10 @@ print(len(zlib.decompress(idat)))`;
 
 Deno.test("encodeJpeg() writes baseline JPEGs libjpeg-turbo decodes, large and tiny", async () => {
   for (const [w, h, channels] of [[256, 200, 1], [160, 120, 3], [3, 2, 1], [5, 4, 3]] as const) {
-    const pixels = Uint8Array.from({ length: w * h * channels }, (_, i) => 128 + Math.round(100 * Math.sin(i / 50)));
+    const pixels = Uint8Array.from(
+      { length: w * h * channels },
+      (_, i) => 128 + Math.round(100 * Math.sin(i / 50)),
+    );
     const jpeg = await encodeJpeg({ width: w, height: h, channels, pixels }, 95);
     assert.deepEqual(Array.from(jpeg.subarray(0, 2)), [0xff, 0xd8]);
     const back = await decodeJpegBaseline(jpeg);
@@ -229,7 +274,13 @@ Deno.test("renderAttributes() reads window, rescale and VOI LUT function, per fr
 });
 
 /** dcmtk renders `file`'s frame `frame` as PGM/PPM with `args`. */
-async function dcmtkRender(file: string, ts: string, args: string[], frame: number, dir: string): Promise<Image8> {
+async function dcmtkRender(
+  file: string,
+  ts: string,
+  args: string[],
+  frame: number,
+  dir: string,
+): Promise<Image8> {
   const out = `${dir}/${crypto.randomUUID()}.pnm`;
   const tool = /\.4\.8[01]$/.test(ts) ? "dcml2pnm" : /\.4\.|\.5$/.test(ts) ? "dcmj2pnm" : "dcm2pnm";
   await run(tool, ["+op", "+F", String(frame), ...args, file, out]);
@@ -288,7 +339,9 @@ Deno.test("rendered images of ../shared/dicom match dcmtk's rendering with the s
           // Default window: the file's first window, else the frame's min/max.
           const defaults = gray ? (attrs.windows.length ? ["+Wi", "1"] : ["+Wm"]) : [];
           const cases: [string[], { center: number; width: number } | undefined][] = [[defaults, undefined]];
-          if (gray && !name.startsWith("liver")) cases.push([["+Ww", "100", "300"], { center: 100, width: 300 }]);
+          if (gray && !name.startsWith("liver")) {
+            cases.push([["+Ww", "100", "300"], { center: 100, width: 300 }]);
+          }
           for (const [args, window] of cases) {
             const expected = await dcmtkRender(file, header.transferSyntaxUid, args, n, dir);
             const got = toDisplay(frame, attrs, { mediaType: "image/png", window });
@@ -297,7 +350,10 @@ Deno.test("rendered images of ../shared/dicom match dcmtk's rendering with the s
             // (12-bit JPEG: float IDCT here, integer IDCT in dcmtk) within one level. Native YCbCr: dcmtk
             // centres chroma on 127.5 and truncates, lib/render.ts uses 128 (PS3.3 C.7.6.3.1.2) and rounds.
             const ybr = /^YBR/.test(describeFrame(header).photometricInterpretation);
-            assert.ok(max <= 1 && mean <= (ybr ? 0.5 : 0.05), `${name} frame ${n} ${args.join(" ")}: max diff ${max}, mean ${mean.toFixed(3)}`);
+            assert.ok(
+              max <= 1 && mean <= (ybr ? 0.5 : 0.05),
+              `${name} frame ${n} ${args.join(" ")}: max diff ${max}, mean ${mean.toFixed(3)}`,
+            );
             // The PNG holds exactly that image.
             const png = await renderFrame(frame, attrs, { mediaType: "image/png", window });
             assert.deepEqual(await decodePng(png.bytes), got);

@@ -58,9 +58,15 @@ async function testdataFiles(): Promise<CorpusFile[]> {
   for (const name of ["htj2k_lossless_ct.dcm", "htj2k_rpcl_rgb.dcm", "htj2k_lossy_mr.dcm", "j2k_rgb.dcm"]) {
     const bytes = await Deno.readFile(new URL(name, TESTDATA));
     const header = await parseObject(bytes, name);
-    const uid = (tag: number) => new TextDecoder().decode(header.dataset.elements.get(tag)!.bytes!).replace(/\0+$/, "").trim();
+    const uid = (tag: number) =>
+      new TextDecoder().decode(header.dataset.elements.get(tag)!.bytes!).replace(/\0+$/, "").trim();
     // A study of their own, so study-level rendering has a known answer.
-    out.push({ key: `2.25.8000/2.25.8000.${out.length + 1}/${uid(0x00080018)}.dcm`, name, transferSyntax: header.transferSyntaxUid, bytes });
+    out.push({
+      key: `2.25.8000/2.25.8000.${out.length + 1}/${uid(0x00080018)}.dcm`,
+      name,
+      transferSyntax: header.transferSyntaxUid,
+      bytes,
+    });
   }
   return out;
 }
@@ -134,9 +140,12 @@ async function suite(
 
     await t.step("?accept=image/png wins over OHIF's Accept header and equals renderFrame()", async () => {
       const f = files.find((x) => x.name === "htj2k_lossless_ct.dcm")!;
-      const response = await fetch(`${base}${instancePath(f.key)}/rendered?accept=image%2Fpng&window=40,400`, {
-        headers: { accept: OHIF_ACCEPT },
-      });
+      const response = await fetch(
+        `${base}${instancePath(f.key)}/rendered?accept=image%2Fpng&window=40,400`,
+        {
+          headers: { accept: OHIF_ACCEPT },
+        },
+      );
       assert.equal(response.status, 200);
       assert.equal(response.headers.get("content-type"), "image/png");
       const got = new Uint8Array(await response.arrayBuffer());
@@ -144,7 +153,10 @@ async function suite(
       const plan = planFrame(h, 1);
       const r = plan.ranges[0];
       const frame = await decodedFrame(h, f.bytes.subarray(r.offset, r.offset + r.length), { pool });
-      const expected = await renderFrame(frame, renderAttributes(h), { mediaType: "image/png", window: { center: 40, width: 400 } });
+      const expected = await renderFrame(frame, renderAttributes(h), {
+        mediaType: "image/png",
+        window: { center: 40, width: 400 },
+      });
       assert.deepEqual(got, expected.bytes);
       const multipart = await fetch(`${base}${instancePath(f.key)}/rendered`, {
         headers: { accept: 'multipart/related; type="image/png"' },
@@ -162,7 +174,12 @@ async function suite(
       assert.equal(one.status, 200);
       assert.equal(two.status, 200);
       assert.notDeepEqual(new Uint8Array(await one.arrayBuffer()), new Uint8Array(await two.arrayBuffer()));
-      for (const [path, pattern] of [["frames/3/rendered", /out of range/], ["frames/1,2/rendered", /one frame at a time/]] as const) {
+      for (
+        const [path, pattern] of [["frames/3/rendered", /out of range/], [
+          "frames/1,2/rendered",
+          /one frame at a time/,
+        ]] as const
+      ) {
         const response = await fetch(`${base}${instancePath(f.key)}/${path}`);
         assert.equal(response.status, 400, path);
         assert.match((await response.json()).error, pattern);
@@ -187,7 +204,10 @@ async function suite(
       assert.equal(notModified.status, 304);
       await notModified.body?.cancel();
       const defaultSize = await fetch(`${base}${instancePath(f.key)}/thumbnail`);
-      assert.deepEqual(imageSize(new Uint8Array(await defaultSize.arrayBuffer())), { width: 256, height: 256 });
+      assert.deepEqual(imageSize(new Uint8Array(await defaultSize.arrayBuffer())), {
+        width: 256,
+        height: 256,
+      });
     });
 
     await t.step("series and study thumbnails use the middle instance with pixels (key order)", async () => {
@@ -196,11 +216,16 @@ async function suite(
         const [study, series] = mr[0].key.split("/");
         const keys = files.filter((f) => f.key.startsWith(`${study}/${series}/`)).map((f) => f.key).sort();
         const middle = keys[Math.floor((keys.length - 1) / 2)];
-        const seriesThumb = await fetch(`${base}/aets/${AET}/studies/${study}/series/${series}/thumbnail?viewport=128,128`);
+        const seriesThumb = await fetch(
+          `${base}/aets/${AET}/studies/${study}/series/${series}/thumbnail?viewport=128,128`,
+        );
         assert.equal(seriesThumb.status, 200);
         const instanceThumb = await fetch(`${base}${instancePath(middle)}/thumbnail?viewport=128,128`);
         assert.equal(instanceThumb.status, 200, middle);
-        assert.deepEqual(new Uint8Array(await seriesThumb.arrayBuffer()), new Uint8Array(await instanceThumb.arrayBuffer()));
+        assert.deepEqual(
+          new Uint8Array(await seriesThumb.arrayBuffer()),
+          new Uint8Array(await instanceThumb.arrayBuffer()),
+        );
       }
       // Study 2.25.8000 has four one-instance series: the first in key order is the representative.
       const study = await fetch(`${base}/aets/${AET}/studies/2.25.8000/rendered?accept=image/png`);
@@ -231,37 +256,44 @@ async function suite(
         assert.match((await response.json()).error, /Cannot decode .*JPEG 2000/);
       }
       const f = files.find((x) => x.name === "htj2k_lossless_ct.dcm")!;
-      for (const [query, status, pattern] of [
-        ["window=abc", 400, /Invalid window/],
-        ["window=40,0", 400, /Invalid window/],
-        ["viewport=0,10", 400, /Invalid viewport/],
-        ["viewport=64,64,500,0,10,10", 400, /outside the 128×128 image/],
-        ["quality=101", 400, /Invalid quality/],
-        ["accept=application/pdf", 406, /image\/jpeg or image\/png/],
-      ] as const) {
+      for (
+        const [query, status, pattern] of [
+          ["window=abc", 400, /Invalid window/],
+          ["window=40,0", 400, /Invalid window/],
+          ["viewport=0,10", 400, /Invalid viewport/],
+          ["viewport=64,64,500,0,10,10", 400, /outside the 128×128 image/],
+          ["quality=101", 400, /Invalid quality/],
+          ["accept=application/pdf", 406, /image\/jpeg or image\/png/],
+        ] as const
+      ) {
         const response = await fetch(`${base}${instancePath(f.key)}/rendered?${query}`);
         assert.equal(response.status, status, query);
         assert.match((await response.json()).error, pattern, query);
       }
-      const missing = await fetch(`${base}/aets/${AET}/studies/2.25.1/series/2.25.2/instances/2.25.3/rendered`);
+      const missing = await fetch(
+        `${base}/aets/${AET}/studies/2.25.1/series/2.25.2/instances/2.25.3/rendered`,
+      );
       assert.equal(missing.status, 404);
       await missing.body?.cancel();
     });
 
-    await t.step("compressed instances read from the store transcode to Explicit VR Little Endian", async () => {
-      const encode = transcodingEncoder(() => {
-        throw new Error("fallback not expected");
-      }, { pool });
-      for (const f of images.filter((x) => /\.4\.|\.5$/.test(x.transferSyntax)).slice(0, 12)) {
-        const opened = (await openInstance(observed, bucket, f.key))!;
-        const body = encode(opened, { transferSyntax: "1.2.840.10008.1.2.1", convert: true }, bucket);
-        const got = new Uint8Array(await new Response(body).arrayBuffer());
-        assert.deepEqual(got, await decodeInstance(f.bytes, f.key, { pool }), f.name);
-        const header = await loadHeader(observed, headers, bucket, opened.info);
-        assert.equal(header.transferSyntaxUid, f.transferSyntax);
-      }
-      assert.equal(observed.openBodies(), 0, "every body read or released");
-    });
+    await t.step(
+      "compressed instances read from the store transcode to Explicit VR Little Endian",
+      async () => {
+        const encode = transcodingEncoder(() => {
+          throw new Error("fallback not expected");
+        }, { pool });
+        for (const f of images.filter((x) => /\.4\.|\.5$/.test(x.transferSyntax)).slice(0, 12)) {
+          const opened = (await openInstance(observed, bucket, f.key))!;
+          const body = encode(opened, { transferSyntax: "1.2.840.10008.1.2.1", convert: true }, bucket);
+          const got = new Uint8Array(await new Response(body).arrayBuffer());
+          assert.deepEqual(got, await decodeInstance(f.bytes, f.key, { pool }), f.name);
+          const header = await loadHeader(observed, headers, bucket, opened.info);
+          assert.equal(header.transferSyntaxUid, f.transferSyntax);
+        }
+        assert.equal(observed.openBodies(), 0, "every body read or released");
+      },
+    );
   } finally {
     pool.close();
     await server.shutdown();
@@ -273,7 +305,11 @@ Deno.test("rendered and thumbnail resources end to end from a local folder", asy
   await suite(t, async () => {
     const root = await Deno.makeTempDir({ prefix: "dicomweb-rendered-" });
     await Deno.mkdir(`${root}/rnd`);
-    return { store: new FileStore(root), bucket: "rnd", cleanup: () => Deno.remove(root, { recursive: true }) };
+    return {
+      store: new FileStore(root),
+      bucket: "rnd",
+      cleanup: () => Deno.remove(root, { recursive: true }),
+    };
   });
 });
 

@@ -44,7 +44,10 @@ async function serve(store: ObjectStore, bucket: string, env: Record<string, str
   };
 }
 
-async function retrieveParts(url: string, accept = DICOM_ACCEPT): Promise<{ response: Response; parts: ParsedPart[] }> {
+async function retrieveParts(
+  url: string,
+  accept = DICOM_ACCEPT,
+): Promise<{ response: Response; parts: ParsedPart[] }> {
   const response = await fetch(url, { headers: { accept } });
   const bytes = new Uint8Array(await response.arrayBuffer());
   assert.equal(response.status, 200, `${url}: ${new TextDecoder().decode(bytes.subarray(0, 300))}`);
@@ -89,13 +92,21 @@ async function assertParts(parts: ParsedPart[], expected: CorpusFile[], base: st
   }
 }
 
-async function retrievalSuite(t: Deno.TestContext, makeStore: () => Promise<{ store: ObjectStore; bucket: string; cleanup(): Promise<void> }>) {
+async function retrievalSuite(
+  t: Deno.TestContext,
+  makeStore: () => Promise<{ store: ObjectStore; bucket: string; cleanup(): Promise<void> }>,
+) {
   const files = [...await sharedCorpus(), ...builtCorpus()];
   // Big enough that a response is still streaming when the client goes away: 24 × 1 MiB.
   const big: CorpusFile[] = [];
   for (let i = 1; i <= 24; i++) {
     const spec = { study: "2.25.900", series: "2.25.900.1", sop: `2.25.900.1.${i}`, pixelBytes: 1 << 20 };
-    big.push({ key: `${spec.study}/${spec.series}/${spec.sop}.dcm`, name: spec.sop, transferSyntax: "1.2.840.10008.1.2.1", bytes: buildInstance(spec) });
+    big.push({
+      key: `${spec.study}/${spec.series}/${spec.sop}.dcm`,
+      name: spec.sop,
+      transferSyntax: "1.2.840.10008.1.2.1",
+      bytes: buildInstance(spec),
+    });
   }
   const { store, bucket, cleanup } = await makeStore();
   await loadCorpus(store, bucket, [...files, ...big]);
@@ -126,7 +137,9 @@ async function retrievalSuite(t: Deno.TestContext, makeStore: () => Promise<{ st
       assert.equal(study.parts.length, 3);
       const series = await retrieveParts(`${server.url}/aets/${AET}/studies/1.2.3/series/1.2.3.1`);
       assert.equal(series.parts.length, 2);
-      const one = await retrieveParts(`${server.url}/aets/${AET}/studies/1.2.3/series/1.2.3.1/instances/1.2.3.1.1`);
+      const one = await retrieveParts(
+        `${server.url}/aets/${AET}/studies/1.2.3/series/1.2.3.1/instances/1.2.3.1.1`,
+      );
       assert.equal(one.parts.length, 1);
       const expected = files.find((f) => f.key === "1.2.3/1.2.3.1/1.2.3.1.1.dcm")!;
       assert.equal(await md5(one.parts[0].body), await md5(expected.bytes));
@@ -146,8 +159,18 @@ async function retrievalSuite(t: Deno.TestContext, makeStore: () => Promise<{ st
         [`/aets/${AET}/studies/1.2%2F3`, {}, 400, /Invalid StudyInstanceUID/],
         [`/aets/${AET}/studies/${"1.".repeat(40)}1`, {}, 400, /at most 64/],
         [`/aets/${AET}/studies/1.2.3`, { method: "DELETE" }, 405, /not allowed/],
-        [`/aets/${AET}/studies/1.2.3`, { headers: { accept: "image/png" } }, 406, /multipart\/related; type="application\/dicom"/],
-        [`/aets/${AET}/studies/1.2.3`, { headers: { accept: 'multipart/related; type="application/dicom' } }, 400, /Malformed Accept/],
+        [
+          `/aets/${AET}/studies/1.2.3`,
+          { headers: { accept: "image/png" } },
+          406,
+          /multipart\/related; type="application\/dicom"/,
+        ],
+        [
+          `/aets/${AET}/studies/1.2.3`,
+          { headers: { accept: 'multipart/related; type="application/dicom' } },
+          400,
+          /Malformed Accept/,
+        ],
       ];
       const before = server.store.calls.length;
       for (const [path, init, status, message] of cases) {
@@ -175,14 +198,21 @@ async function retrievalSuite(t: Deno.TestContext, makeStore: () => Promise<{ st
       controller.abort();
       await reader.cancel().catch(() => {});
       await eventually(() => server.store.openBodies() === 0, 5_000, "store bodies to be released");
-      await eventually(() => server.logs.some((l) => l.includes("/studies/2.25.900 200") && l.includes("disconnected")), 5_000, "the log line");
+      await eventually(
+        () => server.logs.some((l) => l.includes("/studies/2.25.900 200") && l.includes("disconnected")),
+        5_000,
+        "the log line",
+      );
       const health = await fetch(`${server.url}/healthz`);
       assert.equal(health.status, 200);
       await health.body?.cancel();
     });
 
     await t.step("HEAD answers headers only; one log line per request", async () => {
-      const response = await fetch(`${server.url}/aets/${AET}/studies/2.25.100`, { method: "HEAD", headers: { accept: DICOM_ACCEPT } });
+      const response = await fetch(`${server.url}/aets/${AET}/studies/2.25.100`, {
+        method: "HEAD",
+        headers: { accept: DICOM_ACCEPT },
+      });
       assert.equal(response.status, 200);
       assert.equal((await response.arrayBuffer()).byteLength, 0);
       await eventually(() => server.store.openBodies() === 0, 5_000, "HEAD to release reads");
@@ -233,12 +263,19 @@ Deno.test("a store failure after the 200 aborts the response instead of ending i
     const failing = observe(inner, { failBody: { key: files[2].key, afterBytes: 100 } });
     const config = parseConfig({ AETS: `${AET}=b` });
     const handler = createHandler(
-      { config, store: failing, aets: new AetRegistry(failing, { configured: config.aets }), capabilities: { reEncode: false } },
+      {
+        config,
+        store: failing,
+        aets: new AetRegistry(failing, { configured: config.aets }),
+        capabilities: { reEncode: false },
+      },
       { log: () => {} },
     );
     const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, handler);
     try {
-      const response = await fetch(`http://127.0.0.1:${(server.addr as Deno.NetAddr).port}/aets/${AET}/studies/2.25.100`);
+      const response = await fetch(
+        `http://127.0.0.1:${(server.addr as Deno.NetAddr).port}/aets/${AET}/studies/2.25.100`,
+      );
       assert.equal(response.status, 200);
       await assert.rejects(response.arrayBuffer(), "the body must fail, not end well-formed");
     } finally {

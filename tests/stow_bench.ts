@@ -37,7 +37,8 @@ function median(values: number[]): number {
 }
 
 async function run(cmd: string[], env: Record<string, string> = {}): Promise<string> {
-  const out = await new Deno.Command(cmd[0], { args: cmd.slice(1), env, stdout: "piped", stderr: "piped" }).output();
+  const out = await new Deno.Command(cmd[0], { args: cmd.slice(1), env, stdout: "piped", stderr: "piped" })
+    .output();
   const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
   if (!out.success) throw new Error(`${cmd.join(" ")} failed:\n${text}`);
   return text;
@@ -54,7 +55,15 @@ async function dataset(): Promise<Dataset> {
     await Deno.stat(`${dir}/index.json`);
   } catch {
     console.log(`generating the bench series into ${dir} (gen_dataset.py --preset bench)…`);
-    await run(["/usr/bin/python3", `${SHARED}tools/gen_dataset.py`, "--preset", "bench", "--out", dir, "--force"]);
+    await run([
+      "/usr/bin/python3",
+      `${SHARED}tools/gen_dataset.py`,
+      "--preset",
+      "bench",
+      "--out",
+      dir,
+      "--force",
+    ]);
   }
   const files: Dataset["files"] = [];
   const walk = async (path: string, prefix: string) => {
@@ -80,12 +89,19 @@ interface S3Target {
 async function s3Server(): Promise<S3Target> {
   const given = Deno.env.get("BENCH_S3_ENDPOINT");
   if (given) return { endpoint: given, kind: "external", stop: async () => {} };
-  const hasCeph = await new Deno.Command("sh", { args: ["-c", "command -v radosgw"], stdout: "null" }).output();
+  const hasCeph = await new Deno.Command("sh", { args: ["-c", "command -v radosgw"], stdout: "null" })
+    .output();
   if (hasCeph.success) {
     const dir = await Deno.makeTempDir({ prefix: "stow-bench-ceph-" });
     // ports of its own, so it runs beside the retrieve benchmark's cluster
     const port = Deno.env.get("BENCH_RGW_PORT") ?? "7530";
-    const env = { CEPHLAB_DIR: dir, MEMSTORE_BYTES: String(3 * 1024 ** 3), RGW_PORT: port, MON_PORT: "3340", MON_PORT_V1: "6829" };
+    const env = {
+      CEPHLAB_DIR: dir,
+      MEMSTORE_BYTES: String(3 * 1024 ** 3),
+      RGW_PORT: port,
+      MON_PORT: "3340",
+      MON_PORT_V1: "6829",
+    };
     console.log("starting Ceph RGW…");
     await run([`${SHARED}tools/ceph/start.sh`], env);
     return {
@@ -146,7 +162,10 @@ async function startServer(script: string[], env: Record<string, string>): Promi
 }
 
 /** One STOW-RS request with `files` as parts, the body streamed from memory in 64 KiB chunks. */
-async function stow(url: string, files: Dataset["files"]): Promise<{ ms: number; stored: number; status: number }> {
+async function stow(
+  url: string,
+  files: Dataset["files"],
+): Promise<{ ms: number; stored: number; status: number }> {
   const boundary = `bench-${crypto.randomUUID()}`;
   const head = encoder.encode(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`);
   const crlf = encoder.encode("\r\n");
@@ -176,7 +195,10 @@ async function stow(url: string, files: Dataset["files"]): Promise<{ ms: number;
   const response = await fetch(url, {
     method: "POST",
     body,
-    headers: { "content-type": `multipart/related; type="application/dicom"; boundary=${boundary}`, accept: "application/dicom+json" },
+    headers: {
+      "content-type": `multipart/related; type="application/dicom"; boundary=${boundary}`,
+      accept: "application/dicom+json",
+    },
   });
   const json = await response.json();
   const ms = performance.now() - t0;
@@ -207,7 +229,12 @@ async function empty(store: S3Store, bucket: string): Promise<void> {
 async function createBucket(s3: S3Target, bucket: string): Promise<void> {
   if (s3.handle) return await s3.handle.createBucket(bucket);
   const { S3Client, CreateBucketCommand } = await import("@aws-sdk/client-s3");
-  const client = new S3Client({ endpoint: s3.endpoint, region: "us-east-1", forcePathStyle: true, credentials: CREDENTIALS });
+  const client = new S3Client({
+    endpoint: s3.endpoint,
+    region: "us-east-1",
+    forcePathStyle: true,
+    credentials: CREDENTIALS,
+  });
   await client.send(new CreateBucketCommand({ Bucket: bucket }));
   client.destroy();
 }
@@ -225,10 +252,19 @@ async function routesPost(url: string): Promise<boolean> {
 
 async function main() {
   const data = await dataset();
-  console.log(`series: ${data.files.length} instances, ${(data.bytes / 1e6).toFixed(1)} MB; S3_CONCURRENCY=${CONCURRENCY}`);
+  console.log(
+    `series: ${data.files.length} instances, ${
+      (data.bytes / 1e6).toFixed(1)
+    } MB; S3_CONCURRENCY=${CONCURRENCY}`,
+  );
   const s3 = await s3Server();
   const bucket = `stow-bench-${Date.now().toString(36)}`;
-  const store = new S3Store({ endpoint: s3.endpoint, region: "us-east-1", forcePathStyle: true, credentials: CREDENTIALS });
+  const store = new S3Store({
+    endpoint: s3.endpoint,
+    region: "us-east-1",
+    forcePathStyle: true,
+    credentials: CREDENTIALS,
+  });
   const results: Record<string, string> = {};
   try {
     await createBucket(s3, bucket);
@@ -265,23 +301,36 @@ async function main() {
       oneRuns.push(one.ms);
       await empty(store, bucket);
       const t0 = performance.now();
-      const slices = Array.from({ length: CONCURRENCY }, (_, k) => data.files.filter((_, i) => i % CONCURRENCY === k));
+      const slices = Array.from(
+        { length: CONCURRENCY },
+        (_, k) => data.files.filter((_, i) => i % CONCURRENCY === k),
+      );
       const many = await Promise.all(slices.map((files) => stow(url, files)));
       manyRuns.push(performance.now() - t0);
-      if (many.reduce((n, m) => n + m.stored, 0) !== data.files.length) throw new Error("parallel STOW lost instances");
+      if (many.reduce((n, m) => n + m.stored, 0) !== data.files.length) {
+        throw new Error("parallel STOW lost instances");
+      }
       await empty(store, bucket);
     }
     const directMs = median(directRuns);
     const oneMs = median(oneRuns);
     const manyMs = median(manyRuns);
-    results["direct PutObject (SDK)"] = `${mbps(data.bytes, directMs).toFixed(0)} MB/s (${directMs.toFixed(0)} ms, ${CONCURRENCY} in flight)`;
-    results["STOW, 1 request"] = `${mbps(data.bytes, oneMs).toFixed(0)} MB/s (${oneMs.toFixed(0)} ms), ${(directMs / oneMs * 100).toFixed(0)}% of direct (target ≥ 80%)`;
-    results[`STOW, ${CONCURRENCY} requests at once`] = `${mbps(data.bytes, manyMs).toFixed(0)} MB/s (${manyMs.toFixed(0)} ms), ${(directMs / manyMs * 100).toFixed(0)}% of direct (target ≥ 80%)`;
+    results["direct PutObject (SDK)"] = `${mbps(data.bytes, directMs).toFixed(0)} MB/s (${
+      directMs.toFixed(0)
+    } ms, ${CONCURRENCY} in flight)`;
+    results["STOW, 1 request"] = `${mbps(data.bytes, oneMs).toFixed(0)} MB/s (${oneMs.toFixed(0)} ms), ${
+      (directMs / oneMs * 100).toFixed(0)
+    }% of direct (target ≥ 80%)`;
+    results[`STOW, ${CONCURRENCY} requests at once`] = `${mbps(data.bytes, manyMs).toFixed(0)} MB/s (${
+      manyMs.toFixed(0)
+    } ms), ${(directMs / manyMs * 100).toFixed(0)}% of direct (target ≥ 80%)`;
 
     const t0 = performance.now();
     const four = await Promise.all(Array.from({ length: 4 }, () => stow(url, data.files)));
     const fourMs = performance.now() - t0;
-    results["4 clients, whole series each"] = `${mbps(data.bytes * 4, fourMs).toFixed(0)} MB/s total (${four.map((f) => f.status).join(",")})`;
+    results["4 clients, whole series each"] = `${mbps(data.bytes * 4, fourMs).toFixed(0)} MB/s total (${
+      four.map((f) => f.status).join(",")
+    })`;
     results["server peak RSS"] = `${(await server.peakRssMb()).toFixed(0)} MB (target < 200 MB)`;
     await server.stop();
     await empty(store, bucket);

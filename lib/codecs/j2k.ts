@@ -45,7 +45,9 @@ export async function decodeJ2k(data: Uint8Array): Promise<RawImage> {
     };
   } catch (error) {
     if (error instanceof WebAssembly.RuntimeError) decoder.reset();
-    throw new SyntaxError(`Cannot decode JPEG 2000 data (OpenJPEG): ${wasmMessage(error, printed)}`, { cause: error });
+    throw new SyntaxError(`Cannot decode JPEG 2000 data (OpenJPEG): ${wasmMessage(error, printed)}`, {
+      cause: error,
+    });
   } finally {
     try {
       codec.delete();

@@ -10,9 +10,70 @@
 import type { RawImage } from "./mod.ts";
 
 const ZIGZAG = new Int32Array([
-  0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20, 13, 6, 7, 14,
-  21, 28, 35, 42, 49, 56, 57, 50, 43, 36, 29, 22, 15, 23, 30, 37, 44, 51, 58, 59, 52, 45, 38, 31, 39, 46, 53, 60,
-  61, 54, 47, 55, 62, 63,
+  0,
+  1,
+  8,
+  16,
+  9,
+  2,
+  3,
+  10,
+  17,
+  24,
+  32,
+  25,
+  18,
+  11,
+  4,
+  5,
+  12,
+  19,
+  26,
+  33,
+  40,
+  48,
+  41,
+  34,
+  27,
+  20,
+  13,
+  6,
+  7,
+  14,
+  21,
+  28,
+  35,
+  42,
+  49,
+  56,
+  57,
+  50,
+  43,
+  36,
+  29,
+  22,
+  15,
+  23,
+  30,
+  37,
+  44,
+  51,
+  58,
+  59,
+  52,
+  45,
+  38,
+  31,
+  39,
+  46,
+  53,
+  60,
+  61,
+  54,
+  47,
+  55,
+  62,
+  63,
 ]);
 
 /** IDCT basis: COS[x * 8 + u] = C(u)/2 · cos((2x + 1)uπ/16). */
@@ -116,9 +177,15 @@ class Bits {
   restart(): void {
     this.#count = 0;
     if (this.marker < 0) {
-      while (this.pos + 1 < this.#data.length && !(this.#data[this.pos] === 0xff && this.#data[this.pos + 1] >= 0xd0 && this.#data[this.pos + 1] <= 0xd7)) this.pos++;
+      while (
+        this.pos + 1 < this.#data.length &&
+        !(this.#data[this.pos] === 0xff && this.#data[this.pos + 1] >= 0xd0 &&
+          this.#data[this.pos + 1] <= 0xd7)
+      ) this.pos++;
     }
-    if (this.#data[this.pos] === 0xff && this.#data[this.pos + 1] >= 0xd0 && this.#data[this.pos + 1] <= 0xd7) this.pos += 2;
+    if (
+      this.#data[this.pos] === 0xff && this.#data[this.pos + 1] >= 0xd0 && this.#data[this.pos + 1] <= 0xd7
+    ) this.pos += 2;
     this.marker = -1;
   }
 }
@@ -239,16 +306,24 @@ export function decodeJpegDct(data: Uint8Array): RawImage {
       case 0xcd:
       case 0xce:
       case 0xcf:
-        fail(`SOF${marker - 0xc0} (progressive, lossless, hierarchical or arithmetic) is not a sequential DCT process`);
+        fail(
+          `SOF${
+            marker - 0xc0
+          } (progressive, lossless, hierarchical or arithmetic) is not a sequential DCT process`,
+        );
         break;
       case 0xdd:
         restartInterval = u16(seg);
         break;
       case 0xe0:
-        if (data[seg] === 0x4a && data[seg + 1] === 0x46 && data[seg + 2] === 0x49 && data[seg + 3] === 0x46) jfif = true;
+        if (
+          data[seg] === 0x4a && data[seg + 1] === 0x46 && data[seg + 2] === 0x49 && data[seg + 3] === 0x46
+        ) jfif = true;
         break;
       case 0xee:
-        if (data[seg] === 0x41 && data[seg + 1] === 0x64 && data[seg + 2] === 0x6f && data[seg + 3] === 0x62) {
+        if (
+          data[seg] === 0x41 && data[seg + 1] === 0x64 && data[seg + 2] === 0x6f && data[seg + 3] === 0x62
+        ) {
           adobe = data[seg + 11];
         }
         break;
@@ -337,7 +412,10 @@ function decodeScan(data: Uint8Array, start: number, scan: Component[], ctx: Sca
   }
   // Find the next marker (skipping stuffed bytes and restart markers).
   let p = bits.pos;
-  while (p + 1 < data.length && !(data[p] === 0xff && data[p + 1] !== 0 && !(data[p + 1] >= 0xd0 && data[p + 1] <= 0xd7))) p++;
+  while (
+    p + 1 < data.length &&
+    !(data[p] === 0xff && data[p + 1] !== 0 && !(data[p + 1] >= 0xd0 && data[p + 1] <= 0xd7))
+  ) p++;
   return p;
 }
 
@@ -361,7 +439,15 @@ function idct(coef: Float64Array, tmp: Float64Array, out: Float32Array, at: numb
 
 function toImage(
   components: Component[],
-  f: { width: number; height: number; hmax: number; vmax: number; precision: number; jfif: boolean; adobe: number },
+  f: {
+    width: number;
+    height: number;
+    hmax: number;
+    vmax: number;
+    precision: number;
+    jfif: boolean;
+    adobe: number;
+  },
 ): RawImage {
   const { width, height, precision } = f;
   const n = components.length;
@@ -384,7 +470,9 @@ function toImage(
   const ids = components.map((c) => c.id).join(",");
   const ycc = n === 3 && (f.jfif || f.adobe === 1 || (f.adobe < 0 && ids !== "82,71,66"));
   const bytesPerSample = precision > 8 ? 2 : 1;
-  const samples = bytesPerSample === 2 ? new Uint16Array(width * height * n) : new Uint8Array(width * height * n);
+  const samples = bytesPerSample === 2
+    ? new Uint16Array(width * height * n)
+    : new Uint8Array(width * height * n);
   const clamp = (v: number) => v < 0 ? 0 : v > max ? max : Math.round(v);
   for (let i = 0; i < width * height; i++) {
     if (ycc) {

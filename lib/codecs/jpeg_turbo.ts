@@ -40,7 +40,9 @@ export async function decodeJpegBaseline(data: Uint8Array): Promise<RawImage> {
     };
   } catch (error) {
     if (error instanceof WebAssembly.RuntimeError) decoder.reset();
-    throw new SyntaxError(`Cannot decode JPEG data (libjpeg-turbo): ${wasmMessage(error, printed)}`, { cause: error });
+    throw new SyntaxError(`Cannot decode JPEG data (libjpeg-turbo): ${wasmMessage(error, printed)}`, {
+      cause: error,
+    });
   } finally {
     try {
       codec.delete();

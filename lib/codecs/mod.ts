@@ -89,7 +89,28 @@ export const DECODABLE_SYNTAXES: ReadonlySet<string> = new Set([
  * reversibly coded data too; the syntax alone cannot tell, so they count as lossy.
  */
 export const LOSSY_SYNTAXES: ReadonlySet<string> = new Set([
-  ...["50", "51", "52", "53", "54", "55", "56", "58", "59", "60", "61", "62", "63", "64", "65", "66", "81", "91", "93", "203"]
+  ...[
+    "50",
+    "51",
+    "52",
+    "53",
+    "54",
+    "55",
+    "56",
+    "58",
+    "59",
+    "60",
+    "61",
+    "62",
+    "63",
+    "64",
+    "65",
+    "66",
+    "81",
+    "91",
+    "93",
+    "203",
+  ]
     .map((s) => JPEG + s),
   ...["100", "101", "102", "103", "104", "105", "106", "107", "108", "110", "111"].map((s) => JPEG + s),
 ]);
@@ -100,7 +121,9 @@ export function canDecode(transferSyntax: string): boolean {
 }
 
 /** Bytes one decoded frame takes (for memory limits, before decoding). */
-export function decodedSize(d: Pick<FrameDescription, "rows" | "columns" | "samplesPerPixel" | "bitsAllocated">): number {
+export function decodedSize(
+  d: Pick<FrameDescription, "rows" | "columns" | "samplesPerPixel" | "bitsAllocated">,
+): number {
   return Math.ceil(d.rows * d.columns * d.samplesPerPixel * d.bitsAllocated / 8);
 }
 
@@ -132,7 +155,9 @@ async function decodeRaw(transferSyntax: string, data: Uint8Array, d: FrameDescr
     if (type.sof === 3) return decodeJpegLossless(data);
     if (type.precision === 8) return await decodeJpegBaseline(data);
     if ((type.sof === 0 || type.sof === 1) && type.precision === 12) return decodeJpegDct(data);
-    throw new SyntaxError(`Cannot decode JPEG data: SOF${type.sof} with ${type.precision}-bit samples is not supported`);
+    throw new SyntaxError(
+      `Cannot decode JPEG data: SOF${type.sof} with ${type.precision}-bit samples is not supported`,
+    );
   }
   if (last === 80 || last === 81) return await decodeJpegLs(data);
   if (last >= 90 && last <= 93) return await decodeJ2k(data);
@@ -166,14 +191,20 @@ export async function decodeFrame(
 export function fit(raw: RawImage, d: FrameDescription, transferSyntax: string): DecodedFrame {
   const what = `decoded ${raw.width}×${raw.height}×${raw.components}`;
   if (raw.width !== d.columns || raw.height !== d.rows) {
-    throw new SyntaxError(`Pixel data does not match the data set: ${what}, but Rows × Columns is ${d.rows}×${d.columns}`);
+    throw new SyntaxError(
+      `Pixel data does not match the data set: ${what}, but Rows × Columns is ${d.rows}×${d.columns}`,
+    );
   }
   if (raw.components !== d.samplesPerPixel) {
-    throw new SyntaxError(`Pixel data does not match the data set: ${what}, but Samples per Pixel is ${d.samplesPerPixel}`);
+    throw new SyntaxError(
+      `Pixel data does not match the data set: ${what}, but Samples per Pixel is ${d.samplesPerPixel}`,
+    );
   }
   const outBytes = Math.max(1, d.bitsAllocated / 8);
   if (raw.bytesPerSample > outBytes) {
-    throw new SyntaxError(`Pixel data does not match the data set: ${raw.precision}-bit samples, but Bits Allocated is ${d.bitsAllocated}`);
+    throw new SyntaxError(
+      `Pixel data does not match the data set: ${raw.precision}-bit samples, but Bits Allocated is ${d.bitsAllocated}`,
+    );
   }
   const n = raw.width * raw.height * raw.components;
   const inView = new DataView(raw.bytes.buffer, raw.bytes.byteOffset, raw.bytes.byteLength);
@@ -186,7 +217,9 @@ export function fit(raw: RawImage, d: FrameDescription, transferSyntax: string):
   // Signed data: JPEG 2000 says so itself; other codecs give the stored bit patterns, which are sign-extended
   // from their precision (what pydicom does for JPEG 2000 whose codestream says unsigned).
   const signedIn = raw.signed;
-  const extendFrom = d.pixelRepresentation === 1 && !isRle ? Math.min(raw.precision, d.bitsStored || raw.precision) : 0;
+  const extendFrom = d.pixelRepresentation === 1 && !isRle
+    ? Math.min(raw.precision, d.bitsStored || raw.precision)
+    : 0;
   const inBits = raw.bytesPerSample * 8;
   const out = new Uint8Array(n * outBytes);
   const outView = new DataView(out.buffer);

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { type RenderAttributes, renderFrame, type RenderOptions, type RenderedImage } from "../render.ts";
+import { type RenderAttributes, type RenderedImage, renderFrame, type RenderOptions } from "../render.ts";
 import { type DecodedFrame, decodeFrame, type FrameDescription } from "./mod.ts";
 
 /** Work for a pool. */
@@ -27,6 +27,14 @@ export async function runTask(task: Task): Promise<DecodedFrame | RenderedImage>
   const frame = await decodeFrame(task.transferSyntax, task.data, task.description);
   if (task.op === "decode") return frame;
   return await renderFrame(frame, task.attributes, task.options);
+}
+
+/** The pool has too many tasks waiting (the server should answer 503 and let the client retry). */
+export class PoolBusyError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "PoolBusyError";
+  }
 }
 
 /** An error as it crosses the worker boundary. */
@@ -58,7 +66,7 @@ interface Slot {
 export interface PoolOptions {
   /** Number of workers; 0 runs tasks inline (default `navigator.hardwareConcurrency`). */
   size?: number;
-  /** Tasks waiting beyond this are refused with a `RangeError` (default 4096). */
+  /** Tasks waiting beyond this are refused with a {@linkcode PoolBusyError} (default 4096). */
   maxQueue?: number;
 }
 
@@ -108,8 +116,13 @@ export class CodecPool {
     if (this.#closed) return Promise.reject(new Error("The codec pool is closed"));
     if (this.#inline) return this.#runInline(task);
     if (this.#queue.length >= this.#maxQueue) {
-      return Promise.reject(new RangeError(`The codec pool has ${this.#queue.length} tasks waiting: try again later`));
+      return Promise.reject(
+        new RangeError(`The codec pool has ${this.#queue.length} tasks waiting: try again later`),
+      );
     }
+    // Posting a view clones its whole buffer: send a copy of just the frame when it is part of a larger one.
+    const data = task.data;
+    if (data.byteOffset !== 0 || data.byteLength !== data.buffer.byteLength) task = { ...task, data: data.slice() };
     return new Promise((resolve, reject) => {
       this.#queue.push({ task, resolve: resolve as (v: unknown) => void, reject });
       this.#pump();

@@ -41,7 +41,9 @@ export function decodeRle(data: Uint8Array, layout: RleLayout): RawImage {
   const bytesPerSample = bitsAllocated / 8;
   const expected = samplesPerPixel * bytesPerSample;
   if (count !== expected) {
-    fail(`${count} segments for ${samplesPerPixel} sample(s) of ${bitsAllocated} bits (expected ${expected})`);
+    fail(
+      `${count} segments for ${samplesPerPixel} sample(s) of ${bitsAllocated} bits (expected ${expected})`,
+    );
   }
   const offsets: number[] = [];
   for (let i = 0; i < count; i++) offsets.push(view.getUint32(4 + 4 * i, true));

@@ -17,7 +17,9 @@ scope.onmessage = async (event: MessageEvent) => {
   try {
     const result = await runTask(task);
     const buffer = result.bytes.buffer;
-    const transfer = buffer instanceof ArrayBuffer && result.bytes.byteLength === buffer.byteLength ? [buffer] : [];
+    const transfer = buffer instanceof ArrayBuffer && result.bytes.byteLength === buffer.byteLength
+      ? [buffer]
+      : [];
     scope.postMessage({ id, result }, transfer);
   } catch (error) {
     const e = error instanceof Error ? error : new Error(String(error));

@@ -17,7 +17,12 @@ import { encodeJ2k } from "../../lib/codecs/j2k.ts";
 import { closeDefaultPool, CodecPool } from "../../lib/codecs/pool.ts";
 import { frameCount, planFrame } from "../../lib/frames.ts";
 import { getNumber, parseObject, type Part10Header } from "../../lib/part10.ts";
-import { decodeInstance, encapsulatedInstance, type Override, textValue } from "../../lib/transcode_pixels.ts";
+import {
+  decodeInstance,
+  encapsulatedInstance,
+  type Override,
+  textValue,
+} from "../../lib/transcode_pixels.ts";
 
 const CORPUS = new URL("../../../shared/dicom/files/", import.meta.url);
 const OUT = new URL("./", import.meta.url);
@@ -79,7 +84,9 @@ if (import.meta.main) {
     "htj2k_rpcl_rgb.dcm",
     encapsulatedInstance(
       rgb.header,
-      await Promise.all(rgb.frames.map((f) => encodeHtj2k(f, { ...layout(rgb.header), progressionOrder: 2 }))),
+      await Promise.all(
+        rgb.frames.map((f) => encodeHtj2k(f, { ...layout(rgb.header), progressionOrder: 2 })),
+      ),
       "1.2.840.10008.1.2.4.202",
       overrides("2.25.8001.2", "YBR_RCT"),
     ),
