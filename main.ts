@@ -6,11 +6,13 @@
  */
 
 import { AetRegistry } from "./lib/aets.ts";
+import { openAuditLog } from "./lib/audit.ts";
 import { createHandler } from "./lib/app.ts";
 import { ConfigError, loadConfig } from "./lib/config.ts";
 import { FileStore } from "./lib/file_store.ts";
 import { S3Store } from "./lib/s3_store.ts";
 import type { ObjectStore } from "./lib/store.ts";
+import { loadTls, type TlsFiles } from "./lib/tls.ts";
 
 if (import.meta.main) {
   let config;
@@ -34,17 +36,31 @@ if (import.meta.main) {
     // The server still starts: /readyz reports the problem until the store answers.
     console.error(`Warning: cannot list AETs from ${store.kind} store ${store.location}: ${(error as Error).message}`);
   }
-  const handler = createHandler({ config, store, aets, capabilities: { reEncode: true } });
+  let tls: TlsFiles | undefined;
+  let audit;
+  try {
+    tls = config.tls ? await loadTls(config.tls) : undefined;
+    audit = openAuditLog(config.audit, { basePath: config.basePath });
+  } catch (error) {
+    console.error((error as Error).message);
+    Deno.exit(2);
+  }
+  const handler = createHandler({ config, store, aets, capabilities: { reEncode: true } }, { audit: audit.log });
+  const scheme = tls ? "https" : "http";
   const names = (await aets.entries().catch(() => [])).map(([aet, bucket]) => aet === bucket ? aet : `${aet}=${bucket}`);
   Deno.serve({
     port: config.port,
     hostname: config.hostname,
+    ...tls,
     onListen({ hostname, port }) {
       const shown = hostname.includes(":") ? `[${hostname}]` : hostname;
-      console.log(`DICOMweb server on http://${shown}:${port}${config.basePath}`);
+      console.log(`DICOMweb server on ${scheme}://${shown}:${port}${config.basePath}`);
       console.log(`Store: ${store.kind} ${store.location}`);
       console.log(`AETs: ${names.length > 0 ? names.join(", ") : "(none yet: " + (config.s3 ? "create a bucket" : `create a folder in ${config.dataDir}`) + ")"}`);
-      console.log(`Try: curl http://${shown}:${port}${config.basePath}/aets`);
+      const methods = config.auth.methods.length > 0 ? config.auth.methods.join(", ") : "none (loopback only)";
+      const auditTo = config.audit.kind === "file" ? config.audit.path : config.audit.kind;
+      console.log(`Authentication: ${methods}; audit log: ${auditTo}`);
+      console.log(`Try: curl ${scheme}://${shown}:${port}${config.basePath}/aets`);
     },
   }, handler);
 }

@@ -5,6 +5,8 @@
  * @module
  */
 
+import { type AuditLog, redactedSearch } from "./audit.ts";
+import { type AuthenticatorOptions, RequestGuard, type ServeInfo } from "./auth.ts";
 import { errorResponse, HttpError, toHttpError } from "./http_error.ts";
 import { type RouteContext, Router } from "./router.ts";
 import { HeaderCache } from "./headers.ts";
@@ -22,11 +24,16 @@ export type Logger = (line: string) => void;
 /** Options for {@linkcode createHandler}. */
 export interface HandlerOptions extends RetrieveOptions {
   log?: Logger;
+  /** One JSON line per patient-data request (main.ts opens `AUDIT_LOG`); none when omitted. */
+  audit?: AuditLog;
+  /** JWKS and password-cache tuning (tests). */
+  auth?: AuthenticatorOptions;
 }
 
 const CORS_ALLOW_HEADERS =
   "Accept, Authorization, Content-Type, If-None-Match, Range, Cache-Control, X-Requested-With";
-const CORS_EXPOSE_HEADERS = "Content-Length, Content-Type, Content-Location, ETag, Warning, Location";
+const CORS_EXPOSE_HEADERS =
+  "Content-Length, Content-Type, Content-Location, ETag, Warning, Location, WWW-Authenticate, Retry-After";
 
 /**
  * Builds the request handler for `Deno.serve`.
@@ -40,9 +47,12 @@ const CORS_EXPOSE_HEADERS = "Content-Length, Content-Type, Content-Location, ETa
 export function createHandler(
   services: Services,
   options: HandlerOptions = {},
-): (request: Request) => Promise<Response> {
+): (request: Request, info?: ServeInfo) => Promise<Response> {
   const log = options.log ?? ((line: string) => console.log(line));
   const { config } = services;
+  // Authentication, authorization and limits wrap every route; the store is capped per request.
+  const guard = new RequestGuard(config, options.auth);
+  services = { ...services, store: guard.store(services.store) };
   const router = new Router(config.basePath);
   const withHeaders = {
     ...services,
@@ -64,8 +74,8 @@ export function createHandler(
 
   // Health (not PS3.18): liveness and readiness of every configured store.
   router.add("/healthz", { GET: () => json({ status: "ok" }) });
-  router.add("/readyz", { GET: () => ready(services) });
-  router.add("/aets", { GET: () => listAets(services) });
+  router.add("/readyz", { GET: () => ready(services, guard.enabled) });
+  router.add("/aets", { GET: ({ request }) => listAets(services, guard, request) });
   // PS3.18 10.4.1 Retrieve Instances: study, series, instance resources.
   router.add("/aets/:aet/studies/:study", { GET: retrieve.study });
   router.add("/aets/:aet/studies/:study/series/:series", { GET: retrieve.series });
@@ -80,17 +90,22 @@ export function createHandler(
   registerQido(router, withHeaders);
   registerStow(router, withHeaders);
 
-  return async (request: Request): Promise<Response> => {
+  return async (request: Request, info?: ServeInfo): Promise<Response> => {
     const started = performance.now();
     const url = new URL(request.url);
     const method = request.method.toUpperCase();
     let response: Response;
     try {
-      response = await dispatch(router, request, url, method);
+      response = await guard.run(request, info, (checked) => dispatch(router, checked, url, method));
     } catch (error) {
       const httpError = toHttpError(error);
       if (httpError.status >= 500) {
-        const cause = error instanceof Error ? (error.stack ?? error.message) : String(error);
+        // Deliberate HttpErrors say what is wrong; anything else is a bug and gets its stack.
+        const cause = error instanceof HttpError && error.cause === undefined
+          ? error.message
+          : error instanceof Error
+          ? (error.stack ?? error.message)
+          : String(error);
         log(`error ${method} ${url.pathname}: ${cause}`);
       }
       response = errorResponse(httpError);
@@ -101,12 +116,24 @@ export function createHandler(
       response = new Response(null, { status: response.status, headers: response.headers });
     }
     return logged(response, (bytes, outcome) => {
-      const ms = (performance.now() - started).toFixed(1);
+      const ms = performance.now() - started;
+      // The query is redacted: patient names and IDs in QIDO filters never reach the log.
       log(
-        `${method} ${url.pathname}${url.search} ${response.status} ${bytes}B ${ms}ms${
+        `${method} ${url.pathname}${redactedSearch(url)} ${response.status} ${bytes}B ${ms.toFixed(1)}ms${
           outcome ? " " + outcome : ""
         }`,
       );
+      const context = guard.contextOf(request);
+      options.audit?.record({
+        method,
+        url,
+        status: response.status,
+        bytes,
+        ms,
+        bodyOutcome: outcome,
+        principal: context?.principal,
+        client: context?.client,
+      });
     });
   };
 }
@@ -205,12 +232,19 @@ function json(value: unknown, status = 200): Response {
   });
 }
 
-async function listAets(services: Services): Promise<Response> {
+async function listAets(services: Services, guard: RequestGuard, request: Request): Promise<Response> {
   const entries = await services.aets.entries();
-  return json(entries.map(([aet]) => aet));
+  return json(guard.visibleAets(request, entries.map(([aet]) => aet)));
 }
 
-async function ready(services: Services): Promise<Response> {
+async function ready(services: Services, redact: boolean): Promise<Response> {
+  const response = await readiness(services);
+  if (!redact) return response;
+  const { status } = await response.json(); // with authentication on: no AET or bucket names
+  return json({ status }, response.status);
+}
+
+async function readiness(services: Services): Promise<Response> {
   try {
     const entries = await services.aets.entries();
     const problems: string[] = [];

@@ -23,7 +23,7 @@ import {
   errors as joseErrors,
   type JWTPayload,
   jwtVerify,
-} from "npm:jose@6.2.18";
+} from "jose";
 import { HttpError } from "./http_error.ts";
 import {
   checkHeaderSize,

@@ -179,6 +179,8 @@ export interface Catalog {
    * a fresh listing to know which ones are current.
    */
   instanceMetadata(aet: string, study: string, series?: string): Promise<StoredInstance[]>;
+  /** When the last complete crawl of `aet` started (ms since the epoch), or undefined: never. Cheap. */
+  completedAt(aet: string): Promise<number | undefined>;
   /** Counts per AET (all AETs known to the catalog, or one). */
   status(aet?: string): Promise<AetStatus[]>;
   /** Failed and ignored objects with their reasons. */

@@ -5,6 +5,11 @@
  * @module
  */
 
+import { AUDIT_CONFIG_NAMES, type AuditTarget, parseAuditConfig } from "./audit.ts";
+import { AUTH_CONFIG_NAMES, type AuthConfig, parseAuthConfig } from "./auth.ts";
+import { LIMITS_CONFIG_NAMES, type LimitsConfig, parseLimitsConfig } from "./limits.ts";
+import { parseTransportConfig, TRANSPORT_CONFIG_NAMES, type TrustedProxies } from "./tls.ts";
+
 /** The S3 connection settings. */
 export interface S3Config {
   endpoint?: string;
@@ -46,6 +51,16 @@ export interface Config {
   qidoMaxLimit: number;
   /** Largest STOW-RS request body in bytes (413 above). */
   stowMaxBytes: number;
+  /** Who may do what: `AUTH`, `OIDC_*`, `AUTH_TOKENS`, `AUTH_USERS`, `AUTH_GRANTS`. */
+  auth: AuthConfig;
+  /** Request limits: `MAX_HEADER_*`, `CLIENT_CONCURRENCY`, `*_TIMEOUT_MS`, `STOW_MAX_PARTS`, `REQUEST_READ_BUDGET_MB`. */
+  limits: LimitsConfig;
+  /** Where audit lines go (`AUDIT_LOG`). */
+  audit: AuditTarget;
+  /** `TLS_CERT_FILE` and `TLS_KEY_FILE`, when the server speaks HTTPS itself. */
+  tls?: { certFile: string; keyFile: string };
+  /** Peers whose `Forwarded` / `X-Forwarded-*` are believed (`TRUSTED_PROXIES`). */
+  trustedProxies: TrustedProxies;
 }
 
 /** Bad configuration; the message lists every problem and how to fix it. */
@@ -78,6 +93,10 @@ export const CONFIG_NAMES = [
   "QIDO_DEFAULT_LIMIT",
   "QIDO_MAX_LIMIT",
   "STOW_MAX_BYTES",
+  ...AUTH_CONFIG_NAMES,
+  ...LIMITS_CONFIG_NAMES,
+  ...AUDIT_CONFIG_NAMES,
+  ...TRANSPORT_CONFIG_NAMES,
 ] as const;
 
 const AET_PATTERN = /^[A-Za-z0-9_.\-]{1,64}$/;
@@ -232,6 +251,11 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
   }
   const stowMaxBytes = integer("STOW_MAX_BYTES", 4 * 1024 ** 3, 1024, Number.MAX_SAFE_INTEGER);
 
+  const auth = parseAuthConfig(env, problems, { hostname, public: env.DENO_DEPLOYMENT_ID !== undefined });
+  const limits = parseLimitsConfig(env, problems);
+  const audit = parseAuditConfig(env, problems);
+  const { tls, trustedProxies } = parseTransportConfig(env, problems);
+
   if (problems.length > 0) {
     throw new ConfigError(`Invalid configuration:\n  - ${problems.join("\n  - ")}`);
   }
@@ -253,6 +277,11 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
     qidoDefaultLimit,
     qidoMaxLimit,
     stowMaxBytes,
+    auth,
+    limits,
+    audit,
+    tls,
+    trustedProxies,
   };
 }
 
@@ -291,5 +320,6 @@ export async function loadConfig(): Promise<Config> {
     const value = Deno.env.get(name);
     if (value !== undefined) env[name] = value;
   }
+  env.DENO_DEPLOYMENT_ID = Deno.env.get("DENO_DEPLOYMENT_ID"); // on Deno Deploy the server is public
   return parseConfig(env);
 }

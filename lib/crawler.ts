@@ -210,18 +210,17 @@ export class Crawler {
   async ready(aet: string, timeoutMs: number): Promise<boolean> {
     const state = this.#state(aet);
     if (state.complete || state.progress.last?.outcome === "complete") return true;
-    const [status] = await this.#catalog.status(aet);
-    if (status?.completeAt !== undefined) {
+    if (await this.#catalog.completedAt(aet) !== undefined) {
       state.complete = true;
       return true;
     }
-    if (!state.crawl) {
-      this.crawl(aet).catch((error) => this.#log(`catalog ${aet}: crawl failed: ${message(error)}`));
-    }
+    const crawl = state.crawl ?? this.crawl(aet);
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<boolean>((resolve) => timer = setTimeout(() => resolve(false), timeoutMs));
     try {
-      return await Promise.race([state.ready.then(() => true), timeout]);
+      // A failed or skipped crawl answers at once (false) rather than after the timeout.
+      const done = crawl.then((report) => report.outcome === "complete", () => false);
+      return await Promise.race([state.ready.then(() => true), done, timeout]);
     } finally {
       clearTimeout(timer);
     }

@@ -159,9 +159,7 @@ async function searchResponse(services: Services, resource: Resource, ctx: Route
     }
   }
   const base = publicBase(ctx.request, config);
-  const texts = rows.map((row) =>
-    withCharset(stringifyDicomJson(formatRow(row, resource, query, base, aet)))
-  );
+  const texts = rows.map((row) => withCharset(serialize(formatRow(row, resource, query, base, aet))));
   const headers = new Headers({ "content-type": "application/dicom+json; charset=utf-8" });
   const host = new URL(base).host;
   for (const warning of warnings) headers.append("warning", warningHeader(host, warning));
@@ -199,14 +197,38 @@ function pick(
   relativeBulk: boolean,
 ): void {
   if (!from) return;
-  const keys = tags === "all" ? Object.keys(from) : [...tags].map(tagToHex);
+  const keys = tags === "all" ? Object.keys(from) : [...tags].map(hex);
   for (const key of keys) {
     const attribute = from[key];
     if (attribute === undefined || key in to || key === "00080005") continue;
-    to[key] = relativeBulk && JSON.stringify(attribute).includes('"BulkDataURI"')
-      ? withoutBulk(attribute)
-      : attribute;
+    const bulk = attribute.BulkDataURI !== undefined ||
+      (attribute.vr === "SQ" && JSON.stringify(attribute).includes('"BulkDataURI"'));
+    to[key] = relativeBulk && bulk ? withoutBulk(attribute) : attribute;
   }
+}
+
+const HEX = new Map<number, string>();
+
+/** `tagToHex`, memoized (the same few tags are formatted for every result). */
+function hex(tag: number): string {
+  let text = HEX.get(tag);
+  if (text === undefined) {
+    text = tagToHex(tag);
+    if (HEX.size < 10_000) HEX.set(tag, text);
+  }
+  return text;
+}
+
+/**
+ * The JSON text of one result, keys ascending. Only sequences need {@linkcode stringifyDicomJson} (item keys such
+ * as "30060020" would otherwise come first in JavaScript's own order); other attributes are plain JSON.
+ */
+function serialize(out: DicomJson): string {
+  const parts = Object.keys(out).sort().map((key) => {
+    const attribute = out[key];
+    return `"${key}":${attribute.vr === "SQ" ? stringifyDicomJson(attribute) : JSON.stringify(attribute)}`;
+  });
+  return `{${parts.join(",")}}`;
 }
 
 /**

@@ -30,6 +30,10 @@ export interface Services {
 export async function bucketOf(services: Services, aet: string): Promise<string> {
   const bucket = await services.aets.bucket(aet);
   if (bucket === undefined) {
+    if (services.config.auth.methods.length > 0) {
+      // With authentication on, never list AETs the caller may not be allowed to see.
+      throw new HttpError(404, `Unknown AET "${aet}" (see GET /aets)`);
+    }
     const known = (await services.aets.entries()).map(([name]) => name);
     const list = known.length > 0 ? `known AETs: ${known.join(", ")}` : "no AETs are configured";
     throw new HttpError(404, `Unknown AET "${aet}": ${list} (see GET /aets)`);

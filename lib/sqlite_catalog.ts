@@ -249,6 +249,8 @@ export class SqliteCatalog implements Catalog {
     let statement = this.#statements.get(sql);
     if (!statement) {
       statement = this.#db.prepare(sql);
+      // Search SQL varies with the filters given: keep the cache bounded.
+      if (this.#statements.size >= 1000) this.#statements.clear();
       this.#statements.set(sql, statement);
     }
     return statement;
@@ -728,7 +730,7 @@ export class SqliteCatalog implements Catalog {
         where.push(`sop IN (${scope.sops.map(() => "?").join(", ") || "NULL"})`);
         args.push(...scope.sops);
       }
-      const rows = this.#db.prepare(
+      const rows = this.#q(
         `SELECT key, size, etag FROM objects WHERE ${where.join(" AND ")} ORDER BY key LIMIT ?`,
       )
         .all(...args, limit) as unknown as ObjectInfo[];
@@ -787,7 +789,7 @@ export class SqliteCatalog implements Catalog {
         where.join(" AND ")
       } ORDER BY ${order} LIMIT ? OFFSET ?`;
       args.push(query.limit, query.offset);
-      const rows = this.#db.prepare(sql).all(...args) as Record<string, string | number | null>[];
+      const rows = this.#q(sql).all(...args) as Record<string, string | number | null>[];
       return rows.map((row) => ({
         study: row.study as string,
         series: (row.series ?? undefined) as string | undefined,
@@ -813,6 +815,15 @@ export class SqliteCatalog implements Catalog {
         ORDER BY o.key`;
       const args = series === undefined ? [aet, study] : [aet, study, series];
       return this.#q(sql).all(...args) as unknown as StoredInstance[];
+    });
+  }
+
+  completedAt(aet: string): Promise<number | undefined> {
+    return settle(() => {
+      const row = this.#q("SELECT complete_at FROM aets WHERE aet = ?").get(aet) as
+        | { complete_at: number | null }
+        | undefined;
+      return row?.complete_at ?? undefined;
     });
   }
 

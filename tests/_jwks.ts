@@ -12,7 +12,7 @@
  * ```
  */
 
-import { exportJWK, generateKeyPair, type JWK, SignJWT } from "npm:jose@6.2.18";
+import { exportJWK, generateKeyPair, type JWK, SignJWT } from "jose";
 
 /** A running test issuer. */
 export interface TestIssuer {

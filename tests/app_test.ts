@@ -346,7 +346,7 @@ Deno.test("createHandler() health and AETs", async (t) => {
   await t.step("an unknown path is a 404 JSON error", async () => {
     const { fetch } = await setup();
     await errorJson(await fetch("/nope"), 404);
-    await errorJson(await fetch("/aets/PACS/studies/1.2.3/series"), 404);
+    await errorJson(await fetch("/aets/PACS/studies/1.2.3/series/1.2.3.4/nope"), 404);
   });
 });
 

@@ -4,7 +4,7 @@ import { Crawler } from "../lib/crawler.ts";
 import { FileStore } from "../lib/file_store.ts";
 import { MemoryStore } from "../lib/memory_store.ts";
 import { openSqliteCatalog, type SqliteCatalog } from "../lib/sqlite_catalog.ts";
-import type { ObjectStore } from "../lib/store.ts";
+import { type ObjectStore, StoreError } from "../lib/store.ts";
 import { buildPart10 } from "./_dicom_fixtures.ts";
 import { generatedCorpus, instanceElements, putAll, STUDIES } from "./_qido_fixtures.ts";
 import { observe, type ObservedStore } from "./_stores.ts";
@@ -277,5 +277,42 @@ Deno.test("Crawler.start() crawls now and on the interval; stop() ends it", asyn
     assert.equal((await studyRows(s.catalog)).length, STUDIES.length);
   } finally {
     await s.close();
+  }
+});
+
+Deno.test("Crawler reports a store failure without blaming objects; ready() answers at once", async () => {
+  const backing = new MemoryStore([BUCKET]);
+  await putAll(backing, BUCKET, files.slice(0, 2));
+  const broken: ObjectStore = {
+    ...backing,
+    kind: backing.kind,
+    location: backing.location,
+    listBuckets: (o) => backing.listBuckets(o),
+    head: (b, k, o) => backing.head(b, k, o),
+    put: (b, k, body, o) => backing.put(b, k, body, o),
+    delete: (b, k, o) => backing.delete(b, k, o),
+    check: (b, o) => backing.check(b, o),
+    list: (b, p, o) => backing.list(b, p, o),
+    get: () => Promise.reject(new StoreError("unavailable", "Cannot reach the store: connection refused")),
+  };
+  const catalog = await openSqliteCatalog(":memory:");
+  const logs: string[] = [];
+  const crawler = new Crawler({
+    store: broken,
+    aets: new AetRegistry(broken, { configured: new Map([[AET, BUCKET]]) }),
+    catalog,
+    log: (line) => logs.push(line),
+  });
+  try {
+    assert.equal(await crawler.ready(AET, 60_000), false);
+    const last = crawler.progress()[0].last!;
+    assert.equal(last.outcome, "failed");
+    assert.match(last.error!, /connection refused/);
+    assert.deepEqual(await catalog.failures(AET), [], "no object is recorded as failed");
+    assert.equal((await catalog.status(AET))[0].lastError, "Cannot reach the store: connection refused");
+    assert.ok(logs.some((l) => /crawl of crawl failed: Cannot reach the store/.test(l)));
+  } finally {
+    await crawler.stop();
+    await catalog.close();
   }
 });

@@ -13,9 +13,9 @@ import assert from "node:assert/strict";
 import { AetRegistry } from "../lib/aets.ts";
 import { createHandler } from "../lib/app.ts";
 import { parseConfig } from "../lib/config.ts";
+import { crawlerFor } from "../lib/crawler.ts";
 import { FileStore } from "../lib/file_store.ts";
 import { errorResponse, toHttpError } from "../lib/http_error.ts";
-import { crawlerFor } from "../lib/crawler.ts";
 import { S3Store } from "../lib/s3_store.ts";
 import { openSqliteCatalog } from "../lib/sqlite_catalog.ts";
 import { ohifAppConfig, replaceAll, viewerHandler } from "../lib/viewer.ts";
@@ -241,6 +241,23 @@ Deno.test("viewer routes: none unless VIEWER is set; then /viewer/ serves OHIF r
   const absent = await get("/dicomweb/viewer/nope.js");
   await absent.body?.cancel();
   assert.equal(absent.status, 404);
+
+  // Behind a proxy that maps https://pacs.example.org/dicom/ to this server's root: URLs as the browser sees them.
+  const proxied = createHandler(
+    {
+      config: parseConfig({ AETS: AET, VIEWER: dist, PUBLIC_URL: "https://pacs.example.org/dicom" }),
+      store,
+      aets: new AetRegistry(store, { configured: new Map([[AET, AET]]) }),
+      capabilities: { reEncode: false },
+    },
+    { log: () => {} },
+  );
+  const proxiedHtml = await (await proxied(new Request("http://127.0.0.1:8080/viewer/"))).text();
+  assert.match(proxiedHtml, /src="\/dicom\/viewer\/app-config\.js"/);
+  const proxiedConfig = await (await proxied(new Request("http://127.0.0.1:8080/viewer/app-config.js")))
+    .text();
+  assert.match(proxiedConfig, /"routerBasename": "\/dicom\/viewer"/);
+  assert.match(proxiedConfig, /"qidoRoot": "https:\/\/pacs\.example\.org\/dicom\/aets\/OHIF"/);
   await Deno.remove(dist.slice(0, -"/dist".length), { recursive: true });
 
   const notInstalled = createHandler(
@@ -616,6 +633,11 @@ Deno.test({
           } s (${steps}), ${count} DICOMweb responses`,
         );
       });
+      assert.deepEqual(
+        dicomweb.logs.filter((line) => line.startsWith("error ")),
+        [],
+        "no server errors logged",
+      );
       const total = (performance.now() - started) / 1000;
       console.log(
         `OHIF ${OHIF_VERSION}, Chromium ${browser.version}: ${timings.join("; ")}; total ${

@@ -11,6 +11,7 @@
  * ../shared/tools/gen_dataset.py. `BENCH_THUMBNAILS` (default 200) and `BENCH_TRANSCODE` (default 24) set counts.
  */
 
+import process from "node:process";
 import jpegJs from "jpeg-js";
 import { AetRegistry } from "../lib/aets.ts";
 import { encodeHtj2k } from "../lib/codecs/htj2k.ts";
@@ -65,6 +66,14 @@ function time<T>(f: () => Promise<T>): Promise<[T, number]> {
   return f().then((v) => [v, performance.now() - t0]);
 }
 
+/** CPU milliseconds (user + system, all threads) used by this process while `f` runs: load-independent. */
+async function cpu<T>(f: () => Promise<T>): Promise<[T, number, number]> {
+  const before = process.cpuUsage();
+  const [value, ms] = await time(f);
+  const used = process.cpuUsage(before);
+  return [value, ms, (used.user + used.system) / 1000];
+}
+
 async function thumbnails(data: Awaited<ReturnType<typeof dataset>>, pool: CodecPool) {
   const store = new FileStore(data.root);
   const config = parseConfig({ AETS: `BENCH=${data.bucket}` });
@@ -111,8 +120,8 @@ async function thumbnails(data: Awaited<ReturnType<typeof dataset>>, pool: Codec
   const [s, se, f] = data.keys[0].split("/");
   await (await fetch(`${base}/studies/${s}/series/${se}/instances/${f.slice(0, -4)}/rendered?viewport=8,8`))
     .arrayBuffer();
-  const [bytes, cold] = await time(fetchAll);
-  const [, warm] = await time(fetchAll);
+  const [bytes, cold, coldCpu] = await cpu(fetchAll);
+  const [, warm, warmCpu] = await cpu(fetchAll);
   await server.shutdown();
   console.log(
     `thumbnails (${keys.length} × 512×512 CT → 256×256 JPEG, ${CLIENTS} clients, pool of ${pool.size} workers):`,
@@ -192,7 +201,7 @@ async function transcoding(data: Awaited<ReturnType<typeof dataset>>, pool: Code
     const compressed = series.reduce((n, b) => n + b.length, 0);
     let next = 0;
     let out = 0;
-    const [, ms] = await time(() =>
+    const [, ms, cpuMs] = await cpu(() =>
       Promise.all(Array.from({ length: Math.max(1, pool.size) * 2 }, async () => {
         while (next < series.length) {
           const i = next++;
@@ -208,7 +217,12 @@ async function transcoding(data: Awaited<ReturnType<typeof dataset>>, pool: Code
         `(${(series.length / ms * 1000).toFixed(1)} instances/s; in ${
           (compressed / 1e6).toFixed(1)
         } MB, out ${(out / 1e6).toFixed(1)} MB, ` +
-        `ratio ${(pixelBytes / compressed).toFixed(2)}:1)`,
+        `ratio ${(pixelBytes / compressed).toFixed(2)}:1); CPU ${
+          (cpuMs / series.length).toFixed(1)
+        } ms/instance → ` +
+        `${
+          (pixelBytes / 1e6 / (cpuMs / 1000) * navigator.hardwareConcurrency).toFixed(1)
+        } MB/s on ${navigator.hardwareConcurrency} idle cores`,
     );
   }
 }

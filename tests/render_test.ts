@@ -9,7 +9,7 @@ import { decodeFrame } from "../lib/codecs/mod.ts";
 import { decodeJpegBaseline } from "../lib/codecs/jpeg_turbo.ts";
 import { describeFrame } from "../lib/decode.ts";
 import { frameCount, planFrame } from "../lib/frames.ts";
-import { parseObject, type Part10Header } from "../lib/part10.ts";
+import { type DicomDataset, type DicomElement, parseObject, type Part10Header } from "../lib/part10.ts";
 import {
   applyViewport,
   encodeJpeg,
@@ -271,6 +271,88 @@ Deno.test("renderAttributes() reads window, rescale and VOI LUT function, per fr
     if (!(error instanceof Deno.errors.NotFound)) throw error;
     unavailable(t, "../shared/dicom", "the shared corpus must sit beside the repository");
   }
+});
+
+/** Builders for synthetic data sets (explicit values, little endian). */
+const el = (tag: number, vr: string, bytes: Uint8Array): DicomElement => ({
+  tag,
+  vr,
+  offset: 0,
+  length: bytes.length,
+  bytes,
+});
+const text = (tag: number, vr: string, value: string) => el(tag, vr, new TextEncoder().encode(value));
+const us = (tag: number, vr: string, ...values: number[]) =>
+  el(tag, vr, new Uint8Array(Uint16Array.from(values).buffer));
+const dataset = (...elements: DicomElement[]): DicomDataset => ({
+  elements: new Map(elements.map((e) => [e.tag, e])),
+  characterSet: [],
+  littleEndian: true,
+});
+const sequence = (tag: number, ...items: DicomDataset[]): DicomElement => ({
+  tag,
+  vr: "SQ",
+  offset: 0,
+  length: -1,
+  items,
+});
+const synthetic = (ds: DicomDataset) => ({ name: "synthetic", dataset: ds }) as Part10Header;
+
+Deno.test("renderAttributes() applies Shared then Per-Frame Functional Groups of enhanced multi-frame objects", () => {
+  const header = synthetic(dataset(
+    text(0x00281050, "DS", "40"),
+    text(0x00281051, "DS", "400"),
+    sequence(
+      0x52009229,
+      dataset(sequence(0x00289145, dataset(text(0x00281052, "DS", "-1024"), text(0x00281053, "DS", "2")))),
+    ),
+    sequence(
+      0x52009230,
+      dataset(),
+      dataset(sequence(
+        0x00289132,
+        dataset(
+          text(0x00281050, "DS", "100\\300"),
+          text(0x00281051, "DS", "50\\600"),
+          text(0x00281056, "CS", "SIGMOID"),
+        ),
+      )),
+    ),
+  ));
+  const first = renderAttributes(header, 1);
+  assert.deepEqual(first.windows, [{ center: 40, width: 400 }]);
+  assert.equal(first.rescaleIntercept, -1024);
+  assert.equal(first.rescaleSlope, 2);
+  const second = renderAttributes(header, 2);
+  assert.deepEqual(second.windows, [{ center: 100, width: 50 }, { center: 300, width: 600 }]);
+  assert.equal(second.voiFunction, "SIGMOID");
+});
+
+Deno.test("PALETTE COLOR frames render through their 16-bit lookup tables", () => {
+  const header = synthetic(dataset(
+    us(0x00281101, "US", 3, 0, 16),
+    us(0x00281102, "US", 3, 0, 16),
+    us(0x00281103, "US", 3, 0, 16),
+    us(0x00281201, "OW", 0, 65535, 32896),
+    us(0x00281202, "OW", 65535, 0, 32896),
+    us(0x00281203, "OW", 0, 0, 32896),
+  ));
+  const attrs = renderAttributes(header);
+  const frame = {
+    rows: 1,
+    columns: 3,
+    samplesPerPixel: 1,
+    bitsAllocated: 8,
+    bitsStored: 8,
+    pixelRepresentation: 0,
+    photometricInterpretation: "PALETTE COLOR",
+    planarConfiguration: 0,
+    bytes: Uint8Array.from([0, 1, 2]),
+    lossy: false,
+  };
+  const image = toDisplay(frame, attrs, { mediaType: "image/png" });
+  assert.equal(image.channels, 3);
+  assert.deepEqual(Array.from(image.pixels), [0, 255, 0, 255, 0, 0, 128, 128, 128]);
 });
 
 /** dcmtk renders `file`'s frame `frame` as PGM/PPM with `args`. */

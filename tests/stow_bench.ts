@@ -283,6 +283,7 @@ async function main() {
       server = await startServer([`${REPO}tests/stow_bench.ts`, "--serve"], env);
     }
     const url = `${server.url}/aets/BENCH/studies`;
+    console.log("warming up…");
     // warm-up: connections, JIT
     await direct(store, bucket, data.files.slice(0, 40));
     await stow(url, data.files.slice(0, 40));
@@ -292,6 +293,7 @@ async function main() {
     const oneRuns: number[] = [];
     const manyRuns: number[] = [];
     for (let r = 0; r < ROUNDS; r++) {
+      console.log(`round ${r + 1} of ${ROUNDS}…`);
       directRuns.push(await direct(store, bucket, data.files));
       await empty(store, bucket);
       const one = await stow(url, data.files);

@@ -16,7 +16,8 @@ const codecs = new CodecSlot(
 
 /** Decodes one HTJ2K codestream. */
 export async function decodeHtj2k(data: Uint8Array): Promise<RawImage> {
-  const { module, printed } = await codecs.get();
+  const loaded = await codecs.get();
+  const { module, printed } = loaded;
   const codec = new module.HTJ2KDecoder();
   try {
     codec.getEncodedBuffer(data.length).set(data);
@@ -49,6 +50,7 @@ export async function decodeHtj2k(data: Uint8Array): Promise<RawImage> {
     try {
       codec.delete();
     } catch { /* instance trapped */ }
+    codecs.trim(loaded);
   }
 }
 

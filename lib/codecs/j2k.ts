@@ -21,7 +21,8 @@ const encoder = new CodecSlot(
 
 /** Decodes one JPEG 2000 codestream (or JP2 file). */
 export async function decodeJ2k(data: Uint8Array): Promise<RawImage> {
-  const { module, printed } = await decoder.get();
+  const loaded = await decoder.get();
+  const { module, printed } = loaded;
   printed.length = 0;
   const codec = new module.J2KDecoder();
   try {
@@ -52,6 +53,7 @@ export async function decodeJ2k(data: Uint8Array): Promise<RawImage> {
     try {
       codec.delete();
     } catch { /* instance trapped */ }
+    decoder.trim(loaded);
   }
 }
 

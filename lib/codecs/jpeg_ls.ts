@@ -15,7 +15,8 @@ const decoder = new CodecSlot(
 
 /** Decodes one JPEG-LS frame. Interleave mode "none" comes out plane by plane (`planar`). */
 export async function decodeJpegLs(data: Uint8Array): Promise<RawImage> {
-  const { module, printed } = await decoder.get();
+  const loaded = await decoder.get();
+  const { module, printed } = loaded;
   const codec = new module.JpegLSDecoder();
   try {
     codec.getEncodedBuffer(data.length).set(data);
@@ -45,5 +46,6 @@ export async function decodeJpegLs(data: Uint8Array): Promise<RawImage> {
     try {
       codec.delete();
     } catch { /* instance trapped */ }
+    decoder.trim(loaded);
   }
 }

@@ -21,7 +21,8 @@ const encoder = new CodecSlot(
 
 /** Decodes one 8-bit JPEG (baseline or extended) frame. */
 export async function decodeJpegBaseline(data: Uint8Array): Promise<RawImage> {
-  const { module, printed } = await decoder.get();
+  const loaded = await decoder.get();
+  const { module, printed } = loaded;
   const codec = new module.JPEGDecoder();
   try {
     codec.getEncodedBuffer(data.length).set(data);
@@ -47,6 +48,7 @@ export async function decodeJpegBaseline(data: Uint8Array): Promise<RawImage> {
     try {
       codec.delete();
     } catch { /* instance already trapped */ }
+    decoder.trim(loaded);
   }
 }
 

@@ -122,7 +122,9 @@ export class CodecPool {
     }
     // Posting a view clones its whole buffer: send a copy of just the frame when it is part of a larger one.
     const data = task.data;
-    if (data.byteOffset !== 0 || data.byteLength !== data.buffer.byteLength) task = { ...task, data: data.slice() };
+    if (data.byteOffset !== 0 || data.byteLength !== data.buffer.byteLength) {
+      task = { ...task, data: data.slice() };
+    }
     return new Promise((resolve, reject) => {
       this.#queue.push({ task, resolve: resolve as (v: unknown) => void, reject });
       this.#pump();
@@ -194,6 +196,13 @@ export class CodecPool {
       if (!this.#closed) this.#pump();
     };
     return slot;
+  }
+
+  /** Starts every worker now (module loading takes a few hundred ms), so the first requests need not wait. */
+  warm(): void {
+    while (!this.#inline && !this.#closed && this.#slots.length < this.#size) {
+      if (!this.#spawn()) break;
+    }
   }
 
   /** Terminates the workers; queued tasks are rejected. */

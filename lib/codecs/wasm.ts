@@ -86,6 +86,15 @@ export class CodecSlot {
   reset(): void {
     this.#loading = undefined;
   }
+
+  /**
+   * Drops the instance when its memory grew past `maxBytes` (WASM memory never shrinks: one huge frame would
+   * otherwise pin that much memory in every worker for good). The next use instantiates it afresh.
+   */
+  trim(loaded: LoadedCodec, maxBytes = 256 * 1024 * 1024): void {
+    const heap = loaded.module.HEAPU8 as Uint8Array | undefined;
+    if (heap && heap.length > maxBytes) this.reset();
+  }
 }
 
 /** The text of an error thrown by Emscripten code (C++ exceptions arrive as numbers or strings). */
