@@ -13,6 +13,10 @@ import { FileStore } from "./lib/file_store.ts";
 import { S3Store } from "./lib/s3_store.ts";
 import type { ObjectStore } from "./lib/store.ts";
 import { loadTls, type TlsFiles } from "./lib/tls.ts";
+import type { Catalog } from "./lib/catalog.ts";
+import { crawlerFor } from "./lib/crawler.ts";
+import { openSqliteCatalog } from "./lib/sqlite_catalog.ts";
+import { defaultPool } from "./lib/codecs/pool.ts";
 
 if (import.meta.main) {
   let config;
@@ -36,6 +40,26 @@ if (import.meta.main) {
     // The server still starts: /readyz reports the problem until the store answers.
     console.error(`Warning: cannot list AETs from ${store.kind} store ${store.location}: ${(error as Error).message}`);
   }
+  // The search catalog is derived from the buckets: deleting its file is always safe.
+  let catalog: Catalog | undefined;
+  try {
+    if (config.catalogPath !== ":memory:") {
+      await Deno.mkdir(config.catalogPath.replace(/\/[^/]*$/, "") || ".", { recursive: true }).catch(() => {});
+    }
+    catalog = await openSqliteCatalog(config.catalogPath, { bulkDataThreshold: config.bulkDataThreshold });
+  } catch (error) {
+    console.error(`Warning: search is off: ${(error as Error).message}`);
+  }
+  if (catalog) {
+    crawlerFor(catalog, {
+      store,
+      aets,
+      bulkDataThreshold: config.bulkDataThreshold,
+      concurrency: Math.max(8, config.s3Concurrency),
+    }).start(config.crawlInterval);
+  }
+  defaultPool().warm(); // workers and WASM codecs load in the background
+
   let tls: TlsFiles | undefined;
   let audit;
   try {
@@ -45,7 +69,10 @@ if (import.meta.main) {
     console.error((error as Error).message);
     Deno.exit(2);
   }
-  const handler = createHandler({ config, store, aets, capabilities: { reEncode: true } }, { audit: audit.log });
+  const handler = createHandler(
+    { config, store, aets, capabilities: { reEncode: true, decode: true }, catalog },
+    { audit: audit.log },
+  );
   const scheme = tls ? "https" : "http";
   const names = (await aets.entries().catch(() => [])).map(([aet, bucket]) => aet === bucket ? aet : `${aet}=${bucket}`);
   Deno.serve({
@@ -60,6 +87,8 @@ if (import.meta.main) {
       const methods = config.auth.methods.length > 0 ? config.auth.methods.join(", ") : "none (loopback only)";
       const auditTo = config.audit.kind === "file" ? config.audit.path : config.audit.kind;
       console.log(`Authentication: ${methods}; audit log: ${auditTo}`);
+      console.log(`Search catalog: ${catalog ? config.catalogPath : "off"}`);
+      if (config.viewer) console.log(`Viewer: ${scheme}://${shown}:${port}${config.basePath}/viewer/`);
       console.log(`Try: curl ${scheme}://${shown}:${port}${config.basePath}/aets`);
     },
   }, handler);

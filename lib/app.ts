@@ -14,7 +14,10 @@ import { metadataHandlers } from "./metadata.ts";
 import { pixelHandlers } from "./pixels_route.ts";
 import { registerQido } from "./qido.ts";
 import { reEncodeBody } from "./reencode.ts";
+import { registerRendered } from "./rendered_route.ts";
 import { registerStow } from "./stow.ts";
+import { transcodingEncoder } from "./transcode_pixels.ts";
+import { registerViewer } from "./viewer.ts";
 import type { Services } from "./services.ts";
 import { retrieveHandlers, type RetrieveOptions } from "./wado.ts";
 
@@ -61,7 +64,7 @@ export function createHandler(
   };
   const retrieve = retrieveHandlers(withHeaders, {
     encode: options.encode ??
-      ((opened, _choice, bucket) =>
+      transcodingEncoder((opened, _choice, bucket) =>
         reEncodeBody(opened, {
           store: services.store,
           headers: withHeaders.headers,
@@ -89,6 +92,10 @@ export function createHandler(
   router.add("/aets/:aet/studies/:study/series/:series/instances/:instance/bulkdata/:path(.+)", { GET: pixels.bulkdata });
   registerQido(router, withHeaders);
   registerStow(router, withHeaders);
+  // PS3.18 10.4.1.1.5 Retrieve Rendered, 10.4.1.1.6 Retrieve Thumbnail (study, series, instance, frame).
+  registerRendered(router, withHeaders);
+  // Not PS3.18: the OHIF Viewer at /viewer/ when VIEWER is set (off by default).
+  if (config.viewer !== undefined) registerViewer(router, withHeaders, { distDir: config.viewer });
 
   return async (request: Request, info?: ServeInfo): Promise<Response> => {
     const started = performance.now();

@@ -51,6 +51,8 @@ export interface Config {
   qidoMaxLimit: number;
   /** Largest STOW-RS request body in bytes (413 above). */
   stowMaxBytes: number;
+  /** The OHIF `dist/` folder served at `{BASE_PATH}/viewer/`; undefined when off (the default). */
+  viewer?: string;
   /** Who may do what: `AUTH`, `OIDC_*`, `AUTH_TOKENS`, `AUTH_USERS`, `AUTH_GRANTS`. */
   auth: AuthConfig;
   /** Request limits: `MAX_HEADER_*`, `CLIENT_CONCURRENCY`, `*_TIMEOUT_MS`, `STOW_MAX_PARTS`, `REQUEST_READ_BUDGET_MB`. */
@@ -62,6 +64,9 @@ export interface Config {
   /** Peers whose `Forwarded` / `X-Forwarded-*` are believed (`TRUSTED_PROXIES`). */
   trustedProxies: TrustedProxies;
 }
+
+/** Where `deno task viewer:install` puts OHIF's `dist/` (what `VIEWER=on` serves). */
+export const DEFAULT_VIEWER_DIR = "./tools/viewer/node_modules/@ohif/app/dist";
 
 /** Bad configuration; the message lists every problem and how to fix it. */
 export class ConfigError extends Error {
@@ -93,6 +98,7 @@ export const CONFIG_NAMES = [
   "QIDO_DEFAULT_LIMIT",
   "QIDO_MAX_LIMIT",
   "STOW_MAX_BYTES",
+  "VIEWER",
   ...AUTH_CONFIG_NAMES,
   ...LIMITS_CONFIG_NAMES,
   ...AUDIT_CONFIG_NAMES,
@@ -251,6 +257,11 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
   }
   const stowMaxBytes = integer("STOW_MAX_BYTES", 4 * 1024 ** 3, 1024, Number.MAX_SAFE_INTEGER);
 
+  const rawViewer = get("VIEWER");
+  let viewer: string | undefined;
+  if (rawViewer !== undefined && !["off", "false", "no", "0"].includes(rawViewer.toLowerCase())) {
+    viewer = ["on", "true", "yes", "1"].includes(rawViewer.toLowerCase()) ? DEFAULT_VIEWER_DIR : rawViewer;
+  }
   const auth = parseAuthConfig(env, problems, { hostname, public: env.DENO_DEPLOYMENT_ID !== undefined });
   const limits = parseLimitsConfig(env, problems);
   const audit = parseAuditConfig(env, problems);
@@ -277,6 +288,7 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
     qidoDefaultLimit,
     qidoMaxLimit,
     stowMaxBytes,
+    viewer,
     auth,
     limits,
     audit,

@@ -307,7 +307,10 @@ export class Crawler {
       progress.phase = "listing";
       progress.listed = 0;
       await this.#list(ticket, report, throttle, renew);
-      if (this.#stopped) return finish("stopped");
+      if (this.#stopped) {
+        await this.#catalog.endCrawl(ticket, { complete: false, error: "Stopped" });
+        return finish("stopped");
+      }
 
       progress.phase = "series";
       const before = { count: this.#headers.misses, bytes: this.#headers.bytesRead };

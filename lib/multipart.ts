@@ -136,11 +136,16 @@ export function multipartStream(
         }
         const part = next.value;
         push(partHead(part));
-        if (part.body instanceof Uint8Array) {
+        if (!(part.body instanceof Uint8Array)) reader = part.body.getReader();
+        else if (part.body.byteLength < chunkSize) {
           push(part.body);
           push(encoder.encode("\r\n"));
         } else {
-          reader = part.body.getReader();
+          controller.enqueue(take());
+          controller.enqueue(part.body);
+          push(encoder.encode("\r\n"));
+          first = false;
+          return;
         }
       }
       if (first && pendingBytes > 0) break;

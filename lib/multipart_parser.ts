@@ -165,6 +165,7 @@ export async function* readMultipart(
 class Scanner {
   #reader: ReadableStreamDefaultReader<Uint8Array>;
   #delimiter: Uint8Array;
+  #shifts: Uint8Array;
   /** Unconsumed bytes; starts with a virtual CRLF so a body may open with the dash-boundary. */
   #buf: Uint8Array = encoder.encode("\r\n");
   #ended = false;
@@ -176,6 +177,7 @@ class Scanner {
   constructor(reader: ReadableStreamDefaultReader<Uint8Array>, delimiter: Uint8Array) {
     this.#reader = reader;
     this.#delimiter = delimiter;
+    this.#shifts = shiftTable(delimiter);
   }
 
   /** Resolves when no read is in flight. */
@@ -223,7 +225,7 @@ class Scanner {
     this.atDelimiter = false;
     while (true) {
       const buf = this.#buf;
-      const { at, full } = findDelimiter(buf, this.#delimiter);
+      const { at, full } = findDelimiter(buf, this.#delimiter, this.#shifts);
       if (full && at === 0) {
         this.#buf = buf.subarray(this.#delimiter.byteLength);
         this.atDelimiter = true;
@@ -296,23 +298,42 @@ class Scanner {
   }
 }
 
+/** Horspool's shifts for the delimiter: how far the window may move given its last byte. */
+function shiftTable(delimiter: Uint8Array): Uint8Array {
+  const m = delimiter.byteLength; // at most 74
+  const table = new Uint8Array(256).fill(m);
+  for (let i = 0; i < m - 1; i++) table[delimiter[i]] = m - 1 - i;
+  return table;
+}
+
 /**
  * Where the delimiter starts in `buf` (`full`), or where a partial match running to the end of `buf`
- * starts (bytes before `at` are free of delimiters either way).
+ * starts (bytes before `at` are free of delimiters either way). Horspool's search: about one byte in
+ * `delimiter.length` is looked at.
  */
-function findDelimiter(buf: Uint8Array, delimiter: Uint8Array): { at: number; full: boolean } {
+function findDelimiter(buf: Uint8Array, delimiter: Uint8Array, shifts: Uint8Array): { at: number; full: boolean } {
   const n = buf.byteLength;
   const m = delimiter.byteLength;
-  let from = 0;
-  while (true) {
-    const i = buf.indexOf(CR, from);
-    if (i < 0) return { at: n, full: false };
-    let j = 1;
-    while (j < m && i + j < n && buf[i + j] === delimiter[j]) j++;
-    if (j === m) return { at: i, full: true };
-    if (i + j === n) return { at: i, full: false };
-    from = i + 1;
+  const last = m - 1;
+  const lastByte = delimiter[last];
+  for (let i = 0; i <= n - m;) {
+    const c = buf[i + last];
+    if (c === lastByte) {
+      let j = last - 1;
+      while (j >= 0 && buf[i + j] === delimiter[j]) j--;
+      if (j < 0) return { at: i, full: true };
+    }
+    i += shifts[c];
   }
+  // a delimiter may begin in the last m - 1 bytes and continue in the next chunk
+  for (let i = Math.max(0, n - last); i < n; i++) {
+    i = buf.indexOf(CR, i);
+    if (i < 0) break;
+    let j = 1;
+    while (i + j < n && buf[i + j] === delimiter[j]) j++;
+    if (i + j === n) return { at: i, full: false };
+  }
+  return { at: n, full: false };
 }
 
 function indexOfCrlfCrlf(buf: Uint8Array): number {

@@ -5,6 +5,8 @@
  * @module
  */
 
+import { DECODABLE_SYNTAXES } from "./codecs/mod.ts";
+import { decodedFrame } from "./decode.ts";
 import { resolveBulkDataPath, toLittleEndian } from "./dicom_json.ts";
 import { type FramePlan, frameCount, planFrame } from "./frames.ts";
 import { type HeaderCache, loadHeader } from "./headers.ts";
@@ -27,6 +29,8 @@ export interface FrameChoice {
   multipart: boolean;
   /** The Content-Type of each frame (part). */
   contentType: string;
+  /** Compressed frames are decoded to native little endian samples (lib/decode.ts). */
+  decode?: boolean;
 }
 
 const OCTET = "application/octet-stream";
@@ -34,12 +38,14 @@ const OCTET = "application/octet-stream";
 /**
  * Negotiates frames of an instance stored as `storedTs` whose frames have media type `mediaType`
  * (`application/octet-stream` for native data). Stored bytes are sent unchanged (native data in little
- * endian), so an Accept that needs decoding is a 406 until decoding lands (TODO(#8)).
+ * endian); `application/octet-stream` with no transfer-syntax or with Explicit VR Little Endian asks for
+ * compressed frames decoded, which `options.decodable` allows.
  */
 export function negotiateFrames(
   accept: string | null,
   stored: { transferSyntax: string; mediaType: string },
   single: boolean,
+  options: { decodable?: boolean } = {},
 ): FrameChoice {
   const native = stored.mediaType === OCTET;
   // Native frames are little endian pixels: Explicit VR Little Endian whatever the stored syntax.
@@ -55,11 +61,16 @@ export function negotiateFrames(
   const typeOk = (type: string | undefined) =>
     type === undefined || type === "*/*" || type === stored.mediaType ||
     (type === OCTET && native) || (type === OCTET && !native); // octet-stream with ts=* or the stored ts
+  // Decoded: octet-stream in its default syntax (ELE), from compressed frames we can decode.
+  const decodedOk = (type: string | undefined, ts: string | undefined) =>
+    !native && options.decodable === true && type === OCTET && (ts === undefined || ts === EXPLICIT_VR_LITTLE_ENDIAN);
+  const decoded = `${OCTET}; transfer-syntax=${EXPLICIT_VR_LITTLE_ENDIAN}`;
   for (const r of rankRanges(parseAccept(accept))) {
     const ts = r.params["transfer-syntax"];
     if (r.type === "*" || (r.type === "multipart" && (r.subtype === "*" || r.subtype === "related"))) {
       const inner = r.type === "multipart" && r.subtype === "related" ? r.params.type?.toLowerCase() : undefined;
       if (typeOk(inner) && tsOk(ts, inner)) return { multipart: true, contentType };
+      if (decodedOk(inner, ts)) return { multipart: true, contentType: decoded, decode: true };
       continue;
     }
     if (!single) continue;
@@ -67,11 +78,14 @@ export function negotiateFrames(
     if ((type === stored.mediaType || type === OCTET && native || r.subtype === "*" && r.type === stored.mediaType.split("/")[0]) && tsOk(ts, type === OCTET ? OCTET : stored.mediaType)) {
       return { multipart: false, contentType };
     }
+    if (decodedOk(type, ts)) return { multipart: false, contentType: decoded, decode: true };
   }
   const why = native
     ? `frames of this instance are ${contentType}`
-    : `frames of this instance are stored as ${contentType}; decoding them to another syntax is not supported yet, ` +
-      `ask for transfer-syntax=* or type="${stored.mediaType}"`;
+    : `frames of this instance are stored as ${contentType}` +
+      (options.decodable
+        ? `; ask for transfer-syntax=* or type="${stored.mediaType}" to get them as stored, or type="${OCTET}" to get them decoded`
+        : `; decoding them is not supported for this transfer syntax, ask for transfer-syntax=* or type="${stored.mediaType}"`);
   throw new HttpError(406, `None of the media types in Accept can be served: ${why}`);
 }
 
@@ -145,12 +159,17 @@ export function pixelHandlers(services: PixelServices) {
       ctx.request.headers.get("accept"),
       { transferSyntax: header.transferSyntaxUid, mediaType: plans[0].mediaType },
       list.length === 1,
+      { decodable: services.capabilities.decode === true && DECODABLE_SYNTAXES.has(header.transferSyntaxUid) },
     );
+    // Decoded frames: native little endian samples from the codec pool (413/422 from decodedFrame).
+    const frameOf = choice.decode
+      ? async (plan: FramePlan) => (await decodedFrame(header, await readFrame(services, bucket, header, key, plan))).bytes
+      : (plan: FramePlan) => readFrame(services, bucket, header, key, plan);
     if (!choice.multipart) {
-      const bytes = await readFrame(services, bucket, header, key, plans[0]);
+      const bytes = await frameOf(plans[0]);
       return new Response(bytes as Uint8Array<ArrayBuffer>, { headers: { "content-type": choice.contentType, "content-length": String(bytes.byteLength) } });
     }
-    const frameBytes = ahead(plans, (plan) => readFrame(services, bucket, header, key, plan), {
+    const frameBytes = ahead(plans, frameOf, {
       concurrency: services.config.s3Concurrency,
     });
     const first = await frameBytes.next(); // a store failure is a 5xx before anything is sent

@@ -19,7 +19,7 @@
  * @module
  */
 
-import type { Catalog, SearchRow } from "./catalog.ts";
+import type { Catalog, Scope, SearchRow } from "./catalog.ts";
 import { crawlerFor } from "./crawler.ts";
 import type { DicomJson, DicomJsonAttribute } from "./dicom_json.ts";
 import { stringifyDicomJson } from "./dicom_json.ts";
@@ -29,7 +29,6 @@ import { DEFAULT_RETURN, type Level, parseSearch, type SearchQuery, TAGS } from 
 import { parseAccept, rankRanges } from "./negotiation.ts";
 import type { RouteContext, Router } from "./router.ts";
 import { bucketOf, type Services, warningHeader } from "./services.ts";
-import type { Scope } from "./catalog.ts";
 import { checkUid } from "./uid.ts";
 import { publicBase } from "./urls.ts";
 
@@ -247,11 +246,11 @@ function withoutBulk(attribute: DicomJsonAttribute): DicomJsonAttribute {
 }
 
 function studyComputed(out: DicomJson, row: SearchRow, url: string): void {
-  out[tagToHex(TAGS.InstanceAvailability)] = attr("CS", "ONLINE");
-  if (row.modalities.length > 0) out[tagToHex(TAGS.ModalitiesInStudy)] = { vr: "CS", Value: row.modalities };
-  out[tagToHex(TAGS.RetrieveURL)] ??= attr("UR", url);
-  out[tagToHex(TAGS.NumberOfStudyRelatedSeries)] = attr("IS", row.studySeries);
-  out[tagToHex(TAGS.NumberOfStudyRelatedInstances)] = attr("IS", row.studyInstances);
+  out[hex(TAGS.InstanceAvailability)] = attr("CS", "ONLINE");
+  if (row.modalities.length > 0) out[hex(TAGS.ModalitiesInStudy)] = { vr: "CS", Value: row.modalities };
+  out[hex(TAGS.RetrieveURL)] ??= attr("UR", url);
+  out[hex(TAGS.NumberOfStudyRelatedSeries)] = attr("IS", row.studySeries);
+  out[hex(TAGS.NumberOfStudyRelatedInstances)] = attr("IS", row.studyInstances);
 }
 
 function formatRow(
@@ -272,18 +271,18 @@ function formatRow(
       : query.include;
   };
   if (resource.level === "study") {
-    out[tagToHex(TAGS.RetrieveURL)] = attr("UR", studyUrl);
+    out[hex(TAGS.RetrieveURL)] = attr("UR", studyUrl);
     pick(out, row.studyJson, wanted("study"), true);
     studyComputed(out, row, studyUrl);
   } else if (resource.level === "series") {
-    out[tagToHex(TAGS.RetrieveURL)] = attr("UR", seriesUrl);
+    out[hex(TAGS.RetrieveURL)] = attr("UR", seriesUrl);
     pick(out, row.seriesJson, wanted("series"), true);
     pick(out, row.studyJson, wanted("study"), true);
-    out[tagToHex(TAGS.StudyInstanceUID)] ??= attr("UI", row.study);
-    out[tagToHex(TAGS.NumberOfSeriesRelatedInstances)] = attr("IS", row.seriesInstances ?? 0);
+    out[hex(TAGS.StudyInstanceUID)] ??= attr("UI", row.study);
+    out[hex(TAGS.NumberOfSeriesRelatedInstances)] = attr("IS", row.seriesInstances ?? 0);
     if (resource.parents.includes("study")) studyComputed(out, row, studyUrl);
   } else {
-    out[tagToHex(TAGS.RetrieveURL)] = attr("UR", instanceUrl);
+    out[hex(TAGS.RetrieveURL)] = attr("UR", instanceUrl);
     const instance = row.instanceJson ?? {};
     // The instance's own document holds every level's attributes with BulkDataURIs relative to it.
     const tags = query.includeAll ? "all" : new Set([
@@ -292,15 +291,15 @@ function formatRow(
       ...(resource.parents.includes("study") ? DEFAULT_RETURN.study : []),
     ]);
     pick(out, instance, tags, false);
-    out[tagToHex(TAGS.StudyInstanceUID)] ??= attr("UI", row.study);
-    out[tagToHex(TAGS.SeriesInstanceUID)] ??= attr("UI", row.series);
-    out[tagToHex(TAGS.InstanceAvailability)] = attr("CS", "ONLINE");
+    out[hex(TAGS.StudyInstanceUID)] ??= attr("UI", row.study);
+    out[hex(TAGS.SeriesInstanceUID)] ??= attr("UI", row.series);
+    out[hex(TAGS.InstanceAvailability)] = attr("CS", "ONLINE");
     if (resource.parents.includes("series")) {
-      out[tagToHex(TAGS.NumberOfSeriesRelatedInstances)] = attr("IS", row.seriesInstances ?? 0);
+      out[hex(TAGS.NumberOfSeriesRelatedInstances)] = attr("IS", row.seriesInstances ?? 0);
     }
     if (resource.parents.includes("study")) {
       studyComputed(out, row, studyUrl);
-      out[tagToHex(TAGS.RetrieveURL)] = attr("UR", instanceUrl);
+      out[hex(TAGS.RetrieveURL)] = attr("UR", instanceUrl);
     }
     for (const [key, attribute] of Object.entries(out)) {
       if (attribute.BulkDataURI !== undefined || attribute.vr === "SQ") {

@@ -86,6 +86,7 @@ export interface RenderedImage {
 }
 
 const DEFAULT_QUALITY = 90;
+const LITTLE_ENDIAN_PLATFORM = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1;
 
 // ---------------------------------------------------------------------------------------------------------
 // Attributes
@@ -204,6 +205,17 @@ export function storedValues(frame: DecodedFrame, highBit?: number): Int32Array 
     for (let i = 0; i < n; i++) {
       const v = (bytes[i] >> shift) & mask;
       out[i] = signed && v & sign ? v - (mask + 1) : v;
+    }
+  } else if (LITTLE_ENDIAN_PLATFORM && bytes.byteOffset % 2 === 0) {
+    const words = new Uint16Array(bytes.buffer, bytes.byteOffset, n);
+    if (shift === 0 && stored === 16) {
+      if (signed) out.set(new Int16Array(bytes.buffer, bytes.byteOffset, n));
+      else out.set(words);
+    } else {
+      for (let i = 0; i < n; i++) {
+        const v = (words[i] >> shift) & mask;
+        out[i] = signed && v & sign ? v - (mask + 1) : v;
+      }
     }
   } else {
     for (let i = 0; i < n; i++) {

@@ -77,6 +77,8 @@ export interface S3StoreOptions {
 }
 
 const MIB = 1024 * 1024;
+/** SHA-256 of no bytes: the payload hash of a GET. */
+const EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 /** S3 allows at most this many parts per multipart upload. */
 const MAX_PARTS = 10_000;
 /** Part uploads in flight at once for one multipart upload. */
@@ -199,11 +201,12 @@ export class S3Store implements ObjectStore {
         { op: "get", bucket, key },
         signal,
         (client, o) =>
-          route
-            ? this.#fetchGet(route, key, rangeHeader, o.abortSignal!)
-            : client.send(new GetObjectCommand({ Bucket: bucket, Key: key, Range: rangeHeader }), o) as Promise<
-              GetOutput
-            >,
+          route ? this.#fetchGet(route, key, rangeHeader, o.abortSignal!) : client.send(
+            new GetObjectCommand({ Bucket: bucket, Key: key, Range: rangeHeader }),
+            o,
+          ) as Promise<
+            GetOutput
+          >,
       );
     } catch (error) {
       if (isMissingKey(error)) return null;
@@ -440,11 +443,17 @@ export class S3Store implements ObjectStore {
    * (network errors, 429 and 5xx: up to `maxAttempts`, exponential backoff with jitter). Failures are
    * thrown shaped like the SDK's (`name` = S3 error code, `$metadata.httpStatusCode`).
    */
-  async #fetchGet(route: Route, key: string, range: string | undefined, signal: AbortSignal): Promise<GetOutput> {
+  async #fetchGet(
+    route: Route,
+    key: string,
+    range: string | undefined,
+    signal: AbortSignal,
+  ): Promise<GetOutput> {
     const url = new URL(route.base);
     url.pathname = route.base.pathname.replace(/\/$/, "") + "/" + key.split("/").map(escapeSegment).join("/");
     for (let attempt = 1;; attempt++) {
-      const headers: Record<string, string> = { host: url.host };
+      // the payload hash given up front spares the signer hashing an empty body
+      const headers: Record<string, string> = { host: url.host, "x-amz-content-sha256": EMPTY_SHA256 };
       if (range) headers.range = range;
       const signed = await route.signer.sign({
         method: "GET",
@@ -620,7 +629,10 @@ async function resolveRoute(client: S3Client, bucket: string): Promise<Route | n
 
 /** A key segment as S3 expects it in the path (RFC 3986 unreserved characters stay as they are). */
 function escapeSegment(segment: string): string {
-  return encodeURIComponent(segment).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+  return encodeURIComponent(segment).replace(
+    /[!'()*]/g,
+    (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`,
+  );
 }
 
 /** Waits before retry `attempt` + 1: full jitter over 100 ms × 2^(attempt − 1), at most 20 s. */

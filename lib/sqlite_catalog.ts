@@ -286,9 +286,7 @@ export class SqliteCatalog implements Catalog {
     info: ObjectInfo,
     header: Part10Header,
   ): Promise<RecordOutcome> {
-    return settle(() => {
-      return this.#record(aet, bucket, info, headerJson(header, this.#threshold));
-    });
+    return settle(() => this.#record(aet, bucket, info, headerJson(header, this.#threshold)));
   }
 
   #record(aet: string, bucket: string, info: ObjectInfo, json: DicomJson): RecordOutcome {

@@ -4,7 +4,9 @@
  * valid, and recorded in the search catalog before the response goes out.
  *
  * The request is read as a stream. A part up to `bufferBytes` (1 MiB) is read whole, checked, and written
- * while the next parts are read (up to `S3_CONCURRENCY` writes at once). A larger part is checked on its
+ * while the next parts are read (up to `S3_CONCURRENCY` writes at once). Whether a write replaces an
+ * instance is asked before it: with a HEAD, or for the second and later instances of a series in one request
+ * with one listing of the series. A larger part is checked on its
  * first `bufferBytes`, then streams into `ObjectStore.put` while {@linkcode Part10Check} follows its
  * structure; the body handed to the store errors, so nothing is written, when the part turns out invalid
  * or incomplete (the store aborts its S3 multipart upload or removes its temporary file).
@@ -48,7 +50,10 @@ export const WARNING_REPLACED = 0x0111;
 export interface StowOptions {
   /** Parts up to this size are read whole before being written; larger ones stream (default 1 MiB). */
   bufferBytes?: number;
-  /** Writes in flight at once per request (default `config.s3Concurrency`). */
+  /**
+   * Writes in flight at once per request (default `config.s3Concurrency`). Up to twice as many parts are
+   * held while their existence check (HEAD) runs ahead of the write.
+   */
   concurrency?: number;
 }
 
@@ -211,6 +216,11 @@ class StowJob {
   #options: JobOptions;
   #outcomes: Outcome[] = [];
   #inFlight = new Set<Promise<void>>();
+  #writes: Gate;
+  /** Instances seen per series prefix, listings of series prefixes, and the keys this request wrote. */
+  #seriesSeen = new Map<string, number>();
+  #listings = new Map<string, Promise<Set<string> | null>>();
+  #written = new Set<string>();
   /** The last write per key, so two parts with one SOP Instance UID are written in request order. */
   #byKey = new Map<string, Promise<void>>();
   /** Why reading the request stopped early. */
@@ -219,6 +229,7 @@ class StowJob {
   constructor(services: Services, options: JobOptions) {
     this.#services = services;
     this.#options = options;
+    this.#writes = new Gate(Math.max(1, options.concurrency));
   }
 
   async run(parts: AsyncGenerator<MultipartPart>): Promise<void> {
@@ -274,13 +285,18 @@ class StowJob {
       this.#fail(error, index, id);
       return;
     }
-    while (this.#inFlight.size >= Math.max(1, this.#options.concurrency)) await Promise.race(this.#inFlight);
+    while (this.#inFlight.size >= 2 * Math.max(1, this.#options.concurrency)) await Promise.race(this.#inFlight);
     this.#serialised(instanceKey(id.study, id.series, id.sop), async (key) => {
       const { store } = this.#services;
       const { bucket } = this.#options;
-      const replaced = (await store.head(bucket, key)) !== null;
-      const info = await store.put(bucket, key, bytes, { size: bytes.byteLength, contentType: "application/dicom" });
-      return { info, header, replaced };
+      const replaced = await this.#exists(key);
+      await this.#writes.enter();
+      try {
+        const info = await store.put(bucket, key, bytes, { size: bytes.byteLength, contentType: "application/dicom" });
+        return { info, header, replaced };
+      } finally {
+        this.#writes.leave();
+      }
     }, id, index);
   }
 
@@ -354,17 +370,20 @@ class StowJob {
       const { bucket } = this.#options;
       let replaced = false;
       try {
-        replaced = (await store.head(bucket, key)) !== null;
+        replaced = await this.#exists(key);
       } catch (error) {
         await body.cancel(error).catch(() => {});
         throw error;
       }
       let info: ObjectInfo;
+      await this.#writes.enter();
       try {
         info = await store.put(bucket, key, body, { contentType: "application/dicom" });
       } catch (error) {
         if (sourceError) throw incomplete(sourceError.error, index, id);
         throw error;
+      } finally {
+        this.#writes.leave();
       }
       let header = verified;
       if (!header) {
@@ -381,6 +400,29 @@ class StowJob {
       return { info, header, replaced };
     }, id, index);
     if (sourceError) throw sourceError.error;
+  }
+
+  /**
+   * Whether `key` is stored already (the write will replace it). The first instance of a series asks with
+   * a HEAD; from the second on, one listing of the series answers for all of them (kept current with this
+   * request's own writes), unless the series holds more than {@linkcode LISTING_LIMIT} objects.
+   */
+  async #exists(key: string): Promise<boolean> {
+    const { store } = this.#services;
+    const { bucket } = this.#options;
+    const prefix = key.slice(0, key.lastIndexOf("/") + 1);
+    const seen = (this.#seriesSeen.get(prefix) ?? 0) + 1;
+    this.#seriesSeen.set(prefix, seen);
+    if (seen > 1) {
+      let listing = this.#listings.get(prefix);
+      if (!listing) {
+        listing = listKeys(store, bucket, prefix);
+        this.#listings.set(prefix, listing);
+      }
+      const keys = await listing;
+      if (keys) return keys.has(key) || this.#written.has(key);
+    }
+    return (await store.head(bucket, key)) !== null;
   }
 
   #parseOptions() {
@@ -412,6 +454,7 @@ class StowJob {
     const run: Promise<void> = before.then(async () => {
       try {
         const { info, header, replaced } = await write(key);
+        this.#written.add(key);
         let note: string | undefined;
         try {
           const filed = await this.#services.catalog?.recordInstance(this.#options.aet, this.#options.bucket, info, header);
@@ -509,6 +552,44 @@ class StowJob {
     for (const text of warnings.slice(0, 20)) headers.append("warning", warningHeader(host, text.replace(/[^\x20-\x7e]/g, "?")));
     if (warnings.length > 20) headers.append("warning", warningHeader(host, `${warnings.length - 20} more problems`));
     return new Response(JSON.stringify(body) + "\n", { status, headers });
+  }
+}
+
+/** Series listed to tell replacements with one request instead of a HEAD per instance, up to this size. */
+const LISTING_LIMIT = 5000;
+
+/** The keys under `prefix`, or `null` when there are more than {@linkcode LISTING_LIMIT} or the listing fails. */
+async function listKeys(store: Services["store"], bucket: string, prefix: string): Promise<Set<string> | null> {
+  const keys = new Set<string>();
+  try {
+    for await (const info of store.list(bucket, prefix)) {
+      if (keys.size >= LISTING_LIMIT) return null;
+      keys.add(info.key);
+    }
+  } catch {
+    return null; // each instance asks with a HEAD then, which reports the store's error
+  }
+  return keys;
+}
+
+/** A counting semaphore. */
+class Gate {
+  #free: number;
+  #waiting: (() => void)[] = [];
+
+  constructor(count: number) {
+    this.#free = count;
+  }
+
+  async enter(): Promise<void> {
+    if (this.#free > 0) this.#free--;
+    else await new Promise<void>((resolve) => this.#waiting.push(resolve));
+  }
+
+  leave(): void {
+    const next = this.#waiting.shift();
+    if (next) next();
+    else this.#free++;
   }
 }
 

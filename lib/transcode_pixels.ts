@@ -233,7 +233,7 @@ function splitDataset(header: Part10Header, overrides: Map<number, Override>) {
 }
 
 /**
- * The instance rewritten as Explicit VR Little Endian... with encapsulated Pixel Data: `frames` (one fragment
+ * The instance rewritten (explicit VR little endian encoding) with encapsulated Pixel Data: `frames` (one fragment
  * each, Basic Offset Table filled) in `transferSyntax`. `header` must have every value loaded (parse with
  * `bulkThreshold: Infinity`). For making compressed test data (e.g. HTJ2K) from a native instance.
  */

@@ -4,6 +4,8 @@
  * @module
  */
 
+import { DECODABLE_SYNTAXES, LOSSY_SYNTAXES } from "./codecs/mod.ts";
+
 export const IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2";
 export const EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1";
 export const DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99";
@@ -30,6 +32,8 @@ export interface SyntaxChoice {
 export interface SyntaxCapabilities {
   /** Re-encode ILE/EBE/deflated to ELE. */
   reEncode: boolean;
+  /** Decode compressed pixel data (lib/codecs: JPEG, JPEG-LS, JPEG 2000, HTJ2K, RLE) to produce ELE. */
+  decode?: boolean;
 }
 
 /**
@@ -52,6 +56,18 @@ export function chooseSyntax(
     if (wish === undefined || wish === EXPLICIT_VR_LITTLE_ENDIAN) {
       if (stored === EXPLICIT_VR_LITTLE_ENDIAN) return { transferSyntax: stored, convert: false };
       if (capabilities.reEncode && RE_ENCODABLE.has(stored)) {
+        return { transferSyntax: EXPLICIT_VR_LITTLE_ENDIAN, convert: true };
+      }
+      if (capabilities.decode && DECODABLE_SYNTAXES.has(stored)) {
+        if (wish === undefined && LOSSY_SYNTAXES.has(stored)) {
+          // PS3.18 8.7.3.5.2: pixel data held only in lossy form may go out in its lossy syntax.
+          return {
+            transferSyntax: stored,
+            convert: false,
+            warning: `instance sent in its stored lossy transfer syntax ${stored} (pixel data held only in lossy form); ` +
+              `ask for transfer-syntax=${EXPLICIT_VR_LITTLE_ENDIAN} to get it decoded`,
+          };
+        }
         return { transferSyntax: EXPLICIT_VR_LITTLE_ENDIAN, convert: true };
       }
       if (wish === undefined) {

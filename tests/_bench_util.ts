@@ -143,7 +143,11 @@ export interface CpuSample {
 export async function cpuSample(pids: Record<string, number | "self">): Promise<CpuSample> {
   const names = Object.keys(pids);
   const self = Deno.pid;
-  const text = await run(["cat", ...names.map((n) => `/proc/${pids[n] === "self" ? self : pids[n]}/stat`), "/proc/stat"]);
+  const text = await run([
+    "cat",
+    ...names.map((n) => `/proc/${pids[n] === "self" ? self : pids[n]}/stat`),
+    "/proc/stat",
+  ]);
   const lines = text.split("\n");
   const out: Record<string, number> = {};
   names.forEach((name, i) => {

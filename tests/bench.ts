@@ -13,6 +13,7 @@
  *
  * One warm-up of each, then `BENCH_ROUNDS` (default 5) rounds whose order alternates; figures are medians.
  * CPU time per process comes from /proc, so a slow run can be told apart from a busy machine ("other").
+ * `BENCH_SKIP_LOCAL` skips the local folder; `BENCH_CEPHLAB_DIR` names an external lab Ceph's folder (for its CPU).
  * `BENCH_SERVER_FLAGS` adds flags to the server's `deno run` (e.g. `--v8-flags=--max-semi-space-size=1`).
  * Prints the figures and the ratios against the targets; never asserts timings.
  */
@@ -28,8 +29,8 @@ import {
   mbps,
   memoryOf,
   resetPeak,
-  run,
   type Run,
+  run,
   summarize,
   timedFetch,
 } from "./_bench_util.ts";
@@ -49,7 +50,15 @@ async function dataset(): Promise<{ dir: string; keys: string[]; bytes: number }
     await Deno.stat(`${dir}/index.json`);
   } catch {
     console.log(`generating the bench series into ${dir} (gen_dataset.py --preset bench)…`);
-    await run(["/usr/bin/python3", `${SHARED}tools/gen_dataset.py`, "--preset", "bench", "--out", dir, "--force"]);
+    await run([
+      "/usr/bin/python3",
+      `${SHARED}tools/gen_dataset.py`,
+      "--preset",
+      "bench",
+      "--out",
+      dir,
+      "--force",
+    ]);
   }
   const keys: string[] = [];
   let bytes = 0;
@@ -78,21 +87,22 @@ interface S3Target {
 
 async function s3Server(): Promise<S3Target> {
   const given = Deno.env.get("BENCH_S3_ENDPOINT");
-  if (given) return { endpoint: given, kind: "external", pids: {}, stop: async () => {} };
-  const hasCeph = await new Deno.Command("sh", { args: ["-c", "command -v radosgw"], stdout: "null" }).output();
+  if (given) {
+    // BENCH_CEPHLAB_DIR: the folder of a lab Ceph started with tools/ceph/start.sh, for its CPU time
+    const lab = Deno.env.get("BENCH_CEPHLAB_DIR");
+    return { endpoint: given, kind: "external", pids: lab ? await cephPids(lab) : {}, stop: async () => {} };
+  }
+  const hasCeph = await new Deno.Command("sh", { args: ["-c", "command -v radosgw"], stdout: "null" })
+    .output();
   if (hasCeph.success) {
     const dir = await Deno.makeTempDir({ prefix: "bench-ceph-" });
     const env = { CEPHLAB_DIR: dir, MEMSTORE_BYTES: String(2 * 1024 ** 3) };
     console.log("starting Ceph RGW…");
     await run([`${SHARED}tools/ceph/start.sh`], env);
-    const pids: Record<string, number> = {};
-    for (const name of ["rgw", "osd.0"]) {
-      pids[name] = Number((await Deno.readTextFile(`${dir}/run/${name}.pid`)).trim());
-    }
     return {
       endpoint: "http://127.0.0.1:7480",
       kind: "Ceph RGW",
-      pids,
+      pids: await cephPids(dir),
       stop: async () => void await run([`${SHARED}tools/ceph/stop.sh`, "--clean"], env).catch(() => {}),
     };
   }
@@ -100,7 +110,15 @@ async function s3Server(): Promise<S3Target> {
   return { endpoint: handle.endpoint, kind: "s3rver", pids: {}, stop: () => handle.stop(), handle };
 }
 
-async function freePort(): Promise<number> {
+async function cephPids(dir: string): Promise<Record<string, number>> {
+  const pids: Record<string, number> = {};
+  for (const name of ["rgw", "osd.0"]) {
+    pids[name] = Number((await Deno.readTextFile(`${dir}/run/${name}.pid`)).trim());
+  }
+  return pids;
+}
+
+function freePort(): number {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
   listener.close();
@@ -114,7 +132,7 @@ interface ServerProcess {
 }
 
 async function startServer(env: Record<string, string>): Promise<ServerProcess> {
-  const port = await freePort();
+  const port = freePort();
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-P=bench-server", ...SERVER_FLAGS, `${REPO}main.ts`],
     env: { ...env, PORT: String(port), HOSTNAME: "127.0.0.1", NO_COLOR: "1" },
@@ -172,13 +190,20 @@ async function main() {
   const data = await dataset();
   const [study, series] = data.keys[0].split("/");
   console.log(
-    `series: ${data.keys.length} instances, ${(data.bytes / 1e6).toFixed(1)} MB; S3_CONCURRENCY=${CONCURRENCY}` +
+    `series: ${data.keys.length} instances, ${
+      (data.bytes / 1e6).toFixed(1)
+    } MB; S3_CONCURRENCY=${CONCURRENCY}` +
       `; ${ROUNDS} rounds${SERVER_FLAGS.length ? `; server flags: ${SERVER_FLAGS.join(" ")}` : ""}`,
   );
   const s3 = await s3Server();
   const given = Deno.env.get("BENCH_BUCKET");
   const bucket = given ?? `bench-${Date.now().toString(36)}`;
-  const store = new S3Store({ endpoint: s3.endpoint, region: "us-east-1", forcePathStyle: true, credentials: CREDENTIALS });
+  const store = new S3Store({
+    endpoint: s3.endpoint,
+    region: "us-east-1",
+    forcePathStyle: true,
+    credentials: CREDENTIALS,
+  });
   const sdk = new S3Client({
     endpoint: s3.endpoint,
     region: "us-east-1",
@@ -227,7 +252,9 @@ async function main() {
       store: () => directRun(data.keys, async (key) => (await store.get(bucket, key))!.body, options),
       server: async () => {
         const r = await timedFetch(seriesUrl, ACCEPT);
-        if (r.bytes < data.bytes) throw new Error(`the server sent ${r.bytes} bytes, expected more than ${data.bytes}`);
+        if (r.bytes < data.bytes) {
+          throw new Error(`the server sent ${r.bytes} bytes, expected more than ${data.bytes}`);
+        }
         return r;
       },
     };
@@ -261,11 +288,15 @@ async function main() {
     );
     say(
       "throughput ratio (target ≥ 90%)",
-      `${(d.ms / s.ms * 100).toFixed(0)}% of direct AWS SDK, ${(f.ms / s.ms * 100).toFixed(0)}% of direct S3Store`,
+      `${(d.ms / s.ms * 100).toFixed(0)}% of direct AWS SDK, ${
+        (f.ms / s.ms * 100).toFixed(0)
+      }% of direct S3Store`,
     );
     say(
       "first byte delta (target ≤ +20 ms)",
-      `${(s.ttfb - d.ttfb).toFixed(1)} ms vs direct AWS SDK, ${(s.ttfb - f.ttfb).toFixed(1)} ms vs direct S3Store` +
+      `${(s.ttfb - d.ttfb).toFixed(1)} ms vs direct AWS SDK, ${
+        (s.ttfb - f.ttfb).toFixed(1)
+      } ms vs direct S3Store` +
         " (the server lists the series first)",
     );
     say("server peak RSS, 1 client", `${singlePeak.toFixed(0)} MB`);

@@ -522,6 +522,7 @@ Deno.test({
   async fn(t) {
     if (missing) throw new Error(`Cannot run the OHIF end-to-end test: ${missing}`);
     const started = performance.now();
+    await Deno.remove(ARTIFACTS, { recursive: true }).catch(() => {}); // this run's screenshots only
     await Deno.mkdir(ARTIFACTS, { recursive: true });
     const s3 = await startS3();
     let dicomweb: Awaited<ReturnType<typeof serveDicomweb>> | undefined;
@@ -562,7 +563,7 @@ Deno.test({
           viewerBase: elsewhere!.url,
           dicomweb: dicomweb!.url,
           token: TOKEN,
-          open: STUDIES.map((s) => s.name),
+          open: STUDIES.slice(1).map((s) => s.name), // the first one is opened from the list
         });
         await page.close();
         const count = checkEvents(events, dicomweb!.url, "cross-origin");

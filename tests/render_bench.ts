@@ -126,13 +126,20 @@ async function thumbnails(data: Awaited<ReturnType<typeof dataset>>, pool: Codec
   console.log(
     `thumbnails (${keys.length} × 512×512 CT → 256×256 JPEG, ${CLIENTS} clients, pool of ${pool.size} workers):`,
   );
+  const cores = navigator.hardwareConcurrency;
+  const perCold = coldCpu / keys.length;
   console.log(
     `  cold: ${(keys.length / cold * 1000).toFixed(1)} thumbnails/s (${
       (cold / keys.length).toFixed(1)
     } ms each, ` +
-      `${(bytes / keys.length / 1024).toFixed(1)} KiB average)`,
+      `${(bytes / keys.length / 1024).toFixed(1)} KiB average); CPU ${perCold.toFixed(1)} ms/thumbnail → ` +
+      `${(cores * 1000 / perCold).toFixed(0)} thumbnails/s on ${cores} idle cores`,
   );
-  console.log(`  warm (cached): ${(keys.length / warm * 1000).toFixed(1)} thumbnails/s`);
+  console.log(
+    `  warm (cached): ${(keys.length / warm * 1000).toFixed(1)} thumbnails/s; CPU ${
+      (warmCpu / keys.length).toFixed(2)
+    } ms/thumbnail`,
+  );
 }
 
 async function stages(path: string) {

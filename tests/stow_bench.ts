@@ -21,7 +21,7 @@ import { registerStow } from "../lib/stow.ts";
 import { startS3, type TestS3 } from "./_s3server.ts";
 
 const CONCURRENCY = Number(Deno.env.get("S3_CONCURRENCY") ?? 8);
-const ROUNDS = Number(Deno.env.get("BENCH_ROUNDS") ?? 3);
+const ROUNDS = Number(Deno.env.get("BENCH_ROUNDS") ?? 5);
 const REPO = new URL("../", import.meta.url).pathname;
 const SHARED = new URL("../../shared/", import.meta.url).pathname;
 const CREDENTIALS = { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" };
@@ -127,6 +127,8 @@ async function freePort(): Promise<number> {
 interface ServerProcess {
   url: string;
   peakRssMb(): Promise<number>;
+  /** CPU seconds (user + system) used so far. */
+  cpuSeconds(): Promise<number>;
   stop(): Promise<void>;
 }
 
@@ -154,6 +156,10 @@ async function startServer(script: string[], env: Record<string, string>): Promi
       const status = await run(["cat", `/proc/${child.pid}/status`]);
       return Number(/VmHWM:\s+(\d+)/.exec(status)![1]) / 1024;
     },
+    async cpuSeconds() {
+      const fields = (await run(["cat", `/proc/${child.pid}/stat`])).split(") ")[1].split(" ");
+      return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks
+    },
     async stop() {
       child.kill("SIGTERM");
       await child.status;
@@ -161,7 +167,13 @@ async function startServer(script: string[], env: Record<string, string>): Promi
   };
 }
 
-/** One STOW-RS request with `files` as parts, the body streamed from memory in 64 KiB chunks. */
+/** CPU seconds this process used so far (through `cat`: Deno needs --allow-all to read /proc). */
+async function ownCpuSeconds(): Promise<number> {
+  const fields = (await run(["cat", `/proc/${Deno.pid}/stat`])).split(") ")[1].split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/** One STOW-RS request with `files` as parts, the body streamed from memory a part at a time. */
 async function stow(
   url: string,
   files: Dataset["files"],
@@ -170,25 +182,16 @@ async function stow(
   const head = encoder.encode(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`);
   const crlf = encoder.encode("\r\n");
   let i = 0;
-  let at = -1;
   const body = new ReadableStream<Uint8Array>({
     pull(controller) {
       if (i >= files.length) {
         controller.enqueue(encoder.encode(`--${boundary}--\r\n`));
         return controller.close();
       }
-      const bytes = files[i].bytes;
-      if (at < 0) {
-        controller.enqueue(head);
-        at = 0;
-      } else if (at < bytes.length) {
-        controller.enqueue(bytes.subarray(at, at + 65536));
-        at += 65536;
-      } else {
-        controller.enqueue(crlf);
-        i++;
-        at = -1;
-      }
+      // small chunks make Deno's fetch upload slow (~60 MB/s at 64 KiB): send each file as one
+      controller.enqueue(head);
+      controller.enqueue(files[i++].bytes);
+      controller.enqueue(crlf);
     },
   }, { highWaterMark: 0 });
   const t0 = performance.now();
@@ -292,11 +295,17 @@ async function main() {
     const directRuns: number[] = [];
     const oneRuns: number[] = [];
     const manyRuns: number[] = [];
+    const directCpu: number[] = [];
+    const serverCpu: number[] = [];
     for (let r = 0; r < ROUNDS; r++) {
       console.log(`round ${r + 1} of ${ROUNDS}…`);
+      const c0 = await ownCpuSeconds();
       directRuns.push(await direct(store, bucket, data.files));
+      directCpu.push(await ownCpuSeconds() - c0);
       await empty(store, bucket);
+      const s0 = await server.cpuSeconds();
       const one = await stow(url, data.files);
+      serverCpu.push(await server.cpuSeconds() - s0);
       if (one.stored !== data.files.length || one.status !== 200) {
         throw new Error(`STOW stored ${one.stored} of ${data.files.length} (HTTP ${one.status})`);
       }
@@ -323,6 +332,7 @@ async function main() {
     results["STOW, 1 request"] = `${mbps(data.bytes, oneMs).toFixed(0)} MB/s (${oneMs.toFixed(0)} ms), ${
       (directMs / oneMs * 100).toFixed(0)
     }% of direct (target ≥ 80%)`;
+    results["CPU for the series"] = `direct (client process) ${median(directCpu).toFixed(2)} s, server (1 request) ${median(serverCpu).toFixed(2)} s`;
     results[`STOW, ${CONCURRENCY} requests at once`] = `${mbps(data.bytes, manyMs).toFixed(0)} MB/s (${
       manyMs.toFixed(0)
     } ms), ${(directMs / manyMs * 100).toFixed(0)}% of direct (target ≥ 80%)`;
@@ -354,6 +364,7 @@ async function serveForBench() {
   const app = createHandler(services, { log: () => {} });
   const router = new Router(config.basePath);
   registerStow(router, services);
+  Deno.addSignalListener("SIGINT", () => Deno.exit(0)); // lets --cpu-prof write its profile
   Deno.serve({ port: config.port, hostname: config.hostname, onListen() {} }, async (request) => {
     const url = new URL(request.url);
     const match = request.method === "POST" ? router.match("POST", url) : undefined;

@@ -532,6 +532,24 @@ Deno.test("STOW-RS responses", async (t) => {
     },
   );
 
+  await t.step("replacements are found with one HEAD and one listing per series, not a HEAD per instance", async () => {
+    const store = observe(new MemoryStore([BUCKET]));
+    const app = makeApp(store);
+    await app.handler(stowRequest(`/aets/${AET}/studies`, [2, 4].map((n) => ({ bytes: inst(n) }))));
+    store.calls.length = 0;
+    const res = await result(await app.handler(stowRequest(`/aets/${AET}/studies`, [1, 2, 3, 4, 5, 2].map((n) => ({ bytes: inst(n) })))));
+    assert.deepEqual(res.stored.map((i) => [i.sop, i.warning]), [
+      [`${SERIES}.1`, undefined],
+      [`${SERIES}.2`, WARNING_REPLACED],
+      [`${SERIES}.3`, undefined],
+      [`${SERIES}.4`, WARNING_REPLACED],
+      [`${SERIES}.5`, undefined],
+      [`${SERIES}.2`, WARNING_REPLACED],
+    ]);
+    assert.equal(store.calls.filter((c) => c.startsWith("head ")).length, 1);
+    assert.deepEqual(store.calls.filter((c) => c.startsWith("list ")), [`list ${STUDY}/${SERIES}/`]);
+  });
+
   await t.step("UIDs that are not valid UIDs never become keys", async () => {
     const app = makeApp(new MemoryStore([BUCKET]));
     const bad = [
