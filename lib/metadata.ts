@@ -6,6 +6,7 @@
  */
 
 import { toDicomJson, stringifyDicomJson } from "./dicom_json.ts";
+import { resolveBulkDataUris } from "./catalog.ts";
 import { type HeaderCache, loadHeader } from "./headers.ts";
 import { HttpError } from "./http_error.ts";
 import { parseAccept, rankRanges } from "./negotiation.ts";
@@ -67,11 +68,21 @@ export function metadataHandlers(services: MetadataServices) {
     const abort = new AbortController();
     const single = target.instance !== undefined;
     let skipped: HttpError | undefined;
+    // The catalog's cached instance JSON (same ETag) makes series metadata one query instead of N reads.
+    const stored = new Map(
+      (await services.catalog?.instanceMetadata(target.aet, target.study, target.series).catch(() => []) ?? [])
+        .map((s) => [s.key, s]),
+    );
     const jsons = ahead(
       infos,
-      async (info) => {
+      async (info): Promise<string | null> => {
+        const hit = stored.get(info.key);
+        if (hit !== undefined && hit.etag === info.etag) {
+          const uids = parseInstanceKey(info.key)!;
+          return resolveBulkDataUris(hit.json, instanceUrl(base, target.aet, uids.study, uids.series, uids.instance));
+        }
         try {
-          return await instanceJson(services, bucket, info, base, target.aet);
+          return stringifyDicomJson(await instanceJson(services, bucket, info, base, target.aet));
         } catch (error) {
           // In study/series metadata an unreadable object is left out (and logged) rather than failing all.
           if (single || !(error instanceof HttpError) || error.status !== 500) throw error;
@@ -88,7 +99,7 @@ export function metadataHandlers(services: MetadataServices) {
         if (next.done || next.value !== null) return next;
       }
     };
-    let first: IteratorResult<Record<string, unknown> | null>;
+    let first: IteratorResult<string | null>;
     try {
       first = await nextJson();
     } catch (error) {
@@ -102,7 +113,7 @@ export function metadataHandlers(services: MetadataServices) {
       async pull(controller) {
         if (!started) {
           started = true;
-          controller.enqueue(encoder.encode("[" + stringifyDicomJson(first.value)));
+          controller.enqueue(encoder.encode("[" + first.value));
           return;
         }
         const next = await nextJson();
@@ -110,7 +121,7 @@ export function metadataHandlers(services: MetadataServices) {
           controller.enqueue(encoder.encode("]\n"));
           controller.close();
         } else {
-          controller.enqueue(encoder.encode("," + stringifyDicomJson(next.value)));
+          controller.enqueue(encoder.encode("," + next.value));
         }
       },
       async cancel() {
