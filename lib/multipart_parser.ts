@@ -119,8 +119,9 @@ export async function* readMultipart(
   boundary: string,
   options: ReadMultipartOptions = {},
 ): AsyncGenerator<MultipartPart, void, undefined> {
-  if (boundary.length < 1 || boundary.length > 70 || /[^\x20-\x7e]/.test(boundary)) {
-    throw new SyntaxError(`Invalid multipart boundary ${JSON.stringify(boundary)}: use 1-70 printable characters`);
+  // RFC 2046 says 1-70 characters, but Orthanc 1.10's DICOMweb plugin sends 73: accept up to 200.
+  if (boundary.length < 1 || boundary.length > 200 || /[^\x20-\x7e]/.test(boundary)) {
+    throw new SyntaxError(`Invalid multipart boundary ${JSON.stringify(boundary)}: use 1-200 printable characters (RFC 2046 allows 70)`);
   }
   const scanner = new Scanner(body.getReader(), encoder.encode(`\r\n--${boundary}`));
   const maxHeaderBytes = options.maxHeaderBytes ?? 16 * 1024;

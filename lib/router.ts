@@ -42,18 +42,24 @@ export class Router {
 
   /** Finds the handler for `method` and `url`. */
   match(method: string, url: URL): Match {
+    // Several routes may share a path with different methods (QIDO GET and STOW POST on /studies).
+    const all = new Map<string, Handler>();
+    let matched = false;
     for (const { pattern, methods } of this.#routes) {
       const result = pattern.exec({ pathname: url.pathname });
       if (!result) continue;
+      matched = true;
       const handler = methods.get(method) ?? (method === "HEAD" ? methods.get("GET") : undefined);
-      const params: Record<string, string> = {};
-      for (const [name, value] of Object.entries(result.pathname.groups)) {
-        if (value !== undefined) params[name] = value;
+      if (handler) {
+        const params: Record<string, string> = {};
+        for (const [name, value] of Object.entries(result.pathname.groups)) {
+          if (value !== undefined) params[name] = value;
+        }
+        return { kind: "found", handler, params };
       }
-      if (handler) return { kind: "found", handler, params };
-      return { kind: "method", allow: allowed(methods) };
+      for (const [m, h] of methods) if (!all.has(m)) all.set(m, h);
     }
-    return { kind: "none" };
+    return matched ? { kind: "method", allow: allowed(all) } : { kind: "none" };
   }
 }
 

@@ -14,7 +14,8 @@
  * One warm-up of each, then `BENCH_ROUNDS` (default 5) rounds whose order alternates; figures are medians.
  * CPU time per process comes from /proc, so a slow run can be told apart from a busy machine ("other").
  * `BENCH_SKIP_LOCAL` skips the local folder; `BENCH_CEPHLAB_DIR` names an external lab Ceph's folder (for its CPU).
- * `BENCH_SERVER_FLAGS` adds flags to the server's `deno run` (e.g. `--v8-flags=--max-semi-space-size=1`).
+ * The server gets the `--v8-flags` of `deno task start`; `BENCH_SERVER_FLAGS` replaces them (e.g.
+ * `BENCH_SERVER_FLAGS=--v8-flags=--max-semi-space-size=1`, or `BENCH_SERVER_FLAGS=` for none).
  * Prints the figures and the ratios against the targets; never asserts timings.
  */
 
@@ -38,11 +39,21 @@ import { startS3, type TestS3 } from "./_s3server.ts";
 
 const CONCURRENCY = Number(Deno.env.get("S3_CONCURRENCY") ?? 8);
 const ROUNDS = Number(Deno.env.get("BENCH_ROUNDS") ?? 5);
-const SERVER_FLAGS = (Deno.env.get("BENCH_SERVER_FLAGS") ?? "").split(/\s+/).filter((f) => f !== "");
+const SERVER_FLAGS = (Deno.env.get("BENCH_SERVER_FLAGS") ?? await startTaskV8Flags()).split(/\s+/).filter((
+  f,
+) => f);
 const REPO = new URL("../", import.meta.url).pathname;
 const SHARED = new URL("../../shared/", import.meta.url).pathname;
 const ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*';
 const CREDENTIALS = { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" };
+
+/** The `--v8-flags=…` of `deno task start`, so the server runs here as it is deployed. */
+async function startTaskV8Flags(): Promise<string> {
+  const config = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));
+  const start = config.tasks?.start;
+  const command: string = typeof start === "string" ? start : start?.command ?? "";
+  return command.match(/--v8-flags=\S+/g)?.join(" ") ?? "";
+}
 
 async function dataset(): Promise<{ dir: string; keys: string[]; bytes: number }> {
   const dir = Deno.env.get("BENCH_DATA") ?? `${REPO}bench-data/bench`;

@@ -178,7 +178,7 @@ async function retrievalSuite(
         const body = await response.json();
         assert.equal(response.status, status, `${path}: ${JSON.stringify(body)}`);
         assert.match(body.error, message, path);
-        if (status === 405) assert.equal(response.headers.get("allow"), "GET, HEAD, OPTIONS");
+        if (status === 405) assert.equal(response.headers.get("allow"), "GET, POST, HEAD, OPTIONS");
       }
       const touched = server.store.calls.slice(before).filter((c) => !c.startsWith("list ") || true);
       assert.ok(!touched.some((c) => /abc|03|%2F/.test(c)), `invalid UIDs never reach the store: ${touched}`);

@@ -6,6 +6,7 @@
  * - direct: every file PutObject through the AWS SDK (`S3Store.put`), `S3_CONCURRENCY` in flight,
  * - through the server (`deno run -P=bench-server main.ts`, a separate process): the same files in one
  *   STOW-RS request, and in `S3_CONCURRENCY` requests at once; the bucket is emptied between runs,
+ * - `BENCH_CHUNKED=1`: also 100 instances sent with Transfer-Encoding: chunked (see {@linkcode stow}),
  * - the server's peak RSS (VmHWM) after everything, 4 clients at once included.
  *
  * Prints the figures and the ratios against the targets (≥ 80% of direct, peak RSS < 200 MB); never asserts.
@@ -173,35 +174,31 @@ async function ownCpuSeconds(): Promise<number> {
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
-/** One STOW-RS request with `files` as parts, the body streamed from memory a part at a time. */
-async function stow(
-  url: string,
-  files: Dataset["files"],
-): Promise<{ ms: number; stored: number; status: number }> {
+/**
+ * One STOW-RS request with `files` as parts. The body is a Blob (sent with Content-Length, as dicomweb-client
+ * and curl --data-binary send it); with `chunked` it is a stream (Transfer-Encoding: chunked), which Deno
+ * 2.9's HTTP/1 server handles slowly whenever the handler cannot read as fast as the client sends.
+ */
+async function stow(url: string, files: Dataset["files"], chunked = false): Promise<{ ms: number; stored: number; status: number }> {
   const boundary = `bench-${crypto.randomUUID()}`;
   const head = encoder.encode(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`);
   const crlf = encoder.encode("\r\n");
-  let i = 0;
-  const body = new ReadableStream<Uint8Array>({
-    pull(controller) {
-      if (i >= files.length) {
-        controller.enqueue(encoder.encode(`--${boundary}--\r\n`));
-        return controller.close();
-      }
-      // small chunks make Deno's fetch upload slow (~60 MB/s at 64 KiB): send each file as one
-      controller.enqueue(head);
-      controller.enqueue(files[i++].bytes);
-      controller.enqueue(crlf);
-    },
-  }, { highWaterMark: 0 });
+  const pieces = [...files.flatMap((f) => [head, f.bytes, crlf]), encoder.encode(`--${boundary}--\r\n`)];
+  let body: BodyInit;
+  if (chunked) {
+    let i = 0;
+    body = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (i >= pieces.length) return controller.close();
+        controller.enqueue(pieces[i++]);
+      },
+    }, { highWaterMark: 0 });
+  } else body = new Blob(pieces as BlobPart[]);
   const t0 = performance.now();
   const response = await fetch(url, {
     method: "POST",
     body,
-    headers: {
-      "content-type": `multipart/related; type="application/dicom"; boundary=${boundary}`,
-      accept: "application/dicom+json",
-    },
+    headers: { "content-type": `multipart/related; type="application/dicom"; boundary=${boundary}`, accept: "application/dicom+json" },
   });
   const json = await response.json();
   const ms = performance.now() - t0;
@@ -344,6 +341,14 @@ async function main() {
       four.map((f) => f.status).join(",")
     })`;
     results["server peak RSS"] = `${(await server.peakRssMb()).toFixed(0)} MB (target < 200 MB)`;
+    if (Deno.env.get("BENCH_CHUNKED")) {
+      await empty(store, bucket);
+      const part = data.files.slice(0, 100);
+      const s0 = await server.cpuSeconds();
+      const chunked = await stow(url, part, true);
+      results["chunked body, 100 instances"] = `${mbps(part.reduce((n, f) => n + f.bytes.length, 0), chunked.ms).toFixed(0)} MB/s ` +
+        `(${chunked.ms.toFixed(0)} ms, server CPU ${(await server.cpuSeconds() - s0).toFixed(1)} s), peak RSS now ${(await server.peakRssMb()).toFixed(0)} MB`;
+    }
     await server.stop();
     await empty(store, bucket);
   } finally {
