@@ -13,7 +13,7 @@ import {
   type FrameDescription,
   NATIVE_SYNTAXES,
 } from "./codecs/mod.ts";
-import { type CodecPool, defaultPool, PoolBusyError } from "./codecs/pool.ts";
+import { type CodecPool, defaultPool } from "./codecs/pool.ts";
 import { HttpError } from "./http_error.ts";
 import { getNumber, getString, type Part10Header } from "./part10.ts";
 

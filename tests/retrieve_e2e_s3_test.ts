@@ -26,7 +26,7 @@ interface Server {
   close(): Promise<void>;
 }
 
-async function serve(store: ObjectStore, bucket: string, env: Record<string, string> = {}): Promise<Server> {
+function serve(store: ObjectStore, bucket: string, env: Record<string, string> = {}): Server {
   const observed = observe(store);
   const config = parseConfig({ PORT: "0", AETS: `${AET}=${bucket}`, ...env });
   const aets = new AetRegistry(observed, { configured: config.aets });
@@ -110,7 +110,7 @@ async function retrievalSuite(
   }
   const { store, bucket, cleanup } = await makeStore();
   await loadCorpus(store, bucket, [...files, ...big]);
-  const server = await serve(store, bucket);
+  const server = serve(store, bucket);
   try {
     await t.step(`every instance (${files.length}) is byte-exact with its transfer syntax`, async () => {
       for (const f of files) {
