@@ -121,7 +121,11 @@ export async function* readMultipart(
 ): AsyncGenerator<MultipartPart, void, undefined> {
   // RFC 2046 says 1-70 characters, but Orthanc 1.10's DICOMweb plugin sends 73: accept up to 200.
   if (boundary.length < 1 || boundary.length > 200 || /[^\x20-\x7e]/.test(boundary)) {
-    throw new SyntaxError(`Invalid multipart boundary ${JSON.stringify(boundary)}: use 1-200 printable characters (RFC 2046 allows 70)`);
+    throw new SyntaxError(
+      `Invalid multipart boundary ${
+        JSON.stringify(boundary)
+      }: use 1-200 printable characters (RFC 2046 allows 70)`,
+    );
   }
   const scanner = new Scanner(body.getReader(), encoder.encode(`\r\n--${boundary}`));
   const maxHeaderBytes = options.maxHeaderBytes ?? 16 * 1024;
@@ -137,7 +141,9 @@ export async function* readMultipart(
           const chunk = await scanner.bodyChunk(index);
           if (status.state !== "open") {
             // the next part was asked for while this body was still being read: never let it look whole
-            controller.error(new TypeError(`Part ${index} was left unfinished: read or cancel a body before the next part`));
+            controller.error(
+              new TypeError(`Part ${index} was left unfinished: read or cancel a body before the next part`),
+            );
             return;
           }
           if (chunk === null) {
@@ -154,7 +160,7 @@ export async function* readMultipart(
         // unread or cancelled: skip to the part's end (a pull in flight finishes first)
         status.state = "cancelled";
         await scanner.idle();
-        if (!scanner.atDelimiter) while ((await scanner.bodyChunk(index)) !== null);
+        if (!scanner.atDelimiter) { while ((await scanner.bodyChunk(index)) !== null); }
       }
     }
   } finally {
@@ -260,7 +266,7 @@ class Scanner {
       while (i < this.#buf.byteLength && (this.#buf[i] === 0x20 || this.#buf[i] === 0x09)) i++;
       if (i + 2 <= this.#buf.byteLength) {
         if (this.#buf[i] !== CR || this.#buf[i + 1] !== LF) {
-          throw new SyntaxError("Malformed multipart body: a boundary is not followed by CRLF or \"--\"");
+          throw new SyntaxError('Malformed multipart body: a boundary is not followed by CRLF or "--"');
         }
         this.#buf = this.#buf.subarray(i + 2);
         return false;
@@ -284,7 +290,9 @@ class Scanner {
         return parseHeaderBlock(latin1.decode(buf.subarray(0, end)), index);
       }
       if (buf.byteLength > maxBytes) {
-        throw new SyntaxError(`Malformed multipart body: the headers of part ${index} exceed ${maxBytes} bytes`);
+        throw new SyntaxError(
+          `Malformed multipart body: the headers of part ${index} exceed ${maxBytes} bytes`,
+        );
       }
       if (!(await this.#fill())) {
         throw new SyntaxError(`Malformed multipart body: it ends inside the headers of part ${index}`);
@@ -312,7 +320,11 @@ function shiftTable(delimiter: Uint8Array): Uint8Array {
  * starts (bytes before `at` are free of delimiters either way). Horspool's search: about one byte in
  * `delimiter.length` is looked at.
  */
-function findDelimiter(buf: Uint8Array, delimiter: Uint8Array, shifts: Uint8Array): { at: number; full: boolean } {
+function findDelimiter(
+  buf: Uint8Array,
+  delimiter: Uint8Array,
+  shifts: Uint8Array,
+): { at: number; full: boolean } {
   const n = buf.byteLength;
   const m = delimiter.byteLength;
   const last = m - 1;
@@ -359,7 +371,9 @@ function parseHeaderBlock(block: string, index: number): Headers {
     const colon = line.indexOf(":");
     const name = line.slice(0, colon).trim();
     if (colon <= 0 || !TOKEN.test(name)) {
-      throw new SyntaxError(`Malformed multipart body: bad header line in part ${index}: ${JSON.stringify(line.slice(0, 80))}`);
+      throw new SyntaxError(
+        `Malformed multipart body: bad header line in part ${index}: ${JSON.stringify(line.slice(0, 80))}`,
+      );
     }
     try {
       headers.append(name, line.slice(colon + 1).trim());

@@ -196,28 +196,28 @@ export async function* ahead<K, T>(
   let exhausted = false;
   let stopped = false;
   let filling: Promise<void> | undefined;
-  const fill = (): Promise<void> =>
-    filling ??= (async () => {
-      try {
-        while (!exhausted && !stopped && queue.length < options.concurrency) {
-          const next = await iterator.next();
-          if (next.done) exhausted = true;
-          else if (!stopped) {
-            const promise = open(next.value);
-            promise.catch(() => {}); // awaited below; this only keeps an early rejection from being "unhandled"
-            queue.push(promise);
-          }
+  // One pull of keys at a time; `filling` is cleared once it settles (asynchronously, so also after a pull
+  // that had nothing to do).
+  const pull = async () => {
+    try {
+      while (!exhausted && !stopped && queue.length < options.concurrency) {
+        const next = await iterator.next();
+        if (next.done) exhausted = true;
+        else if (!stopped) {
+          const promise = open(next.value);
+          promise.catch(() => {}); // awaited below; this only keeps an early rejection from being "unhandled"
+          queue.push(promise);
         }
-      } catch (error) {
-        // the key source failed: the consumer gets the error after the results before it
-        exhausted = true;
-        const failed = Promise.reject(error);
-        failed.catch(() => {});
-        queue.push(failed);
-      } finally {
-        filling = undefined;
       }
-    })();
+    } catch (error) {
+      // the key source failed: the consumer gets the error after the results before it
+      exhausted = true;
+      const failed = Promise.reject(error);
+      failed.catch(() => {});
+      queue.push(failed);
+    }
+  };
+  const fill = (): Promise<void> => filling ??= pull().finally(() => filling = undefined);
   try {
     while (true) {
       if (queue.length === 0) {

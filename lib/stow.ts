@@ -4,18 +4,19 @@
  * valid, and recorded in the search catalog before the response goes out.
  *
  * The request is read as a stream. A part up to `bufferBytes` (1 MiB) is read whole, checked, and written
- * while the next parts are read (up to `S3_CONCURRENCY` writes at once). Whether a write replaces an
- * instance is asked before it: with a HEAD, or for the second and later instances of a series in one request
- * with one listing of the series. A larger part is checked on its
- * first `bufferBytes`, then streams into `ObjectStore.put` while {@linkcode Part10Check} follows its
- * structure; the body handed to the store errors, so nothing is written, when the part turns out invalid
- * or incomplete (the store aborts its S3 multipart upload or removes its temporary file).
+ * while the next parts are read. A larger part is checked on its first `bufferBytes`, then streams into
+ * `ObjectStore.put` while {@linkcode Part10Check} follows its structure; the body handed to the store errors,
+ * so nothing is written, when the part turns out invalid or incomplete (the store aborts its S3 multipart
+ * upload or removes its temporary file). Memory stays bounded across requests: at most `2 × S3_CONCURRENCY`
+ * parts are held and `S3_CONCURRENCY` writes run at once. Whether a write replaces an instance is asked
+ * before it: with a HEAD, or for the second and later instances of a series in one request from one listing
+ * of the series.
  *
  * Status codes used in the response (PS3.18 I.2, PS3.4 B.2.3, PS3.7 C):
  * - Failure Reason (0008,1197): `C000` cannot understand (not Part 10, malformed, missing or invalid UIDs,
- *   cut short), `0110` processing failure
- *   (the study is not the one of the URL, or the store failed), `A700` out of resources (a deflated part
- *   or a header too large to check in bounded memory, the request above `STOW_MAX_BYTES`).
+ *   cut short), `0110` processing failure (the study is not the one of the URL, or the store failed), `A700`
+ *   out of resources (a deflated part or a header too large to check in bounded memory, the request above
+ *   `STOW_MAX_BYTES`). All SOP Classes are stored, so `0122` is never sent.
  * - Warning Reason (0008,1196) `0111`: the instance replaced a stored one with the same SOP Instance UID.
  *   PS3.18 I.2.1 defines only B000 (coercion), B006 (elements discarded) and B007 (does not match the SOP
  *   Class), none of which is true here, and lets other issues use other codes; 0111 is "Duplicate SOP
@@ -51,8 +52,8 @@ export interface StowOptions {
   /** Parts up to this size are read whole before being written; larger ones stream (default 1 MiB). */
   bufferBytes?: number;
   /**
-   * Writes in flight at once per request (default `config.s3Concurrency`). Up to twice as many parts are
-   * held while their existence check (HEAD) runs ahead of the write.
+   * Writes in flight at once, over all requests (default `config.s3Concurrency`); up to twice as many parts
+   * are held in memory, read and checked ahead of their write.
    */
   concurrency?: number;
 }
@@ -83,10 +84,23 @@ export function registerStow(router: Router, services: Services, options: StowOp
 
 /** The STOW-RS handler for `/aets/:aet/studies` and `/aets/:aet/studies/:study`. */
 export function stowHandler(services: Services, options: StowOptions = {}): Handler {
-  return (context) => stow(context, services, options);
+  // shared by all requests: memory and S3 writes stay bounded however many clients store at once
+  const concurrency = Math.max(1, options.concurrency ?? services.config.s3Concurrency);
+  const gates: Gates = { held: new Gate(2 * concurrency), writes: new Gate(concurrency) };
+  return (context) => stow(context, services, { ...options, gates });
 }
 
-async function stow({ request, params }: RouteContext, services: Services, options: StowOptions) {
+/** Parts held in memory (read, checked or being written) and writes in flight, across requests. */
+interface Gates {
+  held: Gate;
+  writes: Gate;
+}
+
+async function stow(
+  { request, params }: RouteContext,
+  services: Services,
+  options: StowOptions & { gates: Gates },
+) {
   const urlStudy = params.study === undefined ? undefined : checkUid(params.study, "StudyInstanceUID");
   const bucket = await bucketOf(services, params.aet);
   const responseType = negotiateResponse(request.headers.get("accept"));
@@ -94,16 +108,21 @@ async function stow({ request, params }: RouteContext, services: Services, optio
   const max = services.config.stowMaxBytes;
   const declared = request.headers.get("content-length");
   if (declared !== null && Number(declared) > max) throw tooLarge(max);
-  if (request.body === null) throw new HttpError(400, "Empty STOW-RS request: send the instances as multipart parts");
+  if (request.body === null) {
+    throw new HttpError(400, "Empty STOW-RS request: send the instances as multipart parts");
+  }
   const job = new StowJob(services, {
     aet: params.aet,
     bucket,
     urlStudy,
     bufferBytes: options.bufferBytes ?? MIB,
-    concurrency: options.concurrency ?? services.config.s3Concurrency,
+    gates: options.gates,
   });
   await job.run(readMultipart(request.body.pipeThrough(byteLimit(max)), boundary));
-  const base = publicBase(request, { publicUrl: services.config.publicUrl, basePath: services.config.basePath });
+  const base = publicBase(request, {
+    publicUrl: services.config.publicUrl,
+    basePath: services.config.basePath,
+  });
   return job.response(base, responseType);
 }
 
@@ -147,11 +166,17 @@ function boundaryOf(contentType: string | null): string {
     throw new HttpError(400, `${(error as Error).message}: ${expected}`, { cause: error });
   }
   if (media.type !== "multipart" || media.subtype !== "related") {
-    throw new HttpError(415, `Unsupported media type ${media.type}/${media.subtype} for STOW-RS: ${expected}`);
+    throw new HttpError(
+      415,
+      `Unsupported media type ${media.type}/${media.subtype} for STOW-RS: ${expected}`,
+    );
   }
   const type = media.params.type?.toLowerCase();
   if (type !== undefined && type !== "application/dicom") {
-    throw new HttpError(415, `Unsupported STOW-RS payload type="${type}": only DICOM instances are stored, ${expected}`);
+    throw new HttpError(
+      415,
+      `Unsupported STOW-RS payload type="${type}": only DICOM instances are stored, ${expected}`,
+    );
   }
   const boundary = media.params.boundary;
   if (!boundary) throw new HttpError(400, `Content-Type has no boundary parameter: ${expected}`);
@@ -207,7 +232,7 @@ interface JobOptions {
   bucket: string;
   urlStudy?: string;
   bufferBytes: number;
-  concurrency: number;
+  gates: Gates;
 }
 
 /** One STOW-RS request: reads the parts, writes them, and builds the response. */
@@ -216,7 +241,6 @@ class StowJob {
   #options: JobOptions;
   #outcomes: Outcome[] = [];
   #inFlight = new Set<Promise<void>>();
-  #writes: Gate;
   /** Instances seen per series prefix, listings of series prefixes, and the keys this request wrote. */
   #seriesSeen = new Map<string, number>();
   #listings = new Map<string, Promise<Set<string> | null>>();
@@ -229,7 +253,6 @@ class StowJob {
   constructor(services: Services, options: JobOptions) {
     this.#services = services;
     this.#options = options;
-    this.#writes = new Gate(Math.max(1, options.concurrency));
   }
 
   async run(parts: AsyncGenerator<MultipartPart>): Promise<void> {
@@ -239,7 +262,10 @@ class StowJob {
       this.#abort = error;
     }
     while (this.#inFlight.size > 0) await Promise.all(this.#inFlight);
-    if (this.#abort !== undefined && !(this.#abort instanceof SyntaxError) && !(this.#abort instanceof HttpError)) {
+    if (
+      this.#abort !== undefined && !(this.#abort instanceof SyntaxError) &&
+      !(this.#abort instanceof HttpError)
+    ) {
       const why = this.#abort instanceof Error ? this.#abort.message : String(this.#abort);
       this.#abort = new HttpError(400, `The STOW-RS request body could not be read to its end: ${why}`, {
         cause: this.#abort,
@@ -252,23 +278,41 @@ class StowJob {
     const type = part.headers.get("content-type");
     if (type !== null && !isDicomPart(type)) {
       await part.body.cancel();
-      this.#fail(new Refusal(FAILURE.cannotUnderstand, `Part ${index} is ${type}: only application/dicom parts are stored`), index);
+      this.#fail(
+        new Refusal(
+          FAILURE.cannotUnderstand,
+          `Part ${index} is ${type}: only application/dicom parts are stored`,
+        ),
+        index,
+      );
       return;
     }
-    const reader = part.body.getReader();
-    let head: { bytes: Uint8Array; ended: boolean; next?: Uint8Array };
+    const { held } = this.#options.gates;
+    await held.enter();
+    let writing: Promise<void> | undefined;
     try {
-      head = await readPrefix(reader, this.#options.bufferBytes);
-    } catch (error) {
-      this.#fail(incomplete(error, index), index);
-      throw error;
+      const reader = part.body.getReader();
+      let head: { bytes: Uint8Array; ended: boolean; next?: Uint8Array };
+      try {
+        head = await readPrefix(reader, this.#options.bufferBytes);
+      } catch (error) {
+        this.#fail(incomplete(error, index), index);
+        throw error;
+      }
+      if (head.ended) writing = (await this.#receiveWhole(head.bytes, index)).written;
+      else await this.#receiveStream(head.bytes, head.next!, reader, index);
+    } finally {
+      // a whole part stays held until it is written
+      if (writing) writing.finally(() => held.leave());
+      else held.leave();
     }
-    if (head.ended) await this.#receiveWhole(head.bytes, index);
-    else await this.#receiveStream(head.bytes, head.next!, reader, index);
   }
 
-  /** A part read whole: checked, then written in the background. */
-  async #receiveWhole(bytes: Uint8Array, index: number): Promise<void> {
+  /**
+   * A part read whole: checked, then written in the background. Resolves once checked (in request order, so
+   * writes of one key keep it), to the write (none when the part failed); the write never rejects.
+   */
+  async #receiveWhole(bytes: Uint8Array, index: number): Promise<{ written?: Promise<void> }> {
     const name = `part ${index}`;
     let id: Identity | undefined;
     let header: Part10Header;
@@ -283,21 +327,30 @@ class StowJob {
       this.#checkStudy(id);
     } catch (error) {
       this.#fail(error, index, id);
-      return;
+      return {};
     }
-    while (this.#inFlight.size >= 2 * Math.max(1, this.#options.concurrency)) await Promise.race(this.#inFlight);
-    this.#serialised(instanceKey(id.study, id.series, id.sop), async (key) => {
-      const { store } = this.#services;
-      const { bucket } = this.#options;
-      const replaced = await this.#exists(key);
-      await this.#writes.enter();
-      try {
-        const info = await store.put(bucket, key, bytes, { size: bytes.byteLength, contentType: "application/dicom" });
-        return { info, header, replaced };
-      } finally {
-        this.#writes.leave();
-      }
-    }, id, index);
+    const { gates } = this.#options;
+    const written = this.#serialised(
+      instanceKey(id.study, id.series, id.sop),
+      async (key) => {
+        const { store } = this.#services;
+        const { bucket } = this.#options;
+        const replaced = await this.#exists(key);
+        await gates.writes.enter();
+        try {
+          const info = await store.put(bucket, key, bytes, {
+            size: bytes.byteLength,
+            contentType: "application/dicom",
+          });
+          return { info, header, replaced };
+        } finally {
+          gates.writes.leave();
+        }
+      },
+      id,
+      index,
+    );
+    return { written };
   }
 
   /** A part larger than the buffer: checked on its front, then streamed to the store while it is followed. */
@@ -365,40 +418,51 @@ class StowJob {
       },
       cancel: (reason) => reader.cancel(reason),
     }, { highWaterMark: 0 });
-    await this.#serialised(key, async () => {
-      const { store } = this.#services;
-      const { bucket } = this.#options;
-      let replaced = false;
-      try {
-        replaced = await this.#exists(key);
-      } catch (error) {
-        await body.cancel(error).catch(() => {});
-        throw error;
-      }
-      let info: ObjectInfo;
-      await this.#writes.enter();
-      try {
-        info = await store.put(bucket, key, body, { contentType: "application/dicom" });
-      } catch (error) {
-        if (sourceError) throw incomplete(sourceError.error, index, id);
-        throw error;
-      } finally {
-        this.#writes.leave();
-      }
-      let header = verified;
-      if (!header) {
-        const source = streamedSource(name, info.size, prefix, tail, check.recorded, { store, bucket, key });
+    await this.#serialised(
+      key,
+      async () => {
+        const { store } = this.#services;
+        const { bucket } = this.#options;
+        let replaced = false;
         try {
-          header = await readHeader(source, { ...this.#parseOptions(), initialBytes: prefix.byteLength });
+          replaced = await this.#exists(key);
         } catch (error) {
-          // cannot happen when Part10Check and readHeader agree; never leave an unreadable object behind
-          await store.delete(bucket, key).catch(() => {});
-          this.#services.log?.(`stow: ${bucket}/${key} was written but is not readable, deleted: ${(error as Error).message}`);
+          await body.cancel(error).catch(() => {});
           throw error;
         }
-      }
-      return { info, header, replaced };
-    }, id, index);
+        let info: ObjectInfo;
+        await this.#options.gates.writes.enter();
+        try {
+          info = await store.put(bucket, key, body, { contentType: "application/dicom" });
+        } catch (error) {
+          if (sourceError) throw incomplete(sourceError.error, index, id);
+          throw error;
+        } finally {
+          this.#options.gates.writes.leave();
+        }
+        let header = verified;
+        if (!header) {
+          const source = streamedSource(name, info.size, prefix, tail, check.recorded, {
+            store,
+            bucket,
+            key,
+          });
+          try {
+            header = await readHeader(source, { ...this.#parseOptions(), initialBytes: prefix.byteLength });
+          } catch (error) {
+            // cannot happen when Part10Check and readHeader agree; never leave an unreadable object behind
+            await store.delete(bucket, key).catch(() => {});
+            this.#services.log?.(
+              `stow: ${bucket}/${key} was written but is not readable, deleted: ${(error as Error).message}`,
+            );
+            throw error;
+          }
+        }
+        return { info, header, replaced };
+      },
+      id,
+      index,
+    );
     if (sourceError) throw sourceError.error;
   }
 
@@ -457,11 +521,20 @@ class StowJob {
         this.#written.add(key);
         let note: string | undefined;
         try {
-          const filed = await this.#services.catalog?.recordInstance(this.#options.aet, this.#options.bucket, info, header);
-          if (filed !== undefined && filed !== "indexed") note = `is stored but not searchable: the catalog filed it as ${filed}`;
+          const filed = await this.#services.catalog?.recordInstance(
+            this.#options.aet,
+            this.#options.bucket,
+            info,
+            header,
+          );
+          if (filed !== undefined && filed !== "indexed") {
+            note = `is stored but not searchable: the catalog filed it as ${filed}`;
+          }
         } catch (error) {
           note = `is stored but not yet searchable: ${(error as Error).message}`;
-          this.#services.log?.(`stow: cannot catalog ${this.#options.bucket}/${key}: ${(error as Error).message}`);
+          this.#services.log?.(
+            `stow: cannot catalog ${this.#options.bucket}/${key}: ${(error as Error).message}`,
+          );
         }
         this.#outcomes.push({ stored: true, index, ...id, replaced, note });
       } catch (error) {
@@ -489,7 +562,15 @@ class StowJob {
     } else {
       message = `Cannot store part ${index}: ${error instanceof Error ? error.message : String(error)}`;
     }
-    this.#outcomes.push({ stored: false, index, sopClass: uids.sopClass, sop: uids.sop, study: uids.study, reason, message });
+    this.#outcomes.push({
+      stored: false,
+      index,
+      sopClass: uids.sopClass,
+      sop: uids.sop,
+      study: uids.study,
+      reason,
+      message,
+    });
   }
 
   /** The Store Instances Response (PS3.18 Annex I) with its status. */
@@ -501,19 +582,26 @@ class StowJob {
     if (outcomes.length === 0) {
       if (abort instanceof HttpError) throw abort;
       if (abort !== undefined) throw new HttpError(400, (abort as Error).message, { cause: abort });
-      throw new HttpError(400, "The STOW-RS request has no parts: send each instance as an application/dicom part");
+      throw new HttpError(
+        400,
+        "The STOW-RS request has no parts: send each instance as an application/dicom part",
+      );
     }
     let status: number;
     if (abort instanceof HttpError && abort.status === 413) status = 413;
     else if (stored.length > 0) {
-      status = failed.length > 0 || abort !== undefined || stored.some((o) => o.replaced || o.note) ? 202 : 200;
+      status = failed.length > 0 || abort !== undefined || stored.some((o) => o.replaced || o.note)
+        ? 202
+        : 200;
     } else if (failed.every((o) => o.reason === FAILURE.cannotUnderstand)) status = 400;
     else status = 409;
     const aet = encodeURIComponent(this.#options.aet);
     const studies = new Set(stored.map((o) => o.study));
     const study = this.#options.urlStudy ?? (studies.size === 1 ? [...studies][0] : undefined);
     const body: Record<string, unknown> = {
-      "00081190": study === undefined ? { vr: "UR" } : { vr: "UR", Value: [`${base}/aets/${aet}/studies/${study}`] },
+      "00081190": study === undefined
+        ? { vr: "UR" }
+        : { vr: "UR", Value: [`${base}/aets/${aet}/studies/${study}`] },
     };
     const warnings: string[] = [];
     const note = (text: string) => warnings.push(text);
@@ -534,12 +622,19 @@ class StowJob {
       body["00081199"] = {
         vr: "SQ",
         Value: stored.map((o) => {
-          if (o.replaced) note(`Part ${o.index}: instance ${o.sop} replaced the stored instance with the same SOP Instance UID`);
+          if (o.replaced) {
+            note(
+              `Part ${o.index}: instance ${o.sop} replaced the stored instance with the same SOP Instance UID`,
+            );
+          }
           if (o.note) note(`Part ${o.index}: instance ${o.sop} ${o.note}`);
           return {
             "00081150": { vr: "UI", Value: [o.sopClass] },
             "00081155": { vr: "UI", Value: [o.sop] },
-            "00081190": { vr: "UR", Value: [`${base}/aets/${aet}/studies/${o.study}/series/${o.series}/instances/${o.sop}`] },
+            "00081190": {
+              vr: "UR",
+              Value: [`${base}/aets/${aet}/studies/${o.study}/series/${o.series}/instances/${o.sop}`],
+            },
             ...(o.replaced ? { "00081196": { vr: "US", Value: [WARNING_REPLACED] } } : {}),
           };
         }),
@@ -549,8 +644,12 @@ class StowJob {
     const host = new URL(base).host;
     if (abort !== undefined) warnings.unshift((abort as Error).message);
     // header values are bytes: whatever a file holds (UIDs in messages) goes out as printable ASCII only
-    for (const text of warnings.slice(0, 20)) headers.append("warning", warningHeader(host, text.replace(/[^\x20-\x7e]/g, "?")));
-    if (warnings.length > 20) headers.append("warning", warningHeader(host, `${warnings.length - 20} more problems`));
+    for (const text of warnings.slice(0, 20)) {
+      headers.append("warning", warningHeader(host, text.replace(/[^\x20-\x7e]/g, "?")));
+    }
+    if (warnings.length > 20) {
+      headers.append("warning", warningHeader(host, `${warnings.length - 20} more problems`));
+    }
     return new Response(JSON.stringify(body) + "\n", { status, headers });
   }
 }
@@ -559,7 +658,11 @@ class StowJob {
 const LISTING_LIMIT = 5000;
 
 /** The keys under `prefix`, or `null` when there are more than {@linkcode LISTING_LIMIT} or the listing fails. */
-async function listKeys(store: Services["store"], bucket: string, prefix: string): Promise<Set<string> | null> {
+async function listKeys(
+  store: Services["store"],
+  bucket: string,
+  prefix: string,
+): Promise<Set<string> | null> {
   const keys = new Set<string>();
   try {
     for await (const info of store.list(bucket, prefix)) {
@@ -599,7 +702,11 @@ function incomplete(error: unknown, index: number, uids: Partial<Identity> = {})
     return new Refusal(FAILURE.outOfResources, `Part ${index} was not stored: ${error.message}`, uids);
   }
   const why = error instanceof Error ? error.message : String(error);
-  return new Refusal(FAILURE.cannotUnderstand, `Part ${index} arrived incomplete and was not stored: ${why}`, uids);
+  return new Refusal(
+    FAILURE.cannotUnderstand,
+    `Part ${index} arrived incomplete and was not stored: ${why}`,
+    uids,
+  );
 }
 
 function isDicomPart(contentType: string): boolean {
@@ -665,16 +772,28 @@ function uidText(bytes: Uint8Array | undefined): string | undefined {
  * set's UIDs are the ones that count: real files (rtdose.dcm of the corpus) have File Meta naming another
  * SOP Instance UID, and readers key on the data set too.
  */
-function checkIdentity(name: string, transferSyntax: string, values: (tag: number) => string | undefined): Identity {
+function checkIdentity(
+  name: string,
+  transferSyntax: string,
+  values: (tag: number) => string | undefined,
+): Identity {
   const found: Partial<Identity> = {};
   const uid = (tag: number) => {
     const value = values(tag);
     if (value === undefined || value === "") {
-      throw new Refusal(FAILURE.cannotUnderstand, `Cannot store ${name}: ${UID_NAMES[tag]} is missing`, found);
+      throw new Refusal(
+        FAILURE.cannotUnderstand,
+        `Cannot store ${name}: ${UID_NAMES[tag]} is missing`,
+        found,
+      );
     }
     if (!isValidUid(value)) {
       const shown = JSON.stringify(value.length > 70 ? value.slice(0, 70) + "..." : value);
-      throw new Refusal(FAILURE.cannotUnderstand, `Cannot store ${name}: ${UID_NAMES[tag]} ${shown} is not a valid UID`, found);
+      throw new Refusal(
+        FAILURE.cannotUnderstand,
+        `Cannot store ${name}: ${UID_NAMES[tag]} ${shown} is not a valid UID`,
+        found,
+      );
     }
     return value;
   };
@@ -683,7 +802,11 @@ function checkIdentity(name: string, transferSyntax: string, values: (tag: numbe
   found.study = uid(STUDY);
   found.series = uid(SERIES);
   if (!isValidUid(transferSyntax)) {
-    throw new Refusal(FAILURE.cannotUnderstand, `Cannot store ${name}: its Transfer Syntax UID is not a valid UID`, found);
+    throw new Refusal(
+      FAILURE.cannotUnderstand,
+      `Cannot store ${name}: its Transfer Syntax UID is not a valid UID`,
+      found,
+    );
   }
   return { transferSyntax, ...found } as Identity;
 }
@@ -705,11 +828,17 @@ function identify(header: Part10Header, name: string): Identity {
 function identifyPrefix(prefix: Uint8Array, name: string): { id: Identity; check: Part10Check } {
   const dicm = prefix.byteLength >= 132 && latin1(prefix.subarray(128, 132)) === "DICM";
   if (!dicm) {
-    throw new Refusal(FAILURE.cannotUnderstand, `Cannot store ${name}: not a DICOM Part 10 object ("DICM" missing at offset 128)`);
+    throw new Refusal(
+      FAILURE.cannotUnderstand,
+      `Cannot store ${name}: not a DICOM Part 10 object ("DICM" missing at offset 128)`,
+    );
   }
   const meta = readFileMeta(prefix, name);
   if (meta === null || meta.end <= 132) {
-    throw new Refusal(FAILURE.cannotUnderstand, `Cannot store ${name}: no File Meta Information after "DICM"`);
+    throw new Refusal(
+      FAILURE.cannotUnderstand,
+      `Cannot store ${name}: no File Meta Information after "DICM"`,
+    );
   }
   if (DEFLATED.has(meta.transferSyntaxUid)) {
     throw new Refusal(
@@ -763,7 +892,10 @@ function streamedSource(
       if (start < prefix.byteLength && tailStart <= prefix.byteLength) {
         const out = new Uint8Array(end - start);
         out.set(prefix.subarray(start));
-        out.set(tailBytes.subarray(prefix.byteLength - tailStart, end - tailStart), prefix.byteLength - start);
+        out.set(
+          tailBytes.subarray(prefix.byteLength - tailStart, end - tailStart),
+          prefix.byteLength - start,
+        );
         return out;
       }
       const header = recorded.get(start);
@@ -893,7 +1025,9 @@ export class Part10Check {
     name: string,
     options: Part10CheckOptions = {},
   ) {
-    const enc = "explicit" in encoding ? encoding : { explicit: encoding.explicitVR, little: encoding.littleEndian };
+    const enc = "explicit" in encoding
+      ? encoding
+      : { explicit: encoding.explicitVR, little: encoding.littleEndian };
     this.#name = name;
     this.#pos = options.start ?? ("datasetOffset" in encoding ? encoding.datasetOffset : 0);
     this.#stack = [{ kind: "elements", end: -1, encoding: enc, depth: 0, count: 0, pixel: false }];
@@ -942,12 +1076,18 @@ export class Part10Check {
   /** Checks that the data set ended where it may. */
   finish(): void {
     if (this.#skip > 0 || this.#headLen > 0) {
-      this.#fail(`it ends inside an element at offset ${this.#pos} (${this.#skip || this.#headLen} bytes short)`);
+      this.#fail(
+        `it ends inside an element at offset ${this.#pos} (${this.#skip || this.#headLen} bytes short)`,
+      );
     }
     this.#popEnded();
     const open = this.#stack.at(-1)!;
     if (this.#stack.length > 1) {
-      const what = open.kind === "fragments" ? "encapsulated pixel data" : open.kind === "items" ? "a sequence" : "an item";
+      const what = open.kind === "fragments"
+        ? "encapsulated pixel data"
+        : open.kind === "items"
+        ? "a sequence"
+        : "an item";
       this.#fail(`it ends inside ${what} (no delimiter before the end at offset ${this.#pos})`);
     }
   }
@@ -983,15 +1123,21 @@ export class Part10Check {
     const little = top.encoding.little;
     const u16 = (o: number) => little ? h[o] | h[o + 1] << 8 : h[o] << 8 | h[o + 1];
     const u32 = (o: number) =>
-      (little ? h[o] | h[o + 1] << 8 | h[o + 2] << 16 | h[o + 3] << 24 : h[o] << 24 | h[o + 1] << 16 | h[o + 2] << 8 | h[o + 3]) >>> 0;
+      (little
+        ? h[o] | h[o + 1] << 8 | h[o + 2] << 16 | h[o + 3] << 24
+        : h[o] << 24 | h[o + 1] << 16 | h[o + 2] << 8 | h[o + 3]) >>> 0;
     const tag = (u16(0) << 16 | u16(2)) >>> 0;
     this.#headLen = 0;
     if (at >= this.#recordFrom) this.recorded.set(at, h.slice(0, size));
-    if (top.end >= 0 && at + size > top.end) this.#fail(`a header at offset ${at} runs past the end of its item`);
+    if (top.end >= 0 && at + size > top.end) {
+      this.#fail(`a header at offset ${at} runs past the end of its item`);
+    }
     if (top.kind === "fragments") {
       const length = u32(4);
       if (tag === SEQUENCE_DELIMITER) {
-        if (top.pixel && top.count === 0) this.#fail(`encapsulated pixel data has no Basic Offset Table item at offset ${at}`);
+        if (top.pixel && top.count === 0) {
+          this.#fail(`encapsulated pixel data has no Basic Offset Table item at offset ${at}`);
+        }
         this.#stack.pop();
       } else if (tag !== ITEM) {
         this.#fail(`item tag missing in encapsulated pixel data at offset ${at}: found ${formatTag(tag)}`);
@@ -1057,7 +1203,9 @@ export class Part10Check {
       return;
     }
     if (top.end >= 0 && valueAt + length > top.end) {
-      this.#fail(`element ${formatTag(tag)} length ${length} runs past the end of its item at offset ${valueAt}`);
+      this.#fail(
+        `element ${formatTag(tag)} length ${length} runs past the end of its item at offset ${valueAt}`,
+      );
     }
     if (vr === "SQ") {
       this.#push("items", valueAt + length, top.encoding, top.depth);
@@ -1071,7 +1219,9 @@ export class Part10Check {
   }
 
   #push(kind: Frame["kind"], end: number, encoding: Encoding, depth: number, pixel = false): void {
-    if (kind === "items" && depth >= MAX_DEPTH) this.#fail(`sequences nested more than ${MAX_DEPTH} deep at offset ${this.#pos}`);
+    if (kind === "items" && depth >= MAX_DEPTH) {
+      this.#fail(`sequences nested more than ${MAX_DEPTH} deep at offset ${this.#pos}`);
+    }
     this.#stack.push({ kind, end, encoding, depth, count: 0, pixel });
   }
 }

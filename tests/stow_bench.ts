@@ -12,13 +12,7 @@
  * Prints the figures and the ratios against the targets (≥ 80% of direct, peak RSS < 200 MB); never asserts.
  */
 
-import { AetRegistry } from "../lib/aets.ts";
-import { createHandler } from "../lib/app.ts";
-import { loadConfig } from "../lib/config.ts";
-import { errorResponse, toHttpError } from "../lib/http_error.ts";
-import { Router } from "../lib/router.ts";
 import { S3Store } from "../lib/s3_store.ts";
-import { registerStow } from "../lib/stow.ts";
 import { startS3, type TestS3 } from "./_s3server.ts";
 
 const CONCURRENCY = Number(Deno.env.get("S3_CONCURRENCY") ?? 8);
@@ -118,7 +112,7 @@ async function s3Server(): Promise<S3Target> {
   return { endpoint: handle.endpoint, kind: "s3rver", stop: () => handle.stop(), handle };
 }
 
-async function freePort(): Promise<number> {
+function freePort(): number {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
   listener.close();
@@ -134,7 +128,7 @@ interface ServerProcess {
 }
 
 async function startServer(script: string[], env: Record<string, string>): Promise<ServerProcess> {
-  const port = await freePort();
+  const port = freePort();
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-P=bench-server", ...script],
     env: { ...env, PORT: String(port), HOSTNAME: "127.0.0.1", NO_COLOR: "1" },
@@ -179,7 +173,11 @@ async function ownCpuSeconds(): Promise<number> {
  * and curl --data-binary send it); with `chunked` it is a stream (Transfer-Encoding: chunked), which Deno
  * 2.9's HTTP/1 server handles slowly whenever the handler cannot read as fast as the client sends.
  */
-async function stow(url: string, files: Dataset["files"], chunked = false): Promise<{ ms: number; stored: number; status: number }> {
+async function stow(
+  url: string,
+  files: Dataset["files"],
+  chunked = false,
+): Promise<{ ms: number; stored: number; status: number }> {
   const boundary = `bench-${crypto.randomUUID()}`;
   const head = encoder.encode(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`);
   const crlf = encoder.encode("\r\n");
@@ -198,7 +196,10 @@ async function stow(url: string, files: Dataset["files"], chunked = false): Prom
   const response = await fetch(url, {
     method: "POST",
     body,
-    headers: { "content-type": `multipart/related; type="application/dicom"; boundary=${boundary}`, accept: "application/dicom+json" },
+    headers: {
+      "content-type": `multipart/related; type="application/dicom"; boundary=${boundary}`,
+      accept: "application/dicom+json",
+    },
   });
   const json = await response.json();
   const ms = performance.now() - t0;
@@ -239,17 +240,6 @@ async function createBucket(s3: S3Target, bucket: string): Promise<void> {
   client.destroy();
 }
 
-/** Whether main.ts routes POST /aets/{aet}/studies to STOW (a 405 means the router does not merge methods yet). */
-async function routesPost(url: string): Promise<boolean> {
-  const response = await fetch(`${url}/aets/BENCH/studies`, {
-    method: "POST",
-    body: "--x--\r\n",
-    headers: { "content-type": 'multipart/related; type="application/dicom"; boundary=x' },
-  });
-  await response.body?.cancel();
-  return response.status !== 405;
-}
-
 async function main() {
   const data = await dataset();
   console.log(
@@ -266,22 +256,22 @@ async function main() {
     credentials: CREDENTIALS,
   });
   const results: Record<string, string> = {};
+  const cleanups: (() => Promise<void>)[] = [];
   try {
     await createBucket(s3, bucket);
+    const catalogDir = await Deno.makeTempDir({ prefix: "stow-bench-catalog-" });
+    cleanups.push(() => Deno.remove(catalogDir, { recursive: true }));
     const env = {
+      // each stored instance is recorded in the catalog before the response, as in production
+      CATALOG_PATH: `${catalogDir}/catalog.sqlite`,
+      CRAWL_INTERVAL: "0",
       S3_ENDPOINT: s3.endpoint,
       AETS: `BENCH=${bucket}`,
       AWS_ACCESS_KEY_ID: CREDENTIALS.accessKeyId,
       AWS_SECRET_ACCESS_KEY: CREDENTIALS.secretAccessKey,
       S3_CONCURRENCY: String(CONCURRENCY),
     };
-    let server = await startServer([`${REPO}main.ts`], env);
-    if (!(await routesPost(server.url))) {
-      await server.stop();
-      results["note"] = "main.ts answers 405 to POST /studies (Router.add does not merge methods yet): " +
-        "the server is main.ts's setup with STOW dispatched first (tests/stow_bench.ts --serve)";
-      server = await startServer([`${REPO}tests/stow_bench.ts`, "--serve"], env);
-    }
+    const server = await startServer([`${REPO}main.ts`], env);
     const url = `${server.url}/aets/BENCH/studies`;
     console.log("warming up…");
     // warm-up: connections, JIT
@@ -329,7 +319,9 @@ async function main() {
     results["STOW, 1 request"] = `${mbps(data.bytes, oneMs).toFixed(0)} MB/s (${oneMs.toFixed(0)} ms), ${
       (directMs / oneMs * 100).toFixed(0)
     }% of direct (target ≥ 80%)`;
-    results["CPU for the series"] = `direct (client process) ${median(directCpu).toFixed(2)} s, server (1 request) ${median(serverCpu).toFixed(2)} s`;
+    results["CPU for the series"] = `direct (client process) ${
+      median(directCpu).toFixed(2)
+    } s, server (1 request) ${median(serverCpu).toFixed(2)} s`;
     results[`STOW, ${CONCURRENCY} requests at once`] = `${mbps(data.bytes, manyMs).toFixed(0)} MB/s (${
       manyMs.toFixed(0)
     } ms), ${(directMs / manyMs * 100).toFixed(0)}% of direct (target ≥ 80%)`;
@@ -346,43 +338,22 @@ async function main() {
       const part = data.files.slice(0, 100);
       const s0 = await server.cpuSeconds();
       const chunked = await stow(url, part, true);
-      results["chunked body, 100 instances"] = `${mbps(part.reduce((n, f) => n + f.bytes.length, 0), chunked.ms).toFixed(0)} MB/s ` +
-        `(${chunked.ms.toFixed(0)} ms, server CPU ${(await server.cpuSeconds() - s0).toFixed(1)} s), peak RSS now ${(await server.peakRssMb()).toFixed(0)} MB`;
+      results["chunked body, 100 instances"] = `${
+        mbps(part.reduce((n, f) => n + f.bytes.length, 0), chunked.ms).toFixed(0)
+      } MB/s ` +
+        `(${chunked.ms.toFixed(0)} ms, server CPU ${
+          (await server.cpuSeconds() - s0).toFixed(1)
+        } s), peak RSS now ${(await server.peakRssMb()).toFixed(0)} MB`;
     }
     await server.stop();
     await empty(store, bucket);
   } finally {
     store.close();
     await s3.stop();
+    for (const cleanup of cleanups) await cleanup().catch(() => {});
   }
   console.log(`\nSTOW-RS benchmark (${s3.kind}, ${ROUNDS} rounds, medians)`);
   for (const [name, value] of Object.entries(results)) console.log(`  ${name.padEnd(32)} ${value}`);
 }
 
-/** main.ts's setup with STOW's POST routes dispatched before the app's router (until the router merges methods). */
-async function serveForBench() {
-  const config = await loadConfig();
-  const store = new S3Store({ ...config.s3!, maxConcurrency: Math.max(50, config.s3Concurrency * 4) });
-  const aets = new AetRegistry(store, { configured: config.aets });
-  await aets.refresh();
-  const services = { config, store, aets, capabilities: { reEncode: true } };
-  const app = createHandler(services, { log: () => {} });
-  const router = new Router(config.basePath);
-  registerStow(router, services);
-  Deno.addSignalListener("SIGINT", () => Deno.exit(0)); // lets --cpu-prof write its profile
-  Deno.serve({ port: config.port, hostname: config.hostname, onListen() {} }, async (request) => {
-    const url = new URL(request.url);
-    const match = request.method === "POST" ? router.match("POST", url) : undefined;
-    if (match?.kind !== "found") return app(request);
-    try {
-      return await match.handler({ request, url, params: match.params });
-    } catch (error) {
-      return errorResponse(toHttpError(error));
-    }
-  });
-}
-
-if (import.meta.main) {
-  if (Deno.args.includes("--serve")) await serveForBench();
-  else await main();
-}
+if (import.meta.main) await main();

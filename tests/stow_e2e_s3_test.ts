@@ -12,13 +12,11 @@ import { AetRegistry } from "../lib/aets.ts";
 import { createHandler } from "../lib/app.ts";
 import { parseConfig } from "../lib/config.ts";
 import { crawlerFor } from "../lib/crawler.ts";
-import { errorResponse, toHttpError } from "../lib/http_error.ts";
-import { Router } from "../lib/router.ts";
 import { S3Store } from "../lib/s3_store.ts";
 import type { Services } from "../lib/services.ts";
 import { openSqliteCatalog } from "../lib/sqlite_catalog.ts";
 import type { ObjectStore } from "../lib/store.ts";
-import { FAILURE, registerStow } from "../lib/stow.ts";
+import { FAILURE } from "../lib/stow.ts";
 import { buildInstance, concat, md5, SHARED_DICOM, sharedCorpus } from "./_corpus.ts";
 import { boundaryOf, parseMultipart } from "./_multipart_parser.ts";
 import { startS3, type TestS3 } from "./_s3server.ts";
@@ -36,31 +34,11 @@ interface Server {
   close(): Promise<void>;
 }
 
-/** Whether the app's router sends POST /studies to STOW (QIDO's GET is added first: needs merged methods). */
-const POST_ROUTED = (() => {
-  const router = new Router();
-  router.add("/x", { GET: () => new Response() });
-  router.add("/x", { POST: () => new Response() });
-  return router.match("POST", new URL("http://localhost/x")).kind === "found";
-})();
-
 function serve(services: Services): Server {
   const app = createHandler(services, { log: () => {} });
-  const router = new Router();
-  registerStow(router, services);
-  const stow = async (request: Request) => {
-    const url = new URL(request.url);
-    const match = router.match(request.method, url);
-    if (match.kind !== "found") return app(request);
-    try {
-      return await match.handler({ request, url, params: match.params });
-    } catch (error) {
-      return errorResponse(toHttpError(error));
-    }
-  };
   const pending = new Set<Promise<unknown>>();
   const handler = (request: Request) => {
-    const run = request.method === "POST" && !POST_ROUTED ? stow(request) : app(request);
+    const run = app(request);
     pending.add(run);
     run.finally(() => pending.delete(run)).catch(() => {});
     return run;
