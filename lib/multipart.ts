@@ -88,9 +88,11 @@ export function multipartStream(
 
   // Stops everything upstream once, whether the consumer cancelled or something failed.
   let stopped = false;
+  let stopReason: unknown;
   const stop = async (reason: unknown) => {
     if (stopped) return;
     stopped = done = true;
+    stopReason = reason;
     options.onCancel?.(reason);
     await Promise.allSettled([reader?.cancel(reason), iterator.return?.()]);
   };
@@ -128,7 +130,13 @@ export function multipartStream(
         }
       } else {
         const next = await iterator.next();
-        if (stopped) return;
+        if (stopped) {
+          // a part that arrived after the stop is ours to release
+          if (!next.done && !(next.value.body instanceof Uint8Array)) {
+            await next.value.body.cancel(stopReason).catch(() => {});
+          }
+          return;
+        }
         if (next.done) {
           push(encoder.encode(`--${boundary}--\r\n`));
           done = true;

@@ -319,6 +319,9 @@ async function main() {
     results["STOW, 1 request"] = `${mbps(data.bytes, oneMs).toFixed(0)} MB/s (${oneMs.toFixed(0)} ms), ${
       (directMs / oneMs * 100).toFixed(0)
     }% of direct (target ≥ 80%)`;
+    results["each round: direct / 1 / many"] = directRuns
+      .map((d, i) => `${d.toFixed(0)}/${oneRuns[i].toFixed(0)}/${manyRuns[i].toFixed(0)} ms`)
+      .join(", ");
     results["CPU for the series"] = `direct (client process) ${
       median(directCpu).toFixed(2)
     } s, server (1 request) ${median(serverCpu).toFixed(2)} s`;
@@ -352,7 +355,8 @@ async function main() {
     await s3.stop();
     for (const cleanup of cleanups) await cleanup().catch(() => {});
   }
-  console.log(`\nSTOW-RS benchmark (${s3.kind}, ${ROUNDS} rounds, medians)`);
+  const load = (await run(["cat", "/proc/loadavg"])).split(" ").slice(0, 3).join(" ");
+  console.log(`\nSTOW-RS benchmark (${s3.kind}, ${ROUNDS} rounds, medians; load average now ${load})`);
   for (const [name, value] of Object.entries(results)) console.log(`  ${name.padEnd(32)} ${value}`);
 }
 
