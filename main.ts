@@ -16,7 +16,6 @@ import { loadTls, type TlsFiles } from "./lib/tls.ts";
 import type { Catalog } from "./lib/catalog.ts";
 import { crawlerFor } from "./lib/crawler.ts";
 import { openSqliteCatalog } from "./lib/sqlite_catalog.ts";
-import { defaultPool } from "./lib/codecs/pool.ts";
 
 if (import.meta.main) {
   let config;
@@ -58,7 +57,6 @@ if (import.meta.main) {
       concurrency: Math.max(8, config.s3Concurrency),
     }).start(config.crawlInterval);
   }
-  defaultPool().warm(); // workers and WASM codecs load in the background
 
   let tls: TlsFiles | undefined;
   let audit;

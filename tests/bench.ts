@@ -244,7 +244,9 @@ async function main() {
       }));
     }
 
+    const scratch = await Deno.makeTempDir({ prefix: "bench-server-" });
     const server = await startServer({
+      CATALOG_PATH: `${scratch}/catalog.sqlite`, // not in the repository's ./data
       S3_ENDPOINT: s3.endpoint,
       AETS: `BENCH=${bucket}`,
       AWS_ACCESS_KEY_ID: CREDENTIALS.accessKeyId,
@@ -317,6 +319,7 @@ async function main() {
     await new Promise((r) => setTimeout(r, 1000));
     say("server RSS 1 s later", `${(await memoryOf(server.pid)).rss.toFixed(0)} MB`);
     await server.stop();
+    await Deno.remove(scratch, { recursive: true }).catch(() => {});
 
     if (Deno.env.get("BENCH_SKIP_LOCAL") === undefined) {
       const local = await Deno.makeTempDir({ prefix: "bench-local-" });
