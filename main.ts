@@ -37,13 +37,17 @@ if (import.meta.main) {
     await aets.refresh();
   } catch (error) {
     // The server still starts: /readyz reports the problem until the store answers.
-    console.error(`Warning: cannot list AETs from ${store.kind} store ${store.location}: ${(error as Error).message}`);
+    console.error(
+      `Warning: cannot list AETs from ${store.kind} store ${store.location}: ${(error as Error).message}`,
+    );
   }
   // The search catalog is derived from the buckets: deleting its file is always safe.
   let catalog: Catalog | undefined;
   try {
     if (config.catalogPath !== ":memory:") {
-      await Deno.mkdir(config.catalogPath.replace(/\/[^/]*$/, "") || ".", { recursive: true }).catch(() => {});
+      await Deno.mkdir(config.catalogPath.replace(/\/[^/]*$/, "") || ".", { recursive: true }).catch(
+        () => {},
+      );
     }
     catalog = await openSqliteCatalog(config.catalogPath, { bulkDataThreshold: config.bulkDataThreshold });
   } catch (error) {
@@ -72,7 +76,9 @@ if (import.meta.main) {
     { audit: audit.log },
   );
   const scheme = tls ? "https" : "http";
-  const names = (await aets.entries().catch(() => [])).map(([aet, bucket]) => aet === bucket ? aet : `${aet}=${bucket}`);
+  const names = (await aets.entries().catch(() => [])).map(([aet, bucket]) =>
+    aet === bucket ? aet : `${aet}=${bucket}`
+  );
   Deno.serve({
     port: config.port,
     hostname: config.hostname,
@@ -81,8 +87,16 @@ if (import.meta.main) {
       const shown = hostname.includes(":") ? `[${hostname}]` : hostname;
       console.log(`DICOMweb server on ${scheme}://${shown}:${port}${config.basePath}`);
       console.log(`Store: ${store.kind} ${store.location}`);
-      console.log(`AETs: ${names.length > 0 ? names.join(", ") : "(none yet: " + (config.s3 ? "create a bucket" : `create a folder in ${config.dataDir}`) + ")"}`);
-      const methods = config.auth.methods.length > 0 ? config.auth.methods.join(", ") : "none (loopback only)";
+      console.log(
+        `AETs: ${
+          names.length > 0
+            ? names.join(", ")
+            : "(none yet: " + (config.s3 ? "create a bucket" : `create a folder in ${config.dataDir}`) + ")"
+        }`,
+      );
+      const methods = config.auth.methods.length > 0
+        ? config.auth.methods.join(", ")
+        : "none (loopback only)";
       const auditTo = config.audit.kind === "file" ? config.audit.path : config.audit.kind;
       console.log(`Authentication: ${methods}; audit log: ${auditTo}`);
       console.log(`Search catalog: ${catalog ? config.catalogPath : "off"}`);

@@ -70,7 +70,8 @@ export function createHandler(
           headers: withHeaders.headers,
           bucket,
           bulkThreshold: config.bulkDataThreshold,
-        })),
+        })
+      ),
   });
   const metadata = metadataHandlers(withHeaders);
   const pixels = pixelHandlers(withHeaders);
@@ -86,10 +87,16 @@ export function createHandler(
   // PS3.18 10.4.1.1.2 Retrieve Metadata (Annex F JSON).
   router.add("/aets/:aet/studies/:study/metadata", { GET: metadata.study });
   router.add("/aets/:aet/studies/:study/series/:series/metadata", { GET: metadata.series });
-  router.add("/aets/:aet/studies/:study/series/:series/instances/:instance/metadata", { GET: metadata.instance });
+  router.add("/aets/:aet/studies/:study/series/:series/instances/:instance/metadata", {
+    GET: metadata.instance,
+  });
   // PS3.18 10.4.1.1.3 Retrieve Frames, 10.4.1.1.4 Retrieve Bulkdata.
-  router.add("/aets/:aet/studies/:study/series/:series/instances/:instance/frames/:frames", { GET: pixels.frames });
-  router.add("/aets/:aet/studies/:study/series/:series/instances/:instance/bulkdata/:path(.+)", { GET: pixels.bulkdata });
+  router.add("/aets/:aet/studies/:study/series/:series/instances/:instance/frames/:frames", {
+    GET: pixels.frames,
+  });
+  router.add("/aets/:aet/studies/:study/series/:series/instances/:instance/bulkdata/:path(.+)", {
+    GET: pixels.bulkdata,
+  });
   registerQido(router, withHeaders);
   registerStow(router, withHeaders);
   // PS3.18 10.4.1.1.5 Retrieve Rendered, 10.4.1.1.6 Retrieve Thumbnail (study, series, instance, frame).

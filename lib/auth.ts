@@ -17,13 +17,7 @@
  * @module
  */
 
-import {
-  createRemoteJWKSet,
-  customFetch,
-  errors as joseErrors,
-  type JWTPayload,
-  jwtVerify,
-} from "jose";
+import { createRemoteJWKSet, customFetch, errors as joseErrors, type JWTPayload, jwtVerify } from "jose";
 import { HttpError } from "./http_error.ts";
 import {
   checkHeaderSize,

@@ -253,7 +253,9 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
   const qidoMaxLimit = integer("QIDO_MAX_LIMIT", 1000, 1, 100_000);
   const qidoDefaultLimit = integer("QIDO_DEFAULT_LIMIT", 100, 1, 100_000);
   if (qidoDefaultLimit > qidoMaxLimit) {
-    problems.push(`QIDO_DEFAULT_LIMIT=${qidoDefaultLimit} is above QIDO_MAX_LIMIT=${qidoMaxLimit}: lower it or raise the maximum`);
+    problems.push(
+      `QIDO_DEFAULT_LIMIT=${qidoDefaultLimit} is above QIDO_MAX_LIMIT=${qidoMaxLimit}: lower it or raise the maximum`,
+    );
   }
   const stowMaxBytes = integer("STOW_MAX_BYTES", 4 * 1024 ** 3, 1024, Number.MAX_SAFE_INTEGER);
 

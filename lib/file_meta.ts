@@ -70,7 +70,9 @@ export function readFileMeta(bytes: Uint8Array, name: string, complete = false):
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   if (!hasPreamble) {
     // No preamble: a raw dataset is only plausible when it starts with a group 0002 or 0008 element.
-    if (bytes.length < 8) throw new SyntaxError(`Cannot read "${name}": ${bytes.length} bytes is too short for DICOM`);
+    if (bytes.length < 8) {
+      throw new SyntaxError(`Cannot read "${name}": ${bytes.length} bytes is too short for DICOM`);
+    }
     const group = view.getUint16(0, true);
     if (group !== 0x0002 && group !== 0x0008) {
       throw new SyntaxError(

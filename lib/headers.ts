@@ -60,10 +60,14 @@ export class HeaderCache {
 
 function estimateBytes(header: Part10Header): number {
   let bytes = 512 + (header.inflated?.byteLength ?? 0);
-  const walk = (elements: Iterable<{ bytes?: Uint8Array; items?: { elements: Map<number, unknown> }[]; fragments?: unknown[] }>) => {
+  const walk = (
+    elements: Iterable<
+      { bytes?: Uint8Array; items?: { elements: Map<number, unknown> }[]; fragments?: unknown[] }
+    >,
+  ) => {
     for (const el of elements) {
       bytes += 96 + (el.bytes?.byteLength ?? 0) + (el.fragments?.length ?? 0) * 32;
-      if (el.items) for (const item of el.items) walk(item.elements.values() as never);
+      if (el.items) { for (const item of el.items) walk(item.elements.values() as never); }
     }
   };
   walk(header.dataset.elements.values());
@@ -84,7 +88,9 @@ export function objectSource(
     async read(start: number, end: number): Promise<Uint8Array> {
       if (end <= start) return new Uint8Array(0);
       const object = await store.get(bucket, info.key, { range: { start, end: end - 1 } });
-      if (object === null) throw new HttpError(404, `Not found: object ${info.key} disappeared while being read`);
+      if (object === null) {
+        throw new HttpError(404, `Not found: object ${info.key} disappeared while being read`);
+      }
       const bytes = new Uint8Array(await new Response(object.body).arrayBuffer());
       if (counter) counter.bytesRead += bytes.byteLength;
       return bytes;
@@ -112,7 +118,9 @@ export async function loadHeader(
   } catch (error) {
     // A stored object that is not valid DICOM is the server's problem, not the client's.
     if (error instanceof SyntaxError) {
-      throw new HttpError(500, `Stored object ${info.key} is not readable DICOM: ${error.message}`, { cause: error });
+      throw new HttpError(500, `Stored object ${info.key} is not readable DICOM: ${error.message}`, {
+        cause: error,
+      });
     }
     throw error;
   }

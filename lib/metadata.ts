@@ -5,7 +5,7 @@
  * @module
  */
 
-import { toDicomJson, stringifyDicomJson } from "./dicom_json.ts";
+import { stringifyDicomJson, toDicomJson } from "./dicom_json.ts";
 import { resolveBulkDataUris } from "./catalog.ts";
 import { type HeaderCache, loadHeader } from "./headers.ts";
 import { HttpError } from "./http_error.ts";
@@ -31,7 +31,10 @@ export function acceptJson(accept: string | null): void {
     (r.type === "application" && ["dicom+json", "json", "*"].includes(r.subtype))
   );
   if (!ok) {
-    throw new HttpError(406, "None of the media types in Accept can be served: metadata is application/dicom+json");
+    throw new HttpError(
+      406,
+      "None of the media types in Accept can be served: metadata is application/dicom+json",
+    );
   }
 }
 
@@ -52,7 +55,9 @@ export async function instanceJson(
   // Small loaded binary values go inline; large ones, Pixel Data and values not loaded become BulkDataURIs.
   return toDicomJson(header, {
     bulkDataUri: (path, el) =>
-      el.bytes && el.bytes.byteLength <= threshold && !PIXEL_DATA_PATHS.has(path) ? undefined : `${url}/bulkdata/${path}`,
+      el.bytes && el.bytes.byteLength <= threshold && !PIXEL_DATA_PATHS.has(path)
+        ? undefined
+        : `${url}/bulkdata/${path}`,
   });
 }
 
@@ -60,7 +65,11 @@ export async function instanceJson(
 export function metadataHandlers(services: MetadataServices) {
   const { store, config } = services;
 
-  async function respond(ctx: RouteContext, infos: AsyncIterable<ObjectInfo>, notFound: string): Promise<Response> {
+  async function respond(
+    ctx: RouteContext,
+    infos: AsyncIterable<ObjectInfo>,
+    notFound: string,
+  ): Promise<Response> {
     acceptJson(ctx.request.headers.get("accept"));
     const target = targetOf(ctx.params);
     const bucket = await bucketOf(services, target.aet);
@@ -70,7 +79,8 @@ export function metadataHandlers(services: MetadataServices) {
     let skipped: HttpError | undefined;
     // The catalog's cached instance JSON (same ETag) makes series metadata one query instead of N reads.
     const stored = new Map(
-      (await services.catalog?.instanceMetadata(target.aet, target.study, target.series).catch(() => []) ?? [])
+      (await services.catalog?.instanceMetadata(target.aet, target.study, target.series).catch(() => []) ??
+        [])
         .map((s) => [s.key, s]),
     );
     const jsons = ahead(
@@ -79,7 +89,10 @@ export function metadataHandlers(services: MetadataServices) {
         const hit = stored.get(info.key);
         if (hit !== undefined && hit.etag === info.etag) {
           const uids = parseInstanceKey(info.key)!;
-          return resolveBulkDataUris(hit.json, instanceUrl(base, target.aet, uids.study, uids.series, uids.instance));
+          return resolveBulkDataUris(
+            hit.json,
+            instanceUrl(base, target.aet, uids.study, uids.series, uids.instance),
+          );
         }
         try {
           return stringifyDicomJson(await instanceJson(services, bucket, info, base, target.aet));
@@ -132,7 +145,12 @@ export function metadataHandlers(services: MetadataServices) {
     return new Response(body, { headers: { "content-type": "application/dicom+json; charset=utf-8" } });
   }
 
-  async function* listed(bucket: string, prefix: string, study: string, series?: string): AsyncGenerator<ObjectInfo> {
+  async function* listed(
+    bucket: string,
+    prefix: string,
+    study: string,
+    series?: string,
+  ): AsyncGenerator<ObjectInfo> {
     for await (const info of store.list(bucket, prefix)) {
       const uids = parseInstanceKey(info.key);
       if (uids === null || uids.study !== study || (series !== undefined && uids.series !== series)) continue;
@@ -144,7 +162,11 @@ export function metadataHandlers(services: MetadataServices) {
     async study(ctx: RouteContext): Promise<Response> {
       const target = targetOf(ctx.params);
       const bucket = await bucketOf(services, target.aet);
-      return respond(ctx, listed(bucket, studyPrefix(target.study), target.study), `Not found: ${describe(target)} has no instances`);
+      return respond(
+        ctx,
+        listed(bucket, studyPrefix(target.study), target.study),
+        `Not found: ${describe(target)} has no instances`,
+      );
     },
     async series(ctx: RouteContext): Promise<Response> {
       const target = targetOf(ctx.params);
@@ -161,9 +183,13 @@ export function metadataHandlers(services: MetadataServices) {
       const key = instanceKey(target.study, target.series!, target.instance!);
       const info = await store.head(bucket, key);
       if (info === null) throw new HttpError(404, `Not found: ${describe(target)}`);
-      return respond(ctx, (async function* () {
-        yield info;
-      })(), `Not found: ${describe(target)}`);
+      return respond(
+        ctx,
+        (async function* () {
+          yield info;
+        })(),
+        `Not found: ${describe(target)}`,
+      );
     },
   };
 }

@@ -98,11 +98,13 @@ export function parseAccept(header: string | null | undefined): MediaRange[] {
         // Unquoted values are tokens by RFC 9110, but clients (OHIF) send type=application/octet-stream
         // unquoted, and PS3.18 treats it as equal to the quoted form: accept "/" and "+" in them.
         const start = i;
-        while (i < s.length && !" \t,;\"".includes(s[i])) i++;
+        while (i < s.length && !' \t,;"'.includes(s[i])) i++;
         value = s.slice(start, i);
         if (!/^[!#$%&'*+.^_`|~0-9A-Za-z\-/:=]+$/.test(value)) {
           throw new SyntaxError(
-            `Malformed Accept header: parameter "${name}" has no valid value at position ${start} in ${JSON.stringify(s)}`,
+            `Malformed Accept header: parameter "${name}" has no valid value at position ${start} in ${
+              JSON.stringify(s)
+            }`,
           );
         }
       }

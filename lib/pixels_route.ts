@@ -8,7 +8,7 @@
 import { DECODABLE_SYNTAXES } from "./codecs/mod.ts";
 import { decodedFrame } from "./decode.ts";
 import { resolveBulkDataPath, toLittleEndian } from "./dicom_json.ts";
-import { type FramePlan, frameCount, planFrame } from "./frames.ts";
+import { frameCount, type FramePlan, planFrame } from "./frames.ts";
 import { type HeaderCache, loadHeader } from "./headers.ts";
 import { HttpError } from "./http_error.ts";
 import { multipartStream, type Part, randomBoundary } from "./multipart.ts";
@@ -63,19 +63,26 @@ export function negotiateFrames(
     (type === OCTET && native) || (type === OCTET && !native); // octet-stream with ts=* or the stored ts
   // Decoded: octet-stream in its default syntax (ELE), from compressed frames we can decode.
   const decodedOk = (type: string | undefined, ts: string | undefined) =>
-    !native && options.decodable === true && type === OCTET && (ts === undefined || ts === EXPLICIT_VR_LITTLE_ENDIAN);
+    !native && options.decodable === true && type === OCTET &&
+    (ts === undefined || ts === EXPLICIT_VR_LITTLE_ENDIAN);
   const decoded = `${OCTET}; transfer-syntax=${EXPLICIT_VR_LITTLE_ENDIAN}`;
   for (const r of rankRanges(parseAccept(accept))) {
     const ts = r.params["transfer-syntax"];
     if (r.type === "*" || (r.type === "multipart" && (r.subtype === "*" || r.subtype === "related"))) {
-      const inner = r.type === "multipart" && r.subtype === "related" ? r.params.type?.toLowerCase() : undefined;
+      const inner = r.type === "multipart" && r.subtype === "related"
+        ? r.params.type?.toLowerCase()
+        : undefined;
       if (typeOk(inner) && tsOk(ts, inner)) return { multipart: true, contentType };
       if (decodedOk(inner, ts)) return { multipart: true, contentType: decoded, decode: true };
       continue;
     }
     if (!single) continue;
     const type = `${r.type}/${r.subtype}`;
-    if ((type === stored.mediaType || type === OCTET && native || r.subtype === "*" && r.type === stored.mediaType.split("/")[0]) && tsOk(ts, type === OCTET ? OCTET : stored.mediaType)) {
+    if (
+      (type === stored.mediaType || type === OCTET && native ||
+        r.subtype === "*" && r.type === stored.mediaType.split("/")[0]) &&
+      tsOk(ts, type === OCTET ? OCTET : stored.mediaType)
+    ) {
       return { multipart: false, contentType };
     }
     if (decodedOk(type, ts)) return { multipart: false, contentType: decoded, decode: true };
@@ -93,7 +100,10 @@ export function negotiateFrames(
 export function parseFrameList(text: string): number[] {
   const items = text.split(",").map((s) => s.trim());
   if (items.length === 0 || items.length > 10_000 || items.some((s) => !/^\d{1,9}$/.test(s))) {
-    throw new HttpError(400, `Invalid frame list "${text.slice(0, 80)}": use 1-based frame numbers separated by commas, e.g. 1,2,3`);
+    throw new HttpError(
+      400,
+      `Invalid frame list "${text.slice(0, 80)}": use 1-based frame numbers separated by commas, e.g. 1,2,3`,
+    );
   }
   return items.map(Number);
 }
@@ -109,17 +119,30 @@ async function readSpan(
 ): Promise<Uint8Array> {
   if (length === 0) return new Uint8Array(0);
   if (header.inflated) return header.inflated.subarray(offset, offset + length);
-  const object = await services.store.get(bucket, key, { range: { start: offset, end: offset + length - 1 } });
+  const object = await services.store.get(bucket, key, {
+    range: { start: offset, end: offset + length - 1 },
+  });
   if (object === null) throw new HttpError(404, `Not found: object ${key} disappeared while being read`);
   const bytes = new Uint8Array(await new Response(object.body).arrayBuffer());
   if (bytes.byteLength !== length) {
-    throw new HttpError(502, `Short read of ${key}: asked for ${length} bytes at ${offset}, got ${bytes.byteLength}; the object may be truncated`);
+    throw new HttpError(
+      502,
+      `Short read of ${key}: asked for ${length} bytes at ${offset}, got ${bytes.byteLength}; the object may be truncated`,
+    );
   }
   return bytes;
 }
 
-async function readFrame(services: PixelServices, bucket: string, header: Part10Header, key: string, plan: FramePlan) {
-  const chunks = await Promise.all(plan.ranges.map((r) => readSpan(services, bucket, header, key, r.offset, r.length)));
+async function readFrame(
+  services: PixelServices,
+  bucket: string,
+  header: Part10Header,
+  key: string,
+  plan: FramePlan,
+) {
+  const chunks = await Promise.all(
+    plan.ranges.map((r) => readSpan(services, bucket, header, key, r.offset, r.length)),
+  );
   let bytes: Uint8Array;
   if (chunks.length === 1) bytes = chunks[0];
   else {
@@ -159,15 +182,20 @@ export function pixelHandlers(services: PixelServices) {
       ctx.request.headers.get("accept"),
       { transferSyntax: header.transferSyntaxUid, mediaType: plans[0].mediaType },
       list.length === 1,
-      { decodable: services.capabilities.decode === true && DECODABLE_SYNTAXES.has(header.transferSyntaxUid) },
+      {
+        decodable: services.capabilities.decode === true && DECODABLE_SYNTAXES.has(header.transferSyntaxUid),
+      },
     );
     // Decoded frames: native little endian samples from the codec pool (413/422 from decodedFrame).
     const frameOf = choice.decode
-      ? async (plan: FramePlan) => (await decodedFrame(header, await readFrame(services, bucket, header, key, plan))).bytes
+      ? async (plan: FramePlan) =>
+        (await decodedFrame(header, await readFrame(services, bucket, header, key, plan))).bytes
       : (plan: FramePlan) => readFrame(services, bucket, header, key, plan);
     if (!choice.multipart) {
       const bytes = await frameOf(plans[0]);
-      return new Response(bytes as Uint8Array<ArrayBuffer>, { headers: { "content-type": choice.contentType, "content-length": String(bytes.byteLength) } });
+      return new Response(bytes as Uint8Array<ArrayBuffer>, {
+        headers: { "content-type": choice.contentType, "content-length": String(bytes.byteLength) },
+      });
     }
     const frameBytes = ahead(plans, frameOf, {
       concurrency: services.config.s3Concurrency,
@@ -175,7 +203,9 @@ export function pixelHandlers(services: PixelServices) {
     const first = await frameBytes.next(); // a store failure is a 5xx before anything is sent
     const parts = (async function* (): AsyncGenerator<Part> {
       if (!first.done) yield { headers: { "Content-Type": choice.contentType }, body: first.value };
-      for await (const bytes of frameBytes) yield { headers: { "Content-Type": choice.contentType }, body: bytes };
+      for await (const bytes of frameBytes) {
+        yield { headers: { "Content-Type": choice.contentType }, body: bytes };
+      }
     })();
     const boundary = randomBoundary();
     const type = choice.contentType.split(";")[0];
@@ -191,21 +221,39 @@ export function pixelHandlers(services: PixelServices) {
     const pixel = header.pixelData;
     const isPixel = pixel !== undefined && path === pixel.tag.toString(16).toUpperCase().padStart(8, "0");
     if (!element && !isPixel) {
-      throw new HttpError(404, `Not found: ${describe(target)} has no bulk data at "${path}" (paths come from BulkDataURIs in its metadata)`);
+      throw new HttpError(
+        404,
+        `Not found: ${
+          describe(target)
+        } has no bulk data at "${path}" (paths come from BulkDataURIs in its metadata)`,
+      );
     }
     if (isPixel && pixel!.encapsulated) {
       // Encapsulated Pixel Data: one part per frame in its compressed media type.
       const count = frameCount(header);
       const url = new URL(ctx.url);
-      url.pathname = url.pathname.replace(/\/bulkdata\/.*$/, `/frames/${Array.from({ length: count }, (_, i) => i + 1).join(",")}`);
+      url.pathname = url.pathname.replace(
+        /\/bulkdata\/.*$/,
+        `/frames/${Array.from({ length: count }, (_, i) => i + 1).join(",")}`,
+      );
       const accept = ctx.request.headers.get("accept");
-      const request = new Request(url, { headers: { accept: accept && !/octet-stream/.test(accept) ? accept : "multipart/related; type=\"*/*\"; transfer-syntax=*" } });
+      const request = new Request(url, {
+        headers: {
+          accept: accept && !/octet-stream/.test(accept)
+            ? accept
+            : 'multipart/related; type="*/*"; transfer-syntax=*',
+        },
+      });
       return frames({ request, url, params: { ...ctx.params, frames: url.pathname.split("/").pop()! } });
     }
     const vr = isPixel ? pixel!.vr : element!.vr;
     const offset = isPixel ? pixel!.offset : element!.offset;
     const length = isPixel ? pixel!.length : element!.length;
-    const littleEndian = isPixel ? header.littleEndian : !element!.bytes ? header.littleEndian : header.littleEndian;
+    const littleEndian = isPixel
+      ? header.littleEndian
+      : !element!.bytes
+      ? header.littleEndian
+      : header.littleEndian;
     const single = wantsSingle(ctx.request.headers.get("accept"));
     const range = parseRange(ctx.request.headers.get("range"), length);
     const start = range?.start ?? 0;
@@ -248,11 +296,17 @@ function wantsSingle(accept: string | null): boolean {
       return false;
     }
   }
-  throw new HttpError(406, `None of the media types in Accept can be served: bulk data is ${OCTET} or multipart/related; type="${OCTET}"`);
+  throw new HttpError(
+    406,
+    `None of the media types in Accept can be served: bulk data is ${OCTET} or multipart/related; type="${OCTET}"`,
+  );
 }
 
 /** A single `bytes=a-b` / `bytes=a-` / `bytes=-n` range, or undefined; 416 when unsatisfiable. */
-export function parseRange(header: string | null, length: number): { start: number; end: number } | undefined {
+export function parseRange(
+  header: string | null,
+  length: number,
+): { start: number; end: number } | undefined {
   if (header === null) return undefined;
   const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
   if (!m || (m[1] === "" && m[2] === "")) {

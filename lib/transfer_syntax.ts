@@ -64,7 +64,8 @@ export function chooseSyntax(
           return {
             transferSyntax: stored,
             convert: false,
-            warning: `instance sent in its stored lossy transfer syntax ${stored} (pixel data held only in lossy form); ` +
+            warning:
+              `instance sent in its stored lossy transfer syntax ${stored} (pixel data held only in lossy form); ` +
               `ask for transfer-syntax=${EXPLICIT_VR_LITTLE_ENDIAN} to get it decoded`,
           };
         }

@@ -28,7 +28,9 @@ async function openStored(
     return await openInstance(store, bucket, key, options);
   } catch (error) {
     if (error instanceof SyntaxError) {
-      throw new HttpError(500, `Stored object ${key} is not readable DICOM: ${error.message}`, { cause: error });
+      throw new HttpError(500, `Stored object ${key} is not readable DICOM: ${error.message}`, {
+        cause: error,
+      });
     }
     throw error;
   }
@@ -92,7 +94,11 @@ function etagMatches(header: string | null, etag: string): boolean {
 }
 
 /** The body of one instance in the chosen syntax (conversion plugs in here). */
-export type BodyEncoder = (opened: OpenedInstance, choice: SyntaxChoice, bucket: string) => ReadableStream<Uint8Array>;
+export type BodyEncoder = (
+  opened: OpenedInstance,
+  choice: SyntaxChoice,
+  bucket: string,
+) => ReadableStream<Uint8Array>;
 
 const asStored: BodyEncoder = (opened) => opened.body;
 
@@ -169,9 +175,12 @@ export function retrieveHandlers(services: Services, options: RetrieveOptions = 
       yield { headers: partHeaders, body };
     })();
     // A cancel before the first pull never starts `parts`, so release the body here too.
-    return new Response(multipartStream(parts, boundary, { onCancel: () => void body.cancel().catch(() => {}) }), {
-      headers,
-    });
+    return new Response(
+      multipartStream(parts, boundary, { onCancel: () => void body.cancel().catch(() => {}) }),
+      {
+        headers,
+      },
+    );
   }
 
   async function collection(ctx: RouteContext): Promise<Response> {

@@ -37,7 +37,12 @@ Deno.test("parseConfig()", async (t) => {
   });
 
   await t.step("reads PORT, HOSTNAME, DATA_DIR and trims values", () => {
-    const config = parseConfig({ PORT: " 8042 ", HOSTNAME: "0.0.0.0", ALLOW_UNAUTHENTICATED: "true", DATA_DIR: "/srv/dicom" });
+    const config = parseConfig({
+      PORT: " 8042 ",
+      HOSTNAME: "0.0.0.0",
+      ALLOW_UNAUTHENTICATED: "true",
+      DATA_DIR: "/srv/dicom",
+    });
     assert.equal(config.port, 8042);
     assert.equal(config.hostname, "0.0.0.0");
     assert.equal(config.dataDir, "/srv/dicom");
