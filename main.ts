@@ -44,12 +44,13 @@ if (import.meta.main) {
   // The search catalog is derived from the buckets: deleting its file is always safe.
   let catalog: Catalog | undefined;
   try {
-    if (config.catalogPath !== ":memory:") {
-      await Deno.mkdir(config.catalogPath.replace(/\/[^/]*$/, "") || ".", { recursive: true }).catch(
-        () => {},
-      );
+    const path = config.catalogPath;
+    if (path !== undefined && path !== ":memory:") {
+      await Deno.mkdir(path.replace(/\/[^/]*$/, "") || ".", { recursive: true }).catch(() => {});
     }
-    catalog = await openSqliteCatalog(config.catalogPath, { bulkDataThreshold: config.bulkDataThreshold });
+    if (path !== undefined) {
+      catalog = await openSqliteCatalog(path, { bulkDataThreshold: config.bulkDataThreshold });
+    }
   } catch (error) {
     console.error(`Warning: search is off: ${(error as Error).message}`);
   }

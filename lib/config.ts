@@ -41,8 +41,11 @@ export interface Config {
   bulkDataThreshold: number;
   /** Memory for cached instance headers, in MiB. */
   headerCacheMb: number;
-  /** SQLite file of the search catalog (`:memory:` allowed); default `{DATA_DIR}/.catalog.sqlite`. */
-  catalogPath: string;
+  /**
+   * SQLite file of the search catalog (`:memory:` allowed); default `{DATA_DIR}/.catalog.sqlite`;
+   * `undefined` (`CATALOG_PATH=off`): no catalog, no crawler, QIDO-RS answers 503.
+   */
+  catalogPath: string | undefined;
   /** Seconds between background crawls of every AET; 0 turns periodic crawling off. */
   crawlInterval: number;
   /** QIDO-RS results per page when the client gives no `limit`. */
@@ -248,7 +251,8 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
   const cacheControl = get("CACHE_CONTROL") ?? "private, max-age=86400";
   const bulkDataThreshold = integer("BULKDATA_THRESHOLD", 1024, 0, 1 << 30);
   const headerCacheMb = integer("HEADER_CACHE_MB", 64, 0, 1 << 20);
-  const catalogPath = get("CATALOG_PATH") ?? `${dataDir.replace(/\/+$/, "")}/.catalog.sqlite`;
+  const rawCatalog = get("CATALOG_PATH") ?? `${dataDir.replace(/\/+$/, "")}/.catalog.sqlite`;
+  const catalogPath = rawCatalog.toLowerCase() === "off" ? undefined : rawCatalog;
   const crawlInterval = integer("CRAWL_INTERVAL", 300, 0, 7 * 24 * 3600);
   const qidoMaxLimit = integer("QIDO_MAX_LIMIT", 1000, 1, 100_000);
   const qidoDefaultLimit = integer("QIDO_DEFAULT_LIMIT", 100, 1, 100_000);

@@ -9,9 +9,12 @@ import { HttpError } from "./http_error.ts";
 import { type Part10Header, type RangeSource, readHeader } from "./part10.ts";
 import type { ObjectInfo, ObjectStore } from "./store.ts";
 
-/** A byte-bounded LRU of parsed headers keyed by bucket, key and ETag. */
+/**
+ * A byte-bounded LRU of parsed headers keyed by bucket, key and ETag, each with the instance's DICOM JSON
+ * text once metadata has made it (so warm series metadata costs no re-encoding).
+ */
 export class HeaderCache {
-  readonly #entries = new Map<string, { header: Part10Header; bytes: number }>();
+  readonly #entries = new Map<string, { header: Part10Header; bytes: number; json?: string }>();
   readonly #maxBytes: number;
   #bytes = 0;
   /** Bytes read from the store to parse headers (for benchmarks and tests). */
@@ -33,6 +36,22 @@ export class HeaderCache {
     return entry.header;
   }
 
+  /** The cached DICOM JSON text of this object version (see {@linkcode HeaderCache.setJson}). */
+  json(bucket: string, info: Pick<ObjectInfo, "key" | "etag">): string | undefined {
+    return this.#entries.get(`${bucket}\u0000${info.key}\u0000${info.etag}`)?.json;
+  }
+
+  /** Keeps `json` (relative BulkDataURIs) with the cached header of this object version, if it is cached. */
+  setJson(bucket: string, info: Pick<ObjectInfo, "key" | "etag">, json: string): void {
+    const entry = this.#entries.get(`${bucket}\u0000${info.key}\u0000${info.etag}`);
+    if (entry === undefined || entry.json !== undefined) return;
+    entry.json = json;
+    const bytes = json.length * 2;
+    entry.bytes += bytes;
+    this.#bytes += bytes;
+    this.#evict();
+  }
+
   /** Caches `header` for this object version, evicting the least recently used beyond the bound. */
   set(bucket: string, info: Pick<ObjectInfo, "key" | "etag">, header: Part10Header): void {
     const id = `${bucket}\u0000${info.key}\u0000${info.etag}`;
@@ -45,6 +64,10 @@ export class HeaderCache {
     }
     this.#entries.set(id, { header, bytes });
     this.#bytes += bytes;
+    this.#evict();
+  }
+
+  #evict(): void {
     for (const [oldest, entry] of this.#entries) {
       if (this.#bytes <= this.#maxBytes) break;
       this.#entries.delete(oldest);

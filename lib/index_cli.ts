@@ -37,6 +37,10 @@ export async function main(args: string[]): Promise<number> {
   const store: ObjectStore = config.s3
     ? new S3Store({ ...config.s3, maxConcurrency: Math.max(50, config.s3Concurrency * 4) })
     : new FileStore(config.dataDir);
+  if (config.catalogPath === undefined) {
+    console.error("CATALOG_PATH=off: there is no catalog to fill; set CATALOG_PATH to a file (or unset it)");
+    return 2;
+  }
   const catalog = await openSqliteCatalog(config.catalogPath, {
     bulkDataThreshold: config.bulkDataThreshold,
   });

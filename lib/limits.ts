@@ -593,7 +593,49 @@ function give(budget: Budget, bytes: number): void {
   }
 }
 
+/**
+ * `stream` calling `release` once when it ends, fails or is cancelled. A byte stream stays a byte stream
+ * (BYOB reads go straight into the reader's buffer, so the budget costs no copy and no small chunks).
+ */
 function releaseStream(stream: ReadableStream<Uint8Array>, release: () => void): ReadableStream<Uint8Array> {
+  let byob: ReadableStreamBYOBReader;
+  try {
+    byob = stream.getReader({ mode: "byob" });
+  } catch {
+    return releaseDefaultStream(stream, release);
+  }
+  return new ReadableStream({
+    type: "bytes",
+    autoAllocateChunkSize: 64 * 1024,
+    async pull(controller) {
+      const request = controller.byobRequest!;
+      const view = request.view!;
+      try {
+        // the read transfers the view's buffer: answer with the view it gives back
+        const { value, done } = await byob.read(
+          new Uint8Array(view.buffer, view.byteOffset, view.byteLength),
+        );
+        if (done) {
+          release();
+          controller.close();
+          request.respondWithNewView(value ?? new Uint8Array(0));
+        } else request.respondWithNewView(value);
+      } catch (error) {
+        release();
+        throw error;
+      }
+    },
+    async cancel(reason) {
+      release();
+      await byob.cancel(reason);
+    },
+  });
+}
+
+function releaseDefaultStream(
+  stream: ReadableStream<Uint8Array>,
+  release: () => void,
+): ReadableStream<Uint8Array> {
   const reader = stream.getReader();
   return new ReadableStream<Uint8Array>({
     async pull(controller) {

@@ -5,8 +5,8 @@
  * @module
  */
 
-import { stringifyDicomJson, toDicomJson } from "./dicom_json.ts";
-import { resolveBulkDataUris } from "./catalog.ts";
+import { stringifyDicomJson } from "./dicom_json.ts";
+import { headerJson, resolveBulkDataUris } from "./catalog.ts";
 import { type HeaderCache, loadHeader } from "./headers.ts";
 import { HttpError } from "./http_error.ts";
 import { parseAccept, rankRanges } from "./negotiation.ts";
@@ -20,9 +20,6 @@ import { describe, instanceUrl, targetOf } from "./wado.ts";
 
 /** What the metadata handlers need: {@linkcode Services} with the header cache in place. */
 export type MetadataServices = Services & { headers: HeaderCache };
-
-/** Top-level (Float/Double Float) Pixel Data: always a BulkDataURI, never inline. */
-export const PIXEL_DATA_PATHS = new Set(["7FE00008", "7FE00009", "7FE00010"]);
 
 /** Checks that the client takes `application/dicom+json` (or JSON, or anything). */
 export function acceptJson(accept: string | null): void {
@@ -38,27 +35,25 @@ export function acceptJson(accept: string | null): void {
   }
 }
 
-/** The metadata of one object as a DICOM JSON object with absolute BulkDataURIs. */
-export async function instanceJson(
+/**
+ * The metadata of one object as DICOM JSON text with BulkDataURIs relative to the instance
+ * (`bulkdata/{path}`; {@linkcode resolveBulkDataUris} makes them absolute), cached with its header.
+ */
+export async function instanceJsonText(
   services: MetadataServices,
   bucket: string,
   info: ObjectInfo,
-  base: string,
-  aet: string,
-): Promise<Record<string, unknown>> {
-  const header = await loadHeader(services.store, services.headers, bucket, info, {
-    bulkThreshold: services.config.bulkDataThreshold,
-  });
-  const uids = parseInstanceKey(info.key)!;
-  const url = instanceUrl(base, aet, uids.study, uids.series, uids.instance);
+): Promise<string> {
+  const cached = services.headers.json(bucket, info);
+  if (cached !== undefined) return cached;
   const threshold = services.config.bulkDataThreshold;
-  // Small loaded binary values go inline; large ones, Pixel Data and values not loaded become BulkDataURIs.
-  return toDicomJson(header, {
-    bulkDataUri: (path, el) =>
-      el.bytes && el.bytes.byteLength <= threshold && !PIXEL_DATA_PATHS.has(path)
-        ? undefined
-        : `${url}/bulkdata/${path}`,
+  const header = await loadHeader(services.store, services.headers, bucket, info, {
+    bulkThreshold: threshold,
   });
+  // Small loaded binary values go inline; large ones, Pixel Data and values not loaded become BulkDataURIs.
+  const json = stringifyDicomJson(headerJson(header, threshold));
+  services.headers.setJson(bucket, info, json);
+  return json;
 }
 
 /** The three metadata handlers (study, series, instance). */
@@ -86,16 +81,12 @@ export function metadataHandlers(services: MetadataServices) {
     const jsons = ahead(
       infos,
       async (info): Promise<string | null> => {
+        const uids = parseInstanceKey(info.key)!;
+        const url = instanceUrl(base, target.aet, uids.study, uids.series, uids.instance);
         const hit = stored.get(info.key);
-        if (hit !== undefined && hit.etag === info.etag) {
-          const uids = parseInstanceKey(info.key)!;
-          return resolveBulkDataUris(
-            hit.json,
-            instanceUrl(base, target.aet, uids.study, uids.series, uids.instance),
-          );
-        }
+        if (hit !== undefined && hit.etag === info.etag) return resolveBulkDataUris(hit.json, url);
         try {
-          return stringifyDicomJson(await instanceJson(services, bucket, info, base, target.aet));
+          return resolveBulkDataUris(await instanceJsonText(services, bucket, info), url);
         } catch (error) {
           // In study/series metadata an unreadable object is left out (and logged) rather than failing all.
           if (single || !(error instanceof HttpError) || error.status !== 500) throw error;

@@ -94,7 +94,15 @@ export function multipartStream(
     stopped = done = true;
     stopReason = reason;
     options.onCancel?.(reason);
-    await Promise.allSettled([reader?.cancel(reason), iterator.return?.()]);
+    // A source paused at a yield closes at once; one still opening its next part (a slow store) closes
+    // when that open settles, which the consumer is not kept waiting for.
+    const closing = Promise.resolve(iterator.return?.()).catch(() => {});
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.allSettled([
+      reader?.cancel(reason),
+      Promise.race([closing, new Promise<void>((resolve) => timer = setTimeout(resolve, 0))]),
+    ]);
+    clearTimeout(timer);
   };
 
   return new ReadableStream<Uint8Array>({

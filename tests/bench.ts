@@ -9,11 +9,13 @@
  *   server's own S3 read path),
  * - through the server (a separate `deno run -P=bench-server` process): throughput, time to first byte,
  * - 4 clients streaming the series at once: total throughput and the server's peak RSS,
- * - the local-folder store, the same way.
+ * - the local-folder store, the same way,
+ * - series metadata cold (no catalog: bytes read from S3 counted by a proxy) and warm, from the catalog's
+ *   JSON, and frame latency on a 96-frame instance vs a direct ranged GET (`tests/_bench_metadata.ts`).
  *
  * One warm-up of each, then `BENCH_ROUNDS` (default 5) rounds whose order alternates; figures are medians.
  * CPU time per process comes from /proc, so a slow run can be told apart from a busy machine ("other").
- * `BENCH_SKIP_LOCAL` skips the local folder; `BENCH_CEPHLAB_DIR` names an external lab Ceph's folder (for its CPU).
+ * `BENCH_SKIP_LOCAL` skips the local folder, `BENCH_SKIP_METADATA` the metadata and frames; `BENCH_CEPHLAB_DIR` names an external lab Ceph's folder (for its CPU).
  * The server gets the `--v8-flags` of `deno task start`; `BENCH_SERVER_FLAGS` replaces them (e.g.
  * `BENCH_SERVER_FLAGS=--v8-flags=--max-semi-space-size=1`, or `BENCH_SERVER_FLAGS=` for none).
  * Prints the figures and the ratios against the targets; never asserts timings.
@@ -35,6 +37,7 @@ import {
   summarize,
   timedFetch,
 } from "./_bench_util.ts";
+import { benchMetadata } from "./_bench_metadata.ts";
 import { startS3, type TestS3 } from "./_s3server.ts";
 
 const CONCURRENCY = Number(Deno.env.get("S3_CONCURRENCY") ?? 8);
@@ -146,7 +149,7 @@ async function startServer(env: Record<string, string>): Promise<ServerProcess> 
   const port = freePort();
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-P=bench-server", ...SERVER_FLAGS, `${REPO}main.ts`],
-    env: { ...env, PORT: String(port), HOSTNAME: "127.0.0.1", NO_COLOR: "1" },
+    env: { AUDIT_LOG: "off", ...env, PORT: String(port), HOSTNAME: "127.0.0.1", NO_COLOR: "1" },
     cwd: REPO,
     stdout: "null",
     stderr: "inherit",
@@ -320,6 +323,23 @@ async function main() {
     say("server RSS 1 s later", `${(await memoryOf(server.pid)).rss.toFixed(0)} MB`);
     await server.stop();
     await Deno.remove(scratch, { recursive: true }).catch(() => {});
+
+    if (Deno.env.get("BENCH_SKIP_METADATA") === undefined) {
+      console.log("metadata and frames…");
+      lines.push(
+        ...await benchMetadata({
+          endpoint: s3.endpoint,
+          bucket,
+          credentials: CREDENTIALS,
+          study,
+          series,
+          instances: data.keys.length,
+          seriesBytes: data.bytes,
+          startServer,
+          rounds: ROUNDS,
+        }),
+      );
+    }
 
     if (Deno.env.get("BENCH_SKIP_LOCAL") === undefined) {
       const local = await Deno.makeTempDir({ prefix: "bench-local-" });

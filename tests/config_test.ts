@@ -28,6 +28,15 @@ Deno.test("parseConfig()", async (t) => {
     assert.ok(config.cacheControl.length > 0);
   });
 
+  await t.step("CATALOG_PATH: next to the data by default, a file, :memory:, or off", () => {
+    assert.equal(parseConfig({}).catalogPath, "./data/.catalog.sqlite");
+    assert.equal(parseConfig({ DATA_DIR: "/srv/dicom/" }).catalogPath, "/srv/dicom/.catalog.sqlite");
+    assert.equal(parseConfig({ CATALOG_PATH: "/var/lib/x.sqlite" }).catalogPath, "/var/lib/x.sqlite");
+    assert.equal(parseConfig({ CATALOG_PATH: ":memory:" }).catalogPath, ":memory:");
+    assert.equal(parseConfig({ CATALOG_PATH: "off" }).catalogPath, undefined);
+    assert.equal(parseConfig({ CATALOG_PATH: "OFF" }).catalogPath, undefined);
+  });
+
   await t.step("treats blank values as unset", () => {
     const config = parseConfig({ PORT: "", HOSTNAME: "  ", AETS: "", S3_ENDPOINT: " " });
     assert.equal(config.port, 8080);

@@ -281,6 +281,60 @@ Deno.test("ReadBudget: one request's open reads are capped, others are not affec
     await response.arrayBuffer();
     assert.equal(seen, 100, "the body's pull runs in the request's scope");
   });
+  await t.step(
+    "a byte-stream body stays one: BYOB reads pass through, bytes intact, released at the end",
+    async () => {
+      const bytes = new Uint8Array(300_000).map((_, i) => i % 251);
+      const byteStore: ObjectStore = {
+        ...slowStore(base, 0),
+        get: async (_b, key) => {
+          const info = (await base.head("b", "k0"))!;
+          let at = 0;
+          const body = new ReadableStream({
+            type: "bytes",
+            pull(controller) {
+              const request = controller.byobRequest!;
+              const view = new Uint8Array(
+                request.view!.buffer,
+                request.view!.byteOffset,
+                request.view!.byteLength,
+              );
+              const n = Math.min(view.byteLength, 10_000, bytes.byteLength - at);
+              view.set(bytes.subarray(at, at + n));
+              at += n;
+              request.respond(n);
+              if (at === bytes.byteLength) controller.close();
+            },
+          });
+          return { info: { ...info, key, size: bytes.byteLength }, start: 0, length: bytes.byteLength, body };
+        },
+      };
+      const wrapped = budget.store(byteStore);
+      await budget.scope(async () => {
+        const o = (await wrapped.get("b", "k"))!;
+        assert.equal(budget.openBytes(), bytes.byteLength);
+        const reader = o.body.getReader({ mode: "byob" });
+        const out = new Uint8Array(bytes.byteLength);
+        let filled = 0;
+        let buffer = new Uint8Array(65_536);
+        while (true) {
+          const { value, done } = await reader.read(buffer);
+          if (done) break;
+          out.set(value, filled);
+          filled += value.byteLength;
+          buffer = new Uint8Array(value.buffer);
+        }
+        assert.equal(filled, bytes.byteLength);
+        assert.deepEqual(out, bytes);
+        assert.equal(budget.openBytes(), 0, "released when the body ended");
+        const cancelled = (await wrapped.get("b", "k"))!;
+        assert.equal(budget.openBytes(), bytes.byteLength);
+        await cancelled.body.getReader({ mode: "byob" }).cancel();
+        assert.equal(budget.openBytes(), 0, "released on cancel");
+        return new Response(null);
+      });
+    },
+  );
 });
 
 /** A store whose gets (or heads) take `delayMs` first. */

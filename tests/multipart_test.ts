@@ -287,6 +287,41 @@ Deno.test("multipartStream()", async (t) => {
   });
 
   await t.step(
+    "cancel() while the next part is still being opened returns at once and calls onCancel once",
+    async () => {
+      let opened: (() => void) | undefined;
+      let finalized = false;
+      async function* parts(): AsyncGenerator<Part> {
+        try {
+          yield { headers: {}, body: encoder.encode("first") };
+          // the next object is slow to open (e.g. a store that does not answer)
+          await new Promise<void>((resolve) => opened = resolve);
+          yield { headers: {}, body: encoder.encode("second") };
+        } finally {
+          finalized = true;
+        }
+      }
+      const onCancel: unknown[] = [];
+      const stream = multipartStream(parts(), "b", { onCancel: (r) => onCancel.push(r) });
+      const reader = stream.getReader();
+      let text = "";
+      while (!text.includes("first")) text += new TextDecoder().decode((await reader.read()).value);
+      const pending = reader.read(); // waits for the second part
+      while (opened === undefined) await new Promise((r) => setTimeout(r, 1));
+      const cancelled = await Promise.race([
+        reader.cancel("client gone").then(() => true),
+        new Promise((r) => setTimeout(() => r(false), 1000)),
+      ]);
+      assert.equal(cancelled, true, "cancel() does not wait for the pending open");
+      assert.equal((await pending).done, true);
+      assert.deepEqual(onCancel, ["client gone"]);
+      opened(); // the open completes late: the source is then closed, nothing more is written
+      await new Promise((r) => setTimeout(r, 10));
+      assert.equal(finalized, true);
+    },
+  );
+
+  await t.step(
     "the first chunk goes out before the first part body is complete (fast first byte)",
     async () => {
       let secondChunk: (() => void) | undefined;
