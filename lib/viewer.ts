@@ -25,10 +25,20 @@ export interface ViewerDataSource {
   root: string;
 }
 
+/**
+ * OHIF's `thumbnailRendering`: how the study browser gets its series thumbnails. `"wadors"` decodes a
+ * frame in the browser; `"rendered"` and `"thumbnail"` fetch a JPEG this server renders from
+ * `…/instances/{uid}/rendered` resp. `…/thumbnail` (with the `Authorization` header); `"thumbnailDirect"`
+ * puts the `…/thumbnail` URL in an `<img>` (no `Authorization` header).
+ */
+export type ThumbnailRendering = "wadors" | "rendered" | "thumbnail" | "thumbnailDirect";
+
 /** Options for {@linkcode ohifAppConfig}. */
 export interface AppConfigOptions {
   /** OHIF's router base: the path the viewer is served under without a trailing slash, or `/`. */
   routerBasename: string;
+  /** Every data source's `thumbnailRendering` (default `"wadors"`). */
+  thumbnailRendering?: ThumbnailRendering;
 }
 
 /**
@@ -66,7 +76,7 @@ export function ohifAppConfig(sources: ViewerDataSource[], options: AppConfigOpt
         wadoUriRoot: source.root,
         qidoSupportsIncludeField: true,
         imageRendering: "wadors",
-        thumbnailRendering: "wadors",
+        thumbnailRendering: options.thumbnailRendering ?? "wadors",
         enableStudyLazyLoad: true,
         supportsFuzzyMatching: true,
         supportsWildcard: true,

@@ -2,7 +2,9 @@
  * OHIF Viewer 3.x (the prebuilt `@ohif/app` that tools/viewer installs) in headless Chromium against this
  * server, with the studies in a real S3 server: the study list, a patient-name filter, and each study
  * opened to its first image, once with OHIF on another origin (CORS, with an `Authorization` header) and
- * once served same-origin at `/viewer/` (lib/viewer.ts, `VIEWER` set).
+ * once served same-origin at `/viewer/` (lib/viewer.ts, `VIEWER` set); then, with OHIF's
+ * `thumbnailRendering` set to `"rendered"` and to `"thumbnail"`, a study of three series whose thumbnails
+ * must all be JPEGs this server rendered.
  *
  * Screenshots go to `.artifacts/ohif/`. Needs Debian's chromium, `npm ci --prefix tools/e2e` and
  * `deno task viewer:install`; without them the test fails under CI=true and is skipped (with the reason
@@ -17,11 +19,13 @@ import { crawlerFor } from "../lib/crawler.ts";
 import { FileStore } from "../lib/file_store.ts";
 import { errorResponse, toHttpError } from "../lib/http_error.ts";
 import { S3Store } from "../lib/s3_store.ts";
+import { fitViewport } from "../lib/render.ts";
 import { openSqliteCatalog } from "../lib/sqlite_catalog.ts";
-import { ohifAppConfig, replaceAll, viewerHandler } from "../lib/viewer.ts";
+import { ohifAppConfig, replaceAll, type ThumbnailRendering, viewerHandler } from "../lib/viewer.ts";
 import { installedOhifVersion, OHIF_DIST_DIR, OHIF_VERSION } from "../tools/viewer/install.ts";
-import { browserMissing, launchBrowser, type Page, type PageEvents } from "./_browser.ts";
+import { type Browser, browserMissing, launchBrowser, type Page, type PageEvents } from "./_browser.ts";
 import { type CorpusFile, sharedCorpus } from "./_corpus.ts";
+import { buildPart10, type Fx } from "./_dicom_fixtures.ts";
 import { startS3 } from "./_s3server.ts";
 
 const AET = "OHIF";
@@ -73,6 +77,82 @@ const STUDIES = [
 /** What the patient filter types, and the studies it must leave. */
 const FILTER = { text: "compressed", leaves: ["ct", "mr", "jpeg-12bit"] };
 
+/**
+ * A study of three series, built here, in a bucket (AET) of its own: its thumbnails are the point. Each
+ * series has its own image size, so a thumbnail's size tells which series' image the server rendered.
+ */
+const THUMBS = {
+  aet: "THUMBS",
+  study: "2.25.47110815",
+  patient: "Thumbnails^Three Series",
+  series: [
+    { number: 1, description: "Rings 12-bit", rows: 128, columns: 128, instances: 3, kind: "rings" },
+    { number: 2, description: "Stripes 8-bit", rows: 96, columns: 160, instances: 2, kind: "stripes" },
+    { number: 3, description: "Colours RGB", rows: 64, columns: 80, instances: 1, kind: "rgb" },
+  ],
+} as const;
+type ThumbSeries = (typeof THUMBS.series)[number];
+const seriesUid = (series: ThumbSeries) => `${THUMBS.study}.${series.number}`;
+
+/** One Secondary Capture instance of a {@linkcode THUMBS} series, with a pattern per series and instance. */
+function thumbsInstance(series: ThumbSeries, instance: number): { key: string; bytes: Uint8Array } {
+  const sop = `${seriesUid(series)}.${instance}`;
+  const { rows, columns } = series;
+  const rgb = series.kind === "rgb";
+  const bits = series.kind === "rings" ? 16 : 8;
+  const pixels = new Uint8Array(rows * columns * (rgb ? 3 : bits / 8));
+  const view = new DataView(pixels.buffer);
+  for (let y = 0; y < rows; y++) {
+    for (let x = 0; x < columns; x++) {
+      const i = y * columns + x;
+      if (series.kind === "rings") {
+        const r = Math.hypot(x - columns / 2, y - rows / 2);
+        view.setUint16(2 * i, (Math.floor(r / 8) + instance) % 2 ? 3000 + 8 * x : 400 + 4 * y, true);
+      } else if (series.kind === "stripes") {
+        pixels[i] = Math.floor((x + y + 8 * instance) / 16) % 2 ? 200 + (x % 40) : 30 + y % 30;
+      } else {
+        const quadrant = (y < rows / 2 ? 0 : 2) + (x < columns / 2 ? 0 : 1);
+        const colour = [[230, 40, 40], [40, 200, 60], [50, 80, 230], [240, 220, 40]][quadrant];
+        pixels.set(colour.map((c) => Math.min(255, c + (x % 16))), 3 * i);
+      }
+    }
+  }
+  const SC = "1.2.840.10008.5.1.4.1.1.7";
+  const elements: Fx[] = [
+    { tag: 0x00080008, vr: "CS", value: "DERIVED\\SECONDARY" },
+    { tag: 0x00080016, vr: "UI", value: SC },
+    { tag: 0x00080018, vr: "UI", value: sop },
+    { tag: 0x00080020, vr: "DA", value: "20240315" },
+    { tag: 0x00080030, vr: "TM", value: "101500" },
+    { tag: 0x00080050, vr: "SH", value: "THUMBS1" },
+    { tag: 0x00080060, vr: "CS", value: "OT" },
+    { tag: 0x00080064, vr: "CS", value: "WSD" },
+    { tag: 0x00081030, vr: "LO", value: "Thumbnail modes" },
+    { tag: 0x0008103e, vr: "LO", value: series.description },
+    { tag: 0x00100010, vr: "PN", value: THUMBS.patient },
+    { tag: 0x00100020, vr: "LO", value: "THUMBS-1" },
+    { tag: 0x0020000d, vr: "UI", value: THUMBS.study },
+    { tag: 0x0020000e, vr: "UI", value: seriesUid(series) },
+    { tag: 0x00200010, vr: "SH", value: "1" },
+    { tag: 0x00200011, vr: "IS", value: String(series.number) },
+    { tag: 0x00200013, vr: "IS", value: String(instance) },
+    { tag: 0x00280002, vr: "US", value: [rgb ? 3 : 1] },
+    { tag: 0x00280004, vr: "CS", value: rgb ? "RGB" : "MONOCHROME2" },
+    ...(rgb ? [{ tag: 0x00280006, vr: "US", value: [0] }] : []),
+    { tag: 0x00280010, vr: "US", value: [rows] },
+    { tag: 0x00280011, vr: "US", value: [columns] },
+    { tag: 0x00280100, vr: "US", value: [bits] },
+    { tag: 0x00280101, vr: "US", value: [bits === 16 ? 12 : 8] },
+    { tag: 0x00280102, vr: "US", value: [bits === 16 ? 11 : 7] },
+    { tag: 0x00280103, vr: "US", value: [0] },
+    { tag: 0x7fe00010, vr: bits === 16 ? "OW" : "OB", value: pixels },
+  ];
+  return {
+    key: `${THUMBS.study}/${seriesUid(series)}/${sop}.dcm`,
+    bytes: buildPart10(elements, { sopClassUid: SC, sopInstanceUid: sop }),
+  };
+}
+
 async function missingRequirements(corpus: CorpusFile[]): Promise<string | undefined> {
   const problems: string[] = [];
   const browser = await browserMissing();
@@ -120,9 +200,15 @@ Deno.test("ohifAppConfig() makes one DICOMweb data source per AET, the first the
   assert.equal(ds.qidoRoot, "http://h:1/aets/B");
   assert.equal(ds.wadoRoot, "http://h:1/aets/B");
   assert.equal(ds.imageRendering, "wadors");
+  assert.equal(ds.thumbnailRendering, "wadors", "thumbnails decoded in the browser unless asked otherwise");
   assert.equal(ds.enableStudyLazyLoad, true);
   assert.equal(ds.supportsFuzzyMatching, true);
   assert.equal(ds.supportsWildcard, true);
+  const rendered = ohifAppConfig([{ name: "A", root: "http://h:1/aets/A" }], {
+    routerBasename: "/",
+    thumbnailRendering: "rendered",
+  });
+  assert.match(rendered, /"thumbnailRendering": "rendered"/);
 });
 
 /** A miniature OHIF `dist/` with the absolute references the real one has. */
@@ -283,13 +369,14 @@ interface LoggedRequest {
   origin: string | null;
   authorization: string | null;
   requestHeaders: string | null;
+  contentType: string | null;
 }
 
 /** The DICOMweb server (with VIEWER on and its catalog crawled), recording every request it answers. */
-async function serveDicomweb(store: S3Store, bucket: string, other: string) {
+async function serveDicomweb(store: S3Store, bucket: string, other: string, thumbs: string) {
   const config = parseConfig({
     PORT: "0",
-    AETS: `${AET}=${bucket},${OTHER_AET}=${other}`,
+    AETS: `${AET}=${bucket},${OTHER_AET}=${other},${THUMBS.aet}=${thumbs}`,
     VIEWER: OHIF_DIST_DIR.pathname,
   });
   const aets = new AetRegistry(store, { configured: config.aets });
@@ -310,6 +397,7 @@ async function serveDicomweb(store: S3Store, bucket: string, other: string) {
       origin: request.headers.get("origin"),
       authorization: request.headers.get("authorization"),
       requestHeaders: request.headers.get("access-control-request-headers"),
+      contentType: response.headers.get("content-type"),
     });
     return response;
   });
@@ -325,15 +413,26 @@ async function serveDicomweb(store: S3Store, bucket: string, other: string) {
   };
 }
 
-/** OHIF alone at the root of another origin, configured for the DICOMweb server at `dicomweb`. */
-function serveOhifElsewhere(dicomweb: string) {
+/**
+ * OHIF alone at the root of another origin, configured for the DICOMweb server at `dicomweb` (its AET
+ * `aet`, default {@linkcode AET}).
+ */
+function serveOhifElsewhere(
+  dicomweb: string,
+  options: { aet?: string; thumbnailRendering?: ThumbnailRendering } = {},
+) {
+  const aet = options.aet ?? AET;
   const dist = OHIF_DIST_DIR.pathname.replace(/\/+$/, "");
   const cut = dist.lastIndexOf("/");
   const serve = viewerHandler({
     files: new FileStore(dist.slice(0, cut)),
     bucket: dist.slice(cut + 1),
     publicPath: "/",
-    appConfig: () => ohifAppConfig([{ name: AET, root: `${dicomweb}/aets/${AET}` }], { routerBasename: "/" }),
+    appConfig: () =>
+      ohifAppConfig([{ name: aet, root: `${dicomweb}/aets/${aet}` }], {
+        routerBasename: "/",
+        thumbnailRendering: options.thumbnailRendering,
+      }),
   });
   const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (request) => {
     try {
@@ -390,6 +489,83 @@ const IMAGE_SHOWN = `() => {
 }`;
 
 const IDLE = `() => window.__e2eInflight === 0`;
+
+/** What the study browser's thumbnails show: each one's series number, its <img> and that image's pixels. */
+interface ThumbnailShown {
+  series: string | undefined;
+  /** The <img> src's scheme: "blob" for a fetched image, "data" for one OHIF drew from decoded pixels. */
+  scheme: string;
+  width: number;
+  height: number;
+  lit: number;
+  total: number;
+  colours: number;
+}
+
+/**
+ * The study browser's thumbnails once there are `n` and each has an <img> that loaded (naturalWidth > 0),
+ * with pixel statistics of that image; false until then (a thumbnail without image keeps it false).
+ */
+const THUMBNAILS_SHOWN = `(n) => {
+  const thumbnails = [...document.querySelectorAll('[data-cy^="study-browser-thumbnail"]')];
+  if (thumbnails.length < n) return false;
+  const shown = [];
+  for (const thumbnail of thumbnails) {
+    const img = thumbnail.querySelector("img");
+    if (!img || !img.complete || img.naturalWidth === 0) return false;
+    const canvas = document.createElement("canvas");
+    canvas.width = img.naturalWidth;
+    canvas.height = img.naturalHeight;
+    const context = canvas.getContext("2d", { willReadFrequently: true });
+    context.drawImage(img, 0, 0);
+    const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+    let lit = 0;
+    const colours = new Set();
+    for (let i = 0; i < data.length; i += 4) {
+      if (data[i] || data[i + 1] || data[i + 2]) lit++;
+      colours.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
+    }
+    shown.push({
+      series: thumbnail.dataset.series,
+      scheme: img.src.slice(0, img.src.indexOf(":")),
+      width: img.naturalWidth,
+      height: img.naturalHeight,
+      lit,
+      total: canvas.width * canvas.height,
+      colours: colours.size,
+    });
+  }
+  return shown;
+}`;
+
+/** The study browser's thumbnails as they are, for messages. */
+const THUMBNAIL_STATE = `() => [...document.querySelectorAll('[data-cy^="study-browser-thumbnail"]')]
+  .map((t) => {
+    const img = t.querySelector("img");
+    return { kind: t.dataset.cy, series: t.dataset.series, src: img ? img.src.slice(0, 40) : null,
+      complete: img?.complete ?? null, naturalWidth: img?.naturalWidth ?? null };
+  })`;
+
+async function waitForThumbnails(page: Page, count: number, what: string): Promise<ThumbnailShown[]> {
+  try {
+    return await page.waitForFunction<ThumbnailShown[]>(THUMBNAILS_SHOWN, count, {
+      timeout: 30_000,
+      polling: 250,
+    });
+  } catch (error) {
+    const state = await page.evaluate(THUMBNAIL_STATE).catch((e) => String(e));
+    const events = await page.events({ clear: false });
+    const bad = events.responses.filter((r) => r.status >= 300).map((r) => `${r.status} ${r.url}`);
+    throw new Error(
+      `${what}: not ${count} loaded thumbnails within 30 s: ${JSON.stringify(state)} (non-2xx: ${
+        JSON.stringify(bad)
+      }, failed: ${JSON.stringify(events.failures)}, console errors: ${
+        JSON.stringify(events.console.filter((c) => c.type === "error").map((c) => c.text))
+      })`,
+      { cause: error },
+    );
+  }
+}
 
 function ohifDate(date: string): string {
   const months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
@@ -489,7 +665,12 @@ async function exercise(
   return { events, timings: timings.join(", ") };
 }
 
-function checkEvents(events: PageEvents[], dicomweb: string, setup: string): number {
+function checkEvents(
+  events: PageEvents[],
+  dicomweb: string,
+  setup: string,
+  expectedKinds = ["studies", "series", "metadata", "frames"],
+): number {
   const ours = (url: string) => url.startsWith(`${dicomweb}/aets/`);
   const responses = events.flatMap((e) => e.responses).filter((r) => ours(r.url));
   const bad = responses.filter((r) => r.status < 200 || r.status > 299);
@@ -508,14 +689,111 @@ function checkEvents(events: PageEvents[], dicomweb: string, setup: string): num
       new URL(r.url).pathname.replace(/.*\/(studies|series|metadata|frames)(\/.*)?$/, "$1")
     ),
   );
-  for (const kind of ["studies", "series", "metadata", "frames"]) {
+  for (const kind of expectedKinds) {
     assert.ok(kinds.has(kind), `${setup}: OHIF made ${kind} requests (made: ${[...kinds].join(", ")})`);
   }
   return responses.length;
 }
 
+/**
+ * OHIF (cross-origin, with a token) configured with `thumbnailRendering: mode` opens the {@linkcode THUMBS}
+ * study: every series' thumbnail is an image OHIF fetched from this server's `/{mode}` route (200, JPEG or
+ * PNG), loaded and not blank, of the size the server renders that series at. Returns a timing line.
+ */
+async function checkThumbnailMode(
+  browser: Browser,
+  dicomweb: Awaited<ReturnType<typeof serveDicomweb>>,
+  mode: "rendered" | "thumbnail",
+): Promise<string> {
+  const t0 = performance.now();
+  const setup = `thumbnailRendering "${mode}"`;
+  const viewer = serveOhifElsewhere(dicomweb.url, { aet: THUMBS.aet, thumbnailRendering: mode });
+  const before = dicomweb.requests.length;
+  const page = await browser.newPage();
+  let shown: ThumbnailShown[];
+  const events: PageEvents[] = [];
+  try {
+    await page.addInitScript(QUIET_OHIF);
+    await page.goto(`${viewer.url}/viewer?StudyInstanceUIDs=${THUMBS.study}&token=${TOKEN}`);
+    await waitForImage(page, `${setup}: the first series in the viewport`);
+    shown = await waitForThumbnails(page, THUMBS.series.length, setup);
+    await page.waitForFunction(IDLE, null, { timeout: 30_000 });
+    await page.screenshot(new URL(`thumbnails-${mode}.png`, ARTIFACTS).pathname);
+    events.push(await page.events());
+  } finally {
+    await page.close();
+    await viewer.server.shutdown();
+  }
+
+  // The browser's side: one loaded, non-blank, fetched thumbnail per series, of that series' rendered size.
+  assert.deepEqual(
+    shown.map((s) => s.series).sort(),
+    THUMBS.series.map((s) => String(s.number)),
+    `${setup}: one thumbnail per series (${JSON.stringify(shown)})`,
+  );
+  for (const series of THUMBS.series) {
+    const thumbnail = shown.find((s) => s.series === String(series.number))!;
+    const what = `${setup}: thumbnail of series ${series.number} (${JSON.stringify(thumbnail)})`;
+    assert.equal(thumbnail.scheme, "blob", `${what}: an image OHIF fetched, not one it drew itself`);
+    // /rendered without a viewport is the image's own size; /thumbnail fits it into 256×256.
+    const size = mode === "rendered"
+      ? { width: series.columns, height: series.rows }
+      : fitViewport(series.columns, series.rows, 256, 256);
+    assert.deepEqual({ width: thumbnail.width, height: thumbnail.height }, size, `${what}: size`);
+    assert.ok(thumbnail.lit > thumbnail.total * 0.05 && thumbnail.colours >= 4, `${what}: not blank`);
+  }
+
+  // The requests: /{mode} of an instance (or the series) of every series, answered 200 with an image.
+  const count = checkEvents(events, dicomweb.url, setup, ["series", "metadata", "frames"]);
+  const imagePath = new RegExp(
+    `^/aets/${THUMBS.aet}/studies/${THUMBS.study.replaceAll(".", "\\.")}/series/([0-9.]+)` +
+      `(?:/instances/[0-9.]+)?/(rendered|thumbnail)$`,
+  );
+  const images = events[0].responses.flatMap((r) => {
+    const url = new URL(r.url);
+    const match = url.origin === dicomweb.url ? url.pathname.match(imagePath) : null;
+    return match ? [{ ...r, series: match[1], kind: match[2] }] : [];
+  });
+  assert.deepEqual(
+    images.filter((r) => r.kind !== mode).map((r) => r.url),
+    [],
+    `${setup}: no request to the other route`,
+  );
+  for (const series of THUMBS.series) {
+    const mine = images.filter((r) => r.series === seriesUid(series));
+    assert.ok(
+      mine.length >= 1,
+      `${setup}: a /${mode} request for series ${series.number}: ${JSON.stringify(images)}`,
+    );
+    for (const r of mine) {
+      assert.equal(r.status, 200, `${setup}: ${r.url}`);
+      assert.match(r.contentType, /^image\/(jpeg|png)\b/, `${setup}: ${r.url}`);
+    }
+  }
+  // The server's side: the same requests, answered 200 with an image; nothing it answered failed.
+  const served = dicomweb.requests.slice(before);
+  const servedImages = served.filter((r) => r.method === "GET" && imagePath.test(r.path.split("?")[0]));
+  assert.ok(
+    servedImages.length >= THUMBS.series.length,
+    `${setup}: the server answered a /${mode} request per series: ${JSON.stringify(servedImages)}`,
+  );
+  for (const r of servedImages) {
+    assert.equal(r.status, 200, `${setup}: served ${r.path}`);
+    assert.match(r.contentType ?? "", /^image\/(jpeg|png)\b/, `${setup}: served ${r.path}`);
+    assert.equal(r.authorization, `Bearer ${TOKEN}`, `${setup}: ${r.path} carried the Authorization header`);
+  }
+  assert.deepEqual(
+    served.filter((r) => r.status >= 400).map((r) => `${r.status} ${r.method} ${r.path}`),
+    [],
+    `${setup}: nothing the server answered failed`,
+  );
+  return `${mode} ${
+    ((performance.now() - t0) / 1000).toFixed(1)
+  } s (${images.length} /${mode}, ${count} responses)`;
+}
+
 Deno.test({
-  name: "OHIF Viewer lists, filters and opens studies from S3, cross-origin and same-origin",
+  name: "OHIF Viewer lists, filters and opens studies from S3, cross-origin and same-origin; thumbnails",
   ignore: missing !== undefined && !CI,
   sanitizeResources: false, // s3rver's and the browser driver's pipes close asynchronously
   sanitizeOps: false,
@@ -549,7 +827,15 @@ Deno.test({
         const file = corpus.find((f) => f.name === name)!;
         await store.put(other, file.key, file.bytes, { size: file.bytes.length });
       }
-      dicomweb = await serveDicomweb(store, bucket, other);
+      const thumbs = s3.uniqueBucket("ohif-thumbs");
+      await s3.createBucket(thumbs);
+      for (const series of THUMBS.series) {
+        for (let i = 1; i <= series.instances; i++) {
+          const { key, bytes } = thumbsInstance(series, i);
+          await store.put(thumbs, key, bytes, { size: bytes.length });
+        }
+      }
+      dicomweb = await serveDicomweb(store, bucket, other, thumbs);
       elsewhere = serveOhifElsewhere(dicomweb.url);
       browser = await launchBrowser();
       const timings: string[] = [`setup ${((performance.now() - started) / 1000).toFixed(1)} s`];
@@ -634,6 +920,11 @@ Deno.test({
           } s (${steps}), ${count} DICOMweb responses`,
         );
       });
+      for (const mode of ["rendered", "thumbnail"] as const) {
+        await t.step(`thumbnailRendering "${mode}": a thumbnail per series, from /${mode}`, async () => {
+          timings.push(await checkThumbnailMode(browser!, dicomweb!, mode));
+        });
+      }
       assert.deepEqual(
         dicomweb.logs.filter((line) => line.startsWith("error ")),
         [],
