@@ -15,6 +15,8 @@ import type { ObjectInfo, ObjectStore } from "./store.ts";
  */
 export class HeaderCache {
   readonly #entries = new Map<string, { header: Part10Header; bytes: number; json?: string }>();
+  /** The ETag last cached for each bucket and key. */
+  readonly #latest = new Map<string, string>();
   readonly #maxBytes: number;
   #bytes = 0;
   /** Bytes read from the store to parse headers (for benchmarks and tests). */
@@ -34,6 +36,22 @@ export class HeaderCache {
     this.#entries.delete(id);
     this.#entries.set(id, entry);
     return entry.header;
+  }
+
+  /**
+   * The header cached last for `key`, with its ETag, whatever the object's current version: a reader that
+   * uses it must check that the bytes it then reads come from that ETag.
+   */
+  latest(bucket: string, key: string): { etag: string; header: Part10Header } | undefined {
+    const etag = this.#latest.get(`${bucket}\u0000${key}`);
+    if (etag === undefined) return undefined;
+    const header = this.get(bucket, { key, etag });
+    return header && { etag, header };
+  }
+
+  /** Forgets `key`'s latest version (it proved stale). */
+  forget(bucket: string, key: string): void {
+    this.#latest.delete(`${bucket}\u0000${key}`);
   }
 
   /** The cached DICOM JSON text of this object version (see {@linkcode HeaderCache.setJson}). */
@@ -63,6 +81,7 @@ export class HeaderCache {
       this.#entries.delete(id);
     }
     this.#entries.set(id, { header, bytes });
+    this.#latest.set(`${bucket}\u0000${info.key}`, info.etag);
     this.#bytes += bytes;
     this.#evict();
   }
@@ -72,6 +91,9 @@ export class HeaderCache {
       if (this.#bytes <= this.#maxBytes) break;
       this.#entries.delete(oldest);
       this.#bytes -= entry.bytes;
+      const cut = oldest.lastIndexOf("\u0000");
+      const object = oldest.slice(0, cut);
+      if (this.#latest.get(object) === oldest.slice(cut + 1)) this.#latest.delete(object);
     }
   }
 

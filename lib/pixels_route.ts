@@ -108,7 +108,13 @@ export function parseFrameList(text: string): number[] {
   return items.map(Number);
 }
 
-/** Reads `[offset, offset + length)` of the object (from the inflated copy for deflated objects). */
+/** The object changed since its header was cached: read it again with a fresh header. */
+class StaleHeader extends Error {}
+
+/**
+ * Reads `[offset, offset + length)` of the object (from the inflated copy for deflated objects); with
+ * `etag`, from that version only ({@linkcode StaleHeader} otherwise).
+ */
 async function readSpan(
   services: PixelServices,
   bucket: string,
@@ -116,13 +122,23 @@ async function readSpan(
   key: string,
   offset: number,
   length: number,
+  etag?: string,
 ): Promise<Uint8Array> {
   if (length === 0) return new Uint8Array(0);
   if (header.inflated) return header.inflated.subarray(offset, offset + length);
   const object = await services.store.get(bucket, key, {
     range: { start: offset, end: offset + length - 1 },
   });
-  if (object === null) throw new HttpError(404, `Not found: object ${key} disappeared while being read`);
+  if (object !== null && etag !== undefined && object.info.etag !== etag) {
+    await object.body.cancel().catch(() => {});
+    throw new StaleHeader(
+      `Object ${key} was replaced while being read (ETag ${etag} → ${object.info.etag}); ask again`,
+    );
+  }
+  if (object === null) {
+    if (etag !== undefined) throw new StaleHeader(`Object ${key} disappeared while being read`);
+    throw new HttpError(404, `Not found: object ${key} disappeared while being read`);
+  }
   const bytes = new Uint8Array(await new Response(object.body).arrayBuffer());
   if (bytes.byteLength !== length) {
     throw new HttpError(
@@ -133,15 +149,19 @@ async function readSpan(
   return bytes;
 }
 
-async function readFrame(
-  services: PixelServices,
-  bucket: string,
-  header: Part10Header,
-  key: string,
-  plan: FramePlan,
-) {
+/** Where an instance's pixels are read from: its object, the version its header is of, and the header. */
+interface Source {
+  bucket: string;
+  key: string;
+  /** The ETag the header is of; every read checks it when the header came from the cache unchecked. */
+  etag?: string;
+  header: Part10Header;
+}
+
+async function readFrame(services: PixelServices, source: Source, plan: FramePlan) {
+  const { bucket, header, key, etag } = source;
   const chunks = await Promise.all(
-    plan.ranges.map((r) => readSpan(services, bucket, header, key, r.offset, r.length)),
+    plan.ranges.map((r) => readSpan(services, bucket, header, key, r.offset, r.length, etag)),
   );
   let bytes: Uint8Array;
   if (chunks.length === 1) bytes = chunks[0];
@@ -156,24 +176,55 @@ async function readFrame(
   return plan.extract ? plan.extract(bytes) : bytes;
 }
 
-/** The instance's object info and parsed header (404 when missing). */
-async function instanceHeader(services: PixelServices, ctx: RouteContext) {
+/**
+ * The instance's parsed header (404 when missing). `cached`: a header cached for the key is used without
+ * asking the store first (one round trip less per frame); the reads then check its ETag.
+ */
+async function instanceHeader(services: PixelServices, ctx: RouteContext, cached: boolean) {
   const target = targetOf(ctx.params);
   const bucket = await bucketOf(services, target.aet);
   const key = instanceKey(target.study, target.series!, target.instance!);
+  const known = cached ? services.headers.latest(bucket, key) : undefined;
+  if (known !== undefined && !known.header.inflated) {
+    return { target, source: { bucket, key, etag: known.etag, header: known.header } };
+  }
   const info: ObjectInfo | null = await services.store.head(bucket, key);
   if (info === null) throw new HttpError(404, `Not found: ${describe(target)}`);
   const header = await loadHeader(services.store, services.headers, bucket, info, {
     bulkThreshold: services.config.bulkDataThreshold,
   });
-  return { target, bucket, key, info, header };
+  return { target, source: { bucket, key, header } };
+}
+
+/** Runs `handler` with the cached header; again with a fresh one if the object proved to have changed. */
+async function withFreshHeader(
+  services: PixelServices,
+  ctx: RouteContext,
+  handler: (cached: boolean) => Promise<Response>,
+): Promise<Response> {
+  try {
+    return await handler(true);
+  } catch (error) {
+    if (!(error instanceof StaleHeader)) throw error;
+    const target = targetOf(ctx.params);
+    services.headers.forget(
+      await bucketOf(services, target.aet),
+      instanceKey(target.study, target.series!, target.instance!),
+    );
+    return await handler(false);
+  }
 }
 
 /** The frames and bulkdata handlers. */
 export function pixelHandlers(services: PixelServices) {
-  async function frames(ctx: RouteContext): Promise<Response> {
+  function frames(ctx: RouteContext): Promise<Response> {
+    return withFreshHeader(services, ctx, (cached) => framesOf(ctx, cached));
+  }
+
+  async function framesOf(ctx: RouteContext, cached: boolean): Promise<Response> {
     const list = parseFrameList(ctx.params.frames);
-    const { target, bucket, key, header } = await instanceHeader(services, ctx);
+    const { target, source } = await instanceHeader(services, ctx, cached);
+    const { header } = source;
     if (!header.pixelData) {
       throw new HttpError(404, `Not found: ${describe(target)} has no pixel data, so it has no frames`);
     }
@@ -188,9 +239,8 @@ export function pixelHandlers(services: PixelServices) {
     );
     // Decoded frames: native little endian samples from the codec pool (413/422 from decodedFrame).
     const frameOf = choice.decode
-      ? async (plan: FramePlan) =>
-        (await decodedFrame(header, await readFrame(services, bucket, header, key, plan))).bytes
-      : (plan: FramePlan) => readFrame(services, bucket, header, key, plan);
+      ? async (plan: FramePlan) => (await decodedFrame(header, await readFrame(services, source, plan))).bytes
+      : (plan: FramePlan) => readFrame(services, source, plan);
     if (!choice.multipart) {
       const bytes = await frameOf(plans[0]);
       return new Response(bytes as Uint8Array<ArrayBuffer>, {
@@ -214,9 +264,14 @@ export function pixelHandlers(services: PixelServices) {
     });
   }
 
-  async function bulkdata(ctx: RouteContext): Promise<Response> {
+  function bulkdata(ctx: RouteContext): Promise<Response> {
+    return withFreshHeader(services, ctx, (cached) => bulkdataOf(ctx, cached));
+  }
+
+  async function bulkdataOf(ctx: RouteContext, cached: boolean): Promise<Response> {
     const path = ctx.params.path ?? "";
-    const { target, bucket, key, header } = await instanceHeader(services, ctx);
+    const { target, source } = await instanceHeader(services, ctx, cached);
+    const { bucket, key, header, etag } = source;
     const element = resolveBulkDataPath(header.dataset, path);
     const pixel = header.pixelData;
     const isPixel = pixel !== undefined && path === pixel.tag.toString(16).toUpperCase().padStart(8, "0");
@@ -244,7 +299,10 @@ export function pixelHandlers(services: PixelServices) {
             : 'multipart/related; type="*/*"; transfer-syntax=*',
         },
       });
-      return frames({ request, url, params: { ...ctx.params, frames: url.pathname.split("/").pop()! } });
+      return framesOf(
+        { request, url, params: { ...ctx.params, frames: url.pathname.split("/").pop()! } },
+        cached,
+      );
     }
     const vr = isPixel ? pixel!.vr : element!.vr;
     const offset = isPixel ? pixel!.offset : element!.offset;
@@ -261,8 +319,8 @@ export function pixelHandlers(services: PixelServices) {
     const swap = !littleEndian && ["OW", "OF", "OL", "OD", "OV"].includes(vr);
     let bytes: Uint8Array;
     if (element?.bytes) bytes = element.bytes;
-    else if (swap) bytes = await readSpan(services, bucket, header, key, offset, length);
-    else bytes = await readSpan(services, bucket, header, key, offset + start, end - start + 1);
+    else if (swap) bytes = await readSpan(services, bucket, header, key, offset, length, etag);
+    else bytes = await readSpan(services, bucket, header, key, offset + start, end - start + 1, etag);
     if (swap) bytes = toLittleEndian(bytes, vr, false);
     if (element?.bytes || swap) bytes = bytes.subarray(start, end + 1);
     const headers = new Headers();

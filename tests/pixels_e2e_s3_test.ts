@@ -226,6 +226,46 @@ async function suite(
       assert.match(gets[0], / \d+-\d+$/, "a ranged GET");
     });
 
+    await t.step("a warm frame is one ranged GET and no HEAD; a replaced object is read afresh", async () => {
+      const url = `${base}${instancePath(multiframe.key)}/frames/2`;
+      const frame = async () => {
+        const response = await fetch(url, { headers: { accept: "application/octet-stream" } });
+        assert.equal(response.status, 200);
+        return new Uint8Array(await response.arrayBuffer());
+      };
+      await frame();
+      const before = observed.calls.length;
+      const old = await frame();
+      const warm = observed.calls.slice(before);
+      assert.deepEqual(warm.filter((c) => !c.startsWith("get ")), [], `only GETs: ${warm}`);
+      assert.equal(warm.length, 1, `${warm}`);
+      // Replaced by another tool with different pixels and a longer header (frame offsets move).
+      const replacement = buildInstance({
+        study: "2.25.300",
+        series: "2.25.300.1",
+        sop: "2.25.300.1.1",
+        frames: 96,
+        pixelBytes: 64 * 64 * 2,
+        patientName: "Replaced^With^A^Longer^Name^Than^Before",
+      });
+      const header = await parseObject(replacement, "replacement", { bulkThreshold: 1024 });
+      const plan = planFrame(header, 2);
+      const expected = replacement.subarray(
+        plan.ranges[0].offset,
+        plan.ranges[0].offset + plan.ranges[0].length,
+      );
+      expected.fill(0x5a); // new pixels in frame 2
+      assert.notDeepEqual(expected, old);
+      await store.put(bucket, multiframe.key, replacement);
+      try {
+        assert.deepEqual(await frame(), expected, "the new object's frame, not the old header's offsets");
+        assert.deepEqual(await frame(), expected);
+      } finally {
+        await store.put(bucket, multiframe.key, multiframe.bytes);
+      }
+      assert.deepEqual(await frame(), old);
+    });
+
     await t.step("frame errors: 0, past the end, not a number, no pixel data", async () => {
       const url = base + instancePath(multiframe.key);
       for (
