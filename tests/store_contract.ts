@@ -162,6 +162,7 @@ export async function storeContract(
       "top.dcm",
       "\uFFFD.dcm",
       "\u{1F600}.dcm",
+      "x/a&b <c> d+e'f\"g.dcm", // XML-escaped in S3 listings
     ];
     for (const key of [...keys].reverse()) await store.put(bucket, key, bytes(key.length, 6));
     const listed = await list(store, bucket, "");
