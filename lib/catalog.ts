@@ -24,7 +24,7 @@
  * @module
  */
 
-import { type DicomJson, toDicomJson } from "./dicom_json.ts";
+import { type DicomJson, stringifyDicomJson, toDicomJson } from "./dicom_json.ts";
 import { tagToHex } from "./dictionary.ts";
 import { type Filter, type Level, levelOf, normalizeDate, normalizeTime, pnText, TAGS } from "./matching.ts";
 import type { Part10Header } from "./part10.ts";
@@ -136,6 +136,12 @@ export interface ObjectProblem {
 /** How {@linkcode Catalog.recordInstance} filed an object. */
 export type RecordOutcome = "indexed" | "failed" | "ignored";
 
+/** One instance for {@linkcode Catalog.recordInstances}: the object and its parsed header. */
+export interface InstanceToRecord {
+  info: ObjectInfo;
+  header: Part10Header;
+}
+
 /** The search catalog. All methods are async and take plain data, so a server database can implement it. */
 export interface Catalog {
   /** `"sqlite"`, ... */
@@ -149,6 +155,18 @@ export interface Catalog {
    * object is recorded as ignored / failed with the reason.
    */
   recordInstance(aet: string, bucket: string, info: ObjectInfo, header: Part10Header): Promise<RecordOutcome>;
+  /**
+   * Files several instances under `aet` at once (STOW-RS records a request's instances this way). Each item
+   * gets what `Promise.allSettled` of one {@linkcode Catalog.recordInstance} call per item, in order, would
+   * report, but the batch is written together (SQLite: one transaction) and each series and study it touches
+   * is refreshed once. Never rejects: when the batch cannot be written at all, every item is rejected with
+   * the reason.
+   */
+  recordInstances(
+    aet: string,
+    bucket: string,
+    items: InstanceToRecord[],
+  ): Promise<PromiseSettledResult<RecordOutcome>[]>;
   /** Records that an object version cannot be read (it is not tried again until its ETag changes). */
   recordFailure(aet: string, info: ObjectInfo, reason: string): Promise<void>;
   /** Forgets one object (deleted from the bucket). */
@@ -205,6 +223,33 @@ export function headerJson(header: Part10Header, bulkThreshold: number): DicomJs
   });
 }
 
+/**
+ * The text of an instance's DICOM JSON as the catalog stores it: exactly what {@linkcode stringifyDicomJson}
+ * writes (data set keys ascending), faster, as the catalog writes one per stored instance. Only data sets
+ * need their keys sorted (JavaScript puts all-digit keys such as "30060020" first), so every attribute that
+ * holds none goes through one `JSON.stringify`.
+ *
+ * @example
+ * ```ts
+ * import { documentText } from "./catalog.ts";
+ * documentText({ "30060020": { vr: "SQ" }, "00100020": { vr: "LO", Value: ["ID1"] } });
+ * // '{"00100020":{"vr":"LO","Value":["ID1"]},"30060020":{"vr":"SQ"}}'
+ * ```
+ */
+export function documentText(json: DicomJson): string {
+  let text = "";
+  for (const key of Object.keys(json).sort()) {
+    const attribute = json[key];
+    if (attribute === undefined) continue;
+    const items = attribute.vr !== "PN" &&
+      attribute.Value?.some((value) => typeof value === "object" && value !== null);
+    text += `${text === "" ? "" : ","}"${key}":${
+      items ? stringifyDicomJson(attribute) : JSON.stringify(attribute)
+    }`;
+  }
+  return `{${text}}`;
+}
+
 const BULK_KEY = '"BulkDataURI":"';
 
 /**
@@ -222,13 +267,17 @@ export function resolveBulkDataUris(json: string, instanceUrl: string): string {
   return json.replaceAll(BULK_KEY, `${BULK_KEY}${instanceUrl}/`);
 }
 
-/** The columns and documents the catalog derives from one instance's DICOM JSON. */
-export interface InstanceRecord {
+/** The UIDs and indexed instance columns of one instance's DICOM JSON (see {@linkcode instanceColumns}). */
+export interface InstanceColumns {
   study?: string;
   series?: string;
   sop?: string;
   sopClass?: string;
   instanceNumber?: number;
+}
+
+/** The columns and documents the catalog derives from one instance's DICOM JSON. */
+export interface InstanceRecord extends InstanceColumns {
   /** Study and patient attributes (study level, see `levelOf`). */
   studyJson: DicomJson;
   /** Series attributes. */
@@ -280,6 +329,20 @@ function names(json: DicomJson, tag: number): string | undefined {
   return text === "" ? undefined : text;
 }
 
+/**
+ * The UIDs and indexed instance columns of an instance's DICOM JSON: the part of {@linkcode instanceRecord}
+ * every instance needs (the study and series parts only matter for a series' representative).
+ */
+export function instanceColumns(json: DicomJson): InstanceColumns {
+  return {
+    study: firstValue(json, TAGS.StudyInstanceUID),
+    series: firstValue(json, TAGS.SeriesInstanceUID),
+    sop: firstValue(json, TAGS.SOPInstanceUID),
+    sopClass: firstValue(json, TAGS.SOPClassUID),
+    instanceNumber: integer(json, TAGS.InstanceNumber),
+  };
+}
+
 /** Splits an instance's DICOM JSON into study, series and instance parts and the indexed columns. */
 export function instanceRecord(json: DicomJson): InstanceRecord {
   const studyJson: DicomJson = {};
@@ -290,11 +353,7 @@ export function instanceRecord(json: DicomJson): InstanceRecord {
     else if (level === "series") seriesJson[key] = attribute;
   }
   return {
-    study: firstValue(json, TAGS.StudyInstanceUID),
-    series: firstValue(json, TAGS.SeriesInstanceUID),
-    sop: firstValue(json, TAGS.SOPInstanceUID),
-    sopClass: firstValue(json, TAGS.SOPClassUID),
-    instanceNumber: integer(json, TAGS.InstanceNumber),
+    ...instanceColumns(json),
     studyJson,
     seriesJson,
     studyColumns: studyColumns(studyJson),
@@ -330,7 +389,10 @@ export function seriesColumns(json: DicomJson): SeriesColumns {
 }
 
 /** Why a file's UIDs do not fit its key, or undefined when they do. */
-export function keyMismatch(uids: InstanceUids, record: InstanceRecord): string | undefined {
+export function keyMismatch(
+  uids: InstanceUids,
+  record: Pick<InstanceRecord, "study" | "series" | "sop">,
+): string | undefined {
   const checks: [string, string | undefined, string][] = [
     ["StudyInstanceUID", record.study, uids.study],
     ["SeriesInstanceUID", record.series, uids.series],

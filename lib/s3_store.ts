@@ -4,9 +4,10 @@
  * The only module that imports the AWS SDK. One `S3Client` per store; requests go through
  * `FetchHttpHandler` (Deno's `fetch`), whose GET bodies stream and stop when the signal aborts.
  *
- * GetObject, the hot path of retrieval, skips the SDK's per-request middleware (about 1 ms of CPU per
- * request, as much as streaming a 500 KB body): the SDK's own endpoint rules and SigV4 signer (with its
- * credential chain) sign a plain `fetch`. Everything else goes through `client.send`.
+ * GetObject and single-request PutObject, the hot paths of retrieval and STOW-RS, skip the SDK's per-request
+ * middleware (about 1 ms of CPU per request, as much as streaming a 500 KB body): the SDK's own endpoint
+ * rules and SigV4 signer (with its credential chain) sign a plain `fetch`, the payload hash included.
+ * Everything else goes through `client.send`.
  *
  * @module
  */
@@ -21,12 +22,13 @@ import {
   HeadObjectCommand,
   ListBucketsCommand,
   ListObjectsV2Command,
-  type ListObjectsV2CommandOutput,
   PutObjectCommand,
   S3Client,
   UploadPartCommand,
 } from "@aws-sdk/client-s3";
 import { FetchHttpHandler } from "@smithy/fetch-http-handler";
+import { type ListPage, parseListObjectsV2 } from "./s3_xml.ts";
+import { createHash } from "node:crypto";
 import {
   checkRange,
   type GetOptions,
@@ -83,6 +85,9 @@ const EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b78
 const MAX_PARTS = 10_000;
 /** Part uploads in flight at once for one multipart upload. */
 const PARTS_IN_FLIGHT = 2;
+/** Attempts at AbortMultipartUpload after a failed multipart upload, and the wait after the first. */
+const ABORT_ATTEMPTS = 5;
+const ABORT_BACKOFF_MS = 500;
 
 /**
  * S3-backed object store.
@@ -103,7 +108,7 @@ export class S3Store implements ObjectStore {
   #partSize: number;
   #timeout: number;
   #maxAttempts: number;
-  /** Per bucket: where its GETs go and how they are signed (`null`: let the SDK send them). */
+  /** Per bucket: where its GETs and PUTs go and how they are signed (`null`: let the SDK send them). */
   #routes = new Map<string, Promise<Route | null>>();
 
   constructor(options: S3StoreOptions) {
@@ -138,28 +143,54 @@ export class S3Store implements ObjectStore {
   }
 
   async *list(bucket: string, prefix: string, options: ListOptions = {}): AsyncIterable<ObjectInfo> {
-    const page = (token: string | undefined, size: number): Promise<ListObjectsV2CommandOutput> =>
+    const route = await this.#route(bucket);
+    const page = (token: string | undefined, size: number): Promise<ListPage> =>
       this.#send(
         { op: "list", bucket, key: prefix },
         options.signal,
-        (client, o) =>
-          client.send(
+        async (client, o) => {
+          const startAfter = token === undefined ? options.startAfter : undefined;
+          if (route) {
+            // a plain signed GET and a lean parse: the SDK's XML deserializer costs ≈ 0.1 ms of CPU per key
+            const query: Record<string, string> = { "list-type": "2", "max-keys": String(size) };
+            if (prefix !== "") query.prefix = prefix;
+            if (token !== undefined) query["continuation-token"] = token;
+            if (startAfter !== undefined) query["start-after"] = startAfter;
+            const response = await this.#fetchSigned(route, "", {
+              method: "GET",
+              headers: { "x-amz-content-sha256": EMPTY_SHA256 },
+              query,
+            }, o.abortSignal!);
+            return parseListObjectsV2(await response.text());
+          }
+          const out = await client.send(
             new ListObjectsV2Command({
               Bucket: bucket,
               Prefix: prefix === "" ? undefined : prefix,
               MaxKeys: size,
               ContinuationToken: token,
-              StartAfter: token === undefined ? options.startAfter : undefined,
+              StartAfter: startAfter,
             }),
             o,
-          ),
+          );
+          return {
+            objects: (out.Contents ?? []).map((item) => ({
+              key: item.Key ?? "",
+              size: item.Size ?? 0,
+              etag: unquote(item.ETag),
+              lastModified: item.LastModified,
+            })),
+            truncated: out.IsTruncated === true,
+            nextToken: out.NextContinuationToken,
+          };
+        },
       );
     let size = this.#firstPageSize;
-    let next: Promise<ListObjectsV2CommandOutput> | undefined = page(undefined, size);
+    let next: Promise<ListPage> | undefined = page(undefined, size);
     while (next) {
-      const out: ListObjectsV2CommandOutput = await next;
-      const token = out.IsTruncated ? out.NextContinuationToken : undefined;
-      if (out.IsTruncated && !token) {
+      const out: ListPage = await next;
+      const token = out.truncated ? out.nextToken : undefined;
+      if (out.truncated && !token) {
         throw new StoreError(
           "failed",
           `S3 listing of bucket "${bucket}" is truncated without a continuation token`,
@@ -169,10 +200,7 @@ export class S3Store implements ObjectStore {
       size = Math.min(size * 4, this.#pageSize);
       next = token ? page(token, size) : undefined;
       next?.catch(() => {}); // awaited on the next turn, unless the consumer stops first
-      for (const item of out.Contents ?? []) {
-        const key = item.Key ?? "";
-        yield { key, size: item.Size ?? 0, etag: unquote(item.ETag), lastModified: item.LastModified };
-      }
+      yield* out.objects;
     }
   }
 
@@ -307,11 +335,12 @@ export class S3Store implements ObjectStore {
   }
 
   async #putOne(bucket: string, key: string, data: Uint8Array, options: PutOptions): Promise<ObjectInfo> {
+    const route = await this.#route(bucket);
     const out = await this.#send(
       { op: "put", bucket, key },
       options.signal,
       (client, o) =>
-        client.send(
+        route ? this.#fetchPut(route, key, data, options.contentType, o.abortSignal!) : client.send(
           new PutObjectCommand({
             Bucket: bucket,
             Key: key,
@@ -413,21 +442,44 @@ export class S3Store implements ObjectStore {
       const error = state.failure ? state.failure.error : thrown;
       abort.abort(error);
       await Promise.allSettled(inFlight);
-      // no signal: the caller's may be aborted already, and the parts must not stay behind
-      await this.#send(
-        where,
-        undefined,
-        (client, o) =>
-          client.send(
-            new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId }),
-            o,
-          ),
-      ).catch(() => {});
+      await this.#abortUpload(bucket, key, uploadId);
       throw error;
     }
   }
 
-  /** The bucket's GET route, resolved once by the SDK's endpoint rules; `null` when it needs more than SigV4. */
+  /**
+   * AbortMultipartUpload, tried again over a few seconds when S3 does not take it (an outage is often why
+   * the upload failed), so its parts are not left behind: each attempt has the SDK's own retries, then
+   * {@linkcode ABORT_ATTEMPTS} attempts in all, {@linkcode ABORT_BACKOFF_MS} × 2^(n−1) apart (with jitter),
+   * none started after `requestTimeout`. Gives up silently: an upload left over is invisible to GET and LIST
+   * and a lifecycle rule (AbortIncompleteMultipartUpload) removes it.
+   */
+  async #abortUpload(bucket: string, key: string, uploadId: string | undefined): Promise<void> {
+    const started = Date.now();
+    for (let attempt = 1;; attempt++) {
+      try {
+        // no signal: the caller's may be aborted already, and the parts must not stay behind
+        await this.#send(
+          { op: "abort upload", bucket, key },
+          undefined,
+          (client, o) =>
+            client.send(new AbortMultipartUploadCommand({ Bucket: bucket, Key: key, UploadId: uploadId }), o),
+        );
+        return;
+      } catch (error) {
+        // only S3 away, overloaded or failing may answer differently later (NoSuchUpload: aborted already)
+        if (!isTransient(error)) return;
+        const wait = ABORT_BACKOFF_MS * 2 ** (attempt - 1) * (0.5 + Math.random() / 2);
+        if (attempt >= ABORT_ATTEMPTS || Date.now() - started + wait > this.#timeout) return;
+        await new Promise((resolve) => setTimeout(resolve, wait));
+      }
+    }
+  }
+
+  /**
+   * The bucket's route for GET and PUT, resolved once by the SDK's endpoint rules; `null` when it needs more
+   * than SigV4.
+   */
   #route(bucket: string): Promise<Route | null> {
     let route = this.#routes.get(bucket);
     if (!route) {
@@ -438,31 +490,83 @@ export class S3Store implements ObjectStore {
     return route;
   }
 
-  /**
-   * GetObject as one signed `fetch`, with the SDK's retry rule for what failed before an answer came
-   * (network errors, 429 and 5xx: up to `maxAttempts`, exponential backoff with jitter). Failures are
-   * thrown shaped like the SDK's (`name` = S3 error code, `$metadata.httpStatusCode`).
-   */
+  /** GetObject as one signed `fetch` (see {@linkcode S3Store.#fetchSigned}). */
   async #fetchGet(
     route: Route,
     key: string,
     range: string | undefined,
     signal: AbortSignal,
   ): Promise<GetOutput> {
+    // the payload hash given up front spares the signer hashing an empty body
+    const headers: Record<string, string> = { "x-amz-content-sha256": EMPTY_SHA256 };
+    if (range) headers.range = range;
+    const response = await this.#fetchSigned(route, key, { method: "GET", headers }, signal);
+    const header = (name: string) => response.headers.get(name) ?? undefined;
+    const lastModified = header("last-modified");
+    return {
+      Body: response.body ?? new ReadableStream({ start: (c) => c.close() }),
+      ContentLength: Number(header("content-length") ?? 0),
+      ETag: header("etag"),
+      LastModified: lastModified === undefined ? undefined : new Date(lastModified),
+      ContentRange: header("content-range"),
+    };
+  }
+
+  /** PutObject of a whole body as one signed `fetch`, its SHA-256 signed as the SDK signs it. */
+  async #fetchPut(
+    route: Route,
+    key: string,
+    data: Uint8Array,
+    contentType: string | undefined,
+    signal: AbortSignal,
+  ): Promise<{ ETag?: string }> {
+    const headers: Record<string, string> = {
+      "x-amz-content-sha256": createHash("sha256").update(data).digest("hex"),
+    };
+    if (contentType) headers["content-type"] = contentType;
+    const response = await this.#fetchSigned(route, key, { method: "PUT", headers, body: data }, signal);
+    await response.body?.cancel();
+    return { ETag: response.headers.get("etag") ?? undefined };
+  }
+
+  /**
+   * One request on `key` as a signed `fetch`, with the SDK's retry rule for what failed before an answer
+   * came (network errors, 429 and 5xx: up to `maxAttempts`, exponential backoff with jitter). Resolves to
+   * a 2xx response; failures are thrown shaped like the SDK's (`name` = S3 error code,
+   * `$metadata.httpStatusCode`). `headers` must hold `x-amz-content-sha256`.
+   */
+  async #fetchSigned(
+    route: Route,
+    key: string,
+    request: {
+      method: "GET" | "PUT";
+      headers: Record<string, string>;
+      body?: Uint8Array;
+      query?: Record<string, string>;
+    },
+    signal: AbortSignal,
+  ): Promise<Response> {
     const url = new URL(route.base);
-    url.pathname = route.base.pathname.replace(/\/$/, "") + "/" + key.split("/").map(escapeSegment).join("/");
+    const bucketPath = route.base.pathname.replace(/\/$/, "");
+    // key "": the bucket itself (a listing)
+    url.pathname = key === ""
+      ? bucketPath || "/"
+      : bucketPath + "/" + key.split("/").map(escapeSegment).join("/");
+    const query = request.query ?? {};
+    // encoded as the signer encodes it, so the signed and the sent query are the same
+    url.search = Object.entries(query).map(([name, value]) =>
+      `${escapeSegment(name)}=${escapeSegment(value)}`
+    )
+      .join("&");
     for (let attempt = 1;; attempt++) {
-      // the payload hash given up front spares the signer hashing an empty body
-      const headers: Record<string, string> = { host: url.host, "x-amz-content-sha256": EMPTY_SHA256 };
-      if (range) headers.range = range;
       const signed = await route.signer.sign({
-        method: "GET",
+        method: request.method,
         protocol: url.protocol,
         hostname: url.hostname,
         port: url.port ? Number(url.port) : undefined,
         path: url.pathname,
-        query: {},
-        headers,
+        query,
+        headers: { ...request.headers, host: url.host },
       }, {
         signingRegion: route.region,
         signingService: route.service,
@@ -471,23 +575,18 @@ export class S3Store implements ObjectStore {
       delete signed.headers.host;
       let response: Response;
       try {
-        response = await fetch(url, { headers: signed.headers, signal });
+        response = await fetch(url, {
+          method: request.method,
+          headers: signed.headers,
+          body: request.body as Uint8Array<ArrayBuffer> | undefined,
+          signal,
+        });
       } catch (error) {
         if (signal.aborted || attempt >= this.#maxAttempts) throw error;
         await backoff(attempt, signal);
         continue;
       }
-      if (response.ok) {
-        const header = (name: string) => response.headers.get(name) ?? undefined;
-        const lastModified = header("last-modified");
-        return {
-          Body: response.body ?? new ReadableStream({ start: (c) => c.close() }),
-          ContentLength: Number(header("content-length") ?? 0),
-          ETag: header("etag"),
-          LastModified: lastModified === undefined ? undefined : new Date(lastModified),
-          ContentRange: header("content-range"),
-        };
-      }
+      if (response.ok) return response;
       const text = await response.text().catch(() => "");
       const code = /<Code>([^<]*)<\/Code>/.exec(text)?.[1];
       const status = response.status;
@@ -550,7 +649,7 @@ interface GetOutput {
   ContentRange?: string;
 }
 
-/** Where one bucket's GETs go and how they are signed. */
+/** Where one bucket's GETs and PUTs go and how they are signed. */
 interface Route {
   /** The bucket's URL (path style: ends with the bucket; virtual host: the root). */
   base: URL;
@@ -719,6 +818,15 @@ function rootMessage(error: unknown): string {
 
 function statusOf(error: unknown): number | undefined {
   return (error as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode;
+}
+
+/** A failure that may go away: S3 unreachable or not answering in time, 5xx, throttling. */
+function isTransient(error: unknown): boolean {
+  if (error instanceof StoreError && error.kind === "unavailable") return true;
+  let e = error;
+  while (e instanceof Error && statusOf(e) === undefined && e.cause !== undefined) e = e.cause;
+  const status = statusOf(e);
+  return status !== undefined && (status >= 500 || status === 429);
 }
 
 function isMissingKey(error: unknown): boolean {

@@ -20,9 +20,13 @@ import {
   type Catalog,
   type CatalogQuery,
   type CrawlTicket,
+  documentText,
   headerJson,
+  type InstanceColumns,
+  instanceColumns,
   type InstanceRecord,
   instanceRecord,
+  type InstanceToRecord,
   keyMismatch,
   LAYOUT_REASON,
   type ListingCounts,
@@ -38,7 +42,7 @@ import { type DicomJson, stringifyDicomJson } from "./dicom_json.ts";
 import { type Filter, type Level, matchDataset, type Matcher, matchPersonName } from "./matching.ts";
 import type { Part10Header } from "./part10.ts";
 import { compareKeys, type ObjectInfo } from "./store.ts";
-import { parseInstanceKey } from "./uid.ts";
+import { type InstanceUids, parseInstanceKey } from "./uid.ts";
 
 const SCHEMA_VERSION = 2;
 
@@ -176,6 +180,25 @@ interface ObjectRow {
   seen_at: number;
 }
 
+/** One instance ready to be recorded (see `SqliteCatalog.recordInstances`): how, and what with. */
+type Prepared =
+  | { outcome: "ignored" | "failed"; info: ObjectInfo; reason: string }
+  | {
+    outcome: "indexed";
+    info: ObjectInfo;
+    uids: InstanceUids;
+    json: DicomJson;
+    columns: InstanceColumns;
+    /** The stored JSON text. */
+    text: string;
+  };
+
+/** Series (`study\0series`) and studies whose counts to refresh at the end of a batch. */
+interface Touched {
+  series: Set<string>;
+  studies: Set<string>;
+}
+
 interface ListingState {
   cursor?: string;
   dirty: Set<string>;
@@ -263,7 +286,8 @@ export class SqliteCatalog implements Catalog {
       this.#db.exec("COMMIT");
       return result;
     } catch (error) {
-      this.#db.exec("ROLLBACK");
+      // SQLite has rolled back already after some errors (a full disk, an I/O error)
+      if (this.#db.isTransaction) this.#db.exec("ROLLBACK");
       throw error;
     }
   }
@@ -286,64 +310,121 @@ export class SqliteCatalog implements Catalog {
     info: ObjectInfo,
     header: Part10Header,
   ): Promise<RecordOutcome> {
-    return settle(() => this.#record(aet, bucket, info, headerJson(header, this.#threshold)));
+    return this.recordInstances(aet, bucket, [{ info, header }]).then(([result]) => {
+      if (result.status === "rejected") throw result.reason;
+      return result.value;
+    });
   }
 
-  #record(aet: string, bucket: string, info: ObjectInfo, json: DicomJson): RecordOutcome {
-    const uids = parseInstanceKey(info.key);
-    if (uids === null) {
-      this.#transaction(() => this.#fail(aet, info, IGNORED, LAYOUT_REASON, bucket));
-      return "ignored";
-    }
-    const record = instanceRecord(json);
-    const mismatch = keyMismatch(uids, record);
-    if (mismatch !== undefined) {
-      this.#transaction(() => this.#fail(aet, info, FAILED, mismatch, bucket));
-      return "failed";
-    }
-    const text = stringifyDicomJson(json);
-    this.#transaction(() => {
-      this.#q("INSERT OR IGNORE INTO aets (aet, bucket) VALUES (?, ?)").run(aet, bucket);
-      const previous = this.#object(aet, info.key);
-      let id: number;
-      const columns = [
-        info.size,
-        info.etag,
-        uids.study,
-        uids.series,
-        uids.instance,
-        INDEXED,
-        Date.now(),
-        record.sopClass ?? null,
-        record.instanceNumber ?? null,
-      ];
-      if (previous) {
-        id = previous.id;
-        this.#q(
-          `UPDATE objects SET size = ?, etag = ?, study = ?, series = ?, sop = ?, state = ?, error = NULL, seen_at = ?,
-           sop_class = ?, instance_number = ? WHERE id = ?`,
-        ).run(...columns, id);
-      } else {
-        id = Number(
-          this.#q(
-            `INSERT INTO objects (size, etag, study, series, sop, state, seen_at, sop_class, instance_number, aet, key)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-          ).run(...columns, aet, info.key).lastInsertRowid,
-        );
+  recordInstances(
+    aet: string,
+    bucket: string,
+    items: InstanceToRecord[],
+  ): Promise<PromiseSettledResult<RecordOutcome>[]> {
+    return settle(() => {
+      // The JSON is made before the transaction (which holds the file's write lock); an item that cannot
+      // be converted fails alone.
+      const prepared = items.map(({ info, header }): Prepared | { error: unknown } => {
+        try {
+          return this.#prepare(info, header);
+        } catch (error) {
+          return { error };
+        }
+      });
+      const results: PromiseSettledResult<RecordOutcome>[] = [];
+      try {
+        this.#transaction(() => {
+          this.#q("INSERT OR IGNORE INTO aets (aet, bucket) VALUES (?, ?)").run(aet, bucket);
+          const touched: Touched = { series: new Set(), studies: new Set() };
+          for (const item of prepared) {
+            if ("error" in item) {
+              results.push({ status: "rejected", reason: item.error });
+              continue;
+            }
+            // an item failing in SQL is undone alone, as if it had been recorded by a call of its own
+            this.#q("SAVEPOINT item").run();
+            try {
+              const value = this.#record(aet, item, touched);
+              this.#q("RELEASE item").run();
+              results.push({ status: "fulfilled", value });
+            } catch (error) {
+              this.#q("ROLLBACK TO item").run();
+              this.#q("RELEASE item").run();
+              results.push({ status: "rejected", reason: error });
+            }
+          }
+          // each series and study once, however many of the batch's instances it got
+          for (const pair of touched.series) {
+            const [study, series] = pair.split("\0");
+            this.#refreshSeries(aet, study, series);
+          }
+          for (const study of touched.studies) this.#refreshStudy(aet, study);
+        });
+      } catch (error) {
+        return items.map(() => ({ status: "rejected", reason: error }));
       }
-      this.#q("INSERT OR REPLACE INTO documents (id, json) VALUES (?, ?)").run(id, text);
-      const series = this.#q("SELECT source_key FROM series WHERE aet = ? AND study = ? AND series = ?")
-        .get(aet, uids.study, uids.series) as { source_key: string } | undefined;
-      let refresh = previous === undefined || (previous.state !== LISTED && previous.state !== INDEXED);
-      if (!series || series.source_key === info.key) {
-        this.#putSeries(aet, info, record);
-        refresh = true;
-      }
-      if (refresh) {
-        this.#refreshSeries(aet, uids.study, uids.series);
-        this.#refreshStudy(aet, uids.study);
-      }
+      return results;
     });
+  }
+
+  /** What recording one instance needs, computed outside the transaction. */
+  #prepare(info: ObjectInfo, header: Part10Header): Prepared {
+    const uids = parseInstanceKey(info.key);
+    if (uids === null) return { outcome: "ignored", info, reason: LAYOUT_REASON };
+    const json = headerJson(header, this.#threshold);
+    const columns = instanceColumns(json);
+    const mismatch = keyMismatch(uids, columns);
+    if (mismatch !== undefined) return { outcome: "failed", info, reason: mismatch };
+    return { outcome: "indexed", info, uids, json, columns, text: documentText(json) };
+  }
+
+  /** Files one prepared instance (inside a transaction); the series and study to refresh go to `touched`. */
+  #record(aet: string, item: Prepared, touched: Touched): RecordOutcome {
+    const { info } = item;
+    if (item.outcome !== "indexed") {
+      this.#fail(aet, info, item.outcome === "ignored" ? IGNORED : FAILED, item.reason);
+      return item.outcome;
+    }
+    const { uids, columns } = item;
+    const previous = this.#object(aet, info.key);
+    let id: number;
+    const values = [
+      info.size,
+      info.etag,
+      uids.study,
+      uids.series,
+      uids.instance,
+      INDEXED,
+      Date.now(),
+      columns.sopClass ?? null,
+      columns.instanceNumber ?? null,
+    ];
+    if (previous) {
+      id = previous.id;
+      this.#q(
+        `UPDATE objects SET size = ?, etag = ?, study = ?, series = ?, sop = ?, state = ?, error = NULL, seen_at = ?,
+         sop_class = ?, instance_number = ? WHERE id = ?`,
+      ).run(...values, id);
+    } else {
+      id = Number(
+        this.#q(
+          `INSERT INTO objects (size, etag, study, series, sop, state, seen_at, sop_class, instance_number, aet, key)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        ).run(...values, aet, info.key).lastInsertRowid,
+      );
+    }
+    this.#q("INSERT OR REPLACE INTO documents (id, json) VALUES (?, ?)").run(id, item.text);
+    const series = this.#q("SELECT source_key FROM series WHERE aet = ? AND study = ? AND series = ?")
+      .get(aet, uids.study, uids.series) as { source_key: string } | undefined;
+    let refresh = previous === undefined || (previous.state !== LISTED && previous.state !== INDEXED);
+    if (!series || series.source_key === info.key) {
+      this.#putSeries(aet, info, instanceRecord(item.json));
+      refresh = true;
+    }
+    if (refresh) {
+      touched.series.add(`${uids.study}\0${uids.series}`);
+      touched.studies.add(uids.study);
+    }
     return "indexed";
   }
 
@@ -355,10 +436,7 @@ export class SqliteCatalog implements Catalog {
     });
   }
 
-  #fail(aet: string, info: ObjectInfo, state: number, reason: string, bucket?: string): void {
-    if (bucket !== undefined) {
-      this.#q("INSERT OR IGNORE INTO aets (aet, bucket) VALUES (?, ?)").run(aet, bucket);
-    }
+  #fail(aet: string, info: ObjectInfo, state: number, reason: string): void {
     const uids = parseInstanceKey(info.key);
     const previous = this.#object(aet, info.key);
     if (previous) {

@@ -1,16 +1,18 @@
 /**
  * STOW-RS (PS3.18 10.5 and Annex I): the parts of a `multipart/related; type="application/dicom"` request
  * are checked and written byte-exact to `{study}/{series}/{sop}.dcm`, each only when it arrived whole and
- * valid, and recorded in the search catalog before the response goes out.
+ * valid, and recorded in the search catalog before the response goes out: in batches of up to 50 (one
+ * transaction each, shared by the requests storing into one AET at once), sent at the latest 250 ms after
+ * their first instance was written, so a long request becomes searchable as it goes.
  *
  * The request is read as a stream. A part up to `bufferBytes` (1 MiB) is read whole, checked, and written
  * while the next parts are read. A larger part is checked on its first `bufferBytes`, then streams into
  * `ObjectStore.put` while {@linkcode Part10Check} follows its structure; the body handed to the store errors,
  * so nothing is written, when the part turns out invalid or incomplete (the store aborts its S3 multipart
  * upload or removes its temporary file). Memory stays bounded across requests: at most `2 × S3_CONCURRENCY`
- * parts are held and `S3_CONCURRENCY` writes run at once. Whether a write replaces an instance is asked
- * before it: with a HEAD, or for the second and later instances of a series in one request from one listing
- * of the series.
+ * parts are held and `S3_CONCURRENCY` writes run at once, and a part's buffer is freed as soon as it is
+ * written, not at a later garbage collection. Whether a write replaces an instance is asked before it: with
+ * a HEAD, or for the second and later instances of a series in one request from one listing of the series.
  *
  * Status codes used in the response (PS3.18 I.2, PS3.4 B.2.3, PS3.7 C):
  * - Failure Reason (0008,1197): `C000` cannot understand (not Part 10, malformed, missing or invalid UIDs,
@@ -25,6 +27,7 @@
  * @module
  */
 
+import type { Catalog, InstanceToRecord, RecordOutcome } from "./catalog.ts";
 import { formatTag, vrOf } from "./dictionary.ts";
 import { readFileMeta } from "./file_meta.ts";
 import { HttpError } from "./http_error.ts";
@@ -87,7 +90,19 @@ export function stowHandler(services: Services, options: StowOptions = {}): Hand
   // shared by all requests: memory and S3 writes stay bounded however many clients store at once
   const concurrency = Math.max(1, options.concurrency ?? services.config.s3Concurrency);
   const gates: Gates = { held: new Gate(2 * concurrency), writes: new Gate(concurrency) };
-  return (context) => stow(context, services, { ...options, gates });
+  // shared too: requests storing into one AET at once fill the catalog's batches together
+  const batches = new Map<string, CatalogBatch>();
+  const catalogBatch = (aet: string, bucket: string) => {
+    const { catalog } = services;
+    if (!catalog) return undefined;
+    let batch = batches.get(`${aet}\0${bucket}`);
+    if (!batch) {
+      batch = new CatalogBatch(catalog, aet, bucket);
+      batches.set(`${aet}\0${bucket}`, batch);
+    }
+    return batch;
+  };
+  return (context) => stow(context, services, { ...options, gates, catalogBatch });
 }
 
 /** Parts held in memory (read, checked or being written) and writes in flight, across requests. */
@@ -99,7 +114,10 @@ interface Gates {
 async function stow(
   { request, params }: RouteContext,
   services: Services,
-  options: StowOptions & { gates: Gates },
+  options: StowOptions & {
+    gates: Gates;
+    catalogBatch: (aet: string, bucket: string) => CatalogBatch | undefined;
+  },
 ) {
   const urlStudy = params.study === undefined ? undefined : checkUid(params.study, "StudyInstanceUID");
   const bucket = await bucketOf(services, params.aet);
@@ -117,6 +135,7 @@ async function stow(
     urlStudy,
     bufferBytes: options.bufferBytes ?? MIB,
     gates: options.gates,
+    catalog: options.catalogBatch(params.aet, bucket),
   });
   await job.run(readMultipart(request.body.pipeThrough(byteLimit(max)), boundary));
   const base = publicBase(request, {
@@ -233,6 +252,8 @@ interface JobOptions {
   urlStudy?: string;
   bufferBytes: number;
   gates: Gates;
+  /** Where stored instances wait for the catalog (none without a catalog). */
+  catalog?: CatalogBatch;
 }
 
 /** One STOW-RS request: reads the parts, writes them, and builds the response. */
@@ -249,6 +270,9 @@ class StowJob {
   #byKey = new Map<string, Promise<void>>();
   /** Why reading the request stopped early. */
   #abort?: unknown;
+  /** Whether parts may still come, and the writes scheduled and not over (see {@linkcode StowJob.#serialised}). */
+  #reading = true;
+  #writing = 0;
 
   constructor(services: Services, options: JobOptions) {
     this.#services = services;
@@ -261,6 +285,8 @@ class StowJob {
     } catch (error) {
       this.#abort = error;
     }
+    this.#reading = false;
+    this.#catalogIfIdle();
     while (this.#inFlight.size > 0) await Promise.all(this.#inFlight);
     if (
       this.#abort !== undefined && !(this.#abort instanceof SyntaxError) &&
@@ -290,9 +316,13 @@ class StowJob {
     const { held } = this.#options.gates;
     await held.enter();
     let writing: Promise<void> | undefined;
+    let head: Prefix | undefined;
+    const done = () => {
+      held.leave();
+      head?.own?.transfer(0);
+    };
     try {
       const reader = part.body.getReader();
-      let head: { bytes: Uint8Array; ended: boolean; next?: Uint8Array };
       try {
         head = await readPrefix(reader, this.#options.bufferBytes);
       } catch (error) {
@@ -302,9 +332,9 @@ class StowJob {
       if (head.ended) writing = (await this.#receiveWhole(head.bytes, index)).written;
       else await this.#receiveStream(head.bytes, head.next!, reader, index);
     } finally {
-      // a whole part stays held until it is written
-      if (writing) writing.finally(() => held.leave());
-      else held.leave();
+      // a whole part stays held until it is written (not until it is in the catalog)
+      if (writing) writing.finally(done);
+      else done();
     }
   }
 
@@ -505,8 +535,10 @@ class StowJob {
   }
 
   /**
-   * Runs `write` after any earlier write of the same key, in the background, and records the outcome
-   * (written, catalogued) or the failure. Resolves when the write is scheduled, or done when `await`ed.
+   * Runs `write` after any earlier write of the same key (so they happen in request order), in the
+   * background, then files the instance in the catalog (in a batch, see {@linkcode CatalogBatch}) and
+   * records the outcome, or the failure. Resolves (never rejects) once the write is over, whether or not it
+   * succeeded; the rest is awaited with the job's other work in flight.
    */
   #serialised(
     key: string,
@@ -514,39 +546,47 @@ class StowJob {
     id: Identity,
     index: number,
   ): Promise<void> {
-    const before = this.#byKey.get(key) ?? Promise.resolve();
-    const run: Promise<void> = before.then(async () => {
+    const before = this.#byKey.get(key);
+    // a write waiting for another of the same key counts once it starts (the other may wait for the catalog)
+    if (!before) this.#writing++;
+    let wrote!: () => void;
+    const written = new Promise<void>((resolve) => wrote = resolve);
+    const run: Promise<void> = (before ?? Promise.resolve()).then(async () => {
+      if (before) this.#writing++;
+      let result: Awaited<ReturnType<typeof write>> | undefined;
       try {
-        const { info, header, replaced } = await write(key);
+        result = await write(key);
         this.#written.add(key);
-        let note: string | undefined;
-        try {
-          const filed = await this.#services.catalog?.recordInstance(
-            this.#options.aet,
-            this.#options.bucket,
-            info,
-            header,
-          );
-          if (filed !== undefined && filed !== "indexed") {
-            note = `is stored but not searchable: the catalog filed it as ${filed}`;
-          }
-        } catch (error) {
-          note = `is stored but not yet searchable: ${(error as Error).message}`;
-          this.#services.log?.(
-            `stow: cannot catalog ${this.#options.bucket}/${key}: ${(error as Error).message}`,
-          );
-        }
-        this.#outcomes.push({ stored: true, index, ...id, replaced, note });
       } catch (error) {
         this.#fail(error, index, id);
       }
+      this.#writing--;
+      wrote();
+      const filing = result && this.#options.catalog?.add({ info: result.info, header: result.header });
+      this.#catalogIfIdle();
+      if (!result) return;
+      let note: string | undefined;
+      const filed = await filing;
+      if (filed?.status === "fulfilled" && filed.value !== "indexed") {
+        note = `is stored but not searchable: the catalog filed it as ${filed.value}`;
+      } else if (filed?.status === "rejected") {
+        const why = filed.reason instanceof Error ? filed.reason.message : String(filed.reason);
+        note = `is stored but not yet searchable: ${why}`;
+        this.#services.log?.(`stow: cannot catalog ${this.#options.bucket}/${key}: ${why}`);
+      }
+      this.#outcomes.push({ stored: true, index, ...id, replaced: result.replaced, note });
     }).finally(() => {
       this.#inFlight.delete(run);
       if (this.#byKey.get(key) === run) this.#byKey.delete(key);
     });
     this.#inFlight.add(run);
     this.#byKey.set(key, run);
-    return run;
+    return written;
+  }
+
+  /** Sends the waiting instances to the catalog once no more can join them: the request is read, no write runs. */
+  #catalogIfIdle(): void {
+    if (!this.#reading && this.#writing === 0) this.#options.catalog?.flush();
   }
 
   #fail(error: unknown, index: number, uids: Partial<Identity> = {}): void {
@@ -696,6 +736,61 @@ class Gate {
   }
 }
 
+/** Stored instances recorded in the catalog at once, at most. */
+const CATALOG_BATCH = 50;
+/** How long a stored instance waits at most for others to be recorded with, while the request is read. */
+const CATALOG_WAIT_MS = 250;
+
+/**
+ * Stored instances of one AET on their way to the catalog, from every request storing into it at once,
+ * recorded in batches ({@linkcode Catalog.recordInstances}: one transaction, each series and study refreshed
+ * once per batch instead of once per instance): when {@linkcode CATALOG_BATCH} are waiting, when the first
+ * has waited {@linkcode CATALOG_WAIT_MS} (a long request becomes searchable as it goes), and on
+ * {@linkcode CatalogBatch.flush} (a job calls it once no more of its own can come). Each request's response
+ * waits for its instances' outcomes.
+ */
+class CatalogBatch {
+  #catalog: Catalog;
+  #aet: string;
+  #bucket: string;
+  #waiting: { item: InstanceToRecord; settle: (result: PromiseSettledResult<RecordOutcome>) => void }[] = [];
+  #timer?: ReturnType<typeof setTimeout>;
+
+  constructor(catalog: Catalog, aet: string, bucket: string) {
+    this.#catalog = catalog;
+    this.#aet = aet;
+    this.#bucket = bucket;
+  }
+
+  /** Resolves to how the catalog filed `item` (rejected: it could not), never rejects. */
+  add(item: InstanceToRecord): Promise<PromiseSettledResult<RecordOutcome>> {
+    const filed = new Promise<PromiseSettledResult<RecordOutcome>>((settle) =>
+      this.#waiting.push({ item, settle })
+    );
+    if (this.#waiting.length >= CATALOG_BATCH) this.flush();
+    else this.#timer ??= setTimeout(() => this.flush(), CATALOG_WAIT_MS);
+    return filed;
+  }
+
+  /** Records the waiting instances now. */
+  flush(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    const batch = this.#waiting;
+    if (batch.length === 0) return;
+    this.#waiting = [];
+    new Promise<PromiseSettledResult<RecordOutcome>[]>((resolve) =>
+      resolve(this.#catalog.recordInstances(this.#aet, this.#bucket, batch.map((b) => b.item)))
+    ).then(
+      (results) =>
+        batch.forEach((b, i) =>
+          b.settle(results[i] ?? { status: "rejected", reason: new Error("The catalog gave no outcome") })
+        ),
+      (reason) => batch.forEach((b) => b.settle({ status: "rejected", reason })),
+    );
+  }
+}
+
 /** The failure for a part whose bytes stopped coming. */
 function incomplete(error: unknown, index: number, uids: Partial<Identity> = {}): Refusal {
   if (error instanceof HttpError && error.status === 413) {
@@ -718,14 +813,23 @@ function isDicomPart(contentType: string): boolean {
   }
 }
 
+/** The front of a part (see {@linkcode readPrefix}). */
+interface Prefix {
+  bytes: Uint8Array;
+  /**
+   * The buffer of `bytes` when it is one of its own (the chunks joined), not a view of a chunk of the
+   * request: it is freed when the part is done with (see {@linkcode StowJob.#receive}).
+   */
+  own?: ArrayBuffer;
+  ended: boolean;
+  next?: Uint8Array;
+}
+
 /**
  * Reads `bound` bytes or more (whole chunks) and the chunk after them: `ended` when the part ended within
  * these, else `next` is that chunk.
  */
-async function readPrefix(
-  reader: ReadableStreamDefaultReader<Uint8Array>,
-  bound: number,
-): Promise<{ bytes: Uint8Array; ended: boolean; next?: Uint8Array }> {
+async function readPrefix(reader: ReadableStreamDefaultReader<Uint8Array>, bound: number): Promise<Prefix> {
   const chunks: Uint8Array[] = [];
   let total = 0;
   let ended = false;
@@ -750,7 +854,7 @@ async function readPrefix(
     bytes.set(chunk, at);
     at += chunk.byteLength;
   }
-  return { bytes, ended, next };
+  return { bytes, own: bytes.buffer, ended, next };
 }
 
 function memorySource(bytes: Uint8Array, name: string): RangeSource {
@@ -1065,7 +1169,7 @@ export class Part10Check {
       if (this.#headLen === 0) this.#popEnded();
       const need = this.#headerSize();
       const k = Math.min(need - this.#headLen, n - i);
-      this.#head.set(chunk.subarray(i, i + k), this.#headLen);
+      for (let j = 0; j < k; j++) this.#head[this.#headLen + j] = chunk[i + j]; // ≤ 12 bytes: no view
       this.#headLen += k;
       this.#pos += k;
       i += k;
@@ -1121,19 +1225,14 @@ export class Part10Check {
     const h = this.#head;
     const top = this.#stack.at(-1)!;
     const little = top.encoding.little;
-    const u16 = (o: number) => little ? h[o] | h[o + 1] << 8 : h[o] << 8 | h[o + 1];
-    const u32 = (o: number) =>
-      (little
-        ? h[o] | h[o + 1] << 8 | h[o + 2] << 16 | h[o + 3] << 24
-        : h[o] << 24 | h[o + 1] << 16 | h[o + 2] << 8 | h[o + 3]) >>> 0;
-    const tag = (u16(0) << 16 | u16(2)) >>> 0;
+    const tag = (u16(h, 0, little) << 16 | u16(h, 2, little)) >>> 0;
     this.#headLen = 0;
     if (at >= this.#recordFrom) this.recorded.set(at, h.slice(0, size));
     if (top.end >= 0 && at + size > top.end) {
       this.#fail(`a header at offset ${at} runs past the end of its item`);
     }
     if (top.kind === "fragments") {
-      const length = u32(4);
+      const length = u32(h, 4, little);
       if (tag === SEQUENCE_DELIMITER) {
         if (top.pixel && top.count === 0) {
           this.#fail(`encapsulated pixel data has no Basic Offset Table item at offset ${at}`);
@@ -1153,7 +1252,7 @@ export class Part10Check {
       return;
     }
     if (top.kind === "items") {
-      const length = u32(4);
+      const length = u32(h, 4, little);
       if (tag === SEQUENCE_DELIMITER) {
         if (top.end < 0) this.#stack.pop();
       } else if (tag !== ITEM) {
@@ -1184,11 +1283,11 @@ export class Part10Check {
       vr = String.fromCharCode(h[4], h[5]);
       if (size === 12) {
         if (!KNOWN_VRS.has(vr)) vr = "UN";
-        length = u32(8);
-      } else length = u16(6);
+        length = u32(h, 8, little);
+      } else length = u16(h, 6, little);
     } else {
       vr = vrOf(tag);
-      length = u32(4);
+      length = u32(h, 4, little);
     }
     if (top.depth === 0) this.lastTopTag = tag;
     const valueAt = at + size;
@@ -1224,6 +1323,16 @@ export class Part10Check {
     }
     this.#stack.push({ kind, end, encoding, depth, count: 0, pixel });
   }
+}
+
+function u16(h: Uint8Array, at: number, little: boolean): number {
+  return little ? h[at] | h[at + 1] << 8 : h[at] << 8 | h[at + 1];
+}
+
+function u32(h: Uint8Array, at: number, little: boolean): number {
+  return (little
+    ? h[at] | h[at + 1] << 8 | h[at + 2] << 16 | h[at + 3] << 24
+    : h[at] << 24 | h[at + 1] << 16 | h[at + 2] << 8 | h[at + 3]) >>> 0;
 }
 
 function isUpper(c: number): boolean {

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { resolveBulkDataUris } from "../lib/catalog.ts";
+import { documentText, headerJson, resolveBulkDataUris } from "../lib/catalog.ts";
+import { stringifyDicomJson } from "../lib/dicom_json.ts";
 import {
   matchDataset,
   matchPersonName,
@@ -12,9 +13,10 @@ import {
   QueryError,
   type SearchOptions,
 } from "../lib/matching.ts";
-import { parseBuffer } from "../lib/part10.ts";
+import { parseBuffer, parseObject } from "../lib/part10.ts";
 import { openSqliteCatalog, type SqliteCatalog } from "../lib/sqlite_catalog.ts";
 import type { ObjectInfo } from "../lib/store.ts";
+import { sharedCorpus } from "./_corpus.ts";
 import { buildPart10 } from "./_dicom_fixtures.ts";
 import { generatedCorpus, STUDIES } from "./_qido_fixtures.ts";
 
@@ -408,5 +410,106 @@ Deno.test("SqliteCatalog stores binary values per the bulk data threshold", asyn
     assert.equal(json["00091012"].BulkDataURI, "bulkdata/00091012");
   } finally {
     await catalog.close();
+  }
+});
+
+/** Everything a search can see of one AET, level by level. */
+async function everything(catalog: SqliteCatalog, aet = "A") {
+  const query = { aet, filters: [], limit: 1000, offset: 0 };
+  return {
+    status: (await catalog.status(aet)).map((s) => ({ ...s, completeAt: undefined })),
+    failures: await catalog.failures(aet),
+    studies: await catalog.search({ ...query, level: "study" }),
+    series: await catalog.search({ ...query, level: "series" }),
+    instances: await catalog.search({ ...query, level: "instance" }),
+  };
+}
+
+Deno.test("SqliteCatalog.recordInstances() files a batch as one call per instance would", async () => {
+  const one = await openSqliteCatalog(":memory:");
+  const batched = await openSqliteCatalog(":memory:");
+  try {
+    const f = files[0];
+    const header = parseBuffer(f.bytes, f.key);
+    // every instance, one replaced by a later version, one key outside the layout, one with another's UIDs
+    const items = [
+      ...files.map((f) => ({ info: infoOf(f.key, f.bytes), header: parseBuffer(f.bytes, f.key) })),
+      { info: infoOf(f.key, f.bytes, "e2"), header },
+      { info: infoOf("notes/readme.dcm", f.bytes), header },
+      { info: infoOf("2.25.9/2.25.9.1/2.25.9.1.1.dcm", f.bytes), header },
+    ];
+    const outcomes = [];
+    for (const { info, header } of items) outcomes.push(await one.recordInstance("A", "a", info, header));
+    const results = await batched.recordInstances("A", "a", items);
+    assert.deepEqual(results, outcomes.map((value) => ({ status: "fulfilled", value })));
+    assert.deepEqual(outcomes.slice(-3), ["indexed", "ignored", "failed"]);
+    assert.deepEqual(await everything(batched), await everything(one));
+    assert.equal((await batched.status("A"))[0].studies, STUDIES.length);
+
+    // a second batch into the same series: counts follow, the series keep their representative
+    const more = buildPart10([
+      { tag: 0x00080016, vr: "UI", value: "1.2.840.10008.5.1.4.1.1.2" },
+      { tag: 0x00080018, vr: "UI", value: `${f.key.split("/")[1]}.99` },
+      { tag: 0x0020000d, vr: "UI", value: f.key.split("/")[0] },
+      { tag: 0x0020000e, vr: "UI", value: f.key.split("/")[1] },
+    ]);
+    const key = `${f.key.split("/").slice(0, 2).join("/")}/${f.key.split("/")[1]}.99.dcm`;
+    const item = { info: infoOf(key, more), header: parseBuffer(more, key) };
+    await one.recordInstance("A", "a", item.info, item.header);
+    assert.deepEqual(await batched.recordInstances("A", "a", [item]), [{
+      status: "fulfilled",
+      value: "indexed",
+    }]);
+    assert.deepEqual(await everything(batched), await everything(one));
+  } finally {
+    await one.close();
+    await batched.close();
+  }
+});
+
+Deno.test("SqliteCatalog.recordInstances(): an instance that cannot be filed fails alone", async () => {
+  const catalog = await openSqliteCatalog(":memory:");
+  try {
+    const [a, b] = files;
+    const results = await catalog.recordInstances("A", "a", [
+      { info: infoOf(a.key, a.bytes), header: parseBuffer(a.bytes, a.key) },
+      // not a parsed header: it cannot be turned into DICOM JSON
+      { info: infoOf(b.key, b.bytes), header: {} as ReturnType<typeof parseBuffer> },
+    ]);
+    assert.equal(results[0].status, "fulfilled");
+    assert.equal(results[1].status, "rejected");
+    assert.deepEqual((await catalog.instanceMetadata("A", a.key.split("/")[0])).map((s) => s.key), [a.key]);
+    assert.deepEqual(await catalog.recordInstances("A", "a", []), []);
+    // recordInstance rejects with the reason
+    await assert.rejects(
+      catalog.recordInstance("A", "a", infoOf(b.key, b.bytes), {} as ReturnType<typeof parseBuffer>),
+    );
+
+    // the whole batch cannot be written: every item is rejected with the reason, nothing is half-written
+    await catalog.close();
+    const closed = await catalog.recordInstances("A", "a", [
+      { info: infoOf(b.key, b.bytes), header: parseBuffer(b.bytes, b.key) },
+    ]);
+    assert.equal(closed[0].status, "rejected");
+  } finally {
+    await catalog.close();
+  }
+});
+
+Deno.test("documentText() writes exactly what stringifyDicomJson() writes", async () => {
+  const headers = generatedCorpus().map((f) => parseBuffer(f.bytes, f.key));
+  for (const f of await sharedCorpus()) {
+    try {
+      headers.push(await parseObject(f.bytes, f.name));
+    } catch {
+      // the corpus holds broken files on purpose
+    }
+  }
+  assert.ok(headers.length > 20);
+  for (const header of headers) {
+    for (const threshold of [0, 1024, 1 << 30]) {
+      const json = headerJson(header, threshold);
+      assert.equal(documentText(json), stringifyDicomJson(json));
+    }
   }
 });

@@ -3,24 +3,41 @@
  *
  * - the 500-instance CT series (gen_dataset.py --preset bench) as the payload,
  * - S3: Ceph RGW started here when `radosgw` is installed (its own ports), s3rver otherwise, or `BENCH_S3_ENDPOINT`,
- * - direct: every file PutObject through the AWS SDK (`S3Store.put`), `S3_CONCURRENCY` in flight,
+ * - two direct baselines, `S3_CONCURRENCY` in flight: every file PutObject through the AWS SDK's
+ *   `client.send`, and through `S3Store.put` (the server's own S3 write path, which signs a plain `fetch`),
  * - through the server (`deno run -P=bench-server main.ts`, a separate process): the same files in one
  *   STOW-RS request, and in `S3_CONCURRENCY` requests at once; the bucket is emptied between runs,
  * - `BENCH_CHUNKED=1`: also 100 instances sent with Transfer-Encoding: chunked (see {@linkcode stow}),
  * - the server's peak RSS (VmHWM) after everything, 4 clients at once included.
  *
- * Prints the figures and the ratios against the targets (≥ 80% of direct, peak RSS < 200 MB); never asserts.
+ * The server gets the `--v8-flags` of `deno task start`, as `tests/bench.ts` gives it, so it runs as it is
+ * deployed; `BENCH_SERVER_FLAGS` replaces them (`BENCH_SERVER_FLAGS=` for none).
+ *
+ * Prints the figures and the ratios against the targets (≥ 80% of direct, peak RSS < 200 MB), against
+ * both baselines (as `tests/bench.ts` does); never asserts.
  */
 
+import { PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
+import { FetchHttpHandler } from "@smithy/fetch-http-handler";
 import { S3Store } from "../lib/s3_store.ts";
 import { startS3, type TestS3 } from "./_s3server.ts";
 
 const CONCURRENCY = Number(Deno.env.get("S3_CONCURRENCY") ?? 8);
 const ROUNDS = Number(Deno.env.get("BENCH_ROUNDS") ?? 5);
+const SERVER_FLAGS = (Deno.env.get("BENCH_SERVER_FLAGS") ?? await startTaskV8Flags()).split(/\s+/)
+  .filter((f) => f);
 const REPO = new URL("../", import.meta.url).pathname;
 const SHARED = new URL("../../shared/", import.meta.url).pathname;
 const CREDENTIALS = { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" };
 const encoder = new TextEncoder();
+
+/** The `--v8-flags=…` of `deno task start`. */
+async function startTaskV8Flags(): Promise<string> {
+  const config = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));
+  const start = config.tasks?.start;
+  const command: string = typeof start === "string" ? start : start?.command ?? "";
+  return command.match(/--v8-flags=\S+/g)?.join(" ") ?? "";
+}
 
 function mbps(bytes: number, ms: number): number {
   return bytes / 1e6 / (ms / 1000);
@@ -130,7 +147,7 @@ interface ServerProcess {
 async function startServer(script: string[], env: Record<string, string>): Promise<ServerProcess> {
   const port = freePort();
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-P=bench-server", ...script],
+    args: ["run", "-P=bench-server", ...SERVER_FLAGS, ...script],
     env: { ...env, PORT: String(port), HOSTNAME: "127.0.0.1", NO_COLOR: "1" },
     cwd: REPO,
     stdout: "null",
@@ -206,17 +223,50 @@ async function stow(
   return { ms, stored: json["00081199"]?.Value?.length ?? 0, status: response.status };
 }
 
-/** The baseline: PutObject of every file through the SDK, `CONCURRENCY` in flight. */
-async function direct(store: S3Store, bucket: string, files: Dataset["files"]): Promise<number> {
+/** A baseline: `put` of every file, `CONCURRENCY` in flight. */
+async function direct(
+  put: (key: string, bytes: Uint8Array) => Promise<unknown>,
+  files: Dataset["files"],
+): Promise<number> {
   const t0 = performance.now();
   let next = 0;
   await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
     while (next < files.length) {
       const f = files[next++];
-      await store.put(bucket, f.key, f.bytes, { size: f.bytes.length, contentType: "application/dicom" });
+      await put(f.key, f.bytes);
     }
   }));
   return performance.now() - t0;
+}
+
+/** PutObject through the AWS SDK's `client.send`, set up as `S3Store` sets up its client. */
+function sdkPut(
+  s3: S3Target,
+  bucket: string,
+): { put: (key: string, bytes: Uint8Array) => Promise<unknown>; close(): void } {
+  const client = new S3Client({
+    endpoint: s3.endpoint,
+    region: "us-east-1",
+    forcePathStyle: true,
+    credentials: CREDENTIALS,
+    maxAttempts: 3,
+    requestChecksumCalculation: "WHEN_REQUIRED",
+    responseChecksumValidation: "WHEN_REQUIRED",
+    requestHandler: new FetchHttpHandler(),
+  });
+  return {
+    put: (key, bytes) =>
+      client.send(
+        new PutObjectCommand({
+          Bucket: bucket,
+          Key: key,
+          Body: bytes,
+          ContentLength: bytes.byteLength,
+          ContentType: "application/dicom",
+        }),
+      ),
+    close: () => client.destroy(),
+  };
 }
 
 async function empty(store: S3Store, bucket: string): Promise<void> {
@@ -240,7 +290,12 @@ async function createBucket(s3: S3Target, bucket: string): Promise<void> {
   client.destroy();
 }
 
+async function loadAverage(): Promise<string> {
+  return (await run(["cat", "/proc/loadavg"])).split(" ").slice(0, 3).join(" ");
+}
+
 async function main() {
+  const loadBefore = await loadAverage();
   const data = await dataset();
   console.log(
     `series: ${data.files.length} instances, ${
@@ -273,22 +328,33 @@ async function main() {
     };
     const server = await startServer([`${REPO}main.ts`], env);
     const url = `${server.url}/aets/BENCH/studies`;
+    const sdk = sdkPut(s3, bucket);
+    cleanups.push(() => Promise.resolve(sdk.close()));
+    const storePut = (key: string, bytes: Uint8Array) =>
+      store.put(bucket, key, bytes, { size: bytes.length, contentType: "application/dicom" });
     console.log("warming up…");
     // warm-up: connections, JIT
-    await direct(store, bucket, data.files.slice(0, 40));
+    await direct(sdk.put, data.files.slice(0, 40));
+    await direct(storePut, data.files.slice(0, 40));
     await stow(url, data.files.slice(0, 40));
     await empty(store, bucket);
 
     const directRuns: number[] = [];
+    const storeRuns: number[] = [];
     const oneRuns: number[] = [];
     const manyRuns: number[] = [];
     const directCpu: number[] = [];
+    const storeCpu: number[] = [];
     const serverCpu: number[] = [];
     for (let r = 0; r < ROUNDS; r++) {
       console.log(`round ${r + 1} of ${ROUNDS}…`);
-      const c0 = await ownCpuSeconds();
-      directRuns.push(await direct(store, bucket, data.files));
+      let c0 = await ownCpuSeconds();
+      directRuns.push(await direct(sdk.put, data.files));
       directCpu.push(await ownCpuSeconds() - c0);
+      await empty(store, bucket);
+      c0 = await ownCpuSeconds();
+      storeRuns.push(await direct(storePut, data.files));
+      storeCpu.push(await ownCpuSeconds() - c0);
       await empty(store, bucket);
       const s0 = await server.cpuSeconds();
       const one = await stow(url, data.files);
@@ -311,23 +377,31 @@ async function main() {
       await empty(store, bucket);
     }
     const directMs = median(directRuns);
+    const storeMs = median(storeRuns);
     const oneMs = median(oneRuns);
     const manyMs = median(manyRuns);
-    results["direct PutObject (SDK)"] = `${mbps(data.bytes, directMs).toFixed(0)} MB/s (${
+    const ratios = (ms: number) =>
+      `${(directMs / ms * 100).toFixed(0)}% of direct AWS SDK, ${
+        (storeMs / ms * 100).toFixed(0)
+      }% of direct S3Store (target ≥ 80%)`;
+    results["direct PutObject (AWS SDK)"] = `${mbps(data.bytes, directMs).toFixed(0)} MB/s (${
       directMs.toFixed(0)
     } ms, ${CONCURRENCY} in flight)`;
+    results["direct S3Store.put"] = `${mbps(data.bytes, storeMs).toFixed(0)} MB/s (${storeMs.toFixed(0)} ms)`;
     results["STOW, 1 request"] = `${mbps(data.bytes, oneMs).toFixed(0)} MB/s (${oneMs.toFixed(0)} ms), ${
-      (directMs / oneMs * 100).toFixed(0)
-    }% of direct (target ≥ 80%)`;
-    results["each round: direct / 1 / many"] = directRuns
-      .map((d, i) => `${d.toFixed(0)}/${oneRuns[i].toFixed(0)}/${manyRuns[i].toFixed(0)} ms`)
+      ratios(oneMs)
+    }`;
+    results["each round: SDK / S3Store / 1 / many"] = directRuns
+      .map((d, i) =>
+        `${d.toFixed(0)}/${storeRuns[i].toFixed(0)}/${oneRuns[i].toFixed(0)}/${manyRuns[i].toFixed(0)} ms`
+      )
       .join(", ");
-    results["CPU for the series"] = `direct (client process) ${
-      median(directCpu).toFixed(2)
-    } s, server (1 request) ${median(serverCpu).toFixed(2)} s`;
+    results["CPU for the series"] = `direct AWS SDK ${median(directCpu).toFixed(2)} s, direct S3Store ${
+      median(storeCpu).toFixed(2)
+    } s (client process), server (1 request) ${median(serverCpu).toFixed(2)} s`;
     results[`STOW, ${CONCURRENCY} requests at once`] = `${mbps(data.bytes, manyMs).toFixed(0)} MB/s (${
       manyMs.toFixed(0)
-    } ms), ${(directMs / manyMs * 100).toFixed(0)}% of direct (target ≥ 80%)`;
+    } ms), ${ratios(manyMs)}`;
 
     const t0 = performance.now();
     const four = await Promise.all(Array.from({ length: 4 }, () => stow(url, data.files)));
@@ -355,8 +429,11 @@ async function main() {
     await s3.stop();
     for (const cleanup of cleanups) await cleanup().catch(() => {});
   }
-  const load = (await run(["cat", "/proc/loadavg"])).split(" ").slice(0, 3).join(" ");
-  console.log(`\nSTOW-RS benchmark (${s3.kind}, ${ROUNDS} rounds, medians; load average now ${load})`);
+  console.log(
+    `\nSTOW-RS benchmark (${s3.kind}, ${ROUNDS} rounds, medians; load average at the start ${loadBefore}, ` +
+      `now ${await loadAverage()})`,
+  );
+  console.log(`  server flags: ${SERVER_FLAGS.join(" ") || "(none)"}`);
   for (const [name, value] of Object.entries(results)) console.log(`  ${name.padEnd(32)} ${value}`);
 }
 

@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import { AetRegistry } from "../lib/aets.ts";
-import type { Catalog } from "../lib/catalog.ts";
+import type { Catalog, InstanceToRecord, RecordOutcome } from "../lib/catalog.ts";
 import { createHandler } from "../lib/app.ts";
 import { parseConfig } from "../lib/config.ts";
 import { FileStore } from "../lib/file_store.ts";
@@ -98,6 +98,8 @@ interface Recorded {
 interface App {
   store: ObjectStore;
   recorded: Recorded[];
+  /** The size of each batch given to the catalog. */
+  batches: number[];
   /** The whole app (createHandler): STOW-RS, WADO-RS. */
   handler: (request: Request) => Promise<Response>;
   /** STOW-RS alone on a router of its own, with `options` (a small buffer, ...). */
@@ -111,13 +113,21 @@ function makeApp(
   const config = parseConfig({ AETS: `${AET}=${BUCKET}`, ...options.env });
   const aets = new AetRegistry(store, { configured: config.aets });
   const recorded: Recorded[] = [];
-  // only recordInstance is called by STOW
+  const batches: number[] = [];
+  // only recordInstances is called by STOW
   const catalog = {
-    async recordInstance(aet: string, bucket: string, info: ObjectInfo, header: Part10Header) {
-      const entry = { aet, bucket, info, header };
-      await options.catalog?.(entry);
-      recorded.push(entry);
-      return "indexed" as const;
+    recordInstances(aet: string, bucket: string, items: InstanceToRecord[]) {
+      batches.push(items.length);
+      return Promise.all(items.map(async ({ info, header }): Promise<PromiseSettledResult<RecordOutcome>> => {
+        const entry = { aet, bucket, info, header };
+        try {
+          await options.catalog?.(entry);
+        } catch (reason) {
+          return { status: "rejected", reason };
+        }
+        recorded.push(entry);
+        return { status: "fulfilled", value: "indexed" };
+      }));
     },
   } as unknown as Catalog;
   const services: Services = { config, store, aets, capabilities: { reEncode: false }, catalog };
@@ -134,7 +144,7 @@ function makeApp(
       return errorResponse(toHttpError(error));
     }
   };
-  return { store, recorded, handler: appHandler, stow };
+  return { store, recorded, batches, handler: appHandler, stow };
 }
 
 // ---- responses ----
@@ -595,6 +605,95 @@ Deno.test("STOW-RS responses", async (t) => {
       assert.equal(res.status, 202);
       assert.equal(res.stored.length, 1);
       assert.match(res.warnings[0], /not yet searchable/);
+    },
+  );
+
+  await t.step(
+    "the catalog gets a request's instances in batches of at most 50, each instance's outcome its own",
+    async () => {
+      const app = makeApp(new MemoryStore([BUCKET]), {
+        catalog: (r) => {
+          if (r.info.key === keyOf(77)) throw new Error("catalog disk full");
+          return Promise.resolve();
+        },
+      });
+      const numbers = Array.from({ length: 120 }, (_, i) => i + 1);
+      const res = await result(
+        await app.handler(stowRequest(`/aets/${AET}/studies`, numbers.map((n) => ({ bytes: inst(n) })))),
+      );
+      assert.equal(res.status, 202);
+      assert.equal(res.stored.length, 120);
+      assert.equal(app.recorded.length, 119, "every instance was given to the catalog before the response");
+      assert.equal(app.batches.reduce((a, b) => a + b, 0), 120);
+      assert.ok(app.batches.every((n) => n <= 50), `batches ${app.batches}`);
+      assert.ok(app.batches.length <= 10, `batches ${app.batches}`);
+      assert.equal(res.warnings.length, 1);
+      assert.match(res.warnings[0], /Part 77: instance 2\.25\.77\.1\.77 is stored but not yet searchable/);
+    },
+  );
+
+  await t.step(
+    "requests storing at once share the catalog's batches; each response waits for its own instances",
+    async () => {
+      const app = makeApp(new MemoryStore([BUCKET]), {
+        catalog: () => new Promise((r) => setTimeout(r, 5)),
+      });
+      const groups = [0, 1, 2].map((g) => Array.from({ length: 30 }, (_, i) => 100 + g * 30 + i));
+      const results = await Promise.all(
+        groups.map(async (numbers) =>
+          result(
+            await app.handler(
+              stowRequest(`/aets/${AET}/studies`, numbers.map((n) => ({ bytes: inst(n) })), { chunk: 4096 }),
+            ),
+          )
+        ),
+      );
+      for (const [g, res] of results.entries()) {
+        assert.equal(res.status, 200);
+        assert.deepEqual(res.stored.map((i) => i.sop), groups[g].map((n) => `${SERIES}.${n}`));
+      }
+      assert.equal(app.recorded.length, 90);
+      assert.equal(app.batches.reduce((a, b) => a + b, 0), 90);
+      assert.ok(app.batches.every((n) => n <= 50), `batches ${app.batches}`);
+    },
+  );
+
+  await t.step(
+    "a request still being sent: what is stored becomes searchable before the request ends",
+    async () => {
+      const app = makeApp(new MemoryStore([BUCKET]));
+      const boundary = "slow-boundary";
+      const first = multipartBytes([1, 2, 3].map((n) => ({ bytes: inst(n) })), boundary, false);
+      const rest = encoder.encode(`\r\n--${boundary}--\r\n`);
+      let searchableEarly = false;
+      let stage = 0;
+      const body = new ReadableStream<Uint8Array>({
+        async pull(controller) {
+          if (stage === 0) controller.enqueue(first);
+          else if (stage === 1) {
+            // the client pauses: the two parts known to be whole (a delimiter followed each) must reach
+            // the catalog meanwhile; the third may go on
+            for (let i = 0; i < 100 && app.recorded.length < 2; i++) {
+              await new Promise((r) => setTimeout(r, 20));
+            }
+            searchableEarly = app.recorded.length === 2;
+            controller.enqueue(rest);
+          } else controller.close();
+          stage++;
+        },
+      }, { highWaterMark: 0 });
+      const res = await result(
+        await app.handler(
+          new Request(`http://localhost/aets/${AET}/studies`, {
+            method: "POST",
+            body,
+            headers: { "content-type": TYPE + boundary },
+          }),
+        ),
+      );
+      assert.equal(res.status, 200);
+      assert.equal(res.stored.length, 3);
+      assert.ok(searchableEarly, "recorded while the request was still open");
     },
   );
 });
