@@ -72,6 +72,15 @@ export function metadataHandlers(services: MetadataServices) {
     const abort = new AbortController();
     const single = target.instance !== undefined;
     let skipped: HttpError | undefined;
+    // The listing's first page is asked for now, so it is on its way while the catalog answers.
+    const iterator = infos[Symbol.asyncIterator]();
+    const firstInfo = iterator.next();
+    firstInfo.catch(() => {}); // awaited below, unless the catalog fails first
+    infos = {
+      async *[Symbol.asyncIterator]() {
+        for (let next = await firstInfo; !next.done; next = await iterator.next()) yield next.value;
+      },
+    };
     // The catalog's cached instance JSON (same ETag) makes series metadata one query instead of N reads.
     const stored = new Map(
       (await services.catalog?.instanceMetadata(target.aet, target.study, target.series).catch(() => []) ??

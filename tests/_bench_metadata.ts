@@ -103,84 +103,42 @@ export async function benchMetadata(input: MetadataBenchInput): Promise<[string,
   await store.put(input.bucket, cineKey, cine, { size: cine.byteLength });
   const pixelStart = cine.byteLength - FRAMES * FRAME_BYTES;
 
+  // Twice on a fresh server without a catalog (metadata comes from the objects' headers): through a counting
+  // proxy for the bytes read from S3, then straight to S3 for the times (the proxy adds latency).
   const proxy = countingProxy(new URL(input.endpoint));
-  // No catalog: metadata comes from the objects' headers (the catalog's cached JSON is measured below).
-  const server = await input.startServer({
-    CATALOG_PATH: "off",
-    S3_ENDPOINT: proxy.endpoint,
-    AETS: `BENCH=${input.bucket}`,
-    AWS_ACCESS_KEY_ID: input.credentials.accessKeyId,
-    AWS_SECRET_ACCESS_KEY: input.credentials.secretAccessKey,
-  });
+  let counted: Pass, timed: Pass;
   try {
-    const base = `${server.url}/aets/BENCH/studies`;
-    const metadataUrl = `${base}/${input.study}/series/${input.series}/metadata`;
-    const timed = async (url: string, accept: string) => {
-      const before = proxy.received();
-      const t0 = performance.now();
-      const response = await fetch(url, { headers: { accept } });
-      const body = new Uint8Array(await response.arrayBuffer());
-      const ms = performance.now() - t0;
-      if (!response.ok) throw new Error(`${url}: ${response.status} ${new TextDecoder().decode(body)}`);
-      return { ms, body, s3: proxy.received() - before };
-    };
-    const json = "application/dicom+json";
-    const cold = await timed(metadataUrl, json);
-    const count = JSON.parse(new TextDecoder().decode(cold.body)).length;
-    if (count !== input.instances) throw new Error(`metadata has ${count} instances, not ${input.instances}`);
-    const warm = [];
-    for (let i = 0; i < input.rounds; i++) warm.push(await timed(metadataUrl, json));
-    lines.push([
-      `series metadata, cold (${input.instances} instances, no catalog)`,
-      `${cold.ms.toFixed(0)} ms; read from S3 ${(cold.s3 / 1e6).toFixed(2)} MB = ${
-        (cold.s3 / input.seriesBytes * 100).toFixed(2)
-      }% of the series' ${(input.seriesBytes / 1e6).toFixed(0)} MB (target < 5%)`,
-    ]);
-    lines.push([
-      "series metadata, warm (header cache)",
-      `${median(warm.map((w) => w.ms)).toFixed(1)} ms (target ≤ 50 ms); read from S3 ${
-        median(warm.map((w) => w.s3))
-      } bytes (the series listing)`,
-    ]);
-
-    // Frames: the first request reads the header, later ones only their frame's bytes.
-    const frameUrl = (n: number) =>
-      `${base}/${CINE.study}/series/${CINE.series}/instances/${CINE.sop}/frames/${n}`;
-    const octets = 'multipart/related; type="application/octet-stream"; transfer-syntax=*';
-    const first = await timed(frameUrl(48), octets);
-    if (first.body.byteLength < FRAME_BYTES) throw new Error(`frame 48 has ${first.body.byteLength} bytes`);
-    const served: number[] = [];
-    const reads: number[] = [];
-    const direct: number[] = [];
-    for (let i = 0; i < input.rounds; i++) {
-      for (const n of [1, 48, 96]) {
-        const r = await timed(frameUrl(n), octets);
-        served.push(r.ms);
-        reads.push(r.s3);
-        const start = pixelStart + (n - 1) * FRAME_BYTES;
-        const t0 = performance.now();
-        const object = await store.get(input.bucket, cineKey, {
-          range: { start, end: start + FRAME_BYTES - 1 },
-        });
-        await new Response(object!.body).arrayBuffer();
-        direct.push(performance.now() - t0);
-      }
-    }
-    lines.push([
-      `frame of a ${FRAMES}-frame 512×512 instance, first`,
-      `${first.ms.toFixed(1)} ms (header + frame: ${(first.s3 / 1e3).toFixed(0)} KB from S3)`,
-    ]);
-    lines.push([
-      "frame, later (frames 1, 48, 96)",
-      `${median(served).toFixed(1)} ms vs direct ranged GET ${median(direct).toFixed(1)} ms; ${
-        (median(reads) / 1e3).toFixed(0)
-      } KB from S3 per frame (${FRAME_BYTES / 1e3} KB of pixels)`,
-    ]);
+    counted = await pass(input, proxy.endpoint, () => proxy.received(), { store, cineKey, pixelStart });
   } finally {
-    await server.stop();
     proxy.close();
+  }
+  try {
+    timed = await pass(input, input.endpoint, () => 0, { store, cineKey, pixelStart });
+  } finally {
     store.close();
   }
+  lines.push([
+    `series metadata, cold (${input.instances} instances, no catalog)`,
+    `${timed.cold.ms.toFixed(0)} ms; read from S3 ${(counted.cold.s3 / 1e6).toFixed(2)} MB = ${
+      (counted.cold.s3 / input.seriesBytes * 100).toFixed(2)
+    }% of the series' ${(input.seriesBytes / 1e6).toFixed(0)} MB (target < 5%)`,
+  ]);
+  lines.push([
+    "series metadata, warm (header cache)",
+    `${
+      median(timed.warm).toFixed(1)
+    } ms (target ≤ 50 ms); read from S3 ${counted.warmS3} bytes (the series listing)`,
+  ]);
+  lines.push([
+    `frame of a ${FRAMES}-frame 512×512 instance, first`,
+    `${timed.first.ms.toFixed(1)} ms (header + frame: ${(counted.first.s3 / 1e3).toFixed(0)} KB from S3)`,
+  ]);
+  lines.push([
+    "frame, later (frames 1, 48, 96)",
+    `${median(timed.frames).toFixed(1)} ms vs direct ranged GET ${median(timed.direct).toFixed(1)} ms; ${
+      (median(counted.frameS3) / 1e3).toFixed(0)
+    } KB from S3 per frame (${FRAME_BYTES / 1e3} KB of pixels)`,
+  ]);
 
   // With the catalog: series metadata is one query of cached JSON.
   const scratch = await Deno.makeTempDir({ prefix: "bench-catalog-" });
@@ -215,4 +173,84 @@ export async function benchMetadata(input: MetadataBenchInput): Promise<[string,
     await Deno.remove(scratch, { recursive: true }).catch(() => {});
   }
   return lines;
+}
+
+interface Pass {
+  cold: { ms: number; s3: number };
+  warm: number[];
+  warmS3: number;
+  first: { ms: number; s3: number };
+  frames: number[];
+  frameS3: number[];
+  direct: number[];
+}
+
+/** Cold and warm series metadata and frame reads on a fresh catalog-less server whose S3 is `endpoint`. */
+async function pass(
+  input: MetadataBenchInput,
+  endpoint: string,
+  received: () => number,
+  cine: { store: S3Store; cineKey: string; pixelStart: number },
+): Promise<Pass> {
+  const server = await input.startServer({
+    CATALOG_PATH: "off",
+    S3_ENDPOINT: endpoint,
+    AETS: `BENCH=${input.bucket}`,
+    AWS_ACCESS_KEY_ID: input.credentials.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: input.credentials.secretAccessKey,
+  });
+  try {
+    const base = `${server.url}/aets/BENCH/studies`;
+    const metadataUrl = `${base}/${input.study}/series/${input.series}/metadata`;
+    const timed = async (url: string, accept: string) => {
+      const before = received();
+      const t0 = performance.now();
+      const response = await fetch(url, { headers: { accept } });
+      const body = new Uint8Array(await response.arrayBuffer());
+      const ms = performance.now() - t0;
+      if (!response.ok) throw new Error(`${url}: ${response.status} ${new TextDecoder().decode(body)}`);
+      return { ms, body, s3: received() - before };
+    };
+    const json = "application/dicom+json";
+    const cold = await timed(metadataUrl, json);
+    const count = JSON.parse(new TextDecoder().decode(cold.body)).length;
+    if (count !== input.instances) throw new Error(`metadata has ${count} instances, not ${input.instances}`);
+    const warm = [];
+    for (let i = 0; i < input.rounds; i++) warm.push(await timed(metadataUrl, json));
+
+    // Frames: the first request reads the header, later ones only their frame's bytes.
+    const frameUrl = (n: number) =>
+      `${base}/${CINE.study}/series/${CINE.series}/instances/${CINE.sop}/frames/${n}`;
+    const octets = 'multipart/related; type="application/octet-stream"; transfer-syntax=*';
+    const first = await timed(frameUrl(48), octets);
+    if (first.body.byteLength < FRAME_BYTES) throw new Error(`frame 48 has ${first.body.byteLength} bytes`);
+    const frames: number[] = [];
+    const frameS3: number[] = [];
+    const direct: number[] = [];
+    for (let i = 0; i < input.rounds; i++) {
+      for (const n of [1, 48, 96]) {
+        const r = await timed(frameUrl(n), octets);
+        frames.push(r.ms);
+        frameS3.push(r.s3);
+        const start = cine.pixelStart + (n - 1) * FRAME_BYTES;
+        const t0 = performance.now();
+        const object = await cine.store.get(input.bucket, cine.cineKey, {
+          range: { start, end: start + FRAME_BYTES - 1 },
+        });
+        await new Response(object!.body).arrayBuffer();
+        direct.push(performance.now() - t0);
+      }
+    }
+    return {
+      cold: { ms: cold.ms, s3: cold.s3 },
+      warm: warm.map((w) => w.ms),
+      warmS3: median(warm.map((w) => w.s3)),
+      first: { ms: first.ms, s3: first.s3 },
+      frames,
+      frameS3,
+      direct,
+    };
+  } finally {
+    await server.stop();
+  }
 }
