@@ -57,6 +57,8 @@ export interface SearchRow {
   instanceJson?: DicomJson;
   /** Distinct Modality values of the study's series, sorted. */
   modalities: string[];
+  /** SOPClassesInStudy: the SOP classes of the study's instances read so far (at least one per series). */
+  sopClasses: string[];
   studySeries: number;
   studyInstances: number;
   seriesInstances?: number;

@@ -245,9 +245,13 @@ function withoutBulk(attribute: DicomJsonAttribute): DicomJsonAttribute {
   };
 }
 
-function studyComputed(out: DicomJson, row: SearchRow, url: string): void {
+function studyComputed(out: DicomJson, row: SearchRow, url: string, query: SearchQuery): void {
   out[hex(TAGS.InstanceAvailability)] = attr("CS", "ONLINE");
   if (row.modalities.length > 0) out[hex(TAGS.ModalitiesInStudy)] = { vr: "CS", Value: row.modalities };
+  // an optional return key: only when asked for (includefield)
+  if ((query.includeAll || query.include.includes(TAGS.SOPClassesInStudy)) && row.sopClasses.length > 0) {
+    out[hex(TAGS.SOPClassesInStudy)] = { vr: "UI", Value: row.sopClasses };
+  }
   out[hex(TAGS.RetrieveURL)] ??= attr("UR", url);
   out[hex(TAGS.NumberOfStudyRelatedSeries)] = attr("IS", row.studySeries);
   out[hex(TAGS.NumberOfStudyRelatedInstances)] = attr("IS", row.studyInstances);
@@ -273,14 +277,14 @@ function formatRow(
   if (resource.level === "study") {
     out[hex(TAGS.RetrieveURL)] = attr("UR", studyUrl);
     pick(out, row.studyJson, wanted("study"), true);
-    studyComputed(out, row, studyUrl);
+    studyComputed(out, row, studyUrl, query);
   } else if (resource.level === "series") {
     out[hex(TAGS.RetrieveURL)] = attr("UR", seriesUrl);
     pick(out, row.seriesJson, wanted("series"), true);
     pick(out, row.studyJson, wanted("study"), true);
     out[hex(TAGS.StudyInstanceUID)] ??= attr("UI", row.study);
     out[hex(TAGS.NumberOfSeriesRelatedInstances)] = attr("IS", row.seriesInstances ?? 0);
-    if (resource.parents.includes("study")) studyComputed(out, row, studyUrl);
+    if (resource.parents.includes("study")) studyComputed(out, row, studyUrl, query);
   } else {
     out[hex(TAGS.RetrieveURL)] = attr("UR", instanceUrl);
     const instance = row.instanceJson ?? {};
@@ -298,7 +302,7 @@ function formatRow(
       out[hex(TAGS.NumberOfSeriesRelatedInstances)] = attr("IS", row.seriesInstances ?? 0);
     }
     if (resource.parents.includes("study")) {
-      studyComputed(out, row, studyUrl);
+      studyComputed(out, row, studyUrl, query);
       out[hex(TAGS.RetrieveURL)] = attr("UR", instanceUrl);
     }
     for (const [key, attribute] of Object.entries(out)) {

@@ -44,7 +44,7 @@ import type { Part10Header } from "./part10.ts";
 import { compareKeys, type ObjectInfo } from "./store.ts";
 import { type InstanceUids, parseInstanceKey } from "./uid.ts";
 
-const SCHEMA_VERSION = 2;
+const SCHEMA_VERSION = 3;
 
 /**
  * Fixed planner statistics (`sqlite_stat1`) shaped like a large catalog: few AETs, unique UIDs and IDs. Without
@@ -101,7 +101,8 @@ CREATE INDEX series_modality ON series (aet, modality);
 CREATE TABLE studies (
   id INTEGER PRIMARY KEY, aet TEXT NOT NULL, study TEXT NOT NULL,
   study_date TEXT, study_time TEXT, study_time_high TEXT, accession TEXT, referring TEXT, patient_name TEXT,
-  patient_id TEXT, study_id TEXT, modalities TEXT NOT NULL DEFAULT '', num_series INTEGER NOT NULL DEFAULT 0,
+  patient_id TEXT, study_id TEXT, modalities TEXT NOT NULL DEFAULT '', sop_classes TEXT NOT NULL DEFAULT '',
+  num_series INTEGER NOT NULL DEFAULT 0,
   num_instances INTEGER NOT NULL DEFAULT 0, json TEXT NOT NULL
 );
 CREATE UNIQUE INDEX studies_key ON studies (aet, study);
@@ -571,13 +572,20 @@ export class SqliteCatalog implements Catalog {
     const json = rows[0].study_json;
     const c = studyColumns(JSON.parse(json));
     const modalities = [...new Set(rows.map((r) => r.modality).filter((m): m is string => !!m))].sort();
+    // SOPClassesInStudy: the classes of the instances read so far (at least one per series)
+    const classes = (this.#q(
+      `SELECT DISTINCT sop_class FROM objects WHERE aet = ? AND study = ? AND state IN ${VALID}
+       AND sop_class IS NOT NULL ORDER BY sop_class`,
+    ).all(aet, study) as { sop_class: string }[]).map((r) => r.sop_class);
     this.#q(
       `INSERT INTO studies (aet, study, study_date, study_time, study_time_high, accession, referring, patient_name,
-         patient_id, study_id, modalities, num_series, num_instances, json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         patient_id, study_id, modalities, sop_classes, num_series, num_instances, json)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT (aet, study) DO UPDATE SET study_date = excluded.study_date, study_time = excluded.study_time,
          study_time_high = excluded.study_time_high, accession = excluded.accession, referring = excluded.referring,
          patient_name = excluded.patient_name, patient_id = excluded.patient_id, study_id = excluded.study_id,
-         modalities = excluded.modalities, num_series = excluded.num_series, num_instances = excluded.num_instances,
+         modalities = excluded.modalities, sop_classes = excluded.sop_classes, num_series = excluded.num_series,
+         num_instances = excluded.num_instances,
          json = excluded.json`,
     ).run(
       aet,
@@ -591,6 +599,7 @@ export class SqliteCatalog implements Catalog {
       c.patientId ?? null,
       c.studyId ?? null,
       modalities.join("\\"),
+      classes.join("\\"),
       counts.series,
       counts.instances,
       json,
@@ -831,7 +840,8 @@ export class SqliteCatalog implements Catalog {
     return settle(() => {
       const { level } = query;
       const args: SQLInputValue[] = [query.aet];
-      let select = "s.study, s.json AS study_json, s.modalities, s.num_series, s.num_instances";
+      let select =
+        "s.study, s.json AS study_json, s.modalities, s.sop_classes, s.num_series, s.num_instances";
       let from = "studies s";
       const where: string[] = [];
       let order = "s.study_date DESC, s.study_time DESC, s.study";
@@ -874,6 +884,7 @@ export class SqliteCatalog implements Catalog {
         seriesJson: row.series_json ? JSON.parse(row.series_json as string) : undefined,
         instanceJson: row.instance_json ? JSON.parse(row.instance_json as string) : undefined,
         modalities: row.modalities ? (row.modalities as string).split("\\") : [],
+        sopClasses: row.sop_classes ? (row.sop_classes as string).split("\\") : [],
         studySeries: row.num_series as number,
         studyInstances: row.num_instances as number,
         seriesInstances: (row.series_instances ?? undefined) as number | undefined,

@@ -276,6 +276,20 @@ Deno.test("QIDO returns the default, computed and included attributes per level"
       .body as Json[];
     assert.equal(value(matched, "00100040"), "M", "matching keys are returned");
   });
+  await t.step("SOPClassesInStudy only when asked for, one value per class in the study", async () => {
+    const path = `${A}/studies?StudyInstanceUID=2.25.1002`;
+    const [plain] = (await server.get(path)).body as Json[];
+    assert.equal(plain["00080062"], undefined, "not a default return key");
+    const expected = ["1.2.840.10008.5.1.4.1.1.4", SR_DOC].sort(); // the MR series and the SR
+    for (const include of ["SOPClassesInStudy", "00080062", "all"]) {
+      const [row] = (await server.get(`${path}&includefield=${include}`)).body as Json[];
+      assert.deepEqual(row["00080062"], { vr: "UI", Value: expected }, include);
+    }
+    const [series] =
+      (await server.get(`${A}/series?SeriesInstanceUID=2.25.1002.1&includefield=SOPClassesInStudy`))
+        .body as Json[];
+    assert.deepEqual(series["00080062"]?.Value, expected, "on /series with the study attributes");
+  });
   await t.step("/series adds the study attributes; /studies/{s}/series does not", async () => {
     const [cross] = (await server.get(`${A}/series?SeriesInstanceUID=2.25.1003.2`)).body as Json[];
     assert.equal(value(cross, "00100020"), "PID003");
