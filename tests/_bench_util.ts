@@ -94,10 +94,13 @@ function readAhead(body: ReadableStream<Uint8Array>, limit: number): AsyncIterat
   let buffered = 0;
   let ended = false;
   let failure: { error: unknown } | undefined;
-  let pumping: Promise<void> | undefined;
+  let pumping = false;
   let wake: (() => void) | undefined;
-  const pump = () =>
-    pumping ??= (async () => {
+  const pump = () => {
+    // a flag, not the loop's promise: a loop that ends at once would clear it before `??=` stored it
+    if (pumping) return;
+    pumping = true;
+    (async () => {
       try {
         while (!ended && buffered < limit) {
           const { value, done } = await reader.read();
@@ -113,9 +116,10 @@ function readAhead(body: ReadableStream<Uint8Array>, limit: number): AsyncIterat
         ended = true;
         wake?.();
       } finally {
-        pumping = undefined;
+        pumping = false;
       }
     })();
+  };
   pump();
   return {
     async next(): Promise<IteratorResult<Uint8Array>> {
