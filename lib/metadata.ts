@@ -78,7 +78,11 @@ export function metadataHandlers(services: MetadataServices) {
     firstInfo.catch(() => {}); // awaited below, unless the catalog fails first
     infos = {
       async *[Symbol.asyncIterator]() {
-        for (let next = await firstInfo; !next.done; next = await iterator.next()) yield next.value;
+        try {
+          for (let next = await firstInfo; !next.done; next = await iterator.next()) yield next.value;
+        } finally {
+          await iterator.return?.();
+        }
       },
     };
     // The catalog's cached instance JSON (same ETag) makes series metadata one query instead of N reads.
