@@ -74,7 +74,8 @@ if (import.meta.main) {
   }
   const handler = createHandler(
     { config, store, aets, capabilities: { reEncode: true, decode: true }, catalog },
-    { audit: audit.log },
+    // the responses go straight to Deno.serve: sent chunks can be freed at once (lib/handoff.ts)
+    { audit: audit.log, freeSentChunks: true },
   );
   const scheme = tls ? "https" : "http";
   const names = (await aets.entries().catch(() => [])).map(([aet, bucket]) =>

@@ -10,6 +10,8 @@ import { type AuthenticatorOptions, RequestGuard, type ServeInfo } from "./auth.
 import { errorResponse, HttpError, toHttpError } from "./http_error.ts";
 import { type RouteContext, Router } from "./router.ts";
 import { HeaderCache } from "./headers.ts";
+import { freeHandedOff } from "./handoff.ts";
+import { SharedReadAhead } from "./retrieve.ts";
 import { metadataHandlers } from "./metadata.ts";
 import { pixelHandlers } from "./pixels_route.ts";
 import { registerQido } from "./qido.ts";
@@ -31,6 +33,12 @@ export interface HandlerOptions extends RetrieveOptions {
   audit?: AuditLog;
   /** JWKS and password-cache tuning (tests). */
   auth?: AuthenticatorOptions;
+  /**
+   * Free each handed-off chunk (handoff.ts) as soon as the next one is asked for: set it when the
+   * responses go straight to `Deno.serve`, which has taken a chunk by then (main.ts does). Leave it unset
+   * when JavaScript reads the bodies and may keep their chunks, as `Response.arrayBuffer()` does.
+   */
+  freeSentChunks?: boolean;
 }
 
 const CORS_ALLOW_HEADERS =
@@ -60,6 +68,7 @@ export function createHandler(
   const withHeaders = {
     ...services,
     headers: services.headers ?? new HeaderCache(config.headerCacheMb * 1024 * 1024),
+    readAhead: services.readAhead ?? new SharedReadAhead(config.s3Concurrency, config.s3ConcurrencyTotal),
     log,
   };
   const retrieve = retrieveHandlers(withHeaders, {
@@ -129,7 +138,7 @@ export function createHandler(
       await response.body.cancel();
       response = new Response(null, { status: response.status, headers: response.headers });
     }
-    return logged(response, (bytes, outcome) => {
+    return logged(response, options.freeSentChunks ?? false, (bytes, outcome) => {
       const ms = performance.now() - started;
       // The query is redacted: patient names and IDs in QIDO filters never reach the log.
       log(
@@ -196,8 +205,15 @@ function withCors(request: Request, response: Response, origins: string[]): Resp
   return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
 }
 
-/** Wraps the body to count bytes, and calls `done` once when it ends, fails or is cancelled. */
-function logged(response: Response, done: (bytes: number, outcome?: string) => void): Response {
+/**
+ * Wraps the body to count bytes, and calls `done` once when it ends, fails or is cancelled. With
+ * `freeSent`, a handed-off chunk is freed when the consumer asks for the next one.
+ */
+function logged(
+  response: Response,
+  freeSent: boolean,
+  done: (bytes: number, outcome?: string) => void,
+): Response {
   if (!response.body) {
     done(0);
     return response;
@@ -210,15 +226,23 @@ function logged(response: Response, done: (bytes: number, outcome?: string) => v
     done(bytes, outcome);
   };
   const reader = response.body.getReader();
+  // the chunk last handed to the consumer: `Deno.serve` asks for the next one only after taking it
+  let sent: Uint8Array | undefined;
+  const free = () => {
+    if (sent !== undefined) freeHandedOff(sent);
+    sent = undefined;
+  };
   const body = new ReadableStream<Uint8Array>({
     async pull(controller) {
       try {
+        if (freeSent) free();
         const { value, done } = await reader.read();
         if (done) {
           controller.close();
           finish();
         } else {
           bytes += value.byteLength;
+          if (freeSent) sent = value;
           controller.enqueue(value);
         }
       } catch (error) {
@@ -228,6 +252,7 @@ function logged(response: Response, done: (bytes: number, outcome?: string) => v
       }
     },
     async cancel(reason) {
+      if (freeSent) free();
       finish("client disconnected");
       await reader.cancel(reason);
     },

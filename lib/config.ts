@@ -33,6 +33,8 @@ export interface Config {
   aets?: Map<string, string>;
   /** How many objects one request may open ahead of the writer. */
   s3Concurrency: number;
+  /** Objects all requests together keep open ahead of their writers (each gets an equal share, at least 1). */
+  s3ConcurrencyTotal: number;
   /** Allowed CORS origins: `["*"]`, a list, or `[]` for CORS off. */
   corsOrigins: string[];
   /** `Cache-Control` for single-instance responses. */
@@ -92,6 +94,7 @@ export const CONFIG_NAMES = [
   "S3_FORCE_PATH_STYLE",
   "AETS",
   "S3_CONCURRENCY",
+  "S3_CONCURRENCY_TOTAL",
   "CORS_ORIGINS",
   "CACHE_CONTROL",
   "BULKDATA_THRESHOLD",
@@ -231,6 +234,7 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
   }
 
   const s3Concurrency = integer("S3_CONCURRENCY", 8, 1, 256);
+  const s3ConcurrencyTotal = integer("S3_CONCURRENCY_TOTAL", 2 * s3Concurrency, 1, 4096);
 
   const rawCors = get("CORS_ORIGINS") ?? "*";
   let corsOrigins: string[];
@@ -285,6 +289,7 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
     s3,
     aets,
     s3Concurrency,
+    s3ConcurrencyTotal,
     corsOrigins,
     cacheControl,
     bulkDataThreshold,

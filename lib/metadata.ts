@@ -12,7 +12,7 @@ import { HttpError } from "./http_error.ts";
 import { parseAccept, rankRanges } from "./negotiation.ts";
 import { ahead } from "./retrieve.ts";
 import type { RouteContext } from "./router.ts";
-import { bucketOf, type Services } from "./services.ts";
+import { bucketOf, readAheadOf, type Services } from "./services.ts";
 import type { ObjectInfo } from "./store.ts";
 import { instanceKey, parseInstanceKey, seriesPrefix, studyPrefix } from "./uid.ts";
 import { publicBase } from "./urls.ts";
@@ -108,7 +108,7 @@ export function metadataHandlers(services: MetadataServices) {
           return null;
         }
       },
-      { concurrency: config.s3Concurrency },
+      readAheadOf(services),
     );
     const nextJson = async () => {
       for (;;) {

@@ -16,7 +16,7 @@ import { type MediaRange, parseAccept, rankRanges } from "./negotiation.ts";
 import type { Part10Header } from "./part10.ts";
 import { ahead } from "./retrieve.ts";
 import type { RouteContext } from "./router.ts";
-import { bucketOf, type Services } from "./services.ts";
+import { bucketOf, readAheadOf, type Services } from "./services.ts";
 import type { ObjectInfo } from "./store.ts";
 import { EXPLICIT_VR_LITTLE_ENDIAN } from "./transfer_syntax.ts";
 import { instanceKey } from "./uid.ts";
@@ -247,9 +247,7 @@ export function pixelHandlers(services: PixelServices) {
         headers: { "content-type": choice.contentType, "content-length": String(bytes.byteLength) },
       });
     }
-    const frameBytes = ahead(plans, frameOf, {
-      concurrency: services.config.s3Concurrency,
-    });
+    const frameBytes = ahead(plans, frameOf, readAheadOf(services));
     const first = await frameBytes.next(); // a store failure is a 5xx before anything is sent
     const parts = (async function* (): AsyncGenerator<Part> {
       if (!first.done) yield { headers: { "Content-Type": choice.contentType }, body: first.value };

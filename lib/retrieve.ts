@@ -15,6 +15,11 @@ export interface OpenedInstance {
   meta: FileMeta;
   /** The whole object, from byte 0, read ahead into a bounded buffer. */
   body: ReadableStream<Uint8Array>;
+  /**
+   * Every chunk of `body` is a fresh buffer that nothing else holds (the store's body was read in place):
+   * a consumer that passes them on whole may mark them with `handOff` (handoff.ts).
+   */
+  ownsChunks: boolean;
 }
 
 /** Options for {@linkcode openInstance}. */
@@ -70,7 +75,7 @@ export async function openInstance(
       return source.cancel(reason);
     },
   }, new ByteLengthQueuingStrategy({ highWaterMark: options.readAhead ?? DEFAULT_READ_AHEAD }));
-  return { key, info: object.info, meta, body };
+  return { key, info: object.info, meta, body, ownsChunks: source.ownsChunks };
 }
 
 /**
@@ -99,6 +104,11 @@ class ChunkReader {
     } catch {
       this.#reader = body.getReader();
     }
+  }
+
+  /** Whether each chunk is a buffer allocated here (a byte stream read in place). */
+  get ownsChunks(): boolean {
+    return this.#byob !== undefined;
   }
 
   /** Reads once more; `false` at the end of the body. */
@@ -179,16 +189,65 @@ function concat(chunks: Uint8Array[]): Uint8Array {
 }
 
 /**
+ * Read-ahead shared by the requests that run at once. Each request may keep up to `perRequest` objects open
+ * ahead of its writer; while `n` requests stream, each gets `total / n` of them (at least one). Every open
+ * S3 response costs about a megabyte inside Deno's HTTP client besides the bytes read ahead, so this keeps
+ * the server's memory near flat whatever the number of clients, while one client alone still gets the full
+ * `perRequest`.
+ */
+export class SharedReadAhead {
+  readonly perRequest: number;
+  readonly total: number;
+  #active = 0;
+
+  constructor(perRequest: number, total: number) {
+    if (!(perRequest >= 1) || !(total >= 1)) {
+      throw new RangeError(`Read-ahead must be at least 1 (got ${perRequest} per request, ${total} in all)`);
+    }
+    this.perRequest = perRequest;
+    this.total = total;
+  }
+
+  /** Requests sharing the read-ahead now. */
+  get active(): number {
+    return this.#active;
+  }
+
+  /** One request's share, as of now. */
+  share(): number {
+    return Math.max(1, Math.min(this.perRequest, Math.floor(this.total / Math.max(1, this.#active))));
+  }
+
+  /** Joins for one request: pass `concurrency` to {@linkcode ahead}, and call `leave` (once is enough) when done. */
+  join(): { concurrency: () => number; leave: () => void } {
+    this.#active++;
+    let left = false;
+    return {
+      concurrency: () => this.share(),
+      leave: () => {
+        if (left) return;
+        left = true;
+        this.#active--;
+      },
+    };
+  }
+}
+
+/**
  * Maps `keys` through `open` with up to `concurrency` calls in flight, yielding results in the
  * order of `keys`. Keys are pulled in the background: a slow key source (the next listing page)
  * never holds back a result that is already open. When the consumer stops early (`return()`),
- * results already opened are handed to `dispose` so their streams can be cancelled.
+ * results already opened are handed to `dispose` so their streams can be cancelled. `concurrency` may be a
+ * function (a {@linkcode SharedReadAhead} share), asked again before each open; `onFinish` runs once the
+ * generator is done, however it ends.
  */
 export async function* ahead<K, T>(
   keys: AsyncIterable<K> | Iterable<K>,
   open: (key: K) => Promise<T>,
-  options: { concurrency: number; dispose?: (value: T) => void },
+  options: { concurrency: number | (() => number); dispose?: (value: T) => void; onFinish?: () => void },
 ): AsyncGenerator<T> {
+  const concurrency = options.concurrency;
+  const limit = typeof concurrency === "number" ? () => concurrency : concurrency;
   const iterator = (Symbol.asyncIterator in keys)
     ? (keys as AsyncIterable<K>)[Symbol.asyncIterator]()
     : (keys as Iterable<K>)[Symbol.iterator]();
@@ -200,7 +259,7 @@ export async function* ahead<K, T>(
   // that had nothing to do).
   const pull = async () => {
     try {
-      while (!exhausted && !stopped && queue.length < options.concurrency) {
+      while (!exhausted && !stopped && queue.length < limit()) {
         const next = await iterator.next();
         if (next.done) exhausted = true;
         else if (!stopped) {
@@ -234,7 +293,11 @@ export async function* ahead<K, T>(
     for (const pending of queue.splice(0)) {
       pending.then((value) => options.dispose?.(value), () => {});
     }
-    await filling;
-    if (!exhausted) await iterator.return?.();
+    try {
+      await filling;
+      if (!exhausted) await iterator.return?.();
+    } finally {
+      options.onFinish?.();
+    }
   }
 }

@@ -8,6 +8,7 @@ import type { AetRegistry } from "./aets.ts";
 import type { Catalog } from "./catalog.ts";
 import type { Config } from "./config.ts";
 import type { HeaderCache } from "./headers.ts";
+import type { SharedReadAhead } from "./retrieve.ts";
 import { HttpError } from "./http_error.ts";
 import type { ObjectStore } from "./store.ts";
 import type { SyntaxCapabilities } from "./transfer_syntax.ts";
@@ -20,10 +21,24 @@ export interface Services {
   capabilities: SyntaxCapabilities;
   /** Parsed headers by object ETag; created by `createHandler` when not given. */
   headers?: HeaderCache;
+  /** Objects open ahead of the writers, shared by all requests; created by `createHandler` when not given. */
+  readAhead?: SharedReadAhead;
   /** The search catalog (QIDO-RS, metadata from stored JSON); search answers 503 without one. */
   catalog?: Catalog;
   /** Where handlers report problems that do not fail the request (set by `createHandler`). */
   log?: (line: string) => void;
+}
+
+/**
+ * Options for {@linkcode ahead} in one request: its share of `services.readAhead` (the whole of
+ * `S3_CONCURRENCY` without one), given back when the request's read-ahead is done.
+ */
+export function readAheadOf(
+  services: Services,
+): { concurrency: number | (() => number); onFinish?: () => void } {
+  if (services.readAhead === undefined) return { concurrency: services.config.s3Concurrency };
+  const { concurrency, leave } = services.readAhead.join();
+  return { concurrency, onFinish: leave };
 }
 
 /** The bucket of `aet`, or a 404 naming it. */

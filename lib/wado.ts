@@ -11,11 +11,12 @@ import { multipartStream } from "./multipart.ts";
 import { type DicomChoice, negotiateDicom } from "./negotiation.ts";
 import { ahead, type OpenedInstance, openInstance } from "./retrieve.ts";
 import type { RouteContext } from "./router.ts";
-import { bucketOf, type Services, warningHeader } from "./services.ts";
+import { bucketOf, readAheadOf, type Services, warningHeader } from "./services.ts";
 import { chooseSyntax, type SyntaxChoice } from "./transfer_syntax.ts";
 import { checkUid, instanceKey, parseInstanceKey, seriesPrefix, studyPrefix } from "./uid.ts";
 import { publicBase } from "./urls.ts";
 import { readFileMeta } from "./file_meta.ts";
+import { handOffChunks } from "./handoff.ts";
 
 /** {@linkcode openInstance}, with a stored object that is not DICOM reported as the server's 500. */
 async function openStored(
@@ -102,6 +103,11 @@ export type BodyEncoder = (
 
 const asStored: BodyEncoder = (opened) => opened.body;
 
+/** The stored bytes as read; buffers read in place are handed off, to be freed once the server sent them. */
+function storedBody(opened: OpenedInstance): ReadableStream<Uint8Array> {
+  return opened.ownsChunks ? handOffChunks(opened.body) : opened.body;
+}
+
 /** Options for {@linkcode retrieveHandlers}. */
 export interface RetrieveOptions {
   /** Re-encodes instances whose choice says `convert` (from the transcoding module). */
@@ -152,7 +158,7 @@ export function retrieveHandlers(services: Services, options: RetrieveOptions = 
     });
     const base = publicBase(ctx.request, config);
     if (syntax.warning) headers.set("warning", warningHeader(new URL(base).host, syntax.warning));
-    const body = syntax.convert ? encode(opened, syntax, bucket) : opened.body;
+    const body = syntax.convert ? encode(opened, syntax, bucket) : storedBody(opened);
     if (!choice.multipart) {
       headers.set("content-type", contentType(syntax));
       if (!syntax.convert) headers.set("content-length", String(opened.info.size));
@@ -215,7 +221,7 @@ export function retrieveHandlers(services: Services, options: RetrieveOptions = 
     const opened = ahead(
       keySource,
       (key) => openStored(store, bucket, key, { signal: abort.signal }),
-      { concurrency: config.s3Concurrency, dispose: (o) => void o?.body.cancel().catch(() => {}) },
+      { ...readAheadOf(services), dispose: (o) => void o?.body.cancel().catch(() => {}) },
     );
     // Wait for the first instance so a missing target or a store failure is a proper error status.
     let first: IteratorResult<OpenedInstance | null>;
@@ -243,7 +249,7 @@ export function retrieveHandlers(services: Services, options: RetrieveOptions = 
         };
         if (!syntax.convert) headers["Content-Length"] = String(o.info.size);
         if (syntax.warning) headers["Warning"] = warningHeader(new URL(base).host, syntax.warning);
-        return { headers, body: syntax.convert ? encode(o, syntax, bucket) : o.body };
+        return { headers, body: syntax.convert ? encode(o, syntax, bucket) : storedBody(o) };
       };
       yield one(first.value!)!;
       for await (const o of opened) {

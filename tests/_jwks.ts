@@ -190,6 +190,8 @@ export interface SecuredOptions {
   auth?: AuthenticatorOptions;
   /** The search catalog for QIDO-RS (see {@linkcode openTestCatalog}). */
   catalog?: unknown;
+  /** The handler's bodies go straight to `Deno.serve` (see `freeSentChunks` in lib/app.ts). */
+  freeSentChunks?: boolean;
 }
 
 /** A `:memory:` search catalog when lib/sqlite_catalog.ts can open one, else undefined (QIDO-RS then answers 503). */
@@ -225,6 +227,7 @@ export function securedHandler(
         log,
         audit: options.audit,
         auth: options.auth,
+        freeSentChunks: options.freeSentChunks,
       } as Parameters<typeof createHandler>[1],
     );
     return { handler: handler as (request: Request, info?: ServeInfo) => Promise<Response>, config };

@@ -145,6 +145,10 @@ Deno.test("parseConfig()", async (t) => {
   await t.step("reads S3_CONCURRENCY and CACHE_CONTROL", () => {
     assert.equal(parseConfig({ S3_CONCURRENCY: "32" }).s3Concurrency, 32);
     assert.equal(parseConfig({ S3_CONCURRENCY: "1" }).s3Concurrency, 1);
+    // the total over all requests follows S3_CONCURRENCY unless set
+    assert.equal(parseConfig({}).s3ConcurrencyTotal, 16);
+    assert.equal(parseConfig({ S3_CONCURRENCY: "32" }).s3ConcurrencyTotal, 64);
+    assert.equal(parseConfig({ S3_CONCURRENCY_TOTAL: "40" }).s3ConcurrencyTotal, 40);
     assert.equal(parseConfig({ CACHE_CONTROL: "no-store" }).cacheControl, "no-store");
   });
 
@@ -177,6 +181,7 @@ Deno.test("parseConfig()", async (t) => {
 
   await t.step("throws a ConfigError naming S3_CONCURRENCY when out of range", () => {
     for (const n of ["0", "257", "many", "-3"]) rejects({ S3_CONCURRENCY: n }, "S3_CONCURRENCY");
+    for (const n of ["0", "4097", "x"]) rejects({ S3_CONCURRENCY_TOTAL: n }, "S3_CONCURRENCY_TOTAL");
   });
 
   await t.step("throws a ConfigError naming S3_FORCE_PATH_STYLE for a non-boolean", () => {

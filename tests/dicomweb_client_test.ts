@@ -172,6 +172,7 @@ Deno.test({
       await crawler.crawl(AET, { waitForInstances: true }); // as the server does at start
       const handler = createHandler({ config, store, aets, capabilities: { reEncode: true }, catalog }, {
         log: () => {},
+        freeSentChunks: true, // served as main.ts serves
       });
       server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, handler);
       const url = `http://127.0.0.1:${(server.addr as Deno.NetAddr).port}/aets/${AET}`;

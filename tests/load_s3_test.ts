@@ -68,7 +68,7 @@ Deno.test(`load: ${CLIENTS} concurrent clients, ${REQUESTS} mixed requests again
       AUTH_GRANTS: "*:read:* *:write:*",
       CLIENT_CONCURRENCY: "64",
       CRAWL_INTERVAL: "0",
-    }, { catalog });
+    }, { catalog, freeSentChunks: true });
     server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, handler);
     const base = `http://127.0.0.1:${server.addr.port}/aets/${AET}`;
     const auth = (n: number) => ({ authorization: `Bearer ${tokens[n % tokens.length].token}` });

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { MemoryStore } from "../lib/memory_store.ts";
-import { ahead, openInstance } from "../lib/retrieve.ts";
+import { ahead, openInstance, SharedReadAhead } from "../lib/retrieve.ts";
 import type { GetOptions, ObjectBody, ObjectStore } from "../lib/store.ts";
 
 const ELE = "1.2.840.10008.1.2.1";
@@ -156,6 +156,75 @@ Deno.test("ahead()", async (t) => {
       assert.ok(peak <= concurrency, `peak ${peak} > concurrency ${concurrency}`);
       assert.equal(peak, concurrency, `concurrency ${concurrency} is used`);
     }
+  });
+
+  await t.step("with a SharedReadAhead, requests running together split the total", async () => {
+    const shared = new SharedReadAhead(8, 16);
+    let inFlight = 0;
+    let peak = 0;
+    const run = async (n: number) => {
+      const { concurrency, leave } = shared.join();
+      const keys = Array.from({ length: 40 }, (_, i) => `${n}.${i}`);
+      const out: string[] = [];
+      for await (
+        const value of ahead(keys, async (key) => {
+          inFlight++;
+          peak = Math.max(peak, inFlight);
+          await sleep(1 + Math.random() * 4);
+          inFlight--;
+          return key;
+        }, { concurrency, onFinish: leave })
+      ) {
+        out.push(value);
+        await sleep(Math.random() * 2);
+      }
+      assert.deepEqual(out, keys);
+    };
+    // one request alone: its whole 8
+    await run(0);
+    assert.equal(peak, 8);
+    assert.equal(shared.active, 0, "the request left when its read-ahead ended");
+    // four at once: 16 in all, 4 each
+    peak = 0;
+    await Promise.all([1, 2, 3, 4].map(run));
+    assert.ok(peak <= 16, `peak ${peak} > 16 opens in flight over 4 requests`);
+    assert.ok(peak >= 12, `peak ${peak}: the shares are used`);
+    assert.equal(shared.active, 0);
+    // more requests than the total: each still gets one
+    const many = Array.from({ length: 20 }, () => shared.join());
+    assert.equal(shared.share(), 1);
+    for (const m of many) m.leave();
+    many[0].leave(); // leaving twice counts once
+    assert.equal(shared.active, 0);
+    assert.equal(shared.share(), 8);
+  });
+
+  await t.step("onFinish runs once when the consumer stops early or the keys fail", async () => {
+    let finished = 0;
+    for await (
+      const _ of ahead(["a", "b", "c"], (k) => Promise.resolve(k), {
+        concurrency: 2,
+        onFinish: () => finished++,
+      })
+    ) {
+      break;
+    }
+    assert.equal(finished, 1);
+    const failing = (async function* () {
+      yield "a";
+      throw new Error("listing failed");
+    })();
+    await assert.rejects(async () => {
+      for await (
+        const _ of ahead(failing, (k) => Promise.resolve(k), {
+          concurrency: 2,
+          onFinish: () => finished++,
+        })
+      ) {
+        // consume
+      }
+    }, /listing failed/);
+    assert.equal(finished, 2);
   });
 
   await t.step("accepts an async iterable of keys", async () => {
