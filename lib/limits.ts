@@ -303,7 +303,7 @@ export function limitRequestBody(request: Request, limits: BodyLimits): Request 
   if (declared !== null && /^\d+$/.test(declared.trim()) && Number(declared) > limits.maxBytes) {
     throw tooLarge(`Content-Length ${declared.trim()}`);
   }
-  const reader = request.body.getReader();
+  const reader = bodyReader(request.body);
   let received = 0;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let timedOut: HttpError | undefined;
@@ -367,6 +367,33 @@ export function limitRequestBody(request: Request, limits: BodyLimits): Request 
     // @ts-ignore: needed by the fetch spec for stream bodies; Deno accepts and ignores it
     duplex: "half",
   });
+}
+
+/** Bytes asked for per read of a request body that is a byte stream. */
+const BODY_CHUNK = 256 * 1024;
+
+/**
+ * Reads `body` in chunks of up to 256 KiB when it is a byte stream (a `Deno.serve` request body: its own
+ * reads are 64 KiB each), else as it comes. A read that brings little is copied to a buffer of its size.
+ */
+function bodyReader(body: ReadableStream<Uint8Array>): {
+  read(): Promise<ReadableStreamReadResult<Uint8Array>>;
+  cancel(reason?: unknown): Promise<void>;
+} {
+  let byob: ReadableStreamBYOBReader;
+  try {
+    byob = body.getReader({ mode: "byob" });
+  } catch {
+    return body.getReader();
+  }
+  return {
+    async read() {
+      const { value, done } = await byob.read(new Uint8Array(BODY_CHUNK));
+      if (done || value === undefined) return { done: true, value: undefined };
+      return { done: false, value: value.byteLength < BODY_CHUNK / 4 ? value.slice() : value };
+    },
+    cancel: (reason) => byob.cancel(reason),
+  };
 }
 
 /** The 413 a multipart reader throws when a request has more than `max` parts (`STOW_MAX_PARTS`). */

@@ -137,7 +137,7 @@ async function stow(
     gates: options.gates,
     catalog: options.catalogBatch(params.aet, bucket),
   });
-  await job.run(readMultipart(request.body.pipeThrough(byteLimit(max)), boundary));
+  await job.run(readMultipart(byteLimited(request.body, max), boundary));
   const base = publicBase(request, {
     publicUrl: services.config.publicUrl,
     basePath: services.config.basePath,
@@ -149,16 +149,27 @@ function tooLarge(max: number): HttpError {
   return new HttpError(413, `STOW-RS request too large: at most ${max} bytes are accepted (STOW_MAX_BYTES)`);
 }
 
-/** A pass-through that errors with a 413 once more than `max` bytes went by. */
-function byteLimit(max: number): TransformStream<Uint8Array, Uint8Array> {
+/**
+ * `body`, erroring with a 413 once more than `max` bytes went by (pulled chunk by chunk: a
+ * `TransformStream` costs several promises per chunk).
+ */
+function byteLimited(body: ReadableStream<Uint8Array>, max: number): ReadableStream<Uint8Array> {
+  const reader = body.getReader();
   let total = 0;
-  return new TransformStream({
-    transform(chunk, controller) {
-      total += chunk.byteLength;
-      if (total > max) controller.error(tooLarge(max));
-      else controller.enqueue(chunk);
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const { value, done } = await reader.read();
+      if (done) return controller.close();
+      total += value.byteLength;
+      if (total <= max) return controller.enqueue(value);
+      const error = tooLarge(max);
+      controller.error(error);
+      await reader.cancel(error).catch(() => {});
     },
-  });
+    cancel(reason) {
+      return reader.cancel(reason);
+    },
+  }, { highWaterMark: 0 });
 }
 
 /** The response media type, or a 406 when the client takes no JSON. */

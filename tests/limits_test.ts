@@ -191,6 +191,38 @@ Deno.test("limitRequestBody(): 413 on Content-Length or on bytes sent, 408 when 
   assert.match(tooManyParts(3).message, /at most 3 \(STOW_MAX_PARTS\)/);
 });
 
+Deno.test("limitRequestBody(): a byte-stream body is read in large chunks, byte-exact; others as they come", async () => {
+  const bytes = new Uint8Array(1_000_000).map((_, i) => (i * 7) % 251);
+  const pieces = (type?: "bytes") =>
+    new ReadableStream({
+      type,
+      start(controller) {
+        // 10 KB network-sized pieces, as a request body arrives
+        for (let at = 0; at < bytes.length; at += 10_000) controller.enqueue(bytes.slice(at, at + 10_000));
+        controller.close();
+      },
+    } as UnderlyingDefaultSource<Uint8Array>);
+  const chunksOf = async (body: ReadableStream<Uint8Array>) => {
+    const request = new Request("http://x/", { method: "POST", body, duplex: "half" } as RequestInit);
+    const chunks: Uint8Array[] = [];
+    for await (const chunk of limitRequestBody(request, { maxBytes: 2_000_000, timeoutMs: 0 }).body!) {
+      chunks.push(chunk);
+    }
+    const all = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
+    let at = 0;
+    for (const c of chunks) {
+      all.set(c, at);
+      at += c.byteLength;
+    }
+    assert.deepEqual(all, bytes);
+    return chunks;
+  };
+  const large = await chunksOf(pieces("bytes"));
+  assert.ok(large.length <= 5, `${large.length} chunks for 1 MB read as a byte stream`);
+  assert.equal(large[0].byteLength, 256 * 1024);
+  assert.equal((await chunksOf(pieces())).length, 100, "a default stream's chunks pass as they come");
+});
+
 Deno.test("withDeadline(): 504 after the limit, and a late response's body is cancelled", async () => {
   assert.equal((await withDeadline(Promise.resolve(new Response("ok")), 0)).status, 200);
   let cancelled = false;
