@@ -218,19 +218,26 @@ export class SharedReadAhead {
     return Math.max(1, Math.min(this.perRequest, Math.floor(this.total / Math.max(1, this.#active))));
   }
 
-  /** Joins for one request: pass `concurrency` to {@linkcode ahead}, and call `leave` (once is enough) when done. */
+  /**
+   * Joins for one request: pass `concurrency` to {@linkcode ahead}, and call `leave` (once is enough) when
+   * done. A request whose read-ahead is dropped without finishing leaves when `concurrency` is collected.
+   */
   join(): { concurrency: () => number; leave: () => void } {
     this.#active++;
     let left = false;
-    return {
-      concurrency: () => this.share(),
-      leave: () => {
-        if (left) return;
-        left = true;
-        this.#active--;
-      },
+    const leave = () => {
+      if (left) return;
+      left = true;
+      this.#active--;
+      this.#dropped.unregister(token);
     };
+    const token = {};
+    const concurrency = () => this.share();
+    this.#dropped.register(concurrency, leave, token);
+    return { concurrency, leave };
   }
+
+  readonly #dropped = new FinalizationRegistry<() => void>((leave) => leave());
 }
 
 /**
