@@ -118,6 +118,17 @@ Deno.test("retrieve through Deno.serve frees the S3 chunks it has sent, and send
       await retrieveAndCheck(15);
     });
 
+    await t.step("a reader that goes away mid-response leaves the next ones whole", async () => {
+      const abort = new AbortController();
+      const response = await fetch(url, { headers: { accept }, signal: abort.signal });
+      const reader = response.body!.getReader();
+      let got = 0;
+      while (got < 2_000_000) got += (await reader.read()).value!.byteLength;
+      abort.abort();
+      await reader.cancel().catch(() => {});
+      await retrieveAndCheck(0);
+    });
+
     await t.step("four readers at once", async () => {
       await Promise.all([0, 2, 5, 0].map((pause) => retrieveAndCheck(pause)));
     });
