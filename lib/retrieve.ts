@@ -199,6 +199,8 @@ export class SharedReadAhead {
   readonly perRequest: number;
   readonly total: number;
   #active = 0;
+  /** Gives back the share of a request whose `concurrency` was collected before it left. */
+  readonly #dropped = new FinalizationRegistry<() => void>((leave) => leave());
 
   constructor(perRequest: number, total: number) {
     if (!(perRequest >= 1) || !(total >= 1)) {
@@ -229,15 +231,12 @@ export class SharedReadAhead {
       if (left) return;
       left = true;
       this.#active--;
-      this.#dropped.unregister(token);
+      this.#dropped.unregister(leave);
     };
-    const token = {};
     const concurrency = () => this.share();
-    this.#dropped.register(concurrency, leave, token);
+    this.#dropped.register(concurrency, leave, leave);
     return { concurrency, leave };
   }
-
-  readonly #dropped = new FinalizationRegistry<() => void>((leave) => leave());
 }
 
 /**

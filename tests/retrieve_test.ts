@@ -134,61 +134,57 @@ Deno.test("ahead()", async (t) => {
     assert.deepEqual(out, keys.map((k) => k.toUpperCase()));
   });
 
+  /** Runs `keys` through `ahead` with a slow open and a slow consumer; `gauge.peak`: most opens in flight. */
+  const drain = async (
+    keys: string[],
+    options: Parameters<typeof ahead<string, string>>[2],
+    gauge: { inFlight: number; peak: number },
+  ) => {
+    const out: string[] = [];
+    for await (
+      const value of ahead(keys, async (key) => {
+        gauge.inFlight++;
+        gauge.peak = Math.max(gauge.peak, gauge.inFlight);
+        await sleep(1 + Math.random() * 5);
+        gauge.inFlight--;
+        return key;
+      }, options)
+    ) {
+      out.push(value);
+      await sleep(Math.random() * 2); // a slow consumer
+    }
+    assert.deepEqual(out, keys);
+  };
+
   await t.step("never has more than `concurrency` opens in flight, and uses the concurrency", async () => {
     for (const concurrency of [1, 3, 8]) {
-      let inFlight = 0;
-      let peak = 0;
-      const keys = Array.from({ length: 30 }, (_, i) => String(i));
-      const out: string[] = [];
-      for await (
-        const value of ahead(keys, async (key) => {
-          inFlight++;
-          peak = Math.max(peak, inFlight);
-          await sleep(1 + Math.random() * 5);
-          inFlight--;
-          return key;
-        }, { concurrency })
-      ) {
-        out.push(value);
-        await sleep(Math.random() * 2); // a slow consumer
-      }
-      assert.deepEqual(out, keys);
-      assert.ok(peak <= concurrency, `peak ${peak} > concurrency ${concurrency}`);
-      assert.equal(peak, concurrency, `concurrency ${concurrency} is used`);
+      const gauge = { inFlight: 0, peak: 0 };
+      await drain(Array.from({ length: 30 }, (_, i) => String(i)), { concurrency }, gauge);
+      assert.ok(gauge.peak <= concurrency, `peak ${gauge.peak} > concurrency ${concurrency}`);
+      assert.equal(gauge.peak, concurrency, `concurrency ${concurrency} is used`);
     }
   });
 
   await t.step("with a SharedReadAhead, requests running together split the total", async () => {
     const shared = new SharedReadAhead(8, 16);
-    let inFlight = 0;
-    let peak = 0;
-    const run = async (n: number) => {
+    const gauge = { inFlight: 0, peak: 0 };
+    const run = (n: number) => {
       const { concurrency, leave } = shared.join();
-      const keys = Array.from({ length: 40 }, (_, i) => `${n}.${i}`);
-      const out: string[] = [];
-      for await (
-        const value of ahead(keys, async (key) => {
-          inFlight++;
-          peak = Math.max(peak, inFlight);
-          await sleep(1 + Math.random() * 4);
-          inFlight--;
-          return key;
-        }, { concurrency, onFinish: leave })
-      ) {
-        out.push(value);
-        await sleep(Math.random() * 2);
-      }
-      assert.deepEqual(out, keys);
+      return drain(
+        Array.from({ length: 40 }, (_, i) => `${n}.${i}`),
+        { concurrency, onFinish: leave },
+        gauge,
+      );
     };
     // one request alone: its whole 8
     await run(0);
-    assert.equal(peak, 8);
+    assert.equal(gauge.peak, 8);
     assert.equal(shared.active, 0, "the request left when its read-ahead ended");
     // four at once: 16 in all, 4 each
-    peak = 0;
+    gauge.peak = 0;
     await Promise.all([1, 2, 3, 4].map(run));
-    assert.ok(peak <= 16, `peak ${peak} > 16 opens in flight over 4 requests`);
-    assert.ok(peak >= 12, `peak ${peak}: the shares are used`);
+    assert.ok(gauge.peak <= 16, `peak ${gauge.peak} > 16 opens in flight over 4 requests`);
+    assert.ok(gauge.peak >= 12, `peak ${gauge.peak}: the shares are used`);
     assert.equal(shared.active, 0);
     // more requests than the total: each still gets one
     const many = Array.from({ length: 20 }, () => shared.join());
