@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { FileStore } from "../lib/file_store.ts";
 import { MemoryStore } from "../lib/memory_store.ts";
+import { Http1Client } from "../lib/http1.ts";
 import { S3Store, type S3StoreOptions } from "../lib/s3_store.ts";
 import { StoreError } from "../lib/store.ts";
 import { startS3 } from "./_s3server.ts";
@@ -323,27 +324,34 @@ function streamOf(data: Uint8Array, chunk: number): ReadableStream<Uint8Array> {
 }
 
 /** Counts the S3 requests the SDK sends through `fetch` (FetchHttpHandler looks it up per request). */
+/** Counts the S3 requests of each kind, sent through `fetch` or (PUTs) through {@linkcode Http1Client}. */
 function spyOnFetch() {
   const original = globalThis.fetch;
+  const originalRequest = Http1Client.prototype.request;
   const counts = { create: 0, part: 0, complete: 0, abort: 0, put: 0 };
   let parts = 0;
   let maxParts = 0;
-  globalThis.fetch = async (input: RequestInfo | URL, init?: RequestInit) => {
-    const request = new Request(input, init);
-    const url = new URL(request.url);
+  const observe = async <T>(method: string, url: URL, send: () => Promise<T>): Promise<T> => {
     const q = url.searchParams;
-    const isPart = request.method === "PUT" && q.has("partNumber");
-    if (request.method === "POST" && q.has("uploads")) counts.create++;
+    const isPart = method === "PUT" && q.has("partNumber");
+    if (method === "POST" && q.has("uploads")) counts.create++;
     else if (isPart) counts.part++;
-    else if (request.method === "POST" && q.has("uploadId")) counts.complete++;
-    else if (request.method === "DELETE" && q.has("uploadId")) counts.abort++;
-    else if (request.method === "PUT" && url.pathname.split("/").length > 2) counts.put++;
+    else if (method === "POST" && q.has("uploadId")) counts.complete++;
+    else if (method === "DELETE" && q.has("uploadId")) counts.abort++;
+    else if (method === "PUT" && url.pathname.split("/").length > 2) counts.put++;
     if (isPart) maxParts = Math.max(maxParts, ++parts);
     try {
-      return await original(request);
+      return await send();
     } finally {
       if (isPart) parts--;
     }
+  };
+  globalThis.fetch = (input: RequestInfo | URL, init?: RequestInit) => {
+    const request = new Request(input, init);
+    return observe(request.method, new URL(request.url), () => original(request));
+  };
+  Http1Client.prototype.request = function (this: Http1Client, request) {
+    return observe(request.method, request.url, () => originalRequest.call(this, request));
   };
   return {
     counts: () => ({ ...counts }),
@@ -351,6 +359,9 @@ function spyOnFetch() {
     reset: () => {
       for (const k of Object.keys(counts) as (keyof typeof counts)[]) counts[k] = 0;
     },
-    restore: () => void (globalThis.fetch = original),
+    restore: () => {
+      globalThis.fetch = original;
+      Http1Client.prototype.request = originalRequest;
+    },
   };
 }
