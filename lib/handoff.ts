@@ -66,3 +66,78 @@ export function handOffChunks(body: ReadableStream<Uint8Array>): ReadableStream<
     },
   }, { highWaterMark: 0 });
 }
+
+/** Buffers a reader allocated for chunks of a byte stream it will not read again (see {@linkcode ChunkLedger}). */
+const owned = new WeakSet<ArrayBufferLike>();
+
+/** Marks the buffer of `chunk` as its reader's own, to be freed by a {@linkcode ChunkLedger}. Returns `chunk`. */
+export function markOwned(chunk: Uint8Array): Uint8Array {
+  owned.add(chunk.buffer);
+  return chunk;
+}
+
+/**
+ * Frees the buffers behind the views a parser cuts from a byte stream, as soon as nothing reads them: a
+ * STOW-RS request arrives in 256 KiB buffers, each shared by the tails and heads of parts, and left to the
+ * collector they are most of the garbage that sets off V8's full collections.
+ *
+ * The consumer reports every view it receives, in stream order, with {@linkcode ChunkLedger.see}: a view
+ * of a later buffer means the parser has left the earlier ones. It holds the views it keeps with
+ * {@linkcode ChunkLedger.hold} until it has copied or written them ({@linkcode ChunkLedger.release}), and
+ * pins those it hands to code it does not follow ({@linkcode ChunkLedger.pin}). A buffer is freed once the
+ * parser has left it and no view of it is held; only buffers marked with {@linkcode markOwned} are, never
+ * a pinned one.
+ */
+export class ChunkLedger {
+  /** Buffers seen and not freed: views held of each. */
+  #held = new Map<ArrayBufferLike, number>();
+  #left = new Set<ArrayBufferLike>();
+  #pinned = new WeakSet<ArrayBufferLike>();
+  #current?: ArrayBufferLike;
+  /** Buffers freed so far. */
+  freed = 0;
+
+  /** Reports a view received from the stream (views must be reported in the order they come). */
+  see(view: Uint8Array): void {
+    const buffer = view.buffer;
+    if (buffer === this.#current) return;
+    if (this.#current !== undefined && this.#held.has(this.#current)) {
+      this.#left.add(this.#current);
+      this.#maybeFree(this.#current);
+    }
+    this.#current = buffer;
+    if (!this.#held.has(buffer) && owned.has(buffer)) this.#held.set(buffer, 0);
+  }
+
+  /** Keeps the buffer of `view` from being freed until {@linkcode ChunkLedger.release}. */
+  hold(view: Uint8Array): void {
+    const count = this.#held.get(view.buffer);
+    if (count !== undefined) this.#held.set(view.buffer, count + 1);
+  }
+
+  /** Gives back a hold; frees the buffer when the parser has left it and it was the last. */
+  release(view: Uint8Array): void {
+    const buffer = view.buffer;
+    const count = this.#held.get(buffer);
+    if (count === undefined) return;
+    this.#held.set(buffer, count - 1);
+    this.#maybeFree(buffer);
+  }
+
+  /** Never frees the buffer of `view`: its views went where the ledger cannot follow them. */
+  pin(view: Uint8Array): void {
+    this.#pinned.add(view.buffer);
+    this.#held.delete(view.buffer);
+    this.#left.delete(view.buffer);
+  }
+
+  #maybeFree(buffer: ArrayBufferLike): void {
+    if (this.#held.get(buffer) !== 0 || !this.#left.has(buffer) || this.#pinned.has(buffer)) return;
+    this.#held.delete(buffer);
+    this.#left.delete(buffer);
+    try {
+      (buffer as ArrayBuffer).transfer(0);
+      this.freed++;
+    } catch { /* not detachable: left to the collector */ }
+  }
+}

@@ -16,6 +16,7 @@
 
 import { AsyncLocalStorage } from "node:async_hooks";
 import { HttpError } from "./http_error.ts";
+import { markOwned } from "./handoff.ts";
 import type { GetOptions, ObjectBody, ObjectStore } from "./store.ts";
 
 // ---------------------------------------------------------------------------------------------------
@@ -375,6 +376,8 @@ const BODY_CHUNK = 256 * 1024;
 /**
  * Reads `body` in chunks of up to 256 KiB when it is a byte stream (a `Deno.serve` request body: its own
  * reads are 64 KiB each), else as it comes. A read that brings little is copied to a buffer of its size.
+ * The buffers read into are marked as owned ({@linkcode markOwned}): a consumer that follows their views
+ * with a `ChunkLedger` (STOW-RS) frees them as soon as it is done with them.
  */
 function bodyReader(body: ReadableStream<Uint8Array>): {
   read(): Promise<ReadableStreamReadResult<Uint8Array>>;
@@ -390,7 +393,10 @@ function bodyReader(body: ReadableStream<Uint8Array>): {
     async read() {
       const { value, done } = await byob.read(new Uint8Array(BODY_CHUNK));
       if (done || value === undefined) return { done: true, value: undefined };
-      return { done: false, value: value.byteLength < BODY_CHUNK / 4 ? value.slice() : value };
+      if (value.byteLength >= BODY_CHUNK / 4) return { done: false, value: markOwned(value) };
+      const small = value.slice();
+      (value.buffer as ArrayBuffer).transfer(0); // read into by the stream, referenced by nothing else
+      return { done: false, value: markOwned(small) };
     },
     cancel: (reason) => byob.cancel(reason),
   };

@@ -29,6 +29,7 @@
 
 import type { Catalog, InstanceToRecord, RecordOutcome } from "./catalog.ts";
 import { formatTag, vrOf } from "./dictionary.ts";
+import { ChunkLedger } from "./handoff.ts";
 import { readFileMeta } from "./file_meta.ts";
 import { HttpError } from "./http_error.ts";
 import { type MultipartPart, parseMediaType, readMultipart } from "./multipart_parser.ts";
@@ -284,6 +285,8 @@ class StowJob {
   /** Whether parts may still come, and the writes scheduled and not over (see {@linkcode StowJob.#serialised}). */
   #reading = true;
   #writing = 0;
+  /** Frees the request's buffers once their parts are copied or written. */
+  #ledger = new ChunkLedger();
 
   constructor(services: Services, options: JobOptions) {
     this.#services = services;
@@ -331,17 +334,23 @@ class StowJob {
     const done = () => {
       held.leave();
       head?.own?.transfer(0);
+      if (head && !head.own) this.#ledger.release(head.bytes);
     };
     try {
       const reader = part.body.getReader();
       try {
-        head = await readPrefix(reader, this.#options.bufferBytes);
+        head = await readPrefix(reader, this.#options.bufferBytes, this.#ledger);
       } catch (error) {
         this.#fail(incomplete(error, index), index);
         throw error;
       }
       if (head.ended) writing = (await this.#receiveWhole(head.bytes, index)).written;
-      else await this.#receiveStream(head.bytes, head.next!, reader, index);
+      else {
+        // the store may keep what it is given: none of these buffers is freed here
+        this.#ledger.pin(head.bytes);
+        this.#ledger.pin(head.next!);
+        await this.#receiveStream(head.bytes, head.next!, reader, index);
+      }
     } finally {
       // a whole part stays held until it is written (not until it is in the catalog)
       if (writing) writing.finally(done);
@@ -448,6 +457,8 @@ class StowJob {
             controller.close();
             return;
           }
+          this.#ledger.see(result.value);
+          this.#ledger.pin(result.value);
           check.push(result.value);
           tail.push(result.value);
           size += result.value.byteLength;
@@ -826,6 +837,7 @@ function isDicomPart(contentType: string): boolean {
 
 /** The front of a part (see {@linkcode readPrefix}). */
 interface Prefix {
+  /** A buffer of its own (see `own`), or the one view of the request read, held in the ledger. */
   bytes: Uint8Array;
   /**
    * The buffer of `bytes` when it is one of its own (the chunks joined), not a view of a chunk of the
@@ -838,25 +850,37 @@ interface Prefix {
 
 /**
  * Reads `bound` bytes or more (whole chunks) and the chunk after them: `ended` when the part ended within
- * these, else `next` is that chunk.
+ * these, else `next` is that chunk. Each chunk is reported to `ledger` and held while it is needed: a lone
+ * chunk stays held as the part's bytes, chunks joined into a buffer of the part's own are released.
  */
-async function readPrefix(reader: ReadableStreamDefaultReader<Uint8Array>, bound: number): Promise<Prefix> {
+async function readPrefix(
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+  bound: number,
+  ledger: ChunkLedger,
+): Promise<Prefix> {
   const chunks: Uint8Array[] = [];
   let total = 0;
   let ended = false;
   let next: Uint8Array | undefined;
-  while (true) {
-    const { done, value } = await reader.read();
-    if (done) {
-      ended = true;
-      break;
+  try {
+    while (true) {
+      const { done, value } = await reader.read();
+      if (done) {
+        ended = true;
+        break;
+      }
+      ledger.see(value);
+      if (total >= bound) {
+        next = value;
+        break;
+      }
+      ledger.hold(value);
+      chunks.push(value);
+      total += value.byteLength;
     }
-    if (total >= bound) {
-      next = value;
-      break;
-    }
-    chunks.push(value);
-    total += value.byteLength;
+  } catch (error) {
+    for (const chunk of chunks) ledger.release(chunk);
+    throw error;
   }
   if (chunks.length === 1) return { bytes: chunks[0], ended, next };
   const bytes = new Uint8Array(total);
@@ -864,6 +888,7 @@ async function readPrefix(reader: ReadableStreamDefaultReader<Uint8Array>, bound
   for (const chunk of chunks) {
     bytes.set(chunk, at);
     at += chunk.byteLength;
+    ledger.release(chunk);
   }
   return { bytes, own: bytes.buffer, ended, next };
 }

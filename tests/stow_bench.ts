@@ -346,6 +346,8 @@ async function main() {
     const directCpu: number[] = [];
     const storeCpu: number[] = [];
     const serverCpu: number[] = [];
+    const serverManyCpu: number[] = [];
+    const clientCpu: number[] = [];
     for (let r = 0; r < ROUNDS; r++) {
       console.log(`round ${r + 1} of ${ROUNDS}…`);
       let c0 = await ownCpuSeconds();
@@ -356,14 +358,17 @@ async function main() {
       storeRuns.push(await direct(storePut, data.files));
       storeCpu.push(await ownCpuSeconds() - c0);
       await empty(store, bucket);
-      const s0 = await server.cpuSeconds();
+      let s0 = await server.cpuSeconds();
+      c0 = await ownCpuSeconds();
       const one = await stow(url, data.files);
       serverCpu.push(await server.cpuSeconds() - s0);
+      clientCpu.push(await ownCpuSeconds() - c0);
       if (one.stored !== data.files.length || one.status !== 200) {
         throw new Error(`STOW stored ${one.stored} of ${data.files.length} (HTTP ${one.status})`);
       }
       oneRuns.push(one.ms);
       await empty(store, bucket);
+      s0 = await server.cpuSeconds();
       const t0 = performance.now();
       const slices = Array.from(
         { length: CONCURRENCY },
@@ -371,6 +376,7 @@ async function main() {
       );
       const many = await Promise.all(slices.map((files) => stow(url, files)));
       manyRuns.push(performance.now() - t0);
+      serverManyCpu.push(await server.cpuSeconds() - s0);
       if (many.reduce((n, m) => n + m.stored, 0) !== data.files.length) {
         throw new Error("parallel STOW lost instances");
       }
@@ -398,7 +404,9 @@ async function main() {
       .join(", ");
     results["CPU for the series"] = `direct AWS SDK ${median(directCpu).toFixed(2)} s, direct S3Store ${
       median(storeCpu).toFixed(2)
-    } s (client process), server (1 request) ${median(serverCpu).toFixed(2)} s`;
+    } s (client process); STOW: server ${median(serverCpu).toFixed(2)} s, client ${
+      median(clientCpu).toFixed(2)
+    } s (1 request), server ${median(serverManyCpu).toFixed(2)} s (${CONCURRENCY} requests)`;
     results[`STOW, ${CONCURRENCY} requests at once`] = `${mbps(data.bytes, manyMs).toFixed(0)} MB/s (${
       manyMs.toFixed(0)
     } ms), ${ratios(manyMs)}`;
