@@ -69,6 +69,12 @@ export function handOffChunks(body: ReadableStream<Uint8Array>): ReadableStream<
 
 /** Buffers a reader allocated for chunks of a byte stream it will not read again (see {@linkcode ChunkLedger}). */
 const owned = new WeakSet<ArrayBufferLike>();
+let ledgersFreed = 0;
+
+/** How many buffers every {@linkcode ChunkLedger} together has freed in this process (for tests and diagnostics). */
+export function freedByLedgers(): number {
+  return ledgersFreed;
+}
 
 /** Marks the buffer of `chunk` as its reader's own, to be freed by a {@linkcode ChunkLedger}. Returns `chunk`. */
 export function markOwned(chunk: Uint8Array): Uint8Array {
@@ -94,8 +100,6 @@ export class ChunkLedger {
   #left = new Set<ArrayBufferLike>();
   #pinned = new WeakSet<ArrayBufferLike>();
   #current?: ArrayBufferLike;
-  /** Buffers freed so far. */
-  freed = 0;
 
   /** Reports a view received from the stream (views must be reported in the order they come). */
   see(view: Uint8Array): void {
@@ -137,7 +141,7 @@ export class ChunkLedger {
     this.#left.delete(buffer);
     try {
       (buffer as ArrayBuffer).transfer(0);
-      this.freed++;
+      ledgersFreed++;
     } catch { /* not detachable: left to the collector */ }
   }
 }

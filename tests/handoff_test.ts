@@ -7,7 +7,15 @@ import assert from "node:assert/strict";
 import { AetRegistry } from "../lib/aets.ts";
 import { createHandler } from "../lib/app.ts";
 import { parseConfig } from "../lib/config.ts";
-import { freedChunks, freeHandedOff, handOff, handOffChunks } from "../lib/handoff.ts";
+import {
+  ChunkLedger,
+  freedByLedgers,
+  freedChunks,
+  freeHandedOff,
+  handOff,
+  handOffChunks,
+  markOwned,
+} from "../lib/handoff.ts";
 import { S3Store } from "../lib/s3_store.ts";
 import { buildInstance, md5 } from "./_corpus.ts";
 import { boundaryOf, parseMultipart } from "./_multipart_parser.ts";
@@ -51,6 +59,54 @@ Deno.test("handOff / freeHandedOff", async (t) => {
     assert.equal(freeHandedOff(first), true);
     assert.equal(freeHandedOff(second), true);
     assert.equal((await reader.read()).done, true);
+  });
+});
+
+Deno.test("ChunkLedger frees a reader's buffers once left and not held", async (t) => {
+  const owned = (n: number) => markOwned(new Uint8Array(n).fill(7));
+
+  await t.step("a buffer goes when the parser has left it and its last hold is given back", () => {
+    const ledger = new ChunkLedger();
+    const before = freedByLedgers();
+    const a = owned(100);
+    const [a1, a2] = [a.subarray(0, 40), a.subarray(40)];
+    const b1 = owned(50);
+    ledger.see(a1);
+    ledger.hold(a1);
+    ledger.see(a2);
+    ledger.hold(a2);
+    ledger.release(a1);
+    assert.equal(a.byteLength, 100, "the parser is still in the buffer");
+    ledger.see(b1);
+    assert.equal(a.byteLength, 100, "a view is still held");
+    ledger.release(a2);
+    assert.equal(a.byteLength, 0, "left and released: freed");
+    assert.equal(b1.byteLength, 50, "the buffer being read stays");
+    assert.equal(freedByLedgers(), before + 1);
+  });
+
+  await t.step("a buffer without holds goes as soon as the parser leaves it", () => {
+    const ledger = new ChunkLedger();
+    const [a, b] = [owned(10), owned(10)];
+    ledger.see(a);
+    ledger.see(b);
+    assert.equal(a.byteLength, 0);
+    assert.equal(b.byteLength, 10);
+  });
+
+  await t.step("buffers not marked as owned and pinned ones are never freed", () => {
+    const ledger = new ChunkLedger();
+    const foreign = new Uint8Array(10);
+    const pinned = owned(10);
+    const last = owned(10);
+    ledger.see(foreign);
+    ledger.see(pinned);
+    ledger.pin(pinned);
+    ledger.hold(pinned);
+    ledger.release(pinned);
+    ledger.see(last);
+    assert.equal(foreign.byteLength, 10);
+    assert.equal(pinned.byteLength, 10);
   });
 });
 

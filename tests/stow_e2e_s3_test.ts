@@ -11,7 +11,10 @@ import { FetchHttpHandler } from "@smithy/fetch-http-handler";
 import { AetRegistry } from "../lib/aets.ts";
 import { createHandler } from "../lib/app.ts";
 import { parseConfig } from "../lib/config.ts";
+import { documentText, headerJson } from "../lib/catalog.ts";
 import { crawlerFor } from "../lib/crawler.ts";
+import { freedByLedgers } from "../lib/handoff.ts";
+import { readHeader } from "../lib/part10.ts";
 import { S3Store } from "../lib/s3_store.ts";
 import type { Services } from "../lib/services.ts";
 import { openSqliteCatalog } from "../lib/sqlite_catalog.ts";
@@ -283,7 +286,10 @@ Deno.test("STOW-RS end to end into S3", async (t) => {
           }
           const large = big("2.25.600.1.1", 12 * MIB);
           const files = [...corpus.map((f) => f.bytes), ...unkeyed, large];
+          const freedBefore = freedByLedgers();
           const { status, json } = await postStow(`${env.server.url}/aets/${AET}/studies`, files);
+          // the request's buffers were freed as its parts were copied or written (checked byte-exact below)
+          assert.ok(freedByLedgers() > freedBefore, "no request buffer was freed");
           const expectedKeys = [...valid.map((f) => f.key), keyOf("2.25.600.1.1")].sort();
           assert.equal(status, files.length > expectedKeys.length ? 202 : 200);
           assert.equal(sops(json, "00081199").length, expectedKeys.length);
@@ -297,6 +303,25 @@ Deno.test("STOW-RS end to end into S3", async (t) => {
           // in the catalog before the response: no crawl ran since
           const [status0] = await env.catalog.status(AET);
           assert.equal(status0.indexed, expectedKeys.length);
+          // what the catalog recorded is what the files say, read again from the original bytes
+          for (const file of valid) {
+            const [study, series, name] = file.key.split("/");
+            const recorded = (await env.catalog.instanceMetadata(AET, study, series))
+              .find((i) => i.sop === name.slice(0, -4));
+            const header = await readHeader(
+              {
+                name: file.name,
+                size: file.bytes.length,
+                read: (s, e) => Promise.resolve(file.bytes.slice(s, e)),
+              },
+              { bulkThreshold: env.config.bulkDataThreshold, maxInflatedBytes: 256 * MIB },
+            );
+            assert.equal(
+              recorded?.json,
+              documentText(headerJson(header, env.config.bulkDataThreshold)),
+              `${file.name} in the catalog`,
+            );
+          }
           const raw = rawClient(s3);
           try {
             for (
