@@ -932,10 +932,11 @@ export async function readHeader(source: RangeSource, options: ParseOptions = {}
   for (;;) {
     try {
       const header = job.run();
+      const copy = copiesOf([header.dataset, ...(header.meta ? [header.meta.elements] : [])]);
       return {
         ...header,
-        dataset: detach(header.dataset),
-        meta: header.meta && { ...header.meta, elements: detach(header.meta.elements) },
+        dataset: detach(header.dataset, copy),
+        meta: header.meta && { ...header.meta, elements: detach(header.meta.elements, copy) },
       };
     } catch (e) {
       if (e instanceof NeedInflate) {
@@ -985,14 +986,58 @@ function planReads(
   return [clamp(need.start, Math.max(need.end, need.start + initial))];
 }
 
-/** A copy of a data set whose loaded values no longer share the (possibly large) read buffers. */
-function detach(dataset: DicomDataset): DicomDataset {
+/** Loaded values closer than this in one read buffer share one copy (see {@linkcode copiesOf}). */
+const COPY_GAP = 4096;
+
+/**
+ * Copies of the loaded values of `datasets` (and their items) that no longer share the (possibly large)
+ * read buffers: values near each other in a buffer are copied together, so a header's hundred values
+ * cost a copy or two, not a hundred small buffers.
+ */
+function copiesOf(datasets: DicomDataset[]): Map<Uint8Array, Uint8Array> {
+  const views: Uint8Array[] = [];
+  const collect = (dataset: DicomDataset) => {
+    for (const el of dataset.elements.values()) {
+      if (el.bytes) views.push(el.bytes);
+      el.items?.forEach(collect);
+    }
+  };
+  datasets.forEach(collect);
+  const copies = new Map<Uint8Array, Uint8Array>();
+  const byBuffer = new Map<ArrayBufferLike, Uint8Array[]>();
+  for (const view of views) {
+    const list = byBuffer.get(view.buffer);
+    if (list) list.push(view);
+    else byBuffer.set(view.buffer, [view]);
+  }
+  for (const [buffer, list] of byBuffer) {
+    list.sort((a, b) => a.byteOffset - b.byteOffset);
+    for (let i = 0; i < list.length;) {
+      const start = list[i].byteOffset;
+      let end = start + list[i].byteLength;
+      let j = i + 1;
+      while (j < list.length && list[j].byteOffset - end <= COPY_GAP) {
+        end = Math.max(end, list[j].byteOffset + list[j].byteLength);
+        j++;
+      }
+      const copy = new Uint8Array(buffer, start, end - start).slice();
+      for (; i < j; i++) {
+        const at = list[i].byteOffset - start;
+        copies.set(list[i], copy.subarray(at, at + list[i].byteLength));
+      }
+    }
+  }
+  return copies;
+}
+
+/** `dataset` with its loaded values replaced by their `copies`. */
+function detach(dataset: DicomDataset, copies: Map<Uint8Array, Uint8Array>): DicomDataset {
   const elements = new Map<number, DicomElement>();
   for (const [tag, el] of dataset.elements) {
     elements.set(tag, {
       ...el,
-      ...(el.bytes ? { bytes: el.bytes.slice() } : {}),
-      ...(el.items ? { items: el.items.map(detach) } : {}),
+      ...(el.bytes ? { bytes: copies.get(el.bytes) ?? el.bytes.slice() } : {}),
+      ...(el.items ? { items: el.items.map((item) => detach(item, copies)) } : {}),
     });
   }
   return { ...dataset, elements };
