@@ -239,6 +239,8 @@ export function headerJson(header: Part10Header, bulkThreshold: number): DicomJs
  * ```
  */
 export function documentText(json: DicomJson): string {
+  // JSON.stringify keeps the keys' own order: when that is ascending everywhere, it writes the same text
+  if (inAscendingOrder(json)) return JSON.stringify(json);
   let text = "";
   for (const key of Object.keys(json).sort()) {
     const attribute = json[key];
@@ -250,6 +252,24 @@ export function documentText(json: DicomJson): string {
     }`;
   }
   return `{${text}}`;
+}
+
+/**
+ * Whether the keys of `json` and of every data set in it come in ascending order (JavaScript's own order:
+ * all-digit keys such as "30060020" first, then the others as they were added).
+ */
+function inAscendingOrder(json: DicomJson): boolean {
+  let previous = "";
+  for (const key of Object.keys(json)) {
+    if (key <= previous) return false;
+    previous = key;
+    const attribute = json[key];
+    if (attribute?.vr === "PN" || !attribute?.Value) continue;
+    for (const value of attribute.Value) {
+      if (typeof value === "object" && value !== null && !inAscendingOrder(value as DicomJson)) return false;
+    }
+  }
+  return true;
 }
 
 const BULK_KEY = '"BulkDataURI":"';

@@ -107,6 +107,14 @@ function singleByteTable(label: string): string[] {
 }
 
 function decodeSingle(bytes: Uint8Array, label: string): string {
+  if (label === "latin1") {
+    // ISO 8859-1 maps each byte to the code point of its value (TextDecoder's "latin1" is windows-1252)
+    let out = "";
+    for (let i = 0; i < bytes.length; i += 0x2000) {
+      out += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x2000) as unknown as number[]);
+    }
+    return out;
+  }
   const table = singleByteTable(label);
   let out = "";
   for (const b of bytes) out += table[b];

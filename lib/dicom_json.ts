@@ -153,8 +153,9 @@ function shortestFloat32(n: number): number {
 function decimal(text: string): number | string {
   if (!/^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(text)) return text;
   const n = Number(text);
-  if (!Number.isFinite(n) || !sameDecimal(text, n)) return text;
-  return n;
+  if (!Number.isFinite(n)) return text;
+  if (String(n) === text) return n; // the common case, without comparing digits
+  return sameDecimal(text, n) ? n : text;
 }
 
 /** Whether `text` and `n` denote the same decimal value (digits and exponent compared). */

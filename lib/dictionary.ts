@@ -132,8 +132,17 @@ export function formatTag(tag: number): string {
 
 /** The 8-character uppercase hex form used by DICOM JSON and QIDO, e.g. `"00100010"`. */
 export function tagToHex(tag: number): string {
-  return (tag >>> 0).toString(16).toUpperCase().padStart(8, "0");
+  let hex = hexOfTag.get(tag);
+  if (hex === undefined) {
+    hex = (tag >>> 0).toString(16).toUpperCase().padStart(8, "0");
+    // the same few hundred tags come again and again (every instance's DICOM JSON): keep them, bounded
+    if (hexOfTag.size >= 8192) hexOfTag.clear();
+    hexOfTag.set(tag, hex);
+  }
+  return hex;
 }
+
+const hexOfTag = new Map<number, string>();
 
 /**
  * Parses a tag given as 8 hex digits (`00100010`), `(0010,0010)`, `0010,0010` or a keyword; `undefined` when

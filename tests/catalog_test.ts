@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { documentText, headerJson, resolveBulkDataUris } from "../lib/catalog.ts";
-import { stringifyDicomJson } from "../lib/dicom_json.ts";
+import { type DicomJson, stringifyDicomJson } from "../lib/dicom_json.ts";
 import {
   matchDataset,
   matchPersonName,
@@ -512,4 +512,18 @@ Deno.test("documentText() writes exactly what stringifyDicomJson() writes", asyn
       assert.equal(documentText(json), stringifyDicomJson(json));
     }
   }
+  // keys JavaScript orders its own way (all digits: first), keys added out of order, at the top and in items
+  const item = { "30060022": { vr: "IS", Value: [1] }, "00081150": { vr: "UI", Value: ["1.2"] } };
+  const cases: DicomJson[] = [
+    { "30060020": { vr: "SQ", Value: [item] }, "00100010": { vr: "PN", Value: [{ Alphabetic: "A^B" }] } },
+    { "00200013": { vr: "IS", Value: [2] }, "00080018": { vr: "UI", Value: ["1.2.3"] } },
+    {
+      "00080018": { vr: "UI" },
+      "0040A730": { vr: "SQ", Value: [{ "0040A160": { vr: "UT" }, "0040A040": { vr: "CS" } }] },
+    },
+    { "00080018": { vr: "UI", Value: ["1.2"] }, "7FE00010": { vr: "OW", BulkDataURI: "bulkdata/7FE00010" } },
+  ];
+  for (const json of cases) assert.equal(documentText(json), stringifyDicomJson(json));
+  assert.equal(documentText(cases[3]), JSON.stringify(cases[3]));
+  assert.match(documentText(cases[0]), /^\{"00100010":.*"30060020":\{"vr":"SQ","Value":\[\{"00081150":/);
 });
