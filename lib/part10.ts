@@ -184,6 +184,7 @@ class NeedInflate {}
  */
 class SparseBytes {
   #segments: { start: number; data: Uint8Array }[] = [];
+  #hit = 0;
 
   /** Index of the last segment starting at or before `offset`, or -1. */
   #find(offset: number): number {
@@ -223,6 +224,18 @@ class SparseBytes {
     for (const s of overlapping) merged.set(s.data, s.start - lo);
     merged.set(data, start - lo);
     this.#segments.splice(first, overlapping.length, { start: lo, data: merged });
+  }
+
+  /** The segment holding all of `[start, end)` (parsing reads along one segment: the last one found is tried first). */
+  segment(start: number, end: number): { start: number; data: Uint8Array } | undefined {
+    let s = this.#segments[this.#hit];
+    if (s === undefined || s.start > start || s.start + s.data.length < end) {
+      const i = this.#find(start);
+      if (i < 0 || this.#end(i) < end) return undefined;
+      this.#hit = i;
+      s = this.#segments[i];
+    }
+    return s;
   }
 
   get(start: number, end: number): Uint8Array | undefined {
@@ -270,15 +283,20 @@ class Reader {
   }
 
   u16(offset: number, little: boolean, what: () => string): number {
-    const b = this.bytes(offset, 2, what);
-    return little ? b[0] | b[1] << 8 : b[0] << 8 | b[1];
+    // straight from the segment: a 2-byte view per read was most of the parser's garbage
+    const s = offset + 2 <= this.size ? this.store.segment(offset, offset + 2) : undefined;
+    const b = s ? s.data : this.bytes(offset, 2, what);
+    const i = s ? offset - s.start : 0;
+    return little ? b[i] | b[i + 1] << 8 : b[i] << 8 | b[i + 1];
   }
 
   u32(offset: number, little: boolean, what: () => string): number {
-    const b = this.bytes(offset, 4, what);
+    const s = offset + 4 <= this.size ? this.store.segment(offset, offset + 4) : undefined;
+    const b = s ? s.data : this.bytes(offset, 4, what);
+    const i = s ? offset - s.start : 0;
     return (little
-      ? b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24
-      : b[0] << 24 | b[1] << 16 | b[2] << 8 | b[3]) >>> 0;
+      ? b[i] | b[i + 1] << 8 | b[i + 2] << 16 | b[i + 3] << 24
+      : b[i] << 24 | b[i + 1] << 16 | b[i + 2] << 8 | b[i + 3]) >>> 0;
   }
 
   tag(offset: number, little: boolean, what: () => string): number {
