@@ -39,6 +39,8 @@ export interface Http1ClientOptions {
   idleMs?: number;
   /** Largest response body read (default 1 MiB: S3 answers to a PUT are empty or a short XML error). */
   maxBodyBytes?: number;
+  /** PEM certificates trusted for `https:` besides Deno's root store (as `Deno.startTls` takes them). */
+  caCerts?: string[];
 }
 
 /** A pooled connection that the server had closed: nothing of the answer came back on it. */
@@ -54,12 +56,14 @@ export class Http1Client {
   #maxIdle: number;
   #idleMs: number;
   #maxBody: number;
+  #caCerts?: string[];
   #closed = false;
 
   constructor(options: Http1ClientOptions = {}) {
     this.#maxIdle = options.maxIdle ?? 64;
     this.#idleMs = options.idleMs ?? 4000;
     this.#maxBody = options.maxBodyBytes ?? 1024 * 1024;
+    this.#caCerts = options.caCerts;
   }
 
   /** Sends `request` and reads the answer; throws on network errors and on an aborted signal. */
@@ -85,7 +89,7 @@ export class Http1Client {
       const onAbort = () => conn && closeQuietly(conn);
       signal?.addEventListener("abort", onAbort, { once: true });
       try {
-        conn ??= await connect(url);
+        conn ??= await connect(url, this.#caCerts);
         signal?.throwIfAborted();
         const { response, reusable } = await this.#exchange(
           conn,
@@ -214,7 +218,7 @@ function closeQuietly(conn: Deno.Conn): void {
   } catch { /* closed already */ }
 }
 
-async function connect(url: URL): Promise<Deno.Conn> {
+async function connect(url: URL, caCerts?: string[]): Promise<Deno.Conn> {
   const hostname = url.hostname.replace(/^\[(.*)\]$/, "$1");
   const secure = url.protocol === "https:";
   const port = url.port ? Number(url.port) : secure ? 443 : 80;
@@ -223,7 +227,7 @@ async function connect(url: URL): Promise<Deno.Conn> {
   tcp.setNoDelay(true);
   if (!secure) return tcp;
   try {
-    return await Deno.startTls(tcp, { hostname });
+    return await Deno.startTls(tcp, { hostname, caCerts });
   } catch (error) {
     closeQuietly(tcp);
     throw error;

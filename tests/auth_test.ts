@@ -26,6 +26,7 @@ import { MemoryStore } from "../lib/memory_store.ts";
 import { buildInstance } from "./_corpus.ts";
 import { securedHandler, startIssuer, WIRED } from "./_jwks.ts";
 import { observe } from "./_stores.ts";
+import { makeTestCertificates } from "./_tls.ts";
 
 const ITER = 100_000; // the minimum AUTH_USERS accepts; keeps tests quick
 
@@ -753,57 +754,7 @@ Deno.test("TLS straight from Deno.serve with TLS_CERT_FILE / TLS_KEY_FILE", asyn
   const { loadTls } = await import("../lib/tls.ts");
   const dir = await Deno.makeTempDir({ prefix: "tls-" });
   try {
-    // A CA and a server certificate it signs (rustls refuses a self-signed certificate as its own CA).
-    const openssl = async (...args: string[]) =>
-      (await new Deno.Command("openssl", { args, stdout: "null", stderr: "null" }).output().catch(() =>
-        undefined
-      ))?.success ??
-        false;
-    const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    await Deno.writeTextFile(
-      `${dir}/ext.cnf`,
-      "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-    );
-    const made = await openssl(
-      "req",
-      "-x509",
-      ...ec,
-      "-days",
-      "1",
-      "-subj",
-      "/CN=test CA",
-      "-keyout",
-      `${dir}/ca.key`,
-      "-out",
-      `${dir}/ca.pem`,
-    ) &&
-      await openssl(
-        "req",
-        ...ec,
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        `${dir}/key.pem`,
-        "-out",
-        `${dir}/server.csr`,
-      ) &&
-      await openssl(
-        "x509",
-        "-req",
-        "-in",
-        `${dir}/server.csr`,
-        "-CA",
-        `${dir}/ca.pem`,
-        "-CAkey",
-        `${dir}/ca.key`,
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        `${dir}/ext.cnf`,
-        "-out",
-        `${dir}/cert.pem`,
-      );
+    const made = await makeTestCertificates(dir);
     if (!made) {
       console.log("openssl is not available: TLS round trip skipped");
       return;

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { Http1Client } from "../lib/http1.ts";
+import { makeTestCertificates } from "./_tls.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -285,6 +286,50 @@ Deno.test("Http1Client sends whole bodies over kept-alive connections", async (t
     } finally {
       client.close();
       await server.close();
+    }
+  });
+
+  await t.step("https: the body goes through TLS to a server the CA vouches for, and only then", async () => {
+    const dir = await Deno.makeTempDir({ prefix: "http1-tls-" });
+    try {
+      if (!(await makeTestCertificates(dir))) {
+        console.log("openssl is not available: TLS step skipped");
+        return;
+      }
+      const seen: string[] = [];
+      const server = Deno.serve({
+        port: 0,
+        hostname: "127.0.0.1",
+        cert: await Deno.readTextFile(`${dir}/cert.pem`),
+        key: await Deno.readTextFile(`${dir}/key.pem`),
+        onListen() {},
+      }, async (request) => {
+        seen.push(md5(new Uint8Array(await request.arrayBuffer())));
+        return new Response(null, { headers: { etag: '"tls"' } });
+      });
+      const client = new Http1Client({ caCerts: [await Deno.readTextFile(`${dir}/ca.pem`)] });
+      try {
+        const body = randomBytes(700_000);
+        const url = new URL(`https://localhost:${server.addr.port}/b/k`);
+        for (let i = 0; i < 2; i++) {
+          const response = await client.request({ method: "PUT", url, headers: {}, body });
+          assert.equal(response.status, 200);
+          assert.equal(response.headers.get("etag"), '"tls"');
+        }
+        assert.deepEqual(seen, [md5(body), md5(body)]);
+        const untrusting = new Http1Client();
+        await assert.rejects(
+          untrusting.request({ method: "PUT", url, headers: {}, body: randomBytes(10) }),
+          TypeError,
+          "a certificate from an unknown CA is refused",
+        );
+        untrusting.close();
+      } finally {
+        client.close();
+        await server.shutdown();
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
     }
   });
 
