@@ -136,7 +136,8 @@ export class S3Store implements ObjectStore {
       responseChecksumValidation: "WHEN_REQUIRED",
       requestHandler: new FetchHttpHandler(),
     });
-    if (!proxyConfigured()) this.#http1 = new Http1Client();
+    // raw sockets where the runtime has them (Deno, Deno Deploy); `fetch` otherwise and behind a proxy
+    if (typeof Deno.connect === "function" && !proxyConfigured()) this.#http1 = new Http1Client();
   }
 
   async listBuckets(options: ReadOptions = {}): Promise<string[]> {
