@@ -348,6 +348,7 @@ async function main() {
     const serverCpu: number[] = [];
     const serverManyCpu: number[] = [];
     const clientCpu: number[] = [];
+    const clientManyCpu: number[] = [];
     for (let r = 0; r < ROUNDS; r++) {
       console.log(`round ${r + 1} of ${ROUNDS}…`);
       let c0 = await ownCpuSeconds();
@@ -369,6 +370,7 @@ async function main() {
       oneRuns.push(one.ms);
       await empty(store, bucket);
       s0 = await server.cpuSeconds();
+      c0 = await ownCpuSeconds();
       const t0 = performance.now();
       const slices = Array.from(
         { length: CONCURRENCY },
@@ -377,6 +379,7 @@ async function main() {
       const many = await Promise.all(slices.map((files) => stow(url, files)));
       manyRuns.push(performance.now() - t0);
       serverManyCpu.push(await server.cpuSeconds() - s0);
+      clientManyCpu.push(await ownCpuSeconds() - c0);
       if (many.reduce((n, m) => n + m.stored, 0) !== data.files.length) {
         throw new Error("parallel STOW lost instances");
       }
@@ -406,7 +409,9 @@ async function main() {
       median(storeCpu).toFixed(2)
     } s (client process); STOW: server ${median(serverCpu).toFixed(2)} s, client ${
       median(clientCpu).toFixed(2)
-    } s (1 request), server ${median(serverManyCpu).toFixed(2)} s (${CONCURRENCY} requests)`;
+    } s (1 request), server ${median(serverManyCpu).toFixed(2)} s, client ${
+      median(clientManyCpu).toFixed(2)
+    } s (${CONCURRENCY} requests)`;
     results[`STOW, ${CONCURRENCY} requests at once`] = `${mbps(data.bytes, manyMs).toFixed(0)} MB/s (${
       manyMs.toFixed(0)
     } ms), ${ratios(manyMs)}`;
