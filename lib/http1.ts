@@ -41,6 +41,8 @@ export interface Http1ClientOptions {
   maxBodyBytes?: number;
   /** PEM certificates trusted for `https:` besides Deno's root store (as `Deno.startTls` takes them). */
   caCerts?: string[];
+  /** Opens a connection to `url`'s host (default: TCP, then TLS for `https:`). */
+  connect?: (url: URL) => Promise<Deno.Conn>;
 }
 
 /** A pooled connection that the server had closed: nothing of the answer came back on it. */
@@ -56,14 +58,14 @@ export class Http1Client {
   #maxIdle: number;
   #idleMs: number;
   #maxBody: number;
-  #caCerts?: string[];
+  #connect: (url: URL) => Promise<Deno.Conn>;
   #closed = false;
 
   constructor(options: Http1ClientOptions = {}) {
     this.#maxIdle = options.maxIdle ?? 64;
     this.#idleMs = options.idleMs ?? 4000;
     this.#maxBody = options.maxBodyBytes ?? 1024 * 1024;
-    this.#caCerts = options.caCerts;
+    this.#connect = options.connect ?? ((url) => connect(url, options.caCerts));
   }
 
   /** Sends `request` and reads the answer; throws on network errors and on an aborted signal. */
@@ -89,8 +91,7 @@ export class Http1Client {
       const onAbort = () => conn && closeQuietly(conn);
       signal?.addEventListener("abort", onAbort, { once: true });
       try {
-        conn ??= await connect(url, this.#caCerts);
-        signal?.throwIfAborted();
+        conn ??= await untilAborted(this.#connect(url), signal);
         const { response, reusable } = await this.#exchange(
           conn,
           headBytes,
@@ -210,6 +211,30 @@ export class Http1Client {
       reusable: reusable && !writeError && reader.drained,
     };
   }
+}
+
+/**
+ * `connecting`, or a rejection as soon as `signal` aborts (a host that drops the SYN keeps a connect pending
+ * for minutes); a connection made after that is closed.
+ */
+function untilAborted(connecting: Promise<Deno.Conn>, signal?: AbortSignal): Promise<Deno.Conn> {
+  if (!signal) return connecting;
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    if (signal.aborted) onAbort();
+    else signal.addEventListener("abort", onAbort, { once: true });
+    connecting.then(
+      (conn) => {
+        signal.removeEventListener("abort", onAbort);
+        if (signal.aborted) closeQuietly(conn);
+        else resolve(conn);
+      },
+      (error) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(error);
+      },
+    );
+  });
 }
 
 function closeQuietly(conn: Deno.Conn): void {

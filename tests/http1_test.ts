@@ -333,6 +333,34 @@ Deno.test("Http1Client sends whole bodies over kept-alive connections", async (t
     }
   });
 
+  await t.step("an abort while the connection is still being made rejects at once", async () => {
+    // a host that drops the SYN: the connect stays pending (for minutes, with a real one)
+    let late: ((conn: Deno.Conn) => void) | undefined;
+    const client = new Http1Client({ connect: () => new Promise((resolve) => late = resolve) });
+    const abort = new AbortController();
+    const sending = client.request({
+      method: "PUT",
+      url: new URL("http://192.0.2.1/k"),
+      headers: {},
+      body: randomBytes(10),
+      signal: abort.signal,
+    });
+    const reason = new DOMException("No answer within 60000 ms", "TimeoutError");
+    setTimeout(() => abort.abort(reason), 20);
+    await assert.rejects(sending, (error) => error === reason);
+    // a connection that comes after all is closed, not pooled
+    const server = rawServer(() => OK);
+    try {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: Number(new URL(server.url).port) });
+      late!(conn);
+      await new Promise((r) => setTimeout(r, 10));
+      await assert.rejects(conn.write(new Uint8Array(1)), Deno.errors.BadResource);
+    } finally {
+      client.close();
+      await server.close();
+    }
+  });
+
   await t.step("failures are TypeErrors naming the request, as fetch's are", async () => {
     const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     const port = probe.addr.port;
