@@ -60,6 +60,8 @@ export class Http1Client {
   #maxBody: number;
   #connect: (url: URL) => Promise<Deno.Conn>;
   #closed = false;
+  /** Closes expired idle connections of every origin while any are pooled (a quiet bucket's too). */
+  #sweeper?: ReturnType<typeof setInterval>;
 
   constructor(options: Http1ClientOptions = {}) {
     this.#maxIdle = options.maxIdle ?? 64;
@@ -121,6 +123,8 @@ export class Http1Client {
   /** Closes the idle connections; requests in flight finish on theirs, which are then closed. */
   close(): void {
     this.#closed = true;
+    clearInterval(this.#sweeper);
+    this.#sweeper = undefined;
     for (const list of this.#idle.values()) for (const { conn } of list) closeQuietly(conn);
     this.#idle.clear();
   }
@@ -140,10 +144,25 @@ export class Http1Client {
     let list = this.#idle.get(origin);
     if (!list) this.#idle.set(origin, list = []);
     if (this.#closed || list.length >= this.#maxIdle) return closeQuietly(conn);
-    // the oldest are the likeliest to have been closed by the server: they go first
+    list.push({ conn, since: Date.now() });
+    if (this.#sweeper === undefined) {
+      const sweeper = setInterval(() => this.#sweep(), this.#idleMs);
+      Deno.unrefTimer(sweeper as unknown as number); // never what keeps the process alive
+      this.#sweeper = sweeper;
+    }
+  }
+
+  #sweep(): void {
     const now = Date.now();
-    while (list.length > 0 && now - list[0].since > this.#idleMs) closeQuietly(list.shift()!.conn);
-    list.push({ conn, since: now });
+    for (const [origin, list] of this.#idle) {
+      // the oldest are first
+      while (list.length > 0 && now - list[0].since > this.#idleMs) closeQuietly(list.shift()!.conn);
+      if (list.length === 0) this.#idle.delete(origin);
+    }
+    if (this.#idle.size === 0) {
+      clearInterval(this.#sweeper);
+      this.#sweeper = undefined;
+    }
   }
 
   /** Writes the request and reads the answer on `conn`. */
@@ -189,6 +208,8 @@ export class Http1Client {
       // 1xx answers (100 Continue) come before the real one
       if (status >= 200 || status === 101) break;
     }
+    // some servers and proxies say 408 on an idle connection before closing it: not this request's answer
+    if (pooled && status === 408) throw new StaleConnection("The idle connection timed out (408)");
     const connection = headers.get("connection")?.toLowerCase() ?? "";
     let reusable = version === "1.1" ? !/\bclose\b/.test(connection) : /\bkeep-alive\b/.test(connection);
     let responseBody: Uint8Array<ArrayBuffer>;

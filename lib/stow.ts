@@ -333,7 +333,9 @@ class StowJob {
     let head: Prefix | undefined;
     const done = () => {
       held.leave();
-      head?.own?.transfer(0);
+      try {
+        head?.own?.transfer(0);
+      } catch { /* not detachable: left to the collector */ }
       if (head && !head.own) this.#ledger.release(head.bytes);
     };
     try {

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { Http1Client } from "../lib/http1.ts";
+import { eventually } from "./_stores.ts";
 import { makeTestCertificates } from "./_tls.ts";
 
 const encoder = new TextEncoder();
@@ -66,6 +67,8 @@ function rawServer(answer: (seen: Seen, index: number) => Reply) {
     url: `http://127.0.0.1:${listener.addr.port}`,
     seen,
     connections: () => connections,
+    /** Connections the client has not closed yet. */
+    open: () => conns.size,
     async close() {
       listener.close();
       for (const conn of conns) {
@@ -262,6 +265,71 @@ Deno.test("Http1Client sends whole bodies over kept-alive connections", async (t
         client.close();
         await serving;
         listener.close();
+      }
+    },
+  );
+
+  await t.step(
+    "idle connections are closed once older than idleMs, and a 408 on one is not an answer",
+    async () => {
+      const server = rawServer(() => OK);
+      const client = new Http1Client({ idleMs: 50 });
+      try {
+        const send = () =>
+          client.request({
+            method: "PUT",
+            url: new URL(`${server.url}/k`),
+            headers: {},
+            body: randomBytes(10),
+          });
+        assert.equal((await send()).status, 200);
+        assert.equal(server.open(), 1);
+        await eventually(() => server.open() === 0, 2000, "the idle connection to be closed");
+      } finally {
+        client.close();
+        await server.close();
+      }
+      // a server that says 408 on the idle connection, then closes it
+      const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+      let accepted = 0;
+      const serving = (async () => {
+        for await (const conn of listener) {
+          accepted++;
+          (async () => {
+            const buf = new Uint8Array(65536);
+            let text = "";
+            while (!text.includes("\r\n\r\n")) {
+              const n = await conn.read(buf);
+              if (n === null) return;
+              text += decoder.decode(buf.subarray(0, n));
+            }
+            await conn.write(encoder.encode(OK));
+            await new Promise((r) => setTimeout(r, 20));
+            await conn.write(
+              encoder.encode(
+                "HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+              ),
+            );
+          })().catch(() => {});
+        }
+      })();
+      const patient = new Http1Client({ idleMs: 60_000 });
+      try {
+        const url = new URL(`http://127.0.0.1:${listener.addr.port}/k`);
+        assert.equal(
+          (await patient.request({ method: "PUT", url, headers: {}, body: randomBytes(10) })).status,
+          200,
+        );
+        await new Promise((r) => setTimeout(r, 60)); // the 408 is waiting on the pooled connection
+        assert.equal(
+          (await patient.request({ method: "PUT", url, headers: {}, body: randomBytes(10) })).status,
+          200,
+        );
+        assert.equal(accepted, 2);
+      } finally {
+        patient.close();
+        listener.close();
+        await serving.catch(() => {});
       }
     },
   );
