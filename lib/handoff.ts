@@ -15,6 +15,19 @@
  * @module
  */
 
+/**
+ * Frees the memory of `buffer` now: it is detached, so every view of it reads as empty from then on.
+ * `false` when it cannot be (WebAssembly memory, a shared or already detached buffer): left to the collector.
+ */
+export function freeBuffer(buffer: ArrayBufferLike): boolean {
+  try {
+    (buffer as ArrayBuffer).transfer(0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Each handed-off buffer and the one view of it that may free it. */
 const handedOff = new WeakMap<ArrayBufferLike, Uint8Array>();
 let freed = 0;
@@ -43,13 +56,9 @@ export function freeHandedOff(chunk: Uint8Array): boolean {
   const buffer = chunk.buffer;
   if (handedOff.get(buffer) !== chunk) return false;
   handedOff.delete(buffer);
-  try {
-    (buffer as ArrayBuffer).transfer(0);
-    freed++;
-    return true;
-  } catch {
-    return false; // not detachable (WebAssembly memory, a shared buffer): left to the collector
-  }
+  if (!freeBuffer(buffer)) return false;
+  freed++;
+  return true;
 }
 
 /** `body` with every chunk marked by {@linkcode handOff}: only for a stream whose chunks are fresh buffers. */
@@ -139,9 +148,6 @@ export class ChunkLedger {
     if (this.#held.get(buffer) !== 0 || !this.#left.has(buffer) || this.#pinned.has(buffer)) return;
     this.#held.delete(buffer);
     this.#left.delete(buffer);
-    try {
-      (buffer as ArrayBuffer).transfer(0);
-      ledgersFreed++;
-    } catch { /* not detachable: left to the collector */ }
+    if (freeBuffer(buffer)) ledgersFreed++;
   }
 }

@@ -348,7 +348,7 @@ class ResponseReader {
 
   /** A chunked body, its trailers skipped. */
   async chunked(max: number): Promise<Uint8Array<ArrayBuffer>> {
-    const parts: Uint8Array[] = [];
+    const parts: Uint8Array<ArrayBuffer>[] = [];
     let total = 0;
     for (;;) {
       const size = /^([0-9a-fA-F]+)\s*(?:;.*)?$/.exec(await this.line());
@@ -361,13 +361,7 @@ class ResponseReader {
       if ((await this.line()) !== "") throw new Error("Malformed chunk in an HTTP answer");
     }
     while ((await this.line()) !== "") { /* trailers */ }
-    const out = new Uint8Array(total);
-    let at = 0;
-    for (const part of parts) {
-      out.set(part, at);
-      at += part.byteLength;
-    }
-    return out;
+    return await new Blob(parts).bytes();
   }
 
   /** Everything up to the end of the connection. */

@@ -16,7 +16,7 @@
 
 import { AsyncLocalStorage } from "node:async_hooks";
 import { HttpError } from "./http_error.ts";
-import { markOwned } from "./handoff.ts";
+import { freeBuffer, markOwned } from "./handoff.ts";
 import type { GetOptions, ObjectBody, ObjectStore } from "./store.ts";
 
 // ---------------------------------------------------------------------------------------------------
@@ -395,7 +395,7 @@ function bodyReader(body: ReadableStream<Uint8Array>): {
       if (done || value === undefined) return { done: true, value: undefined };
       if (value.byteLength >= BODY_CHUNK / 4) return { done: false, value: markOwned(value) };
       const small = value.slice();
-      (value.buffer as ArrayBuffer).transfer(0); // read into by the stream, referenced by nothing else
+      freeBuffer(value.buffer); // read into by the stream, referenced by nothing else
       return { done: false, value: markOwned(small) };
     },
     cancel: (reason) => byob.cancel(reason),

@@ -29,7 +29,7 @@
 
 import type { Catalog, InstanceToRecord, RecordOutcome } from "./catalog.ts";
 import { formatTag, vrOf } from "./dictionary.ts";
-import { ChunkLedger } from "./handoff.ts";
+import { ChunkLedger, freeBuffer } from "./handoff.ts";
 import { readFileMeta } from "./file_meta.ts";
 import { HttpError } from "./http_error.ts";
 import { type MultipartPart, parseMediaType, readMultipart } from "./multipart_parser.ts";
@@ -333,10 +333,8 @@ class StowJob {
     let head: Prefix | undefined;
     const done = () => {
       held.leave();
-      try {
-        head?.own?.transfer(0);
-      } catch { /* not detachable: left to the collector */ }
-      if (head && !head.own) this.#ledger.release(head.bytes);
+      if (head?.own) freeBuffer(head.own);
+      else if (head) this.#ledger.release(head.bytes);
     };
     try {
       const reader = part.body.getReader();

@@ -81,6 +81,18 @@ function rawServer(answer: (seen: Seen, index: number) => Reply) {
   };
 }
 
+/** Reads up to the end of a request head (the body, if any, stays unread); `false` when the client closed first. */
+async function readHead(conn: Deno.Conn): Promise<boolean> {
+  const buf = new Uint8Array(65536);
+  let text = "";
+  while (!text.includes("\r\n\r\n")) {
+    const n = await conn.read(buf);
+    if (n === null) return false;
+    text += decoder.decode(buf.subarray(0, n));
+  }
+  return true;
+}
+
 const OK = 'HTTP/1.1 200 OK\r\netag: "abc"\r\ncontent-length: 0\r\n\r\n';
 
 function md5(bytes: Uint8Array): string {
@@ -236,13 +248,7 @@ Deno.test("Http1Client sends whole bodies over kept-alive connections", async (t
       const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
       const serving = (async () => {
         const conn = await listener.accept();
-        const buf = new Uint8Array(4096);
-        let text = "";
-        while (!text.includes("\r\n\r\n")) {
-          text += decoder.decode(
-            buf.subarray(0, (await conn.read(buf)) ?? 0),
-          );
-        }
+        await readHead(conn);
         const xml = "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
         await conn.write(
           encoder.encode(`HTTP/1.1 403 Forbidden\r\ncontent-length: ${xml.length}\r\n\r\n${xml}`),
@@ -296,13 +302,7 @@ Deno.test("Http1Client sends whole bodies over kept-alive connections", async (t
         for await (const conn of listener) {
           accepted++;
           (async () => {
-            const buf = new Uint8Array(65536);
-            let text = "";
-            while (!text.includes("\r\n\r\n")) {
-              const n = await conn.read(buf);
-              if (n === null) return;
-              text += decoder.decode(buf.subarray(0, n));
-            }
+            if (!(await readHead(conn))) return;
             await conn.write(encoder.encode(OK));
             await new Promise((r) => setTimeout(r, 20));
             await conn.write(
