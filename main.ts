@@ -5,17 +5,17 @@
  * @module
  */
 
-import { AetRegistry } from "./lib/aets.ts";
-import { openAuditLog } from "./lib/audit.ts";
-import { createHandler } from "./lib/app.ts";
-import { ConfigError, loadConfig } from "./lib/config.ts";
-import { FileStore } from "./lib/file_store.ts";
-import { S3Store } from "./lib/s3_store.ts";
-import type { ObjectStore } from "./lib/store.ts";
-import { loadTls, type TlsFiles } from "./lib/tls.ts";
-import type { Catalog } from "./lib/catalog.ts";
-import { crawlerFor } from "./lib/crawler.ts";
-import { openSqliteCatalog } from "./lib/sqlite_catalog.ts";
+import { AetRegistry } from "./lib/objects/aets.ts";
+import { openAuditLog } from "./lib/security/audit.ts";
+import { createHandler } from "./lib/app/handler.ts";
+import { ConfigError, loadConfig } from "./lib/config/config.ts";
+import { FileStore } from "./lib/store/file_store.ts";
+import { S3Store } from "./lib/store/s3/s3_store.ts";
+import type { ObjectStore } from "./lib/store/store.ts";
+import { loadTls, type TlsFiles } from "./lib/security/proxies.ts";
+import type { Catalog } from "./lib/catalog/catalog.ts";
+import { crawlerFor } from "./lib/catalog/crawler.ts";
+import { openSqliteCatalog } from "./lib/catalog/sqlite_catalog.ts";
 
 if (import.meta.main) {
   let config;
@@ -74,7 +74,7 @@ if (import.meta.main) {
   }
   const handler = createHandler(
     { config, store, aets, capabilities: { reEncode: true, decode: true }, catalog },
-    // the responses go straight to Deno.serve: sent chunks can be freed at once (lib/handoff.ts)
+    // the responses go straight to Deno.serve: sent chunks can be freed at once (lib/util/handoff.ts)
     { audit: audit.log, freeSentChunks: true },
   );
   const scheme = tls ? "https" : "http";

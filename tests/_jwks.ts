@@ -141,25 +141,25 @@ export async function startIssuer(): Promise<TestIssuer> {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// The handler as wired for security: the real `createHandler` once lib/app.ts wires the guard and the
+// The handler as wired for security: the real `createHandler` once lib/app/handler.ts wires the guard and the
 // audit log (detected by `config.auth` existing), otherwise the same wiring done here around it, line for
-// line as proposed for lib/app.ts, so these tests run before and after the wiring lands.
+// line as proposed for lib/app/handler.ts, so these tests run before and after the wiring lands.
 
-import { AetRegistry } from "../lib/aets.ts";
-import { createHandler } from "../lib/app.ts";
-import { type AuditLog, redactedSearch } from "../lib/audit.ts";
+import { AetRegistry } from "../lib/objects/aets.ts";
+import { createHandler } from "../lib/app/handler.ts";
+import { type AuditLog, redactedSearch } from "../lib/security/audit.ts";
 import {
   type AuthConfig,
   type AuthenticatorOptions,
   parseAuthConfig,
   RequestGuard,
   type ServeInfo,
-} from "../lib/auth.ts";
-import { type Config, parseConfig } from "../lib/config.ts";
-import { errorResponse, toHttpError } from "../lib/http_error.ts";
-import { type LimitsConfig, parseLimitsConfig } from "../lib/limits.ts";
-import type { ObjectStore } from "../lib/store.ts";
-import { parseTransportConfig, type TrustedProxies } from "../lib/tls.ts";
+} from "../lib/security/auth.ts";
+import { type Config, parseConfig } from "../lib/config/config.ts";
+import { errorResponse, toHttpError } from "../lib/http/http_error.ts";
+import { type LimitsConfig, parseLimitsConfig } from "../lib/security/limits.ts";
+import type { ObjectStore } from "../lib/store/store.ts";
+import { parseTransportConfig, type TrustedProxies } from "../lib/security/proxies.ts";
 
 /** Config with the security settings (what `parseConfig` returns once they are wired). */
 export type SecuredConfig = Config & {
@@ -168,7 +168,7 @@ export type SecuredConfig = Config & {
   trustedProxies: TrustedProxies;
 };
 
-/** Whether lib/app.ts and lib/config.ts already wire the guard (then tests use them as they are). */
+/** Whether lib/app/handler.ts and lib/config/config.ts already wire the guard (then tests use them as they are). */
 export const WIRED = "auth" in parseConfig({});
 
 /** Parses `env` with the security settings, wired or not. Throws an `Error` listing problems. */
@@ -190,14 +190,14 @@ export interface SecuredOptions {
   auth?: AuthenticatorOptions;
   /** The search catalog for QIDO-RS (see {@linkcode openTestCatalog}). */
   catalog?: unknown;
-  /** The handler's bodies go straight to `Deno.serve` (see `freeSentChunks` in lib/app.ts). */
+  /** The handler's bodies go straight to `Deno.serve` (see `freeSentChunks` in lib/app/handler.ts). */
   freeSentChunks?: boolean;
 }
 
-/** A `:memory:` search catalog when lib/sqlite_catalog.ts can open one, else undefined (QIDO-RS then answers 503). */
+/** A `:memory:` search catalog when lib/catalog/sqlite_catalog.ts can open one, else undefined (QIDO-RS then answers 503). */
 export async function openTestCatalog(): Promise<{ close?(): unknown } | undefined> {
   try {
-    const module = new URL("../lib/sqlite_catalog.ts", import.meta.url).href;
+    const module = new URL("../lib/catalog/sqlite_catalog.ts", import.meta.url).href;
     const { openSqliteCatalog } = await import(module);
     return await openSqliteCatalog(":memory:", { log: () => {} });
   } catch {
@@ -232,7 +232,7 @@ export function securedHandler(
     );
     return { handler: handler as (request: Request, info?: ServeInfo) => Promise<Response>, config };
   }
-  // --- the proposed lib/app.ts wiring, emulated -----------------------------------------------------
+  // --- the proposed lib/app/handler.ts wiring, emulated -----------------------------------------------------
   const guard = new RequestGuard(config, options.auth);
   const guarded = guard.store(store);
   const aets = new AetRegistry(guarded, { configured: config.aets });

@@ -1,5 +1,5 @@
 /**
- * An independent multipart parser for tests, written from RFC 2046 5.1.1 (not from lib/multipart.ts):
+ * An independent multipart parser for tests, written from RFC 2046 5.1.1 (not from lib/http/multipart.ts):
  *
  *   multipart-body := [preamble CRLF] dash-boundary CRLF body-part
  *                     *(CRLF dash-boundary CRLF body-part) CRLF dash-boundary "--" [CRLF epilogue]

@@ -4,14 +4,14 @@
  * sequences to match into, and helpers to load them into a store and crawl them. No patient data.
  */
 
-import { AetRegistry } from "../lib/aets.ts";
-import { createHandler } from "../lib/app.ts";
-import type { Catalog } from "../lib/catalog.ts";
-import { parseConfig } from "../lib/config.ts";
-import { crawlerFor } from "../lib/crawler.ts";
-import { MemoryStore } from "../lib/memory_store.ts";
-import { openSqliteCatalog } from "../lib/sqlite_catalog.ts";
-import type { ObjectStore } from "../lib/store.ts";
+import { AetRegistry } from "../lib/objects/aets.ts";
+import { createHandler } from "../lib/app/handler.ts";
+import type { Catalog } from "../lib/catalog/catalog.ts";
+import { parseConfig } from "../lib/config/config.ts";
+import { crawlerFor } from "../lib/catalog/crawler.ts";
+import { MemoryStore } from "../lib/store/memory_store.ts";
+import { openSqliteCatalog } from "../lib/catalog/sqlite_catalog.ts";
+import type { ObjectStore } from "../lib/store/store.ts";
 import { buildPart10, type Fx } from "./_dicom_fixtures.ts";
 import type { CorpusFile } from "./_corpus.ts";
 

@@ -1,6 +1,6 @@
 /** Store wrappers for tests: observe calls and open bodies, inject failures. */
 
-import type { GetOptions, ObjectBody, ObjectStore } from "../lib/store.ts";
+import type { GetOptions, ObjectBody, ObjectStore } from "../lib/store/store.ts";
 
 /** A store that records calls and counts bodies that are still open. */
 export interface ObservedStore extends ObjectStore {

@@ -1,0 +1,256 @@
+/**
+ * The metadata and frame part of `deno task bench` (issue #3's targets): series metadata cold and warm with
+ * the bytes the server read from S3, counted by a TCP proxy between the server and the S3 server, and frame
+ * latency on a 96-frame 512×512 instance against a direct ranged GET of the same bytes.
+ *
+ * @module
+ */
+
+import { S3Store } from "../lib/store/s3/s3_store.ts";
+import { median } from "./_util.ts";
+import { buildInstance } from "../tests/_corpus.ts";
+
+/** A TCP proxy to `target` that counts the bytes coming back from it. */
+export interface CountingProxy {
+  endpoint: string;
+  /** Bytes sent by the S3 server so far (headers included). */
+  received(): number;
+  close(): void;
+}
+
+/** Starts a {@linkcode CountingProxy} on a free loopback port (SigV4 stays valid: Host is the proxy's). */
+export function countingProxy(target: URL): CountingProxy {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  let received = 0;
+  const conns = new Set<Deno.Conn>();
+  (async () => {
+    for await (const client of listener) {
+      conns.add(client);
+      (async () => {
+        let upstream: Deno.Conn | undefined;
+        try {
+          upstream = await Deno.connect({ hostname: target.hostname, port: Number(target.port || 80) });
+          conns.add(upstream);
+          const counter = new TransformStream<Uint8Array, Uint8Array>({
+            transform(chunk, controller) {
+              received += chunk.byteLength;
+              controller.enqueue(chunk);
+            },
+          });
+          await Promise.all([
+            client.readable.pipeTo(upstream.writable),
+            upstream.readable.pipeThrough(counter).pipeTo(client.writable),
+          ]);
+        } catch {
+          /* a side closed */
+        } finally {
+          for (const conn of [client, upstream]) {
+            if (conn === undefined) continue;
+            conns.delete(conn);
+            try {
+              conn.close();
+            } catch { /* already closed */ }
+          }
+        }
+      })();
+    }
+  })().catch(() => {});
+  return {
+    endpoint: `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
+    received: () => received,
+    close() {
+      listener.close();
+      for (const conn of conns) {
+        try {
+          conn.close();
+        } catch { /* already closed */ }
+      }
+    },
+  };
+}
+
+/** How the bench starts a server process (see `bench/retrieve_bench.ts`). */
+export type StartServer = (env: Record<string, string>) => Promise<{ url: string; stop(): Promise<void> }>;
+
+export interface MetadataBenchInput {
+  endpoint: string;
+  bucket: string;
+  credentials: { accessKeyId: string; secretAccessKey: string };
+  /** The series' study and series UIDs, its instance count and total bytes. */
+  study: string;
+  series: string;
+  instances: number;
+  seriesBytes: number;
+  startServer: StartServer;
+  rounds: number;
+}
+
+const FRAMES = 96;
+const FRAME_BYTES = 512 * 512 * 2;
+const CINE = { study: "2.25.9696", series: "2.25.9696.1", sop: "2.25.9696.1.1" };
+
+/** Runs the metadata and frame measurements; returns `[name, value]` lines for the bench's report. */
+export async function benchMetadata(input: MetadataBenchInput): Promise<[string, string][]> {
+  const lines: [string, string][] = [];
+  const store = new S3Store({
+    endpoint: input.endpoint,
+    region: "us-east-1",
+    forcePathStyle: true,
+    credentials: input.credentials,
+  });
+  const cine = buildInstance({ ...CINE, pixelBytes: FRAME_BYTES, frames: FRAMES });
+  const cineKey = `${CINE.study}/${CINE.series}/${CINE.sop}.dcm`;
+  await store.put(input.bucket, cineKey, cine, { size: cine.byteLength });
+  const pixelStart = cine.byteLength - FRAMES * FRAME_BYTES;
+
+  // Twice on a fresh server without a catalog (metadata comes from the objects' headers): through a counting
+  // proxy for the bytes read from S3, then straight to S3 for the times (the proxy adds latency).
+  const proxy = countingProxy(new URL(input.endpoint));
+  let counted: Pass, timed: Pass;
+  try {
+    counted = await pass(input, proxy.endpoint, () => proxy.received(), { store, cineKey, pixelStart });
+  } finally {
+    proxy.close();
+  }
+  try {
+    timed = await pass(input, input.endpoint, () => 0, { store, cineKey, pixelStart });
+  } finally {
+    store.close();
+  }
+  lines.push([
+    `series metadata, cold (${input.instances} instances, no catalog)`,
+    `${timed.cold.ms.toFixed(0)} ms; read from S3 ${(counted.cold.s3 / 1e6).toFixed(2)} MB = ${
+      (counted.cold.s3 / input.seriesBytes * 100).toFixed(2)
+    }% of the series' ${(input.seriesBytes / 1e6).toFixed(0)} MB (target < 5%)`,
+  ]);
+  lines.push([
+    "series metadata, warm (header cache)",
+    `${
+      median(timed.warm).toFixed(1)
+    } ms (target ≤ 50 ms); read from S3 ${counted.warmS3} bytes (the series listing)`,
+  ]);
+  lines.push([
+    `frame of a ${FRAMES}-frame 512×512 instance, first`,
+    `${timed.first.ms.toFixed(1)} ms (header + frame: ${(counted.first.s3 / 1e3).toFixed(0)} KB from S3)`,
+  ]);
+  lines.push([
+    "frame, later (frames 1, 48, 96)",
+    `${median(timed.frames).toFixed(1)} ms vs direct ranged GET ${median(timed.direct).toFixed(1)} ms; ${
+      (median(counted.frameS3) / 1e3).toFixed(0)
+    } KB from S3 per frame (${FRAME_BYTES / 1e3} KB of pixels)`,
+  ]);
+
+  // With the catalog: series metadata is one query of cached JSON.
+  const scratch = await Deno.makeTempDir({ prefix: "bench-catalog-" });
+  const indexed = await input.startServer({
+    CATALOG_PATH: `${scratch}/catalog.sqlite`,
+    S3_ENDPOINT: input.endpoint,
+    AETS: `BENCH=${input.bucket}`,
+    AWS_ACCESS_KEY_ID: input.credentials.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: input.credentials.secretAccessKey,
+  });
+  try {
+    const statusUrl = `${indexed.url}/admin/index`;
+    for (let i = 0;; i++) {
+      const status = await (await fetch(statusUrl)).json();
+      const aet = status.aets?.find((a: { aet: string }) => a.aet === "BENCH");
+      // listing and series pass done, and every instance header read (the cached JSON)
+      if (aet?.completeAt !== undefined && aet.pending === 0) break;
+      if (i > 600) throw new Error(`the crawl did not finish in 60 s: ${JSON.stringify(status)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const url = `${indexed.url}/aets/BENCH/studies/${input.study}/series/${input.series}/metadata`;
+    const times: number[] = [];
+    for (let i = 0; i <= input.rounds; i++) {
+      const t0 = performance.now();
+      const response = await fetch(url, { headers: { accept: "application/dicom+json" } });
+      await response.arrayBuffer();
+      if (i > 0) times.push(performance.now() - t0);
+    }
+    lines.push(["series metadata from the catalog's JSON", `${median(times).toFixed(1)} ms`]);
+  } finally {
+    await indexed.stop();
+    await Deno.remove(scratch, { recursive: true }).catch(() => {});
+  }
+  return lines;
+}
+
+interface Pass {
+  cold: { ms: number; s3: number };
+  warm: number[];
+  warmS3: number;
+  first: { ms: number; s3: number };
+  frames: number[];
+  frameS3: number[];
+  direct: number[];
+}
+
+/** Cold and warm series metadata and frame reads on a fresh catalog-less server whose S3 is `endpoint`. */
+async function pass(
+  input: MetadataBenchInput,
+  endpoint: string,
+  received: () => number,
+  cine: { store: S3Store; cineKey: string; pixelStart: number },
+): Promise<Pass> {
+  const server = await input.startServer({
+    CATALOG_PATH: "off",
+    S3_ENDPOINT: endpoint,
+    AETS: `BENCH=${input.bucket}`,
+    AWS_ACCESS_KEY_ID: input.credentials.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: input.credentials.secretAccessKey,
+  });
+  try {
+    const base = `${server.url}/aets/BENCH/studies`;
+    const metadataUrl = `${base}/${input.study}/series/${input.series}/metadata`;
+    const timed = async (url: string, accept: string) => {
+      const before = received();
+      const t0 = performance.now();
+      const response = await fetch(url, { headers: { accept } });
+      const body = new Uint8Array(await response.arrayBuffer());
+      const ms = performance.now() - t0;
+      if (!response.ok) throw new Error(`${url}: ${response.status} ${new TextDecoder().decode(body)}`);
+      return { ms, body, s3: received() - before };
+    };
+    const json = "application/dicom+json";
+    const cold = await timed(metadataUrl, json);
+    const count = JSON.parse(new TextDecoder().decode(cold.body)).length;
+    if (count !== input.instances) throw new Error(`metadata has ${count} instances, not ${input.instances}`);
+    const warm = [];
+    for (let i = 0; i < input.rounds; i++) warm.push(await timed(metadataUrl, json));
+
+    // Frames: the first request reads the header, later ones only their frame's bytes.
+    const frameUrl = (n: number) =>
+      `${base}/${CINE.study}/series/${CINE.series}/instances/${CINE.sop}/frames/${n}`;
+    const octets = 'multipart/related; type="application/octet-stream"; transfer-syntax=*';
+    const first = await timed(frameUrl(48), octets);
+    if (first.body.byteLength < FRAME_BYTES) throw new Error(`frame 48 has ${first.body.byteLength} bytes`);
+    const frames: number[] = [];
+    const frameS3: number[] = [];
+    const direct: number[] = [];
+    for (let i = 0; i < input.rounds; i++) {
+      for (const n of [1, 48, 96]) {
+        const r = await timed(frameUrl(n), octets);
+        frames.push(r.ms);
+        frameS3.push(r.s3);
+        const start = cine.pixelStart + (n - 1) * FRAME_BYTES;
+        const t0 = performance.now();
+        const object = await cine.store.get(input.bucket, cine.cineKey, {
+          range: { start, end: start + FRAME_BYTES - 1 },
+        });
+        await new Response(object!.body).arrayBuffer();
+        direct.push(performance.now() - t0);
+      }
+    }
+    return {
+      cold: { ms: cold.ms, s3: cold.s3 },
+      warm: warm.map((w) => w.ms),
+      warmS3: median(warm.map((w) => w.s3)),
+      first: { ms: first.ms, s3: first.s3 },
+      frames,
+      frameS3,
+      direct,
+    };
+  } finally {
+    await server.stop();
+  }
+}

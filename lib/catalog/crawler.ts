@@ -1,0 +1,563 @@
+/**
+ * Fills the {@linkcode Catalog} from the buckets, cheaply:
+ *
+ * 1. one flat, paginated listing per AET (`store.list(bucket, "")`), compared with the stored key, size and
+ *    ETag: unchanged objects are never read again, objects gone from the listing are deleted;
+ * 2. one header per series (a ranged read of the object's front, never its pixel data): study and series
+ *    attributes are the same in every instance of a series, and the counts come from the listing, so study and
+ *    series search are complete after this step;
+ * 3. the remaining instance headers, in the background (`eagerInstances`) and on demand for the series a QIDO
+ *    instance search or a metadata request needs ({@linkcode Crawler.ensureIndexed}).
+ *
+ * Objects that cannot be read are recorded as failed with the reason (not retried until their ETag changes);
+ * store failures (unreachable, denied) end the crawl instead, without blaming any object. Crawls run at start-up,
+ * every `intervalSeconds`, and on demand; progress is logged at most every few seconds.
+ *
+ * @module
+ */
+
+import type { AetRegistry } from "../objects/aets.ts";
+import type { Catalog, CrawlTicket, Scope } from "./catalog.ts";
+import { HeaderCache, loadHeader } from "../objects/header_cache.ts";
+import { HttpError } from "../http/http_error.ts";
+import { type ObjectInfo, type ObjectStore, StoreError } from "../store/store.ts";
+
+/** What a crawler needs. */
+export interface CrawlerOptions {
+  store: ObjectStore;
+  aets: Pick<AetRegistry, "entries" | "bucket">;
+  catalog: Catalog;
+  /** Log sink (default `console.log`). */
+  log?: (line: string) => void;
+  /** Must equal the server's `bulkDataThreshold` so stored JSON matches the metadata route (default 1024). */
+  bulkDataThreshold?: number;
+  /** Header reads in flight per AET (default 8). */
+  concurrency?: number;
+  /** Read every instance header in the background after the series pass (default true). */
+  eagerInstances?: boolean;
+  /** Minimum milliseconds between two progress lines (default 5000). */
+  progressInterval?: number;
+  /** Crawl lease duration; renewed while the crawl runs (default 60 s). */
+  leaseMs?: number;
+  /** Names this process in leases (default a random id). */
+  owner?: string;
+}
+
+/** The outcome of one crawl of one AET. */
+export interface CrawlReport {
+  aet: string;
+  bucket?: string;
+  outcome: "complete" | "failed" | "skipped" | "stopped";
+  listed: number;
+  added: number;
+  changed: number;
+  unchanged: number;
+  ignored: number;
+  deleted: number;
+  /** Headers read to fill study and series rows (one per new or changed series). */
+  seriesHeaders: number;
+  /** Objects recorded as failed during this crawl. */
+  failed: number;
+  /** Bytes of headers read (ranged GETs) during this crawl's series pass. */
+  headerBytes: number;
+  /** Milliseconds the listing took. */
+  listingMs: number;
+  startedAt: number;
+  finishedAt?: number;
+  error?: string;
+}
+
+/** Live progress of one AET (for `GET /admin/index`). */
+export interface AetProgress {
+  aet: string;
+  phase: "idle" | "listing" | "series" | "instances";
+  /** Objects listed by the running crawl. */
+  listed: number;
+  /** Headers read since the process started (series and instances). */
+  headersRead: number;
+  headerBytes: number;
+  failed: number;
+  /** Instance headers still to read by the background pass (when running). */
+  instancesPending?: number;
+  /** The last finished crawl. */
+  last?: CrawlReport;
+}
+
+interface AetState {
+  progress: AetProgress;
+  crawl?: Promise<CrawlReport>;
+  fill?: Promise<void>;
+  /** Resolves when a crawl has made study/series search complete. */
+  ready: Promise<void>;
+  /** Whether the catalog says a crawl completed (in this process or an earlier one). */
+  complete?: boolean;
+  markReady: () => void;
+}
+
+type ReadOutcome = "indexed" | "failed" | "ignored" | "gone";
+
+const registry = new WeakMap<Catalog, Crawler>();
+
+/**
+ * The crawler of `catalog`: created with `options` on the first call, the same one afterwards, so the server's
+ * routes, the background timer and the CLI share progress and in-flight reads.
+ */
+export function crawlerFor(catalog: Catalog, options: Omit<CrawlerOptions, "catalog">): Crawler {
+  let crawler = registry.get(catalog);
+  if (!crawler) {
+    crawler = new Crawler({ ...options, catalog });
+    registry.set(catalog, crawler);
+  }
+  return crawler;
+}
+
+/** Crawls AETs into a catalog. Prefer {@linkcode crawlerFor} so one crawler serves one catalog. */
+export class Crawler {
+  readonly #store: ObjectStore;
+  readonly #aets: Pick<AetRegistry, "entries" | "bucket">;
+  readonly #catalog: Catalog;
+  readonly #log: (line: string) => void;
+  readonly #threshold: number;
+  readonly #concurrency: number;
+  readonly #eager: boolean;
+  readonly #every: number;
+  readonly #leaseMs: number;
+  readonly #owner: string;
+  readonly #states = new Map<string, AetState>();
+  readonly #inflight = new Map<string, Promise<ReadOutcome>>();
+  /** Counts bytes and misses of header reads; never caches (a crawl would only evict the server's hot headers). */
+  readonly #headers = new HeaderCache(0);
+  #timer?: ReturnType<typeof setInterval>;
+  #stopped = false;
+
+  constructor(options: CrawlerOptions) {
+    this.#store = options.store;
+    this.#aets = options.aets;
+    this.#catalog = options.catalog;
+    this.#log = options.log ?? ((line) => console.log(line));
+    this.#threshold = options.bulkDataThreshold ?? 1024;
+    this.#concurrency = options.concurrency ?? 8;
+    this.#eager = options.eagerInstances ?? true;
+    this.#every = options.progressInterval ?? 5_000;
+    this.#leaseMs = options.leaseMs ?? 60_000;
+    this.#owner = options.owner ?? `crawler-${crypto.randomUUID().slice(0, 8)}`;
+  }
+
+  /** Header reads and bytes so far (all AETs). */
+  get headerReads(): { count: number; bytes: number } {
+    return { count: this.#headers.misses, bytes: this.#headers.bytesRead };
+  }
+
+  /**
+   * Crawls every AET now, then every `intervalSeconds` (0: only now). Never throws: failures are logged and
+   * reported by {@linkcode Crawler.progress}.
+   */
+  start(intervalSeconds: number): void {
+    this.#stopped = false;
+    const run = () => {
+      this.crawlAll().catch((error) => this.#log(`catalog: crawl failed: ${message(error)}`));
+    };
+    run();
+    if (intervalSeconds > 0 && this.#timer === undefined) {
+      this.#timer = setInterval(run, intervalSeconds * 1000);
+    }
+  }
+
+  /** Stops the timer and background reads; resolves when running crawls have stopped. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    if (this.#timer !== undefined) clearInterval(this.#timer);
+    this.#timer = undefined;
+    const running = [...this.#states.values()].flatMap((s) => [s.crawl, s.fill]).filter((p) =>
+      p !== undefined
+    );
+    await Promise.allSettled(running);
+  }
+
+  /** Crawls every AET (one after another). */
+  async crawlAll(options: { waitForInstances?: boolean } = {}): Promise<CrawlReport[]> {
+    const reports: CrawlReport[] = [];
+    for (const [aet] of await this.#aets.entries()) reports.push(await this.crawl(aet, options));
+    return reports;
+  }
+
+  /**
+   * Crawls one AET: listing and series pass (joins the running crawl of that AET if there is one). The instance
+   * pass then runs in the background when `eagerInstances`; `waitForInstances` waits for it too.
+   */
+  crawl(aet: string, options: { waitForInstances?: boolean } = {}): Promise<CrawlReport> {
+    const state = this.#state(aet);
+    state.crawl ??= this.#crawl(aet, state).finally(() => {
+      state.crawl = undefined;
+    });
+    if (!options.waitForInstances) return state.crawl;
+    return state.crawl.then(async (report) => {
+      await (state.fill ?? this.#fill(aet, report.bucket));
+      return report;
+    });
+  }
+
+  /** Progress of every AET crawled since start. */
+  progress(): AetProgress[] {
+    return [...this.#states.values()].map((s) => ({ ...s.progress })).sort((a, b) => a.aet < b.aet ? -1 : 1);
+  }
+
+  /**
+   * Waits until study/series search of `aet` is complete: at once when a crawl has completed before (in this
+   * process or, per the catalog, in an earlier one); else starts a crawl if none runs and waits up to
+   * `timeoutMs`. Resolves to whether search is complete.
+   */
+  async ready(aet: string, timeoutMs: number): Promise<boolean> {
+    const state = this.#state(aet);
+    if (state.complete || state.progress.last?.outcome === "complete") return true;
+    if (await this.#catalog.completedAt(aet) !== undefined) {
+      state.complete = true;
+      return true;
+    }
+    const crawl = state.crawl ?? this.crawl(aet);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<boolean>((resolve) => timer = setTimeout(() => resolve(false), timeoutMs));
+    try {
+      // A failed or skipped crawl answers at once (false) rather than after the timeout.
+      const done = crawl.then((report) => report.outcome === "complete", () => false);
+      return await Promise.race([state.ready.then(() => true), done, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * Reads the headers of the not-yet-indexed objects in `scope` (lazy instance rows for a QIDO instance search
+   * or a metadata request). Resolves to the number of objects that could not be indexed.
+   */
+  async ensureIndexed(aet: string, scope: Scope): Promise<number> {
+    const bucket = await this.#aets.bucket(aet);
+    if (bucket === undefined) return 0;
+    let failed = 0;
+    let previous = "";
+    for (;;) {
+      const pending = await this.#catalog.pendingObjects(aet, scope, 1000);
+      if (pending.length === 0) break;
+      const signature = pending.map((p) => p.key).join("\n");
+      if (signature === previous) break; // nothing changed: do not spin
+      previous = signature;
+      const outcomes = await pool(pending, this.#concurrency, (info) => this.#read(aet, bucket, info));
+      failed += outcomes.filter((o) => o === "failed").length;
+    }
+    return failed;
+  }
+
+  #state(aet: string): AetState {
+    let state = this.#states.get(aet);
+    if (!state) {
+      let markReady!: () => void;
+      const ready = new Promise<void>((resolve) => markReady = resolve);
+      state = {
+        progress: { aet, phase: "idle", listed: 0, headersRead: 0, headerBytes: 0, failed: 0 },
+        ready,
+        markReady,
+      };
+      this.#states.set(aet, state);
+    }
+    return state;
+  }
+
+  async #crawl(aet: string, state: AetState): Promise<CrawlReport> {
+    const report: CrawlReport = {
+      aet,
+      outcome: "failed",
+      listed: 0,
+      added: 0,
+      changed: 0,
+      unchanged: 0,
+      ignored: 0,
+      deleted: 0,
+      seriesHeaders: 0,
+      failed: 0,
+      headerBytes: 0,
+      listingMs: 0,
+      startedAt: Date.now(),
+    };
+    const progress = state.progress;
+    const finish = (outcome: CrawlReport["outcome"], error?: string) => {
+      report.outcome = outcome;
+      report.error = error;
+      report.finishedAt = Date.now();
+      progress.last = report;
+      if (progress.phase !== "instances") progress.phase = "idle";
+      return report;
+    };
+    const bucket = await this.#aets.bucket(aet);
+    if (bucket === undefined) return finish("failed", `Unknown AET ${aet}`);
+    report.bucket = bucket;
+    const ticket = await this.#catalog.beginCrawl(aet, bucket, this.#owner, this.#leaseMs);
+    if (!ticket) {
+      this.#log(`catalog ${aet}: another process is crawling ${bucket}: skipped`);
+      return finish("skipped", "Another process holds the crawl lease");
+    }
+    const started = performance.now();
+    const throttle = new Throttle(this.#every, this.#log);
+    let renewedAt = performance.now();
+    const renew = async () => {
+      if (performance.now() - renewedAt < this.#leaseMs / 3) return;
+      renewedAt = performance.now();
+      if (!await this.#catalog.renewCrawl(ticket, this.#leaseMs)) throw new Error("The crawl lease was lost");
+    };
+    try {
+      progress.phase = "listing";
+      progress.listed = 0;
+      await this.#list(ticket, report, throttle, renew);
+      if (this.#stopped) {
+        await this.#catalog.endCrawl(ticket, { complete: false, error: "Stopped" });
+        return finish("stopped");
+      }
+
+      progress.phase = "series";
+      const before = { count: this.#headers.misses, bytes: this.#headers.bytesRead };
+      await this.#seriesPass(ticket, report, progress, throttle, renew);
+      report.headerBytes = this.#headers.bytesRead - before.bytes;
+      if (this.#stopped) {
+        await this.#catalog.endCrawl(ticket, { complete: false, error: "Stopped" });
+        return finish("stopped");
+      }
+      await this.#catalog.endCrawl(ticket, { complete: true });
+      state.markReady();
+      const seconds = ((performance.now() - started) / 1000).toFixed(1);
+      const listing = `${report.listed} objects listed (${rate(report.listed, report.listingMs / 1000)}/s)`;
+      const changes =
+        `${report.added} new, ${report.changed} changed, ${report.deleted} deleted, ${report.ignored} ignored`;
+      const reads = `${report.seriesHeaders} series headers read (${
+        kib(report.headerBytes)
+      }), ${report.failed} failed`;
+      this.#log(`catalog ${aet}: crawl of ${bucket} done in ${seconds} s: ${listing}, ${changes}; ${reads}`);
+      finish("complete");
+      if (this.#eager && !this.#stopped) {
+        state.fill ??= this.#fill(aet, bucket).finally(() => {
+          state.fill = undefined;
+        });
+      }
+      return report;
+    } catch (error) {
+      const why = message(error);
+      this.#log(`catalog ${aet}: crawl of ${bucket} failed: ${why}`);
+      await this.#catalog.endCrawl(ticket, { complete: false, error: why }).catch(() => {});
+      return finish("failed", why);
+    }
+  }
+
+  async #list(
+    ticket: CrawlTicket,
+    report: CrawlReport,
+    throttle: Throttle,
+    renew: () => Promise<void>,
+  ): Promise<void> {
+    const started = performance.now();
+    const progress = this.#state(ticket.aet).progress;
+    let batch: ObjectInfo[] = [];
+    const flush = async () => {
+      const counts = await this.#catalog.applyListing(ticket, batch);
+      report.added += counts.added;
+      report.changed += counts.changed;
+      report.unchanged += counts.unchanged;
+      report.ignored += counts.ignored;
+      batch = [];
+      await renew();
+    };
+    for await (const info of this.#store.list(ticket.bucket, "")) {
+      if (this.#stopped) return;
+      batch.push(info);
+      report.listed++;
+      progress.listed = report.listed;
+      if (batch.length >= 1000) {
+        await flush();
+        const seconds = (performance.now() - started) / 1000;
+        throttle.say(() =>
+          `catalog ${ticket.aet}: listing ${ticket.bucket}: ${report.listed} objects (${
+            rate(report.listed, seconds)
+          }/s)`
+        );
+      }
+    }
+    if (batch.length > 0) await flush();
+    report.deleted = await this.#catalog.finishListing(ticket);
+    report.listingMs = performance.now() - started;
+  }
+
+  async #seriesPass(
+    ticket: CrawlTicket,
+    report: CrawlReport,
+    progress: AetProgress,
+    throttle: Throttle,
+    renew: () => Promise<void>,
+  ): Promise<void> {
+    const started = performance.now();
+    let total = 0;
+    let done = 0;
+    let previous = "";
+    for (;;) {
+      const candidates = await this.#catalog.seriesToRead(ticket.aet, 100_000);
+      if (candidates.length === 0 || this.#stopped) return;
+      const signature = candidates.map((c) => c.info.key).join("\n");
+      if (signature === previous) return;
+      previous = signature;
+      total = Math.max(total, done + candidates.length);
+      await pool(candidates, this.#concurrency, async (candidate) => {
+        if (this.#stopped) return;
+        const outcome = await this.#read(ticket.aet, ticket.bucket, candidate.info);
+        report.seriesHeaders++;
+        if (outcome === "failed") report.failed++;
+        done++;
+        await renew();
+        const seconds = (performance.now() - started) / 1000;
+        throttle.say(() =>
+          `catalog ${ticket.aet}: series headers: ${done}/${total} (${rate(done, seconds)}/s, ETA ${
+            eta(total - done, done / seconds)
+          })`
+        );
+      });
+      progress.phase = "series";
+    }
+  }
+
+  /** The background instance pass: reads every pending header of the AET. */
+  async #fill(aet: string, bucket: string | undefined): Promise<void> {
+    if (bucket === undefined) return;
+    const state = this.#state(aet);
+    const progress = state.progress;
+    const throttle = new Throttle(this.#every, this.#log);
+    const started = performance.now();
+    const [status] = await this.#catalog.status(aet);
+    let total = status?.pending ?? 0;
+    let done = 0;
+    let failed = 0;
+    let previous = "";
+    try {
+      while (!this.#stopped) {
+        const pending = await this.#catalog.pendingObjects(aet, {}, 500);
+        if (pending.length === 0) break;
+        const signature = pending.map((p) => p.key).join("\n");
+        if (signature === previous) break;
+        previous = signature;
+        progress.phase = "instances";
+        total = Math.max(total, done + pending.length);
+        progress.instancesPending = total - done;
+        await pool(pending, this.#concurrency, async (info) => {
+          if (this.#stopped) return;
+          if (await this.#read(aet, bucket, info) === "failed") failed++;
+          done++;
+          progress.instancesPending = Math.max(0, total - done);
+          const seconds = (performance.now() - started) / 1000;
+          throttle.say(() =>
+            `catalog ${aet}: instance headers: ${done}/${total} (${rate(done, seconds)}/s, ETA ${
+              eta(total - done, done / seconds)
+            })`
+          );
+        });
+      }
+      if (done > 0) {
+        const seconds = (performance.now() - started) / 1000;
+        this.#log(
+          `catalog ${aet}: ${done} instance headers read in ${seconds.toFixed(1)} s, ${failed} failed`,
+        );
+      }
+    } catch (error) {
+      this.#log(`catalog ${aet}: background instance pass stopped: ${message(error)}`);
+    } finally {
+      progress.phase = state.crawl ? progress.phase : "idle";
+      progress.instancesPending = undefined;
+    }
+  }
+
+  /** Reads one header into the catalog; concurrent reads of the same object share one GET. */
+  #read(aet: string, bucket: string, info: ObjectInfo): Promise<ReadOutcome> {
+    const id = `${aet}\0${info.key}\0${info.etag}`;
+    let read = this.#inflight.get(id);
+    if (!read) {
+      read = this.#readNow(aet, bucket, info).finally(() => this.#inflight.delete(id));
+      this.#inflight.set(id, read);
+    }
+    return read;
+  }
+
+  async #readNow(aet: string, bucket: string, info: ObjectInfo): Promise<ReadOutcome> {
+    const progress = this.#state(aet).progress;
+    const bytesBefore = this.#headers.bytesRead;
+    try {
+      const header = await loadHeader(this.#store, this.#headers, bucket, info, {
+        bulkThreshold: this.#threshold,
+      });
+      return await this.#catalog.recordInstance(aet, bucket, info, header);
+    } catch (error) {
+      if (error instanceof StoreError) throw error;
+      if (error instanceof HttpError && error.status === 404) {
+        await this.#catalog.removeInstance(aet, info.key);
+        return "gone";
+      }
+      const why = reason(error, info.key);
+      this.#log(`catalog ${aet}: cannot index ${info.key}: ${why}`);
+      await this.#catalog.recordFailure(aet, info, why);
+      progress.failed++;
+      return "failed";
+    } finally {
+      progress.headersRead++;
+      progress.headerBytes += this.#headers.bytesRead - bytesBefore;
+    }
+  }
+}
+
+/** Runs `fn` over `items` with at most `limit` in flight; rejects with the first error after all settle. */
+async function pool<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results: R[] = new Array(items.length);
+  let next = 0;
+  let failure: unknown;
+  const worker = async () => {
+    while (next < items.length && failure === undefined) {
+      const i = next++;
+      try {
+        results[i] = await fn(items[i]);
+      } catch (error) {
+        failure ??= error;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  if (failure !== undefined) throw failure;
+  return results;
+}
+
+/** Logs at most one line every `every` ms. */
+class Throttle {
+  #last = performance.now();
+  constructor(readonly every: number, readonly log: (line: string) => void) {}
+  say(line: () => string): void {
+    const now = performance.now();
+    if (now - this.#last < this.every) return;
+    this.#last = now;
+    this.log(line());
+  }
+}
+
+/** Why an object cannot be indexed, without repeating its key (the failure is recorded with the key). */
+function reason(error: unknown, key: string): string {
+  const cause = error instanceof HttpError && error.cause instanceof SyntaxError ? error.cause : undefined;
+  if (!cause) return message(error);
+  return `Not readable DICOM: ${cause.message.replace(`Cannot parse ${JSON.stringify(key)}: `, "")}`;
+}
+
+function message(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+function rate(count: number, seconds: number): string {
+  return seconds > 0 ? Math.round(count / seconds).toString() : "-";
+}
+
+function eta(remaining: number, perSecond: number): string {
+  if (!(perSecond > 0) || !Number.isFinite(perSecond)) return "unknown";
+  const seconds = Math.ceil(remaining / perSecond);
+  return seconds < 120 ? `${seconds} s` : `${Math.round(seconds / 60)} min`;
+}
+
+function kib(bytes: number): string {
+  return bytes < 1024 * 1024 ? `${(bytes / 1024).toFixed(1)} KiB` : `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+}

@@ -1,0 +1,388 @@
+/**
+ * WADO-RS frames and bulkdata (PS3.18 10.4.1.1.3 and 10.4.1.1.4): each frame or bulk value is read
+ * from the store with a ranged GET of exactly its bytes.
+ *
+ * @module
+ */
+
+import { DECODABLE_SYNTAXES } from "../codecs/mod.ts";
+import { decodedFrame } from "../imaging/decode.ts";
+import { resolveBulkDataPath, toLittleEndian } from "../dicom/dicom_json.ts";
+import { frameCount, type FramePlan, planFrame } from "../dicom/frames.ts";
+import { type HeaderCache, loadHeader } from "../objects/header_cache.ts";
+import { HttpError } from "../http/http_error.ts";
+import { multipartStream, type Part, randomBoundary } from "../http/multipart.ts";
+import { type MediaRange, parseAccept, rankRanges } from "../http/negotiation.ts";
+import type { Part10Header } from "../dicom/part10.ts";
+import { ahead } from "../objects/open_instance.ts";
+import type { RouteContext } from "../http/router.ts";
+import { bucketOf, readAheadOf, type Services } from "./services.ts";
+import type { ObjectInfo } from "../store/store.ts";
+import { EXPLICIT_VR_LITTLE_ENDIAN } from "../dicom/transfer_syntax.ts";
+import { instanceKey } from "../dicom/uid.ts";
+import { describe, targetOf } from "./retrieve.ts";
+
+type PixelServices = Services & { headers: HeaderCache };
+
+/** How frames will be sent. */
+export interface FrameChoice {
+  multipart: boolean;
+  /** The Content-Type of each frame (part). */
+  contentType: string;
+  /** Compressed frames are decoded to native little endian samples (lib/imaging/decode.ts). */
+  decode?: boolean;
+}
+
+const OCTET = "application/octet-stream";
+
+/**
+ * Negotiates frames of an instance stored as `storedTs` whose frames have media type `mediaType`
+ * (`application/octet-stream` for native data). Stored bytes are sent unchanged (native data in little
+ * endian); `application/octet-stream` with no transfer-syntax or with Explicit VR Little Endian asks for
+ * compressed frames decoded, which `options.decodable` allows.
+ */
+export function negotiateFrames(
+  accept: string | null,
+  stored: { transferSyntax: string; mediaType: string },
+  single: boolean,
+  options: { decodable?: boolean } = {},
+): FrameChoice {
+  const native = stored.mediaType === OCTET;
+  // Native frames are little endian pixels: Explicit VR Little Endian whatever the stored syntax.
+  const sentTs = native ? EXPLICIT_VR_LITTLE_ENDIAN : stored.transferSyntax;
+  const contentType = `${stored.mediaType}; transfer-syntax=${sentTs}`;
+  const tsOk = (ts: string | undefined, type: string | undefined) => {
+    if (ts === undefined) {
+      // No parameter: the media type's default, ELE for octet-stream; a compressed type is its own default.
+      return type === undefined || type === "*/*" || (type === OCTET ? native : type === stored.mediaType);
+    }
+    return ts === "*" || ts === sentTs || ts === stored.transferSyntax;
+  };
+  const typeOk = (type: string | undefined) =>
+    type === undefined || type === "*/*" || type === stored.mediaType ||
+    (type === OCTET && native) || (type === OCTET && !native); // octet-stream with ts=* or the stored ts
+  // Decoded: octet-stream in its default syntax (ELE), from compressed frames we can decode.
+  const decodedOk = (type: string | undefined, ts: string | undefined) =>
+    !native && options.decodable === true && type === OCTET &&
+    (ts === undefined || ts === EXPLICIT_VR_LITTLE_ENDIAN);
+  const decoded = `${OCTET}; transfer-syntax=${EXPLICIT_VR_LITTLE_ENDIAN}`;
+  for (const r of rankRanges(parseAccept(accept))) {
+    const ts = r.params["transfer-syntax"];
+    if (r.type === "*" || (r.type === "multipart" && (r.subtype === "*" || r.subtype === "related"))) {
+      const inner = r.type === "multipart" && r.subtype === "related"
+        ? r.params.type?.toLowerCase()
+        : undefined;
+      if (typeOk(inner) && tsOk(ts, inner)) return { multipart: true, contentType };
+      if (decodedOk(inner, ts)) return { multipart: true, contentType: decoded, decode: true };
+      continue;
+    }
+    if (!single) continue;
+    const type = `${r.type}/${r.subtype}`;
+    if (
+      (type === stored.mediaType || type === OCTET && native ||
+        r.subtype === "*" && r.type === stored.mediaType.split("/")[0]) &&
+      tsOk(ts, type === OCTET ? OCTET : stored.mediaType)
+    ) {
+      return { multipart: false, contentType };
+    }
+    if (decodedOk(type, ts)) return { multipart: false, contentType: decoded, decode: true };
+  }
+  const why = native
+    ? `frames of this instance are ${contentType}`
+    : `frames of this instance are stored as ${contentType}` +
+      (options.decodable
+        ? `; ask for transfer-syntax=* or type="${stored.mediaType}" to get them as stored, or type="${OCTET}" to get them decoded`
+        : `; decoding them is not supported for this transfer syntax, ask for transfer-syntax=* or type="${stored.mediaType}"`);
+  throw new HttpError(406, `None of the media types in Accept can be served: ${why}`);
+}
+
+/** Parses a frame list (`1,3,5`): 1-based numbers, 400 for anything else. */
+export function parseFrameList(text: string): number[] {
+  const items = text.split(",").map((s) => s.trim());
+  if (items.length === 0 || items.length > 10_000 || items.some((s) => !/^\d{1,9}$/.test(s))) {
+    throw new HttpError(
+      400,
+      `Invalid frame list "${text.slice(0, 80)}": use 1-based frame numbers separated by commas, e.g. 1,2,3`,
+    );
+  }
+  return items.map(Number);
+}
+
+/** The object changed since its header was cached: read it again with a fresh header. */
+class StaleHeader extends Error {}
+
+/**
+ * Reads `[offset, offset + length)` of the object (from the inflated copy for deflated objects); with
+ * `etag`, from that version only ({@linkcode StaleHeader} otherwise).
+ */
+async function readSpan(
+  services: PixelServices,
+  bucket: string,
+  header: Part10Header,
+  key: string,
+  offset: number,
+  length: number,
+  etag?: string,
+): Promise<Uint8Array> {
+  if (length === 0) return new Uint8Array(0);
+  if (header.inflated) return header.inflated.subarray(offset, offset + length);
+  const object = await services.store.get(bucket, key, {
+    range: { start: offset, end: offset + length - 1 },
+  });
+  if (object !== null && etag !== undefined && object.info.etag !== etag) {
+    await object.body.cancel().catch(() => {});
+    throw new StaleHeader(
+      `Object ${key} was replaced while being read (ETag ${etag} → ${object.info.etag}); ask again`,
+    );
+  }
+  if (object === null) {
+    if (etag !== undefined) throw new StaleHeader(`Object ${key} disappeared while being read`);
+    throw new HttpError(404, `Not found: object ${key} disappeared while being read`);
+  }
+  const bytes = new Uint8Array(await new Response(object.body).arrayBuffer());
+  if (bytes.byteLength !== length) {
+    throw new HttpError(
+      502,
+      `Short read of ${key}: asked for ${length} bytes at ${offset}, got ${bytes.byteLength}; the object may be truncated`,
+    );
+  }
+  return bytes;
+}
+
+/** Where an instance's pixels are read from: its object, the version its header is of, and the header. */
+interface Source {
+  bucket: string;
+  key: string;
+  /** The ETag the header is of; every read checks it when the header came from the cache unchecked. */
+  etag?: string;
+  header: Part10Header;
+}
+
+async function readFrame(services: PixelServices, source: Source, plan: FramePlan) {
+  const { bucket, header, key, etag } = source;
+  const chunks = await Promise.all(
+    plan.ranges.map((r) => readSpan(services, bucket, header, key, r.offset, r.length, etag)),
+  );
+  let bytes: Uint8Array;
+  if (chunks.length === 1) bytes = chunks[0];
+  else {
+    bytes = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
+    let at = 0;
+    for (const c of chunks) {
+      bytes.set(c, at);
+      at += c.byteLength;
+    }
+  }
+  return plan.extract ? plan.extract(bytes) : bytes;
+}
+
+/**
+ * The instance's parsed header (404 when missing). `cached`: a header cached for the key is used without
+ * asking the store first (one round trip less per frame); the reads then check its ETag.
+ */
+async function instanceHeader(services: PixelServices, ctx: RouteContext, cached: boolean) {
+  const target = targetOf(ctx.params);
+  const bucket = await bucketOf(services, target.aet);
+  const key = instanceKey(target.study, target.series!, target.instance!);
+  const known = cached ? services.headers.latest(bucket, key) : undefined;
+  if (known !== undefined && !known.header.inflated) {
+    return { target, source: { bucket, key, etag: known.etag, header: known.header } };
+  }
+  const info: ObjectInfo | null = await services.store.head(bucket, key);
+  if (info === null) throw new HttpError(404, `Not found: ${describe(target)}`);
+  const header = await loadHeader(services.store, services.headers, bucket, info, {
+    bulkThreshold: services.config.bulkDataThreshold,
+  });
+  return { target, source: { bucket, key, header } };
+}
+
+/** Runs `handler` with the cached header; again with a fresh one if the object proved to have changed. */
+async function withFreshHeader(
+  services: PixelServices,
+  ctx: RouteContext,
+  handler: (cached: boolean) => Promise<Response>,
+): Promise<Response> {
+  try {
+    return await handler(true);
+  } catch (error) {
+    if (!(error instanceof StaleHeader)) throw error;
+    const target = targetOf(ctx.params);
+    services.headers.forget(
+      await bucketOf(services, target.aet),
+      instanceKey(target.study, target.series!, target.instance!),
+    );
+    return await handler(false);
+  }
+}
+
+/** The frames and bulkdata handlers. */
+export function pixelHandlers(services: PixelServices) {
+  function frames(ctx: RouteContext): Promise<Response> {
+    return withFreshHeader(services, ctx, (cached) => framesOf(ctx, cached));
+  }
+
+  async function framesOf(ctx: RouteContext, cached: boolean): Promise<Response> {
+    const list = parseFrameList(ctx.params.frames);
+    const { target, source } = await instanceHeader(services, ctx, cached);
+    const { header } = source;
+    if (!header.pixelData) {
+      throw new HttpError(404, `Not found: ${describe(target)} has no pixel data, so it has no frames`);
+    }
+    const plans = list.map((n) => planFrame(header, n)); // RangeError → 400 naming the valid range
+    const choice = negotiateFrames(
+      ctx.request.headers.get("accept"),
+      { transferSyntax: header.transferSyntaxUid, mediaType: plans[0].mediaType },
+      list.length === 1,
+      {
+        decodable: services.capabilities.decode === true && DECODABLE_SYNTAXES.has(header.transferSyntaxUid),
+      },
+    );
+    // Decoded frames: native little endian samples from the codec pool (413/422 from decodedFrame).
+    const frameOf = choice.decode
+      ? async (plan: FramePlan) => (await decodedFrame(header, await readFrame(services, source, plan))).bytes
+      : (plan: FramePlan) => readFrame(services, source, plan);
+    if (!choice.multipart) {
+      const bytes = await frameOf(plans[0]);
+      return new Response(bytes as Uint8Array<ArrayBuffer>, {
+        headers: { "content-type": choice.contentType, "content-length": String(bytes.byteLength) },
+      });
+    }
+    const frameBytes = ahead(plans, frameOf, readAheadOf(services));
+    const first = await frameBytes.next(); // a store failure is a 5xx before anything is sent
+    const parts = (async function* (): AsyncGenerator<Part> {
+      if (!first.done) yield { headers: { "Content-Type": choice.contentType }, body: first.value };
+      for await (const bytes of frameBytes) {
+        yield { headers: { "Content-Type": choice.contentType }, body: bytes };
+      }
+    })();
+    const boundary = randomBoundary();
+    const type = choice.contentType.split(";")[0];
+    return new Response(multipartStream(parts, boundary), {
+      headers: { "content-type": `multipart/related; type="${type}"; boundary=${boundary}` },
+    });
+  }
+
+  function bulkdata(ctx: RouteContext): Promise<Response> {
+    return withFreshHeader(services, ctx, (cached) => bulkdataOf(ctx, cached));
+  }
+
+  async function bulkdataOf(ctx: RouteContext, cached: boolean): Promise<Response> {
+    const path = ctx.params.path ?? "";
+    const { target, source } = await instanceHeader(services, ctx, cached);
+    const { bucket, key, header, etag } = source;
+    const element = resolveBulkDataPath(header.dataset, path);
+    const pixel = header.pixelData;
+    const isPixel = pixel !== undefined && path === pixel.tag.toString(16).toUpperCase().padStart(8, "0");
+    if (!element && !isPixel) {
+      throw new HttpError(
+        404,
+        `Not found: ${
+          describe(target)
+        } has no bulk data at "${path}" (paths come from BulkDataURIs in its metadata)`,
+      );
+    }
+    if (isPixel && pixel!.encapsulated) {
+      // Encapsulated Pixel Data: one part per frame in its compressed media type.
+      const count = frameCount(header);
+      const url = new URL(ctx.url);
+      url.pathname = url.pathname.replace(
+        /\/bulkdata\/.*$/,
+        `/frames/${Array.from({ length: count }, (_, i) => i + 1).join(",")}`,
+      );
+      const accept = ctx.request.headers.get("accept");
+      const request = new Request(url, {
+        headers: {
+          accept: accept && !/octet-stream/.test(accept)
+            ? accept
+            : 'multipart/related; type="*/*"; transfer-syntax=*',
+        },
+      });
+      return framesOf(
+        { request, url, params: { ...ctx.params, frames: url.pathname.split("/").pop()! } },
+        cached,
+      );
+    }
+    const vr = isPixel ? pixel!.vr : element!.vr;
+    const offset = isPixel ? pixel!.offset : element!.offset;
+    const length = isPixel ? pixel!.length : element!.length;
+    const littleEndian = isPixel
+      ? header.littleEndian
+      : !element!.bytes
+      ? header.littleEndian
+      : header.littleEndian;
+    const single = wantsSingle(ctx.request.headers.get("accept"));
+    const range = parseRange(ctx.request.headers.get("range"), length);
+    const start = range?.start ?? 0;
+    const end = range?.end ?? length - 1;
+    const swap = !littleEndian && ["OW", "OF", "OL", "OD", "OV"].includes(vr);
+    let bytes: Uint8Array;
+    if (element?.bytes) bytes = element.bytes;
+    else if (swap) bytes = await readSpan(services, bucket, header, key, offset, length, etag);
+    else bytes = await readSpan(services, bucket, header, key, offset + start, end - start + 1, etag);
+    if (swap) bytes = toLittleEndian(bytes, vr, false);
+    if (element?.bytes || swap) bytes = bytes.subarray(start, end + 1);
+    const headers = new Headers();
+    if (single) {
+      headers.set("content-type", OCTET);
+      headers.set("accept-ranges", "bytes");
+      if (range) headers.set("content-range", `bytes ${start}-${end}/${length}`);
+      headers.set("content-length", String(bytes.byteLength));
+      return new Response(bytes as Uint8Array<ArrayBuffer>, { status: range ? 206 : 200, headers });
+    }
+    const boundary = randomBoundary();
+    const partHeaders: Record<string, string> = { "Content-Type": OCTET };
+    if (range) partHeaders["Content-Range"] = `bytes ${start}-${end}/${length}`;
+    const parts = (async function* () {
+      yield { headers: partHeaders, body: bytes };
+    })();
+    headers.set("content-type", `multipart/related; type="${OCTET}"; boundary=${boundary}`);
+    return new Response(multipartStream(parts, boundary), { status: range ? 206 : 200, headers });
+  }
+
+  return { frames, bulkdata };
+}
+
+function wantsSingle(accept: string | null): boolean {
+  const ranked: MediaRange[] = rankRanges(parseAccept(accept));
+  for (const r of ranked) {
+    if (r.type === "application" && r.subtype === "octet-stream") return true;
+    if (r.type === "*" || r.type === "multipart") {
+      const inner = r.params.type?.toLowerCase();
+      if (r.type === "multipart" && inner !== undefined && inner !== "*/*" && inner !== OCTET) continue;
+      return false;
+    }
+  }
+  throw new HttpError(
+    406,
+    `None of the media types in Accept can be served: bulk data is ${OCTET} or multipart/related; type="${OCTET}"`,
+  );
+}
+
+/** A single `bytes=a-b` / `bytes=a-` / `bytes=-n` range, or undefined; 416 when unsatisfiable. */
+export function parseRange(
+  header: string | null,
+  length: number,
+): { start: number; end: number } | undefined {
+  if (header === null) return undefined;
+  const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
+  if (!m || (m[1] === "" && m[2] === "")) {
+    throw new HttpError(416, `Unsupported Range "${header}": use one range like bytes=0-1023`, {
+      headers: { "content-range": `bytes */${length}` },
+    });
+  }
+  let start: number;
+  let end: number;
+  if (m[1] === "") {
+    start = Math.max(0, length - Number(m[2]));
+    end = length - 1;
+  } else {
+    start = Number(m[1]);
+    end = m[2] === "" ? length - 1 : Math.min(Number(m[2]), length - 1);
+  }
+  if (start >= length || end < start) {
+    throw new HttpError(416, `Range "${header}" is outside the ${length} bytes of this value`, {
+      headers: { "content-range": `bytes */${length}` },
+    });
+  }
+  return { start, end };
+}

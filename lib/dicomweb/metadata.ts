@@ -1,0 +1,199 @@
+/**
+ * WADO-RS metadata (PS3.18 10.4.1.1.2, Annex F): study, series and instance `/metadata` as
+ * `application/dicom+json`, built from headers read with ranged GETs and cached by ETag.
+ *
+ * @module
+ */
+
+import { stringifyDicomJson } from "../dicom/dicom_json.ts";
+import { headerJson, resolveBulkDataUris } from "../catalog/catalog.ts";
+import { type HeaderCache, loadHeader } from "../objects/header_cache.ts";
+import { HttpError } from "../http/http_error.ts";
+import { parseAccept, rankRanges } from "../http/negotiation.ts";
+import { ahead } from "../objects/open_instance.ts";
+import type { RouteContext } from "../http/router.ts";
+import { bucketOf, readAheadOf, type Services } from "./services.ts";
+import type { ObjectInfo } from "../store/store.ts";
+import { instanceKey, parseInstanceKey, seriesPrefix, studyPrefix } from "../dicom/uid.ts";
+import { publicBase } from "../http/urls.ts";
+import { describe, instanceUrl, targetOf } from "./retrieve.ts";
+
+/** What the metadata handlers need: {@linkcode Services} with the header cache in place. */
+export type MetadataServices = Services & { headers: HeaderCache };
+
+/** Checks that the client takes `application/dicom+json` (or JSON, or anything). */
+export function acceptJson(accept: string | null): void {
+  const ok = rankRanges(parseAccept(accept)).some((r) =>
+    (r.type === "*" && r.subtype === "*") ||
+    (r.type === "application" && ["dicom+json", "json", "*"].includes(r.subtype))
+  );
+  if (!ok) {
+    throw new HttpError(
+      406,
+      "None of the media types in Accept can be served: metadata is application/dicom+json",
+    );
+  }
+}
+
+/**
+ * The metadata of one object as DICOM JSON text with BulkDataURIs relative to the instance
+ * (`bulkdata/{path}`; {@linkcode resolveBulkDataUris} makes them absolute), cached with its header.
+ */
+export async function instanceJsonText(
+  services: MetadataServices,
+  bucket: string,
+  info: ObjectInfo,
+): Promise<string> {
+  const cached = services.headers.json(bucket, info);
+  if (cached !== undefined) return cached;
+  const threshold = services.config.bulkDataThreshold;
+  const header = await loadHeader(services.store, services.headers, bucket, info, {
+    bulkThreshold: threshold,
+  });
+  // Small loaded binary values go inline; large ones, Pixel Data and values not loaded become BulkDataURIs.
+  const json = stringifyDicomJson(headerJson(header, threshold));
+  services.headers.setJson(bucket, info, json);
+  return json;
+}
+
+/** The three metadata handlers (study, series, instance). */
+export function metadataHandlers(services: MetadataServices) {
+  const { store, config } = services;
+
+  async function respond(
+    ctx: RouteContext,
+    infos: AsyncIterable<ObjectInfo>,
+    notFound: string,
+  ): Promise<Response> {
+    acceptJson(ctx.request.headers.get("accept"));
+    const target = targetOf(ctx.params);
+    const bucket = await bucketOf(services, target.aet);
+    const base = publicBase(ctx.request, config);
+    const abort = new AbortController();
+    const single = target.instance !== undefined;
+    let skipped: HttpError | undefined;
+    // The listing's first page is asked for now, so it is on its way while the catalog answers.
+    const iterator = infos[Symbol.asyncIterator]();
+    const firstInfo = iterator.next();
+    firstInfo.catch(() => {}); // awaited below, unless the catalog fails first
+    infos = {
+      async *[Symbol.asyncIterator]() {
+        try {
+          for (let next = await firstInfo; !next.done; next = await iterator.next()) yield next.value;
+        } finally {
+          await iterator.return?.();
+        }
+      },
+    };
+    // The catalog's cached instance JSON (same ETag) makes series metadata one query instead of N reads.
+    const stored = new Map(
+      (await services.catalog?.instanceMetadata(target.aet, target.study, target.series).catch(() => []) ??
+        [])
+        .map((s) => [s.key, s]),
+    );
+    const jsons = ahead(
+      infos,
+      async (info): Promise<string | null> => {
+        const uids = parseInstanceKey(info.key)!;
+        const url = instanceUrl(base, target.aet, uids.study, uids.series, uids.instance);
+        const hit = stored.get(info.key);
+        if (hit !== undefined && hit.etag === info.etag) return resolveBulkDataUris(hit.json, url);
+        try {
+          return resolveBulkDataUris(await instanceJsonText(services, bucket, info), url);
+        } catch (error) {
+          // In study/series metadata an unreadable object is left out (and logged) rather than failing all.
+          if (single || !(error instanceof HttpError) || error.status !== 500) throw error;
+          services.log?.(`metadata: skipping ${bucket}/${info.key}: ${error.message}`);
+          skipped = error;
+          return null;
+        }
+      },
+      readAheadOf(services),
+    );
+    const nextJson = async () => {
+      for (;;) {
+        const next = await jsons.next();
+        if (next.done || next.value !== null) return next;
+      }
+    };
+    let first: IteratorResult<string | null>;
+    try {
+      first = await nextJson();
+    } catch (error) {
+      abort.abort();
+      throw error;
+    }
+    if (first.done) throw skipped ?? new HttpError(404, notFound);
+    const encoder = new TextEncoder();
+    let started = false;
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        if (!started) {
+          started = true;
+          controller.enqueue(encoder.encode("[" + first.value));
+          return;
+        }
+        const next = await nextJson();
+        if (next.done) {
+          controller.enqueue(encoder.encode("]\n"));
+          controller.close();
+        } else {
+          controller.enqueue(encoder.encode("," + next.value));
+        }
+      },
+      async cancel() {
+        abort.abort();
+        await jsons.return(undefined);
+      },
+    }, { highWaterMark: 0 });
+    return new Response(body, { headers: { "content-type": "application/dicom+json; charset=utf-8" } });
+  }
+
+  async function* listed(
+    bucket: string,
+    prefix: string,
+    study: string,
+    series?: string,
+  ): AsyncGenerator<ObjectInfo> {
+    for await (const info of store.list(bucket, prefix)) {
+      const uids = parseInstanceKey(info.key);
+      if (uids === null || uids.study !== study || (series !== undefined && uids.series !== series)) continue;
+      yield info;
+    }
+  }
+
+  return {
+    async study(ctx: RouteContext): Promise<Response> {
+      const target = targetOf(ctx.params);
+      const bucket = await bucketOf(services, target.aet);
+      return respond(
+        ctx,
+        listed(bucket, studyPrefix(target.study), target.study),
+        `Not found: ${describe(target)} has no instances`,
+      );
+    },
+    async series(ctx: RouteContext): Promise<Response> {
+      const target = targetOf(ctx.params);
+      const bucket = await bucketOf(services, target.aet);
+      return respond(
+        ctx,
+        listed(bucket, seriesPrefix(target.study, target.series!), target.study, target.series),
+        `Not found: ${describe(target)} has no instances`,
+      );
+    },
+    async instance(ctx: RouteContext): Promise<Response> {
+      const target = targetOf(ctx.params);
+      const bucket = await bucketOf(services, target.aet);
+      const key = instanceKey(target.study, target.series!, target.instance!);
+      const info = await store.head(bucket, key);
+      if (info === null) throw new HttpError(404, `Not found: ${describe(target)}`);
+      return respond(
+        ctx,
+        (async function* () {
+          yield info;
+        })(),
+        `Not found: ${describe(target)}`,
+      );
+    },
+  };
+}

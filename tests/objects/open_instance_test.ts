@@ -1,0 +1,415 @@
+import assert from "node:assert/strict";
+import { MemoryStore } from "../../lib/store/memory_store.ts";
+import { ahead, openInstance, SharedReadAhead } from "../../lib/objects/open_instance.ts";
+import type { GetOptions, ObjectBody, ObjectStore } from "../../lib/store/store.ts";
+
+const ELE = "1.2.840.10008.1.2.1";
+const encoder = new TextEncoder();
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+// ---- a minimal Part 10 object ----
+
+function concat(chunks: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
+}
+
+function el(group: number, element: number, vr: string, value: Uint8Array | string): Uint8Array {
+  let bytes: Uint8Array = typeof value === "string" ? encoder.encode(value) : value;
+  if (bytes.length % 2) bytes = concat([bytes, new Uint8Array([vr === "UI" ? 0 : 0x20])]);
+  const long = ["OB", "OW", "UN", "SQ", "UT"].includes(vr);
+  const head = new Uint8Array(long ? 12 : 8);
+  const view = new DataView(head.buffer);
+  view.setUint16(0, group, true);
+  view.setUint16(2, element, true);
+  head.set(encoder.encode(vr), 4);
+  if (long) view.setUint32(8, bytes.length, true);
+  else view.setUint16(6, bytes.length, true);
+  return concat([head, bytes]);
+}
+
+function part10(sop: string, ts = ELE, pixels = 4096): Uint8Array {
+  const meta = concat([
+    el(2, 1, "OB", new Uint8Array([0, 1])),
+    el(2, 2, "UI", "1.2.840.10008.5.1.4.1.1.7"),
+    el(2, 3, "UI", sop),
+    el(2, 0x10, "UI", ts),
+  ]);
+  const length = new Uint8Array(4);
+  new DataView(length.buffer).setUint32(0, meta.length, true);
+  const data = new Uint8Array(pixels);
+  for (let i = 0; i < data.length; i++) data[i] = (i * 31 + sop.length) & 0xff;
+  return concat([
+    new Uint8Array(128),
+    encoder.encode("DICM"),
+    el(2, 0, "UL", length),
+    meta,
+    el(8, 0x18, "UI", sop),
+    el(0x7fe0, 0x10, "OW", data),
+  ]);
+}
+
+async function bytesOf(stream: ReadableStream<Uint8Array>): Promise<Uint8Array> {
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+/** Wraps a store so bodies arrive in `chunk`-byte pieces and cancellations are recorded. */
+function chunkingStore(inner: ObjectStore, chunk: number, cancelled: string[] = []): ObjectStore {
+  return {
+    kind: inner.kind,
+    location: inner.location,
+    listBuckets: (o) => inner.listBuckets(o),
+    list: (b, p, o) => inner.list(b, p, o),
+    head: (b, k, o) => inner.head(b, k, o),
+    put: (b, k, body, o) => inner.put(b, k, body, o),
+    delete: (b, k, o) => inner.delete(b, k, o),
+    check: (b, o) => inner.check(b, o),
+    async get(bucket: string, key: string, options?: GetOptions): Promise<ObjectBody | null> {
+      const object = await inner.get(bucket, key, options);
+      if (object === null) return null;
+      const all = await bytesOf(object.body);
+      let at = 0;
+      const body = new ReadableStream<Uint8Array>({
+        pull(controller) {
+          if (at >= all.length) return controller.close();
+          controller.enqueue(all.slice(at, at + chunk));
+          at += chunk;
+        },
+        cancel() {
+          cancelled.push(key);
+        },
+      }, { highWaterMark: 0 });
+      return { ...object, body };
+    },
+  };
+}
+
+/** `inner` whose bodies are byte streams (as `fetch` bodies are) handing out at most `piece` bytes a read. */
+function byteStreamStore(inner: ObjectStore, piece: number): ObjectStore {
+  return {
+    ...chunkingStore(inner, piece),
+    async get(bucket: string, key: string, options?: GetOptions): Promise<ObjectBody | null> {
+      const object = await inner.get(bucket, key, options);
+      if (object === null) return null;
+      const all = await bytesOf(object.body);
+      let at = 0;
+      const body = new ReadableStream({
+        type: "bytes",
+        pull(controller) {
+          const request = controller.byobRequest!;
+          const view = new Uint8Array(
+            request.view!.buffer,
+            request.view!.byteOffset,
+            request.view!.byteLength,
+          );
+          const n = Math.min(view.byteLength, piece, all.length - at);
+          view.set(all.subarray(at, at + n));
+          at += n;
+          request.respond(n);
+          if (at === all.length) controller.close();
+        },
+      });
+      return { ...object, body };
+    },
+  };
+}
+
+// ---- ahead() ----
+
+Deno.test("ahead()", async (t) => {
+  await t.step("yields results in key order whatever order the opens finish in", async () => {
+    const keys = Array.from({ length: 40 }, (_, i) => `k${i}`);
+    const out: string[] = [];
+    for await (
+      const value of ahead(keys, async (key) => {
+        await sleep(Math.random() * 8);
+        return key.toUpperCase();
+      }, { concurrency: 6 })
+    ) out.push(value);
+    assert.deepEqual(out, keys.map((k) => k.toUpperCase()));
+  });
+
+  /** Runs `keys` through `ahead` with a slow open and a slow consumer; `gauge.peak`: most opens in flight. */
+  const drain = async (
+    keys: string[],
+    options: Parameters<typeof ahead<string, string>>[2],
+    gauge: { inFlight: number; peak: number },
+  ) => {
+    const out: string[] = [];
+    for await (
+      const value of ahead(keys, async (key) => {
+        gauge.inFlight++;
+        gauge.peak = Math.max(gauge.peak, gauge.inFlight);
+        await sleep(1 + Math.random() * 5);
+        gauge.inFlight--;
+        return key;
+      }, options)
+    ) {
+      out.push(value);
+      await sleep(Math.random() * 2); // a slow consumer
+    }
+    assert.deepEqual(out, keys);
+  };
+
+  await t.step("never has more than `concurrency` opens in flight, and uses the concurrency", async () => {
+    for (const concurrency of [1, 3, 8]) {
+      const gauge = { inFlight: 0, peak: 0 };
+      await drain(Array.from({ length: 30 }, (_, i) => String(i)), { concurrency }, gauge);
+      assert.ok(gauge.peak <= concurrency, `peak ${gauge.peak} > concurrency ${concurrency}`);
+      assert.equal(gauge.peak, concurrency, `concurrency ${concurrency} is used`);
+    }
+  });
+
+  await t.step("with a SharedReadAhead, requests running together split the total", async () => {
+    const shared = new SharedReadAhead(8, 16);
+    const gauge = { inFlight: 0, peak: 0 };
+    const run = (n: number) => {
+      const { concurrency, leave } = shared.join();
+      return drain(
+        Array.from({ length: 40 }, (_, i) => `${n}.${i}`),
+        { concurrency, onFinish: leave },
+        gauge,
+      );
+    };
+    // one request alone: its whole 8
+    await run(0);
+    assert.equal(gauge.peak, 8);
+    assert.equal(shared.active, 0, "the request left when its read-ahead ended");
+    // four at once: 16 in all, 4 each
+    gauge.peak = 0;
+    await Promise.all([1, 2, 3, 4].map(run));
+    assert.ok(gauge.peak <= 16, `peak ${gauge.peak} > 16 opens in flight over 4 requests`);
+    assert.ok(gauge.peak >= 12, `peak ${gauge.peak}: the shares are used`);
+    assert.equal(shared.active, 0);
+    // more requests than the total: each still gets one
+    const many = Array.from({ length: 20 }, () => shared.join());
+    assert.equal(shared.share(), 1);
+    for (const m of many) m.leave();
+    many[0].leave(); // leaving twice counts once
+    assert.equal(shared.active, 0);
+    assert.equal(shared.share(), 8);
+  });
+
+  await t.step("onFinish runs once when the consumer stops early or the keys fail", async () => {
+    let finished = 0;
+    for await (
+      const _ of ahead(["a", "b", "c"], (k) => Promise.resolve(k), {
+        concurrency: 2,
+        onFinish: () => finished++,
+      })
+    ) {
+      break;
+    }
+    assert.equal(finished, 1);
+    const failing = (async function* () {
+      yield "a";
+      throw new Error("listing failed");
+    })();
+    await assert.rejects(async () => {
+      for await (
+        const _ of ahead(failing, (k) => Promise.resolve(k), {
+          concurrency: 2,
+          onFinish: () => finished++,
+        })
+      ) {
+        // consume
+      }
+    }, /listing failed/);
+    assert.equal(finished, 2);
+  });
+
+  await t.step("accepts an async iterable of keys", async () => {
+    async function* keys() {
+      for (let i = 0; i < 10; i++) {
+        await sleep(0);
+        yield `a${i}`;
+      }
+    }
+    const out: string[] = [];
+    for await (const v of ahead(keys(), (k) => Promise.resolve(k), { concurrency: 3 })) out.push(v);
+    assert.deepEqual(out, Array.from({ length: 10 }, (_, i) => `a${i}`));
+  });
+
+  await t.step("disposes every opened value the consumer did not take when it stops early", async () => {
+    const opened = new Set<number>();
+    const disposed = new Set<number>();
+    const taken: number[] = [];
+    let keySourceClosed = false;
+    function* keys() {
+      try {
+        for (let i = 0; i < 100; i++) yield String(i);
+      } finally {
+        keySourceClosed = true;
+      }
+    }
+    for await (
+      const value of ahead(keys(), async (key) => {
+        await sleep(Math.random() * 5);
+        opened.add(Number(key));
+        return Number(key);
+      }, { concurrency: 5, dispose: (v) => disposed.add(v) })
+    ) {
+      taken.push(value);
+      if (taken.length === 3) break;
+    }
+    await sleep(20); // opens still in flight at the break settle and get disposed
+    assert.deepEqual(taken, [0, 1, 2]);
+    assert.equal(keySourceClosed, true, "the key source is closed");
+    for (const v of opened) assert.ok(taken.includes(v) !== disposed.has(v), `value ${v} taken xor disposed`);
+    assert.ok(opened.size <= 3 + 5, `opened ${opened.size}`);
+    assert.ok(disposed.size >= 1);
+  });
+
+  await t.step(
+    "an early rejection is not an unhandled rejection and reaches the consumer in order",
+    async () => {
+      const out: string[] = [];
+      const iterator = ahead(["0", "1", "2", "3"], async (key) => {
+        if (key === "2") throw new Error("open 2 failed"); // rejects at once, long before it is awaited
+        await sleep(15);
+        return key;
+      }, { concurrency: 4 });
+      await assert.rejects(async () => {
+        for await (const v of iterator) out.push(v);
+      }, /open 2 failed/);
+      assert.deepEqual(out, ["0", "1"]);
+      await sleep(20);
+    },
+  );
+
+  await t.step("a rejection the consumer never reaches is not unhandled either", async () => {
+    const disposed: string[] = [];
+    for await (
+      const v of ahead(["0", "1", "2"], async (key) => {
+        if (key !== "0") throw new Error(`open ${key} failed`);
+        await sleep(10);
+        return key;
+      }, { concurrency: 3, dispose: (v) => disposed.push(v) })
+    ) {
+      assert.equal(v, "0");
+      break;
+    }
+    await sleep(20);
+    assert.deepEqual(disposed, [], "rejected opens have nothing to dispose");
+  });
+
+  await t.step("on a failed open, disposes the values opened after it", async () => {
+    const disposed: string[] = [];
+    await assert.rejects(async () => {
+      for await (
+        const _ of ahead(["0", "1", "2"], async (key) => {
+          if (key === "0") {
+            await sleep(5);
+            throw new Error("open 0 failed");
+          }
+          return key;
+        }, { concurrency: 3, dispose: (v) => disposed.push(v) })
+      ) { /* never reached */ }
+    }, /open 0 failed/);
+    await sleep(5);
+    assert.deepEqual(disposed.sort(), ["1", "2"]);
+  });
+});
+
+// ---- openInstance() ----
+
+Deno.test("openInstance()", async (t) => {
+  const store = new MemoryStore(["B"]);
+  const sops = ["1.2.3.1", "1.2.3.2"];
+  const objects = new Map<string, Uint8Array>();
+  for (const sop of sops) {
+    const bytes = part10(sop, ELE, 20_000);
+    objects.set(`1.2/3.4/${sop}.dcm`, bytes);
+    await store.put("B", `1.2/3.4/${sop}.dcm`, bytes);
+  }
+
+  await t.step("reads the File Meta and replays the head so the body is byte-exact", async () => {
+    for (const chunk of [1, 7, 100, 300, 65536]) {
+      const key = `1.2/3.4/${sops[0]}.dcm`;
+      const opened = await openInstance(chunkingStore(store, chunk), "B", key);
+      assert.ok(opened);
+      assert.equal(opened.key, key);
+      assert.equal(opened.meta.transferSyntaxUid, ELE);
+      assert.equal(opened.meta.sopInstanceUid, sops[0]);
+      assert.equal(opened.info.size, objects.get(key)!.length);
+      assert.deepEqual(await bytesOf(opened.body), objects.get(key), `chunk size ${chunk}`);
+    }
+  });
+
+  await t.step("reads a byte-stream body in place into full chunks of chunkSize, byte-exact", async () => {
+    const key = `1.2/3.4/${sops[0]}.dcm`;
+    const opened = await openInstance(byteStreamStore(store, 1000), "B", key, { chunkSize: 4096 });
+    const sizes: number[] = [];
+    const parts: Uint8Array[] = [];
+    for await (const chunk of opened!.body) {
+      sizes.push(chunk.byteLength);
+      parts.push(chunk);
+    }
+    assert.deepEqual(concat(parts), objects.get(key));
+    // the 1000-byte network reads are gathered: every chunk but the last is a whole 4096-byte buffer
+    assert.ok(sizes.length > 3, `${sizes}`);
+    assert.deepEqual(sizes.slice(0, -1).filter((n) => n !== 4096), [], `chunk sizes ${sizes}`);
+  });
+
+  await t.step("works with small read-ahead buffers", async () => {
+    const key = `1.2/3.4/${sops[1]}.dcm`;
+    const opened = await openInstance(chunkingStore(store, 50), "B", key, { readAhead: 1 });
+    assert.deepEqual(await bytesOf(opened!.body), objects.get(key));
+  });
+
+  await t.step("returns null for a missing key", async () => {
+    assert.equal(await openInstance(store, "B", "1.2/3.4/9.9.dcm"), null);
+  });
+
+  await t.step("cancelling the body cancels the store's body", async () => {
+    const cancelled: string[] = [];
+    const key = `1.2/3.4/${sops[0]}.dcm`;
+    const opened = await openInstance(chunkingStore(store, 100, cancelled), "B", key, { readAhead: 100 });
+    const reader = opened!.body.getReader();
+    await reader.read();
+    await reader.cancel("stop");
+    await sleep(10);
+    assert.deepEqual(cancelled, [key]);
+  });
+
+  await t.step(
+    "rejects with a SyntaxError naming the key for a non-DICOM object, and cancels its body",
+    async () => {
+      const cancelled: string[] = [];
+      await store.put("B", "x/y/not.dcm", encoder.encode("<html>" + "x".repeat(1000) + "</html>"));
+      await assert.rejects(
+        openInstance(chunkingStore(store, 64, cancelled), "B", "x/y/not.dcm"),
+        (error: unknown) => {
+          assert.ok(error instanceof SyntaxError);
+          assert.match(error.message, /x\/y\/not\.dcm/);
+          return true;
+        },
+      );
+      await sleep(10);
+      assert.deepEqual(cancelled, ["x/y/not.dcm"]);
+    },
+  );
+
+  await t.step("rejects with a SyntaxError for an empty or truncated object", async () => {
+    await store.put("B", "x/y/empty.dcm", new Uint8Array(0));
+    await assert.rejects(openInstance(store, "B", "x/y/empty.dcm"), SyntaxError);
+    await store.put("B", "x/y/short.dcm", part10("1.5").subarray(0, 150));
+    await assert.rejects(openInstance(chunkingStore(store, 16), "B", "x/y/short.dcm"), /short\.dcm/);
+  });
+
+  await t.step("opens an object whose whole content is shorter than the File Meta read", async () => {
+    const tiny = part10("1.6", ELE, 0);
+    await store.put("B", "x/y/tiny.dcm", tiny);
+    const opened = await openInstance(store, "B", "x/y/tiny.dcm");
+    assert.deepEqual(await bytesOf(opened!.body), tiny);
+  });
+
+  await t.step("passes the store's rejection through", async () => {
+    await assert.rejects(openInstance(store, "NO-SUCH-BUCKET", "a/b/c.dcm"), /NO-SUCH-BUCKET/);
+  });
+});
