@@ -18,6 +18,7 @@
  * @module
  */
 
+import { LOSSY_SYNTAXES, NATIVE_SYNTAXES, RLE_LOSSLESS } from "../dicom/transfer_syntax.ts";
 import { decodeHtj2k } from "./htj2k.ts";
 import { decodeJ2k } from "./j2k.ts";
 import { decodeJpegDct } from "./jpeg_dct.ts";
@@ -66,53 +67,12 @@ export interface DecodedFrame extends FrameDescription {
   lossy: boolean;
 }
 
-export const RLE_LOSSLESS = "1.2.840.10008.1.2.5";
 const JPEG = "1.2.840.10008.1.2.4.";
-
-/** Native (uncompressed) transfer syntaxes: frames are already samples. */
-export const NATIVE_SYNTAXES: ReadonlySet<string> = new Set([
-  "1.2.840.10008.1.2",
-  "1.2.840.10008.1.2.1",
-  "1.2.840.10008.1.2.2",
-  "1.2.840.10008.1.2.1.99",
-]);
 
 /** Compressed transfer syntaxes {@linkcode decodeFrame} can decode. */
 export const DECODABLE_SYNTAXES: ReadonlySet<string> = new Set([
   RLE_LOSSLESS,
   ...["50", "51", "57", "70", "80", "81", "90", "91", "92", "93", "201", "202", "203"].map((s) => JPEG + s),
-]);
-
-/**
- * Syntaxes whose pixel data is (or may be) lossy: what PS3.18 8.7.3.5.2 lets a server send as stored when the
- * client asked for the default. JPEG 2000 (.91), HTJ2K (.203) and JPEG-LS near-lossless (.81) may hold
- * reversibly coded data too; the syntax alone cannot tell, so they count as lossy.
- */
-export const LOSSY_SYNTAXES: ReadonlySet<string> = new Set([
-  ...[
-    "50",
-    "51",
-    "52",
-    "53",
-    "54",
-    "55",
-    "56",
-    "58",
-    "59",
-    "60",
-    "61",
-    "62",
-    "63",
-    "64",
-    "65",
-    "66",
-    "81",
-    "91",
-    "93",
-    "203",
-  ]
-    .map((s) => JPEG + s),
-  ...["100", "101", "102", "103", "104", "105", "106", "107", "108", "110", "111"].map((s) => JPEG + s),
 ]);
 
 /** Whether frames in this syntax can be decoded (native ones need no decoding). */

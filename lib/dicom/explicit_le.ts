@@ -11,13 +11,8 @@
  * @module
  */
 
-import {
-  type DicomDataset,
-  type DicomElement,
-  EXPLICIT_VR_LITTLE_ENDIAN,
-  LONG_VRS,
-  type Part10Header,
-} from "./part10.ts";
+import { type DicomDataset, type DicomElement, LONG_VRS, type Part10Header } from "./part10.ts";
+import { EXPLICIT_VR_LITTLE_ENDIAN } from "./transfer_syntax.ts";
 
 type Op = { emit: Uint8Array } | { copy: number; length: number; swap: number };
 

@@ -5,6 +5,8 @@
  * @module
  */
 
+import { IMPLICIT_VR_LITTLE_ENDIAN } from "./transfer_syntax.ts";
+
 /** The File Meta attributes the retrieve path needs. */
 export interface FileMeta {
   /** (0002,0010); Implicit VR Little Endian when the object has no File Meta. */
@@ -18,9 +20,6 @@ export interface FileMeta {
   /** Whether the object had the preamble and "DICM". */
   hasPreamble: boolean;
 }
-
-/** Implicit VR Little Endian, assumed for raw datasets without File Meta. */
-export const IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2";
 
 const LONG_VRS = new Set(["OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"]);
 /** File Meta larger than this is treated as corrupt. */

@@ -10,6 +10,7 @@
  */
 
 import { getNumber, getString, type Part10Header } from "./part10.ts";
+import { NATIVE_SYNTAXES, RLE_LOSSLESS } from "./transfer_syntax.ts";
 
 /** A byte range of the object (or of the inflated stream for deflated objects). */
 export interface ByteSpan {
@@ -35,13 +36,6 @@ export interface FramePlan {
   mediaType: string;
 }
 
-const NATIVE = new Set([
-  "1.2.840.10008.1.2",
-  "1.2.840.10008.1.2.1",
-  "1.2.840.10008.1.2.2",
-  "1.2.840.10008.1.2.1.99",
-]);
-
 /**
  * The media type of frames in a transfer syntax: `application/octet-stream` for native (uncompressed) ones.
  *
@@ -53,8 +47,8 @@ const NATIVE = new Set([
  */
 export function frameMediaType(transferSyntaxUid: string): string {
   const uid = transferSyntaxUid;
-  if (NATIVE.has(uid)) return "application/octet-stream";
-  if (uid === "1.2.840.10008.1.2.5") return "image/dicom-rle";
+  if (NATIVE_SYNTAXES.has(uid)) return "application/octet-stream";
+  if (uid === RLE_LOSSLESS) return "image/dicom-rle";
   const last = uid.startsWith("1.2.840.10008.1.2.4.") ? Number(uid.slice(20)) : NaN;
   if (last >= 50 && last <= 70) return "image/jpeg";
   if (last === 80 || last === 81) return "image/jls";

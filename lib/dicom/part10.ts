@@ -17,6 +17,14 @@
  * @module
  */
 
+import {
+  DEFLATED_SYNTAXES,
+  type Encoding,
+  encodingOf,
+  EXPLICIT_VR_LITTLE_ENDIAN,
+  IMPLICIT_LE,
+  IMPLICIT_VR_LITTLE_ENDIAN,
+} from "./transfer_syntax.ts";
 import { decodeText } from "./charset.ts";
 import { formatTag, vrOf } from "./dictionary.ts";
 
@@ -141,12 +149,6 @@ export interface ParseBufferOptions extends ParseOptions {
   inflated?: boolean;
 }
 
-export const IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2";
-export const EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1";
-export const EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2";
-export const DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99";
-const DEFLATED_SYNTAXES = new Set([DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, "1.2.840.10008.1.2.4.95"]);
-
 const ITEM = 0xfffee000;
 const ITEM_DELIMITER = 0xfffee00d;
 const SEQUENCE_DELIMITER = 0xfffee0dd;
@@ -164,12 +166,6 @@ export const KNOWN_VRS: ReadonlySet<string> = new Set(
 export const LONG_VRS: ReadonlySet<string> = new Set("OB OD OF OL OV OW SQ SV UC UN UR UT UV".split(" "));
 const BINARY_BULK_VRS = new Set(["OB", "OD", "OF", "OL", "OV", "OW", "UN"]);
 const TEXT_BULK_VRS = new Set(["UT", "LT", "UC"]);
-
-interface Syntax {
-  explicit: boolean;
-  little: boolean;
-}
-const IMPLICIT_LE: Syntax = { explicit: false, little: true };
 
 /** Thrown inside the synchronous parser when bytes `[start, end)` are not loaded yet. */
 class NeedMore {
@@ -336,7 +332,7 @@ class DatasetParser {
   dataset(
     start: number,
     end: number,
-    syntax: Syntax,
+    syntax: Encoding,
     depth: number,
     inherited: Inherited,
   ): { dataset: DicomDataset; end: number } {
@@ -459,7 +455,7 @@ class DatasetParser {
     tag: number,
     start: number,
     length: number,
-    syntax: Syntax,
+    syntax: Encoding,
     depth: number,
     inherited: Inherited,
   ): { items: DicomDataset[]; end: number } {
@@ -560,14 +556,8 @@ function uidText(el: DicomElement | undefined): string | undefined {
   return el?.bytes ? latin1(el.bytes).replace(/[\0 ]+$/, "") : undefined;
 }
 
-function syntaxOf(uid: string): Syntax {
-  if (uid === IMPLICIT_VR_LITTLE_ENDIAN) return IMPLICIT_LE;
-  if (uid === EXPLICIT_VR_BIG_ENDIAN) return { explicit: true, little: false };
-  return { explicit: true, little: true };
-}
-
 /** Guesses the encoding of a data set starting at `offset` from its first element header. */
-function detectSyntax(r: Reader, offset: number): Syntax {
+function detectSyntax(r: Reader, offset: number): Encoding {
   if (offset + 6 > r.size) return IMPLICIT_LE;
   const v = r.bytes(offset + 4, 2, () => "");
   return KNOWN_VRS.has(String.fromCharCode(v[0], v[1])) ? { explicit: true, little: true } : IMPLICIT_LE;
@@ -577,7 +567,7 @@ interface MetaResult {
   meta?: FileMeta;
   datasetOffset: number;
   transferSyntaxUid: string;
-  syntax: Syntax;
+  syntax: Encoding;
 }
 
 function parseMeta(r: Reader): MetaResult {
@@ -642,7 +632,7 @@ function parseMeta(r: Reader): MetaResult {
       meta,
       datasetOffset: p,
       transferSyntaxUid: meta.transferSyntaxUid,
-      syntax: syntaxOf(meta.transferSyntaxUid),
+      syntax: encodingOf(meta.transferSyntaxUid),
     };
   }
   const syntax = detectSyntax(r, p);

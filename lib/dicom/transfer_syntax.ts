@@ -1,86 +1,89 @@
 /**
- * Transfer syntax UIDs and the choice of what to send for a stored instance (PS3.18 8.7.3.5).
+ * Transfer syntaxes (PS3.5 10, PS3.6 A): the UIDs this server names, and what each says about how a data set
+ * is encoded. The one place these facts are written; the choice of what to send for a stored instance, which
+ * depends on the codecs, is in lib/imaging/syntax_choice.ts.
  *
  * @module
  */
-
-import { DECODABLE_SYNTAXES, LOSSY_SYNTAXES } from "../codecs/mod.ts";
 
 export const IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2";
 export const EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1";
 export const DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99";
 export const EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2";
+/** JPIP Referenced Deflate: a deflated data set too. */
+export const JPIP_REFERENCED_DEFLATE = "1.2.840.10008.1.2.4.95";
+export const RLE_LOSSLESS = "1.2.840.10008.1.2.5";
+const JPEG = "1.2.840.10008.1.2.4.";
 
-/** Syntaxes that can become Explicit VR Little Endian by re-encoding, without decoding pixels. */
-export const RE_ENCODABLE = new Set([
+/** Native (uncompressed) transfer syntaxes: frames are already samples. */
+export const NATIVE_SYNTAXES: ReadonlySet<string> = new Set([
   IMPLICIT_VR_LITTLE_ENDIAN,
+  EXPLICIT_VR_LITTLE_ENDIAN,
   EXPLICIT_VR_BIG_ENDIAN,
   DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
 ]);
 
-/** How one instance will be sent. */
-export interface SyntaxChoice {
-  /** The transfer syntax of the bytes that go out. */
-  transferSyntax: string;
-  /** Whether the stored bytes must be re-encoded to get there. */
-  convert: boolean;
-  /** Set when the default was asked for but the instance goes out in another syntax. */
-  warning?: string;
-}
-
-/** What the server can do; grows as conversion lands. */
-export interface SyntaxCapabilities {
-  /** Re-encode ILE/EBE/deflated to ELE. */
-  reEncode: boolean;
-  /** Decode compressed pixel data (lib/codecs: JPEG, JPEG-LS, JPEG 2000, HTJ2K, RLE) to produce ELE. */
-  decode?: boolean;
-}
+/** Syntaxes whose data set after the File Meta is deflated (RFC 1951). */
+export const DEFLATED_SYNTAXES: ReadonlySet<string> = new Set([
+  DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+  JPIP_REFERENCED_DEFLATE,
+]);
 
 /**
- * Picks how to send an instance stored as `stored`, given the client's wishes in order
- * (`"*"` = as stored, `undefined` = the default ELE, or a UID). `null` when none can be produced.
+ * Syntaxes whose pixel data is (or may be) lossy: what PS3.18 8.7.3.5.2 lets a server send as stored when the
+ * client asked for the default. JPEG 2000 (.91), HTJ2K (.203) and JPEG-LS near-lossless (.81) may hold
+ * reversibly coded data too; the syntax alone cannot tell, so they count as lossy.
+ */
+export const LOSSY_SYNTAXES: ReadonlySet<string> = new Set([
+  ...[
+    "50",
+    "51",
+    "52",
+    "53",
+    "54",
+    "55",
+    "56",
+    "58",
+    "59",
+    "60",
+    "61",
+    "62",
+    "63",
+    "64",
+    "65",
+    "66",
+    "81",
+    "91",
+    "93",
+    "203",
+  ]
+    .map((s) => JPEG + s),
+  ...["100", "101", "102", "103", "104", "105", "106", "107", "108", "110", "111"].map((s) => JPEG + s),
+]);
+
+/** How a data set is encoded: explicit or implicit VR, little or big endian. */
+export interface Encoding {
+  explicit: boolean;
+  little: boolean;
+}
+
+/** Implicit VR Little Endian's encoding. */
+export const IMPLICIT_LE: Encoding = Object.freeze({ explicit: false, little: true });
+const EXPLICIT_LE: Encoding = Object.freeze({ explicit: true, little: true });
+const EXPLICIT_BE: Encoding = Object.freeze({ explicit: true, little: false });
+
+/**
+ * The encoding a transfer syntax implies for its data set: every syntax but Implicit VR Little Endian and
+ * Explicit VR Big Endian is explicit VR little endian (compressed ones included; deflated ones once inflated).
  *
  * @example
  * ```ts
- * import { chooseSyntax } from "./transfer_syntax.ts";
- * chooseSyntax("1.2.840.10008.1.2.4.50", ["*"], { reEncode: true }); // as stored
+ * import { encodingOf } from "./transfer_syntax.ts";
+ * encodingOf("1.2.840.10008.1.2.2"); // { explicit: true, little: false }
  * ```
  */
-export function chooseSyntax(
-  stored: string,
-  wanted: (string | undefined)[],
-  capabilities: SyntaxCapabilities,
-): SyntaxChoice | null {
-  for (const wish of wanted) {
-    if (wish === "*" || wish === stored) return { transferSyntax: stored, convert: false };
-    if (wish === undefined || wish === EXPLICIT_VR_LITTLE_ENDIAN) {
-      if (stored === EXPLICIT_VR_LITTLE_ENDIAN) return { transferSyntax: stored, convert: false };
-      if (capabilities.reEncode && RE_ENCODABLE.has(stored)) {
-        return { transferSyntax: EXPLICIT_VR_LITTLE_ENDIAN, convert: true };
-      }
-      if (capabilities.decode && DECODABLE_SYNTAXES.has(stored)) {
-        if (wish === undefined && LOSSY_SYNTAXES.has(stored)) {
-          // PS3.18 8.7.3.5.2: pixel data held only in lossy form may go out in its lossy syntax.
-          return {
-            transferSyntax: stored,
-            convert: false,
-            warning:
-              `instance sent in its stored lossy transfer syntax ${stored} (pixel data held only in lossy form); ` +
-              `ask for transfer-syntax=${EXPLICIT_VR_LITTLE_ENDIAN} to get it decoded`,
-          };
-        }
-        return { transferSyntax: EXPLICIT_VR_LITTLE_ENDIAN, convert: true };
-      }
-      if (wish === undefined) {
-        // The default was asked for but producing it needs decoding: send as stored and say so.
-        return {
-          transferSyntax: stored,
-          convert: false,
-          warning:
-            `instance sent in its stored transfer syntax ${stored}: conversion to Explicit VR Little Endian is not supported yet`,
-        };
-      }
-    }
-  }
-  return null;
+export function encodingOf(transferSyntax: string): Encoding {
+  if (transferSyntax === IMPLICIT_VR_LITTLE_ENDIAN) return IMPLICIT_LE;
+  if (transferSyntax === EXPLICIT_VR_BIG_ENDIAN) return EXPLICIT_BE;
+  return EXPLICIT_LE;
 }

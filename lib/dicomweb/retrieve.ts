@@ -12,11 +12,11 @@ import { type DicomChoice, negotiateDicom } from "../http/negotiation.ts";
 import { ahead, type OpenedInstance, openInstance } from "../objects/open_instance.ts";
 import type { RouteContext } from "../http/router.ts";
 import { bucketOf, readAheadOf, type Services, warningHeader } from "./services.ts";
-import { chooseSyntax, type SyntaxChoice } from "../dicom/transfer_syntax.ts";
 import { checkUid, instanceKey, parseInstanceKey, seriesPrefix, studyPrefix } from "../dicom/uid.ts";
 import { publicBase } from "../http/urls.ts";
 import { readFileMeta } from "../dicom/file_meta.ts";
 import { handOffChunks } from "../util/handoff.ts";
+import { chooseSyntax, type SyntaxChoice } from "../imaging/syntax_choice.ts";
 
 /** {@linkcode openInstance}, with a stored object that is not DICOM reported as the server's 500. */
 async function openStored(

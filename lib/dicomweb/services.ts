@@ -11,7 +11,7 @@ import type { HeaderCache } from "../objects/header_cache.ts";
 import type { SharedReadAhead } from "../objects/open_instance.ts";
 import { HttpError } from "../http/http_error.ts";
 import type { ObjectStore } from "../store/store.ts";
-import type { SyntaxCapabilities } from "../dicom/transfer_syntax.ts";
+import { type SyntaxCapabilities } from "../imaging/syntax_choice.ts";
 
 /** Shared, long-lived parts of the server. */
 export interface Services {

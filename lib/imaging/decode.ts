@@ -6,16 +6,11 @@
  * @module
  */
 
-import {
-  canDecode,
-  type DecodedFrame,
-  decodedSize,
-  type FrameDescription,
-  NATIVE_SYNTAXES,
-} from "../codecs/mod.ts";
+import { canDecode, type DecodedFrame, decodedSize, type FrameDescription } from "../codecs/mod.ts";
 import { type CodecPool, defaultPool } from "./pool.ts";
 import { HttpError } from "../http/http_error.ts";
 import { getNumber, getString, type Part10Header } from "../dicom/part10.ts";
+import { NATIVE_SYNTAXES } from "../dicom/transfer_syntax.ts";
 
 export type { DecodedFrame, FrameDescription } from "../codecs/mod.ts";
 

@@ -12,7 +12,7 @@
  * @module
  */
 
-import { DECODABLE_SYNTAXES, type DecodedFrame, decodedSize, LOSSY_SYNTAXES } from "../codecs/mod.ts";
+import { DECODABLE_SYNTAXES, type DecodedFrame, decodedSize } from "../codecs/mod.ts";
 import { type CodecPool, defaultPool } from "./pool.ts";
 import { checkFrameSize, decodeFailure, describeFrame } from "./decode.ts";
 import { frameCount, planFrame } from "../dicom/frames.ts";
@@ -20,16 +20,14 @@ import { HttpError } from "../http/http_error.ts";
 import {
   type DicomDataset,
   type DicomElement,
-  EXPLICIT_VR_LITTLE_ENDIAN,
   getString,
   LONG_VRS,
   parseObject,
   type Part10Header,
 } from "../dicom/part10.ts";
 import { ahead, type OpenedInstance } from "../objects/open_instance.ts";
-import type { SyntaxChoice } from "../dicom/transfer_syntax.ts";
-
-export { DECODABLE_SYNTAXES, LOSSY_SYNTAXES };
+import { type SyntaxChoice } from "./syntax_choice.ts";
+import { EXPLICIT_VR_LITTLE_ENDIAN } from "../dicom/transfer_syntax.ts";
 
 /** Default bound on a whole decoded instance: 1 GiB. */
 export const DEFAULT_MAX_INSTANCE_BYTES = 1024 * 1024 * 1024;

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { IMPLICIT_VR_LITTLE_ENDIAN, readFileMeta } from "../../lib/dicom/file_meta.ts";
+import { readFileMeta } from "../../lib/dicom/file_meta.ts";
+import { IMPLICIT_VR_LITTLE_ENDIAN } from "../../lib/dicom/transfer_syntax.ts";
 
 const ELE = "1.2.840.10008.1.2.1";
 const CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2";

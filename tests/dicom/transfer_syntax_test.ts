@@ -1,111 +1,52 @@
 import assert from "node:assert/strict";
 import {
-  chooseSyntax,
   DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+  DEFLATED_SYNTAXES,
+  encodingOf,
   EXPLICIT_VR_BIG_ENDIAN,
   EXPLICIT_VR_LITTLE_ENDIAN,
   IMPLICIT_VR_LITTLE_ENDIAN,
+  LOSSY_SYNTAXES,
+  NATIVE_SYNTAXES,
+  RLE_LOSSLESS,
 } from "../../lib/dicom/transfer_syntax.ts";
 
-const JPEG_BASELINE = "1.2.840.10008.1.2.4.50";
-const JPEG_2000 = "1.2.840.10008.1.2.4.90";
-const RLE = "1.2.840.10008.1.2.5";
-const NO = { reEncode: false };
-const YES = { reEncode: true };
-const ALL = [
-  EXPLICIT_VR_LITTLE_ENDIAN,
-  IMPLICIT_VR_LITTLE_ENDIAN,
-  EXPLICIT_VR_BIG_ENDIAN,
-  DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
-  JPEG_BASELINE,
-  JPEG_2000,
-  RLE,
-];
-
-Deno.test("chooseSyntax()", async (t) => {
-  await t.step("'*' sends every instance as stored, without conversion or warning", () => {
-    for (const stored of ALL) {
-      for (const caps of [NO, YES]) {
-        assert.deepEqual(
-          chooseSyntax(stored, ["*"], caps),
-          { transferSyntax: stored, convert: false },
-          stored,
-        );
-      }
-    }
-  });
-
-  await t.step("the default (undefined) sends Explicit VR Little Endian as stored", () => {
-    assert.deepEqual(chooseSyntax(EXPLICIT_VR_LITTLE_ENDIAN, [undefined], NO), {
-      transferSyntax: EXPLICIT_VR_LITTLE_ENDIAN,
-      convert: false,
-    });
-  });
-
-  await t.step("the default converts ILE, EBE and deflated to ELE when re-encoding is available", () => {
+Deno.test("transfer syntaxes: encodings and the native, deflated and lossy sets", async (t) => {
+  await t.step("encodingOf() is implicit LE, explicit BE, or explicit LE for every other syntax", () => {
+    assert.deepEqual(encodingOf(IMPLICIT_VR_LITTLE_ENDIAN), { explicit: false, little: true });
+    assert.deepEqual(encodingOf(EXPLICIT_VR_BIG_ENDIAN), { explicit: true, little: false });
     for (
-      const stored of [IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN]
+      const uid of [
+        EXPLICIT_VR_LITTLE_ENDIAN,
+        DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+        RLE_LOSSLESS,
+        "1.2.840.10008.1.2.4.50",
+      ]
     ) {
-      assert.deepEqual(chooseSyntax(stored, [undefined], YES), {
-        transferSyntax: EXPLICIT_VR_LITTLE_ENDIAN,
-        convert: true,
-      });
+      assert.deepEqual(encodingOf(uid), { explicit: true, little: true }, uid);
     }
   });
 
-  await t.step("the default sends as stored with a warning when it cannot convert", () => {
-    for (
-      const [stored, caps] of [[IMPLICIT_VR_LITTLE_ENDIAN, NO], [JPEG_BASELINE, NO], [
-        JPEG_BASELINE,
-        YES,
-      ]] as const
-    ) {
-      const choice = chooseSyntax(stored, [undefined], caps);
-      assert.equal(choice?.transferSyntax, stored);
-      assert.equal(choice?.convert, false);
-      assert.match(choice?.warning ?? "", new RegExp(stored.replaceAll(".", "\\.")));
-    }
-  });
-
-  await t.step("an explicit UID matching the stored syntax is sent as stored", () => {
-    for (const stored of ALL) {
-      assert.deepEqual(chooseSyntax(stored, [stored], NO), { transferSyntax: stored, convert: false });
-    }
-  });
-
-  await t.step("an explicit ELE request converts only when re-encoding is available", () => {
-    assert.equal(chooseSyntax(IMPLICIT_VR_LITTLE_ENDIAN, [EXPLICIT_VR_LITTLE_ENDIAN], NO), null);
-    assert.deepEqual(chooseSyntax(IMPLICIT_VR_LITTLE_ENDIAN, [EXPLICIT_VR_LITTLE_ENDIAN], YES), {
-      transferSyntax: EXPLICIT_VR_LITTLE_ENDIAN,
-      convert: true,
-    });
-    // Compressed pixel data needs decoding: not available either way.
-    assert.equal(chooseSyntax(JPEG_BASELINE, [EXPLICIT_VR_LITTLE_ENDIAN], YES), null);
-  });
-
-  await t.step("an explicit non-matching UID cannot be produced (null)", () => {
-    assert.equal(chooseSyntax(EXPLICIT_VR_LITTLE_ENDIAN, [JPEG_BASELINE], YES), null);
-    assert.equal(chooseSyntax(JPEG_2000, [JPEG_BASELINE], YES), null);
-    assert.equal(chooseSyntax(EXPLICIT_VR_LITTLE_ENDIAN, [IMPLICIT_VR_LITTLE_ENDIAN], YES), null);
-    assert.equal(chooseSyntax(EXPLICIT_VR_LITTLE_ENDIAN, [], YES), null);
-  });
-
-  await t.step("takes the first wish that can be met, in the client's order", () => {
-    assert.deepEqual(chooseSyntax(JPEG_2000, [JPEG_BASELINE, JPEG_2000, "*"], NO), {
-      transferSyntax: JPEG_2000,
-      convert: false,
-    });
-    assert.deepEqual(chooseSyntax(JPEG_2000, [JPEG_BASELINE, "*"], NO), {
-      transferSyntax: JPEG_2000,
-      convert: false,
-    });
+  await t.step("the four native syntaxes; deflated ones include JPIP Referenced Deflate", () => {
     assert.deepEqual(
-      chooseSyntax(IMPLICIT_VR_LITTLE_ENDIAN, [EXPLICIT_VR_LITTLE_ENDIAN, "*"], NO),
-      { transferSyntax: IMPLICIT_VR_LITTLE_ENDIAN, convert: false },
+      [...NATIVE_SYNTAXES].sort(),
+      [
+        IMPLICIT_VR_LITTLE_ENDIAN,
+        EXPLICIT_VR_LITTLE_ENDIAN,
+        DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+        EXPLICIT_VR_BIG_ENDIAN,
+      ].sort(),
     );
-    assert.deepEqual(
-      chooseSyntax(IMPLICIT_VR_LITTLE_ENDIAN, ["*", EXPLICIT_VR_LITTLE_ENDIAN], YES),
-      { transferSyntax: IMPLICIT_VR_LITTLE_ENDIAN, convert: false },
-    );
+    assert.deepEqual([...DEFLATED_SYNTAXES].sort(), [
+      DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+      "1.2.840.10008.1.2.4.95",
+    ]);
+  });
+
+  await t.step("lossy: JPEG baseline is, RLE and the native syntaxes are not", () => {
+    assert.ok(LOSSY_SYNTAXES.has("1.2.840.10008.1.2.4.50"));
+    for (const uid of [RLE_LOSSLESS, "1.2.840.10008.1.2.4.70", ...NATIVE_SYNTAXES]) {
+      assert.ok(!LOSSY_SYNTAXES.has(uid), uid);
+    }
   });
 });

@@ -241,11 +241,11 @@ function chunked(bytes: Uint8Array, rng: Rng): ReadableStream<Uint8Array> {
 }
 
 const TARGETS: Record<string, () => Promise<Target>> = {
-  /** lib/dicom/part10.ts parseBuffer + readHeader (ranged reads), lib/dicom/file_meta.ts readFileMeta, lib/dicomweb/stow.ts Part10Check. */
+  /** lib/dicom/part10.ts parseBuffer + readHeader (ranged reads), lib/dicom/file_meta.ts readFileMeta, lib/dicom/part10_check.ts Part10Check. */
   async part10() {
     const { parseBuffer, readHeader } = await import("../../lib/dicom/part10.ts");
     const { readFileMeta } = await import("../../lib/dicom/file_meta.ts");
-    const { Part10Check } = await import("../../lib/dicomweb/stow.ts");
+    const { Part10Check } = await import("../../lib/dicom/part10_check.ts");
     return {
       seeds: async () => [
         ...await sharedFiles(),

@@ -26,11 +26,11 @@ import {
 } from "../../lib/dicom/part10.ts";
 import { S3Store } from "../../lib/store/s3/s3_store.ts";
 import type { ObjectStore } from "../../lib/store/store.ts";
-import { RE_ENCODABLE } from "../../lib/dicom/transfer_syntax.ts";
 import { buildInstance, builtCorpus, type CorpusFile, md5, SHARED_DICOM, sharedCorpus } from "../_corpus.ts";
 import { boundaryOf, parseMultipart } from "../_multipart_parser.ts";
 import { startS3 } from "../_s3server.ts";
 import { observe } from "../_stores.ts";
+import { RE_ENCODABLE } from "../../lib/imaging/syntax_choice.ts";
 
 const AET = "PIX";
 

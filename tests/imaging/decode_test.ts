@@ -6,12 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import {
-  type DecodedFrame,
-  decodeFrame,
-  type FrameDescription,
-  LOSSY_SYNTAXES,
-} from "../../lib/codecs/mod.ts";
+import { type DecodedFrame, decodeFrame, type FrameDescription } from "../../lib/codecs/mod.ts";
 import { decodeRle } from "../../lib/codecs/rle.ts";
 import { CodecPool } from "../../lib/imaging/pool.ts";
 import { encodeJ2k } from "../../lib/codecs/j2k.ts";
@@ -20,6 +15,7 @@ import { frameCount, planFrame } from "../../lib/dicom/frames.ts";
 import { HttpError } from "../../lib/http/http_error.ts";
 import { getString, parseObject, type Part10Header } from "../../lib/dicom/part10.ts";
 import { decodeInstance } from "../../lib/imaging/pixel_transcode.ts";
+import { LOSSY_SYNTAXES } from "../../lib/dicom/transfer_syntax.ts";
 
 const CI = Deno.env.get("CI") === "true";
 const CORPUS = new URL("../../../shared/dicom/files/", import.meta.url);
