@@ -156,7 +156,7 @@ import {
   type ServeInfo,
 } from "../lib/security/auth.ts";
 import { type Config, parseConfig } from "../lib/config/config.ts";
-import { errorResponse, toHttpError } from "../lib/http/http_error.ts";
+import { errorResponse, toHttpError } from "../lib/http/errors.ts";
 import { type LimitsConfig, parseLimitsConfig } from "../lib/security/limits.ts";
 import type { ObjectStore } from "../lib/store/store.ts";
 import { parseTransportConfig, type TrustedProxies } from "../lib/security/proxies.ts";

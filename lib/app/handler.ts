@@ -7,7 +7,7 @@
 
 import { type AuditLog, redactedSearch } from "../security/audit.ts";
 import { type AuthenticatorOptions, RequestGuard, type ServeInfo } from "../security/auth.ts";
-import { errorResponse, HttpError, toHttpError } from "../http/http_error.ts";
+import { errorResponse, HttpError, toHttpError } from "../http/errors.ts";
 import { type RouteContext, Router } from "../http/router.ts";
 import { HeaderCache } from "../objects/header_cache.ts";
 import { freeHandedOff } from "../util/handoff.ts";

@@ -19,8 +19,8 @@
 import type { AetRegistry } from "../objects/aets.ts";
 import type { Catalog, CrawlTicket, Scope } from "./catalog.ts";
 import { HeaderCache, loadHeader } from "../objects/header_cache.ts";
-import { HttpError } from "../http/http_error.ts";
 import { type ObjectInfo, type ObjectStore, StoreError } from "../store/store.ts";
+import { CorruptObjectError, NotFoundError } from "../util/errors.ts";
 
 /** What a crawler needs. */
 export interface CrawlerOptions {
@@ -489,7 +489,7 @@ export class Crawler {
       return await this.#catalog.recordInstance(aet, bucket, info, header);
     } catch (error) {
       if (error instanceof StoreError) throw error;
-      if (error instanceof HttpError && error.status === 404) {
+      if (error instanceof NotFoundError) {
         await this.#catalog.removeInstance(aet, info.key);
         return "gone";
       }
@@ -539,7 +539,9 @@ class Throttle {
 
 /** Why an object cannot be indexed, without repeating its key (the failure is recorded with the key). */
 function reason(error: unknown, key: string): string {
-  const cause = error instanceof HttpError && error.cause instanceof SyntaxError ? error.cause : undefined;
+  const cause = error instanceof CorruptObjectError && error.cause instanceof SyntaxError
+    ? error.cause
+    : undefined;
   if (!cause) return message(error);
   return `Not readable DICOM: ${cause.message.replace(`Cannot parse ${JSON.stringify(key)}: `, "")}`;
 }

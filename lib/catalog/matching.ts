@@ -28,6 +28,7 @@
 import type { DicomJson, DicomJsonAttribute } from "../dicom/dicom_json.ts";
 import { lookupKeyword, lookupTag, tagToHex } from "../dicom/dictionary.ts";
 import { isValidUid } from "../dicom/uid.ts";
+import { OutOfRangeError } from "../util/errors.ts";
 
 /** A QIDO-RS query level. */
 export type Level = "study" | "series" | "instance";
@@ -212,7 +213,7 @@ export function levelOf(tag: number): Level {
 }
 
 /** A query parameter the client got wrong: answered with 400 naming it. */
-export class QueryError extends RangeError {
+export class QueryError extends OutOfRangeError {
   constructor(message: string) {
     super(message);
     this.name = "QueryError";

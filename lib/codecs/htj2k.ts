@@ -8,6 +8,7 @@
 import type { RawImage } from "./mod.ts";
 import { decompositions } from "./j2k.ts";
 import { CodecSlot, copyOut, wasmMessage } from "./wasm.ts";
+import { MalformedError } from "../util/errors.ts";
 
 const codecs = new CodecSlot(
   async () => (await import("@cornerstonejs/codec-openjph/wasmjs")).default,
@@ -45,7 +46,7 @@ export async function decodeHtj2k(data: Uint8Array): Promise<RawImage> {
       if (last) detail = last;
     } catch { /* keep the generic text */ }
     if (error instanceof WebAssembly.RuntimeError) codecs.reset();
-    throw new SyntaxError(`Cannot decode HTJ2K data (OpenJPH): ${detail}`, { cause: error });
+    throw new MalformedError(`Cannot decode HTJ2K data (OpenJPH): ${detail}`, { cause: error });
   } finally {
     try {
       codec.delete();

@@ -9,6 +9,7 @@
 
 import type { RawImage } from "./mod.ts";
 import { CodecSlot, copyOut, wasmMessage } from "./wasm.ts";
+import { MalformedError } from "../util/errors.ts";
 
 const decoder = new CodecSlot(
   async () => (await import("@cornerstonejs/codec-openjpeg/decodewasmjs")).default,
@@ -46,7 +47,7 @@ export async function decodeJ2k(data: Uint8Array): Promise<RawImage> {
     };
   } catch (error) {
     if (error instanceof WebAssembly.RuntimeError) decoder.reset();
-    throw new SyntaxError(`Cannot decode JPEG 2000 data (OpenJPEG): ${wasmMessage(error, printed)}`, {
+    throw new MalformedError(`Cannot decode JPEG 2000 data (OpenJPEG): ${wasmMessage(error, printed)}`, {
       cause: error,
     });
   } finally {

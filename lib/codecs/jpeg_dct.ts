@@ -8,6 +8,7 @@
  */
 
 import type { RawImage } from "./mod.ts";
+import { MalformedError } from "../util/errors.ts";
 
 const ZIGZAG = new Int32Array([
   0,
@@ -106,7 +107,7 @@ interface Component {
 }
 
 function fail(message: string): never {
-  throw new SyntaxError(`Cannot decode JPEG data: ${message}`);
+  throw new MalformedError(`Cannot decode JPEG data: ${message}`);
 }
 
 function buildHuffman(counts: Uint8Array, values: Uint8Array): Huffman {

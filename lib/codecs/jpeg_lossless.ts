@@ -7,6 +7,7 @@
 
 import { Decoder } from "@cornerstonejs/jpeg-lossless-decoder-js";
 import type { RawImage } from "./mod.ts";
+import { MalformedError } from "../util/errors.ts";
 
 /** Decodes one lossless JPEG frame (2–16 bits, 1–4 components, pixel-interleaved output). */
 export function decodeJpegLossless(data: Uint8Array): RawImage {
@@ -17,7 +18,7 @@ export function decodeJpegLossless(data: Uint8Array): RawImage {
     out = decoder.decode(copy.buffer, 0, copy.byteLength);
   } catch (error) {
     const message = error instanceof Error ? error.message : String(error);
-    throw new SyntaxError(`Cannot decode lossless JPEG data: ${message}`, { cause: error });
+    throw new MalformedError(`Cannot decode lossless JPEG data: ${message}`, { cause: error });
   }
   const bytesPerSample = out.BYTES_PER_ELEMENT as 1 | 2;
   return {

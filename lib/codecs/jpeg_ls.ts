@@ -7,6 +7,7 @@
 
 import type { RawImage } from "./mod.ts";
 import { CodecSlot, copyOut, wasmMessage } from "./wasm.ts";
+import { MalformedError } from "../util/errors.ts";
 
 const decoder = new CodecSlot(
   async () => (await import("@cornerstonejs/codec-charls/decodewasmjs")).default,
@@ -41,7 +42,7 @@ export async function decodeJpegLs(data: Uint8Array): Promise<RawImage> {
       if (typeof error === "number" && module.getExceptionMessage) detail = module.getExceptionMessage(error);
     } catch { /* keep the generic text */ }
     if (error instanceof WebAssembly.RuntimeError) decoder.reset();
-    throw new SyntaxError(`Cannot decode JPEG-LS data (CharLS): ${detail}`, { cause: error });
+    throw new MalformedError(`Cannot decode JPEG-LS data (CharLS): ${detail}`, { cause: error });
   } finally {
     try {
       codec.delete();

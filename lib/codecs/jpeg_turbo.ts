@@ -9,6 +9,7 @@
 
 import type { RawImage } from "./mod.ts";
 import { CodecSlot, copyOut, wasmMessage } from "./wasm.ts";
+import { MalformedError } from "../util/errors.ts";
 
 const decoder = new CodecSlot(
   async () => (await import("@cornerstonejs/codec-libjpeg-turbo-8bit/decodewasmjs")).default,
@@ -41,7 +42,7 @@ export async function decodeJpegBaseline(data: Uint8Array): Promise<RawImage> {
     };
   } catch (error) {
     if (error instanceof WebAssembly.RuntimeError) decoder.reset();
-    throw new SyntaxError(`Cannot decode JPEG data (libjpeg-turbo): ${wasmMessage(error, printed)}`, {
+    throw new MalformedError(`Cannot decode JPEG data (libjpeg-turbo): ${wasmMessage(error, printed)}`, {
       cause: error,
     });
   } finally {

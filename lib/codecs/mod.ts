@@ -26,6 +26,7 @@ import { decodeJpegLossless } from "./jpeg_lossless.ts";
 import { decodeJpegLs } from "./jpeg_ls.ts";
 import { decodeJpegBaseline } from "./jpeg_turbo.ts";
 import { decodeRle } from "./rle.ts";
+import { MalformedError, OutOfRangeError } from "../util/errors.ts";
 
 /** What a codec returns: the image as coded, before it is fitted to the data set's description. */
 export interface RawImage {
@@ -111,18 +112,18 @@ async function decodeRaw(transferSyntax: string, data: Uint8Array, d: FrameDescr
   const last = transferSyntax.startsWith(JPEG) ? Number(transferSyntax.slice(JPEG.length)) : NaN;
   if (last >= 50 && last <= 70) {
     const type = jpegFrameType(data);
-    if (!type) throw new SyntaxError("Cannot decode JPEG data: no frame header (SOF marker) found");
+    if (!type) throw new MalformedError("Cannot decode JPEG data: no frame header (SOF marker) found");
     if (type.sof === 3) return decodeJpegLossless(data);
     if (type.precision === 8) return await decodeJpegBaseline(data);
     if ((type.sof === 0 || type.sof === 1) && type.precision === 12) return decodeJpegDct(data);
-    throw new SyntaxError(
+    throw new MalformedError(
       `Cannot decode JPEG data: SOF${type.sof} with ${type.precision}-bit samples is not supported`,
     );
   }
   if (last === 80 || last === 81) return await decodeJpegLs(data);
   if (last >= 90 && last <= 93) return await decodeJ2k(data);
   if (last >= 201 && last <= 203) return await decodeHtj2k(data);
-  throw new RangeError(`Cannot decode pixel data in transfer syntax ${transferSyntax}: no codec for it`);
+  throw new OutOfRangeError(`Cannot decode pixel data in transfer syntax ${transferSyntax}: no codec for it`);
 }
 
 /**
@@ -151,18 +152,18 @@ export async function decodeFrame(
 export function fit(raw: RawImage, d: FrameDescription, transferSyntax: string): DecodedFrame {
   const what = `decoded ${raw.width}×${raw.height}×${raw.components}`;
   if (raw.width !== d.columns || raw.height !== d.rows) {
-    throw new SyntaxError(
+    throw new MalformedError(
       `Pixel data does not match the data set: ${what}, but Rows × Columns is ${d.rows}×${d.columns}`,
     );
   }
   if (raw.components !== d.samplesPerPixel) {
-    throw new SyntaxError(
+    throw new MalformedError(
       `Pixel data does not match the data set: ${what}, but Samples per Pixel is ${d.samplesPerPixel}`,
     );
   }
   const outBytes = Math.max(1, d.bitsAllocated / 8);
   if (raw.bytesPerSample > outBytes) {
-    throw new SyntaxError(
+    throw new MalformedError(
       `Pixel data does not match the data set: ${raw.precision}-bit samples, but Bits Allocated is ${d.bitsAllocated}`,
     );
   }

@@ -6,6 +6,7 @@
  */
 
 import type { RawImage } from "./mod.ts";
+import { MalformedError } from "../util/errors.ts";
 
 /** The frame layout RLE data does not carry itself. */
 export interface RleLayout {
@@ -32,7 +33,7 @@ export interface RleLayout {
 export function decodeRle(data: Uint8Array, layout: RleLayout): RawImage {
   const { rows, columns, samplesPerPixel, bitsAllocated } = layout;
   const fail = (message: string): never => {
-    throw new SyntaxError(`Cannot decode RLE data: ${message}`);
+    throw new MalformedError(`Cannot decode RLE data: ${message}`);
   };
   if (bitsAllocated % 8 !== 0) fail(`Bits Allocated ${bitsAllocated} is not a whole number of bytes`);
   if (data.length < 64) fail(`the ${data.length}-byte frame is shorter than the 64-byte RLE header`);

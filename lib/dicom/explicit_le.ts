@@ -13,6 +13,7 @@
 
 import { type DicomDataset, type DicomElement, LONG_VRS, type Part10Header } from "./part10.ts";
 import { EXPLICIT_VR_LITTLE_ENDIAN } from "./transfer_syntax.ts";
+import { MalformedError } from "../util/errors.ts";
 
 type Op = { emit: Uint8Array } | { copy: number; length: number; swap: number };
 
@@ -220,7 +221,7 @@ export function transcodeStream(
         const end = op.copy + op.length;
         if (!await fill(position)) {
           controller.error(
-            new SyntaxError(`Cannot transcode "${header.name}": the object ends at offset ${position}`),
+            new MalformedError(`Cannot transcode "${header.name}": the object ends at offset ${position}`),
           );
           return;
         }

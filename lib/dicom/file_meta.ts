@@ -6,6 +6,7 @@
  */
 
 import { IMPLICIT_VR_LITTLE_ENDIAN } from "./transfer_syntax.ts";
+import { MalformedError } from "../util/errors.ts";
 
 /** The File Meta attributes the retrieve path needs. */
 export interface FileMeta {
@@ -46,7 +47,7 @@ export function readFileMeta(bytes: Uint8Array, name: string, complete = false):
   const need = (n: number) => {
     if (bytes.length >= n) return true;
     if (complete || n > MAX_META + 132) {
-      throw new SyntaxError(`Cannot read File Meta of "${name}": object ends at offset ${bytes.length}`);
+      throw new MalformedError(`Cannot read File Meta of "${name}": object ends at offset ${bytes.length}`);
     }
     return false;
   };
@@ -70,11 +71,11 @@ export function readFileMeta(bytes: Uint8Array, name: string, complete = false):
   if (!hasPreamble) {
     // No preamble: a raw dataset is only plausible when it starts with a group 0002 or 0008 element.
     if (bytes.length < 8) {
-      throw new SyntaxError(`Cannot read "${name}": ${bytes.length} bytes is too short for DICOM`);
+      throw new MalformedError(`Cannot read "${name}": ${bytes.length} bytes is too short for DICOM`);
     }
     const group = view.getUint16(0, true);
     if (group !== 0x0002 && group !== 0x0008) {
-      throw new SyntaxError(
+      throw new MalformedError(
         `Cannot read "${name}": not a DICOM Part 10 object ("DICM" missing at offset 128)`,
       );
     }
@@ -97,7 +98,7 @@ export function readFileMeta(bytes: Uint8Array, name: string, complete = false):
     let length: number;
     let header: number;
     if (!/^[A-Z]{2}$/.test(vr)) {
-      throw new SyntaxError(`Cannot read File Meta of "${name}": invalid VR at offset ${pos + 4}`);
+      throw new MalformedError(`Cannot read File Meta of "${name}": invalid VR at offset ${pos + 4}`);
     }
     if (LONG_VRS.has(vr)) {
       if (!need(pos + 12)) return null;
@@ -108,7 +109,7 @@ export function readFileMeta(bytes: Uint8Array, name: string, complete = false):
       header = 8;
     }
     if (length === 0xffffffff || pos + header + length > MAX_META + 132) {
-      throw new SyntaxError(
+      throw new MalformedError(
         `Cannot read File Meta of "${name}": element (0002,${
           hex4(element)
         }) at offset ${pos} has bad length ${length}`,
@@ -125,7 +126,9 @@ export function readFileMeta(bytes: Uint8Array, name: string, complete = false):
   meta.end = pos;
   if (meta.transferSyntaxUid === "") {
     if (hasPreamble && pos > 132) {
-      throw new SyntaxError(`Cannot read File Meta of "${name}": Transfer Syntax UID (0002,0010) is missing`);
+      throw new MalformedError(
+        `Cannot read File Meta of "${name}": Transfer Syntax UID (0002,0010) is missing`,
+      );
     }
     meta.transferSyntaxUid = IMPLICIT_VR_LITTLE_ENDIAN;
   }

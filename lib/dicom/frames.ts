@@ -11,6 +11,7 @@
 
 import { getNumber, getString, type Part10Header } from "./part10.ts";
 import { NATIVE_SYNTAXES, RLE_LOSSLESS } from "./transfer_syntax.ts";
+import { MalformedError, OutOfRangeError } from "../util/errors.ts";
 
 /** A byte range of the object (or of the inflated stream for deflated objects). */
 export interface ByteSpan {
@@ -81,7 +82,7 @@ function nativeLayout(header: Part10Header): NativeLayout {
   const photometric = getString(ds, 0x00280004) ?? "";
   const pixel = header.pixelData!;
   if (!rows || !columns || !bits) {
-    throw new SyntaxError(
+    throw new MalformedError(
       `Cannot locate frames of "${header.name}": Rows, Columns or Bits Allocated is missing`,
     );
   }
@@ -129,7 +130,7 @@ export function planFrame(header: Part10Header, frame: number): FramePlan {
   if (!pixel) throw new TypeError(`"${header.name}" has no pixel data`);
   const count = frameCount(header);
   if (!Number.isInteger(frame) || frame < 1 || frame > count) {
-    throw new RangeError(
+    throw new OutOfRangeError(
       `Frame ${frame} is out of range: this instance has ${count === 1 ? "frame 1" : `frames 1-${count}`}`,
     );
   }
@@ -171,7 +172,7 @@ export function planFrame(header: Part10Header, frame: number): FramePlan {
 }
 
 function fail(header: Part10Header, message: string): never {
-  throw new SyntaxError(`Cannot locate frames of "${header.name}": ${message}`);
+  throw new MalformedError(`Cannot locate frames of "${header.name}": ${message}`);
 }
 
 function planNative(header: Part10Header, frame: number, mediaType: string): FramePlan {

@@ -27,6 +27,7 @@ import {
 } from "./transfer_syntax.ts";
 import { decodeText } from "./charset.ts";
 import { formatTag, vrOf } from "./dictionary.ts";
+import { MalformedError, OutOfRangeError } from "../util/errors.ts";
 
 /** Random access to an object's bytes (an S3 object via ranged GETs, a file, a buffer). */
 export interface RangeSource {
@@ -268,7 +269,7 @@ class Reader {
   constructor(readonly name: string, readonly size: number, readonly store: SparseBytes) {}
 
   fail(message: string): never {
-    throw new SyntaxError(`Cannot parse "${this.name}"${this.note}: ${message}`);
+    throw new MalformedError(`Cannot parse "${this.name}"${this.note}: ${message}`);
   }
 
   bytes(offset: number, length: number, what: () => string): Uint8Array {
@@ -817,7 +818,7 @@ export function parseBuffer(bytes: Uint8Array, name: string, options: ParseBuffe
     return job.run();
   } catch (e) {
     if (e instanceof NeedInflate) {
-      throw new SyntaxError(
+      throw new MalformedError(
         `Cannot parse "${name}": the data set is deflated: inflate it first (inflateObject)`,
       );
     }
@@ -870,7 +871,7 @@ export async function inflateObject(
       else hi = mid - 1;
     }
     if (hi < 0) {
-      throw new SyntaxError(
+      throw new MalformedError(
         `Cannot parse "${name}": the deflated data set at offset ${datasetOffset} is corrupt`,
       );
     }
@@ -890,11 +891,11 @@ async function inflateRaw(input: Uint8Array, max: number, name: string): Promise
     const stream = new Blob([input.slice()]).stream().pipeThrough(new DecompressionStream("deflate-raw"));
     for await (const chunk of stream) {
       total += chunk.length;
-      if (total > max) throw new RangeError(`the deflated data set inflates to more than ${max} bytes`);
+      if (total > max) throw new OutOfRangeError(`the deflated data set inflates to more than ${max} bytes`);
       chunks.push(chunk);
     }
   } catch (e) {
-    if (e instanceof RangeError) throw new SyntaxError(`Cannot parse "${name}": ${e.message}`);
+    if (e instanceof RangeError) throw new MalformedError(`Cannot parse "${name}": ${e.message}`);
     return undefined;
   }
   const out = new Uint8Array(total);

@@ -15,6 +15,7 @@
 import { formatTag, vrOf } from "./dictionary.ts";
 import { KNOWN_VRS, LONG_VRS, type Part10Header } from "./part10.ts";
 import { type Encoding, IMPLICIT_LE } from "./transfer_syntax.ts";
+import { MalformedError } from "../util/errors.ts";
 
 const ITEM = 0xfffee000;
 const ITEM_DELIMITER = 0xfffee00d;
@@ -155,7 +156,7 @@ export class Part10Check {
   }
 
   #fail(message: string): never {
-    throw new SyntaxError(`Cannot parse "${this.#name}": ${message}`);
+    throw new MalformedError(`Cannot parse "${this.#name}": ${message}`);
   }
 
   #popEnded(): void {

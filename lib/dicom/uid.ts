@@ -4,6 +4,8 @@
  * @module
  */
 
+import { OutOfRangeError } from "../util/errors.ts";
+
 /** Longest UID the standard allows. */
 export const MAX_UID_LENGTH = 64;
 
@@ -37,7 +39,7 @@ export function checkUid(value: string, what: string): string {
 }
 
 function fail(message: string): never {
-  throw new RangeError(message);
+  throw new OutOfRangeError(message);
 }
 
 /** The exact key of one instance: `{study}/{series}/{sop}.dcm`. */

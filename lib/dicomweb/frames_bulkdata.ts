@@ -10,7 +10,7 @@ import { decodedFrame } from "../imaging/decode.ts";
 import { resolveBulkDataPath, toLittleEndian } from "../dicom/dicom_json.ts";
 import { frameCount, type FramePlan, planFrame } from "../dicom/frames.ts";
 import { type HeaderCache, loadHeader } from "../objects/header_cache.ts";
-import { HttpError } from "../http/http_error.ts";
+import { HttpError } from "../http/errors.ts";
 import { multipartStream, type Part, randomBoundary } from "../http/multipart.ts";
 import { type MediaRange, parseAccept, rankRanges } from "../http/negotiation.ts";
 import type { Part10Header } from "../dicom/part10.ts";

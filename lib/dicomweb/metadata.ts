@@ -8,7 +8,7 @@
 import { stringifyDicomJson } from "../dicom/dicom_json.ts";
 import { headerJson, resolveBulkDataUris } from "../catalog/catalog.ts";
 import { type HeaderCache, loadHeader } from "../objects/header_cache.ts";
-import { HttpError } from "../http/http_error.ts";
+import { HttpError } from "../http/errors.ts";
 import { parseAccept, rankRanges } from "../http/negotiation.ts";
 import { ahead } from "../objects/open_instance.ts";
 import type { RouteContext } from "../http/router.ts";
@@ -17,6 +17,7 @@ import type { ObjectInfo } from "../store/store.ts";
 import { instanceKey, parseInstanceKey, seriesPrefix, studyPrefix } from "../dicom/uid.ts";
 import { publicBase } from "../http/urls.ts";
 import { describe, instanceUrl, targetOf } from "./retrieve.ts";
+import { CorruptObjectError } from "../util/errors.ts";
 
 /** What the metadata handlers need: {@linkcode Services} with the header cache in place. */
 export type MetadataServices = Services & { headers: HeaderCache };
@@ -71,7 +72,7 @@ export function metadataHandlers(services: MetadataServices) {
     const base = publicBase(ctx.request, config);
     const abort = new AbortController();
     const single = target.instance !== undefined;
-    let skipped: HttpError | undefined;
+    let skipped: CorruptObjectError | undefined;
     // The listing's first page is asked for now, so it is on its way while the catalog answers.
     const iterator = infos[Symbol.asyncIterator]();
     const firstInfo = iterator.next();
@@ -102,7 +103,7 @@ export function metadataHandlers(services: MetadataServices) {
           return resolveBulkDataUris(await instanceJsonText(services, bucket, info), url);
         } catch (error) {
           // In study/series metadata an unreadable object is left out (and logged) rather than failing all.
-          if (single || !(error instanceof HttpError) || error.status !== 500) throw error;
+          if (single || !(error instanceof CorruptObjectError)) throw error;
           services.log?.(`metadata: skipping ${bucket}/${info.key}: ${error.message}`);
           skipped = error;
           return null;

@@ -19,7 +19,7 @@ import { type CodecPool, defaultPool } from "../imaging/pool.ts";
 import { checkFrameSize, decodeFailure, DEFAULT_MAX_FRAME_BYTES, describeFrame } from "../imaging/decode.ts";
 import { planFrame } from "../dicom/frames.ts";
 import { HeaderCache, loadHeader, objectSource } from "../objects/header_cache.ts";
-import { HttpError } from "../http/http_error.ts";
+import { HttpError } from "../http/errors.ts";
 import { multipartStream, randomBoundary } from "../http/multipart.ts";
 import { parseAccept, rankRanges } from "../http/negotiation.ts";
 import { getString, type Part10Header } from "../dicom/part10.ts";

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { HttpError } from "../http/http_error.ts";
+import { HttpError } from "../http/errors.ts";
 import { type Part, randomBoundary } from "../http/multipart.ts";
 import { multipartStream } from "../http/multipart.ts";
 import { type DicomChoice, negotiateDicom } from "../http/negotiation.ts";

@@ -24,7 +24,7 @@ import { crawlerFor } from "../catalog/crawler.ts";
 import type { DicomJson, DicomJsonAttribute } from "../dicom/dicom_json.ts";
 import { stringifyDicomJson } from "../dicom/dicom_json.ts";
 import { tagToHex } from "../dicom/dictionary.ts";
-import { HttpError } from "../http/http_error.ts";
+import { HttpError } from "../http/errors.ts";
 import { DEFAULT_RETURN, type Level, parseSearch, type SearchQuery, TAGS } from "../catalog/matching.ts";
 import { parseAccept, rankRanges } from "../http/negotiation.ts";
 import type { RouteContext, Router } from "../http/router.ts";

@@ -9,7 +9,7 @@ import type { Catalog } from "../catalog/catalog.ts";
 import type { Config } from "../config/config.ts";
 import type { HeaderCache } from "../objects/header_cache.ts";
 import type { SharedReadAhead } from "../objects/open_instance.ts";
-import { HttpError } from "../http/http_error.ts";
+import { HttpError } from "../http/errors.ts";
 import type { ObjectStore } from "../store/store.ts";
 import { type SyntaxCapabilities } from "../imaging/syntax_choice.ts";
 

@@ -30,9 +30,9 @@
 import type { Catalog, InstanceToRecord, RecordOutcome } from "../catalog/catalog.ts";
 import { ChunkLedger, freeBuffer } from "../util/handoff.ts";
 import { readFileMeta } from "../dicom/file_meta.ts";
-import { HttpError } from "../http/http_error.ts";
+import { HttpError } from "../http/errors.ts";
 import { type MultipartPart, parseMediaType, readMultipart } from "../http/multipart_parser.ts";
-import { NotAcceptableError, parseAccept, rankRanges } from "../http/negotiation.ts";
+import { parseAccept, rankRanges } from "../http/negotiation.ts";
 import { type Part10Header, type RangeSource, readHeader } from "../dicom/part10.ts";
 import { Part10Check } from "../dicom/part10_check.ts";
 import { DEFLATED_SYNTAXES, encodingOf } from "../dicom/transfer_syntax.ts";
@@ -41,6 +41,7 @@ import { bucketOf, type Services, warningHeader } from "./services.ts";
 import type { ObjectInfo } from "../store/store.ts";
 import { checkUid, instanceKey, isValidUid } from "../dicom/uid.ts";
 import { publicBase } from "../http/urls.ts";
+import { NotAcceptableError } from "../util/errors.ts";
 
 /** Failure Reason (0008,1197) values. */
 export const FAILURE = {

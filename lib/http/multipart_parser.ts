@@ -5,6 +5,8 @@
  * @module
  */
 
+import { MalformedError } from "../util/errors.ts";
+
 /** A media type with lower-cased type, subtype and parameter names, parameter values unquoted. */
 export interface MediaType {
   type: string;
@@ -34,7 +36,7 @@ export function parseMediaType(value: string): MediaType {
   const type = s.slice(0, slash).trim().toLowerCase();
   const subtype = s.slice(slash + 1, end).trim().toLowerCase();
   if (slash < 0 || slash > end || !TOKEN.test(type) || !TOKEN.test(subtype)) {
-    throw new SyntaxError(`Malformed media type ${JSON.stringify(value)}: expected type/subtype`);
+    throw new MalformedError(`Malformed media type ${JSON.stringify(value)}: expected type/subtype`);
   }
   const params: Record<string, string> = {};
   let i = end;
@@ -43,10 +45,12 @@ export function parseMediaType(value: string): MediaType {
     while (s[i] === " " || s[i] === "\t") i++;
     if (i >= s.length || s[i] === ";") continue; // empty parameter
     const eq = s.indexOf("=", i);
-    if (eq < 0) throw new SyntaxError(`Malformed media type ${JSON.stringify(value)}: parameter without "="`);
+    if (eq < 0) {
+      throw new MalformedError(`Malformed media type ${JSON.stringify(value)}: parameter without "="`);
+    }
     const name = s.slice(i, eq).trim().toLowerCase();
     if (!TOKEN.test(name)) {
-      throw new SyntaxError(`Malformed media type ${JSON.stringify(value)}: bad parameter name at ${i}`);
+      throw new MalformedError(`Malformed media type ${JSON.stringify(value)}: bad parameter name at ${i}`);
     }
     i = eq + 1;
     let v = "";
@@ -57,12 +61,16 @@ export function parseMediaType(value: string): MediaType {
         v += s[i++];
       }
       if (s[i] !== '"') {
-        throw new SyntaxError(`Malformed media type ${JSON.stringify(value)}: unterminated quoted "${name}"`);
+        throw new MalformedError(
+          `Malformed media type ${JSON.stringify(value)}: unterminated quoted "${name}"`,
+        );
       }
       i++;
       while (s[i] === " " || s[i] === "\t") i++;
       if (i < s.length && s[i] !== ";") {
-        throw new SyntaxError(`Malformed media type ${JSON.stringify(value)}: text after quoted "${name}"`);
+        throw new MalformedError(
+          `Malformed media type ${JSON.stringify(value)}: text after quoted "${name}"`,
+        );
       }
     } else {
       const next = s.indexOf(";", i);
@@ -121,7 +129,7 @@ export async function* readMultipart(
 ): AsyncGenerator<MultipartPart, void, undefined> {
   // RFC 2046 says 1-70 characters, but Orthanc 1.10's DICOMweb plugin sends 73: accept up to 200.
   if (boundary.length < 1 || boundary.length > 200 || /[^\x20-\x7e]/.test(boundary)) {
-    throw new SyntaxError(
+    throw new MalformedError(
       `Invalid multipart boundary ${
         JSON.stringify(boundary)
       }: use 1-200 printable characters (RFC 2046 allows 70)`,
@@ -244,7 +252,7 @@ class Scanner {
         return buf.subarray(0, at);
       }
       if (!(await this.#fill())) {
-        throw new SyntaxError(
+        throw new MalformedError(
           index === 0
             ? "Malformed multipart body: the boundary given in Content-Type never occurs"
             : `Malformed multipart body: it ends inside part ${index} (no closing boundary)`,
@@ -257,7 +265,9 @@ class Scanner {
   async afterDelimiter(): Promise<boolean> {
     this.atDelimiter = false;
     while (this.#buf.byteLength < 2) {
-      if (!(await this.#fill())) throw new SyntaxError("Malformed multipart body: it ends after a boundary");
+      if (!(await this.#fill())) {
+        throw new MalformedError("Malformed multipart body: it ends after a boundary");
+      }
     }
     if (this.#buf[0] === DASH && this.#buf[1] === DASH) return true;
     // transport padding, then CRLF
@@ -266,13 +276,15 @@ class Scanner {
       while (i < this.#buf.byteLength && (this.#buf[i] === 0x20 || this.#buf[i] === 0x09)) i++;
       if (i + 2 <= this.#buf.byteLength) {
         if (this.#buf[i] !== CR || this.#buf[i + 1] !== LF) {
-          throw new SyntaxError('Malformed multipart body: a boundary is not followed by CRLF or "--"');
+          throw new MalformedError('Malformed multipart body: a boundary is not followed by CRLF or "--"');
         }
         this.#buf = this.#buf.subarray(i + 2);
         return false;
       }
-      if (i > 1024) throw new SyntaxError("Malformed multipart body: too much padding after a boundary");
-      if (!(await this.#fill())) throw new SyntaxError("Malformed multipart body: it ends after a boundary");
+      if (i > 1024) throw new MalformedError("Malformed multipart body: too much padding after a boundary");
+      if (!(await this.#fill())) {
+        throw new MalformedError("Malformed multipart body: it ends after a boundary");
+      }
     }
   }
 
@@ -290,12 +302,12 @@ class Scanner {
         return parseHeaderBlock(latin1.decode(buf.subarray(0, end)), index);
       }
       if (buf.byteLength > maxBytes) {
-        throw new SyntaxError(
+        throw new MalformedError(
           `Malformed multipart body: the headers of part ${index} exceed ${maxBytes} bytes`,
         );
       }
       if (!(await this.#fill())) {
-        throw new SyntaxError(`Malformed multipart body: it ends inside the headers of part ${index}`);
+        throw new MalformedError(`Malformed multipart body: it ends inside the headers of part ${index}`);
       }
     }
   }
@@ -371,14 +383,14 @@ function parseHeaderBlock(block: string, index: number): Headers {
     const colon = line.indexOf(":");
     const name = line.slice(0, colon).trim();
     if (colon <= 0 || !TOKEN.test(name)) {
-      throw new SyntaxError(
+      throw new MalformedError(
         `Malformed multipart body: bad header line in part ${index}: ${JSON.stringify(line.slice(0, 80))}`,
       );
     }
     try {
       headers.append(name, line.slice(colon + 1).trim());
     } catch {
-      throw new SyntaxError(`Malformed multipart body: bad value of header ${name} in part ${index}`);
+      throw new MalformedError(`Malformed multipart body: bad value of header ${name} in part ${index}`);
     }
   }
   return headers;

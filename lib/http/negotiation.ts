@@ -4,6 +4,8 @@
  * @module
  */
 
+import { MalformedError, NotAcceptableError } from "../util/errors.ts";
+
 /** One media range of an Accept header. */
 export interface MediaRange {
   /** Lower-cased type, e.g. `multipart` or `*`. */
@@ -44,7 +46,7 @@ export function parseAccept(header: string | null | undefined): MediaRange[] {
     while (i < s.length && !' \t,;="/'.includes(s[i])) i++;
     const token = s.slice(start, i);
     if (!TOKEN.test(token)) {
-      throw new SyntaxError(
+      throw new MalformedError(
         `Malformed Accept header: expected a ${what} at position ${start} in ${JSON.stringify(s)}`,
       );
     }
@@ -59,12 +61,14 @@ export function parseAccept(header: string | null | undefined): MediaRange[] {
     if (i >= s.length) break;
     const type = readToken("media type").toLowerCase();
     if (s[i] !== "/") {
-      throw new SyntaxError(`Malformed Accept header: "${type}" has no "/subtype" in ${JSON.stringify(s)}`);
+      throw new MalformedError(
+        `Malformed Accept header: "${type}" has no "/subtype" in ${JSON.stringify(s)}`,
+      );
     }
     i++;
     const subtype = readToken("media subtype").toLowerCase();
     if (type === "*" && subtype !== "*") {
-      throw new SyntaxError(`Malformed Accept header: "*/${subtype}" is not a valid media range`);
+      throw new MalformedError(`Malformed Accept header: "*/${subtype}" is not a valid media range`);
     }
     const params: Record<string, string> = {};
     let q = 1;
@@ -76,7 +80,7 @@ export function parseAccept(header: string | null | undefined): MediaRange[] {
       const name = readToken("parameter name").toLowerCase();
       skipSpace();
       if (s[i] !== "=") {
-        throw new SyntaxError(
+        throw new MalformedError(
           `Malformed Accept header: parameter "${name}" has no value in ${JSON.stringify(s)}`,
         );
       }
@@ -91,7 +95,7 @@ export function parseAccept(header: string | null | undefined): MediaRange[] {
           value += s[i++];
         }
         if (s[i] !== '"') {
-          throw new SyntaxError(`Malformed Accept header: unterminated quoted value of "${name}"`);
+          throw new MalformedError(`Malformed Accept header: unterminated quoted value of "${name}"`);
         }
         i++;
       } else {
@@ -101,7 +105,7 @@ export function parseAccept(header: string | null | undefined): MediaRange[] {
         while (i < s.length && !' \t,;"'.includes(s[i])) i++;
         value = s.slice(start, i);
         if (!/^[!#$%&'*+.^_`|~0-9A-Za-z\-/:=]+$/.test(value)) {
-          throw new SyntaxError(
+          throw new MalformedError(
             `Malformed Accept header: parameter "${name}" has no valid value at position ${start} in ${
               JSON.stringify(s)
             }`,
@@ -110,7 +114,7 @@ export function parseAccept(header: string | null | undefined): MediaRange[] {
       }
       if (name === "q") {
         if (!/^(?:0(?:\.\d{0,3})?|1(?:\.0{0,3})?)$/.test(value)) {
-          throw new SyntaxError(`Malformed Accept header: q=${value} is not a number between 0 and 1`);
+          throw new MalformedError(`Malformed Accept header: q=${value} is not a number between 0 and 1`);
         }
         q = Number(value);
       } else {
@@ -119,7 +123,7 @@ export function parseAccept(header: string | null | undefined): MediaRange[] {
       skipSpace();
     }
     if (i < s.length && s[i] !== ",") {
-      throw new SyntaxError(
+      throw new MalformedError(
         `Malformed Accept header: unexpected ${JSON.stringify(s[i])} at position ${i} in ${
           JSON.stringify(s)
         }`,
@@ -199,12 +203,4 @@ export function negotiateDicom(accept: string | null, options: { single: boolean
     );
   }
   return { multipart, transferSyntaxes: syntaxes };
-}
-
-/** The client accepts nothing this resource can produce (HTTP 406). */
-export class NotAcceptableError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "NotAcceptableError";
-  }
 }

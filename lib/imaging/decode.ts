@@ -8,9 +8,17 @@
 
 import { canDecode, type DecodedFrame, decodedSize, type FrameDescription } from "../codecs/mod.ts";
 import { type CodecPool, defaultPool } from "./pool.ts";
-import { HttpError } from "../http/http_error.ts";
 import { getNumber, getString, type Part10Header } from "../dicom/part10.ts";
 import { NATIVE_SYNTAXES } from "../dicom/transfer_syntax.ts";
+import {
+  BusyError,
+  MalformedError,
+  NotAcceptableError,
+  NotFoundError,
+  OutOfRangeError,
+  TooLargeError,
+  UnprocessableError,
+} from "../util/errors.ts";
 
 export type { DecodedFrame, FrameDescription } from "../codecs/mod.ts";
 
@@ -26,14 +34,13 @@ export interface DecodeOptions {
 }
 
 /**
- * The Image Pixel attributes of an instance (PS3.3 C.7.6.3). Throws a 404-worthy `HttpError` when the instance
+ * The Image Pixel attributes of an instance (PS3.3 C.7.6.3). Throws a `NotFoundError` when the instance
  * has no pixel data and a `SyntaxError` when Rows, Columns or Bits Allocated are missing.
  */
 export function describeFrame(header: Part10Header): FrameDescription {
-  if (!header.pixelData) throw new HttpError(404, `Not found: "${header.name}" has no pixel data`);
+  if (!header.pixelData) throw new NotFoundError(`Not found: "${header.name}" has no pixel data`);
   if (header.pixelData.tag !== 0x7fe00010) {
-    throw new HttpError(
-      422,
+    throw new UnprocessableError(
       `Cannot decode "${header.name}": Float and Double Float Pixel Data are not supported`,
     );
   }
@@ -42,7 +49,7 @@ export function describeFrame(header: Part10Header): FrameDescription {
   const columns = getNumber(ds, 0x00280011);
   const bitsAllocated = getNumber(ds, 0x00280100);
   if (!rows || !columns || !bitsAllocated) {
-    throw new SyntaxError(
+    throw new MalformedError(
       `Cannot decode pixels of "${header.name}": Rows, Columns or Bits Allocated is missing`,
     );
   }
@@ -58,7 +65,7 @@ export function describeFrame(header: Part10Header): FrameDescription {
   };
 }
 
-/** Throws 413 when one decoded frame of `d` would be larger than `maxBytes`. */
+/** Throws a `TooLargeError` when one decoded frame of `d` would be larger than `maxBytes`. */
 export function checkFrameSize(
   d: FrameDescription,
   maxBytes = DEFAULT_MAX_FRAME_BYTES,
@@ -66,34 +73,36 @@ export function checkFrameSize(
 ): void {
   const size = decodedSize(d);
   if (size > maxBytes) {
-    throw new HttpError(
-      413,
+    throw new TooLargeError(
       `Frame too large to decode: ${d.columns}×${d.rows}×${d.samplesPerPixel} samples of ${d.bitsAllocated} bits in ` +
         `${name} take ${size} bytes, more than the ${maxBytes}-byte limit; ask for transfer-syntax=* to get it as stored`,
     );
   }
 }
 
-/** Turns a codec failure into the HTTP error a client should see. */
-export function decodeFailure(error: unknown, what: string): HttpError {
-  if (error instanceof HttpError) return error;
+/**
+ * Turns a codec failure into the error a client should see: no codec for the syntax (`NotAcceptableError`), or
+ * data the codec cannot decode (`UnprocessableError`). Errors that already say what went wrong pass through.
+ */
+export function decodeFailure(error: unknown, what: string): Error {
+  if (
+    error instanceof NotFoundError || error instanceof TooLargeError || error instanceof UnprocessableError ||
+    error instanceof NotAcceptableError || error instanceof BusyError
+  ) return error;
   const message = error instanceof Error ? error.message : String(error);
   if (error instanceof RangeError) {
-    return new HttpError(
-      406,
+    return new NotAcceptableError(
       `Cannot decode ${what}: ${message}; ask for transfer-syntax=* to get it as stored`,
-      {
-        cause: error,
-      },
+      { cause: error },
     );
   }
-  return new HttpError(422, `Cannot decode ${what}: ${message}`, { cause: error });
+  return new UnprocessableError(`Cannot decode ${what}: ${message}`, { cause: error });
 }
 
 /**
  * Decodes one frame of `header` (`bytes`: the frame as `planFrame` and its `extract` give it) to native little
  * endian, pixel-interleaved samples. Photometric Interpretation may change: JPEG and JPEG 2000 colour comes out
- * as RGB. Errors are `HttpError`s: 413 too large, 422 undecodable, 406 no codec.
+ * as RGB. Errors: `TooLargeError`, `UnprocessableError` (undecodable), `NotAcceptableError` (no codec).
  *
  * @example
  * ```ts ignore
@@ -111,7 +120,7 @@ export async function decodedFrame(
   const ts = header.transferSyntaxUid;
   if (NATIVE_SYNTAXES.has(ts)) return { ...d, bytes, lossy: false };
   if (!canDecode(ts)) {
-    throw decodeFailure(new RangeError(`no codec for transfer syntax ${ts}`), `"${header.name}"`);
+    throw decodeFailure(new OutOfRangeError(`no codec for transfer syntax ${ts}`), `"${header.name}"`);
   }
   checkFrameSize(d, options.maxFrameBytes, `"${header.name}"`);
   const pool = options.pool ?? defaultPool();

@@ -16,7 +16,6 @@ import { DECODABLE_SYNTAXES, type DecodedFrame, decodedSize } from "../codecs/mo
 import { type CodecPool, defaultPool } from "./pool.ts";
 import { checkFrameSize, decodeFailure, describeFrame } from "./decode.ts";
 import { frameCount, planFrame } from "../dicom/frames.ts";
-import { HttpError } from "../http/http_error.ts";
 import {
   type DicomDataset,
   type DicomElement,
@@ -28,6 +27,7 @@ import {
 import { ahead, type OpenedInstance } from "../objects/open_instance.ts";
 import { type SyntaxChoice } from "./syntax_choice.ts";
 import { EXPLICIT_VR_LITTLE_ENDIAN } from "../dicom/transfer_syntax.ts";
+import { MalformedError, NotAcceptableError, TooLargeError } from "../util/errors.ts";
 
 /** Default bound on a whole decoded instance: 1 GiB. */
 export const DEFAULT_MAX_INSTANCE_BYTES = 1024 * 1024 * 1024;
@@ -301,7 +301,7 @@ export async function* decodedInstanceParts(
   const header = await parseObject(bytes, name, { bulkThreshold: Infinity, textBulkThreshold: Infinity });
   const ts = header.transferSyntaxUid;
   if (!DECODABLE_SYNTAXES.has(ts)) {
-    throw new HttpError(406, `Cannot decode "${name}": no codec for its transfer syntax ${ts}`);
+    throw new NotAcceptableError(`Cannot decode "${name}": no codec for its transfer syntax ${ts}`);
   }
   const d = describeFrame(header);
   checkFrameSize(d, options.maxFrameBytes, `"${name}"`);
@@ -310,8 +310,7 @@ export async function* decodedInstanceParts(
   const total = frameBytes * count;
   const maxTotal = options.maxInstanceBytes ?? DEFAULT_MAX_INSTANCE_BYTES;
   if (total > maxTotal) {
-    throw new HttpError(
-      413,
+    throw new TooLargeError(
       `Instance too large to decode: ${count} frames of ${frameBytes} bytes in "${name}" take ${total} bytes, ` +
         `more than the ${maxTotal}-byte limit; ask for transfer-syntax=* to get it as stored`,
     );
@@ -334,7 +333,7 @@ export async function* decodedInstanceParts(
     try {
       const frame = await pool.decode(ts, plan.extract ? plan.extract(data) : data, d);
       if (frame.bytes.length !== frameBytes) {
-        throw new SyntaxError(`frame ${n} decoded to ${frame.bytes.length} bytes, ${frameBytes} expected`);
+        throw new MalformedError(`frame ${n} decoded to ${frame.bytes.length} bytes, ${frameBytes} expected`);
       }
       return frame;
     } catch (error) {
@@ -389,7 +388,7 @@ async function readAll(stream: ReadableStream<Uint8Array>, max: number, name: st
     total += chunk.length;
     if (total > max) {
       await stream.cancel().catch(() => {});
-      throw new HttpError(413, `Instance too large to decode: "${name}" is more than ${max} bytes`);
+      throw new TooLargeError(`Instance too large to decode: "${name}" is more than ${max} bytes`);
     }
     chunks.push(chunk);
   }

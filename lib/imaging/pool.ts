@@ -9,6 +9,7 @@
 
 import { type RenderAttributes, type RenderedImage, renderFrame, type RenderOptions } from "./render.ts";
 import { type DecodedFrame, decodeFrame, type FrameDescription } from "../codecs/mod.ts";
+import { BusyError, MalformedError, OutOfRangeError } from "../util/errors.ts";
 
 /** Work for a pool. */
 export type Task =
@@ -29,14 +30,6 @@ export async function runTask(task: Task): Promise<DecodedFrame | RenderedImage>
   return await renderFrame(frame, task.attributes, task.options);
 }
 
-/** The pool has too many tasks waiting (the server should answer 503 and let the client retry). */
-export class PoolBusyError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "PoolBusyError";
-  }
-}
-
 /** An error as it crosses the worker boundary. */
 interface WireError {
   name: string;
@@ -45,7 +38,13 @@ interface WireError {
 
 /** Rebuilds an error of the closest built-in class from its wire form. */
 function revive(error: WireError): Error {
-  const types: Record<string, ErrorConstructor> = { SyntaxError, RangeError, TypeError };
+  const types: Record<string, new (message: string) => Error> = {
+    MalformedError,
+    OutOfRangeError,
+    SyntaxError,
+    RangeError,
+    TypeError,
+  };
   const e = new (types[error.name] ?? Error)(error.message);
   return e;
 }
@@ -66,7 +65,7 @@ interface Slot {
 export interface PoolOptions {
   /** Number of workers; 0 runs tasks inline (default `navigator.hardwareConcurrency`). */
   size?: number;
-  /** Tasks waiting beyond this are refused with a {@linkcode PoolBusyError} (default 4096). */
+  /** Tasks waiting beyond this are refused with a `BusyError` (503) (default 4096). */
   maxQueue?: number;
 }
 
@@ -117,7 +116,7 @@ export class CodecPool {
     if (this.#inline) return this.#runInline(task);
     if (this.#queue.length >= this.#maxQueue) {
       return Promise.reject(
-        new RangeError(`The codec pool has ${this.#queue.length} tasks waiting: try again later`),
+        new BusyError(`The codec pool has ${this.#queue.length} tasks waiting: try again later`),
       );
     }
     // Posting a view clones its whole buffer: send a copy of just the frame when it is part of a larger one.

@@ -24,6 +24,7 @@ import {
   type Part10Header,
   readNumbers,
 } from "../dicom/part10.ts";
+import { MalformedError } from "../util/errors.ts";
 
 /** VOI LUT Function (0028,1056). */
 export type VoiFunction = "LINEAR" | "LINEAR_EXACT" | "SIGMOID";
@@ -186,7 +187,7 @@ export function storedValues(frame: DecodedFrame, highBit?: number): Int32Array 
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const width = bitsAllocated / 8;
   if (bytes.length < n * width) {
-    throw new SyntaxError(`Pixel data holds ${bytes.length} bytes, ${n * width} expected for one frame`);
+    throw new MalformedError(`Pixel data holds ${bytes.length} bytes, ${n * width} expected for one frame`);
   }
   if (bitsAllocated === 32) {
     const out = new Float64Array(n);
@@ -326,7 +327,7 @@ function renderColor(frame: DecodedFrame, attrs: RenderAttributes): Image8 {
   const photometric = frame.photometricInterpretation;
   if (photometric === "PALETTE COLOR") {
     if (!attrs.palette) {
-      throw new SyntaxError("PALETTE COLOR without loaded Palette Color Lookup Tables cannot be rendered");
+      throw new MalformedError("PALETTE COLOR without loaded Palette Color Lookup Tables cannot be rendered");
     }
     const values = storedValues(frame, attrs.highBit);
     const { red, green, blue } = attrs.palette;
@@ -339,7 +340,7 @@ function renderColor(frame: DecodedFrame, attrs: RenderAttributes): Image8 {
     return { width: columns, height: rows, channels: 3, pixels: out };
   }
   if (frame.samplesPerPixel !== 3) {
-    throw new SyntaxError(
+    throw new MalformedError(
       `Photometric Interpretation ${photometric} with ${frame.samplesPerPixel} samples per pixel cannot be rendered`,
     );
   }
@@ -350,7 +351,7 @@ function renderColor(frame: DecodedFrame, attrs: RenderAttributes): Image8 {
   const sample = wide ? (i: number) => view.getUint16(2 * i, true) >> down : (i: number) => bytes[i];
   if (photometric === "YBR_FULL_422" || photometric === "YBR_PARTIAL_422") {
     if (frame.bitsAllocated !== 8) {
-      throw new SyntaxError(`${photometric} with ${frame.bitsAllocated} bits is not supported`);
+      throw new MalformedError(`${photometric} with ${frame.bitsAllocated} bits is not supported`);
     }
     // Native 4:2:2: Y0 Y1 Cb Cr for each pair of pixels on a row.
     const partial = photometric === "YBR_PARTIAL_422";

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { MalformedError, OutOfRangeError } from "../util/errors.ts";
 import { runTask, type Task } from "./pool.ts";
 
 const scope = self as unknown as {
@@ -23,7 +24,13 @@ scope.onmessage = async (event: MessageEvent) => {
     scope.postMessage({ id, result }, transfer);
   } catch (error) {
     const e = error instanceof Error ? error : new Error(String(error));
-    scope.postMessage({ id, error: { name: e.name, message: e.message } });
+    // this server's input errors keep their class across the boundary (the HTTP layer maps them to 400)
+    const name = e instanceof MalformedError
+      ? "MalformedError"
+      : e instanceof OutOfRangeError
+      ? "OutOfRangeError"
+      : e.name;
+    scope.postMessage({ id, error: { name, message: e.message } });
   }
 };
 

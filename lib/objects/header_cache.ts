@@ -5,9 +5,9 @@
  * @module
  */
 
-import { HttpError } from "../http/http_error.ts";
 import { type Part10Header, type RangeSource, readHeader } from "../dicom/part10.ts";
 import type { ObjectInfo, ObjectStore } from "../store/store.ts";
+import { CorruptObjectError, NotFoundError } from "../util/errors.ts";
 
 /**
  * A byte-bounded LRU of parsed headers keyed by bucket, key and ETag, each with the instance's DICOM JSON
@@ -134,7 +134,7 @@ export function objectSource(
       if (end <= start) return new Uint8Array(0);
       const object = await store.get(bucket, info.key, { range: { start, end: end - 1 } });
       if (object === null) {
-        throw new HttpError(404, `Not found: object ${info.key} disappeared while being read`);
+        throw new NotFoundError(`Not found: object ${info.key} disappeared while being read`);
       }
       const bytes = new Uint8Array(await new Response(object.body).arrayBuffer());
       if (counter) counter.bytesRead += bytes.byteLength;
@@ -163,9 +163,13 @@ export async function loadHeader(
   } catch (error) {
     // A stored object that is not valid DICOM is the server's problem, not the client's.
     if (error instanceof SyntaxError) {
-      throw new HttpError(500, `Stored object ${info.key} is not readable DICOM: ${error.message}`, {
-        cause: error,
-      });
+      throw new CorruptObjectError(
+        info.key,
+        `Stored object ${info.key} is not readable DICOM: ${error.message}`,
+        {
+          cause: error,
+        },
+      );
     }
     throw error;
   }

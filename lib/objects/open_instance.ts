@@ -7,6 +7,7 @@
 
 import { type FileMeta, readFileMeta } from "../dicom/file_meta.ts";
 import type { ObjectInfo, ObjectStore } from "../store/store.ts";
+import { MalformedError, OutOfRangeError } from "../util/errors.ts";
 
 /** An instance whose body is streaming in, with its File Meta already read. */
 export interface OpenedInstance {
@@ -59,7 +60,9 @@ export async function openInstance(
       const more = await source.readSome();
       const head = source.head();
       meta = readFileMeta(head, key, !more || head.byteLength >= object.info.size);
-      if (meta === null && !more) throw new SyntaxError(`Cannot read File Meta of "${key}": object is empty`);
+      if (meta === null && !more) {
+        throw new MalformedError(`Cannot read File Meta of "${key}": object is empty`);
+      }
     }
   } catch (error) {
     await source.cancel(error);
@@ -204,7 +207,9 @@ export class SharedReadAhead {
 
   constructor(perRequest: number, total: number) {
     if (!(perRequest >= 1) || !(total >= 1)) {
-      throw new RangeError(`Read-ahead must be at least 1 (got ${perRequest} per request, ${total} in all)`);
+      throw new OutOfRangeError(
+        `Read-ahead must be at least 1 (got ${perRequest} per request, ${total} in all)`,
+      );
     }
     this.perRequest = perRequest;
     this.total = total;

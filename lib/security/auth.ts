@@ -17,7 +17,7 @@
  */
 
 import { createRemoteJWKSet, customFetch, errors as joseErrors, type JWTPayload, jwtVerify } from "jose";
-import { HttpError } from "../http/http_error.ts";
+import { HttpError } from "../http/errors.ts";
 import {
   checkHeaderSize,
   ClientLimiter,

@@ -15,9 +15,10 @@
  */
 
 import { AsyncLocalStorage } from "node:async_hooks";
-import { HttpError } from "../http/http_error.ts";
+import { HttpError } from "../http/errors.ts";
 import { freeBuffer, markOwned } from "../util/handoff.ts";
 import type { GetOptions, ObjectBody, ObjectStore } from "../store/store.ts";
+import { OutOfRangeError } from "../util/errors.ts";
 
 // ---------------------------------------------------------------------------------------------------
 // Settings
@@ -191,7 +192,9 @@ export class ClientLimiter {
 
   /** `max` = 0 turns the limiter off. */
   constructor(max: number) {
-    if (!Number.isSafeInteger(max) || max < 0) throw new RangeError(`Invalid client concurrency: ${max}`);
+    if (!Number.isSafeInteger(max) || max < 0) {
+      throw new OutOfRangeError(`Invalid client concurrency: ${max}`);
+    }
     this.max = max;
   }
 
@@ -483,7 +486,7 @@ export class ReadBudget {
   /** `maxBytes` = 0 turns the budget off (the wrapped store passes through). */
   constructor(maxBytes: number, options: { maxWaitMs?: number } = {}) {
     if (!Number.isSafeInteger(maxBytes) || maxBytes < 0) {
-      throw new RangeError(`Invalid read budget: ${maxBytes}`);
+      throw new OutOfRangeError(`Invalid read budget: ${maxBytes}`);
     }
     this.maxBytes = maxBytes;
     this.maxWaitMs = options.maxWaitMs ?? 10_000;

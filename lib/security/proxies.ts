@@ -9,6 +9,7 @@
  */
 
 import { settingsReader } from "./limits.ts";
+import { MalformedError } from "../util/errors.ts";
 
 /** The TLS and proxy settings, validated. */
 export interface TransportConfig {
@@ -103,7 +104,7 @@ export function parseTrustedProxies(text: string): TrustedProxies {
       const host = slash < 0 ? cidr : cidr.slice(0, slash);
       const address = parseAddress(host);
       if (address === undefined) {
-        throw new SyntaxError(
+        throw new MalformedError(
           `"${entry}" is not an IP address, a CIDR range or one of loopback, private, linklocal, none`,
         );
       }
@@ -113,7 +114,7 @@ export function parseTrustedProxies(text: string): TrustedProxies {
         const raw = cidr.slice(slash + 1);
         const n = Number(raw);
         if (!/^\d{1,3}$/.test(raw) || n > (v4 ? 32 : 128)) {
-          throw new SyntaxError(`"${entry}" has a bad prefix length: use /0 to /${v4 ? 32 : 128}`);
+          throw new MalformedError(`"${entry}" has a bad prefix length: use /0 to /${v4 ? 32 : 128}`);
         }
         bits = v4 ? 96 + n : n;
       }

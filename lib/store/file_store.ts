@@ -20,6 +20,7 @@ import {
   type ReadOptions,
   StoreError,
 } from "./store.ts";
+import { OutOfRangeError } from "../util/errors.ts";
 
 /** Options for {@linkcode FileStore}. */
 export interface FileStoreOptions {
@@ -50,7 +51,7 @@ export class FileStore implements ObjectStore {
     this.location = this.#root;
     this.#chunkSize = options.chunkSize ?? DEFAULT_CHUNK;
     if (!Number.isSafeInteger(this.#chunkSize) || this.#chunkSize < 1) {
-      throw new RangeError(`chunkSize must be a positive integer: ${options.chunkSize}`);
+      throw new OutOfRangeError(`chunkSize must be a positive integer: ${options.chunkSize}`);
     }
   }
 
@@ -77,7 +78,7 @@ export class FileStore implements ObjectStore {
     const start = prefix.slice(cut + 1); // what names in `folder` must start with
     if (folder !== "") checkKey(folder.slice(0, -1), "Prefix");
     if (/[\\\0]/.test(start)) {
-      throw new RangeError(`Prefix contains a backslash or NUL: ${JSON.stringify(prefix)}`);
+      throw new OutOfRangeError(`Prefix contains a backslash or NUL: ${JSON.stringify(prefix)}`);
     }
     await this.#checkBucket(base, bucket);
     const keys: string[] = [];
@@ -159,7 +160,9 @@ export class FileStore implements ObjectStore {
       const info = infoOf(key, stat);
       const start = range?.start ?? 0;
       if (range && start >= stat.size) {
-        throw new RangeError(`Range start ${start} is past the end of ${bucket}/${key} (${stat.size} bytes)`);
+        throw new OutOfRangeError(
+          `Range start ${start} is past the end of ${bucket}/${key} (${stat.size} bytes)`,
+        );
       }
       const end = Math.min(range?.end ?? stat.size - 1, stat.size - 1);
       const length = Math.max(end - start + 1, 0);
@@ -221,7 +224,7 @@ export class FileStore implements ObjectStore {
         }
       }
       if (size !== undefined && size !== written) {
-        throw new RangeError(`Body of ${bucket}/${key} has ${written} bytes, expected ${size}`);
+        throw new OutOfRangeError(`Body of ${bucket}/${key} has ${written} bytes, expected ${size}`);
       }
       const stat = await file.stat();
       file.close();
@@ -272,7 +275,7 @@ export class FileStore implements ObjectStore {
 
   #bucketPath(bucket: string): string {
     if (bucket === "" || bucket.startsWith(".") || /[/\\\0]/.test(bucket)) {
-      throw new RangeError(`Invalid bucket name for a folder: ${JSON.stringify(bucket)}`);
+      throw new OutOfRangeError(`Invalid bucket name for a folder: ${JSON.stringify(bucket)}`);
     }
     return `${this.#root}/${bucket}`;
   }
@@ -330,7 +333,7 @@ function checkKey(key: string, what: string): void {
   if (
     key === "" || /[\\\0]/.test(key) || key.split("/").some((part) => part === "" || part.startsWith("."))
   ) {
-    throw new RangeError(
+    throw new OutOfRangeError(
       `${what} is not a safe relative path (empty segment, leading ".", backslash or NUL): ${
         JSON.stringify(key)
       }`,

@@ -17,6 +17,7 @@ import {
   type ReadOptions,
   StoreError,
 } from "./store.ts";
+import { OutOfRangeError } from "../util/errors.ts";
 
 /** Bytes per body chunk. */
 const CHUNK = 1024 * 1024;
@@ -96,7 +97,7 @@ export class MemoryStore implements ObjectStore {
       const size = entry.data.byteLength;
       const start = range?.start ?? 0;
       if (range && start >= size) {
-        throw new RangeError(`Range start ${start} is past the end of ${bucket}/${key} (${size} bytes)`);
+        throw new OutOfRangeError(`Range start ${start} is past the end of ${bucket}/${key} (${size} bytes)`);
       }
       const end = Math.min(range?.end ?? size - 1, size - 1);
       const data = entry.data;
@@ -131,11 +132,11 @@ export class MemoryStore implements ObjectStore {
     const { signal, size } = options;
     signal?.throwIfAborted();
     this.#bucket(bucket);
-    if (key === "") throw new RangeError("Key must not be empty");
+    if (key === "") throw new OutOfRangeError("Key must not be empty");
     const data = body instanceof Uint8Array ? body.slice() : await collect(body, signal);
     signal?.throwIfAborted();
     if (size !== undefined && size !== data.byteLength) {
-      throw new RangeError(`Body of ${bucket}/${key} has ${data.byteLength} bytes, expected ${size}`);
+      throw new OutOfRangeError(`Body of ${bucket}/${key} has ${data.byteLength} bytes, expected ${size}`);
     }
     const entry = {
       data,

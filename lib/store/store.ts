@@ -7,6 +7,8 @@
  * @module
  */
 
+import { OutOfRangeError } from "../util/errors.ts";
+
 /** What a listing or a HEAD says about one object. */
 export interface ObjectInfo {
   /** The full key inside the bucket. */
@@ -146,8 +148,8 @@ function codePointRank(unit: number): number {
  */
 export function checkRange(range: ByteRange): void {
   const { start, end } = range;
-  if (!Number.isSafeInteger(start) || start < 0) throw new RangeError(`Invalid range start: ${start}`);
+  if (!Number.isSafeInteger(start) || start < 0) throw new OutOfRangeError(`Invalid range start: ${start}`);
   if (end !== undefined && (!Number.isSafeInteger(end) || end < start)) {
-    throw new RangeError(`Invalid range end: ${end} (start ${start})`);
+    throw new OutOfRangeError(`Invalid range end: ${end} (start ${start})`);
   }
 }

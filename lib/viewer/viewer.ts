@@ -11,11 +11,12 @@
  */
 
 import { FileStore } from "../store/file_store.ts";
-import { HttpError } from "../http/http_error.ts";
+import { HttpError } from "../http/errors.ts";
 import type { Router } from "../http/router.ts";
 import type { Services } from "../dicomweb/services.ts";
 import { type ObjectStore, StoreError } from "../store/store.ts";
 import { publicBase } from "../http/urls.ts";
+import { OutOfRangeError } from "../util/errors.ts";
 
 /** One DICOMweb server (an AET) as an OHIF data source. */
 export interface ViewerDataSource {
@@ -133,7 +134,7 @@ export function viewerHandler(
 ): (request: Request, path: string) => Promise<Response> {
   const { files, bucket, publicPath } = options;
   if (!publicPath.startsWith("/") || !publicPath.endsWith("/")) {
-    throw new RangeError(`publicPath must start and end with "/": ${JSON.stringify(publicPath)}`);
+    throw new OutOfRangeError(`publicPath must start and end with "/": ${JSON.stringify(publicPath)}`);
   }
   const rewrites = rewritesFor(publicPath);
   // Rewritten files differ per publicPath: so do their ETags (FNV-1a of the path).

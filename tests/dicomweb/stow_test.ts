@@ -10,7 +10,7 @@ import type { Catalog, InstanceToRecord, RecordOutcome } from "../../lib/catalog
 import { createHandler } from "../../lib/app/handler.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import { FileStore } from "../../lib/store/file_store.ts";
-import { errorResponse, toHttpError } from "../../lib/http/http_error.ts";
+import { errorResponse, toHttpError } from "../../lib/http/errors.ts";
 import { MemoryStore } from "../../lib/store/memory_store.ts";
 import { type Part10Header, readHeader } from "../../lib/dicom/part10.ts";
 import { Router } from "../../lib/http/router.ts";

@@ -461,7 +461,7 @@ const TARGETS: Record<string, () => Promise<Target>> = {
     const routed = createHandler(services as Parameters<typeof createHandler>[0], { log: () => {} });
     // While another route shadows STOW-RS in the router (405), POSTs go to the STOW-RS handler itself.
     const { stowHandler } = await import("../../lib/dicomweb/stow.ts");
-    const { errorResponse, toHttpError } = await import("../../lib/http/http_error.ts");
+    const { errorResponse, toHttpError } = await import("../../lib/http/errors.ts");
     const stow = stowHandler(services as Parameters<typeof stowHandler>[0]);
     const handler = async (request: Request): Promise<Response> => {
       const url = new URL(request.url);

@@ -11,7 +11,7 @@ import { AetRegistry } from "../../lib/objects/aets.ts";
 import { createHandler } from "../../lib/app/handler.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import { FileStore } from "../../lib/store/file_store.ts";
-import { errorResponse, toHttpError } from "../../lib/http/http_error.ts";
+import { errorResponse, toHttpError } from "../../lib/http/errors.ts";
 import { buildInstance, concat } from "../_corpus.ts";
 import { fuzz, type FuzzReport, TARGET_NAMES } from "./_fuzz.ts";
 

@@ -17,7 +17,7 @@ import { createHandler } from "../../lib/app/handler.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import { crawlerFor } from "../../lib/catalog/crawler.ts";
 import { FileStore } from "../../lib/store/file_store.ts";
-import { errorResponse, toHttpError } from "../../lib/http/http_error.ts";
+import { errorResponse, toHttpError } from "../../lib/http/errors.ts";
 import { S3Store } from "../../lib/store/s3/s3_store.ts";
 import { fitViewport } from "../../lib/imaging/render.ts";
 import { openSqliteCatalog } from "../../lib/catalog/sqlite_catalog.ts";

@@ -13,7 +13,7 @@ import { decodedFrame } from "../../lib/imaging/decode.ts";
 import { FileStore } from "../../lib/store/file_store.ts";
 import { planFrame } from "../../lib/dicom/frames.ts";
 import { HeaderCache, loadHeader } from "../../lib/objects/header_cache.ts";
-import { errorResponse, toHttpError } from "../../lib/http/http_error.ts";
+import { errorResponse, toHttpError } from "../../lib/http/errors.ts";
 import { getNumber, parseObject } from "../../lib/dicom/part10.ts";
 import { renderAttributes, renderFrame } from "../../lib/imaging/render.ts";
 import { registerRendered } from "../../lib/dicomweb/rendered.ts";

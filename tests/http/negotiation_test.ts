@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { negotiateDicom, NotAcceptableError, parseAccept, rankRanges } from "../../lib/http/negotiation.ts";
+import { negotiateDicom, parseAccept, rankRanges } from "../../lib/http/negotiation.ts";
+import { NotAcceptableError } from "../../lib/util/errors.ts";
 
 const ELE = "1.2.840.10008.1.2.1";
 const JPEG_BASELINE = "1.2.840.10008.1.2.4.50";

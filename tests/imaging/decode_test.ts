@@ -12,7 +12,8 @@ import { CodecPool } from "../../lib/imaging/pool.ts";
 import { encodeJ2k } from "../../lib/codecs/j2k.ts";
 import { decodedFrame, describeFrame } from "../../lib/imaging/decode.ts";
 import { frameCount, planFrame } from "../../lib/dicom/frames.ts";
-import { HttpError } from "../../lib/http/http_error.ts";
+import { toHttpError } from "../../lib/http/errors.ts";
+import { NotAcceptableError, TooLargeError } from "../../lib/util/errors.ts";
 import { getString, parseObject, type Part10Header } from "../../lib/dicom/part10.ts";
 import { decodeInstance } from "../../lib/imaging/pixel_transcode.ts";
 import { LOSSY_SYNTAXES } from "../../lib/dicom/transfer_syntax.ts";
@@ -385,14 +386,15 @@ Deno.test("decodedFrame() refuses frames above the size bound with 413 and frame
   await assert.rejects(
     decodedFrame(item.header, item.frames[0], { pool: inline, maxFrameBytes: 1000 }),
     (e: unknown) =>
-      e instanceof HttpError && e.status === 413 && /Frame too large to decode: 128×128×1/.test(e.message),
+      e instanceof TooLargeError && toHttpError(e).status === 413 &&
+      /Frame too large to decode: 128×128×1/.test(e.message),
   );
   const ok = await decodedFrame(item.header, item.frames[0], { pool: inline });
   assert.equal(ok.bytes.length, 128 * 128 * 2);
   const video = { ...item.header, transferSyntaxUid: "1.2.840.10008.1.2.4.102" };
   await assert.rejects(
     decodedFrame(video, item.frames[0], { pool: inline }),
-    (e: unknown) => e instanceof HttpError && e.status === 406,
+    (e: unknown) => e instanceof NotAcceptableError && toHttpError(e).status === 406,
   );
 });
 

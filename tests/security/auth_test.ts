@@ -21,7 +21,7 @@ import {
   verifyPassword,
   visibleAets,
 } from "../../lib/security/auth.ts";
-import { HttpError } from "../../lib/http/http_error.ts";
+import { HttpError } from "../../lib/http/errors.ts";
 import { MemoryStore } from "../../lib/store/memory_store.ts";
 import { buildInstance } from "../_corpus.ts";
 import { securedHandler, startIssuer, WIRED } from "../_jwks.ts";

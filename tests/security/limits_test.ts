@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { HttpError } from "../../lib/http/http_error.ts";
+import { HttpError } from "../../lib/http/errors.ts";
 import {
   checkHeaderSize,
   ClientLimiter,

@@ -43,6 +43,7 @@ import {
   type ReadOptions,
   StoreError,
 } from "../store.ts";
+import { OutOfRangeError } from "../../util/errors.ts";
 
 /** Static credentials; without them the SDK's default chain applies (env vars, profiles, instance roles). */
 export interface S3Credentials {
@@ -246,7 +247,7 @@ export class S3Store implements ObjectStore {
     } catch (error) {
       if (isMissingKey(error)) return null;
       if (statusOf(error) === 416) {
-        throw new RangeError(`Range start ${range?.start} is past the end of ${bucket}/${key}`, {
+        throw new OutOfRangeError(`Range start ${range?.start} is past the end of ${bucket}/${key}`, {
           cause: error,
         });
       }
@@ -263,7 +264,9 @@ export class S3Store implements ObjectStore {
     // s3rver answers `bytes=0-` on an empty object with "bytes 0-0/0"; others ignore the range
     if (range.start >= size) {
       await body.cancel().catch(() => {});
-      throw new RangeError(`Range start ${range.start} is past the end of ${bucket}/${key} (${size} bytes)`);
+      throw new OutOfRangeError(
+        `Range start ${range.start} is past the end of ${bucket}/${key} (${size} bytes)`,
+      );
     }
     const end = Math.min(range.end ?? size - 1, size - 1);
     if (span && Number(span[1]) === range.start && Number(span[2]) === end) {
@@ -295,7 +298,7 @@ export class S3Store implements ObjectStore {
     const { size, signal } = options;
     if (body instanceof Uint8Array) {
       if (size !== undefined && size !== body.byteLength) {
-        throw new RangeError(`Body of ${bucket}/${key} has ${body.byteLength} bytes, expected ${size}`);
+        throw new OutOfRangeError(`Body of ${bucket}/${key} has ${body.byteLength} bytes, expected ${size}`);
       }
       return await this.#putOne(bucket, key, body, options);
     }
@@ -306,7 +309,9 @@ export class S3Store implements ObjectStore {
       if (!first || !(await parts.hasMore())) {
         const data = first ?? new Uint8Array(0);
         if (size !== undefined && size !== data.byteLength) {
-          throw new RangeError(`Body of ${bucket}/${key} has ${data.byteLength} bytes, expected ${size}`);
+          throw new OutOfRangeError(
+            `Body of ${bucket}/${key} has ${data.byteLength} bytes, expected ${size}`,
+          );
         }
         return await this.#putOne(bucket, key, data, options);
       }
@@ -397,7 +402,9 @@ export class S3Store implements ObjectStore {
         throwIfFailed();
         if (!data) break;
         if (number > MAX_PARTS) {
-          throw new RangeError(`Body of ${bucket}/${key} needs more than ${MAX_PARTS} parts: pass its size`);
+          throw new OutOfRangeError(
+            `Body of ${bucket}/${key} needs more than ${MAX_PARTS} parts: pass its size`,
+          );
         }
         total += data.byteLength;
         const upload = this.#send(where, signal, (client, o) =>
@@ -425,7 +432,7 @@ export class S3Store implements ObjectStore {
       await Promise.all(inFlight);
       throwIfFailed();
       if (options.size !== undefined && options.size !== total) {
-        throw new RangeError(`Body of ${bucket}/${key} has ${total} bytes, expected ${options.size}`);
+        throw new OutOfRangeError(`Body of ${bucket}/${key} has ${total} bytes, expected ${options.size}`);
       }
       done.sort((a, b) => a.PartNumber - b.PartNumber);
       const out = await this.#send(
@@ -870,7 +877,7 @@ function unquote(etag: string | undefined): string {
 
 function positive(value: number, name: string): number {
   if (!Number.isSafeInteger(value) || value < 1) {
-    throw new RangeError(`${name} must be a positive integer: ${value}`);
+    throw new OutOfRangeError(`${name} must be a positive integer: ${value}`);
   }
   return value;
 }

@@ -7,6 +7,7 @@
  */
 
 import type { ObjectInfo } from "../store.ts";
+import { MalformedError } from "../../util/errors.ts";
 
 /** One page of a ListObjectsV2 answer. */
 export interface ListPage {
@@ -36,7 +37,7 @@ function field(block: string, name: string): string | undefined {
   }
   const start = open + name.length + 2;
   const end = block.indexOf(`</${name}>`, start);
-  if (end < 0) throw new SyntaxError(`Malformed S3 listing: <${name}> is not closed`);
+  if (end < 0) throw new MalformedError(`Malformed S3 listing: <${name}> is not closed`);
   return unescapeXml(block.slice(start, end));
 }
 
@@ -58,7 +59,7 @@ function field(block: string, name: string): string | undefined {
 export function parseListObjectsV2(xml: string): ListPage {
   const root = xml.indexOf("<ListBucketResult");
   if (root < 0) {
-    throw new SyntaxError(
+    throw new MalformedError(
       `Not an S3 listing (no ListBucketResult): ${xml.slice(0, 120).replace(/\s+/g, " ")}`,
     );
   }
@@ -69,13 +70,13 @@ export function parseListObjectsV2(xml: string): ListPage {
     const open = xml.indexOf("<Contents>", at);
     if (open < 0) break;
     const close = xml.indexOf("</Contents>", open);
-    if (close < 0) throw new SyntaxError("Malformed S3 listing: <Contents> is not closed");
+    if (close < 0) throw new MalformedError("Malformed S3 listing: <Contents> is not closed");
     const block = xml.slice(open + 10, close);
     const key = field(block, "Key");
-    if (key === undefined) throw new SyntaxError("Malformed S3 listing: an entry has no <Key>");
+    if (key === undefined) throw new MalformedError("Malformed S3 listing: an entry has no <Key>");
     const size = Number(field(block, "Size") ?? "0");
     if (!Number.isSafeInteger(size) || size < 0) {
-      throw new SyntaxError(`Malformed S3 listing: entry "${key}" has size ${field(block, "Size")}`);
+      throw new MalformedError(`Malformed S3 listing: entry "${key}" has size ${field(block, "Size")}`);
     }
     const modified = field(block, "LastModified");
     const date = modified ? new Date(modified) : undefined;

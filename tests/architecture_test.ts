@@ -1,0 +1,138 @@
+/**
+ * The layer map of `lib/`, written once: which folder may import which. The test reads every module's
+ * imports (static, dynamic and `new URL(..., import.meta.url)` worker entries) and fails on an import that
+ * points the wrong way, on a folder missing from the map, and on a layer folder without its module doc.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+
+/**
+ * Each layer of `lib/` and the layers it may import, lowest first. A layer never imports one listed after
+ * it; `util` is below everything.
+ */
+export const LAYERS: Record<string, readonly string[]> = {
+  util: [],
+  dicom: ["util"],
+  codecs: ["util", "dicom"],
+  store: ["util"],
+  objects: ["util", "dicom", "store"],
+  imaging: ["util", "dicom", "codecs", "store", "objects"],
+  catalog: ["util", "dicom", "store", "objects"],
+  http: ["util", "store"],
+  security: ["util", "store", "http"],
+  config: ["util", "store", "http", "security"],
+  dicomweb: [
+    "util",
+    "dicom",
+    "codecs",
+    "imaging",
+    "store",
+    "objects",
+    "catalog",
+    "http",
+    "security",
+    "config",
+  ],
+  viewer: ["util", "store", "http", "config", "dicomweb"],
+  app: [
+    "util",
+    "dicom",
+    "codecs",
+    "imaging",
+    "store",
+    "objects",
+    "catalog",
+    "http",
+    "security",
+    "config",
+    "dicomweb",
+    "viewer",
+  ],
+  cli: ["util", "dicom", "store", "objects", "catalog", "security", "config", "app"],
+};
+
+const LIB = new URL("../lib/", import.meta.url);
+
+/** Every `.ts` file under `lib/`, as paths relative to it (`dicom/part10.ts`). */
+async function libFiles(dir = LIB, prefix = ""): Promise<string[]> {
+  const out: string[] = [];
+  for await (const entry of Deno.readDir(dir)) {
+    if (entry.isDirectory) {
+      out.push(...await libFiles(new URL(`${entry.name}/`, dir), `${prefix}${entry.name}/`));
+    } else if (entry.name.endsWith(".ts")) out.push(prefix + entry.name);
+  }
+  return out.sort();
+}
+
+/** Relative module specifiers a file imports: `from "…"`, `import("…")`, `new URL("…", import.meta.url)`. */
+export function importsOf(source: string): string[] {
+  const out: string[] = [];
+  const code = source.replace(/^\s*\*.*$/gm, "").replace(/\/\/.*$/gm, ""); // not the examples in doc comments
+  for (const match of code.matchAll(/(?:from\s+|import\s*\(\s*|new URL\(\s*)["'](\.{1,2}\/[^"']+)["']/g)) {
+    out.push(match[1]);
+  }
+  return out;
+}
+
+/** The layer of a path relative to `lib/`, or undefined for a file directly in `lib/`. */
+function layerOf(path: string): string | undefined {
+  const slash = path.indexOf("/");
+  return slash < 0 ? undefined : path.slice(0, slash);
+}
+
+Deno.test("lib/ layers import only the layers below them", async (t) => {
+  const files = await libFiles();
+
+  await t.step("every file is in a layer folder listed in LAYERS", () => {
+    const strays = files.filter((file) => !(layerOf(file)! in LAYERS));
+    assert.deepEqual(strays, [], "add the folder to LAYERS in tests/architecture_test.ts, or move the file");
+  });
+
+  await t.step("every module starts with its @module doc", async () => {
+    const missing: string[] = [];
+    for (const file of files) {
+      const text = await Deno.readTextFile(new URL(file, LIB));
+      if (!/^\/\*\*[\s\S]*?@module[\s\S]*?\*\//.test(text)) missing.push(file);
+    }
+    assert.deepEqual(missing, []);
+  });
+
+  await t.step("no import points up or sideways into a layer not allowed", async () => {
+    const wrong: string[] = [];
+    for (const file of files) {
+      const from = layerOf(file)!;
+      const text = await Deno.readTextFile(new URL(file, LIB));
+      for (const specifier of importsOf(text)) {
+        const target = new URL(specifier, new URL(file, LIB));
+        if (!target.href.startsWith(LIB.href)) {
+          wrong.push(`${file} imports ${specifier}, outside lib/`);
+          continue;
+        }
+        const to = layerOf(target.href.slice(LIB.href.length));
+        if (to === undefined || to === from) continue;
+        if (!LAYERS[from]?.includes(to)) wrong.push(`lib/${file} (${from}) imports ${specifier} (${to})`);
+      }
+    }
+    assert.deepEqual(wrong, []);
+  });
+
+  await t.step("the map itself has no cycle: each layer imports only layers listed before it", () => {
+    const names = Object.keys(LAYERS);
+    for (const [index, name] of names.entries()) {
+      for (const below of LAYERS[name]) {
+        assert.ok(names.indexOf(below) >= 0 && names.indexOf(below) < index, `${name} may import ${below}`);
+      }
+    }
+  });
+
+  await t.step("importsOf() sees static, dynamic and worker imports", () => {
+    assert.deepEqual(
+      importsOf(
+        `import { a } from "./a.ts";\nexport type { B } from '../b/b.ts';\nawait import("./c.ts");\n` +
+          `new Worker(new URL("./w.ts", import.meta.url));\n/**\n * import { d } from "./d.ts";\n */`,
+      ),
+      ["./a.ts", "../b/b.ts", "./c.ts", "./w.ts"],
+    );
+  });
+});
