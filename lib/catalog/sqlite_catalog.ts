@@ -20,15 +20,7 @@ import {
   type Catalog,
   type CatalogQuery,
   type CrawlTicket,
-  documentText,
-  headerJson,
-  type InstanceColumns,
-  instanceColumns,
-  type InstanceRecord,
-  instanceRecord,
   type InstanceToRecord,
-  keyMismatch,
-  LAYOUT_REASON,
   type ListingCounts,
   type ObjectProblem,
   type RecordOutcome,
@@ -36,13 +28,23 @@ import {
   type SearchRow,
   type SeriesCandidate,
   type StoredInstance,
-  studyColumns,
 } from "./catalog.ts";
 import { type DicomJson, stringifyDicomJson } from "../dicom/dicom_json.ts";
 import { type Filter, type Level, matchDataset, type Matcher, matchPersonName } from "./matching.ts";
 import type { Part10Header } from "../dicom/part10.ts";
 import { compareKeys, type ObjectInfo } from "../store/store.ts";
 import { type InstanceUids, parseInstanceKey } from "../dicom/uid.ts";
+import {
+  documentText,
+  headerJson,
+  type InstanceColumns,
+  instanceColumns,
+  type InstanceRecord,
+  instanceRecord,
+  keyMismatch,
+  LAYOUT_REASON,
+  studyColumns,
+} from "./documents.ts";
 
 const SCHEMA_VERSION = 3;
 

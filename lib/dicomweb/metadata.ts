@@ -6,7 +6,6 @@
  */
 
 import { stringifyDicomJson } from "../dicom/dicom_json.ts";
-import { headerJson, resolveBulkDataUris } from "../catalog/catalog.ts";
 import { type HeaderCache, loadHeader } from "../objects/header_cache.ts";
 import { HttpError } from "../http/errors.ts";
 import { parseAccept, rankRanges } from "../http/negotiation.ts";
@@ -18,6 +17,7 @@ import { instanceKey, parseInstanceKey, seriesPrefix, studyPrefix } from "../dic
 import { publicBase } from "../http/urls.ts";
 import { describe, instanceUrl, targetOf } from "./retrieve.ts";
 import { CorruptObjectError } from "../util/errors.ts";
+import { headerJson, resolveBulkDataUris } from "../catalog/documents.ts";
 
 /** What the metadata handlers need: {@linkcode Services} with the header cache in place. */
 export type MetadataServices = Services & { headers: HeaderCache };

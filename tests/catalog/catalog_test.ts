@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { documentText, headerJson, resolveBulkDataUris } from "../../lib/catalog/catalog.ts";
 import { type DicomJson, stringifyDicomJson } from "../../lib/dicom/dicom_json.ts";
 import {
   matchDataset,
@@ -19,6 +18,7 @@ import type { ObjectInfo } from "../../lib/store/store.ts";
 import { sharedCorpus } from "../_corpus.ts";
 import { buildPart10 } from "../_dicom_fixtures.ts";
 import { generatedCorpus, STUDIES } from "../_qido_fixtures.ts";
+import { documentText, headerJson, resolveBulkDataUris } from "../../lib/catalog/documents.ts";
 
 const STUDY_SEARCH: SearchOptions = {
   level: "study",

@@ -16,11 +16,12 @@ import { type Part10Header, readHeader } from "../../lib/dicom/part10.ts";
 import { Router } from "../../lib/http/router.ts";
 import type { Services } from "../../lib/dicomweb/services.ts";
 import type { ObjectInfo, ObjectStore } from "../../lib/store/store.ts";
-import { FAILURE, registerStow, type StowOptions, WARNING_REPLACED } from "../../lib/dicomweb/stow.ts";
+import { registerStow, type StowOptions } from "../../lib/dicomweb/stow.ts";
 import { buildInstance, concat, md5, SHARED_DICOM, sharedCorpus } from "../_corpus.ts";
 import { boundaryOf, parseMultipart } from "../_multipart_parser.ts";
 import { observe } from "../_stores.ts";
 import { Part10Check } from "../../lib/dicom/part10_check.ts";
+import { FAILURE, WARNING_REPLACED } from "../../lib/dicomweb/stow_response.ts";
 
 const AET = "STOW";
 const BUCKET = "stow-bucket";

@@ -1,0 +1,26 @@
+/**
+ * A counting semaphore: at most `count` holders at once, the others wait in order.
+ *
+ * @module
+ */
+
+/** A counting semaphore. */
+export class Gate {
+  #free: number;
+  #waiting: (() => void)[] = [];
+
+  constructor(count: number) {
+    this.#free = count;
+  }
+
+  async enter(): Promise<void> {
+    if (this.#free > 0) this.#free--;
+    else await new Promise<void>((resolve) => this.#waiting.push(resolve));
+  }
+
+  leave(): void {
+    const next = this.#waiting.shift();
+    if (next) next();
+    else this.#free++;
+  }
+}
