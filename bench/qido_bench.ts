@@ -25,6 +25,7 @@ import type { ObjectStore } from "../lib/store/store.ts";
 import { buildPart10, type Fx } from "../tests/_dicom_fixtures.ts";
 import { startS3 } from "../tests/_s3server.ts";
 import { observe } from "../tests/_stores.ts";
+import { assembleServices } from "../lib/app/open.ts";
 
 const args = new Map<string, number>();
 for (let i = 0; i < Deno.args.length; i += 2) {
@@ -220,9 +221,12 @@ async function qidoBench(): Promise<void> {
   // The catalog counts as crawled: mark it complete the way a crawl does.
   const ticket = (await catalog.beginCrawl("BENCH", "bench", "bench", 60_000))!;
   await catalog.endCrawl(ticket, { complete: true });
-  const handler = createHandler({ config, store, aets, capabilities: { reEncode: true }, catalog }, {
-    log: () => {},
-  });
+  const handler = createHandler(
+    assembleServices(config, store, { aets, catalog, capabilities: { reEncode: true } }),
+    {
+      log: () => {},
+    },
+  );
   const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, handler);
   const base = `http://127.0.0.1:${(server.addr as Deno.NetAddr).port}/aets/BENCH`;
   const shapes = [

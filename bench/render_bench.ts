@@ -13,7 +13,6 @@
 
 import process from "node:process";
 import jpegJs from "jpeg-js";
-import { AetRegistry } from "../lib/objects/aets.ts";
 import { encodeHtj2k } from "../lib/codecs/htj2k.ts";
 import { encodeJ2k } from "../lib/codecs/j2k.ts";
 import { decodeFrame } from "../lib/codecs/mod.ts";
@@ -22,12 +21,10 @@ import { parseConfig } from "../lib/config/config.ts";
 import { describeFrame } from "../lib/imaging/decode.ts";
 import { FileStore } from "../lib/store/file_store.ts";
 import { planFrame } from "../lib/dicom/frames.ts";
-import { HeaderCache } from "../lib/objects/header_cache.ts";
-import { errorResponse, toHttpError } from "../lib/http/errors.ts";
 import { getNumber, parseObject } from "../lib/dicom/part10.ts";
 import { applyViewport, encodeJpeg, encodePng, renderAttributes, toDisplay } from "../lib/imaging/render.ts";
-import { registerRendered } from "../lib/dicomweb/rendered.ts";
-import { Router } from "../lib/http/router.ts";
+import { createHandler } from "../lib/app/handler.ts";
+import { assembleServices } from "../lib/app/open.ts";
 import { decodeInstance, encapsulatedInstance } from "../lib/imaging/pixel_transcode.ts";
 
 const REPO = new URL("../", import.meta.url).pathname;
@@ -77,24 +74,11 @@ async function cpu<T>(f: () => Promise<T>): Promise<[T, number, number]> {
 async function thumbnails(data: Awaited<ReturnType<typeof dataset>>, pool: CodecPool) {
   const store = new FileStore(data.root);
   const config = parseConfig({ AETS: `BENCH=${data.bucket}` });
-  const router = new Router();
-  registerRendered(router, {
-    config,
-    store,
-    aets: new AetRegistry(store, { configured: config.aets }),
-    capabilities: { reEncode: true },
-    headers: new HeaderCache(),
-  }, { pool, thumbnailCacheBytes: 64 * 1024 * 1024 });
-  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (request) => {
-    const url = new URL(request.url);
-    const match = router.match(request.method, url);
-    if (match.kind !== "found") return new Response(null, { status: 404 });
-    try {
-      return await match.handler({ request, url, params: match.params });
-    } catch (error) {
-      return errorResponse(toHttpError(error));
-    }
+  const handler = createHandler(assembleServices(config, store, { capabilities: { reEncode: true } }), {
+    log: () => {},
+    rendered: { pool, thumbnailCacheBytes: 64 * 1024 * 1024 },
   });
+  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, handler);
   const base = `http://127.0.0.1:${(server.addr as Deno.NetAddr).port}/aets/BENCH`;
   const keys = data.keys.slice(0, THUMBNAILS);
   const fetchAll = async () => {

@@ -141,68 +141,24 @@ export async function startIssuer(): Promise<TestIssuer> {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// The handler as wired for security: the real `createHandler` once lib/app/handler.ts wires the guard and the
-// audit log (detected by `config.auth` existing), otherwise the same wiring done here around it, line for
-// line as proposed for lib/app/handler.ts, so these tests run before and after the wiring lands.
+// The handler with the security settings of `env`, built by the shared test fixture (tests/_server.ts).
 
-import { AetRegistry } from "../lib/objects/aets.ts";
-import { createHandler } from "../lib/app/handler.ts";
-import { type AuditLog, redactedSearch } from "../lib/security/audit.ts";
-import {
-  type AuthConfig,
-  type AuthenticatorOptions,
-  parseAuthConfig,
-  RequestGuard,
-  type ServeInfo,
-} from "../lib/security/auth.ts";
+import type { AuthenticatorOptions, ServeInfo } from "../lib/security/auth.ts";
+import type { AuditLog } from "../lib/security/audit.ts";
+import type { Catalog } from "../lib/catalog/catalog.ts";
 import { type Config, parseConfig } from "../lib/config/config.ts";
-import { errorResponse, toHttpError } from "../lib/http/errors.ts";
-import { type LimitsConfig, parseLimitsConfig } from "../lib/security/limits.ts";
 import type { ObjectStore } from "../lib/store/store.ts";
-import { parseTransportConfig, type TrustedProxies } from "../lib/security/proxies.ts";
-
-/** Config with the security settings (what `parseConfig` returns once they are wired). */
-export type SecuredConfig = Config & {
-  auth: AuthConfig;
-  limits: LimitsConfig;
-  trustedProxies: TrustedProxies;
-};
-
-/** Whether lib/app/handler.ts and lib/config/config.ts already wire the guard (then tests use them as they are). */
-export const WIRED = "auth" in parseConfig({});
-
-/** Parses `env` with the security settings, wired or not. Throws an `Error` listing problems. */
-export function securedConfig(env: Record<string, string>): SecuredConfig {
-  const base = parseConfig(env);
-  if (WIRED) return base as SecuredConfig;
-  const problems: string[] = [];
-  const auth = parseAuthConfig(env, problems, { hostname: base.hostname });
-  const limits = parseLimitsConfig(env, problems);
-  const { trustedProxies } = parseTransportConfig(env, problems);
-  if (problems.length > 0) throw new Error(`Invalid configuration:\n  - ${problems.join("\n  - ")}`);
-  return { ...base, auth, limits, trustedProxies };
-}
+import { testHandler } from "./_server.ts";
 
 /** Options for {@linkcode securedHandler}. */
 export interface SecuredOptions {
   log?: (line: string) => void;
   audit?: AuditLog;
   auth?: AuthenticatorOptions;
-  /** The search catalog for QIDO-RS (see {@linkcode openTestCatalog}). */
-  catalog?: unknown;
+  /** The search catalog for QIDO-RS (see `memoryCatalog` in tests/_server.ts). */
+  catalog?: Catalog;
   /** The handler's bodies go straight to `Deno.serve` (see `freeSentChunks` in lib/app/handler.ts). */
   freeSentChunks?: boolean;
-}
-
-/** A `:memory:` search catalog when lib/catalog/sqlite_catalog.ts can open one, else undefined (QIDO-RS then answers 503). */
-export async function openTestCatalog(): Promise<{ close?(): unknown } | undefined> {
-  try {
-    const module = new URL("../lib/catalog/sqlite_catalog.ts", import.meta.url).href;
-    const { openSqliteCatalog } = await import(module);
-    return await openSqliteCatalog(":memory:", { log: () => {} });
-  } catch {
-    return undefined;
-  }
 }
 
 /** A handler with authentication, limits and audit, from `env` (plus `AETS` etc.) over `store`. */
@@ -210,117 +166,19 @@ export function securedHandler(
   store: ObjectStore,
   env: Record<string, string>,
   options: SecuredOptions = {},
-): {
-  handler: (request: Request, info?: ServeInfo) => Promise<Response>;
-  config: SecuredConfig;
-  guard?: RequestGuard;
-} {
-  const config = securedConfig(env);
-  const log = options.log ?? (() => {});
-  if (WIRED) {
-    const aets = new AetRegistry(store, { configured: config.aets });
-    const handler = createHandler(
-      { config, store, aets, capabilities: { reEncode: true }, catalog: options.catalog } as Parameters<
-        typeof createHandler
-      >[0],
-      {
-        log,
-        audit: options.audit,
-        auth: options.auth,
-        freeSentChunks: options.freeSentChunks,
-      } as Parameters<typeof createHandler>[1],
-    );
-    return { handler: handler as (request: Request, info?: ServeInfo) => Promise<Response>, config };
-  }
-  // --- the proposed lib/app/handler.ts wiring, emulated -----------------------------------------------------
-  const guard = new RequestGuard(config, options.auth);
-  const guarded = guard.store(store);
-  const aets = new AetRegistry(guarded, { configured: config.aets });
-  const inner = createHandler(
-    {
-      config,
-      store: guarded,
-      aets,
-      capabilities: { reEncode: true },
-      catalog: options.catalog,
-    } as Parameters<typeof createHandler>[0],
-    { log: () => {} },
-  );
-  const handler = async (request: Request, info?: ServeInfo): Promise<Response> => {
-    const started = performance.now();
-    const url = new URL(request.url);
-    const method = request.method.toUpperCase();
-    let response: Response;
-    try {
-      response = await guard.run(request, info, async (checked) => {
-        const answer = await inner(checked);
-        if (method === "GET" && url.pathname === `${config.basePath}/aets` && answer.status === 200) {
-          // listAets(services, guard, request): only the AETs the caller may see
-          const names = await answer.json() as string[];
-          return Response.json(guard.visibleAets(request, names));
-        }
-        if (url.pathname === `${config.basePath}/readyz` && guard.enabled) {
-          // ready(services, redact): status only, no AET or bucket names
-          const body = await answer.json() as { status: string };
-          return Response.json({ status: body.status }, { status: answer.status });
-        }
-        return answer;
-      });
-    } catch (error) {
-      response = errorResponse(toHttpError(error));
-    }
-    const status = response.status;
-    const finish = (bytes: number, outcome?: string) => {
-      const ms = performance.now() - started;
-      log(
-        `${method} ${url.pathname}${redactedSearch(url)} ${status} ${bytes}B ${ms.toFixed(1)}ms${
-          outcome ? " " + outcome : ""
-        }`,
-      );
-      const context = guard.contextOf(request);
-      options.audit?.record({
-        method,
-        url,
-        status,
-        bytes,
-        ms,
-        bodyOutcome: outcome,
-        principal: context?.principal,
-        client: context?.client,
-      });
-    };
-    if (!response.body) {
-      finish(0);
-      return response;
-    }
-    let bytes = 0;
-    let done = false;
-    const reader = response.body.getReader();
-    const body = new ReadableStream<Uint8Array>({
-      async pull(controller) {
-        try {
-          const next = await reader.read();
-          if (next.done) {
-            controller.close();
-            if (!done) finish(bytes);
-            done = true;
-          } else {
-            bytes += next.value.byteLength;
-            controller.enqueue(next.value);
-          }
-        } catch (error) {
-          if (!done) finish(bytes, `aborted: ${(error as Error).message}`);
-          done = true;
-          throw error;
-        }
-      },
-      async cancel(reason) {
-        if (!done) finish(bytes, "client disconnected");
-        done = true;
-        await reader.cancel(reason);
-      },
-    }, { highWaterMark: 0 });
-    return new Response(body, { status, headers: response.headers });
-  };
-  return { handler, config, guard };
+): { handler: (request: Request, info?: ServeInfo) => Promise<Response>; config: Config } {
+  const config = parseConfig(env);
+  const { handler } = testHandler({
+    store,
+    config,
+    capabilities: { reEncode: true },
+    catalog: options.catalog,
+    handler: {
+      log: options.log ?? (() => {}),
+      audit: options.audit,
+      auth: options.auth,
+      freeSentChunks: options.freeSentChunks,
+    },
+  });
+  return { handler, config };
 }

@@ -5,10 +5,10 @@
  */
 
 import { AetRegistry } from "../lib/objects/aets.ts";
-import { createHandler } from "../lib/app/handler.ts";
 import type { Catalog } from "../lib/catalog/catalog.ts";
 import { parseConfig } from "../lib/config/config.ts";
-import { crawlerFor } from "../lib/catalog/crawler.ts";
+import { openCrawler } from "../lib/app/open.ts";
+import { testHandler } from "./_server.ts";
 import { MemoryStore } from "../lib/store/memory_store.ts";
 import { openSqliteCatalog } from "../lib/catalog/sqlite_catalog.ts";
 import type { ObjectStore } from "../lib/store/store.ts";
@@ -300,18 +300,20 @@ export async function searchServer(
     await openSqliteCatalog(":memory:", { bulkDataThreshold: config.bulkDataThreshold });
   const logs: string[] = [];
   const log = (line: string) => logs.push(line);
-  const crawler = crawlerFor(catalog, {
-    store,
-    aets,
-    log,
-    bulkDataThreshold: config.bulkDataThreshold,
-    eagerInstances: false,
-  });
+  const crawler = openCrawler(config, { store, aets, catalog, log, eagerInstances: false });
   if (options.crawl !== false) {
     await crawler.crawl(aet);
     await crawler.ensureIndexed(aet, {});
   }
-  const handler = createHandler({ config, store, aets, capabilities: { reEncode: true }, catalog }, { log });
+  const { handler } = testHandler({
+    store,
+    config,
+    aets,
+    capabilities: { reEncode: true },
+    catalog,
+    crawler,
+    handler: { log },
+  });
   const get = async (path: string, headers: Record<string, string> = {}) => {
     const response = await handler(new Request(`http://localhost${path}`, { headers }));
     const text = await response.text();

@@ -1,6 +1,7 @@
 /**
- * The HTTP handler: routes, CORS, errors turned into responses in one place, and one log line
- * per request (method, path, status, bytes, milliseconds).
+ * The HTTP handler: the route table (routes.ts) behind the request guard (authentication, limits), errors
+ * turned into responses in one place (lib/http/errors.ts), CORS, and one log line per request (method, path,
+ * status, bytes, milliseconds) plus an audit line for patient data.
  *
  * @module
  */
@@ -9,25 +10,15 @@ import { type AuditLog, redactedSearch } from "../security/audit.ts";
 import { type AuthenticatorOptions, RequestGuard, type ServeInfo } from "../security/auth.ts";
 import { errorResponse, HttpError, toHttpError } from "../http/errors.ts";
 import { type RouteContext, Router } from "../http/router.ts";
-import { HeaderCache } from "../objects/header_cache.ts";
 import { freeHandedOff } from "../util/handoff.ts";
-import { SharedReadAhead } from "../objects/open_instance.ts";
-import { metadataHandlers } from "../dicomweb/metadata.ts";
-import { pixelHandlers } from "../dicomweb/frames_bulkdata.ts";
-import { registerQido } from "../dicomweb/search.ts";
-import { reEncodeBody } from "../objects/explicit_le_body.ts";
-import { registerRendered } from "../dicomweb/rendered.ts";
-import { registerStow } from "../dicomweb/stow.ts";
-import { transcodingEncoder } from "../imaging/pixel_transcode.ts";
-import { registerViewer } from "../viewer/viewer.ts";
-import type { Services } from "../dicomweb/services.ts";
-import { retrieveHandlers, type RetrieveOptions } from "../dicomweb/retrieve.ts";
+import { completeServices, type ServicesInit } from "../dicomweb/services.ts";
+import { addRoutes, type RouteOptions } from "./routes.ts";
 
 /** A sink for log lines (stdout by default). */
 export type Logger = (line: string) => void;
 
 /** Options for {@linkcode createHandler}. */
-export interface HandlerOptions extends RetrieveOptions {
+export interface HandlerOptions extends Pick<RouteOptions, "encode" | "stow" | "rendered"> {
   log?: Logger;
   /** One JSON line per patient-data request (main.ts opens `AUDIT_LOG`); none when omitted. */
   audit?: AuditLog;
@@ -56,62 +47,21 @@ const CORS_EXPOSE_HEADERS =
  * ```
  */
 export function createHandler(
-  services: Services,
+  init: ServicesInit,
   options: HandlerOptions = {},
 ): (request: Request, info?: ServeInfo) => Promise<Response> {
   const log = options.log ?? ((line: string) => console.log(line));
-  const { config } = services;
+  const { config } = init;
   // Authentication, authorization and limits wrap every route; the store is capped per request.
   const guard = new RequestGuard(config, options.auth);
-  services = { ...services, store: guard.store(services.store) };
+  const services = completeServices({ ...init, store: guard.store(init.store) }, log);
   const router = new Router(config.basePath);
-  const withHeaders = {
-    ...services,
-    headers: services.headers ?? new HeaderCache(config.headerCacheMb * 1024 * 1024),
-    readAhead: services.readAhead ?? new SharedReadAhead(config.s3Concurrency, config.s3ConcurrencyTotal),
-    log,
-  };
-  const retrieve = retrieveHandlers(withHeaders, {
-    encode: options.encode ??
-      transcodingEncoder((opened, _choice, bucket) =>
-        reEncodeBody(opened, {
-          store: services.store,
-          headers: withHeaders.headers,
-          bucket,
-          bulkThreshold: config.bulkDataThreshold,
-        })
-      ),
+  addRoutes(router, services, {
+    guard,
+    encode: options.encode,
+    stow: options.stow,
+    rendered: options.rendered,
   });
-  const metadata = metadataHandlers(withHeaders);
-  const pixels = pixelHandlers(withHeaders);
-
-  // Health (not PS3.18): liveness and readiness of every configured store.
-  router.add("/healthz", { GET: () => json({ status: "ok" }) });
-  router.add("/readyz", { GET: () => ready(services, guard.enabled) });
-  router.add("/aets", { GET: ({ request }) => listAets(services, guard, request) });
-  // PS3.18 10.4.1 Retrieve Instances: study, series, instance resources.
-  router.add("/aets/:aet/studies/:study", { GET: retrieve.study });
-  router.add("/aets/:aet/studies/:study/series/:series", { GET: retrieve.series });
-  router.add("/aets/:aet/studies/:study/series/:series/instances/:instance", { GET: retrieve.instance });
-  // PS3.18 10.4.1.1.2 Retrieve Metadata (Annex F JSON).
-  router.add("/aets/:aet/studies/:study/metadata", { GET: metadata.study });
-  router.add("/aets/:aet/studies/:study/series/:series/metadata", { GET: metadata.series });
-  router.add("/aets/:aet/studies/:study/series/:series/instances/:instance/metadata", {
-    GET: metadata.instance,
-  });
-  // PS3.18 10.4.1.1.3 Retrieve Frames, 10.4.1.1.4 Retrieve Bulkdata.
-  router.add("/aets/:aet/studies/:study/series/:series/instances/:instance/frames/:frames", {
-    GET: pixels.frames,
-  });
-  router.add("/aets/:aet/studies/:study/series/:series/instances/:instance/bulkdata/:path(.+)", {
-    GET: pixels.bulkdata,
-  });
-  registerQido(router, withHeaders);
-  registerStow(router, withHeaders);
-  // PS3.18 10.4.1.1.5 Retrieve Rendered, 10.4.1.1.6 Retrieve Thumbnail (study, series, instance, frame).
-  registerRendered(router, withHeaders);
-  // Not PS3.18: the OHIF Viewer at /viewer/ when VIEWER is set (off by default).
-  if (config.viewer !== undefined) registerViewer(router, withHeaders, { distDir: config.viewer });
 
   return async (request: Request, info?: ServeInfo): Promise<Response> => {
     const started = performance.now();
@@ -262,46 +212,4 @@ function logged(
     statusText: response.statusText,
     headers: response.headers,
   });
-}
-
-function json(value: unknown, status = 200): Response {
-  return new Response(JSON.stringify(value) + "\n", {
-    status,
-    headers: { "content-type": "application/json; charset=utf-8" },
-  });
-}
-
-async function listAets(services: Services, guard: RequestGuard, request: Request): Promise<Response> {
-  const entries = await services.aets.entries();
-  return json(guard.visibleAets(request, entries.map(([aet]) => aet)));
-}
-
-async function ready(services: Services, redact: boolean): Promise<Response> {
-  const response = await readiness(services);
-  if (!redact) return response;
-  const { status } = await response.json(); // with authentication on: no AET or bucket names
-  return json({ status }, response.status);
-}
-
-async function readiness(services: Services): Promise<Response> {
-  try {
-    const entries = await services.aets.entries();
-    const problems: string[] = [];
-    await Promise.all(entries.map(async ([aet, bucket]) => {
-      try {
-        await services.store.check(bucket, { signal: AbortSignal.timeout(5_000) });
-      } catch (error) {
-        problems.push(
-          `AET ${aet} (bucket ${bucket}): ${error instanceof Error ? error.message : String(error)}`,
-        );
-      }
-    }));
-    if (problems.length > 0) return json({ status: "unavailable", problems: problems.sort() }, 503);
-    return json({ status: "ready", store: services.store.kind, aets: entries.length });
-  } catch (error) {
-    return json(
-      { status: "unavailable", problems: [error instanceof Error ? error.message : String(error)] },
-      503,
-    );
-  }
 }

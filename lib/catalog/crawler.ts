@@ -96,22 +96,10 @@ interface AetState {
 
 type ReadOutcome = "indexed" | "failed" | "ignored" | "gone";
 
-const registry = new WeakMap<Catalog, Crawler>();
-
 /**
- * The crawler of `catalog`: created with `options` on the first call, the same one afterwards, so the server's
- * routes, the background timer and the CLI share progress and in-flight reads.
+ * Crawls AETs into a catalog. One per catalog in a process: the server's routes, its background timer and the
+ * index CLI each get theirs passed in (see lib/app/open.ts), so they share progress and in-flight reads.
  */
-export function crawlerFor(catalog: Catalog, options: Omit<CrawlerOptions, "catalog">): Crawler {
-  let crawler = registry.get(catalog);
-  if (!crawler) {
-    crawler = new Crawler({ ...options, catalog });
-    registry.set(catalog, crawler);
-  }
-  return crawler;
-}
-
-/** Crawls AETs into a catalog. Prefer {@linkcode crawlerFor} so one crawler serves one catalog. */
 export class Crawler {
   readonly #store: ObjectStore;
   readonly #aets: Pick<AetRegistry, "entries" | "bucket">;

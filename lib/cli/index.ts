@@ -10,10 +10,8 @@
 
 import { AetRegistry } from "../objects/aets.ts";
 import { ConfigError, loadConfig } from "../config/config.ts";
-import { Crawler, type CrawlReport } from "../catalog/crawler.ts";
-import { FileStore } from "../store/file_store.ts";
-import { S3Store } from "../store/s3/s3_store.ts";
-import { openSqliteCatalog } from "../catalog/sqlite_catalog.ts";
+import type { CrawlReport } from "../catalog/crawler.ts";
+import { openCatalog, openCrawler, openStore } from "../app/open.ts";
 import type { ObjectStore } from "../store/store.ts";
 
 const USAGE = "Usage: deno task index [--series-only] [AET...]";
@@ -34,16 +32,19 @@ export async function main(args: string[]): Promise<number> {
     console.error(error.message);
     return 2;
   }
-  const store: ObjectStore = config.s3
-    ? new S3Store({ ...config.s3, maxConcurrency: Math.max(50, config.s3Concurrency * 4) })
-    : new FileStore(config.dataDir);
   if (config.catalogPath === undefined) {
     console.error("CATALOG_PATH=off: there is no catalog to fill; set CATALOG_PATH to a file (or unset it)");
     return 2;
   }
-  const catalog = await openSqliteCatalog(config.catalogPath, {
-    bulkDataThreshold: config.bulkDataThreshold,
-  });
+  let store: ObjectStore;
+  try {
+    store = await openStore(config);
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    console.error(error.message);
+    return 2;
+  }
+  const catalog = (await openCatalog(config))!;
   try {
     if (catalog.location !== config.catalogPath) {
       console.error(`Cannot write the catalog at CATALOG_PATH=${config.catalogPath}: nothing would be kept`);
@@ -56,14 +57,7 @@ export async function main(args: string[]): Promise<number> {
       console.error(`Unknown AET ${unknown.join(", ")}: known AETs are ${known.join(", ") || "(none)"}`);
       return 2;
     }
-    const crawler = new Crawler({
-      store,
-      aets,
-      catalog,
-      bulkDataThreshold: config.bulkDataThreshold,
-      concurrency: Math.max(8, config.s3Concurrency),
-      eagerInstances: !seriesOnly,
-    });
+    const crawler = openCrawler(config, { store, aets, catalog, eagerInstances: !seriesOnly });
     console.log(`Catalog ${catalog.location}; store ${store.kind} ${store.location}`);
     const reports: CrawlReport[] = [];
     for (const aet of names.length > 0 ? names : known) {

@@ -9,7 +9,7 @@ import { DECODABLE_SYNTAXES } from "../codecs/mod.ts";
 import { decodedFrame } from "../imaging/decode.ts";
 import { resolveBulkDataPath, toLittleEndian } from "../dicom/dicom_json.ts";
 import { frameCount, type FramePlan, planFrame } from "../dicom/frames.ts";
-import { type HeaderCache, loadHeader } from "../objects/header_cache.ts";
+import { loadHeader } from "../objects/header_cache.ts";
 import { HttpError } from "../http/errors.ts";
 import { multipartStream, type Part, randomBoundary } from "../http/multipart.ts";
 import { type MediaRange, parseAccept, rankRanges } from "../http/negotiation.ts";
@@ -21,8 +21,6 @@ import type { ObjectInfo } from "../store/store.ts";
 import { EXPLICIT_VR_LITTLE_ENDIAN } from "../dicom/transfer_syntax.ts";
 import { instanceKey } from "../dicom/uid.ts";
 import { describe, targetOf } from "./retrieve.ts";
-
-type PixelServices = Services & { headers: HeaderCache };
 
 /** How frames will be sent. */
 export interface FrameChoice {
@@ -116,7 +114,7 @@ class StaleHeader extends Error {}
  * `etag`, from that version only ({@linkcode StaleHeader} otherwise).
  */
 async function readSpan(
-  services: PixelServices,
+  services: Services,
   bucket: string,
   header: Part10Header,
   key: string,
@@ -158,7 +156,7 @@ interface Source {
   header: Part10Header;
 }
 
-async function readFrame(services: PixelServices, source: Source, plan: FramePlan) {
+async function readFrame(services: Services, source: Source, plan: FramePlan) {
   const { bucket, header, key, etag } = source;
   const chunks = await Promise.all(
     plan.ranges.map((r) => readSpan(services, bucket, header, key, r.offset, r.length, etag)),
@@ -180,17 +178,17 @@ async function readFrame(services: PixelServices, source: Source, plan: FramePla
  * The instance's parsed header (404 when missing). `cached`: a header cached for the key is used without
  * asking the store first (one round trip less per frame); the reads then check its ETag.
  */
-async function instanceHeader(services: PixelServices, ctx: RouteContext, cached: boolean) {
+async function instanceHeader(services: Services, ctx: RouteContext, cached: boolean) {
   const target = targetOf(ctx.params);
   const bucket = await bucketOf(services, target.aet);
   const key = instanceKey(target.study, target.series!, target.instance!);
-  const known = cached ? services.headers.latest(bucket, key) : undefined;
+  const known = cached ? services.headerCache.latest(bucket, key) : undefined;
   if (known !== undefined && !known.header.inflated) {
     return { target, source: { bucket, key, etag: known.etag, header: known.header } };
   }
   const info: ObjectInfo | null = await services.store.head(bucket, key);
   if (info === null) throw new HttpError(404, `Not found: ${describe(target)}`);
-  const header = await loadHeader(services.store, services.headers, bucket, info, {
+  const header = await loadHeader(services.store, services.headerCache, bucket, info, {
     bulkThreshold: services.config.bulkDataThreshold,
   });
   return { target, source: { bucket, key, header } };
@@ -198,7 +196,7 @@ async function instanceHeader(services: PixelServices, ctx: RouteContext, cached
 
 /** Runs `handler` with the cached header; again with a fresh one if the object proved to have changed. */
 async function withFreshHeader(
-  services: PixelServices,
+  services: Services,
   ctx: RouteContext,
   handler: (cached: boolean) => Promise<Response>,
 ): Promise<Response> {
@@ -207,7 +205,7 @@ async function withFreshHeader(
   } catch (error) {
     if (!(error instanceof StaleHeader)) throw error;
     const target = targetOf(ctx.params);
-    services.headers.forget(
+    services.headerCache.forget(
       await bucketOf(services, target.aet),
       instanceKey(target.study, target.series!, target.instance!),
     );
@@ -216,7 +214,7 @@ async function withFreshHeader(
 }
 
 /** The frames and bulkdata handlers. */
-export function pixelHandlers(services: PixelServices) {
+export function pixelHandlers(services: Services) {
   function frames(ctx: RouteContext): Promise<Response> {
     return withFreshHeader(services, ctx, (cached) => framesOf(ctx, cached));
   }

@@ -6,7 +6,7 @@
  */
 
 import { stringifyDicomJson } from "../dicom/dicom_json.ts";
-import { type HeaderCache, loadHeader } from "../objects/header_cache.ts";
+import { loadHeader } from "../objects/header_cache.ts";
 import { HttpError } from "../http/errors.ts";
 import { parseAccept, rankRanges } from "../http/negotiation.ts";
 import { ahead } from "../objects/open_instance.ts";
@@ -20,7 +20,6 @@ import { CorruptObjectError } from "../util/errors.ts";
 import { headerJson, resolveBulkDataUris } from "../catalog/documents.ts";
 
 /** What the metadata handlers need: {@linkcode Services} with the header cache in place. */
-export type MetadataServices = Services & { headers: HeaderCache };
 
 /** Checks that the client takes `application/dicom+json` (or JSON, or anything). */
 export function acceptJson(accept: string | null): void {
@@ -41,24 +40,24 @@ export function acceptJson(accept: string | null): void {
  * (`bulkdata/{path}`; {@linkcode resolveBulkDataUris} makes them absolute), cached with its header.
  */
 export async function instanceJsonText(
-  services: MetadataServices,
+  services: Services,
   bucket: string,
   info: ObjectInfo,
 ): Promise<string> {
-  const cached = services.headers.json(bucket, info);
+  const cached = services.headerCache.json(bucket, info);
   if (cached !== undefined) return cached;
   const threshold = services.config.bulkDataThreshold;
-  const header = await loadHeader(services.store, services.headers, bucket, info, {
+  const header = await loadHeader(services.store, services.headerCache, bucket, info, {
     bulkThreshold: threshold,
   });
   // Small loaded binary values go inline; large ones, Pixel Data and values not loaded become BulkDataURIs.
   const json = stringifyDicomJson(headerJson(header, threshold));
-  services.headers.setJson(bucket, info, json);
+  services.headerCache.setJson(bucket, info, json);
   return json;
 }
 
 /** The three metadata handlers (study, series, instance). */
-export function metadataHandlers(services: MetadataServices) {
+export function metadataHandlers(services: Services) {
   const { store, config } = services;
 
   async function respond(

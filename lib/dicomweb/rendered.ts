@@ -18,13 +18,13 @@
 import { type CodecPool, defaultPool } from "../imaging/pool.ts";
 import { checkFrameSize, decodeFailure, DEFAULT_MAX_FRAME_BYTES, describeFrame } from "../imaging/decode.ts";
 import { planFrame } from "../dicom/frames.ts";
-import { HeaderCache, loadHeader, objectSource } from "../objects/header_cache.ts";
+import { loadHeader, objectSource } from "../objects/header_cache.ts";
 import { HttpError } from "../http/errors.ts";
 import { multipartStream, randomBoundary } from "../http/multipart.ts";
 import { parseAccept, rankRanges } from "../http/negotiation.ts";
 import { getString, type Part10Header } from "../dicom/part10.ts";
 import { renderAttributes, type RenderOptions, type Viewport, type VoiFunction } from "../imaging/render.ts";
-import type { RouteContext, Router } from "../http/router.ts";
+import type { RouteContext } from "../http/router.ts";
 import { bucketOf, type Services } from "./services.ts";
 import type { ObjectInfo } from "../store/store.ts";
 import { instanceKey, parseInstanceKey, seriesPrefix, studyPrefix } from "../dicom/uid.ts";
@@ -209,8 +209,6 @@ function etagMatches(header: string | null, etag: string): boolean {
   return header.split(",").some((t) => t.trim().replace(/^W\//, "") === etag);
 }
 
-type RenderServices = Services & { headers: HeaderCache };
-
 /** One candidate instance to render. */
 interface Chosen {
   key: string;
@@ -218,33 +216,18 @@ interface Chosen {
   header: Part10Header;
 }
 
-/** Adds the rendered and thumbnail routes (PS3.18 10.4.1.1.5, 10.4.1.1.6) to `router`. */
-export function registerRendered(router: Router, services: Services, options: RenderedOptions = {}): void {
-  const s: RenderServices = { ...services, headers: services.headers ?? new HeaderCache() };
-  const handlers = renderedHandlers(s, options);
-  const base = "/aets/:aet/studies/:study";
-  for (const [suffix, kind] of [["rendered", "rendered"], ["thumbnail", "thumbnail"]] as const) {
-    // PS3.18 10.4.1.1.5 (rendered) and 10.4.1.1.6 (thumbnail), four levels each.
-    router.add(`${base}/${suffix}`, { GET: (ctx) => handlers.study(ctx, kind) });
-    router.add(`${base}/series/:series/${suffix}`, { GET: (ctx) => handlers.series(ctx, kind) });
-    router.add(`${base}/series/:series/instances/:instance/${suffix}`, {
-      GET: (ctx) => handlers.instance(ctx, kind),
-    });
-    router.add(`${base}/series/:series/instances/:instance/frames/:frames/${suffix}`, {
-      GET: (ctx) => handlers.instance(ctx, kind),
-    });
-  }
-}
-
-/** The handlers behind {@linkcode registerRendered} (exposed for tests and custom routing). */
-export function renderedHandlers(services: RenderServices, options: RenderedOptions = {}) {
+/**
+ * The rendered and thumbnail handlers (PS3.18 10.4.1.1.5, 10.4.1.1.6) at the study, series, instance and frame
+ * levels; `kind` says which of the two a route serves.
+ */
+export function renderedHandlers(services: Services, options: RenderedOptions = {}) {
   const cache = new ThumbnailCache(options.thumbnailCacheBytes);
   const pool = () => options.pool ?? defaultPool();
   const maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
   const thumbnailSize = options.thumbnailSize ?? 256;
 
   async function headerOf(bucket: string, info: ObjectInfo): Promise<Part10Header> {
-    return await loadHeader(services.store, services.headers, bucket, info, {
+    return await loadHeader(services.store, services.headerCache, bucket, info, {
       bulkThreshold: services.config.bulkDataThreshold,
     });
   }

@@ -19,16 +19,15 @@
  * @module
  */
 
-import type { Catalog, Scope, SearchRow } from "../catalog/catalog.ts";
-import { crawlerFor } from "../catalog/crawler.ts";
+import type { Scope, SearchRow } from "../catalog/catalog.ts";
 import type { DicomJson, DicomJsonAttribute } from "../dicom/dicom_json.ts";
 import { stringifyDicomJson } from "../dicom/dicom_json.ts";
 import { tagToHex } from "../dicom/dictionary.ts";
 import { HttpError } from "../http/errors.ts";
 import { DEFAULT_RETURN, type Level, parseSearch, type SearchQuery, TAGS } from "../catalog/matching.ts";
 import { parseAccept, rankRanges } from "../http/negotiation.ts";
-import type { RouteContext, Router } from "../http/router.ts";
-import { bucketOf, type Services, warningHeader } from "./services.ts";
+import type { Handler, RouteContext } from "../http/router.ts";
+import { bucketOf, catalogOf, crawlerOf, type Services, warningHeader } from "./services.ts";
 import { checkUid } from "../dicom/uid.ts";
 import { publicBase } from "../http/urls.ts";
 
@@ -57,39 +56,33 @@ const RESOURCES = {
   },
 } satisfies Record<string, Resource>;
 
-/** Adds the QIDO-RS and catalog admin routes to `router`. */
-export function registerQido(router: Router, services: Services): void {
-  const search = (resource: Resource) => (ctx: RouteContext) => searchResponse(services, resource, ctx);
-  // PS3.18 10.6.1 Search Transaction: study, series and instance resources.
-  router.add("/aets/:aet/studies", { GET: search(RESOURCES.studies) });
-  router.add("/aets/:aet/studies/:study/series", { GET: search(RESOURCES.studySeries) });
-  router.add("/aets/:aet/studies/:study/series/:series/instances", {
-    GET: search(RESOURCES.seriesInstances),
-  });
-  router.add("/aets/:aet/studies/:study/instances", { GET: search(RESOURCES.studyInstances) });
-  router.add("/aets/:aet/series", { GET: search(RESOURCES.allSeries) });
-  router.add("/aets/:aet/instances", { GET: search(RESOURCES.allInstances) });
-  // Not PS3.18: start a crawl (202), report progress and failed objects.
-  router.add("/admin/index", {
-    GET: (ctx) => indexStatus(services, ctx),
-    POST: (ctx) => startIndex(services, ctx),
-  });
+/** The QIDO-RS handlers of each resource (PS3.18 10.6.1), for the route table (lib/app/routes.ts). */
+export interface SearchHandlers {
+  /** `/studies` */
+  studies: Handler;
+  /** `/studies/{study}/series` */
+  studySeries: Handler;
+  /** `/studies/{study}/series/{series}/instances` */
+  seriesInstances: Handler;
+  /** `/studies/{study}/instances` */
+  studyInstances: Handler;
+  /** `/series` */
+  allSeries: Handler;
+  /** `/instances` */
+  allInstances: Handler;
 }
 
-function catalogOf(services: Services): Catalog {
-  if (!services.catalog) {
-    throw new HttpError(503, "Search is not available: the server runs without a catalog (see CATALOG_PATH)");
-  }
-  return services.catalog;
-}
-
-function crawler(services: Services, catalog: Catalog) {
-  return crawlerFor(catalog, {
-    store: services.store,
-    aets: services.aets,
-    log: services.log,
-    bulkDataThreshold: services.config.bulkDataThreshold,
-  });
+/** The QIDO-RS handlers over `services.catalog` (503 without one). */
+export function searchHandlers(services: Services): SearchHandlers {
+  const search = (resource: Resource): Handler => (ctx) => searchResponse(services, resource, ctx);
+  return {
+    studies: search(RESOURCES.studies),
+    studySeries: search(RESOURCES.studySeries),
+    seriesInstances: search(RESOURCES.seriesInstances),
+    studyInstances: search(RESOURCES.studyInstances),
+    allSeries: search(RESOURCES.allSeries),
+    allInstances: search(RESOURCES.allInstances),
+  };
 }
 
 function acceptJson(accept: string | null): void {
@@ -121,7 +114,7 @@ async function searchResponse(services: Services, resource: Resource, ctx: Route
   });
   await bucketOf(services, aet);
   const catalog = catalogOf(services);
-  const indexer = crawler(services, catalog);
+  const indexer = crawlerOf(services);
   const warnings = [...query.warnings];
   if (!await indexer.ready(aet, FIRST_CRAWL_WAIT_MS)) {
     warnings.push(`The catalog of ${aet} is still being built: results may be incomplete`);
@@ -325,69 +318,4 @@ const CHARSET = '"00080005":{"vr":"CS","Value":["ISO_IR 192"]}';
 function withCharset(text: string): string {
   if (!/[^ -~]/.test(text)) return text;
   return text === "{}" ? `{${CHARSET}}` : `{${CHARSET},${text.slice(1)}`;
-}
-
-// ---- admin ----
-
-async function startIndex(services: Services, ctx: RouteContext): Promise<Response> {
-  const catalog = catalogOf(services);
-  const aet = ctx.url.searchParams.get("aet");
-  const indexer = crawler(services, catalog);
-  let aets: string[];
-  if (aet !== null) {
-    await bucketOf(services, aet);
-    aets = [aet];
-  } else {
-    aets = (await services.aets.entries()).map(([name]) => name);
-  }
-  for (const name of aets) {
-    indexer.crawl(name).catch((error) =>
-      services.log?.(`catalog ${name}: crawl failed: ${(error as Error).message}`)
-    );
-  }
-  return json({ status: "started", aets }, 202);
-}
-
-async function indexStatus(services: Services, ctx: RouteContext): Promise<Response> {
-  const catalog = catalogOf(services);
-  const aet = ctx.url.searchParams.get("aet") ?? undefined;
-  const indexer = crawler(services, catalog);
-  const progress = new Map(indexer.progress().map((p) => [p.aet, p]));
-  const stored = await catalog.status(aet);
-  const names = new Set(
-    [...stored.map((s) => s.aet), ...progress.keys()].filter((a) => aet === undefined || a === aet),
-  );
-  const aets = [...names].sort().map((name) => {
-    const status = stored.find((s) => s.aet === name);
-    const live = progress.get(name);
-    return {
-      aet: name,
-      ...status,
-      completeAt: status?.completeAt === undefined ? undefined : new Date(status.completeAt).toISOString(),
-      crawl: live && {
-        phase: live.phase,
-        listed: live.listed,
-        headersRead: live.headersRead,
-        headerBytes: live.headerBytes,
-        failed: live.failed,
-        instancesPending: live.instancesPending,
-        last: live.last && {
-          ...live.last,
-          startedAt: new Date(live.last.startedAt).toISOString(),
-          finishedAt: live.last.finishedAt === undefined
-            ? undefined
-            : new Date(live.last.finishedAt).toISOString(),
-        },
-      },
-    };
-  });
-  const failures = await catalog.failures(aet, 1000);
-  return json({ catalog: { kind: catalog.kind, location: catalog.location }, aets, failures });
-}
-
-function json(value: unknown, status = 200): Response {
-  return new Response(JSON.stringify(value, null, 2) + "\n", {
-    status,
-    headers: { "content-type": "application/json; charset=utf-8" },
-  });
 }

@@ -1,14 +1,16 @@
 /**
- * What every handler needs: the configuration, the store, the AETs, and per-request helpers.
+ * What every handler needs: the configuration, the store, the AETs, the caches shared by all requests, the
+ * catalog and its crawler ({@linkcode Services}), and per-request helpers.
  *
  * @module
  */
 
 import type { AetRegistry } from "../objects/aets.ts";
 import type { Catalog } from "../catalog/catalog.ts";
+import { Crawler } from "../catalog/crawler.ts";
 import type { Config } from "../config/config.ts";
-import type { HeaderCache } from "../objects/header_cache.ts";
-import type { SharedReadAhead } from "../objects/open_instance.ts";
+import { HeaderCache } from "../objects/header_cache.ts";
+import { SharedReadAhead } from "../objects/open_instance.ts";
 import { HttpError } from "../http/errors.ts";
 import type { ObjectStore } from "../store/store.ts";
 import { type SyntaxCapabilities } from "../imaging/syntax_choice.ts";
@@ -19,14 +21,43 @@ export interface Services {
   store: ObjectStore;
   aets: AetRegistry;
   capabilities: SyntaxCapabilities;
-  /** Parsed headers by object ETag; created by `createHandler` when not given. */
-  headers?: HeaderCache;
-  /** Objects open ahead of the writers, shared by all requests; created by `createHandler` when not given. */
+  /** Parsed Part 10 headers by object ETag, shared by every request. */
+  headerCache: HeaderCache;
+  /** Objects open ahead of the writers, shared by all requests (without one, each request gets `S3_CONCURRENCY`). */
   readAhead?: SharedReadAhead;
   /** The search catalog (QIDO-RS, metadata from stored JSON); search answers 503 without one. */
   catalog?: Catalog;
+  /** The crawler that fills `catalog` (the server's; `GET /admin/index` shows its progress). */
+  crawler?: Crawler;
   /** Where handlers report problems that do not fail the request (set by `createHandler`). */
   log?: (line: string) => void;
+}
+
+/** The parts a caller provides; {@linkcode completeServices} makes the rest. */
+export type ServicesInit = Omit<Services, "headerCache"> & { headerCache?: HeaderCache };
+
+/**
+ * `init` with what it leaves out made from the configuration: the header cache (`HEADER_CACHE_MB`), the shared
+ * read-ahead (`S3_CONCURRENCY_TOTAL`) and, when there is a catalog without a crawler, a crawler over `store`.
+ */
+export function completeServices(init: ServicesInit, log: (line: string) => void): Services {
+  const { config } = init;
+  const services: Services = {
+    ...init,
+    headerCache: init.headerCache ?? new HeaderCache(config.headerCacheMb * 1024 * 1024),
+    readAhead: init.readAhead ?? new SharedReadAhead(config.s3Concurrency, config.s3ConcurrencyTotal),
+    log,
+  };
+  if (services.catalog && !services.crawler) {
+    services.crawler = new Crawler({
+      store: services.store,
+      aets: services.aets,
+      catalog: services.catalog,
+      log,
+      bulkDataThreshold: config.bulkDataThreshold,
+    });
+  }
+  return services;
 }
 
 /**
@@ -59,4 +90,18 @@ export async function bucketOf(services: Services, aet: string): Promise<string>
 /** A `Warning` header value (RFC 7234 5.5, code 299 as PS3.18 uses it). */
 export function warningHeader(host: string, text: string): string {
   return `299 ${host} "${text.replaceAll('"', "'")}"`;
+}
+
+/** The search catalog, or a 503 saying the server runs without one. */
+export function catalogOf(services: Services): Catalog {
+  if (!services.catalog) {
+    throw new HttpError(503, "Search is not available: the server runs without a catalog (see CATALOG_PATH)");
+  }
+  return services.catalog;
+}
+
+/** The catalog's crawler (`completeServices` makes one when there is a catalog without). */
+export function crawlerOf(services: Services): Crawler {
+  if (!services.crawler) throw new Error("The catalog has no crawler: pass one in Services.crawler");
+  return services.crawler;
 }

@@ -30,7 +30,7 @@
 import { HttpError } from "../http/errors.ts";
 import { parseMediaType, readMultipart } from "../http/multipart_parser.ts";
 import { parseAccept, rankRanges } from "../http/negotiation.ts";
-import type { Handler, RouteContext, Router } from "../http/router.ts";
+import type { Handler, RouteContext } from "../http/router.ts";
 import { bucketOf, type Services } from "./services.ts";
 import { checkUid } from "../dicom/uid.ts";
 import { publicBase } from "../http/urls.ts";
@@ -39,7 +39,7 @@ import { CatalogBatch } from "../catalog/batch.ts";
 import { Gate } from "../util/gate.ts";
 import { type Gates, StowJob } from "./stow_job.ts";
 
-/** Options for {@linkcode registerStow}. */
+/** Options for {@linkcode stowHandler}. */
 export interface StowOptions {
   /** Parts up to this size are read whole before being written; larger ones stream (default 1 MiB). */
   bufferBytes?: number;
@@ -51,14 +51,6 @@ export interface StowOptions {
 }
 
 const MIB = 1024 * 1024;
-
-/** Adds the STOW-RS routes to `router`. */
-export function registerStow(router: Router, services: Services, options: StowOptions = {}): void {
-  const handler = stowHandler(services, options);
-  // PS3.18 10.5 Store Transaction: /studies and /studies/{study}
-  router.add("/aets/:aet/studies", { POST: handler });
-  router.add("/aets/:aet/studies/:study", { POST: handler });
-}
 
 /** The STOW-RS handler for `/aets/:aet/studies` and `/aets/:aet/studies/:study`. */
 export function stowHandler(services: Services, options: StowOptions = {}): Handler {

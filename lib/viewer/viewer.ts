@@ -12,7 +12,7 @@
 
 import { FileStore } from "../store/file_store.ts";
 import { HttpError } from "../http/errors.ts";
-import type { Router } from "../http/router.ts";
+import type { Handler } from "../http/router.ts";
 import type { Services } from "../dicomweb/services.ts";
 import { type ObjectStore, StoreError } from "../store/store.ts";
 import { publicBase } from "../http/urls.ts";
@@ -276,18 +276,24 @@ function concatBytes(chunks: Uint8Array[]): Uint8Array {
 }
 
 /** Options for {@linkcode registerViewer}. */
-export interface RegisterViewerOptions {
+export interface ViewerOptions {
   /** The installed OHIF `dist/` folder (config `VIEWER`). */
   distDir: string;
   /** Reads the files (tests); default a {@linkcode FileStore} on `distDir`. */
   files?: ObjectStore;
 }
 
+/** The handlers of `/viewer` (a redirect to `/viewer/`) and `/viewer/{path}` (the OHIF files). */
+export interface ViewerHandlers {
+  redirect: Handler;
+  files: Handler;
+}
+
 /**
- * Adds `GET /viewer/…` (OHIF, one data source per AET) and `GET /viewer` (a redirect to `/viewer/`).
- * Not part of PS3.18: a convenience for looking at the buckets.
+ * The OHIF Viewer's handlers: its files, with an `app-config.js` naming one data source per AET. Not part
+ * of PS3.18: a convenience for looking at the buckets.
  */
-export function registerViewer(router: Router, services: Services, options: RegisterViewerOptions): void {
+export function viewerHandlers(services: Services, options: ViewerOptions): ViewerHandlers {
   const { config } = services;
   const dist = options.distDir.replace(/\/+$/, "");
   const cut = dist.lastIndexOf("/");
@@ -311,11 +317,9 @@ export function registerViewer(router: Router, services: Services, options: Regi
       return ohifAppConfig(sources, { routerBasename: publicPath.slice(0, -1) });
     },
   });
-  router.add("/viewer", {
-    GET: () => new Response(null, { status: 301, headers: { location: publicPath } }),
-  });
-  router.add("/viewer/:path(.*)", {
-    GET: ({ request, params }) => {
+  return {
+    redirect: () => new Response(null, { status: 301, headers: { location: publicPath } }),
+    files: ({ request, params }) => {
       let path: string;
       try {
         path = decodeURIComponent(params.path ?? "");
@@ -324,5 +328,5 @@ export function registerViewer(router: Router, services: Services, options: Regi
       }
       return serve(request, path);
     },
-  });
+  };
 }

@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { AetRegistry } from "../../lib/objects/aets.ts";
-import { createHandler } from "../../lib/app/handler.ts";
 import { type Config, parseConfig } from "../../lib/config/config.ts";
 import { MemoryStore } from "../../lib/store/memory_store.ts";
 import { type GetOptions, type ObjectBody, type ObjectStore, StoreError } from "../../lib/store/store.ts";
 import { boundaryOf, type ParsedPart, parseMultipart } from "../_multipart_parser.ts";
+import { testHandler } from "../_server.ts";
 
 const ELE = "1.2.840.10008.1.2.1";
 const ILE = "1.2.840.10008.1.2";
@@ -237,12 +237,12 @@ async function setup(options: Setup = {}) {
     ? undefined
     : options.configured ?? new Map([["PACS", BUCKET]]);
   const aets = new AetRegistry(store, { configured });
-  const logs: string[] = [];
-  const handler = createHandler(
-    { config, store, aets, capabilities: { reEncode: false } },
-    { log: (line) => logs.push(line) },
-  );
-  const fetch = (path: string, init?: RequestInit) => handler(new Request(`http://localhost${path}`, init));
+  const { handler, fetch, logs } = testHandler({
+    store,
+    config,
+    aets,
+    capabilities: { reEncode: false },
+  });
   return { handler, fetch, store, logs };
 }
 

@@ -1,12 +1,11 @@
 import assert from "node:assert/strict";
-import { AetRegistry } from "../../lib/objects/aets.ts";
-import { createHandler } from "../../lib/app/handler.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import { MemoryStore } from "../../lib/store/memory_store.ts";
 import { parseObject } from "../../lib/dicom/part10.ts";
 import { parseInstanceKey } from "../../lib/dicom/uid.ts";
 import { sharedCorpus } from "../_corpus.ts";
 import { generatedCorpus, searchServer, SR_DOC, STUDIES, value } from "../_qido_fixtures.ts";
+import { testHandler } from "../_server.ts";
 
 type Json = Record<string, { vr: string; Value?: unknown[]; BulkDataURI?: string }>;
 
@@ -405,15 +404,7 @@ Deno.test("QIDO errors: unknown AET 404, nothing found [], bad Accept 406, no ca
 
   const store = new MemoryStore(["x"]);
   const config = parseConfig({ AETS: "X=x" });
-  const handler = createHandler(
-    {
-      config,
-      store,
-      aets: new AetRegistry(store, { configured: config.aets }),
-      capabilities: { reEncode: true },
-    },
-    { log: () => {} },
-  );
+  const { handler } = testHandler({ store, config });
   const r = await handler(new Request("http://localhost/aets/X/studies"));
   assert.equal(r.status, 503);
   assert.match((await r.json()).error, /without a catalog/);

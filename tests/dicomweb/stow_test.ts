@@ -7,21 +7,18 @@
 import assert from "node:assert/strict";
 import { AetRegistry } from "../../lib/objects/aets.ts";
 import type { Catalog, InstanceToRecord, RecordOutcome } from "../../lib/catalog/catalog.ts";
-import { createHandler } from "../../lib/app/handler.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import { FileStore } from "../../lib/store/file_store.ts";
-import { errorResponse, toHttpError } from "../../lib/http/errors.ts";
 import { MemoryStore } from "../../lib/store/memory_store.ts";
 import { type Part10Header, readHeader } from "../../lib/dicom/part10.ts";
-import { Router } from "../../lib/http/router.ts";
-import type { Services } from "../../lib/dicomweb/services.ts";
 import type { ObjectInfo, ObjectStore } from "../../lib/store/store.ts";
-import { registerStow, type StowOptions } from "../../lib/dicomweb/stow.ts";
+import { type StowOptions } from "../../lib/dicomweb/stow.ts";
 import { buildInstance, concat, md5, SHARED_DICOM, sharedCorpus } from "../_corpus.ts";
 import { boundaryOf, parseMultipart } from "../_multipart_parser.ts";
 import { observe } from "../_stores.ts";
 import { Part10Check } from "../../lib/dicom/part10_check.ts";
 import { FAILURE, WARNING_REPLACED } from "../../lib/dicomweb/stow_response.ts";
+import { testHandler } from "../_server.ts";
 
 const AET = "STOW";
 const BUCKET = "stow-bucket";
@@ -104,7 +101,7 @@ interface App {
   batches: number[];
   /** The whole app (createHandler): STOW-RS, WADO-RS. */
   handler: (request: Request) => Promise<Response>;
-  /** STOW-RS alone on a router of its own, with `options` (a small buffer, ...). */
+  /** The app with the STOW-RS `options` (a small buffer, ...). */
   stow: (request: Request) => Promise<Response>;
 }
 
@@ -132,21 +129,17 @@ function makeApp(
       }));
     },
   } as unknown as Catalog;
-  const services: Services = { config, store, aets, capabilities: { reEncode: false }, catalog };
-  const appHandler = createHandler(services, { log: () => {} });
-  const router = new Router();
-  registerStow(router, services, options);
-  const stow = async (request: Request) => {
-    const url = new URL(request.url);
-    const match = router.match(request.method, url);
-    if (match.kind !== "found") throw new Error(`no STOW route for ${request.method} ${url.pathname}`);
-    try {
-      return await match.handler({ request, url, params: match.params });
-    } catch (error) {
-      return errorResponse(toHttpError(error));
-    }
-  };
-  return { store, recorded, batches, handler: appHandler, stow };
+  const app = testHandler({ store, config, aets, capabilities: { reEncode: false }, catalog });
+  // STOW-RS with `options` (a small buffer, ...) through a handler of its own
+  const alone = testHandler({
+    store,
+    config,
+    aets,
+    capabilities: { reEncode: false },
+    catalog,
+    handler: { stow: options },
+  });
+  return { store, recorded, batches, handler: app.handler, stow: alone.handler };
 }
 
 // ---- responses ----

@@ -434,48 +434,18 @@ const TARGETS: Record<string, () => Promise<Target>> = {
    * bodies. Never a 5xx, never a throw, and nothing stored under a key that is not `{uid}/{uid}/{uid}.dcm`.
    */
   async http() {
-    const { AetRegistry } = await import("../../lib/objects/aets.ts");
-    const { createHandler } = await import("../../lib/app/handler.ts");
-    const { parseConfig } = await import("../../lib/config/config.ts");
+    const { testHandler, memoryCatalog } = await import("../_server.ts");
     const { MemoryStore } = await import("../../lib/store/memory_store.ts");
     const store = new MemoryStore(["pacs"]);
     const corpus = builtCorpus();
     for (const f of corpus) await store.put("pacs", f.key, f.bytes);
-    const config = parseConfig({ AETS: "PACS=pacs", STOW_MAX_BYTES: String(1 << 20), CRAWL_INTERVAL: "0" });
-    // The search catalog, when lib/catalog/sqlite_catalog.ts can open one (QIDO-RS answers 503 without it).
-    let catalog: unknown;
-    try {
-      const module = new URL("../../lib/catalog/sqlite_catalog.ts", import.meta.url).href;
-      const { openSqliteCatalog } = await import(module);
-      catalog = await openSqliteCatalog(":memory:", { log: () => {} });
-    } catch {
-      catalog = undefined;
-    }
-    const services = {
-      config,
+    const { handler } = testHandler({
       store,
-      aets: new AetRegistry(store, { configured: config.aets }),
+      config: { AETS: "PACS=pacs", STOW_MAX_BYTES: String(1 << 20), CRAWL_INTERVAL: "0" },
       capabilities: { reEncode: true },
-      catalog,
-    };
-    const routed = createHandler(services as Parameters<typeof createHandler>[0], { log: () => {} });
-    // While another route shadows STOW-RS in the router (405), POSTs go to the STOW-RS handler itself.
-    const { stowHandler } = await import("../../lib/dicomweb/stow.ts");
-    const { errorResponse, toHttpError } = await import("../../lib/http/errors.ts");
-    const stow = stowHandler(services as Parameters<typeof stowHandler>[0]);
-    const handler = async (request: Request): Promise<Response> => {
-      const url = new URL(request.url);
-      const m = /^\/aets\/([^/]+)\/studies(?:\/([^/]+))?$/.exec(url.pathname);
-      if (request.method !== "POST" || !m) return await routed(request);
-      const probe = await routed(new Request(url, { method: "POST" }));
-      await probe.body?.cancel();
-      if (probe.status !== 405) return await routed(request);
-      try {
-        return await stow({ request, url, params: { aet: m[1], ...(m[2] ? { study: m[2] } : {}) } });
-      } catch (error) {
-        return errorResponse(toHttpError(error));
-      }
-    };
+      catalog: await memoryCatalog(),
+      handler: { log: () => {} },
+    });
     const [study, series, sop] = corpus[0].key.slice(0, -4).split("/");
     const requests = [
       `GET /aets/PACS/studies/${study}/series/${series}/instances/${sop}\naccept: multipart/related; type="application/dicom"; transfer-syntax=*`,
@@ -555,7 +525,7 @@ const TARGETS: Record<string, () => Promise<Target>> = {
           if (response.status < 300) return; // a streamed failure after the head is the documented behaviour
           throw error;
         });
-        if (response.status >= 500 && !(catalog === undefined && response.status === 503)) {
+        if (response.status >= 500) {
           const problem = new Error(`${method} ${target.slice(0, 120)} answered ${response.status}`);
           problem.name = "ServerError";
           throw problem;

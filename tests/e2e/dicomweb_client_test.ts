@@ -9,12 +9,10 @@
 
 import assert from "node:assert/strict";
 import dcmjs from "dcmjs";
-import { AetRegistry } from "../../lib/objects/aets.ts";
-import { createHandler } from "../../lib/app/handler.ts";
 import { parseConfig } from "../../lib/config/config.ts";
-import { crawlerFor } from "../../lib/catalog/crawler.ts";
+import type { Catalog } from "../../lib/catalog/catalog.ts";
+import { memoryCatalog, type TestServer, testServer } from "../_server.ts";
 import { S3Store } from "../../lib/store/s3/s3_store.ts";
-import { openSqliteCatalog } from "../../lib/catalog/sqlite_catalog.ts";
 import { buildInstance, type CorpusFile, md5, sharedCorpus } from "../_corpus.ts";
 import { startS3 } from "../_s3server.ts";
 import { installXhrPolyfill } from "../_xhr_polyfill.ts";
@@ -148,9 +146,8 @@ Deno.test({
       credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
     });
     const restore = installXhrPolyfill();
-    let server: Deno.HttpServer | undefined;
-    let catalog: Awaited<ReturnType<typeof openSqliteCatalog>> | undefined;
-    let crawler: ReturnType<typeof crawlerFor> | undefined;
+    let server: TestServer | undefined;
+    let catalog: Catalog | undefined;
     try {
       const bucket = s3.uniqueBucket("client");
       await s3.createBucket(bucket);
@@ -158,24 +155,16 @@ Deno.test({
         await store.put(bucket, e.file.key, e.file.bytes, { size: e.file.bytes.length });
       }
       const config = parseConfig({ PORT: "0", AETS: `${AET}=${bucket}` });
-      const aets = new AetRegistry(store, { configured: config.aets });
-      catalog = await openSqliteCatalog(":memory:", {
-        bulkDataThreshold: config.bulkDataThreshold,
-        log: () => {},
-      });
-      crawler = crawlerFor(catalog, {
+      catalog = await memoryCatalog({ bulkDataThreshold: config.bulkDataThreshold });
+      server = testServer({
         store,
-        aets,
-        log: () => {},
-        bulkDataThreshold: config.bulkDataThreshold,
+        config,
+        capabilities: { reEncode: true },
+        catalog,
+        handler: { log: () => {}, freeSentChunks: true }, // served as main.ts serves
       });
-      await crawler.crawl(AET, { waitForInstances: true }); // as the server does at start
-      const handler = createHandler({ config, store, aets, capabilities: { reEncode: true }, catalog }, {
-        log: () => {},
-        freeSentChunks: true, // served as main.ts serves
-      });
-      server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, handler);
-      const url = `http://127.0.0.1:${(server.addr as Deno.NetAddr).port}/aets/${AET}`;
+      await server.services.crawler!.crawl(AET, { waitForInstances: true }); // as the server does at start
+      const url = `${server.url}/aets/${AET}`;
       const client = new api.DICOMwebClient({
         url,
         singlepart: "",
@@ -447,8 +436,7 @@ Deno.test({
       });
     } finally {
       restore();
-      await server?.shutdown();
-      await crawler?.stop();
+      await server?.close();
       await catalog?.close();
       await store.close?.();
       await s3.stop();

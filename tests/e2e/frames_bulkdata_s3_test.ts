@@ -6,8 +6,6 @@
  */
 
 import assert from "node:assert/strict";
-import { AetRegistry } from "../../lib/objects/aets.ts";
-import { createHandler } from "../../lib/app/handler.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import {
   type DicomJson,
@@ -17,7 +15,6 @@ import {
 } from "../../lib/dicom/dicom_json.ts";
 import { FileStore } from "../../lib/store/file_store.ts";
 import { frameCount, planFrame } from "../../lib/dicom/frames.ts";
-import { HeaderCache } from "../../lib/objects/header_cache.ts";
 import {
   type DicomDataset,
   type DicomElement,
@@ -31,6 +28,7 @@ import { boundaryOf, parseMultipart } from "../_multipart_parser.ts";
 import { startS3 } from "../_s3server.ts";
 import { observe } from "../_stores.ts";
 import { RE_ENCODABLE } from "../../lib/imaging/syntax_choice.ts";
+import { testServer } from "../_server.ts";
 
 const AET = "PIX";
 
@@ -115,19 +113,13 @@ async function suite(
   for (const f of [...files, ...broken]) await store.put(bucket, f.key, f.bytes, { size: f.bytes.length });
   const observed = observe(store);
   const config = parseConfig({ AETS: `${AET}=${bucket}` });
-  const headers = new HeaderCache();
-  const handler = createHandler(
-    {
-      config,
-      store: observed,
-      aets: new AetRegistry(observed, { configured: config.aets }),
-      capabilities: { reEncode: true },
-      headers,
-    },
-    { log: () => {} },
-  );
-  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, handler);
-  const base = `http://127.0.0.1:${(server.addr as Deno.NetAddr).port}`;
+  const server = testServer({
+    store: observed,
+    config,
+    capabilities: { reEncode: true },
+    handler: { log: () => {} },
+  });
+  const base = server.url;
   try {
     await t.step(`metadata of every instance (${files.length}) equals a whole-file parse`, async () => {
       for (const f of files) {
@@ -367,7 +359,7 @@ async function suite(
       await health.body?.cancel();
     });
   } finally {
-    await server.shutdown();
+    await server.close();
     await cleanup();
   }
 }

@@ -7,13 +7,11 @@
  */
 
 import assert from "node:assert/strict";
-import { AetRegistry } from "../../lib/objects/aets.ts";
-import { createHandler } from "../../lib/app/handler.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import { FileStore } from "../../lib/store/file_store.ts";
-import { errorResponse, toHttpError } from "../../lib/http/errors.ts";
 import { buildInstance, concat } from "../_corpus.ts";
 import { fuzz, type FuzzReport, TARGET_NAMES } from "./_fuzz.ts";
+import { testHandler } from "../_server.ts";
 
 const SEED = Number(Deno.env.get("FUZZ_SEED") ?? 20251128);
 const SECONDS = Number(Deno.env.get("FUZZ_SECONDS") ?? 5);
@@ -115,15 +113,12 @@ Deno.test("path injection: traversal in AETs, UIDs, frames and bulkdata paths ne
     const before = { outside: await tree(j.outside), root: await tree(j.root) };
     for (const aets of [undefined, "PACS=pacs"]) {
       const config = parseConfig(aets ? { AETS: aets } : {});
-      const handler = createHandler(
-        {
-          config,
-          store: j.store,
-          aets: new AetRegistry(j.store, { configured: config.aets }),
-          capabilities: { reEncode: true },
-        },
-        { log: () => {} },
-      );
+      const { handler } = testHandler({
+        store: j.store,
+        config,
+        capabilities: { reEncode: true },
+        handler: { log: () => {} },
+      });
       const aetsTried = [
         "..",
         "%2e%2e",
@@ -280,32 +275,12 @@ Deno.test("STOW-RS: UIDs with odd characters inside stored files cannot choose w
   const j = await jail();
   try {
     const config = parseConfig({ AETS: "PACS=pacs" });
-    const services = {
-      config,
+    const { handler } = testHandler({
       store: j.store,
-      aets: new AetRegistry(j.store, { configured: config.aets }),
+      config,
       capabilities: { reEncode: true },
-    };
-    let handler = createHandler(services, { log: () => {} });
-    const probe = await handler(new Request("http://127.0.0.1/aets/PACS/studies", { method: "POST" }));
-    await probe.body?.cancel();
-    if (probe.status === 405 || probe.status === 404) {
-      // The route is shadowed (or missing): call the STOW-RS handler itself with the params the router would give.
-      const { stowHandler } = await import("../../lib/dicomweb/stow.ts");
-      const stow = stowHandler(services);
-      console.log(
-        `POST /aets/PACS/studies answers ${probe.status} through the router: testing stowHandler directly`,
-      );
-      handler = async (request: Request) => {
-        const url = new URL(request.url);
-        const m = /^\/aets\/([^/]+)\/studies(?:\/([^/]+))?$/.exec(url.pathname)!;
-        try {
-          return await stow({ request, url, params: { aet: m[1], ...(m[2] ? { study: m[2] } : {}) } });
-        } catch (error) {
-          return errorResponse(toHttpError(error)); // as lib/app/handler.ts does
-        }
-      };
-    }
+      handler: { log: () => {} },
+    });
     const before = { outside: await tree(j.outside), other: await tree(`${j.root}/other`) };
     const evil = [
       { study: "../../outside", series: "1.2", sop: "1.2.3" },

@@ -11,7 +11,8 @@ import assert from "node:assert/strict";
 import { makeToken } from "../../lib/security/auth.ts";
 import { S3Store } from "../../lib/store/s3/s3_store.ts";
 import { buildInstance, concat } from "../_corpus.ts";
-import { openTestCatalog, securedHandler } from "../_jwks.ts";
+import { securedHandler } from "../_jwks.ts";
+import { memoryCatalog } from "../_server.ts";
 import { boundaryOf, parseMultipart } from "../_multipart_parser.ts";
 import { startS3 } from "../_s3server.ts";
 
@@ -36,7 +37,7 @@ Deno.test(`load: ${CLIENTS} concurrent clients, ${REQUESTS} mixed requests again
     credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
     maxConcurrency: 50,
   });
-  const catalog = await openTestCatalog();
+  const catalog = await memoryCatalog();
   let server: Deno.HttpServer<Deno.NetAddr> | undefined;
   try {
     await s3.createBucket(bucket);

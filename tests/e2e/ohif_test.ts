@@ -13,14 +13,12 @@
 
 import assert from "node:assert/strict";
 import { AetRegistry } from "../../lib/objects/aets.ts";
-import { createHandler } from "../../lib/app/handler.ts";
 import { parseConfig } from "../../lib/config/config.ts";
-import { crawlerFor } from "../../lib/catalog/crawler.ts";
+import { memoryCatalog, testHandler } from "../_server.ts";
 import { FileStore } from "../../lib/store/file_store.ts";
 import { errorResponse, toHttpError } from "../../lib/http/errors.ts";
 import { S3Store } from "../../lib/store/s3/s3_store.ts";
 import { fitViewport } from "../../lib/imaging/render.ts";
-import { openSqliteCatalog } from "../../lib/catalog/sqlite_catalog.ts";
 import {
   ohifAppConfig,
   replaceAll,
@@ -239,15 +237,12 @@ async function fakeDist(): Promise<string> {
 
 Deno.test("viewer routes: none unless VIEWER is set; then /viewer/ serves OHIF rewritten for its path", async () => {
   const store = new FileStore(await Deno.makeTempDir({ prefix: "viewer-data-" }));
-  const off = createHandler(
-    {
-      config: parseConfig({ AETS: AET }),
-      store,
-      aets: new AetRegistry(store),
-      capabilities: { reEncode: false },
-    },
-    { log: () => {} },
-  );
+  const { handler: off } = testHandler({
+    store,
+    config: { AETS: AET },
+    aets: new AetRegistry(store),
+    capabilities: { reEncode: false },
+  });
   const none = await off(new Request("http://localhost/viewer/"));
   await none.body?.cancel();
   assert.equal(none.status, 404, "no /viewer/ unless VIEWER is set");
@@ -255,15 +250,7 @@ Deno.test("viewer routes: none unless VIEWER is set; then /viewer/ serves OHIF r
   const dist = await fakeDist();
   const config = parseConfig({ AETS: `${AET},OTHER`, BASE_PATH: "/dicomweb", VIEWER: dist });
   assert.ok("viewer" in config, "lib/config/config.ts reads VIEWER");
-  const handler = createHandler(
-    {
-      config,
-      store,
-      aets: new AetRegistry(store, { configured: config.aets }),
-      capabilities: { reEncode: false },
-    },
-    { log: () => {} },
-  );
+  const { handler } = testHandler({ store, config, capabilities: { reEncode: false } });
   const get = (path: string, headers: HeadersInit = {}) =>
     handler(new Request(`http://127.0.0.1:8080${path}`, { headers }));
 
@@ -334,15 +321,11 @@ Deno.test("viewer routes: none unless VIEWER is set; then /viewer/ serves OHIF r
   assert.equal(absent.status, 404);
 
   // Behind a proxy that maps https://pacs.example.org/dicom/ to this server's root: URLs as the browser sees them.
-  const proxied = createHandler(
-    {
-      config: parseConfig({ AETS: AET, VIEWER: dist, PUBLIC_URL: "https://pacs.example.org/dicom" }),
-      store,
-      aets: new AetRegistry(store, { configured: new Map([[AET, AET]]) }),
-      capabilities: { reEncode: false },
-    },
-    { log: () => {} },
-  );
+  const { handler: proxied } = testHandler({
+    store,
+    config: { AETS: AET, VIEWER: dist, PUBLIC_URL: "https://pacs.example.org/dicom" },
+    capabilities: { reEncode: false },
+  });
   const proxiedHtml = await (await proxied(new Request("http://127.0.0.1:8080/viewer/"))).text();
   assert.match(proxiedHtml, /src="\/dicom\/viewer\/app-config\.js"/);
   const proxiedConfig = await (await proxied(new Request("http://127.0.0.1:8080/viewer/app-config.js")))
@@ -351,15 +334,12 @@ Deno.test("viewer routes: none unless VIEWER is set; then /viewer/ serves OHIF r
   assert.match(proxiedConfig, /"qidoRoot": "https:\/\/pacs\.example\.org\/dicom\/aets\/OHIF"/);
   await Deno.remove(dist.slice(0, -"/dist".length), { recursive: true });
 
-  const notInstalled = createHandler(
-    {
-      config: parseConfig({ AETS: AET, VIEWER: "/nonexistent/dist" }),
-      store,
-      aets: new AetRegistry(store),
-      capabilities: { reEncode: false },
-    },
-    { log: () => {} },
-  );
+  const { handler: notInstalled } = testHandler({
+    store,
+    config: { AETS: AET, VIEWER: "/nonexistent/dist" },
+    aets: new AetRegistry(store),
+    capabilities: { reEncode: false },
+  });
   const missingOhif = await notInstalled(new Request("http://localhost/viewer/"));
   assert.equal(missingOhif.status, 503);
   assert.match(await missingOhif.text(), /deno task viewer:install/);
@@ -384,13 +364,11 @@ async function serveDicomweb(store: S3Store, bucket: string, other: string, thum
     AETS: `${AET}=${bucket},${OTHER_AET}=${other},${THUMBS.aet}=${thumbs}`,
     VIEWER: OHIF_DIST_DIR.pathname,
   });
-  const aets = new AetRegistry(store, { configured: config.aets });
-  const logs: string[] = [];
-  const log = (line: string) => logs.push(line);
-  const catalog = await openSqliteCatalog(":memory:", { bulkDataThreshold: config.bulkDataThreshold, log });
-  const crawler = crawlerFor(catalog, { store, aets, log, bulkDataThreshold: config.bulkDataThreshold });
+  const catalog = await memoryCatalog({ bulkDataThreshold: config.bulkDataThreshold });
+  const app = testHandler({ store, config, capabilities: { reEncode: true }, catalog });
+  const { handler, logs } = app;
+  const crawler = app.services.crawler!;
   await crawler.crawlAll({ waitForInstances: true }); // as the server does at start
-  const handler = createHandler({ config, store, aets, capabilities: { reEncode: true }, catalog }, { log });
   const requests: LoggedRequest[] = [];
   const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (request) => {
     const response = await handler(request);

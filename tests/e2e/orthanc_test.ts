@@ -8,12 +8,11 @@
 
 import assert from "node:assert/strict";
 import dcmjs from "dcmjs";
-import { AetRegistry } from "../../lib/objects/aets.ts";
-import { createHandler } from "../../lib/app/handler.ts";
 import { parseConfig } from "../../lib/config/config.ts";
-import { crawlerFor } from "../../lib/catalog/crawler.ts";
+import type { Catalog } from "../../lib/catalog/catalog.ts";
+import type { Crawler } from "../../lib/catalog/crawler.ts";
+import { memoryCatalog, testHandler } from "../_server.ts";
 import { S3Store } from "../../lib/store/s3/s3_store.ts";
-import { openSqliteCatalog } from "../../lib/catalog/sqlite_catalog.ts";
 import { type CorpusFile, md5, sharedCorpus } from "../_corpus.ts";
 import { orthancMissing, startOrthanc } from "../_orthanc.ts";
 import { startS3 } from "../_s3server.ts";
@@ -83,8 +82,8 @@ Deno.test({
     });
     let server: Deno.HttpServer | undefined;
     let orthanc: Awaited<ReturnType<typeof startOrthanc>> | undefined;
-    let catalog: Awaited<ReturnType<typeof openSqliteCatalog>> | undefined;
-    let crawler: ReturnType<typeof crawlerFor> | undefined;
+    let catalog: Catalog | undefined;
+    let crawler: Crawler | undefined;
     const requests: string[] = [];
     try {
       const bucket = s3.uniqueBucket("orthanc");
@@ -94,21 +93,17 @@ Deno.test({
         await store.put(bucket, f.key, f.bytes, { size: f.bytes.length });
       }
       const config = parseConfig({ PORT: "0", AETS: `${AET}=${bucket}` });
-      const aets = new AetRegistry(store, { configured: config.aets });
-      catalog = await openSqliteCatalog(":memory:", {
-        bulkDataThreshold: config.bulkDataThreshold,
-        log: () => {},
-      });
-      crawler = crawlerFor(catalog, {
+      catalog = await memoryCatalog({ bulkDataThreshold: config.bulkDataThreshold });
+      const app = testHandler({
         store,
-        aets,
-        log: () => {},
-        bulkDataThreshold: config.bulkDataThreshold,
+        config,
+        capabilities: { reEncode: true },
+        catalog,
+        handler: { log: () => {} },
       });
+      crawler = app.services.crawler!;
       await crawler.crawl(AET, { waitForInstances: true }); // as the server does at start
-      const handler = createHandler({ config, store, aets, capabilities: { reEncode: true }, catalog }, {
-        log: () => {},
-      });
+      const handler = app.handler;
       server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (request) => {
         const response = await handler(request);
         const url = new URL(request.url);

@@ -6,19 +6,15 @@
  */
 
 import assert from "node:assert/strict";
-import { AetRegistry } from "../../lib/objects/aets.ts";
 import { CodecPool } from "../../lib/imaging/pool.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import { decodedFrame } from "../../lib/imaging/decode.ts";
 import { FileStore } from "../../lib/store/file_store.ts";
 import { planFrame } from "../../lib/dicom/frames.ts";
 import { HeaderCache, loadHeader } from "../../lib/objects/header_cache.ts";
-import { errorResponse, toHttpError } from "../../lib/http/errors.ts";
 import { getNumber, parseObject } from "../../lib/dicom/part10.ts";
 import { renderAttributes, renderFrame } from "../../lib/imaging/render.ts";
-import { registerRendered } from "../../lib/dicomweb/rendered.ts";
 import { openInstance } from "../../lib/objects/open_instance.ts";
-import { Router } from "../../lib/http/router.ts";
 import { S3Store } from "../../lib/store/s3/s3_store.ts";
 import type { ObjectStore } from "../../lib/store/store.ts";
 import { decodeInstance, transcodingEncoder } from "../../lib/imaging/pixel_transcode.ts";
@@ -26,6 +22,7 @@ import { type CorpusFile, sharedCorpus } from "../_corpus.ts";
 import { boundaryOf, parseMultipart } from "../_multipart_parser.ts";
 import { startS3 } from "../_s3server.ts";
 import { observe } from "../_stores.ts";
+import { testHandler, testServer } from "../_server.ts";
 
 const AET = "RND";
 const TESTDATA = new URL("../testdata/", import.meta.url);
@@ -84,30 +81,18 @@ async function suite(
   const { store, bucket, cleanup } = await make();
   for (const f of files) await store.put(bucket, f.key, f.bytes, { size: f.bytes.length });
   const observed = observe(store);
-  const config = parseConfig({ AETS: `${AET}=${bucket}` });
+  // every image is asked for at once below: no per-client limit (it is tested in tests/security/limits_test.ts)
+  const config = parseConfig({ AETS: `${AET}=${bucket}`, CLIENT_CONCURRENCY: "0" });
   const headers = new HeaderCache();
   const pool = new CodecPool({ size: 2 });
-  const services = {
-    config,
+  const server = testServer({
     store: observed,
-    aets: new AetRegistry(observed, { configured: config.aets }),
+    config,
     capabilities: { reEncode: true },
-    headers,
-  };
-  const router = new Router();
-  registerRendered(router, services, { pool });
-  const handler = async (request: Request): Promise<Response> => {
-    const url = new URL(request.url);
-    const match = router.match(request.method, url);
-    if (match.kind !== "found") return new Response("no route", { status: 404 });
-    try {
-      return await match.handler({ request, url, params: match.params });
-    } catch (error) {
-      return errorResponse(toHttpError(error));
-    }
-  };
-  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, handler);
-  const base = `http://127.0.0.1:${(server.addr as Deno.NetAddr).port}`;
+    headerCache: headers,
+    handler: { log: () => {}, rendered: { pool } },
+  });
+  const base = server.url;
   const parsed = new Map<string, Awaited<ReturnType<typeof parseObject>>>();
   for (const f of files) {
     try {
@@ -296,7 +281,7 @@ async function suite(
     );
   } finally {
     pool.close();
-    await server.shutdown();
+    await server.close();
     await cleanup();
   }
 }
@@ -344,23 +329,13 @@ Deno.test("createHandler() serves decoded frames, transcoded instances and rende
     console.log(`  skipping "${t.name}": ../shared/dicom is missing`);
     return;
   }
-  const { createHandler } = await import("../../lib/app/handler.ts");
   const { MemoryStore } = await import("../../lib/store/memory_store.ts");
   const { closeDefaultPool } = await import("../../lib/imaging/pool.ts");
   const store = new MemoryStore();
   store.createBucket("pacs");
   for (const f of files) await store.put("pacs", f.key, f.bytes);
   const config = parseConfig({ AETS: "PACS=pacs" });
-  // `decode` is the capability lib/dicom/transfer_syntax.ts gains with the wiring (ignored before it).
-  const capabilities = { reEncode: true, decode: true };
-  const handler = createHandler({
-    config,
-    store,
-    aets: new AetRegistry(store, { configured: config.aets }),
-    capabilities,
-  }, {
-    log: () => {},
-  });
+  const { handler } = testHandler({ store, config, capabilities: { reEncode: true, decode: true } });
   const get = (path: string, accept?: string) =>
     handler(new Request(`http://localhost${path}`, { headers: accept ? { accept } : {} }));
   const pathOf = (name: string) =>
@@ -376,11 +351,6 @@ Deno.test("createHandler() serves decoded frames, transcoded instances and rende
         `${pathOf("SC_rgb_rle_2frame.dcm")}/frames/2/rendered?accept=image%2Fpng`,
         OHIF_ACCEPT,
       );
-      if (probe.status === 404 && /No such resource/.test(await probe.clone().text())) {
-        await probe.body?.cancel();
-        console.log("  registerRendered() is not wired into lib/app/handler.ts yet: skipped");
-        return;
-      }
       assert.equal(probe.status, 200);
       assert.equal(probe.headers.get("content-type"), "image/png");
       await probe.body?.cancel();

@@ -5,8 +5,6 @@
  */
 
 import assert from "node:assert/strict";
-import { AetRegistry } from "../../lib/objects/aets.ts";
-import { createHandler } from "../../lib/app/handler.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import { FileStore } from "../../lib/store/file_store.ts";
 import { S3Store } from "../../lib/store/s3/s3_store.ts";
@@ -15,6 +13,7 @@ import { buildInstance, builtCorpus, type CorpusFile, md5, sharedCorpus } from "
 import { boundaryOf, type ParsedPart, parseMultipart } from "../_multipart_parser.ts";
 import { eventually, observe, type ObservedStore } from "../_stores.ts";
 import { startS3 } from "../_s3server.ts";
+import { testServer } from "../_server.ts";
 
 const AET = "E2E";
 const DICOM_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*';
@@ -29,19 +28,8 @@ interface Server {
 function serve(store: ObjectStore, bucket: string, env: Record<string, string> = {}): Server {
   const observed = observe(store);
   const config = parseConfig({ PORT: "0", AETS: `${AET}=${bucket}`, ...env });
-  const aets = new AetRegistry(observed, { configured: config.aets });
-  const logs: string[] = [];
-  const handler = createHandler({ config, store: observed, aets, capabilities: { reEncode: false } }, {
-    log: (line) => logs.push(line),
-  });
-  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, handler);
-  const { port } = server.addr as Deno.NetAddr;
-  return {
-    url: `http://127.0.0.1:${port}`,
-    logs,
-    store: observed,
-    close: () => server.shutdown(),
-  };
+  const server = testServer({ store: observed, config, capabilities: { reEncode: false } });
+  return { url: server.url, logs: server.logs, store: observed, close: server.close };
 }
 
 async function retrieveParts(
@@ -262,24 +250,20 @@ Deno.test("a store failure after the 200 aborts the response instead of ending i
     await loadCorpus(inner, "b", files);
     const failing = observe(inner, { failBody: { key: files[2].key, afterBytes: 100 } });
     const config = parseConfig({ AETS: `${AET}=b` });
-    const handler = createHandler(
-      {
-        config,
-        store: failing,
-        aets: new AetRegistry(failing, { configured: config.aets }),
-        capabilities: { reEncode: false },
-      },
-      { log: () => {} },
-    );
-    const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, handler);
+    const server = testServer({
+      store: failing,
+      config,
+      capabilities: { reEncode: false },
+      handler: { log: () => {} },
+    });
     try {
       const response = await fetch(
-        `http://127.0.0.1:${(server.addr as Deno.NetAddr).port}/aets/${AET}/studies/2.25.100`,
+        `${server.url}/aets/${AET}/studies/2.25.100`,
       );
       assert.equal(response.status, 200);
       await assert.rejects(response.arrayBuffer(), "the body must fail, not end well-formed");
     } finally {
-      await server.shutdown();
+      await server.close();
     }
   } finally {
     await Deno.remove(root, { recursive: true });

@@ -5,14 +5,11 @@
  */
 
 import assert from "node:assert/strict";
-import { AetRegistry } from "../../lib/objects/aets.ts";
-import { createHandler } from "../../lib/app/handler.ts";
 import type { Catalog } from "../../lib/catalog/catalog.ts";
 import { parseConfig } from "../../lib/config/config.ts";
-import { crawlerFor } from "../../lib/catalog/crawler.ts";
+import { memoryCatalog, testServer } from "../_server.ts";
 import { FileStore } from "../../lib/store/file_store.ts";
 import { S3Store } from "../../lib/store/s3/s3_store.ts";
-import { openSqliteCatalog } from "../../lib/catalog/sqlite_catalog.ts";
 import type { ObjectStore } from "../../lib/store/store.ts";
 import { generatedCorpus, putAll, STUDIES } from "../_qido_fixtures.ts";
 import { startS3 } from "../_s3server.ts";
@@ -34,21 +31,20 @@ interface Server {
 async function serve(store: ObjectStore, bucket: string): Promise<Server> {
   const observed = observe(store);
   const config = parseConfig({ PORT: "0", AETS: `${AET}=${bucket}`, CRAWL_INTERVAL: "0" });
-  const catalog = await openSqliteCatalog(":memory:", { bulkDataThreshold: config.bulkDataThreshold });
-  const aets = new AetRegistry(observed, { configured: config.aets });
-  const handler = createHandler(
-    { config, store: observed, aets, capabilities: { reEncode: true }, catalog },
-    { log: () => {} },
-  );
-  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, handler);
-  const { port } = server.addr as Deno.NetAddr;
+  const catalog = await memoryCatalog({ bulkDataThreshold: config.bulkDataThreshold });
+  const server = testServer({
+    store: observed,
+    config,
+    capabilities: { reEncode: true },
+    catalog,
+    handler: { log: () => {} },
+  });
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: server.url,
     store: observed,
     catalog,
     async close() {
-      await server.shutdown();
-      await crawlerFor(catalog, { store: observed, aets }).stop();
+      await server.close();
       await catalog.close();
     },
   };

@@ -9,14 +9,12 @@ import assert from "node:assert/strict";
 import { GetObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { FetchHttpHandler } from "@smithy/fetch-http-handler";
 import { AetRegistry } from "../../lib/objects/aets.ts";
-import { createHandler } from "../../lib/app/handler.ts";
 import { parseConfig } from "../../lib/config/config.ts";
-import { crawlerFor } from "../../lib/catalog/crawler.ts";
+import { openCrawler } from "../../lib/app/open.ts";
+import { memoryCatalog, testHandler, type TestServerOptions } from "../_server.ts";
 import { freedByLedgers } from "../../lib/util/handoff.ts";
 import { readHeader } from "../../lib/dicom/part10.ts";
 import { S3Store } from "../../lib/store/s3/s3_store.ts";
-import type { Services } from "../../lib/dicomweb/services.ts";
-import { openSqliteCatalog } from "../../lib/catalog/sqlite_catalog.ts";
 import type { ObjectStore } from "../../lib/store/store.ts";
 import { buildInstance, concat, md5, SHARED_DICOM, sharedCorpus } from "../_corpus.ts";
 import { boundaryOf, parseMultipart } from "../_multipart_parser.ts";
@@ -37,8 +35,8 @@ interface Server {
   close(): Promise<void>;
 }
 
-function serve(services: Services): Server {
-  const app = createHandler(services, { log: () => {} });
+function serve(options: TestServerOptions): Server {
+  const app = testHandler({ ...options, handler: { log: () => {} } }).handler;
   const pending = new Set<Promise<unknown>>();
   const handler = (request: Request) => {
     const run = app(request);
@@ -232,11 +230,17 @@ async function setup(
   const store = endpoint ? s3Store(s3, endpoint) : direct;
   const config = parseConfig({ PORT: "0", AETS: `${AET}=${bucket}` });
   const aets = new AetRegistry(store, { configured: config.aets });
-  const catalog = await openSqliteCatalog(":memory:", {
-    bulkDataThreshold: config.bulkDataThreshold,
-    log: () => {},
+  const catalog = await memoryCatalog({ bulkDataThreshold: config.bulkDataThreshold });
+  // the crawler reads the bucket directly, as main.ts's does
+  const crawler = openCrawler(config, { store: direct, aets, catalog, log: () => {} });
+  const server = serve({
+    config,
+    store: wrap(store),
+    aets,
+    capabilities: { reEncode: false },
+    catalog,
+    crawler,
   });
-  const server = serve({ config, store: wrap(store), aets, capabilities: { reEncode: false }, catalog });
   return {
     bucket,
     direct,
@@ -244,8 +248,10 @@ async function setup(
     server,
     config,
     aets,
+    crawler,
     async close() {
       await server.close();
+      await crawler.stop();
       await catalog.close();
       store.close();
       if (direct !== store) direct.close();
@@ -265,13 +271,7 @@ Deno.test("STOW-RS end to end into S3", async (t) => {
       async () => {
         const env = await setup(s3, "stow");
         try {
-          const crawler = crawlerFor(env.catalog, {
-            store: env.direct,
-            aets: env.aets,
-            log: () => {},
-            bulkDataThreshold: env.config.bulkDataThreshold,
-          });
-          await crawler.crawl(AET, { waitForInstances: true }); // the empty bucket, as the server does at start
+          await env.crawler.crawl(AET, { waitForInstances: true }); // the empty bucket, as the server does at start
           const corpus = await sharedCorpus();
           const valid = corpus.filter((f) => !["MR_truncated.dcm", "rtplan_truncated.dcm"].includes(f.name));
           const unkeyed: Uint8Array[] = [];

@@ -16,7 +16,8 @@ import {
 import { makeToken } from "../../lib/security/auth.ts";
 import { MemoryStore } from "../../lib/store/memory_store.ts";
 import { buildInstance } from "../_corpus.ts";
-import { openTestCatalog, securedHandler } from "../_jwks.ts";
+import { securedHandler } from "../_jwks.ts";
+import { memoryCatalog } from "../_server.ts";
 import { eventually } from "../_stores.ts";
 
 const PATIENT = "Doe^Jane";
@@ -217,7 +218,7 @@ Deno.test("every patient-data request through the handler leaves one audit line,
     await store.put("pacs", `${study}/${series}/${series}.${i}.dcm`, bytes);
   }
   const reader = await makeToken();
-  const catalog = await openTestCatalog();
+  const catalog = await memoryCatalog();
   const records: AuditRecord[] = [];
   const raw: string[] = [];
   const requestLog: string[] = [];

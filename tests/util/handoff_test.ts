@@ -4,8 +4,6 @@
  */
 
 import assert from "node:assert/strict";
-import { AetRegistry } from "../../lib/objects/aets.ts";
-import { createHandler } from "../../lib/app/handler.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import {
   ChunkLedger,
@@ -20,6 +18,7 @@ import { S3Store } from "../../lib/store/s3/s3_store.ts";
 import { buildInstance, md5 } from "../_corpus.ts";
 import { boundaryOf, parseMultipart } from "../_multipart_parser.ts";
 import { startS3 } from "../_s3server.ts";
+import { testServer } from "../_server.ts";
 
 Deno.test("handOff / freeHandedOff", async (t) => {
   await t.step("a marked chunk is freed: its buffer is detached", () => {
@@ -128,15 +127,13 @@ Deno.test("retrieve through Deno.serve frees the S3 chunks it has sent, and send
     credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
   });
   const config = parseConfig({ PORT: "0", AETS: `HANDOFF=${bucket}`, S3_CONCURRENCY: "4" });
-  const aets = new AetRegistry(store, { configured: config.aets });
-  const handler = createHandler({ config, store, aets, capabilities: { reEncode: false } }, {
-    log: () => {},
-    freeSentChunks: true,
+  const server = testServer({
+    store,
+    config,
+    capabilities: { reEncode: false },
+    handler: { log: () => {}, freeSentChunks: true },
   });
-  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, handler);
-  const url = `http://127.0.0.1:${
-    (server.addr as Deno.NetAddr).port
-  }/aets/HANDOFF/studies/${study}/series/${series}`;
+  const url = `${server.url}/aets/HANDOFF/studies/${study}/series/${series}`;
   const expected = await Promise.all(files.map((f) => md5(f.bytes)));
   const accept = 'multipart/related; type="application/dicom"; transfer-syntax=*';
 
@@ -189,7 +186,7 @@ Deno.test("retrieve through Deno.serve frees the S3 chunks it has sent, and send
       await Promise.all([0, 2, 5, 0].map((pause) => retrieveAndCheck(pause)));
     });
   } finally {
-    await server.shutdown();
+    await server.close();
     store.close?.();
     await s3.stop();
   }

@@ -1,0 +1,115 @@
+/**
+ * Construction in one place: the store, the catalog and its crawler, and the services a handler serves from,
+ * all from a {@linkcode Config}. `main.ts`, the CLIs and the tests' server fixture build through these, so a new
+ * store or catalog backend is chosen here and nowhere else.
+ *
+ * @module
+ */
+
+import type { Catalog } from "../catalog/catalog.ts";
+import { Crawler } from "../catalog/crawler.ts";
+import { openSqliteCatalog } from "../catalog/sqlite_catalog.ts";
+import { type Config, ConfigError } from "../config/config.ts";
+import type { ServicesInit } from "../dicomweb/services.ts";
+import type { SyntaxCapabilities } from "../imaging/syntax_choice.ts";
+import { AetRegistry } from "../objects/aets.ts";
+import { FileStore } from "../store/file_store.ts";
+import { S3Store } from "../store/s3/s3_store.ts";
+import type { ObjectStore } from "../store/store.ts";
+
+/** What this server can convert: re-encode to Explicit VR Little Endian, and decode compressed pixel data. */
+export const SERVER_CAPABILITIES: SyntaxCapabilities = { reEncode: true, decode: true };
+
+/**
+ * The store the configuration names: S3 when `config.s3` is set (one client for the process), else the local
+ * folder `DATA_DIR`, created when missing. Throws a `ConfigError` naming the fix when the folder cannot be
+ * used for lack of permission.
+ */
+export async function openStore(config: Config): Promise<ObjectStore> {
+  if (config.s3) return new S3Store({ ...config.s3, maxConcurrency: Math.max(50, config.s3Concurrency * 4) });
+  try {
+    await Deno.mkdir(config.dataDir, { recursive: true });
+  } catch (error) {
+    if (error instanceof Deno.errors.NotCapable || error instanceof Deno.errors.PermissionDenied) {
+      throw new ConfigError(
+        `Cannot use DATA_DIR=${config.dataDir}: no read/write permission. ` +
+          `Run with --allow-read=${config.dataDir} --allow-write=${config.dataDir} ` +
+          `(deno task start grants ./data only), or use S3_ENDPOINT`,
+      );
+    }
+    throw error;
+  }
+  return new FileStore(config.dataDir);
+}
+
+/** Options for {@linkcode openCatalog}. */
+export interface OpenCatalogOptions {
+  /** Where the catalog reports that it fell back to memory or rebuilt a foreign file. */
+  log?: (line: string) => void;
+}
+
+/**
+ * The search catalog of `CATALOG_PATH` (SQLite; its folder is created), or undefined when it is `off`. The
+ * catalog is derived from the buckets, so deleting its file is always safe.
+ */
+export async function openCatalog(
+  config: Config,
+  options: OpenCatalogOptions = {},
+): Promise<Catalog | undefined> {
+  const path = config.catalogPath;
+  if (path === undefined) return undefined;
+  if (path !== ":memory:") {
+    const slash = path.lastIndexOf("/");
+    const dir = slash > 0 ? path.slice(0, slash) : slash === 0 ? "/" : ".";
+    await Deno.mkdir(dir, { recursive: true }).catch(() => {});
+  }
+  return await openSqliteCatalog(path, { bulkDataThreshold: config.bulkDataThreshold, log: options.log });
+}
+
+/** Options for {@linkcode openCrawler}. */
+export interface OpenCrawlerOptions {
+  store: ObjectStore;
+  aets: AetRegistry;
+  catalog: Catalog;
+  log?: (line: string) => void;
+  /** Read every instance header in the background after the series pass (default true). */
+  eagerInstances?: boolean;
+}
+
+/** The crawler of `catalog` with the configuration's settings (header reads at `max(8, S3_CONCURRENCY)`). */
+export function openCrawler(config: Config, options: OpenCrawlerOptions): Crawler {
+  return new Crawler({
+    ...options,
+    bulkDataThreshold: config.bulkDataThreshold,
+    concurrency: Math.max(8, config.s3Concurrency),
+  });
+}
+
+/** The services a handler is built from, with the catalog and crawler when there is one. */
+export interface ServerParts extends ServicesInit {
+  aets: AetRegistry;
+}
+
+/** Options for {@linkcode assembleServices}. */
+export interface AssembleOptions {
+  /** Default: a registry of `config.aets` over `store`. */
+  aets?: AetRegistry;
+  catalog?: Catalog;
+  /** Default: a crawler from {@linkcode openCrawler} when there is a catalog. */
+  crawler?: Crawler;
+  capabilities?: SyntaxCapabilities;
+  log?: (line: string) => void;
+}
+
+/** The services over `store` for `config`: its AET registry, capabilities, catalog and crawler. */
+export function assembleServices(
+  config: Config,
+  store: ObjectStore,
+  options: AssembleOptions = {},
+): ServerParts {
+  const aets = options.aets ?? new AetRegistry(store, { configured: config.aets });
+  const { catalog } = options;
+  const crawler = options.crawler ??
+    (catalog ? openCrawler(config, { store, aets, catalog, log: options.log }) : undefined);
+  return { config, store, aets, capabilities: options.capabilities ?? SERVER_CAPABILITIES, catalog, crawler };
+}
