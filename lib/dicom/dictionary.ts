@@ -153,3 +153,12 @@ export function parseTag(text: string): number | undefined {
   if (hex) return (parseInt(hex[1], 16) << 16 | parseInt(hex[2], 16)) >>> 0;
   return lookupKeyword(text.trim())?.tag;
 }
+
+/** Every VR of PS3.5 Table 6.2-1. */
+export const KNOWN_VRS: ReadonlySet<string> = new Set(
+  "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV"
+    .split(" "),
+);
+
+/** VRs with a 2-byte reserved field and a 4-byte length in explicit VR. */
+export const LONG_VRS: ReadonlySet<string> = new Set("OB OD OF OL OV OW SQ SV UC UN UR UT UV".split(" "));

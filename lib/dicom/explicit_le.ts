@@ -11,9 +11,10 @@
  * @module
  */
 
-import { type DicomDataset, type DicomElement, LONG_VRS, type Part10Header } from "./part10.ts";
+import { type DicomDataset, type DicomElement, type Part10Header } from "./part10.ts";
 import { EXPLICIT_VR_LITTLE_ENDIAN } from "./transfer_syntax.ts";
 import { MalformedError } from "../util/errors.ts";
+import { LONG_VRS } from "./dictionary.ts";
 
 type Op = { emit: Uint8Array } | { copy: number; length: number; swap: number };
 

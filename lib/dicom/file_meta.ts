@@ -1,10 +1,17 @@
 /**
- * A small reader for the File Meta Information (PS3.10 7.1) at the front of a Part 10 object:
- * just enough to label a part with its transfer syntax while the object streams through.
+ * The File Meta Information (PS3.10 7.1) at the front of a Part 10 object, read by the one File Meta parser,
+ * {@linkcode scanFileMeta}: where the group starts and ends, its elements, and the transfer syntax. Two readers
+ * build on it with their own policies:
+ * - {@linkcode readFileMeta} labels an object with its transfer syntax while it streams through (retrieve,
+ *   STOW): it insists on explicit VR meta elements and on (0002,0010) after a preamble, and accepts a raw data
+ *   set only when it starts with a group 0008 element;
+ * - `readHeader`/`parseBuffer` (part10.ts) parse the header, accept meta elements written in implicit VR (seen
+ *   in the wild) and infer the syntax of a data set whose (0002,0010) is missing.
  *
  * @module
  */
 
+import { formatTag, KNOWN_VRS, LONG_VRS, vrOf } from "./dictionary.ts";
 import { IMPLICIT_VR_LITTLE_ENDIAN } from "./transfer_syntax.ts";
 import { MalformedError } from "../util/errors.ts";
 
@@ -22,9 +29,47 @@ export interface FileMeta {
   hasPreamble: boolean;
 }
 
-const LONG_VRS = new Set(["OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"]);
+/** One File Meta element. */
+export interface MetaElement {
+  tag: number;
+  vr: string;
+  /** Offset of the value. */
+  offset: number;
+  length: number;
+  bytes: Uint8Array;
+}
+
+/** What {@linkcode scanFileMeta} found. */
+export interface FileMetaScan {
+  /** Where "DICM" was: after the 128-byte preamble, at offset 0 (no preamble), or nowhere. */
+  dicm: "preamble" | "start" | "none";
+  /** Offset of the first meta element (132, 4 or 0); equals `end` when there is no meta group. */
+  start: number;
+  /** Where the data set starts. */
+  end: number;
+  /** The group 0002 elements, in order. */
+  elements: Map<number, MetaElement>;
+  /** (0002,0010) without padding; undefined when absent. */
+  transferSyntaxUid?: string;
+}
+
+/** Options for {@linkcode scanFileMeta}. */
+export interface ScanOptions {
+  /** `bytes` is the whole object (otherwise `null` asks for more when they end too soon). */
+  complete?: boolean;
+  /** Accept meta elements written in implicit VR (their VR from the dictionary); otherwise an invalid VR throws. */
+  implicitVr?: boolean;
+  /**
+   * Strict about the group's end: stop where the group length (0002,0000) says, without looking at the next
+   * element, and refuse an object that ends before the group does.
+   */
+  groupLength?: boolean;
+  /** Throws for a malformed meta group (default: a `MalformedError` "Cannot read File Meta of NAME: ..."). */
+  fail?: (detail: string) => never;
+}
+
 /** File Meta larger than this is treated as corrupt. */
-const MAX_META = 64 * 1024;
+export const MAX_META = 64 * 1024;
 
 function trimUid(bytes: Uint8Array): string {
   let end = bytes.length;
@@ -32,9 +77,122 @@ function trimUid(bytes: Uint8Array): string {
   return new TextDecoder("latin1").decode(bytes.subarray(0, end));
 }
 
+function isUpper(c: number): boolean {
+  return c >= 0x41 && c <= 0x5a;
+}
+
+function u16(bytes: Uint8Array, at: number): number {
+  return bytes[at] | bytes[at + 1] << 8;
+}
+
+function u32(bytes: Uint8Array, at: number): number {
+  return (bytes[at] | bytes[at + 1] << 8 | bytes[at + 2] << 16 | bytes[at + 3] << 24) >>> 0;
+}
+
+function isDicm(bytes: Uint8Array, at: number): boolean {
+  return bytes.length >= at + 4 && bytes[at] === 0x44 && bytes[at + 1] === 0x49 && bytes[at + 2] === 0x43 &&
+    bytes[at + 3] === 0x4d;
+}
+
 /**
- * Reads the File Meta from the first bytes of an object. Returns `null` when `bytes` is too short
- * to tell (read more and call again; pass `complete` when `bytes` is the whole object).
+ * The one File Meta parser: finds the group (after "DICM" at 128, after "DICM" at 0, at offset 0, or none: a
+ * raw data set) and reads its elements (explicit VR little endian; implicit VR too with `implicitVr`) up to
+ * the first element of another group. Returns `null` when `bytes` ends too soon to tell (unless `complete`).
+ * Throws (see {@linkcode ScanOptions.fail}) for "DICM" missing before a meta group at 132, an invalid VR, a
+ * bad length, or a group running past the end of a complete object.
+ *
+ * @example
+ * ```ts
+ * import { scanFileMeta } from "./file_meta.ts";
+ * scanFileMeta(new Uint8Array(10), "x.dcm"); // null: need more bytes
+ * ```
+ */
+export function scanFileMeta(
+  bytes: Uint8Array,
+  name: string,
+  options: ScanOptions = {},
+): FileMetaScan | null {
+  const complete = options.complete ?? false;
+  const fail = options.fail ??
+    ((detail: string): never => {
+      throw new MalformedError(`Cannot read File Meta of "${name}": ${detail}`);
+    });
+  let start: number;
+  let dicm: FileMetaScan["dicm"];
+  if (isDicm(bytes, 128)) {
+    start = 132;
+    dicm = "preamble";
+  } else if (isDicm(bytes, 0)) {
+    start = 4;
+    dicm = "start";
+  } else if (bytes.length < 132 && !complete) {
+    return null; // the preamble may still come
+  } else if (bytes.length >= 8 && u16(bytes, 0) === 0x0002) {
+    start = 0;
+    dicm = "none";
+  } else if (bytes.length >= 140 && u16(bytes, 132) === 0x0002 && isUpper(bytes[136])) {
+    return fail(`"DICM" missing at offset 128`);
+  } else {
+    return { dicm: "none", start: 0, end: 0, elements: new Map() };
+  }
+  const elements = new Map<number, MetaElement>();
+  let p = start;
+  let groupEnd = -1;
+  while (groupEnd < 0 || p < groupEnd) {
+    if (p + 8 > bytes.length) {
+      if (!complete) return null;
+      // with the group length read strictly, the object must not end inside the group
+      if (options.groupLength) return fail(`object ends at offset ${bytes.length}`);
+      break;
+    }
+    if (u16(bytes, p) !== 0x0002) break;
+    const tag = (0x0002 << 16 | u16(bytes, p + 2)) >>> 0;
+    let vr = String.fromCharCode(bytes[p + 4], bytes[p + 5]);
+    let length: number;
+    let valueOffset: number;
+    if (!isUpper(bytes[p + 4]) || !isUpper(bytes[p + 5])) {
+      if (!options.implicitVr) return fail(`invalid VR at offset ${p + 4}`);
+      vr = vrOf(tag); // a meta group written in implicit VR: seen in the wild
+      length = u32(bytes, p + 4);
+      valueOffset = p + 8;
+    } else if (LONG_VRS.has(vr) || !KNOWN_VRS.has(vr)) {
+      if (p + 12 > bytes.length) {
+        if (complete) return fail(`element ${formatTag(tag)} runs past the end at offset ${p}`);
+        return null;
+      }
+      length = u32(bytes, p + 8);
+      valueOffset = p + 12;
+    } else {
+      length = u16(bytes, p + 6);
+      valueOffset = p + 8;
+    }
+    if (length === 0xffffffff || valueOffset + length > MAX_META + 132) {
+      return fail(`element ${formatTag(tag)} at offset ${p} has bad length ${length}`);
+    }
+    if (valueOffset + length > bytes.length) {
+      if (complete) {
+        return fail(`element ${formatTag(tag)} length ${length} runs past the end at offset ${valueOffset}`);
+      }
+      return null;
+    }
+    const value = bytes.subarray(valueOffset, valueOffset + length);
+    elements.set(tag, { tag, vr, offset: valueOffset, length, bytes: value });
+    if (tag === 0x00020000 && length === 4 && options.groupLength) groupEnd = valueOffset + 4 + u32(value, 0);
+    p = valueOffset + length;
+  }
+  const ts = elements.get(0x00020010);
+  return {
+    dicm,
+    start,
+    end: p,
+    elements,
+    transferSyntaxUid: ts ? trimUid(ts.bytes) || undefined : undefined,
+  };
+}
+
+/**
+ * Reads the File Meta from the first bytes of an object, for labelling it while it streams. Returns `null` when
+ * `bytes` is too short to tell (read more and call again; pass `complete` when `bytes` is the whole object).
  * Throws a `SyntaxError` naming `name` and the offset when the object is not DICOM.
  *
  * @example
@@ -44,97 +202,46 @@ function trimUid(bytes: Uint8Array): string {
  * ```
  */
 export function readFileMeta(bytes: Uint8Array, name: string, complete = false): FileMeta | null {
-  const need = (n: number) => {
-    if (bytes.length >= n) return true;
-    if (complete || n > MAX_META + 132) {
+  let scan: FileMetaScan | null;
+  try {
+    scan = scanFileMeta(bytes, name, { complete, groupLength: true });
+  } catch (error) {
+    // past the largest meta there is to read, more bytes cannot help
+    if (!complete && /runs past the end/.test((error as Error).message)) return null;
+    throw error;
+  }
+  if (scan === null) {
+    if (bytes.length > MAX_META + 132) {
       throw new MalformedError(`Cannot read File Meta of "${name}": object ends at offset ${bytes.length}`);
     }
-    return false;
-  };
-  let pos = 0;
-  let hasPreamble = false;
-  if (
-    bytes.length >= 132 && bytes[128] === 0x44 && bytes[129] === 0x49 && bytes[130] === 0x43 &&
-    bytes[131] === 0x4d
-  ) {
-    pos = 132;
-    hasPreamble = true;
-  } else if (
-    bytes.length >= 4 && bytes[0] === 0x44 && bytes[1] === 0x49 && bytes[2] === 0x43 && bytes[3] === 0x4d
-  ) {
-    pos = 4; // "DICM" without a preamble
-    hasPreamble = true;
-  } else if (bytes.length < 132 && !complete) {
-    return null; // the preamble may still come
+    return null;
   }
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  if (!hasPreamble) {
-    // No preamble: a raw dataset is only plausible when it starts with a group 0002 or 0008 element.
+  const hasPreamble = scan.dicm !== "none";
+  if (!hasPreamble && scan.elements.size === 0) {
+    // No File Meta: a raw data set is only plausible when it starts with a group 0008 element.
     if (bytes.length < 8) {
       throw new MalformedError(`Cannot read "${name}": ${bytes.length} bytes is too short for DICOM`);
     }
-    const group = view.getUint16(0, true);
-    if (group !== 0x0002 && group !== 0x0008) {
+    if (u16(bytes, 0) !== 0x0008) {
       throw new MalformedError(
         `Cannot read "${name}": not a DICOM Part 10 object ("DICM" missing at offset 128)`,
       );
     }
   }
-  const meta: FileMeta = {
-    transferSyntaxUid: "",
-    sopClassUid: "",
-    sopInstanceUid: "",
-    end: pos,
+  if (scan.transferSyntaxUid === undefined && hasPreamble && scan.elements.size > 0) {
+    throw new MalformedError(
+      `Cannot read File Meta of "${name}": Transfer Syntax UID (0002,0010) is missing`,
+    );
+  }
+  const text = (tag: number) => {
+    const el = scan.elements.get(tag);
+    return el ? trimUid(el.bytes) : "";
+  };
+  return {
+    transferSyntaxUid: scan.transferSyntaxUid ?? IMPLICIT_VR_LITTLE_ENDIAN,
+    sopClassUid: text(0x00020002),
+    sopInstanceUid: text(0x00020003),
+    end: scan.end,
     hasPreamble,
   };
-  let metaEnd = -1;
-  while (true) {
-    if (metaEnd >= 0 && pos >= metaEnd) break;
-    if (!need(pos + 8)) return null;
-    const group = view.getUint16(pos, true);
-    if (group !== 0x0002) break;
-    const element = view.getUint16(pos + 2, true);
-    const vr = String.fromCharCode(bytes[pos + 4], bytes[pos + 5]);
-    let length: number;
-    let header: number;
-    if (!/^[A-Z]{2}$/.test(vr)) {
-      throw new MalformedError(`Cannot read File Meta of "${name}": invalid VR at offset ${pos + 4}`);
-    }
-    if (LONG_VRS.has(vr)) {
-      if (!need(pos + 12)) return null;
-      length = view.getUint32(pos + 8, true);
-      header = 12;
-    } else {
-      length = view.getUint16(pos + 6, true);
-      header = 8;
-    }
-    if (length === 0xffffffff || pos + header + length > MAX_META + 132) {
-      throw new MalformedError(
-        `Cannot read File Meta of "${name}": element (0002,${
-          hex4(element)
-        }) at offset ${pos} has bad length ${length}`,
-      );
-    }
-    if (!need(pos + header + length)) return null;
-    const value = bytes.subarray(pos + header, pos + header + length);
-    if (element === 0x0000 && length === 4) metaEnd = pos + header + view.getUint32(pos + header, true);
-    else if (element === 0x0002) meta.sopClassUid = trimUid(value);
-    else if (element === 0x0003) meta.sopInstanceUid = trimUid(value);
-    else if (element === 0x0010) meta.transferSyntaxUid = trimUid(value);
-    pos += header + length;
-  }
-  meta.end = pos;
-  if (meta.transferSyntaxUid === "") {
-    if (hasPreamble && pos > 132) {
-      throw new MalformedError(
-        `Cannot read File Meta of "${name}": Transfer Syntax UID (0002,0010) is missing`,
-      );
-    }
-    meta.transferSyntaxUid = IMPLICIT_VR_LITTLE_ENDIAN;
-  }
-  return meta;
-}
-
-function hex4(n: number): string {
-  return n.toString(16).toUpperCase().padStart(4, "0");
 }

@@ -26,8 +26,9 @@ import {
   IMPLICIT_VR_LITTLE_ENDIAN,
 } from "./transfer_syntax.ts";
 import { decodeText } from "./charset.ts";
-import { formatTag, vrOf } from "./dictionary.ts";
+import { formatTag, KNOWN_VRS, LONG_VRS, vrOf } from "./dictionary.ts";
 import { MalformedError, OutOfRangeError } from "../util/errors.ts";
+import { scanFileMeta } from "./file_meta.ts";
 
 /** Random access to an object's bytes (an S3 object via ranged GETs, a file, a buffer). */
 export interface RangeSource {
@@ -158,13 +159,6 @@ const OFFSET_TABLE_TAGS = new Set([0x7fe00001, 0x7fe00002]);
 const UNDEFINED = 0xffffffff;
 const MAX_DEPTH = 64;
 
-/** Every VR of PS3.5 Table 6.2-1. */
-export const KNOWN_VRS: ReadonlySet<string> = new Set(
-  "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV"
-    .split(" "),
-);
-/** VRs with a 2-byte reserved field and a 4-byte length in explicit VR. */
-export const LONG_VRS: ReadonlySet<string> = new Set("OB OD OF OL OV OW SQ SV UC UN UR UT UV".split(" "));
 const BINARY_BULK_VRS = new Set(["OB", "OD", "OF", "OL", "OV", "OW", "UN"]);
 const TEXT_BULK_VRS = new Set(["UT", "LT", "UC"]);
 
@@ -572,59 +566,35 @@ interface MetaResult {
 }
 
 function parseMeta(r: Reader): MetaResult {
-  const what = () => "File Meta Information runs past the end";
-  const isDicm = (at: number) => at + 4 <= r.size && latin1(r.bytes(at, 4, what)) === "DICM";
-  const looksLikeMeta = (at: number) =>
-    at + 8 <= r.size && r.u16(at, true, what) === 0x0002 && isUpper(r.bytes(at + 4, 1, what)[0]);
-  let start: number;
-  let preamble = false;
-  if (isDicm(128)) {
-    start = 132;
-    preamble = true;
-  } else if (looksLikeMeta(0)) {
-    start = 0;
-  } else if (looksLikeMeta(132)) {
-    r.fail(`"DICM" missing at offset 128`);
-  } else {
+  // the meta group is read from the bytes loaded from offset 0 (see file_meta.ts, the one File Meta parser)
+  const run = r.store.around(0);
+  const loaded = run && run.start === 0 ? Math.min(run.end, r.size) : 0;
+  const complete = loaded >= r.size;
+  const scan = loaded === 0 && !complete ? null : scanFileMeta(r.bytes(0, loaded, () => ""), r.name, {
+    complete,
+    implicitVr: true,
+    fail: (detail) => r.fail(detail),
+  });
+  if (scan === null) throw new NeedMore(loaded, Math.min(r.size, Math.max(2 * loaded, loaded + 1024)));
+  if (scan.dicm === "none" && scan.elements.size === 0) {
     r.note = " (no File Meta Information: read as a raw data set)";
     const syntax = detectSyntax(r, 0);
     const transferSyntaxUid = syntax.explicit ? EXPLICIT_VR_LITTLE_ENDIAN : IMPLICIT_VR_LITTLE_ENDIAN;
     return { datasetOffset: 0, transferSyntaxUid, syntax };
   }
   const elements = new Map<number, DicomElement>();
-  let p = start;
-  while (p + 8 <= r.size && r.u16(p, true, what) === 0x0002) {
-    const tag = r.tag(p, true, what);
-    const v = r.bytes(p + 4, 2, what);
-    let vr = String.fromCharCode(v[0], v[1]);
-    let length: number;
-    let valueOffset: number;
-    if (!isUpper(v[0]) || !isUpper(v[1])) {
-      vr = vrOf(tag); // a meta group written in implicit VR: seen in the wild
-      length = r.u32(p + 4, true, what);
-      valueOffset = p + 8;
-    } else if (LONG_VRS.has(vr) || !KNOWN_VRS.has(vr)) {
-      length = r.u32(p + 8, true, what);
-      valueOffset = p + 12;
-    } else {
-      length = r.u16(p + 6, true, what);
-      valueOffset = p + 8;
-    }
-    if (length === UNDEFINED || valueOffset + length > r.size) {
-      r.fail(`element ${formatTag(tag)} length ${length} runs past the end at offset ${valueOffset}`);
-    }
-    const bytes = r.bytes(valueOffset, length, what);
-    elements.set(tag, { tag, vr, offset: valueOffset, length, bytes });
-    p = valueOffset + length;
+  for (const { tag, vr, offset, length, bytes } of scan.elements.values()) {
+    elements.set(tag, { tag, vr, offset, length, bytes });
   }
+  const p = scan.end;
   const meta: FileMeta = {
-    transferSyntaxUid: uidText(elements.get(0x00020010)) || undefined,
+    transferSyntaxUid: scan.transferSyntaxUid,
     mediaStorageSopClassUid: uidText(elements.get(0x00020002)) || undefined,
     mediaStorageSopInstanceUid: uidText(elements.get(0x00020003)) || undefined,
     implementationClassUid: uidText(elements.get(0x00020012)) || undefined,
     implementationVersionName: uidText(elements.get(0x00020013)) || undefined,
-    preamble,
-    start,
+    preamble: scan.dicm === "preamble",
+    start: scan.start,
     datasetOffset: p,
     elements: { elements, characterSet: [], littleEndian: true },
   };

@@ -12,8 +12,8 @@
  * @module
  */
 
-import { formatTag, vrOf } from "./dictionary.ts";
-import { KNOWN_VRS, LONG_VRS, type Part10Header } from "./part10.ts";
+import { formatTag, KNOWN_VRS, LONG_VRS, vrOf } from "./dictionary.ts";
+import { type Part10Header } from "./part10.ts";
 import { type Encoding, IMPLICIT_LE } from "./transfer_syntax.ts";
 import { MalformedError } from "../util/errors.ts";
 

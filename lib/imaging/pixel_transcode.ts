@@ -20,7 +20,6 @@ import {
   type DicomDataset,
   type DicomElement,
   getString,
-  LONG_VRS,
   parseObject,
   type Part10Header,
 } from "../dicom/part10.ts";
@@ -28,6 +27,7 @@ import { ahead, type OpenedInstance } from "../objects/open_instance.ts";
 import { type SyntaxChoice } from "./syntax_choice.ts";
 import { EXPLICIT_VR_LITTLE_ENDIAN } from "../dicom/transfer_syntax.ts";
 import { MalformedError, NotAcceptableError, TooLargeError } from "../util/errors.ts";
+import { LONG_VRS } from "../dicom/dictionary.ts";
 
 /** Default bound on a whole decoded instance: 1 GiB. */
 export const DEFAULT_MAX_INSTANCE_BYTES = 1024 * 1024 * 1024;
