@@ -21,11 +21,12 @@ import { parseConfig } from "../lib/config/config.ts";
 import { describeFrame } from "../lib/imaging/decode.ts";
 import { FileStore } from "../lib/store/file_store.ts";
 import { planFrame } from "../lib/dicom/frames.ts";
-import { getNumber, parseObject } from "../lib/dicom/part10.ts";
+import { parseObject } from "../lib/dicom/part10.ts";
 import { applyViewport, encodeJpeg, encodePng, renderAttributes, toDisplay } from "../lib/imaging/render.ts";
 import { createHandler } from "../lib/app/handler.ts";
 import { assembleServices } from "../lib/app/open.ts";
 import { decodeInstance, encapsulatedInstance } from "../lib/imaging/pixel_transcode.ts";
+import { getNumber } from "../lib/dicom/dataset.ts";
 
 const REPO = new URL("../", import.meta.url).pathname;
 const SHARED = new URL("../../shared/", import.meta.url).pathname;

@@ -28,8 +28,8 @@
 
 import type { DicomJson } from "../dicom/dicom_json.ts";
 import type { Filter, Level } from "./matching.ts";
-import type { Part10Header } from "../dicom/part10.ts";
 import type { ObjectInfo } from "../store/store.ts";
+import type { Part10Header } from "../dicom/dataset.ts";
 
 /** What a search asks of the catalog (see {@linkcode CatalogSearch.search}). */
 export interface CatalogQuery {

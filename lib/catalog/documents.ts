@@ -9,8 +9,8 @@
 import { type DicomJson, stringifyDicomJson, toDicomJson } from "../dicom/dicom_json.ts";
 import { tagToHex } from "../dicom/dictionary.ts";
 import { levelOf, normalizeDate, normalizeTime, pnText, TAGS } from "./matching.ts";
-import type { Part10Header } from "../dicom/part10.ts";
 import type { InstanceUids } from "../dicom/uid.ts";
+import type { Part10Header } from "../dicom/dataset.ts";
 
 /** Top-level (Float/Double Float) Pixel Data: always a BulkDataURI. */
 const PIXEL_DATA_PATHS = new Set(["7FE00008", "7FE00009", "7FE00010"]);

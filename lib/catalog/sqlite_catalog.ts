@@ -15,23 +15,22 @@
  */
 
 import type { DatabaseSync, SQLInputValue, StatementSync } from "node:sqlite";
-import {
-  type AetStatus,
-  type Catalog,
-  type CatalogQuery,
-  type CrawlTicket,
-  type InstanceToRecord,
-  type ListingCounts,
-  type ObjectProblem,
-  type RecordOutcome,
-  type Scope,
-  type SearchRow,
-  type SeriesCandidate,
-  type StoredInstance,
+import type {
+  AetStatus,
+  Catalog,
+  CatalogQuery,
+  CrawlTicket,
+  InstanceToRecord,
+  ListingCounts,
+  ObjectProblem,
+  RecordOutcome,
+  Scope,
+  SearchRow,
+  SeriesCandidate,
+  StoredInstance,
 } from "./catalog.ts";
 import { type DicomJson, stringifyDicomJson } from "../dicom/dicom_json.ts";
 import { type Filter, type Level, matchDataset, type Matcher, matchPersonName } from "./matching.ts";
-import type { Part10Header } from "../dicom/part10.ts";
 import { compareKeys, type ObjectInfo } from "../store/store.ts";
 import { type InstanceUids, parseInstanceKey } from "../dicom/uid.ts";
 import {
@@ -45,6 +44,7 @@ import {
   LAYOUT_REASON,
   studyColumns,
 } from "./documents.ts";
+import type { Part10Header } from "../dicom/dataset.ts";
 
 const SCHEMA_VERSION = 3;
 

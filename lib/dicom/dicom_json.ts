@@ -20,7 +20,7 @@ import {
   type Part10Header,
   readNumbers,
   trimValue,
-} from "./part10.ts";
+} from "./dataset.ts";
 
 /** One attribute of the DICOM JSON Model. */
 export interface DicomJsonAttribute {

@@ -11,10 +11,10 @@
  * @module
  */
 
-import { type DicomDataset, type DicomElement, type Part10Header } from "./part10.ts";
 import { EXPLICIT_VR_LITTLE_ENDIAN } from "./transfer_syntax.ts";
 import { MalformedError } from "../util/errors.ts";
 import { LONG_VRS } from "./dictionary.ts";
+import type { DicomDataset, DicomElement, Part10Header } from "./dataset.ts";
 
 type Op = { emit: Uint8Array } | { copy: number; length: number; swap: number };
 

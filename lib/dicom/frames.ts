@@ -9,9 +9,9 @@
  * @module
  */
 
-import { getNumber, getString, type Part10Header } from "./part10.ts";
 import { NATIVE_SYNTAXES, RLE_LOSSLESS } from "./transfer_syntax.ts";
 import { MalformedError, OutOfRangeError } from "../util/errors.ts";
+import { getNumber, getString, type Part10Header } from "./dataset.ts";
 
 /** A byte range of the object (or of the inflated stream for deflated objects). */
 export interface ByteSpan {

@@ -13,9 +13,9 @@
  */
 
 import { formatTag, KNOWN_VRS, LONG_VRS, vrOf } from "./dictionary.ts";
-import { type Part10Header } from "./part10.ts";
 import { type Encoding, IMPLICIT_LE } from "./transfer_syntax.ts";
 import { MalformedError } from "../util/errors.ts";
+import type { Part10Header } from "./dataset.ts";
 
 const ITEM = 0xfffee000;
 const ITEM_DELIMITER = 0xfffee00d;

@@ -13,7 +13,6 @@ import { loadHeader } from "../objects/header_cache.ts";
 import { HttpError } from "../http/errors.ts";
 import { multipartStream, type Part, randomBoundary } from "../http/multipart.ts";
 import { type MediaRange, parseAccept, rankRanges } from "../http/negotiation.ts";
-import type { Part10Header } from "../dicom/part10.ts";
 import { ahead } from "../objects/open_instance.ts";
 import type { RouteContext } from "../http/router.ts";
 import { bucketOf, readAheadOf, type Services } from "./services.ts";
@@ -21,6 +20,7 @@ import type { ObjectInfo } from "../store/store.ts";
 import { EXPLICIT_VR_LITTLE_ENDIAN } from "../dicom/transfer_syntax.ts";
 import { instanceKey } from "../dicom/uid.ts";
 import { describe, targetOf } from "./retrieve.ts";
+import type { Part10Header } from "../dicom/dataset.ts";
 
 /** How frames will be sent. */
 export interface FrameChoice {

@@ -22,13 +22,13 @@ import { loadHeader, objectSource } from "../objects/header_cache.ts";
 import { HttpError } from "../http/errors.ts";
 import { multipartStream, randomBoundary } from "../http/multipart.ts";
 import { parseAccept, rankRanges } from "../http/negotiation.ts";
-import { getString, type Part10Header } from "../dicom/part10.ts";
 import { renderAttributes, type RenderOptions, type Viewport, type VoiFunction } from "../imaging/render.ts";
 import type { RouteContext } from "../http/router.ts";
 import { bucketOf, type Services } from "./services.ts";
 import type { ObjectInfo } from "../store/store.ts";
 import { instanceKey, parseInstanceKey, seriesPrefix, studyPrefix } from "../dicom/uid.ts";
 import { describe, type Target, targetOf } from "./retrieve.ts";
+import { getString, type Part10Header } from "../dicom/dataset.ts";
 
 /** Options for {@linkcode registerRendered}. */
 export interface RenderedOptions {

@@ -13,7 +13,7 @@ import { HeaderCache } from "../objects/header_cache.ts";
 import { SharedReadAhead } from "../objects/open_instance.ts";
 import { HttpError } from "../http/errors.ts";
 import type { ObjectStore } from "../store/store.ts";
-import { type SyntaxCapabilities } from "../imaging/syntax_choice.ts";
+import type { SyntaxCapabilities } from "../imaging/syntax_choice.ts";
 
 /** Shared, long-lived parts of the server. */
 export interface Services {

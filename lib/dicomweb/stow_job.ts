@@ -9,7 +9,7 @@
 import { ChunkLedger, freeBuffer } from "../util/handoff.ts";
 import { HttpError } from "../http/errors.ts";
 import type { MultipartPart } from "../http/multipart_parser.ts";
-import { type Part10Header, readHeader } from "../dicom/part10.ts";
+import { readHeader } from "../dicom/part10.ts";
 import { Part10Check } from "../dicom/part10_check.ts";
 import type { Services } from "./services.ts";
 import type { ObjectInfo } from "../store/store.ts";
@@ -32,6 +32,7 @@ import {
   Tail,
   TAIL_BYTES,
 } from "./stow_part.ts";
+import type { Part10Header } from "../dicom/dataset.ts";
 
 const MIB = 1024 * 1024;
 

@@ -11,12 +11,13 @@ import { ChunkLedger } from "../util/handoff.ts";
 import { readFileMeta } from "../dicom/file_meta.ts";
 import { HttpError } from "../http/errors.ts";
 import { parseMediaType } from "../http/multipart_parser.ts";
-import { type Part10Header, type RangeSource } from "../dicom/part10.ts";
+import type { RangeSource } from "../dicom/part10.ts";
 import { Part10Check } from "../dicom/part10_check.ts";
 import { DEFLATED_SYNTAXES, encodingOf } from "../dicom/transfer_syntax.ts";
-import { type Services } from "./services.ts";
+import type { Services } from "./services.ts";
 import { isValidUid } from "../dicom/uid.ts";
 import { FAILURE } from "./stow_response.ts";
+import type { Part10Header } from "../dicom/dataset.ts";
 
 /** Bytes kept from the end of a streamed part, for elements after its Pixel Data. */
 export const TAIL_BYTES = 64 * 1024;

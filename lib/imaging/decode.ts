@@ -8,7 +8,6 @@
 
 import { canDecode, type DecodedFrame, decodedSize, type FrameDescription } from "../codecs/mod.ts";
 import { type CodecPool, defaultPool } from "./pool.ts";
-import { getNumber, getString, type Part10Header } from "../dicom/part10.ts";
 import { NATIVE_SYNTAXES } from "../dicom/transfer_syntax.ts";
 import {
   BusyError,
@@ -19,6 +18,7 @@ import {
   TooLargeError,
   UnprocessableError,
 } from "../util/errors.ts";
+import { getNumber, getString, type Part10Header } from "../dicom/dataset.ts";
 
 export type { DecodedFrame, FrameDescription } from "../codecs/mod.ts";
 

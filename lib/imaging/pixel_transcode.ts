@@ -16,18 +16,13 @@ import { DECODABLE_SYNTAXES, type DecodedFrame, decodedSize } from "../codecs/mo
 import { type CodecPool, defaultPool } from "./pool.ts";
 import { checkFrameSize, decodeFailure, describeFrame } from "./decode.ts";
 import { frameCount, planFrame } from "../dicom/frames.ts";
-import {
-  type DicomDataset,
-  type DicomElement,
-  getString,
-  parseObject,
-  type Part10Header,
-} from "../dicom/part10.ts";
+import { parseObject } from "../dicom/part10.ts";
 import { ahead, type OpenedInstance } from "../objects/open_instance.ts";
-import { type SyntaxChoice } from "./syntax_choice.ts";
+import type { SyntaxChoice } from "./syntax_choice.ts";
 import { EXPLICIT_VR_LITTLE_ENDIAN } from "../dicom/transfer_syntax.ts";
 import { MalformedError, NotAcceptableError, TooLargeError } from "../util/errors.ts";
 import { LONG_VRS } from "../dicom/dictionary.ts";
+import { type DicomDataset, type DicomElement, getString, type Part10Header } from "../dicom/dataset.ts";
 
 /** Default bound on a whole decoded instance: 1 GiB. */
 export const DEFAULT_MAX_INSTANCE_BYTES = 1024 * 1024 * 1024;

@@ -15,6 +15,7 @@
 import jpegJs from "jpeg-js";
 import type { DecodedFrame } from "../codecs/mod.ts";
 import { encodeJpegTurbo } from "../codecs/jpeg_turbo.ts";
+import { MalformedError } from "../util/errors.ts";
 import {
   type DicomDataset,
   type DicomElement,
@@ -23,8 +24,7 @@ import {
   getString,
   type Part10Header,
   readNumbers,
-} from "../dicom/part10.ts";
-import { MalformedError } from "../util/errors.ts";
+} from "../dicom/dataset.ts";
 
 /** VOI LUT Function (0028,1056). */
 export type VoiFunction = "LINEAR" | "LINEAR_EXACT" | "SIGMOID";

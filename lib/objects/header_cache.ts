@@ -5,9 +5,10 @@
  * @module
  */
 
-import { type Part10Header, type RangeSource, readHeader } from "../dicom/part10.ts";
+import { type RangeSource, readHeader } from "../dicom/part10.ts";
 import type { ObjectInfo, ObjectStore } from "../store/store.ts";
 import { CorruptObjectError, NotFoundError } from "../util/errors.ts";
+import type { Part10Header } from "../dicom/dataset.ts";
 
 /**
  * A byte-bounded LRU of parsed headers keyed by bucket, key and ETag, each with the instance's DICOM JSON

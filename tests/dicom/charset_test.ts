@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
 import { decodeText, isIso2022 } from "../../lib/dicom/charset.ts";
-import { type DicomDataset, elementStrings, parseBuffer } from "../../lib/dicom/part10.ts";
+import { parseBuffer } from "../../lib/dicom/part10.ts";
 import { resolveBulkDataPath } from "../../lib/dicom/dicom_json.ts";
 import { corpusDir } from "../_dicom_fixtures.ts";
+import { type DicomDataset, elementStrings } from "../../lib/dicom/dataset.ts";
 
 const bytes = (...values: (number | string)[]) =>
   Uint8Array.from(values.flatMap((v) => typeof v === "string" ? Array.from(v, (c) => c.charCodeAt(0)) : [v]));

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { stringifyDicomJson, toDicomJson } from "../../lib/dicom/dicom_json.ts";
 import { planFrame } from "../../lib/dicom/frames.ts";
-import { parseBuffer, parseObject, type Part10Header, readHeader } from "../../lib/dicom/part10.ts";
+import { parseBuffer, parseObject, readHeader } from "../../lib/dicom/part10.ts";
 import { toExplicitVrLittleEndian, transcodedLength, transcodeStream } from "../../lib/dicom/explicit_le.ts";
 import {
   buildPart10,
@@ -14,6 +14,7 @@ import {
   memorySource,
 } from "../_dicom_fixtures.ts";
 import { EXPLICIT_VR_LITTLE_ENDIAN } from "../../lib/dicom/transfer_syntax.ts";
+import type { Part10Header } from "../../lib/dicom/dataset.ts";
 
 const ELEMENTS: Fx[] = [
   { tag: 0x00080005, vr: "CS", value: "ISO_IR 100" },

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { frameCount, frameMediaType, type FramePlan, planFrame } from "../../lib/dicom/frames.ts";
-import { parseBuffer, parseObject, type Part10Header, readHeader } from "../../lib/dicom/part10.ts";
+import { parseBuffer, parseObject, readHeader } from "../../lib/dicom/part10.ts";
 import { buildPart10, corpusDir, EBE, type Fx, IN_CI, memorySource } from "../_dicom_fixtures.ts";
 
 function frameBytes(plan: FramePlan, bytes: Uint8Array): Uint8Array {
@@ -226,6 +226,7 @@ for path in sys.argv[1:]:
     out[os.path.basename(path)] = [hashlib.md5(f).hexdigest() for f in frames]
 print(json.dumps(out))
 `;
+import type { Part10Header } from "../../lib/dicom/dataset.ts";
 
 /** A Python with pydicom and numpy: Debian's /usr/bin/python3 first, then whatever python3 is on PATH. */
 function pydicomPython(): string | undefined {

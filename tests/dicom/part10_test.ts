@@ -1,15 +1,7 @@
 import assert from "node:assert/strict";
-import {
-  type DicomDataset,
-  getNumber,
-  getNumbers,
-  getString,
-  getStrings,
-  parseBuffer,
-  parseObject,
-  readHeader,
-} from "../../lib/dicom/part10.ts";
+import { parseBuffer, parseObject, readHeader } from "../../lib/dicom/part10.ts";
 import { buildPart10, corpusDir, EBE, ELE, type Fx, ILE, memorySource } from "../_dicom_fixtures.ts";
+import { type DicomDataset, getNumber, getNumbers, getString, getStrings } from "../../lib/dicom/dataset.ts";
 
 const SAMPLE: Fx[] = [
   { tag: 0x00080005, vr: "CS", value: "ISO_IR 100" },

@@ -10,15 +10,16 @@ import type { Catalog, InstanceToRecord, RecordOutcome } from "../../lib/catalog
 import { parseConfig } from "../../lib/config/config.ts";
 import { FileStore } from "../../lib/store/file_store.ts";
 import { MemoryStore } from "../../lib/store/memory_store.ts";
-import { type Part10Header, readHeader } from "../../lib/dicom/part10.ts";
+import { readHeader } from "../../lib/dicom/part10.ts";
 import type { ObjectInfo, ObjectStore } from "../../lib/store/store.ts";
-import { type StowOptions } from "../../lib/dicomweb/stow.ts";
+import type { StowOptions } from "../../lib/dicomweb/stow.ts";
 import { buildInstance, concat, md5, SHARED_DICOM, sharedCorpus } from "../_corpus.ts";
 import { boundaryOf, parseMultipart } from "../_multipart_parser.ts";
 import { observe } from "../_stores.ts";
 import { Part10Check } from "../../lib/dicom/part10_check.ts";
 import { FAILURE, WARNING_REPLACED } from "../../lib/dicomweb/stow_response.ts";
 import { testHandler } from "../_server.ts";
+import type { Part10Header } from "../../lib/dicom/dataset.ts";
 
 const AET = "STOW";
 const BUCKET = "stow-bucket";

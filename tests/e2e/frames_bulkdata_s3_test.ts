@@ -15,12 +15,7 @@ import {
 } from "../../lib/dicom/dicom_json.ts";
 import { FileStore } from "../../lib/store/file_store.ts";
 import { frameCount, planFrame } from "../../lib/dicom/frames.ts";
-import {
-  type DicomDataset,
-  type DicomElement,
-  parseObject,
-  type Part10Header,
-} from "../../lib/dicom/part10.ts";
+import { parseObject } from "../../lib/dicom/part10.ts";
 import { S3Store } from "../../lib/store/s3/s3_store.ts";
 import type { ObjectStore } from "../../lib/store/store.ts";
 import { buildInstance, builtCorpus, type CorpusFile, md5, SHARED_DICOM, sharedCorpus } from "../_corpus.ts";
@@ -29,6 +24,7 @@ import { startS3 } from "../_s3server.ts";
 import { observe } from "../_stores.ts";
 import { RE_ENCODABLE } from "../../lib/imaging/syntax_choice.ts";
 import { testServer } from "../_server.ts";
+import type { DicomDataset, DicomElement, Part10Header } from "../../lib/dicom/dataset.ts";
 
 const AET = "PIX";
 

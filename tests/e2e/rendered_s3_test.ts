@@ -12,7 +12,7 @@ import { decodedFrame } from "../../lib/imaging/decode.ts";
 import { FileStore } from "../../lib/store/file_store.ts";
 import { planFrame } from "../../lib/dicom/frames.ts";
 import { HeaderCache, loadHeader } from "../../lib/objects/header_cache.ts";
-import { getNumber, parseObject } from "../../lib/dicom/part10.ts";
+import { parseObject } from "../../lib/dicom/part10.ts";
 import { renderAttributes, renderFrame } from "../../lib/imaging/render.ts";
 import { openInstance } from "../../lib/objects/open_instance.ts";
 import { S3Store } from "../../lib/store/s3/s3_store.ts";
@@ -23,6 +23,7 @@ import { boundaryOf, parseMultipart } from "../_multipart_parser.ts";
 import { startS3 } from "../_s3server.ts";
 import { observe } from "../_stores.ts";
 import { testHandler, testServer } from "../_server.ts";
+import { getNumber } from "../../lib/dicom/dataset.ts";
 
 const AET = "RND";
 const TESTDATA = new URL("../testdata/", import.meta.url);

@@ -14,9 +14,10 @@ import { decodedFrame, describeFrame } from "../../lib/imaging/decode.ts";
 import { frameCount, planFrame } from "../../lib/dicom/frames.ts";
 import { toHttpError } from "../../lib/http/errors.ts";
 import { NotAcceptableError, TooLargeError } from "../../lib/util/errors.ts";
-import { getString, parseObject, type Part10Header } from "../../lib/dicom/part10.ts";
+import { parseObject } from "../../lib/dicom/part10.ts";
 import { decodeInstance } from "../../lib/imaging/pixel_transcode.ts";
 import { LOSSY_SYNTAXES } from "../../lib/dicom/transfer_syntax.ts";
+import { getString, type Part10Header } from "../../lib/dicom/dataset.ts";
 
 const CI = Deno.env.get("CI") === "true";
 const CORPUS = new URL("../../../shared/dicom/files/", import.meta.url);

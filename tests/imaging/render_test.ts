@@ -9,12 +9,7 @@ import { decodeFrame } from "../../lib/codecs/mod.ts";
 import { decodeJpegBaseline } from "../../lib/codecs/jpeg_turbo.ts";
 import { describeFrame } from "../../lib/imaging/decode.ts";
 import { frameCount, planFrame } from "../../lib/dicom/frames.ts";
-import {
-  type DicomDataset,
-  type DicomElement,
-  parseObject,
-  type Part10Header,
-} from "../../lib/dicom/part10.ts";
+import { parseObject } from "../../lib/dicom/part10.ts";
 import {
   applyViewport,
   encodeJpeg,
@@ -26,6 +21,7 @@ import {
   toDisplay,
   windowValue,
 } from "../../lib/imaging/render.ts";
+import type { DicomDataset, DicomElement, Part10Header } from "../../lib/dicom/dataset.ts";
 
 const CI = Deno.env.get("CI") === "true";
 const CORPUS = new URL("../../../shared/dicom/files/", import.meta.url);

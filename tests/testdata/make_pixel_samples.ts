@@ -16,13 +16,14 @@ import { encodeHtj2k } from "../../lib/codecs/htj2k.ts";
 import { encodeJ2k } from "../../lib/codecs/j2k.ts";
 import { closeDefaultPool, CodecPool } from "../../lib/imaging/pool.ts";
 import { frameCount, planFrame } from "../../lib/dicom/frames.ts";
-import { getNumber, parseObject, type Part10Header } from "../../lib/dicom/part10.ts";
+import { parseObject } from "../../lib/dicom/part10.ts";
 import {
   decodeInstance,
   encapsulatedInstance,
   type Override,
   textValue,
 } from "../../lib/imaging/pixel_transcode.ts";
+import { getNumber, type Part10Header } from "../../lib/dicom/dataset.ts";
 
 const CORPUS = new URL("../../../shared/dicom/files/", import.meta.url);
 const OUT = new URL("./", import.meta.url);

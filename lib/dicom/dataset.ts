@@ -1,0 +1,192 @@
+/**
+ * A parsed DICOM data set as the Part 10 reader returns it: elements by tag with their VR, offset, length and
+ * (when loaded) bytes, nested items and encapsulated fragments, the File Meta, the Pixel Data's position; and
+ * the accessors that read values from it (strings, numbers, trimmed per VR).
+ *
+ * @module
+ */
+
+import { decodeText } from "./charset.ts";
+
+/** One fragment of encapsulated pixel data: where its bytes are (after the 8-byte item header). */
+export interface Fragment {
+  offset: number;
+  length: number;
+}
+
+/** A data set (the top level or a sequence item). */
+export interface DicomDataset {
+  /** Elements by tag in file order. */
+  readonly elements: Map<number, DicomElement>;
+  /** Specific Character Set (0008,0005) in effect: the item's own, else inherited (`[]` = default). */
+  readonly characterSet: readonly string[];
+  /** Byte order of this data set's binary values (items of UN sequences are always little endian). */
+  readonly littleEndian: boolean;
+}
+
+/** One data element. */
+export interface DicomElement {
+  /** `group << 16 | element`, unsigned. */
+  readonly tag: number;
+  /** From the file (explicit VR) or the dictionary (implicit VR); UN sequences read as items become "SQ". */
+  readonly vr: string;
+  /** Absolute offset of the value (for deflated objects: in the inflated stream, see {@linkcode Part10Header}). */
+  readonly offset: number;
+  /** Value length in bytes; -1 for undefined length. */
+  readonly length: number;
+  /** The value when loaded (not for sequences, encapsulated or bulk values). */
+  readonly bytes?: Uint8Array;
+  /** Items of a sequence. */
+  readonly items?: DicomDataset[];
+  /** Fragments of encapsulated (undefined length OB/OW) data, the Basic Offset Table item included. */
+  readonly fragments?: Fragment[];
+}
+
+/** The File Meta Information group (0002,eeee). */
+export interface FileMeta {
+  transferSyntaxUid?: string;
+  mediaStorageSopClassUid?: string;
+  mediaStorageSopInstanceUid?: string;
+  implementationClassUid?: string;
+  implementationVersionName?: string;
+  /** Whether the 128-byte preamble and "DICM" were present (false: the group starts at offset 0). */
+  preamble: boolean;
+  /** Byte range of the group's elements: `[start, datasetOffset)`. */
+  start: number;
+  /** Where the main data set starts. */
+  datasetOffset: number;
+  /** The meta elements themselves (always explicit VR little endian). */
+  elements: DicomDataset;
+}
+
+/** Top-level Pixel Data (7FE0,0010), Float (7FE0,0008) or Double Float (7FE0,0009) Pixel Data. */
+export interface PixelDataInfo {
+  tag: number;
+  vr: string;
+  /** Offset of the value (native) or of the first item header (encapsulated). */
+  offset: number;
+  /** Value length; -1 when encapsulated. */
+  length: number;
+  encapsulated: boolean;
+  /** Encapsulated: the fragments after the Basic Offset Table item. */
+  fragments?: Fragment[];
+  /** Encapsulated: Basic Offset Table entries (relative to the first fragment's item header); `[]` if empty. */
+  basicOffsetTable?: number[];
+  /** Extended Offset Table (7FE0,0001), same base as the Basic Offset Table. */
+  extendedOffsetTable?: number[];
+  /** Extended Offset Table Lengths (7FE0,0002). */
+  extendedOffsetTableLengths?: number[];
+  /** Offset just past the element (past the sequence delimiter when encapsulated). */
+  end: number;
+}
+
+/** What {@linkcode readHeader} and {@linkcode parseBuffer} return. */
+export interface Part10Header {
+  name: string;
+  /** Size of the address space offsets refer to: the object size, or meta + inflated length if deflated. */
+  size: number;
+  /** File Meta Information; undefined for a raw data set. */
+  meta?: FileMeta;
+  /** The transfer syntax the data set was read with (detected when the meta or its (0002,0010) is missing). */
+  transferSyntaxUid: string;
+  /** Where the main data set starts. */
+  datasetOffset: number;
+  littleEndian: boolean;
+  explicitVR: boolean;
+  /** Deflated: offsets are into `inflated`, ranged reads of the object cannot serve values. */
+  deflated: boolean;
+  /** For deflated objects: the File Meta bytes followed by the inflated data set. */
+  inflated?: Uint8Array;
+  dataset: DicomDataset;
+  pixelData?: PixelDataInfo;
+}
+
+/** The element with this tag, if present. */
+export function getElement(dataset: DicomDataset, tag: number): DicomElement | undefined {
+  return dataset.elements.get(tag >>> 0);
+}
+
+/**
+ * The text of a loaded element, decoded with the data set's character set, padding removed per VR (trailing
+ * spaces and NULs; leading spaces too for AE, CS, DS, IS, LO, PN, SH). Multi-valued text keeps its backslashes.
+ */
+export function getString(dataset: DicomDataset, tag: number): string | undefined {
+  const el = getElement(dataset, tag);
+  if (!el?.bytes) return undefined;
+  return trimValue(decodeText(el.bytes, dataset.characterSet, el.vr), el.vr);
+}
+
+/** The values of a loaded text element (split on `\` except for LT, ST, UT, UR), each trimmed per VR. */
+export function getStrings(dataset: DicomDataset, tag: number): string[] | undefined {
+  const el = getElement(dataset, tag);
+  return el?.bytes ? elementStrings(el, dataset) : undefined;
+}
+
+/** The first number of a loaded numeric element (US, SS, UL, SL, FL, FD, SV, UV, IS, DS); undefined for other VRs. */
+export function getNumber(dataset: DicomDataset, tag: number): number | undefined {
+  return getNumbers(dataset, tag)?.[0];
+}
+
+/** All numbers of a loaded numeric element; IS/DS text that is not a number gives `NaN`. */
+export function getNumbers(dataset: DicomDataset, tag: number): number[] | undefined {
+  const el = getElement(dataset, tag);
+  if (!el?.bytes) return undefined;
+  if (el.vr === "IS" || el.vr === "DS") {
+    return elementStrings(el, dataset).map((s) => s === "" ? NaN : Number(s));
+  }
+  if (!NUMERIC_VRS.has(el.vr)) return undefined;
+  return readNumbers(el.bytes, el.vr, dataset.littleEndian).map(Number);
+}
+
+/** Splits and trims the decoded text of an element (see {@linkcode getStrings}). */
+export function elementStrings(el: DicomElement, dataset: DicomDataset): string[] {
+  if (!el.bytes || el.bytes.length === 0) return [];
+  const text = decodeText(el.bytes, dataset.characterSet, el.vr);
+  if (SINGLE_VALUED_TEXT.has(el.vr)) return [trimValue(text, el.vr)];
+  return text.split("\\").map((s) => trimValue(s, el.vr));
+}
+
+export const NUMERIC_VRS = new Set(["US", "SS", "UL", "SL", "FL", "FD", "SV", "UV"]);
+
+export const SINGLE_VALUED_TEXT = new Set(["LT", "ST", "UT", "UR"]);
+
+export const BOTH_ENDS = new Set(["AE", "CS", "DS", "IS", "LO", "PN", "SH"]);
+
+/** Removes insignificant padding from one value. */
+export function trimValue(value: string, vr: string): string {
+  const trailing = value.replace(/[ \0]+$/, "");
+  return BOTH_ENDS.has(vr) ? trailing.replace(/^ +/, "") : trailing;
+}
+
+/** Decodes a binary numeric value: US, SS, UL, SL, FL, FD, OF, OD, OL, OW (as uint16), AT (as uint32), SV, UV. */
+export function readNumbers(bytes: Uint8Array, vr: string, littleEndian: boolean): (number | bigint)[] {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const spec: Record<string, [number, (at: number) => number | bigint]> = {
+    US: [2, (at) => view.getUint16(at, littleEndian)],
+    OW: [2, (at) => view.getUint16(at, littleEndian)],
+    SS: [2, (at) => view.getInt16(at, littleEndian)],
+    UL: [4, (at) => view.getUint32(at, littleEndian)],
+    OL: [4, (at) => view.getUint32(at, littleEndian)],
+    SL: [4, (at) => view.getInt32(at, littleEndian)],
+    FL: [4, (at) => view.getFloat32(at, littleEndian)],
+    OF: [4, (at) => view.getFloat32(at, littleEndian)],
+    FD: [8, (at) => view.getFloat64(at, littleEndian)],
+    OD: [8, (at) => view.getFloat64(at, littleEndian)],
+    SV: [8, (at) => view.getBigInt64(at, littleEndian)],
+    UV: [8, (at) => view.getBigUint64(at, littleEndian)],
+    OV: [8, (at) => view.getBigUint64(at, littleEndian)],
+  };
+  if (vr === "AT") {
+    const out: number[] = [];
+    for (let at = 0; at + 4 <= bytes.length; at += 4) {
+      out.push((view.getUint16(at, littleEndian) << 16 | view.getUint16(at + 2, littleEndian)) >>> 0);
+    }
+    return out;
+  }
+  const entry = spec[vr];
+  if (!entry) throw new TypeError(`Cannot read numbers of VR ${vr}`);
+  const [width, get] = entry;
+  const out: (number | bigint)[] = [];
+  for (let at = 0; at + width <= bytes.length; at += width) out.push(get(at));
+  return out;
+}
