@@ -11,6 +11,11 @@
  * The schema version is kept in `PRAGMA user_version`: a file from another version is emptied and rebuilt
  * (it is derived data), as is one written with another bulk data threshold.
  *
+ * Why one file of ~900 lines: {@linkcode SqliteCatalog} is one class over one connection, and its three roles
+ * (writing instances, crawling, reading; marked by section comments) share private prepared statements,
+ * transactions and the series/study refresh. The schema (sqlite_schema.ts) and the filter-to-SQL compiler
+ * (sql_filter.ts) are apart.
+ *
  * @module
  */
 
@@ -30,7 +35,7 @@ import type {
   StoredInstance,
 } from "./catalog.ts";
 import { type DicomJson, stringifyDicomJson } from "../dicom/dicom_json.ts";
-import { type Filter, type Level, matchDataset, type Matcher, matchPersonName } from "./matching.ts";
+import { type Filter, matchDataset, matchPersonName } from "./matching.ts";
 import { compareKeys, type ObjectInfo } from "../store/store.ts";
 import { type InstanceUids, parseInstanceKey } from "../dicom/uid.ts";
 import {
@@ -45,75 +50,17 @@ import {
   studyColumns,
 } from "./documents.ts";
 import type { Part10Header } from "../dicom/dataset.ts";
-
-const SCHEMA_VERSION = 3;
-
-/**
- * Fixed planner statistics (`sqlite_stat1`) shaped like a large catalog: few AETs, unique UIDs and IDs. Without
- * them SQLite walks the date-ordered index for `PatientID=x` instead of looking the ID up; with `ANALYZE` on a
- * small or empty catalog it would guess just as badly. Format: rows, then rows per value of each index prefix.
- */
-const PLANNER_STATS: [string, string, string][] = [
-  ["studies", "studies_key", "1000000 100000 1"],
-  ["studies", "studies_order", "1000000 100000 100 50 1"],
-  ["studies", "studies_patient_id", "1000000 100000 3"],
-  ["studies", "studies_accession", "1000000 100000 1"],
-  ["studies", "studies_study_id", "1000000 100000 20"],
-  ["studies", "studies_patient_name", "1000000 100000 3"],
-  ["series", "series_key", "3000000 300000 3 1"],
-  ["series", "series_uid", "3000000 300000 1"],
-  ["series", "series_modality", "3000000 300000 30000"],
-  ["objects", "objects_key", "60000000 6000000 1"],
-  ["objects", "objects_series", "60000000 6000000 60 20 10"],
-  ["objects", "objects_sop", "60000000 6000000 1"],
-  ["objects", "objects_state", "60000000 6000000 2000000 1"],
-];
-
-/** Object states (the `objects.state` column). */
-const LISTED = 0;
-const INDEXED = 1;
-const FAILED = 2;
-const IGNORED = 3;
-const VALID = `(${LISTED}, ${INDEXED})`;
-
-const SCHEMA = `
-CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE aets (
-  aet TEXT PRIMARY KEY, bucket TEXT NOT NULL, complete_at INTEGER, last_error TEXT, owner TEXT, lease_until INTEGER
-);
-CREATE TABLE objects (
-  id INTEGER PRIMARY KEY, aet TEXT NOT NULL, key TEXT NOT NULL, size INTEGER NOT NULL, etag TEXT NOT NULL,
-  study TEXT, series TEXT, sop TEXT, state INTEGER NOT NULL, error TEXT, seen_at INTEGER NOT NULL,
-  sop_class TEXT, instance_number INTEGER
-);
-CREATE UNIQUE INDEX objects_key ON objects (aet, key);
-CREATE INDEX objects_series ON objects (aet, study, series, state);
-CREATE INDEX objects_sop ON objects (aet, sop);
-CREATE INDEX objects_state ON objects (aet, state, key);
-CREATE TABLE documents (id INTEGER PRIMARY KEY, json TEXT NOT NULL);
-CREATE TABLE series (
-  id INTEGER PRIMARY KEY, aet TEXT NOT NULL, study TEXT NOT NULL, series TEXT NOT NULL,
-  modality TEXT, series_number INTEGER, pps_date TEXT, pps_time TEXT, pps_time_high TEXT,
-  num_instances INTEGER NOT NULL DEFAULT 0, json TEXT NOT NULL, study_json TEXT NOT NULL,
-  source_key TEXT NOT NULL, source_etag TEXT NOT NULL
-);
-CREATE UNIQUE INDEX series_key ON series (aet, study, series);
-CREATE INDEX series_uid ON series (aet, series);
-CREATE INDEX series_modality ON series (aet, modality);
-CREATE TABLE studies (
-  id INTEGER PRIMARY KEY, aet TEXT NOT NULL, study TEXT NOT NULL,
-  study_date TEXT, study_time TEXT, study_time_high TEXT, accession TEXT, referring TEXT, patient_name TEXT,
-  patient_id TEXT, study_id TEXT, modalities TEXT NOT NULL DEFAULT '', sop_classes TEXT NOT NULL DEFAULT '',
-  num_series INTEGER NOT NULL DEFAULT 0,
-  num_instances INTEGER NOT NULL DEFAULT 0, json TEXT NOT NULL
-);
-CREATE UNIQUE INDEX studies_key ON studies (aet, study);
-CREATE INDEX studies_order ON studies (aet, study_date DESC, study_time DESC, study);
-CREATE INDEX studies_patient_id ON studies (aet, patient_id);
-CREATE INDEX studies_accession ON studies (aet, accession);
-CREATE INDEX studies_study_id ON studies (aet, study_id);
-CREATE INDEX studies_patient_name ON studies (aet, patient_name);
-`;
+import {
+  FAILED,
+  IGNORED,
+  INDEXED,
+  LISTED,
+  PLANNER_STATS,
+  SCHEMA,
+  SCHEMA_VERSION,
+  VALID,
+} from "./sqlite_schema.ts";
+import { condition } from "./sql_filter.ts";
 
 /** Options for {@linkcode openSqliteCatalog}. */
 export interface SqliteCatalogOptions {
@@ -999,142 +946,3 @@ function settle<T>(fn: () => T): Promise<T> {
 }
 
 // ---- filters → SQL ----
-
-type ColumnType = "text" | "pn" | "date" | "time" | "int";
-
-interface Column {
-  type: ColumnType;
-  /** The column expression per query level (the alias holding it). */
-  column: (level: Level) => string;
-  /** For times: the column holding the upper end of the stored value's span. */
-  high?: string;
-}
-
-const fixed = (expression: string) => () => expression;
-
-const COLUMNS: Record<string, Column> = {
-  "0020000D": {
-    type: "text",
-    column: (level) => level === "study" ? "s.study" : level === "series" ? "se.study" : "o.study",
-  },
-  "00080020": { type: "date", column: fixed("s.study_date") },
-  "00080030": { type: "time", column: fixed("s.study_time"), high: "s.study_time_high" },
-  "00080050": { type: "text", column: fixed("s.accession") },
-  "00080090": { type: "pn", column: fixed("s.referring") },
-  "00100010": { type: "pn", column: fixed("s.patient_name") },
-  "00100020": { type: "text", column: fixed("s.patient_id") },
-  "00200010": { type: "text", column: fixed("s.study_id") },
-  "0020000E": { type: "text", column: (level) => level === "series" ? "se.series" : "o.series" },
-  "00080060": { type: "text", column: fixed("se.modality") },
-  "00200011": { type: "int", column: fixed("se.series_number") },
-  "00400244": { type: "date", column: fixed("se.pps_date") },
-  "00400245": { type: "time", column: fixed("se.pps_time"), high: "se.pps_time_high" },
-  "00080018": { type: "text", column: fixed("o.sop") },
-  "00080016": { type: "text", column: fixed("o.sop_class") },
-  "00200013": { type: "int", column: fixed("o.instance_number") },
-};
-
-const DOCUMENTS: Record<Level, string> = { study: "s.json", series: "se.json", instance: "d.json" };
-
-/** One filter as an SQL condition (its parameters appended to `args`). */
-function condition(filter: Filter, level: Level, args: SQLInputValue[]): string {
-  if (filter.matcher.kind === "universal") return "1";
-  const spec = JSON.stringify({
-    path: filter.path,
-    vr: filter.vr,
-    matcher: filter.matcher,
-    fuzzy: filter.fuzzy,
-  });
-  if (filter.key === "00080061") {
-    const m = filter.matcher;
-    if (m.kind === "empty") {
-      return "NOT EXISTS (SELECT 1 FROM series m WHERE m.aet = s.aet AND m.study = s.study AND m.modality <> '')";
-    }
-    return `EXISTS (SELECT 1 FROM series m WHERE m.aet = s.aet AND m.study = s.study AND ${
-      textCondition("m.modality", m, args)
-    })`;
-  }
-  const column = COLUMNS[filter.key];
-  if (!column) {
-    const doc = DOCUMENTS[filter.level];
-    // The JSON text must contain a literal part of the value (not for PN, which is folded, nor numbers).
-    const literal = filter.vr === "PN" ? undefined : longestLiteral(filter.matcher);
-    const plain = literal !== undefined && literal.length >= 2 &&
-      ![...literal].some((c) => c < " " || c === '"' || c === "\\");
-    const prefilter = plain ? `instr(${doc}, ?) > 0 AND ` : "";
-    if (prefilter) args.push(literal!);
-    args.push(spec);
-    return `(${prefilter}qido_match(${doc}, ?))`;
-  }
-  const c = column.column(level);
-  const m = filter.matcher;
-  if (m.kind === "empty") return `(${c} IS NULL OR ${c} = '')`;
-  switch (column.type) {
-    case "pn": {
-      // `*LIT*` (OHIF's filter) is exactly "some name contains LIT"; otherwise a literal part narrows first.
-      const contains = m.kind === "wildcard" ? /^\*+([^*?=\\^]+)\*+$/.exec(m.pattern)?.[1] : undefined;
-      if (contains !== undefined) {
-        args.push(contains);
-        return `instr(${c}, ?) > 0`;
-      }
-      const literal = longestLiteral(m);
-      if (literal === undefined) {
-        args.push(spec);
-        return `qido_pn(${c}, ?)`;
-      }
-      args.push(literal, spec);
-      return `(instr(${c}, ?) > 0 AND qido_pn(${c}, ?))`;
-    }
-    case "date":
-    case "time": {
-      if (m.kind !== "range") return "0";
-      const parts: string[] = [`${c} IS NOT NULL`];
-      if (m.from !== undefined) {
-        parts.push(`${column.high ?? c} >= ?`);
-        args.push(m.from);
-      }
-      if (m.to !== undefined) {
-        parts.push(`${c} <= ?`);
-        args.push(m.to);
-      }
-      return `(${parts.join(" AND ")})`;
-    }
-    case "int":
-      if (m.kind !== "number") return "0";
-      args.push(m.value);
-      return `${c} = ?`;
-    default:
-      return textCondition(c, m, args);
-  }
-}
-
-/** The longest run of a single/wildcard value without wildcards or name separators, if any. */
-function longestLiteral(m: Matcher): string | undefined {
-  const text = m.kind === "single" ? m.value : m.kind === "wildcard" ? m.pattern : undefined;
-  if (text === undefined) return undefined;
-  const longest = text.split(/[*?=\\^]/).reduce((a, b) => b.length > a.length ? b : a, "");
-  return longest === "" ? undefined : longest;
-}
-
-function textCondition(c: string, m: Matcher, args: SQLInputValue[]): string {
-  switch (m.kind) {
-    case "universal":
-      return "1";
-    case "empty":
-      return `(${c} IS NULL OR ${c} = '')`;
-    case "single":
-      args.push(m.value);
-      return `${c} = ?`;
-    case "wildcard":
-      args.push(m.pattern.replaceAll("[", "[[]"));
-      return `${c} GLOB ?`;
-    case "list":
-      args.push(...m.values);
-      return `${c} IN (${m.values.map(() => "?").join(", ")})`;
-    case "number":
-      args.push(String(m.value));
-      return `${c} = ?`;
-    case "range":
-      return "0";
-  }
-}

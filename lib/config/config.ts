@@ -9,6 +9,8 @@ import { AUDIT_CONFIG_NAMES, type AuditTarget, parseAuditConfig } from "../secur
 import { AUTH_CONFIG_NAMES, type AuthConfig, parseAuthConfig } from "../security/auth.ts";
 import { LIMITS_CONFIG_NAMES, type LimitsConfig, parseLimitsConfig } from "../security/limits.ts";
 import { parseTransportConfig, TRANSPORT_CONFIG_NAMES, type TrustedProxies } from "../security/proxies.ts";
+import { settingsReader } from "../util/settings.ts";
+import { AET_PATTERN } from "../http/urls.ts";
 
 /** The S3 connection settings. */
 export interface S3Config {
@@ -111,8 +113,6 @@ export const CONFIG_NAMES = [
   ...TRANSPORT_CONFIG_NAMES,
 ] as const;
 
-const AET_PATTERN = /^[A-Za-z0-9_.\-]{1,64}$/;
-
 /**
  * Validates settings given as strings (from the environment or a JSON file).
  *
@@ -125,28 +125,7 @@ const AET_PATTERN = /^[A-Za-z0-9_.\-]{1,64}$/;
  */
 export function parseConfig(env: Record<string, string | undefined>): Config {
   const problems: string[] = [];
-  const get = (name: string) => {
-    const value = env[name];
-    return value === undefined || value.trim() === "" ? undefined : value.trim();
-  };
-  const integer = (name: string, fallback: number, min: number, max: number) => {
-    const raw = get(name);
-    if (raw === undefined) return fallback;
-    const n = Number(raw);
-    if (!/^\d+$/.test(raw) || n < min || n > max) {
-      problems.push(`${name}=${JSON.stringify(raw)} is not valid: use a whole number from ${min} to ${max}`);
-      return fallback;
-    }
-    return n;
-  };
-  const boolean = (name: string, fallback: boolean) => {
-    const raw = get(name)?.toLowerCase();
-    if (raw === undefined) return fallback;
-    if (["1", "true", "yes", "on"].includes(raw)) return true;
-    if (["0", "false", "no", "off"].includes(raw)) return false;
-    problems.push(`${name}=${JSON.stringify(raw)} is not valid: use true or false`);
-    return fallback;
-  };
+  const { get, integer, boolean } = settingsReader(env, problems);
 
   const port = integer("PORT", 8080, 0, 65535);
   const hostname = get("HOSTNAME") ?? "127.0.0.1";

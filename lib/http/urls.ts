@@ -5,6 +5,9 @@
  * @module
  */
 
+/** An AET as routes and settings take it: letters, digits, `_`, `.` and `-`, at most 64 characters. */
+export const AET_PATTERN = /^[A-Za-z0-9_.\-]{1,64}$/;
+
 /** The settings that shape public URLs. */
 export interface UrlOptions {
   /** Absolute URL of the server root as clients reach it (includes any path), no trailing slash. */

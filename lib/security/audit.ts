@@ -11,7 +11,8 @@
  */
 
 import type { AuthMethod, Principal } from "./auth.ts";
-import { settingsReader } from "./limits.ts";
+import { settingsReader } from "../util/settings.ts";
+import { AET_PATTERN } from "../http/urls.ts";
 
 /** Where audit lines go. */
 export type AuditTarget = { kind: "stderr" | "stdout" | "off" } | { kind: "file"; path: string };
@@ -97,7 +98,6 @@ export interface AuditTargetPath {
 }
 
 const UID = /^[0-9.]{1,64}$/;
-const AET = /^[A-Za-z0-9_.\-]{1,64}$/;
 const INVALID = "(invalid)";
 
 /**
@@ -117,7 +117,7 @@ export function auditTargetOf(pathname: string, basePath: string): AuditTargetPa
   const segments = pathname.slice(basePath.length).split("/").slice(1);
   if (segments[0] !== "aets" || segments.length < 3 || segments[1] === "") return undefined;
   const out: AuditTargetPath = {
-    aet: AET.test(segments[1]) ? segments[1] : INVALID,
+    aet: AET_PATTERN.test(segments[1]) ? segments[1] : INVALID,
     resource: "",
     search: false,
   };

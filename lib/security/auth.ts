@@ -23,9 +23,7 @@ import {
   ClientLimiter,
   limitRequestBody,
   type LimitsConfig,
-  ReadBudget,
   releaseWhenDone,
-  settingsReader,
   withDeadline,
 } from "./limits.ts";
 import type { ObjectStore } from "../store/store.ts";
@@ -36,6 +34,9 @@ import {
   type Peer,
   type TrustedProxies,
 } from "./proxies.ts";
+import { settingsReader } from "../util/settings.ts";
+import { ReadBudget } from "../store/read_budget.ts";
+import { AET_PATTERN } from "../http/urls.ts";
 
 // ---------------------------------------------------------------------------------------------------
 // Types and settings
@@ -133,7 +134,6 @@ const ASYMMETRIC = [
   "Ed25519",
 ];
 const DEFAULT_ALGORITHMS = ASYMMETRIC.filter((a) => a !== "Ed25519");
-const AET_PATTERN = /^[A-Za-z0-9_.\-]{1,64}$/;
 /** A valid subject name: a token's or user's name in `AUTH_TOKENS`, `AUTH_USERS` and `AUTH_GRANTS`. */
 export const NAME_PATTERN = /^[A-Za-z0-9_.@+\-]{1,128}$/;
 /** Fewest PBKDF2 iterations accepted in `AUTH_USERS`. */

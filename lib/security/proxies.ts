@@ -8,8 +8,8 @@
  * @module
  */
 
-import { settingsReader } from "./limits.ts";
 import { MalformedError } from "../util/errors.ts";
+import { settingsReader } from "../util/settings.ts";
 
 /** The TLS and proxy settings, validated. */
 export interface TransportConfig {

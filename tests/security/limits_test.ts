@@ -10,7 +10,6 @@ import {
   ClientLimiter,
   limitRequestBody,
   parseLimitsConfig,
-  ReadBudget,
   releaseWhenDone,
   tooManyParts,
   withDeadline,
@@ -20,6 +19,7 @@ import type { GetOptions, ObjectStore } from "../../lib/store/store.ts";
 import { buildInstance } from "../_corpus.ts";
 import { securedHandler } from "../_jwks.ts";
 import { eventually, observe } from "../_stores.ts";
+import { ReadBudget } from "../../lib/store/read_budget.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

@@ -1,0 +1,79 @@
+/**
+ * The SQLite catalog's schema: its tables and indexes, the version kept in `PRAGMA user_version`, the object
+ * states, and fixed planner statistics.
+ *
+ * @module
+ */
+
+export const SCHEMA_VERSION = 3;
+
+/**
+ * Fixed planner statistics (`sqlite_stat1`) shaped like a large catalog: few AETs, unique UIDs and IDs. Without
+ * them SQLite walks the date-ordered index for `PatientID=x` instead of looking the ID up; with `ANALYZE` on a
+ * small or empty catalog it would guess just as badly. Format: rows, then rows per value of each index prefix.
+ */
+export const PLANNER_STATS: [string, string, string][] = [
+  ["studies", "studies_key", "1000000 100000 1"],
+  ["studies", "studies_order", "1000000 100000 100 50 1"],
+  ["studies", "studies_patient_id", "1000000 100000 3"],
+  ["studies", "studies_accession", "1000000 100000 1"],
+  ["studies", "studies_study_id", "1000000 100000 20"],
+  ["studies", "studies_patient_name", "1000000 100000 3"],
+  ["series", "series_key", "3000000 300000 3 1"],
+  ["series", "series_uid", "3000000 300000 1"],
+  ["series", "series_modality", "3000000 300000 30000"],
+  ["objects", "objects_key", "60000000 6000000 1"],
+  ["objects", "objects_series", "60000000 6000000 60 20 10"],
+  ["objects", "objects_sop", "60000000 6000000 1"],
+  ["objects", "objects_state", "60000000 6000000 2000000 1"],
+];
+
+/** Object states (the `objects.state` column). */
+export const LISTED = 0;
+
+export const INDEXED = 1;
+
+export const FAILED = 2;
+
+export const IGNORED = 3;
+
+export const VALID = `(${LISTED}, ${INDEXED})`;
+
+export const SCHEMA = `
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE aets (
+  aet TEXT PRIMARY KEY, bucket TEXT NOT NULL, complete_at INTEGER, last_error TEXT, owner TEXT, lease_until INTEGER
+);
+CREATE TABLE objects (
+  id INTEGER PRIMARY KEY, aet TEXT NOT NULL, key TEXT NOT NULL, size INTEGER NOT NULL, etag TEXT NOT NULL,
+  study TEXT, series TEXT, sop TEXT, state INTEGER NOT NULL, error TEXT, seen_at INTEGER NOT NULL,
+  sop_class TEXT, instance_number INTEGER
+);
+CREATE UNIQUE INDEX objects_key ON objects (aet, key);
+CREATE INDEX objects_series ON objects (aet, study, series, state);
+CREATE INDEX objects_sop ON objects (aet, sop);
+CREATE INDEX objects_state ON objects (aet, state, key);
+CREATE TABLE documents (id INTEGER PRIMARY KEY, json TEXT NOT NULL);
+CREATE TABLE series (
+  id INTEGER PRIMARY KEY, aet TEXT NOT NULL, study TEXT NOT NULL, series TEXT NOT NULL,
+  modality TEXT, series_number INTEGER, pps_date TEXT, pps_time TEXT, pps_time_high TEXT,
+  num_instances INTEGER NOT NULL DEFAULT 0, json TEXT NOT NULL, study_json TEXT NOT NULL,
+  source_key TEXT NOT NULL, source_etag TEXT NOT NULL
+);
+CREATE UNIQUE INDEX series_key ON series (aet, study, series);
+CREATE INDEX series_uid ON series (aet, series);
+CREATE INDEX series_modality ON series (aet, modality);
+CREATE TABLE studies (
+  id INTEGER PRIMARY KEY, aet TEXT NOT NULL, study TEXT NOT NULL,
+  study_date TEXT, study_time TEXT, study_time_high TEXT, accession TEXT, referring TEXT, patient_name TEXT,
+  patient_id TEXT, study_id TEXT, modalities TEXT NOT NULL DEFAULT '', sop_classes TEXT NOT NULL DEFAULT '',
+  num_series INTEGER NOT NULL DEFAULT 0,
+  num_instances INTEGER NOT NULL DEFAULT 0, json TEXT NOT NULL
+);
+CREATE UNIQUE INDEX studies_key ON studies (aet, study);
+CREATE INDEX studies_order ON studies (aet, study_date DESC, study_time DESC, study);
+CREATE INDEX studies_patient_id ON studies (aet, patient_id);
+CREATE INDEX studies_accession ON studies (aet, accession);
+CREATE INDEX studies_study_id ON studies (aet, study_id);
+CREATE INDEX studies_patient_name ON studies (aet, patient_name);
+`;

@@ -1,0 +1,252 @@
+/**
+ * The store read budget (`REQUEST_READ_BUDGET_MB`): a store wrapper that caps the bytes one request may have
+ * open from the store at once, per request through `AsyncLocalStorage`.
+ *
+ * @module
+ */
+
+import { AsyncLocalStorage } from "node:async_hooks";
+import type { GetOptions, ObjectBody, ObjectStore } from "./store.ts";
+import { OutOfRangeError } from "../util/errors.ts";
+
+export interface Budget {
+  max: number;
+  open: number;
+  waiting: { bytes: number; grant: () => void }[];
+}
+
+/**
+ * Caps the bytes one request may have open from the store at once. {@linkcode ReadBudget.store} wraps the
+ * shared store; {@linkcode ReadBudget.scope} runs a request's handler (and later its body) with a budget of
+ * its own. A `get` counts the bytes it asks for (its range, or the object's size) until its body ends or is
+ * cancelled; one that would go over waits for earlier ones to finish, except that a request with nothing
+ * open always proceeds, and a wait longer than `maxWaitMs` (default 10 s) proceeds anyway, so a request that
+ * reads a header range while the same object streams cannot deadlock on itself. Reads outside a scope
+ * (background work such as crawls) are not counted. Whole-object reads are counted once the store says how
+ * long they are (no extra HEAD); ranged reads before they are sent.
+ *
+ * @example
+ * ```ts ignore
+ * const budget = new ReadBudget(256 * 1024 * 1024);
+ * const store = budget.store(new S3Store(...));           // main.ts
+ * response = await budget.scope(() => dispatch(request)); // app.ts
+ * ```
+ */
+export class ReadBudget {
+  readonly maxBytes: number;
+  /** Longest a read waits for budget before it proceeds anyway (a request never deadlocks on itself). */
+  readonly maxWaitMs: number;
+  readonly #context = new AsyncLocalStorage<Budget>();
+
+  /** `maxBytes` = 0 turns the budget off (the wrapped store passes through). */
+  constructor(maxBytes: number, options: { maxWaitMs?: number } = {}) {
+    if (!Number.isSafeInteger(maxBytes) || maxBytes < 0) {
+      throw new OutOfRangeError(`Invalid read budget: ${maxBytes}`);
+    }
+    this.maxBytes = maxBytes;
+    this.maxWaitMs = options.maxWaitMs ?? 10_000;
+  }
+
+  /**
+   * Runs `handler` under a fresh budget; the body of the response it returns keeps that budget as it is
+   * pulled (the HTTP server pulls it from outside the handler's async context).
+   */
+  async scope(handler: () => Promise<Response> | Response): Promise<Response> {
+    if (this.maxBytes === 0) return await handler();
+    const budget: Budget = { max: this.maxBytes, open: 0, waiting: [] };
+    return await this.#context.run(budget, async () => {
+      const response = await handler();
+      if (response.body === null) return response;
+      const reader = response.body.getReader();
+      const enter = AsyncLocalStorage.snapshot();
+      const body = new ReadableStream<Uint8Array>({
+        async pull(controller) {
+          const { value, done } = await enter(() => reader.read());
+          if (done) controller.close();
+          else controller.enqueue(value);
+        },
+        cancel(reason) {
+          return enter(() => reader.cancel(reason));
+        },
+      }, { highWaterMark: 0 });
+      return new Response(body, {
+        status: response.status,
+        statusText: response.statusText,
+        headers: response.headers,
+      });
+    });
+  }
+
+  /** Bytes open in the current scope (for tests and diagnostics); 0 outside a scope. */
+  openBytes(): number {
+    return this.#context.getStore()?.open ?? 0;
+  }
+
+  /** `store` with every `get` inside a {@linkcode ReadBudget.scope} counted against that scope's budget. */
+  store(store: ObjectStore): ObjectStore {
+    if (this.maxBytes === 0) return store;
+    const context = this.#context;
+    const maxWait = this.maxWaitMs;
+    const get = async (bucket: string, key: string, options?: GetOptions): Promise<ObjectBody | null> => {
+      const budget = context.getStore();
+      if (budget === undefined) return await store.get(bucket, key, options);
+      // A range with an end is counted before it is asked for; a whole object once its length is known
+      // (a HEAD first would cost a round trip per object).
+      const range = options?.range;
+      let want = range?.end !== undefined ? range.end - range.start + 1 : 0;
+      if (want > 0) await take(budget, want, maxWait, options?.signal);
+      let released = false;
+      const release = () => {
+        if (released) return;
+        released = true;
+        give(budget, want);
+      };
+      let object: ObjectBody | null;
+      try {
+        object = await store.get(bucket, key, options);
+        if (object !== null && want === 0) {
+          want = object.length;
+          try {
+            await take(budget, want, maxWait, options?.signal);
+          } catch (error) {
+            want = 0;
+            await object.body.cancel().catch(() => {});
+            throw error;
+          }
+        }
+      } catch (error) {
+        release();
+        throw error;
+      }
+      if (object === null) {
+        release();
+        return null;
+      }
+      return { ...object, body: releaseStream(object.body, release) };
+    };
+    return {
+      get kind() {
+        return store.kind;
+      },
+      get location() {
+        return store.location;
+      },
+      listBuckets: (options) => store.listBuckets(options),
+      list: (bucket, prefix, options) => store.list(bucket, prefix, options),
+      head: (bucket, key, options) => store.head(bucket, key, options),
+      get,
+      put: (bucket, key, body, options) => store.put(bucket, key, body, options),
+      delete: (bucket, key, options) => store.delete(bucket, key, options),
+      check: (bucket, options) => store.check(bucket, options),
+      close: () => store.close?.(),
+    };
+  }
+}
+
+export function take(budget: Budget, bytes: number, maxWaitMs: number, signal?: AbortSignal): Promise<void> {
+  if (budget.open === 0 || (budget.waiting.length === 0 && budget.open + bytes <= budget.max)) {
+    budget.open += bytes;
+    return Promise.resolve();
+  }
+  if (signal?.aborted) return Promise.reject(signal.reason);
+  return new Promise<void>((resolve, reject) => {
+    const leave = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+      const i = budget.waiting.indexOf(entry);
+      if (i >= 0) budget.waiting.splice(i, 1);
+    };
+    const entry = {
+      bytes,
+      grant: () => {
+        leave();
+        budget.open += bytes;
+        resolve();
+      },
+    };
+    const onAbort = () => {
+      leave();
+      reject(signal!.reason);
+    };
+    // Past the wait limit the read goes ahead over budget (e.g. a header read while the same object streams).
+    const timer = setTimeout(entry.grant, maxWaitMs);
+    signal?.addEventListener("abort", onAbort, { once: true });
+    budget.waiting.push(entry);
+  });
+}
+
+export function give(budget: Budget, bytes: number): void {
+  budget.open -= bytes;
+  while (budget.waiting.length > 0) {
+    const next = budget.waiting[0];
+    if (budget.open !== 0 && budget.open + next.bytes > budget.max) break;
+    next.grant(); // removes itself from the queue
+  }
+}
+
+/**
+ * `stream` calling `release` once when it ends, fails or is cancelled. A byte stream stays a byte stream
+ * (BYOB reads go straight into the reader's buffer, so the budget costs no copy and no small chunks).
+ */
+export function releaseStream(
+  stream: ReadableStream<Uint8Array>,
+  release: () => void,
+): ReadableStream<Uint8Array> {
+  let byob: ReadableStreamBYOBReader;
+  try {
+    byob = stream.getReader({ mode: "byob" });
+  } catch {
+    return releaseDefaultStream(stream, release);
+  }
+  return new ReadableStream({
+    type: "bytes",
+    autoAllocateChunkSize: 64 * 1024,
+    async pull(controller) {
+      const request = controller.byobRequest!;
+      const view = request.view!;
+      try {
+        // the read transfers the view's buffer: answer with the view it gives back
+        const { value, done } = await byob.read(
+          new Uint8Array(view.buffer, view.byteOffset, view.byteLength),
+        );
+        if (done) {
+          release();
+          controller.close();
+          request.respondWithNewView(value ?? new Uint8Array(0));
+        } else request.respondWithNewView(value);
+      } catch (error) {
+        release();
+        throw error;
+      }
+    },
+    async cancel(reason) {
+      release();
+      await byob.cancel(reason);
+    },
+  });
+}
+
+export function releaseDefaultStream(
+  stream: ReadableStream<Uint8Array>,
+  release: () => void,
+): ReadableStream<Uint8Array> {
+  const reader = stream.getReader();
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      try {
+        const { value, done } = await reader.read();
+        if (done) {
+          release();
+          controller.close();
+        } else controller.enqueue(value);
+      } catch (error) {
+        release();
+        throw error;
+      }
+    },
+    async cancel(reason) {
+      release();
+      await reader.cancel(reason);
+    },
+  }, { highWaterMark: 0 });
+}
