@@ -143,12 +143,13 @@ export async function startIssuer(): Promise<TestIssuer> {
 // ---------------------------------------------------------------------------------------------------
 // The handler with the security settings of `env`, built by the shared test fixture (tests/_server.ts).
 
-import type { AuthenticatorOptions, ServeInfo } from "../lib/security/auth.ts";
+import type { ServeInfo } from "../lib/security/request_guard.ts";
 import type { AuditLog } from "../lib/security/audit.ts";
 import type { Catalog } from "../lib/catalog/catalog.ts";
 import { type Config, parseConfig } from "../lib/config/config.ts";
 import type { ObjectStore } from "../lib/store/store.ts";
 import { testHandler } from "./_server.ts";
+import type { AuthenticatorOptions } from "../lib/security/authenticator.ts";
 
 /** Options for {@linkcode securedHandler}. */
 export interface SecuredOptions {

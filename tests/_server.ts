@@ -14,7 +14,7 @@ import { type Config, parseConfig } from "../lib/config/config.ts";
 import type { SyntaxCapabilities } from "../lib/imaging/syntax_choice.ts";
 import type { AetRegistry } from "../lib/objects/aets.ts";
 import type { HeaderCache } from "../lib/objects/header_cache.ts";
-import type { ServeInfo } from "../lib/security/auth.ts";
+import type { ServeInfo } from "../lib/security/request_guard.ts";
 import type { ObjectStore } from "../lib/store/store.ts";
 
 /** What a test server is made of. */

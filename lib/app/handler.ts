@@ -7,12 +7,13 @@
  */
 
 import { type AuditLog, redactedSearch } from "../security/audit.ts";
-import { type AuthenticatorOptions, RequestGuard, type ServeInfo } from "../security/auth.ts";
+import { RequestGuard, type ServeInfo } from "../security/request_guard.ts";
 import { errorResponse, HttpError, toHttpError } from "../http/errors.ts";
 import { type RouteContext, Router } from "../http/router.ts";
 import { freeHandedOff } from "../util/handoff.ts";
 import { completeServices, type ServicesInit } from "../dicomweb/services.ts";
 import { addRoutes, type RouteOptions } from "./routes.ts";
+import type { AuthenticatorOptions } from "../security/authenticator.ts";
 
 /** A sink for log lines (stdout by default). */
 export type Logger = (line: string) => void;

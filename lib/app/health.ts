@@ -7,7 +7,7 @@
 
 import type { Services } from "../dicomweb/services.ts";
 import type { Handler } from "../http/router.ts";
-import type { RequestGuard } from "../security/auth.ts";
+import type { RequestGuard } from "../security/request_guard.ts";
 
 /** The health handlers. */
 export interface HealthHandlers {

@@ -17,7 +17,7 @@ import { stowHandler, type StowOptions } from "../dicomweb/stow.ts";
 import type { Handler, Router } from "../http/router.ts";
 import { transcodingEncoder } from "../imaging/pixel_transcode.ts";
 import { reEncodeBody } from "../objects/explicit_le_body.ts";
-import type { RequestGuard } from "../security/auth.ts";
+import type { RequestGuard } from "../security/request_guard.ts";
 import { viewerHandlers } from "../viewer/viewer.ts";
 import { healthHandlers } from "./health.ts";
 

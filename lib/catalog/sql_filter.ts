@@ -7,7 +7,7 @@
  */
 
 import type { SQLInputValue } from "node:sqlite";
-import { type Filter, type Level, type Matcher } from "./matching.ts";
+import type { Filter, Level, Matcher } from "./matching.ts";
 
 export type ColumnType = "text" | "pn" | "date" | "time" | "int";
 

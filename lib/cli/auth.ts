@@ -6,7 +6,8 @@
  * @module
  */
 
-import { hashPassword, makeToken, NAME_PATTERN, sha256Hex } from "../security/auth.ts";
+import { hashPassword, makeToken, sha256Hex } from "../security/passwords.ts";
+import { NAME_PATTERN } from "../security/auth_config.ts";
 
 const encoder = new TextEncoder();
 

@@ -6,11 +6,11 @@
  */
 
 import { AUDIT_CONFIG_NAMES, type AuditTarget, parseAuditConfig } from "../security/audit.ts";
-import { AUTH_CONFIG_NAMES, type AuthConfig, parseAuthConfig } from "../security/auth.ts";
 import { LIMITS_CONFIG_NAMES, type LimitsConfig, parseLimitsConfig } from "../security/limits.ts";
 import { parseTransportConfig, TRANSPORT_CONFIG_NAMES, type TrustedProxies } from "../security/proxies.ts";
 import { settingsReader } from "../util/settings.ts";
 import { AET_PATTERN } from "../http/urls.ts";
+import { AUTH_CONFIG_NAMES, type AuthConfig, parseAuthConfig } from "../security/auth_config.ts";
 
 /** The S3 connection settings. */
 export interface S3Config {

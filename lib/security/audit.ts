@@ -10,9 +10,9 @@
  * @module
  */
 
-import type { AuthMethod, Principal } from "./auth.ts";
 import { settingsReader } from "../util/settings.ts";
 import { AET_PATTERN } from "../http/urls.ts";
+import type { AuthMethod, Principal } from "./grants.ts";
 
 /** Where audit lines go. */
 export type AuditTarget = { kind: "stderr" | "stdout" | "off" } | { kind: "file"; path: string };

@@ -8,13 +8,13 @@
  */
 
 import assert from "node:assert/strict";
-import { makeToken } from "../../lib/security/auth.ts";
 import { S3Store } from "../../lib/store/s3/s3_store.ts";
 import { buildInstance, concat } from "../_corpus.ts";
 import { securedHandler } from "../_jwks.ts";
 import { memoryCatalog } from "../_server.ts";
 import { boundaryOf, parseMultipart } from "../_multipart_parser.ts";
 import { startS3 } from "../_s3server.ts";
+import { makeToken } from "../../lib/security/passwords.ts";
 
 const REQUESTS = Number(Deno.env.get("LOAD_REQUESTS") ?? 1200);
 const CLIENTS = Number(Deno.env.get("LOAD_CLIENTS") ?? 200);

@@ -13,12 +13,12 @@ import {
   redactedSearch,
   redactQuery,
 } from "../../lib/security/audit.ts";
-import { makeToken } from "../../lib/security/auth.ts";
 import { MemoryStore } from "../../lib/store/memory_store.ts";
 import { buildInstance } from "../_corpus.ts";
 import { securedHandler } from "../_jwks.ts";
 import { memoryCatalog } from "../_server.ts";
 import { eventually } from "../_stores.ts";
+import { makeToken } from "../../lib/security/passwords.ts";
 
 const PATIENT = "Doe^Jane";
 

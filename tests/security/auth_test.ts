@@ -5,28 +5,29 @@
  */
 
 import assert from "node:assert/strict";
-import {
-  accessOf,
-  allows,
-  type AuthConfig,
-  Authenticator,
-  constantTimeEqual,
-  grantsFromScopes,
-  hashPassword,
-  makeToken,
-  parseAuthConfig,
-  parsePasswordHash,
-  type Principal,
-  sha256Hex,
-  verifyPassword,
-  visibleAets,
-} from "../../lib/security/auth.ts";
 import { HttpError } from "../../lib/http/errors.ts";
 import { MemoryStore } from "../../lib/store/memory_store.ts";
 import { buildInstance } from "../_corpus.ts";
 import { securedHandler, startIssuer } from "../_jwks.ts";
 import { observe } from "../_stores.ts";
 import { makeTestCertificates } from "../_tls.ts";
+import {
+  constantTimeEqual,
+  hashPassword,
+  makeToken,
+  parsePasswordHash,
+  sha256Hex,
+  verifyPassword,
+} from "../../lib/security/passwords.ts";
+import {
+  accessOf,
+  allows,
+  grantsFromScopes,
+  type Principal,
+  visibleAets,
+} from "../../lib/security/grants.ts";
+import { type AuthConfig, parseAuthConfig } from "../../lib/security/auth_config.ts";
+import { Authenticator } from "../../lib/security/authenticator.ts";
 
 const ITER = 100_000; // the minimum AUTH_USERS accepts; keeps tests quick
 

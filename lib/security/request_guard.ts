@@ -1,0 +1,207 @@
+/**
+ * Who may do what, in the order a request meets it. Authentication (authenticator.ts) by OIDC/OAuth2 bearer
+ * JWTs, static API tokens or HTTP Basic, or none on loopback; authorization (grants.ts) per AET and action
+ * (`read` = search and retrieve, `write` = store) from token scopes (`dicomweb:read:PACS`) and a static table
+ * (`AUTH_GRANTS`); limits (limits.ts).
+ *
+ * Every decision is made from the URL, the method and the credentials alone, before the store is touched:
+ * a caller who may not see an AET gets the same 403 whether or not it exists.
+ *
+ * {@linkcode RequestGuard} puts the pieces in the order a request meets them: header size (431),
+ * authentication (401), authorization (403), per-client concurrency (429), body limits (413, 408) and the
+ * response deadline (504).
+ *
+ * The secrets these settings take are made by `deno task auth` (lib/cli/auth.ts).
+ *
+ * @module
+ */
+
+import { HttpError } from "../http/errors.ts";
+import {
+  checkHeaderSize,
+  ClientLimiter,
+  limitRequestBody,
+  type LimitsConfig,
+  releaseWhenDone,
+  withDeadline,
+} from "./limits.ts";
+import type { ObjectStore } from "../store/store.ts";
+import { clientAddress, honoursForwarded, type Peer, type TrustedProxies } from "./proxies.ts";
+import { ReadBudget } from "../store/read_budget.ts";
+import { type Access, accessOf, allows, type Principal, visibleAets } from "./grants.ts";
+import type { AuthConfig } from "./auth_config.ts";
+import { Authenticator, type AuthenticatorOptions } from "./authenticator.ts";
+
+// ---------------------------------------------------------------------------------------------------
+// Types and settings
+
+/** What the guard learned about a request, for the audit log and `GET /aets`. */
+export interface RequestContext {
+  access: Access;
+  /** The client address (the peer, or the forwarded address from a trusted proxy). */
+  client: string;
+  /** Set once authentication succeeded. */
+  principal?: Principal;
+  /** Whether `Forwarded` / `X-Forwarded-*` may be believed for this request (see `TRUSTED_PROXIES`). */
+  trustForwarded: boolean;
+}
+
+/** What {@linkcode RequestGuard} needs from the configuration. */
+export interface GuardConfig {
+  basePath: string;
+  auth: AuthConfig;
+  limits: LimitsConfig;
+  trustedProxies: TrustedProxies;
+  /** Largest request body (`STOW_MAX_BYTES`). */
+  stowMaxBytes: number;
+}
+
+/** The peer info `Deno.serve` passes as the handler's second argument. */
+export interface ServeInfo {
+  remoteAddr?: Peer | { transport?: string; hostname?: string; port?: number };
+}
+
+/**
+ * Runs each request through the checks in order: header size (431), authentication (401), authorization
+ * from the AET and action (403), per-client concurrency (429), request body size and time (413, 408), the
+ * response deadline (504) and the store read budget. Throws `HttpError`s for the caller's error→response
+ * conversion; health checks and CORS preflights pass through unauthenticated.
+ *
+ * @example
+ * ```ts ignore
+ * const guard = new RequestGuard(config);
+ * const store = guard.store(services.store);       // counts reads against the per-request budget
+ * response = await guard.run(request, info, () => dispatch(request));
+ * ```
+ */
+export class RequestGuard {
+  readonly config: GuardConfig;
+  readonly authenticator: Authenticator;
+  readonly limiter: ClientLimiter;
+  readonly reads: ReadBudget;
+  readonly #contexts = new WeakMap<Request, RequestContext>();
+
+  constructor(config: GuardConfig, options: AuthenticatorOptions = {}) {
+    this.config = config;
+    this.authenticator = new Authenticator(config.auth, options);
+    this.limiter = new ClientLimiter(config.limits.clientConcurrency);
+    this.reads = new ReadBudget(config.limits.readBudgetBytes);
+  }
+
+  /** Whether authentication is on. */
+  get enabled(): boolean {
+    return this.authenticator.enabled;
+  }
+
+  /** `store` with reads counted against the current request's budget (`REQUEST_READ_BUDGET_MB`). */
+  store(store: ObjectStore): ObjectStore {
+    return this.reads.store(store);
+  }
+
+  /** What the guard recorded about `request` (undefined before {@linkcode RequestGuard.run}). */
+  contextOf(request: Request): RequestContext | undefined {
+    return this.#contexts.get(request);
+  }
+
+  /** The authenticated caller of `request`, if any. */
+  principalOf(request: Request): Principal | undefined {
+    return this.#contexts.get(request)?.principal;
+  }
+
+  /** The AETs of `names` the caller of `request` may see (all of them when authentication is off). */
+  visibleAets(request: Request, names: readonly string[]): string[] {
+    const principal = this.principalOf(request);
+    if (!this.enabled) return [...names];
+    return principal === undefined ? [] : visibleAets(principal, names);
+  }
+
+  /**
+   * Checks `request` and runs `next` with it (its body limited when it has one). The response body keeps
+   * the client's concurrency slot until it is sent or cancelled.
+   */
+  async run(
+    request: Request,
+    info: ServeInfo | undefined,
+    next: (request: Request) => Promise<Response> | Response,
+  ): Promise<Response> {
+    const url = new URL(request.url);
+    const access = accessOf(url.pathname, request.method, this.config.basePath);
+    const peer = info?.remoteAddr && "hostname" in info.remoteAddr && info.remoteAddr.hostname !== undefined
+      ? { hostname: info.remoteAddr.hostname, port: info.remoteAddr.port }
+      : undefined;
+    const context: RequestContext = {
+      access,
+      client: clientAddress(request.headers, peer, this.config.trustedProxies),
+      trustForwarded: honoursForwarded(peer, this.config.trustedProxies),
+    };
+    this.#contexts.set(request, context);
+    checkHeaderSize(request.headers, this.config.limits);
+    if (access.kind === "public") {
+      return await next(context.trustForwarded ? request : withoutForwarded(request));
+    }
+
+    const principal = await this.authenticator.authenticate(request);
+    context.principal = principal;
+    if (access.kind === "aet" && !allows(principal, access.action, access.aet)) {
+      // The same answer whether or not the AET exists: nothing is looked up before this point.
+      throw new HttpError(
+        403,
+        `Forbidden: ${principal.subject} may not ${access.action} AET "${access.aet}"`,
+      );
+    }
+    if (access.kind === "server" && !allows(principal, access.action, undefined)) {
+      throw new HttpError(
+        403,
+        `Forbidden: ${principal.subject} may not ${access.action} server-wide resources`,
+      );
+    }
+    const key = principal.method === "none"
+      ? `addr:${context.client}`
+      : `sub:${principal.method}:${principal.subject}`;
+    const release = this.limiter.acquire(key);
+    try {
+      const forwarded = context.trustForwarded ? request : withoutForwarded(request);
+      const limited = limitRequestBody(forwarded, {
+        maxBytes: this.config.stowMaxBytes,
+        timeoutMs: this.config.limits.bodyTimeoutMs,
+      });
+      this.#contexts.set(forwarded, context);
+      this.#contexts.set(limited, context);
+      const response = await withDeadline(
+        this.reads.scope(() => next(limited)),
+        this.config.limits.responseTimeoutMs,
+      );
+      return releaseWhenDone(response, release);
+    } catch (error) {
+      release();
+      throw error;
+    }
+  }
+}
+
+const FORWARDED_HEADERS = [
+  "forwarded",
+  "x-forwarded-for",
+  "x-forwarded-host",
+  "x-forwarded-proto",
+  "x-forwarded-port",
+  "x-forwarded-prefix",
+  "x-real-ip",
+];
+
+/**
+ * `request` without `Forwarded` / `X-Forwarded-*` / `X-Real-IP` (for peers that are not trusted proxies), so
+ * nothing downstream (e.g. `publicBase`) can be steered by them. Returned as is when it has none.
+ */
+export function withoutForwarded(request: Request): Request {
+  if (!FORWARDED_HEADERS.some((name) => request.headers.has(name))) return request;
+  const headers = new Headers(request.headers);
+  for (const name of FORWARDED_HEADERS) headers.delete(name);
+  return new Request(request.url, {
+    method: request.method,
+    headers,
+    body: request.body,
+    // @ts-ignore: needed by the fetch spec for stream bodies; Deno accepts and ignores it
+    duplex: "half",
+  });
+}
