@@ -11,6 +11,10 @@
  * unless an HTTP proxy is configured (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`), which only `fetch` follows.
  * Everything else goes through `client.send`.
  *
+ * Why one file of ~700 lines: {@linkcode S3Store} is one class whose operations share the client, the route
+ * cache, the request slots and the retry loop; error mapping (s3_errors.ts), bucket routing (s3_routing.ts),
+ * multipart helpers (s3_parts.ts), listing XML (s3_xml.ts) and the HTTP/1.1 writer (http1.ts) are apart.
+ *
  * @module
  */
 
@@ -44,6 +48,9 @@ import {
   StoreError,
 } from "../store.ts";
 import { OutOfRangeError } from "../../util/errors.ts";
+import { backoff, isMissingKey, isTransient, statusOf, toStoreError, type Where } from "./s3_errors.ts";
+import { escapeSegment, resolveRoute, type Route } from "./s3_routing.ts";
+import { PartReader, slice, Slots } from "./s3_parts.ts";
 
 /** Static credentials; without them the SDK's default chain applies (env vars, profiles, instance roles). */
 export interface S3Credentials {
@@ -660,12 +667,6 @@ export class S3Store implements ObjectStore {
   }
 }
 
-interface Where {
-  op: string;
-  bucket?: string;
-  key?: string;
-}
-
 /** The parts of a GetObject answer the store reads. */
 interface GetOutput {
   Body?: unknown;
@@ -673,157 +674,6 @@ interface GetOutput {
   ETag?: string;
   LastModified?: Date;
   ContentRange?: string;
-}
-
-/** Where one bucket's GETs and PUTs go and how they are signed. */
-interface Route {
-  /** The bucket's URL (path style: ends with the bucket; virtual host: the root). */
-  base: URL;
-  region: string;
-  service: string;
-  signer: RequestSigner;
-  clockOffset(): number;
-}
-
-interface RequestSigner {
-  sign(
-    request: {
-      method: string;
-      protocol: string;
-      hostname: string;
-      port?: number;
-      path: string;
-      query: Record<string, string>;
-      headers: Record<string, string>;
-    },
-    options: { signingRegion: string; signingService: string; signingDate: Date },
-  ): Promise<{ headers: Record<string, string> }>;
-}
-
-type Maybe<T> = T | undefined | (() => Promise<T | undefined>);
-
-/** The resolved client settings that decide an endpoint (what the SDK's endpoint middleware reads). */
-interface EndpointConfig {
-  endpoint?: () => Promise<{ protocol: string; hostname: string; port?: number; path: string }>;
-  region: Maybe<string>;
-  useFipsEndpoint: Maybe<boolean>;
-  useDualstackEndpoint: Maybe<boolean>;
-  forcePathStyle?: Maybe<boolean>;
-  useAccelerateEndpoint?: Maybe<boolean>;
-  useGlobalEndpoint?: Maybe<boolean>;
-  disableMultiregionAccessPoints?: Maybe<boolean>;
-  useArnRegion?: Maybe<boolean>;
-  disableS3ExpressSessionAuth?: Maybe<boolean>;
-  systemClockOffset?: number;
-  endpointProvider(params: Record<string, unknown>): {
-    url: URL;
-    properties?: { authSchemes?: { name: string; signingName?: string; signingRegion?: string }[] };
-  };
-  signer(authScheme?: unknown): Promise<RequestSigner>;
-}
-
-/** Resolves `bucket`'s endpoint exactly as the SDK does for GetObject; `null` unless plain SigV4 signs it. */
-async function resolveRoute(client: S3Client, bucket: string): Promise<Route | null> {
-  const config = client.config as unknown as EndpointConfig;
-  const value = async <T>(v: Maybe<T>) => typeof v === "function" ? await (v as () => Promise<T>)() : v;
-  const endpoint = await config.endpoint?.();
-  const resolved = config.endpointProvider({
-    Bucket: bucket,
-    Region: await value(config.region),
-    UseFIPS: await value(config.useFipsEndpoint),
-    UseDualStack: await value(config.useDualstackEndpoint),
-    ForcePathStyle: await value(config.forcePathStyle),
-    Accelerate: await value(config.useAccelerateEndpoint),
-    UseGlobalEndpoint: await value(config.useGlobalEndpoint),
-    DisableMultiRegionAccessPoints: await value(config.disableMultiregionAccessPoints),
-    UseArnRegion: await value(config.useArnRegion),
-    DisableS3ExpressSessionAuth: await value(config.disableS3ExpressSessionAuth),
-    Endpoint: endpoint &&
-      `${endpoint.protocol}//${endpoint.hostname}${endpoint.port ? `:${endpoint.port}` : ""}${endpoint.path}`,
-  });
-  const scheme = resolved.properties?.authSchemes?.[0];
-  if (scheme?.name !== "sigv4" || !scheme.signingRegion || resolved.url.search !== "") return null;
-  return {
-    base: new URL(resolved.url.href),
-    region: scheme.signingRegion,
-    service: scheme.signingName ?? "s3",
-    signer: await config.signer(scheme),
-    clockOffset: () => config.systemClockOffset ?? 0,
-  };
-}
-
-/** A key segment as S3 expects it in the path (RFC 3986 unreserved characters stay as they are). */
-function escapeSegment(segment: string): string {
-  return encodeURIComponent(segment).replace(
-    /[!'()*]/g,
-    (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`,
-  );
-}
-
-/** Waits before retry `attempt` + 1: full jitter over 100 ms × 2^(attempt − 1), at most 20 s. */
-function backoff(attempt: number, signal: AbortSignal): Promise<void> {
-  const ms = Math.random() * Math.min(20_000, 100 * 2 ** (attempt - 1));
-  return new Promise((resolve, reject) => {
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(signal.reason);
-    };
-    const timer = setTimeout(() => {
-      signal.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    signal.addEventListener("abort", onAbort, { once: true });
-  });
-}
-
-/** Turns an SDK or network failure into a {@linkcode StoreError}; passes aborts and not-founds through. */
-function toStoreError(error: unknown, where: Where, location: string, signal?: AbortSignal): unknown {
-  if (signal?.aborted) return signal.reason;
-  if (error instanceof StoreError) return error;
-  const name = (error as Error)?.name ?? "Error";
-  const message = (error as Error)?.message ?? String(error);
-  const status = statusOf(error);
-  const target = where.bucket === undefined
-    ? location
-    : `bucket "${where.bucket}"${where.key ? ` key "${where.key}"` : ""} at ${location}`;
-  if (name === "NoSuchBucket" || (where.op === "check" && status === 404)) {
-    return new StoreError(
-      "no-bucket",
-      `S3 bucket "${where.bucket}" does not exist at ${location}: create it or configure an existing bucket`,
-      { cause: error },
-    );
-  }
-  if (isMissingKey(error) || status === 416) return error;
-  if (name === "CredentialsProviderError") {
-    return new StoreError(
-      "denied",
-      `No S3 credentials for ${location}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an AWS profile`,
-      { cause: error },
-    );
-  }
-  if (
-    status === 403 || name === "AccessDenied" || name === "InvalidAccessKeyId" ||
-    name === "SignatureDoesNotMatch"
-  ) {
-    return new StoreError(
-      "denied",
-      `S3 denied ${where.op} on ${target}: ${/^(Error|Unknown|\d+)$/.test(name) ? "Forbidden" : name}` +
-        ` (check the access key, secret and the bucket's policy)`,
-      { cause: error },
-    );
-  }
-  if ((status === undefined && isNetworkError(error)) || status === 502 || status === 503 || status === 504) {
-    const detail = status === undefined ? `${name}: ${rootMessage(error)}` : `HTTP ${status} ${name}`;
-    return new StoreError(
-      "unavailable",
-      `Cannot reach S3 at ${location}: ${detail} (check the endpoint URL and that the server is running)`,
-      { cause: error },
-    );
-  }
-  const http = status === undefined ? "" : `HTTP ${status} `;
-  return new StoreError("failed", `S3 ${where.op} on ${target} failed: ${http}${name}: ${message}`, {
-    cause: error,
-  });
 }
 
 /** Whether `fetch` would send through a proxy (the variables it reads; unreadable ones count as unset). */
@@ -837,40 +687,6 @@ function proxyConfigured(): boolean {
   });
 }
 
-/** Connection refused or reset, DNS failure, timeout: the server was not reached or did not answer. */
-function isNetworkError(error: unknown): boolean {
-  const { name, message, code } = (error ?? {}) as { name?: string; message?: string; code?: string };
-  return name === "TypeError" || name === "TimeoutError" ||
-    /^E(CONN|TIMEDOUT|NOTFOUND|AI_AGAIN|HOSTUNREACH|NETUNREACH|PIPE)/.test(code ?? "") ||
-    /fetch failed|error sending request|connect|network|socket|timed out|did not complete/i.test(
-      message ?? "",
-    );
-}
-
-function rootMessage(error: unknown): string {
-  let e = error as Error | undefined;
-  while (e?.cause instanceof Error) e = e.cause;
-  return e?.message ?? String(error);
-}
-
-function statusOf(error: unknown): number | undefined {
-  return (error as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode;
-}
-
-/** A failure that may go away: S3 unreachable or not answering in time, 5xx, throttling. */
-function isTransient(error: unknown): boolean {
-  if (error instanceof StoreError && error.kind === "unavailable") return true;
-  let e = error;
-  while (e instanceof Error && statusOf(e) === undefined && e.cause !== undefined) e = e.cause;
-  const status = statusOf(e);
-  return status !== undefined && (status >= 500 || status === 429);
-}
-
-function isMissingKey(error: unknown): boolean {
-  const name = (error as Error)?.name;
-  return name === "NoSuchKey" || name === "NotFound" || (statusOf(error) === 404 && name !== "NoSuchBucket");
-}
-
 function unquote(etag: string | undefined): string {
   return (etag ?? "").replace(/^(W\/)?"(.*)"$/, "$2");
 }
@@ -880,124 +696,4 @@ function positive(value: number, name: string): number {
     throw new OutOfRangeError(`${name} must be a positive integer: ${value}`);
   }
   return value;
-}
-
-/** Bytes `[from, to)` of `body`. */
-function slice(body: ReadableStream<Uint8Array>, from: number, to: number): ReadableStream<Uint8Array> {
-  let offset = 0;
-  return body.pipeThrough(
-    new TransformStream({
-      transform(chunk, controller) {
-        const a = Math.max(from - offset, 0);
-        const b = Math.min(to - offset, chunk.byteLength);
-        offset += chunk.byteLength;
-        if (a < b) controller.enqueue(chunk.subarray(a, b));
-        if (offset >= to) controller.terminate();
-      },
-    }),
-  );
-}
-
-/** Cuts a stream into parts of exactly `size` bytes (the last may be shorter), holding at most one part plus a chunk. */
-class PartReader {
-  #reader: ReadableStreamDefaultReader<Uint8Array>;
-  #size: number;
-  #signal?: AbortSignal;
-  #chunks: Uint8Array[] = [];
-  #buffered = 0;
-  #ended = false;
-  #cancelled = false;
-  #onAbort = () => void this.cancel(this.#signal?.reason);
-
-  constructor(reader: ReadableStreamDefaultReader<Uint8Array>, size: number, signal?: AbortSignal) {
-    this.#reader = reader;
-    this.#size = size;
-    this.#signal = signal;
-    // unblocks a pending read when the caller gives up
-    signal?.addEventListener("abort", this.#onAbort, { once: true });
-  }
-
-  /** The next part, or `null` at the end. Throws if the stream errors or the signal aborts. */
-  async next(): Promise<Uint8Array | null> {
-    while (!this.#ended && this.#buffered < this.#size) await this.#readChunk();
-    if (this.#buffered === 0) return null;
-    const part = new Uint8Array(Math.min(this.#size, this.#buffered));
-    let filled = 0;
-    while (filled < part.byteLength) {
-      const chunk = this.#chunks[0];
-      const n = Math.min(chunk.byteLength, part.byteLength - filled);
-      part.set(n === chunk.byteLength ? chunk : chunk.subarray(0, n), filled);
-      filled += n;
-      if (n === chunk.byteLength) this.#chunks.shift();
-      else this.#chunks[0] = chunk.subarray(n);
-    }
-    this.#buffered -= filled;
-    return part;
-  }
-
-  async #readChunk(): Promise<void> {
-    this.#signal?.throwIfAborted();
-    const { done, value } = await this.#reader.read();
-    // a cancelled reader reads as "done": never mistake that for the end of the body
-    this.#signal?.throwIfAborted();
-    if (this.#cancelled) throw new Error("Upload cancelled");
-    if (done) {
-      this.#ended = true;
-      this.#signal?.removeEventListener("abort", this.#onAbort);
-    } else if (value.byteLength > 0) {
-      this.#chunks.push(value);
-      this.#buffered += value.byteLength;
-    }
-  }
-
-  /** Whether another part follows; reads at most one more chunk to find out. */
-  async hasMore(): Promise<boolean> {
-    while (!this.#ended && this.#buffered === 0) await this.#readChunk();
-    return this.#buffered > 0;
-  }
-
-  async cancel(reason: unknown): Promise<void> {
-    if (this.#cancelled || this.#ended) return;
-    this.#cancelled = true;
-    this.#signal?.removeEventListener("abort", this.#onAbort);
-    this.#chunks = [];
-    await this.#reader.cancel(reason).catch(() => {});
-  }
-}
-
-/** A FIFO counting semaphore whose waiters leave the queue when their signal aborts. */
-class Slots {
-  #free: number;
-  #waiters: (() => void)[] = [];
-
-  constructor(count: number) {
-    this.#free = count;
-  }
-
-  acquire(signal?: AbortSignal): Promise<void> {
-    signal?.throwIfAborted();
-    if (this.#free > 0) {
-      this.#free--;
-      return Promise.resolve();
-    }
-    return new Promise((resolve, reject) => {
-      const grant = () => {
-        signal?.removeEventListener("abort", onAbort);
-        resolve();
-      };
-      const onAbort = () => {
-        const i = this.#waiters.indexOf(grant);
-        if (i >= 0) this.#waiters.splice(i, 1);
-        reject(signal?.reason);
-      };
-      signal?.addEventListener("abort", onAbort, { once: true });
-      this.#waiters.push(grant);
-    });
-  }
-
-  release(): void {
-    const next = this.#waiters.shift();
-    if (next) next();
-    else this.#free++;
-  }
 }
