@@ -22,11 +22,13 @@ import { describeFrame } from "../lib/imaging/decode.ts";
 import { FileStore } from "../lib/store/file_store.ts";
 import { planFrame } from "../lib/dicom/frames.ts";
 import { parseObject } from "../lib/dicom/part10.ts";
-import { applyViewport, encodeJpeg, encodePng, renderAttributes, toDisplay } from "../lib/imaging/render.ts";
+import { renderAttributes, toDisplay } from "../lib/imaging/render.ts";
 import { createHandler } from "../lib/app/handler.ts";
 import { assembleServices } from "../lib/app/open.ts";
 import { decodeInstance, encapsulatedInstance } from "../lib/imaging/pixel_transcode.ts";
 import { getNumber } from "../lib/dicom/dataset.ts";
+import { applyViewport } from "../lib/imaging/resample.ts";
+import { encodeJpeg, encodePng } from "../lib/imaging/encode.ts";
 
 const REPO = new URL("../", import.meta.url).pathname;
 const SHARED = new URL("../../shared/", import.meta.url).pathname;

@@ -18,7 +18,7 @@ import { S3Store } from "../store/s3/s3_store.ts";
 import type { ObjectStore } from "../store/store.ts";
 
 /** What this server can convert: re-encode to Explicit VR Little Endian, and decode compressed pixel data. */
-export const SERVER_CAPABILITIES: SyntaxCapabilities = { reEncode: true, decode: true };
+const SERVER_CAPABILITIES: SyntaxCapabilities = { reEncode: true, decode: true };
 
 /**
  * The store the configuration names: S3 when `config.s3` is set (one client for the process), else the local

@@ -34,7 +34,7 @@ export interface RouteOptions {
 export type Route = [path: string, methods: Partial<Record<"GET" | "POST", Handler>>];
 
 /** The routes of a server over `services`, in the order they are matched. */
-export function routeTable(services: Services, options: RouteOptions): Route[] {
+function routeTable(services: Services, options: RouteOptions): Route[] {
   const { config } = services;
   const health = healthHandlers(services, options.guard);
   const retrieve = retrieveHandlers(services, {

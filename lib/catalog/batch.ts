@@ -8,10 +8,10 @@
 import type { CatalogIngest, InstanceToRecord, RecordOutcome } from "./catalog.ts";
 
 /** Stored instances recorded in the catalog at once, at most. */
-export const CATALOG_BATCH = 50;
+const CATALOG_BATCH = 50;
 
 /** How long a stored instance waits at most for others to be recorded with, while the request is read. */
-export const CATALOG_WAIT_MS = 250;
+const CATALOG_WAIT_MS = 250;
 
 /**
  * Stored instances of one AET on their way to the catalog, from every request storing into it at once,

@@ -19,9 +19,9 @@ export interface Column {
   high?: string;
 }
 
-export const fixed = (expression: string) => () => expression;
+const fixed = (expression: string) => () => expression;
 
-export const COLUMNS: Record<string, Column> = {
+const COLUMNS: Record<string, Column> = {
   "0020000D": {
     type: "text",
     column: (level) => level === "study" ? "s.study" : level === "series" ? "se.study" : "o.study",
@@ -43,7 +43,7 @@ export const COLUMNS: Record<string, Column> = {
   "00200013": { type: "int", column: fixed("o.instance_number") },
 };
 
-export const DOCUMENTS: Record<Level, string> = { study: "s.json", series: "se.json", instance: "d.json" };
+const DOCUMENTS: Record<Level, string> = { study: "s.json", series: "se.json", instance: "d.json" };
 
 /** One filter as an SQL condition (its parameters appended to `args`). */
 export function condition(filter: Filter, level: Level, args: SQLInputValue[]): string {
@@ -118,14 +118,14 @@ export function condition(filter: Filter, level: Level, args: SQLInputValue[]): 
 }
 
 /** The longest run of a single/wildcard value without wildcards or name separators, if any. */
-export function longestLiteral(m: Matcher): string | undefined {
+function longestLiteral(m: Matcher): string | undefined {
   const text = m.kind === "single" ? m.value : m.kind === "wildcard" ? m.pattern : undefined;
   if (text === undefined) return undefined;
   const longest = text.split(/[*?=\\^]/).reduce((a, b) => b.length > a.length ? b : a, "");
   return longest === "" ? undefined : longest;
 }
 
-export function textCondition(c: string, m: Matcher, args: SQLInputValue[]): string {
+function textCondition(c: string, m: Matcher, args: SQLInputValue[]): string {
   switch (m.kind) {
     case "universal":
       return "1";

@@ -146,11 +146,11 @@ export function elementStrings(el: DicomElement, dataset: DicomDataset): string[
   return text.split("\\").map((s) => trimValue(s, el.vr));
 }
 
-export const NUMERIC_VRS = new Set(["US", "SS", "UL", "SL", "FL", "FD", "SV", "UV"]);
+const NUMERIC_VRS = new Set(["US", "SS", "UL", "SL", "FL", "FD", "SV", "UV"]);
 
-export const SINGLE_VALUED_TEXT = new Set(["LT", "ST", "UT", "UR"]);
+const SINGLE_VALUED_TEXT = new Set(["LT", "ST", "UT", "UR"]);
 
-export const BOTH_ENDS = new Set(["AE", "CS", "DS", "IS", "LO", "PN", "SH"]);
+const BOTH_ENDS = new Set(["AE", "CS", "DS", "IS", "LO", "PN", "SH"]);
 
 /** Removes insignificant padding from one value. */
 export function trimValue(value: string, vr: string): string {

@@ -69,7 +69,7 @@ export interface ScanOptions {
 }
 
 /** File Meta larger than this is treated as corrupt. */
-export const MAX_META = 64 * 1024;
+const MAX_META = 64 * 1024;
 
 function trimUid(bytes: Uint8Array): string {
   let end = bytes.length;

@@ -38,23 +38,23 @@ export interface ParseOptions {
   maxInflatedBytes?: number;
 }
 
-export const ITEM = 0xfffee000;
+const ITEM = 0xfffee000;
 
-export const ITEM_DELIMITER = 0xfffee00d;
+const ITEM_DELIMITER = 0xfffee00d;
 
-export const SEQUENCE_DELIMITER = 0xfffee0dd;
+const SEQUENCE_DELIMITER = 0xfffee0dd;
 
-export const PIXEL_TAGS = new Set([0x7fe00010, 0x7fe00008, 0x7fe00009]);
+const PIXEL_TAGS = new Set([0x7fe00010, 0x7fe00008, 0x7fe00009]);
 
-export const OFFSET_TABLE_TAGS = new Set([0x7fe00001, 0x7fe00002]);
+const OFFSET_TABLE_TAGS = new Set([0x7fe00001, 0x7fe00002]);
 
-export const UNDEFINED = 0xffffffff;
+const UNDEFINED = 0xffffffff;
 
-export const MAX_DEPTH = 64;
+const MAX_DEPTH = 64;
 
-export const BINARY_BULK_VRS = new Set(["OB", "OD", "OF", "OL", "OV", "OW", "UN"]);
+const BINARY_BULK_VRS = new Set(["OB", "OD", "OF", "OL", "OV", "OW", "UN"]);
 
-export const TEXT_BULK_VRS = new Set(["UT", "LT", "UC"]);
+const TEXT_BULK_VRS = new Set(["UT", "LT", "UC"]);
 
 export interface Inherited {
   characterSet: readonly string[];
@@ -77,7 +77,7 @@ export interface PixelStop {
 }
 
 /** The synchronous element parser; the caller restarts it when it throws {@linkcode NeedMore}. */
-export class DatasetParser {
+class DatasetParser {
   pixel?: PixelStop;
   constructor(readonly r: Reader, readonly limits: Thresholds, readonly stopAtPixelData: boolean) {}
 
@@ -263,7 +263,7 @@ export class DatasetParser {
 }
 
 /** A resumable scan of encapsulated item headers (resumes where {@linkcode NeedMore} interrupted it). */
-export class FragmentScan {
+class FragmentScan {
   fragments: Fragment[] = [];
   done = false;
   constructor(public p: number) {}
@@ -294,26 +294,26 @@ export class FragmentScan {
   }
 }
 
-export function isUpper(c: number): boolean {
+function isUpper(c: number): boolean {
   return c >= 0x41 && c <= 0x5a;
 }
 
-export function hex(bytes: Uint8Array): string {
+function hex(bytes: Uint8Array): string {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join(" ");
 }
 
-export function latin1(bytes: Uint8Array): string {
+function latin1(bytes: Uint8Array): string {
   let s = "";
   for (const b of bytes) s += String.fromCharCode(b);
   return s;
 }
 
-export function uidText(el: DicomElement | undefined): string | undefined {
+function uidText(el: DicomElement | undefined): string | undefined {
   return el?.bytes ? latin1(el.bytes).replace(/[\0 ]+$/, "") : undefined;
 }
 
 /** Guesses the encoding of a data set starting at `offset` from its first element header. */
-export function detectSyntax(r: Reader, offset: number): Encoding {
+function detectSyntax(r: Reader, offset: number): Encoding {
   if (offset + 6 > r.size) return IMPLICIT_LE;
   const v = r.bytes(offset + 4, 2, () => "");
   return KNOWN_VRS.has(String.fromCharCode(v[0], v[1])) ? { explicit: true, little: true } : IMPLICIT_LE;
@@ -505,14 +505,14 @@ export class HeaderJob {
   }
 }
 
-export function readUint32s(bytes: Uint8Array): number[] {
+function readUint32s(bytes: Uint8Array): number[] {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const out: number[] = [];
   for (let i = 0; i + 4 <= bytes.length; i += 4) out.push(view.getUint32(i, true));
   return out;
 }
 
-export function readUint64s(bytes: Uint8Array): number[] {
+function readUint64s(bytes: Uint8Array): number[] {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const out: number[] = [];
   for (let i = 0; i + 8 <= bytes.length; i += 8) out.push(Number(view.getBigUint64(i, true)));

@@ -11,7 +11,7 @@ export const EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1";
 export const DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99";
 export const EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2";
 /** JPIP Referenced Deflate: a deflated data set too. */
-export const JPIP_REFERENCED_DEFLATE = "1.2.840.10008.1.2.4.95";
+const JPIP_REFERENCED_DEFLATE = "1.2.840.10008.1.2.4.95";
 export const RLE_LOSSLESS = "1.2.840.10008.1.2.5";
 const JPEG = "1.2.840.10008.1.2.4.";
 

@@ -72,7 +72,7 @@ export function stowHandler(services: Services, options: StowOptions = {}): Hand
   return (context) => stow(context, services, { ...options, gates, catalogBatch });
 }
 
-export async function stow(
+async function stow(
   { request, params }: RouteContext,
   services: Services,
   options: StowOptions & {

@@ -425,10 +425,10 @@ export class StowJob {
 }
 
 /** Series listed to tell replacements with one request instead of a HEAD per instance, up to this size. */
-export const LISTING_LIMIT = 5000;
+const LISTING_LIMIT = 5000;
 
 /** The keys under `prefix`, or `null` when there are more than {@linkcode LISTING_LIMIT} or the listing fails. */
-export async function listKeys(
+async function listKeys(
   store: Services["store"],
   bucket: string,
   prefix: string,

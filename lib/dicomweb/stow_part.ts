@@ -22,17 +22,17 @@ import type { Part10Header } from "../dicom/dataset.ts";
 /** Bytes kept from the end of a streamed part, for elements after its Pixel Data. */
 export const TAIL_BYTES = 64 * 1024;
 
-export const SOP_CLASS = 0x00080016;
+const SOP_CLASS = 0x00080016;
 
-export const SOP_INSTANCE = 0x00080018;
+const SOP_INSTANCE = 0x00080018;
 
-export const STUDY = 0x0020000d;
+const STUDY = 0x0020000d;
 
-export const SERIES = 0x0020000e;
+const SERIES = 0x0020000e;
 
-export const UID_TAGS = [SOP_CLASS, SOP_INSTANCE, STUDY, SERIES];
+const UID_TAGS = [SOP_CLASS, SOP_INSTANCE, STUDY, SERIES];
 
-export const UID_NAMES: Record<number, string> = {
+const UID_NAMES: Record<number, string> = {
   [SOP_CLASS]: "SOP Class UID (0008,0016)",
   [SOP_INSTANCE]: "SOP Instance UID (0008,0018)",
   [STUDY]: "Study Instance UID (0020,000D)",
@@ -140,13 +140,13 @@ export function memorySource(bytes: Uint8Array, name: string): RangeSource {
   return { name, size: bytes.byteLength, read: (start, end) => Promise.resolve(bytes.subarray(start, end)) };
 }
 
-export function latin1(bytes: Uint8Array): string {
+function latin1(bytes: Uint8Array): string {
   let s = "";
   for (const b of bytes) s += String.fromCharCode(b);
   return s;
 }
 
-export function uidText(bytes: Uint8Array | undefined): string | undefined {
+function uidText(bytes: Uint8Array | undefined): string | undefined {
   return bytes === undefined ? undefined : latin1(bytes).replace(/[\0 ]+$/, "");
 }
 
@@ -155,7 +155,7 @@ export function uidText(bytes: Uint8Array | undefined): string | undefined {
  * set's UIDs are the ones that count: real files (rtdose.dcm of the corpus) have File Meta naming another
  * SOP Instance UID, and readers key on the data set too.
  */
-export function checkIdentity(
+function checkIdentity(
   name: string,
   transferSyntax: string,
   values: (tag: number) => string | undefined,

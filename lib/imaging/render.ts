@@ -12,9 +12,7 @@
  * @module
  */
 
-import jpegJs from "jpeg-js";
 import type { DecodedFrame } from "../codecs/mod.ts";
-import { encodeJpegTurbo } from "../codecs/jpeg_turbo.ts";
 import { MalformedError } from "../util/errors.ts";
 import {
   type DicomDataset,
@@ -25,6 +23,8 @@ import {
   type Part10Header,
   readNumbers,
 } from "../dicom/dataset.ts";
+import { applyViewport } from "./resample.ts";
+import { encodeJpeg, encodePng } from "./encode.ts";
 
 /** VOI LUT Function (0028,1056). */
 export type VoiFunction = "LINEAR" | "LINEAR_EXACT" | "SIGMOID";
@@ -86,7 +86,7 @@ export interface RenderedImage {
   height: number;
 }
 
-const DEFAULT_QUALITY = 90;
+export const DEFAULT_QUALITY = 90;
 const LITTLE_ENDIAN_PLATFORM = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1;
 
 // ---------------------------------------------------------------------------------------------------------
@@ -410,256 +410,6 @@ export function toDisplay(frame: DecodedFrame, attrs: RenderAttributes, options:
 
 // ---------------------------------------------------------------------------------------------------------
 // Viewport and resampling
-
-interface Taps {
-  index: Int32Array;
-  weight: Float32Array;
-  start: Int32Array;
-}
-
-/** Resampling taps along one axis: `size` outputs from source `[from, from + length)` (negative length flips). */
-function taps(from: number, length: number, size: number, limit: number): Taps {
-  const flip = length < 0;
-  const span = Math.abs(length);
-  const origin = flip ? from - span : from;
-  const scale = span / size;
-  const index: number[] = [];
-  const weight: number[] = [];
-  const start = new Int32Array(size + 1);
-  const clampIndex = (i: number) => i < 0 ? 0 : i >= limit ? limit - 1 : i;
-  for (let o = 0; o < size; o++) {
-    const oo = flip ? size - 1 - o : o;
-    start[o] = index.length;
-    if (scale > 1) {
-      // Area average of source pixels covered by [a, b).
-      const a = origin + oo * scale;
-      const b = a + scale;
-      let total = 0;
-      for (let s = Math.floor(a); s < Math.ceil(b); s++) {
-        const w = Math.min(b, s + 1) - Math.max(a, s);
-        if (w <= 0) continue;
-        index.push(clampIndex(s));
-        weight.push(w);
-        total += w;
-      }
-      for (let k = start[o]; k < index.length; k++) weight[k] /= total;
-    } else {
-      // Bilinear at the output pixel's centre.
-      const c = origin + (oo + 0.5) * scale - 0.5;
-      const s0 = Math.floor(c);
-      const f = c - s0;
-      index.push(clampIndex(s0), clampIndex(s0 + 1));
-      weight.push(1 - f, f);
-    }
-  }
-  start[size] = index.length;
-  return { index: Int32Array.from(index), weight: Float32Array.from(weight), start };
-}
-
-/** The output size of a viewport for a source region `sw × sh`: the region scaled to fit, aspect kept. */
-export function fitViewport(
-  sw: number,
-  sh: number,
-  vw: number,
-  vh: number,
-): { width: number; height: number } {
-  const scale = Math.min(vw / sw, vh / sh);
-  return { width: Math.max(1, Math.round(sw * scale)), height: Math.max(1, Math.round(sh * scale)) };
-}
-
-/** Applies a viewport: source region, flips, scaling to fit (see {@linkcode Viewport}). */
-export function applyViewport(image: Image8, viewport?: Viewport): Image8 {
-  if (!viewport) return image;
-  const sx = viewport.sx ?? 0;
-  const sy = viewport.sy ?? 0;
-  let sw = viewport.sw ?? image.width - sx;
-  let sh = viewport.sh ?? image.height - sy;
-  if (sw === 0) sw = image.width - sx;
-  if (sh === 0) sh = image.height - sy;
-  const fromX = sw < 0 ? sx + 1 : sx; // a negative width counts leftwards from sx
-  const fromY = sh < 0 ? sy + 1 : sy;
-  const { width, height } = fitViewport(Math.abs(sw), Math.abs(sh), viewport.width, viewport.height);
-  if (width === image.width && height === image.height && sx === 0 && sy === 0 && sw > 0 && sh > 0) {
-    return image;
-  }
-  return resample(
-    image,
-    taps(fromX, sw, width, image.width),
-    taps(fromY, sh, height, image.height),
-    width,
-    height,
-  );
-}
-
-function resample(image: Image8, tx: Taps, ty: Taps, width: number, height: number): Image8 {
-  const c = image.channels;
-  const src = image.pixels;
-  const stride = image.width * c;
-  const lineLength = width * c;
-  // Horizontal pass, once per source row the vertical pass needs.
-  const lines: (Float32Array | undefined)[] = new Array(image.height);
-  for (let k = 0; k < ty.index.length; k++) {
-    const row = ty.index[k];
-    if (lines[row]) continue;
-    const line = new Float32Array(lineLength);
-    const base = row * stride;
-    for (let o = 0; o < width; o++) {
-      const from = tx.start[o];
-      const to = tx.start[o + 1];
-      for (let ch = 0; ch < c; ch++) {
-        let sum = 0;
-        for (let t = from; t < to; t++) sum += src[base + tx.index[t] * c + ch] * tx.weight[t];
-        line[o * c + ch] = sum;
-      }
-    }
-    lines[row] = line;
-  }
-  // Vertical pass.
-  const out = new Uint8Array(lineLength * height);
-  const acc = new Float32Array(lineLength);
-  for (let o = 0; o < height; o++) {
-    acc.fill(0);
-    for (let t = ty.start[o]; t < ty.start[o + 1]; t++) {
-      const line = lines[ty.index[t]]!;
-      const w = ty.weight[t];
-      for (let x = 0; x < lineLength; x++) acc[x] += line[x] * w;
-    }
-    const at = o * lineLength;
-    for (let x = 0; x < lineLength; x++) {
-      const v = acc[x];
-      out[at + x] = v <= 0 ? 0 : v >= 255 ? 255 : (v + 0.5) | 0;
-    }
-  }
-  return { width, height, channels: image.channels, pixels: out };
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// Encoding
-
-const CRC_TABLE = (() => {
-  const table = new Uint32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    table[n] = c >>> 0;
-  }
-  return table;
-})();
-
-/** CRC-32 as PNG uses it (ISO 3309). */
-export function crc32(bytes: Uint8Array, crc = 0xffffffff): number {
-  for (let i = 0; i < bytes.length; i++) crc = CRC_TABLE[(crc ^ bytes[i]) & 0xff] ^ (crc >>> 8);
-  return crc;
-}
-
-function chunk(type: string, data: Uint8Array): Uint8Array {
-  const out = new Uint8Array(12 + data.length);
-  const view = new DataView(out.buffer);
-  view.setUint32(0, data.length);
-  for (let i = 0; i < 4; i++) out[4 + i] = type.charCodeAt(i);
-  out.set(data, 8);
-  view.setUint32(8 + data.length, (crc32(out.subarray(4, 8 + data.length)) ^ 0xffffffff) >>> 0);
-  return out;
-}
-
-async function deflate(data: Uint8Array): Promise<Uint8Array> {
-  const stream = new Blob([data as Uint8Array<ArrayBuffer>]).stream().pipeThrough(
-    new CompressionStream("deflate"),
-  );
-  return new Uint8Array(await new Response(stream).arrayBuffer());
-}
-
-/**
- * Encodes an 8-bit gray or RGB image as PNG (filter chosen per row by the minimum sum of absolute
- * differences).
- *
- * @example
- * ```ts
- * import { encodePng } from "./render.ts";
- * const png = await encodePng({ width: 2, height: 1, channels: 1, pixels: new Uint8Array([0, 255]) });
- * png[1] === 0x50; // "P"
- * ```
- */
-export async function encodePng(image: Image8): Promise<Uint8Array> {
-  const { width, height, channels, pixels } = image;
-  const stride = width * channels;
-  const filtered = new Uint8Array((stride + 1) * height);
-  const candidates = [0, 1, 2, 4].map(() => new Uint8Array(stride));
-  for (let y = 0; y < height; y++) {
-    const row = pixels.subarray(y * stride, (y + 1) * stride);
-    const up = y > 0 ? pixels.subarray((y - 1) * stride, y * stride) : undefined;
-    let best = 0;
-    let bestSum = Infinity;
-    [0, 1, 2, 4].forEach((type, t) => {
-      const out = candidates[t];
-      let sum = 0;
-      for (let x = 0; x < stride; x++) {
-        const a = x >= channels ? row[x - channels] : 0;
-        const b = up ? up[x] : 0;
-        const c = up && x >= channels ? up[x - channels] : 0;
-        let predictor = 0;
-        if (type === 1) predictor = a;
-        else if (type === 2) predictor = b;
-        else if (type === 4) {
-          const p = a + b - c;
-          const pa = Math.abs(p - a);
-          const pb = Math.abs(p - b);
-          const pc = Math.abs(p - c);
-          predictor = pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
-        }
-        const v = (row[x] - predictor) & 0xff;
-        out[x] = v;
-        sum += v < 128 ? v : 256 - v;
-      }
-      if (sum < bestSum) {
-        bestSum = sum;
-        best = t;
-      }
-    });
-    filtered[y * (stride + 1)] = [0, 1, 2, 4][best];
-    filtered.set(candidates[best], y * (stride + 1) + 1);
-  }
-  const ihdr = new Uint8Array(13);
-  const view = new DataView(ihdr.buffer);
-  view.setUint32(0, width);
-  view.setUint32(4, height);
-  ihdr.set([8, channels === 1 ? 0 : 2, 0, 0, 0], 8);
-  const parts = [
-    new Uint8Array([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
-    chunk("IHDR", ihdr),
-    chunk("IDAT", await deflate(filtered)),
-    chunk("IEND", new Uint8Array(0)),
-  ];
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
-/** Encodes an 8-bit gray or RGB image as baseline JPEG (libjpeg-turbo; jpeg-js when that cannot). */
-export async function encodeJpeg(image: Image8, quality = DEFAULT_QUALITY): Promise<Uint8Array> {
-  const q = Math.min(100, Math.max(1, Math.round(quality)));
-  if (image.pixels.length >= 16384) {
-    const out = await encodeJpegTurbo(image.pixels, {
-      width: image.width,
-      height: image.height,
-      components: image.channels,
-      quality: q,
-    });
-    if (out) return out;
-  }
-  const rgba = new Uint8Array(image.width * image.height * 4);
-  for (let i = 0, n = image.width * image.height; i < n; i++) {
-    if (image.channels === 1) rgba[i * 4] = rgba[i * 4 + 1] = rgba[i * 4 + 2] = image.pixels[i];
-    else rgba.set(image.pixels.subarray(i * 3, i * 3 + 3), i * 4);
-    rgba[i * 4 + 3] = 255;
-  }
-  const encoded = jpegJs.encode({ data: rgba, width: image.width, height: image.height }, q);
-  return new Uint8Array(encoded.data);
-}
 
 /**
  * Renders a decoded frame: display transform, viewport, then encoding.

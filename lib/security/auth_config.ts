@@ -9,7 +9,7 @@
 import { isLoopbackHost } from "./proxies.ts";
 import { settingsReader } from "../util/settings.ts";
 import { AET_PATTERN } from "../http/urls.ts";
-import { hex, MIN_ITERATIONS, parsePasswordHash, type PasswordHash, pbkdf2 } from "./passwords.ts";
+import { MIN_ITERATIONS, parsePasswordHash, type PasswordHash } from "./passwords.ts";
 import type { AuthMethod, Grant } from "./grants.ts";
 
 /** OIDC / OAuth2 bearer JWT settings. */
@@ -64,7 +64,7 @@ export const AUTH_CONFIG_NAMES = [
   "AUTH_GRANTS",
 ] as const;
 
-export const ASYMMETRIC = [
+const ASYMMETRIC = [
   "RS256",
   "RS384",
   "RS512",
@@ -78,7 +78,7 @@ export const ASYMMETRIC = [
   "Ed25519",
 ];
 
-export const DEFAULT_ALGORITHMS = ASYMMETRIC.filter((a) => a !== "Ed25519");
+const DEFAULT_ALGORITHMS = ASYMMETRIC.filter((a) => a !== "Ed25519");
 
 /** A valid subject name: a token's or user's name in `AUTH_TOKENS`, `AUTH_USERS` and `AUTH_GRANTS`. */
 export const NAME_PATTERN = /^[A-Za-z0-9_.@+\-]{1,128}$/;
@@ -273,12 +273,12 @@ export function parseAuthConfig(
   return { methods, allowUnauthenticated, realm, oidc, tokens, users, grants };
 }
 
-export function redactSecret(entry: string): string {
+function redactSecret(entry: string): string {
   const colon = entry.lastIndexOf(":");
   return colon < 0 ? "…" : `${entry.slice(0, colon)}:…`;
 }
 
-export function parseGrantEntry(entry: string): { subject: string; grant: Grant } | undefined {
+function parseGrantEntry(entry: string): { subject: string; grant: Grant } | undefined {
   const last = entry.lastIndexOf(":");
   const middle = entry.lastIndexOf(":", last - 1);
   if (last < 0 || middle <= 0) return undefined;

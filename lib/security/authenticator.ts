@@ -32,9 +32,9 @@ export interface AuthenticatorOptions {
   passwordCacheMs?: number;
 }
 
-export const MAX_CACHED_PASSWORDS = 10_000;
+const MAX_CACHED_PASSWORDS = 10_000;
 
-export const PBKDF2_CONCURRENCY = 2;
+const PBKDF2_CONCURRENCY = 2;
 
 /** Turns credentials into a {@linkcode Principal}, or throws 401 (bad credentials) / 503 (issuer unreachable). */
 export class Authenticator {
@@ -299,7 +299,7 @@ export async function discoverJwksUrl(issuer: string, fetcher: typeof fetch = fe
   return doc.jwks_uri;
 }
 
-export function decodeBasic(value: string): { user: string; password: string } | undefined {
+function decodeBasic(value: string): { user: string; password: string } | undefined {
   if (!/^[A-Za-z0-9+/]+={0,2}$/.test(value)) return undefined;
   let text: string;
   try {

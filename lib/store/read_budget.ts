@@ -143,7 +143,7 @@ export class ReadBudget {
   }
 }
 
-export function take(budget: Budget, bytes: number, maxWaitMs: number, signal?: AbortSignal): Promise<void> {
+function take(budget: Budget, bytes: number, maxWaitMs: number, signal?: AbortSignal): Promise<void> {
   if (budget.open === 0 || (budget.waiting.length === 0 && budget.open + bytes <= budget.max)) {
     budget.open += bytes;
     return Promise.resolve();
@@ -175,7 +175,7 @@ export function take(budget: Budget, bytes: number, maxWaitMs: number, signal?: 
   });
 }
 
-export function give(budget: Budget, bytes: number): void {
+function give(budget: Budget, bytes: number): void {
   budget.open -= bytes;
   while (budget.waiting.length > 0) {
     const next = budget.waiting[0];
@@ -188,7 +188,7 @@ export function give(budget: Budget, bytes: number): void {
  * `stream` calling `release` once when it ends, fails or is cancelled. A byte stream stays a byte stream
  * (BYOB reads go straight into the reader's buffer, so the budget costs no copy and no small chunks).
  */
-export function releaseStream(
+function releaseStream(
   stream: ReadableStream<Uint8Array>,
   release: () => void,
 ): ReadableStream<Uint8Array> {
@@ -226,7 +226,7 @@ export function releaseStream(
   });
 }
 
-export function releaseDefaultStream(
+function releaseDefaultStream(
   stream: ReadableStream<Uint8Array>,
   release: () => void,
 ): ReadableStream<Uint8Array> {

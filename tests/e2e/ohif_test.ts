@@ -18,7 +18,6 @@ import { memoryCatalog, testHandler } from "../_server.ts";
 import { FileStore } from "../../lib/store/file_store.ts";
 import { errorResponse, toHttpError } from "../../lib/http/errors.ts";
 import { S3Store } from "../../lib/store/s3/s3_store.ts";
-import { fitViewport } from "../../lib/imaging/render.ts";
 import {
   ohifAppConfig,
   replaceAll,
@@ -30,6 +29,7 @@ import { type Browser, browserMissing, launchBrowser, type Page, type PageEvents
 import { type CorpusFile, sharedCorpus } from "../_corpus.ts";
 import { buildPart10, type Fx } from "../_dicom_fixtures.ts";
 import { startS3 } from "../_s3server.ts";
+import { fitViewport } from "../../lib/imaging/resample.ts";
 
 const AET = "OHIF";
 /** A second AET (bucket) holding only the CT study: the same-origin viewer has a data source for each. */

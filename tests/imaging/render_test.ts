@@ -11,10 +11,6 @@ import { describeFrame } from "../../lib/imaging/decode.ts";
 import { frameCount, planFrame } from "../../lib/dicom/frames.ts";
 import { parseObject } from "../../lib/dicom/part10.ts";
 import {
-  applyViewport,
-  encodeJpeg,
-  encodePng,
-  fitViewport,
   type Image8,
   renderAttributes,
   renderFrame,
@@ -22,6 +18,8 @@ import {
   windowValue,
 } from "../../lib/imaging/render.ts";
 import type { DicomDataset, DicomElement, Part10Header } from "../../lib/dicom/dataset.ts";
+import { applyViewport, fitViewport } from "../../lib/imaging/resample.ts";
+import { encodeJpeg, encodePng } from "../../lib/imaging/encode.ts";
 
 const CI = Deno.env.get("CI") === "true";
 const CORPUS = new URL("../../../shared/dicom/files/", import.meta.url);

@@ -81,7 +81,7 @@ export function toStoreError(error: unknown, where: Where, location: string, sig
 }
 
 /** Connection refused or reset, DNS failure, timeout: the server was not reached or did not answer. */
-export function isNetworkError(error: unknown): boolean {
+function isNetworkError(error: unknown): boolean {
   const { name, message, code } = (error ?? {}) as { name?: string; message?: string; code?: string };
   return name === "TypeError" || name === "TimeoutError" ||
     /^E(CONN|TIMEDOUT|NOTFOUND|AI_AGAIN|HOSTUNREACH|NETUNREACH|PIPE)/.test(code ?? "") ||
@@ -90,7 +90,7 @@ export function isNetworkError(error: unknown): boolean {
     );
 }
 
-export function rootMessage(error: unknown): string {
+function rootMessage(error: unknown): string {
   let e = error as Error | undefined;
   while (e?.cause instanceof Error) e = e.cause;
   return e?.message ?? String(error);
