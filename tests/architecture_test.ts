@@ -8,8 +8,9 @@
 import assert from "node:assert/strict";
 
 /**
- * Each layer of `lib/` and the layers it may import, lowest first. A layer never imports one listed after
- * it; `util` is below everything.
+ * Each layer of `lib/` and the layers it may import, lowest first: a layer imports only layers listed before
+ * it, so there is no cycle. `util` is below everything. Each layer folder's README.md repeats its line (checked
+ * below), next to what the folder holds.
  */
 export const LAYERS: Record<string, readonly string[]> = {
   util: [],
@@ -17,39 +18,15 @@ export const LAYERS: Record<string, readonly string[]> = {
   codecs: ["util", "dicom"],
   store: ["util"],
   objects: ["util", "dicom", "store"],
-  imaging: ["util", "dicom", "codecs", "store", "objects"],
+  imaging: ["util", "dicom", "codecs", "objects"],
   catalog: ["util", "dicom", "store", "objects"],
   http: ["util", "store"],
   security: ["util", "store", "http"],
-  config: ["util", "store", "http", "security"],
-  dicomweb: [
-    "util",
-    "dicom",
-    "codecs",
-    "imaging",
-    "store",
-    "objects",
-    "catalog",
-    "http",
-    "security",
-    "config",
-  ],
-  viewer: ["util", "store", "http", "config", "dicomweb"],
-  app: [
-    "util",
-    "dicom",
-    "codecs",
-    "imaging",
-    "store",
-    "objects",
-    "catalog",
-    "http",
-    "security",
-    "config",
-    "dicomweb",
-    "viewer",
-  ],
-  cli: ["util", "dicom", "store", "objects", "catalog", "security", "config", "app"],
+  config: ["util", "http", "security"],
+  dicomweb: ["util", "dicom", "codecs", "store", "objects", "imaging", "catalog", "http", "config"],
+  viewer: ["util", "store", "http", "dicomweb"],
+  app: ["util", "store", "objects", "imaging", "catalog", "http", "security", "config", "dicomweb", "viewer"],
+  cli: ["store", "objects", "catalog", "security", "config", "app"],
 };
 
 const LIB = new URL("../lib/", import.meta.url);
@@ -116,6 +93,34 @@ Deno.test("lib/ layers import only the layers below them", async (t) => {
     }
     assert.deepEqual(wrong, []);
   });
+
+  await t.step(
+    "each layer folder has a README.md whose 'May import' line is the layer's entry here",
+    async () => {
+      const wrong: string[] = [];
+      for (const [layer, allowed] of Object.entries(LAYERS)) {
+        let text = "";
+        try {
+          text = await Deno.readTextFile(new URL(`${layer}/README.md`, LIB));
+        } catch {
+          wrong.push(`lib/${layer}/README.md is missing`);
+          continue;
+        }
+        const line = /^May import: ([\s\S]*?)\n\n/m.exec(text)?.[1].replace(/\s+/g, " ");
+        const listed = line === undefined || line === "nothing"
+          ? []
+          : line.split(", ").map((s) => s.replaceAll("`", ""));
+        if (line === undefined || listed.join() !== allowed.join()) {
+          wrong.push(
+            `lib/${layer}/README.md says "May import: ${line}", LAYERS says ${
+              allowed.join(", ") || "nothing"
+            }`,
+          );
+        }
+      }
+      assert.deepEqual(wrong, []);
+    },
+  );
 
   await t.step("the map itself has no cycle: each layer imports only layers listed before it", () => {
     const names = Object.keys(LAYERS);
