@@ -21,6 +21,7 @@ import { MalformedError, OutOfRangeError } from "../util/errors.ts";
 import type { DicomDataset, DicomElement, Part10Header } from "./dataset.ts";
 import { NeedInflate, NeedMore, Reader, SparseBytes } from "./part10_bytes.ts";
 import { HeaderJob, limitsOf, parseMeta, type ParseOptions } from "./part10_parser.ts";
+import { concatBytes } from "../util/bytes.ts";
 
 /** Random access to an object's bytes (an S3 object via ranged GETs, a file, a buffer). */
 export interface RangeSource {
@@ -144,13 +145,7 @@ async function inflateRaw(input: Uint8Array, max: number, name: string): Promise
     if (e instanceof RangeError) throw new MalformedError(`Cannot parse "${name}": ${e.message}`);
     return undefined;
   }
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
+  return concatBytes(chunks, total);
 }
 
 /**

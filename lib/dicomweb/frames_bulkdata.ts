@@ -21,6 +21,7 @@ import { EXPLICIT_VR_LITTLE_ENDIAN } from "../dicom/transfer_syntax.ts";
 import { instanceKey } from "../dicom/uid.ts";
 import { describe, targetOf } from "./retrieve.ts";
 import type { Part10Header } from "../dicom/dataset.ts";
+import { concatBytes } from "../util/bytes.ts";
 
 /** How frames will be sent. */
 export interface FrameChoice {
@@ -161,16 +162,7 @@ async function readFrame(services: Services, source: Source, plan: FramePlan) {
   const chunks = await Promise.all(
     plan.ranges.map((r) => readSpan(services, bucket, header, key, r.offset, r.length, etag)),
   );
-  let bytes: Uint8Array;
-  if (chunks.length === 1) bytes = chunks[0];
-  else {
-    bytes = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
-    let at = 0;
-    for (const c of chunks) {
-      bytes.set(c, at);
-      at += c.byteLength;
-    }
-  }
+  const bytes = chunks.length === 1 ? chunks[0] : concatBytes(chunks);
   return plan.extract ? plan.extract(bytes) : bytes;
 }
 

@@ -29,6 +29,7 @@ import type { ObjectInfo } from "../store/store.ts";
 import { instanceKey, parseInstanceKey, seriesPrefix, studyPrefix } from "../dicom/uid.ts";
 import { describe, type Target, targetOf } from "./retrieve.ts";
 import { getString, type Part10Header } from "../dicom/dataset.ts";
+import { concatBytes } from "../util/bytes.ts";
 
 /** Options for {@linkcode registerRendered}. */
 export interface RenderedOptions {
@@ -247,16 +248,7 @@ export function renderedHandlers(services: Services, options: RenderedOptions = 
           : source.read(r.offset, r.offset + r.length)
       ),
     );
-    let bytes: Uint8Array;
-    if (chunks.length === 1) bytes = chunks[0];
-    else {
-      bytes = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-      let at = 0;
-      for (const c of chunks) {
-        bytes.set(c, at);
-        at += c.length;
-      }
-    }
+    const bytes = chunks.length === 1 ? chunks[0] : concatBytes(chunks);
     return plan.extract ? plan.extract(bytes) : bytes;
   }
 

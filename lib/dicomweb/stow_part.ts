@@ -18,6 +18,7 @@ import type { Services } from "./services.ts";
 import { isValidUid } from "../dicom/uid.ts";
 import { FAILURE } from "./stow_response.ts";
 import type { Part10Header } from "../dicom/dataset.ts";
+import { concatBytes } from "../util/bytes.ts";
 
 /** Bytes kept from the end of a streamed part, for elements after its Pixel Data. */
 export const TAIL_BYTES = 64 * 1024;
@@ -126,13 +127,8 @@ export async function readPrefix(
     throw error;
   }
   if (chunks.length === 1) return { bytes: chunks[0], ended, next };
-  const bytes = new Uint8Array(total);
-  let at = 0;
-  for (const chunk of chunks) {
-    bytes.set(chunk, at);
-    at += chunk.byteLength;
-    ledger.release(chunk);
-  }
+  const bytes = concatBytes(chunks, total);
+  for (const chunk of chunks) ledger.release(chunk);
   return { bytes, own: bytes.buffer, ended, next };
 }
 
@@ -310,12 +306,6 @@ export class Tail {
   }
 
   bytes(): Uint8Array {
-    const out = new Uint8Array(this.#total);
-    let at = 0;
-    for (const chunk of this.#chunks) {
-      out.set(chunk, at);
-      at += chunk.byteLength;
-    }
-    return out;
+    return concatBytes(this.#chunks, this.#total);
   }
 }

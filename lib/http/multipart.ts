@@ -5,6 +5,8 @@
  * @module
  */
 
+import { concatBytes } from "../util/bytes.ts";
+
 /** One part of a multipart body. */
 export interface Part {
   /** Header name → value, written as given. */
@@ -66,16 +68,7 @@ export function multipartStream(
     pendingBytes += bytes.byteLength;
   };
   const take = (): Uint8Array => {
-    let out: Uint8Array;
-    if (pending.length === 1) out = pending[0];
-    else {
-      out = new Uint8Array(pendingBytes);
-      let at = 0;
-      for (const p of pending) {
-        out.set(p, at);
-        at += p.byteLength;
-      }
-    }
+    const out = pending.length === 1 ? pending[0] : concatBytes(pending, pendingBytes);
     pending = [];
     pendingBytes = 0;
     return out;

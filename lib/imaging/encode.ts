@@ -8,6 +8,7 @@
 import { encodeJpegTurbo } from "../codecs/jpeg_turbo.ts";
 import jpegJs from "jpeg-js";
 import { DEFAULT_QUALITY, type Image8 } from "./render.ts";
+import { concatBytes } from "../util/bytes.ts";
 
 const CRC_TABLE = (() => {
   const table = new Uint32Array(256);
@@ -102,13 +103,7 @@ export async function encodePng(image: Image8): Promise<Uint8Array> {
     chunk("IDAT", await deflate(filtered)),
     chunk("IEND", new Uint8Array(0)),
   ];
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
+  return concatBytes(parts);
 }
 
 /** Encodes an 8-bit gray or RGB image as baseline JPEG (libjpeg-turbo; jpeg-js when that cannot). */

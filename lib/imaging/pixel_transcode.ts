@@ -23,6 +23,7 @@ import { EXPLICIT_VR_LITTLE_ENDIAN } from "../dicom/transfer_syntax.ts";
 import { MalformedError, NotAcceptableError, TooLargeError } from "../util/errors.ts";
 import { LONG_VRS } from "../dicom/dictionary.ts";
 import { type DicomDataset, type DicomElement, getString, type Part10Header } from "../dicom/dataset.ts";
+import { concatBytes } from "../util/bytes.ts";
 
 /** Default bound on a whole decoded instance: 1 GiB. */
 export const DEFAULT_MAX_INSTANCE_BYTES = 1024 * 1024 * 1024;
@@ -89,13 +90,7 @@ class Out {
   }
   concat(): Uint8Array {
     this.flush();
-    const out = new Uint8Array(this.length);
-    let at = 0;
-    for (const c of this.chunks) {
-      out.set(c, at);
-      at += c.length;
-    }
-    return out;
+    return concatBytes(this.chunks, this.length);
   }
 }
 
@@ -315,16 +310,7 @@ export async function* decodedInstanceParts(
   const decode = async (n: number): Promise<DecodedFrame> => {
     const plan = planFrame(header, n);
     const parts = plan.ranges.map((r) => source.subarray(r.offset, r.offset + r.length));
-    let data: Uint8Array;
-    if (parts.length === 1) data = parts[0];
-    else {
-      data = new Uint8Array(parts.reduce((s, p) => s + p.length, 0));
-      let at = 0;
-      for (const p of parts) {
-        data.set(p, at);
-        at += p.length;
-      }
-    }
+    const data = parts.length === 1 ? parts[0] : concatBytes(parts);
     try {
       const frame = await pool.decode(ts, plan.extract ? plan.extract(data) : data, d);
       if (frame.bytes.length !== frameBytes) {
@@ -366,13 +352,7 @@ export async function decodeInstance(
 ): Promise<Uint8Array> {
   const chunks: Uint8Array[] = [];
   for await (const c of decodedInstanceParts(bytes, name, options)) chunks.push(c);
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
+  return concatBytes(chunks);
 }
 
 /** Reads a stream to the end, refusing more than `max` bytes. */
@@ -387,13 +367,7 @@ async function readAll(stream: ReadableStream<Uint8Array>, max: number, name: st
     }
     chunks.push(chunk);
   }
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
+  return concatBytes(chunks, total);
 }
 
 /** The opened (compressed) instance decoded to Explicit VR Little Endian, as a stream. */

@@ -8,6 +8,7 @@
 import { type FileMeta, readFileMeta } from "../dicom/file_meta.ts";
 import type { ObjectInfo, ObjectStore } from "../store/store.ts";
 import { MalformedError, OutOfRangeError } from "../util/errors.ts";
+import { concatBytes } from "../util/bytes.ts";
 
 /** An instance whose body is streaming in, with its File Meta already read. */
 export interface OpenedInstance {
@@ -151,7 +152,7 @@ class ChunkReader {
   /** Every byte read so far (only before the first {@linkcode next}). */
   head(): Uint8Array {
     if (this.#reader) {
-      if (this.#pending.length > 1) this.#pending = [concat(this.#pending)];
+      if (this.#pending.length > 1) this.#pending = [concatBytes(this.#pending)];
       return this.#pending[0] ?? new Uint8Array(0);
     }
     return this.#buffer === null ? new Uint8Array(0) : this.#buffer.subarray(0, this.#filled);
@@ -179,16 +180,6 @@ class ChunkReader {
     this.#pending = [];
     await (this.#byob ?? this.#reader)!.cancel(reason).catch(() => {});
   }
-}
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.byteLength, 0));
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.byteLength;
-  }
-  return out;
 }
 
 /**

@@ -18,6 +18,7 @@ import {
   StoreError,
 } from "./store.ts";
 import { OutOfRangeError } from "../util/errors.ts";
+import { concatBytes } from "../util/bytes.ts";
 
 /** Bytes per body chunk. */
 const CHUNK = 1024 * 1024;
@@ -204,11 +205,5 @@ async function collect(body: ReadableStream<Uint8Array>, signal?: AbortSignal): 
   } finally {
     signal?.removeEventListener("abort", onAbort);
   }
-  const data = new Uint8Array(length);
-  let offset = 0;
-  for (const chunk of chunks) {
-    data.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
-  return data;
+  return concatBytes(chunks, length);
 }

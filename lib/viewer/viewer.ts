@@ -17,6 +17,7 @@ import type { Services } from "../dicomweb/services.ts";
 import { type ObjectStore, StoreError } from "../store/store.ts";
 import { publicBase } from "../http/urls.ts";
 import { OutOfRangeError } from "../util/errors.ts";
+import { concatBytes } from "../util/bytes.ts";
 
 /** One DICOMweb server (an AET) as an OHIF data source. */
 export interface ViewerDataSource {
@@ -263,16 +264,6 @@ function indexOfBytes(data: Uint8Array, needle: Uint8Array, from: number): numbe
     if (j === needle.length) return i;
   }
   return -1;
-}
-
-function concatBytes(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
 }
 
 /** Options for {@linkcode registerViewer}. */
