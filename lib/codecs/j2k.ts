@@ -8,7 +8,7 @@
  */
 
 import type { RawImage } from "./mod.ts";
-import { CodecSlot, copyOut, wasmMessage } from "./wasm.ts";
+import { CodecSlot, copyOut, type EmscriptenModule, wasmMessage } from "./wasm.ts";
 import { MalformedError } from "../util/errors.ts";
 
 const decoder = new CodecSlot(
@@ -21,11 +21,24 @@ const encoder = new CodecSlot(
 );
 
 /** Decodes one JPEG 2000 codestream (or JP2 file). */
-export async function decodeJ2k(data: Uint8Array): Promise<RawImage> {
-  const loaded = await decoder.get();
+export function decodeJ2k(data: Uint8Array): Promise<RawImage> {
+  return decodeWavelet(decoder, "J2KDecoder", "JPEG 2000 data (OpenJPEG)", data);
+}
+
+/**
+ * Decodes with a decoder class of cornerstone's JPEG 2000 family (OpenJPEG's `J2KDecoder`, OpenJPH's
+ * `HTJ2KDecoder`: the same interface). A WASM trap drops the instance; one that grew large is trimmed.
+ */
+export async function decodeWavelet(
+  slot: CodecSlot,
+  className: string,
+  what: string,
+  data: Uint8Array,
+): Promise<RawImage> {
+  const loaded = await slot.get();
   const { module, printed } = loaded;
   printed.length = 0;
-  const codec = new module.J2KDecoder();
+  const codec = new module[className]();
   try {
     codec.getEncodedBuffer(data.length).set(data);
     codec.decode();
@@ -46,15 +59,18 @@ export async function decodeJ2k(data: Uint8Array): Promise<RawImage> {
       lossy: !codec.getIsReversible(),
     };
   } catch (error) {
-    if (error instanceof WebAssembly.RuntimeError) decoder.reset();
-    throw new MalformedError(`Cannot decode JPEG 2000 data (OpenJPEG): ${wasmMessage(error, printed)}`, {
-      cause: error,
-    });
+    let detail = wasmMessage(error, printed);
+    try {
+      const last = codec.getLastErrorMessage?.();
+      if (last) detail = last;
+    } catch { /* keep the generic text */ }
+    if (error instanceof WebAssembly.RuntimeError) slot.reset();
+    throw new MalformedError(`Cannot decode ${what}: ${detail}`, { cause: error });
   } finally {
     try {
       codec.delete();
     } catch { /* instance trapped */ }
-    decoder.trim(loaded);
+    slot.trim(loaded);
   }
 }
 
@@ -77,27 +93,50 @@ export function decompositions(width: number, height: number): number {
 }
 
 /** Encodes little endian samples (pixel-interleaved) as a JPEG 2000 codestream. */
-export async function encodeJ2k(samples: Uint8Array, options: J2kEncodeOptions): Promise<Uint8Array> {
-  const { module, printed } = await encoder.get();
-  const codec = new module.J2KEncoder();
-  try {
-    codec.getDecodedBuffer({
-      width: options.width,
-      height: options.height,
-      bitsPerSample: options.bitsPerSample,
-      componentCount: options.components,
-      isSigned: options.signed,
-      isUsingColorTransform: options.components === 3,
-    }).set(samples);
-    const lossless = options.lossless ?? true;
-    codec.setDecompositions(decompositions(options.width, options.height));
+export function encodeJ2k(samples: Uint8Array, options: J2kEncodeOptions): Promise<Uint8Array> {
+  const lossless = options.lossless ?? true;
+  return encodeWavelet(encoder, "J2KEncoder", "JPEG 2000 (OpenJPEG)", samples, options, (codec) => {
     codec.setQuality(lossless, 1);
     codec.setCompressionRatio(0, lossless ? 0 : options.ratio ?? 10);
+  });
+}
+
+/** The image an encoder of the JPEG 2000 family is given. */
+export interface WaveletImage {
+  width: number;
+  height: number;
+  components: number;
+  bitsPerSample: number;
+  signed: boolean;
+}
+
+/** Encodes with an encoder class of the JPEG 2000 family; `configure` sets its quality and order. */
+export async function encodeWavelet(
+  slot: CodecSlot,
+  className: string,
+  what: string,
+  samples: Uint8Array,
+  image: WaveletImage,
+  configure: (codec: EmscriptenModule) => void,
+): Promise<Uint8Array> {
+  const { module, printed } = await slot.get();
+  const codec = new module[className]();
+  try {
+    codec.getDecodedBuffer({
+      width: image.width,
+      height: image.height,
+      bitsPerSample: image.bitsPerSample,
+      componentCount: image.components,
+      isSigned: image.signed,
+      isUsingColorTransform: image.components === 3,
+    }).set(samples);
+    codec.setDecompositions(decompositions(image.width, image.height));
+    configure(codec);
     codec.encode();
     return copyOut(codec.getEncodedBuffer());
   } catch (error) {
-    encoder.reset();
-    throw new Error(`Cannot encode JPEG 2000 (OpenJPEG): ${wasmMessage(error, printed)}`, { cause: error });
+    slot.reset();
+    throw new Error(`Cannot encode ${what}: ${wasmMessage(error, printed)}`, { cause: error });
   } finally {
     try {
       codec.delete();

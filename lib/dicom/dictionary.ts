@@ -162,3 +162,21 @@ export const KNOWN_VRS: ReadonlySet<string> = new Set(
 
 /** VRs with a 2-byte reserved field and a 4-byte length in explicit VR. */
 export const LONG_VRS: ReadonlySet<string> = new Set("OB OD OF OL OV OW SQ SV UC UN UR UT UV".split(" "));
+
+/** Bytes per value of the binary VRs whose values are byte-swapped between big and little endian. */
+export const SWAP_WIDTH: Readonly<Record<string, number>> = {
+  US: 2,
+  SS: 2,
+  OW: 2,
+  AT: 2,
+  UL: 4,
+  SL: 4,
+  FL: 4,
+  OF: 4,
+  OL: 4,
+  FD: 8,
+  OD: 8,
+  SV: 8,
+  UV: 8,
+  OV: 8,
+};

@@ -13,51 +13,48 @@
 
 import { EXPLICIT_VR_LITTLE_ENDIAN } from "./transfer_syntax.ts";
 import { MalformedError } from "../util/errors.ts";
-import { LONG_VRS } from "./dictionary.ts";
+import { LONG_VRS, SWAP_WIDTH } from "./dictionary.ts";
 import type { DicomDataset, DicomElement, Part10Header } from "./dataset.ts";
 
 type Op = { emit: Uint8Array } | { copy: number; length: number; swap: number };
 
-const SWAP_WIDTH: Record<string, number> = {
-  US: 2,
-  SS: 2,
-  OW: 2,
-  AT: 2,
-  UL: 4,
-  SL: 4,
-  FL: 4,
-  OF: 4,
-  OL: 4,
-  FD: 8,
-  OD: 8,
-  SV: 8,
-  UV: 8,
-  OV: 8,
-};
 const TS_TAG = 0x00020010;
 
-/** Encodes explicit VR little endian element headers and values into a list of output operations. */
-class Encoder {
-  ops: Op[] = [];
+/**
+ * Writes Explicit VR Little Endian element headers and values: the one writer of that encoding. Subclasses say
+ * where flushed bytes go (see {@linkcode ExplicitLeWriter.flush}).
+ */
+export abstract class ExplicitLeWriter {
   #pending: number[] = [];
+  /** Bytes written so far, flushed or not. */
+  length = 0;
 
+  /** Takes the bytes written since the last flush. */
+  protected abstract emit(bytes: Uint8Array): void;
+
+  /** Appends bytes. */
   bytes(values: ArrayLike<number>): void {
     for (let i = 0; i < values.length; i++) this.#pending.push(values[i]);
+    this.length += values.length;
   }
 
+  /** Appends a 16-bit value. */
   u16(v: number): void {
     this.bytes([v & 0xff, v >>> 8 & 0xff]);
   }
 
+  /** Appends a 32-bit value. */
   u32(v: number): void {
     this.bytes([v & 0xff, v >>> 8 & 0xff, v >>> 16 & 0xff, v >>> 24 & 0xff]);
   }
 
+  /** Appends a tag (group, then element). */
   tag(tag: number): void {
     this.u16(tag >>> 16);
     this.u16(tag & 0xffff);
   }
 
+  /** Appends an element header: tag, VR, and a 16-bit length or a reserved field and a 32-bit length. */
   elementHeader(tag: number, vr: string, length: number): void {
     this.tag(tag);
     this.bytes([vr.charCodeAt(0), vr.charCodeAt(1)]);
@@ -69,9 +66,19 @@ class Encoder {
     }
   }
 
+  /** Hands the bytes written since the last flush to {@linkcode ExplicitLeWriter.emit}. */
   flush(): void {
-    if (this.#pending.length) this.ops.push({ emit: Uint8Array.from(this.#pending) });
+    if (this.#pending.length) this.emit(Uint8Array.from(this.#pending));
     this.#pending = [];
+  }
+}
+
+/** Encodes explicit VR little endian element headers and values into a list of output operations. */
+class Encoder extends ExplicitLeWriter {
+  ops: Op[] = [];
+
+  protected emit(bytes: Uint8Array): void {
+    this.ops.push({ emit: bytes });
   }
 
   copy(offset: number, length: number, swap: number): void {

@@ -24,69 +24,28 @@ import { MalformedError, NotAcceptableError, TooLargeError } from "../util/error
 import { LONG_VRS } from "../dicom/dictionary.ts";
 import { type DicomDataset, type DicomElement, getString, type Part10Header } from "../dicom/dataset.ts";
 import { concatBytes } from "../util/bytes.ts";
+import { ExplicitLeWriter } from "../dicom/explicit_le.ts";
+import { SWAP_WIDTH } from "../dicom/dictionary.ts";
 
 /** Default bound on a whole decoded instance: 1 GiB. */
 export const DEFAULT_MAX_INSTANCE_BYTES = 1024 * 1024 * 1024;
 
 const PIXEL_DATA = 0x7fe00010;
-const SWAP_WIDTH: Record<string, number> = {
-  US: 2,
-  SS: 2,
-  OW: 2,
-  AT: 2,
-  UL: 4,
-  SL: 4,
-  FL: 4,
-  OF: 4,
-  OL: 4,
-  FD: 8,
-  OD: 8,
-  SV: 8,
-  UV: 8,
-  OV: 8,
-};
 const encoder = new TextEncoder();
 
 /** An element value to set (or `null`: remove) when writing. */
 export type Override = { vr: string; bytes: Uint8Array } | null;
 
 /** Growable byte output. */
-class Out {
+class Out extends ExplicitLeWriter {
   chunks: Uint8Array[] = [];
-  #pending: number[] = [];
-  length = 0;
-  bytes(values: ArrayLike<number>): void {
-    for (let i = 0; i < values.length; i++) this.#pending.push(values[i]);
-    this.length += values.length;
+  protected emit(bytes: Uint8Array): void {
+    this.chunks.push(bytes);
   }
   block(values: Uint8Array): void {
     this.flush();
     this.chunks.push(values);
     this.length += values.length;
-  }
-  u16(v: number): void {
-    this.bytes([v & 0xff, v >>> 8 & 0xff]);
-  }
-  u32(v: number): void {
-    this.bytes([v & 0xff, v >>> 8 & 0xff, v >>> 16 & 0xff, v >>> 24 & 0xff]);
-  }
-  tag(tag: number): void {
-    this.u16(tag >>> 16);
-    this.u16(tag & 0xffff);
-  }
-  header(tag: number, vr: string, length: number): void {
-    this.tag(tag);
-    this.bytes([vr.charCodeAt(0), vr.charCodeAt(1)]);
-    if (LONG_VRS.has(vr)) {
-      this.u16(0);
-      this.u32(length);
-    } else {
-      this.u16(length);
-    }
-  }
-  flush(): void {
-    if (this.#pending.length) this.chunks.push(Uint8Array.from(this.#pending));
-    this.#pending = [];
   }
   concat(): Uint8Array {
     this.flush();
@@ -104,7 +63,7 @@ function swapped(bytes: Uint8Array, width: number): Uint8Array {
 
 function writeElement(out: Out, el: DicomElement, littleEndian: boolean, name: string): void {
   if (el.items) {
-    out.header(el.tag, "SQ", 0xffffffff);
+    out.elementHeader(el.tag, "SQ", 0xffffffff);
     for (const item of el.items) {
       out.tag(0xfffee000);
       out.u32(0xffffffff);
@@ -132,7 +91,7 @@ function writeElement(out: Out, el: DicomElement, littleEndian: boolean, name: s
     bytes = padded;
   }
   if (!LONG_VRS.has(vr) && bytes.length > 0xfffe) vr = "UN";
-  out.header(el.tag, vr, bytes.length);
+  out.elementHeader(el.tag, vr, bytes.length);
   out.block(bytes);
 }
 
@@ -178,7 +137,7 @@ function writeMeta(
     elements.push({ tag: 0x00020003, vr: "UI", bytes: textValue(sop, "UI") });
   }
   for (const el of elements.sort((a, b) => a.tag - b.tag)) {
-    body.header(el.tag, /^[A-Z]{2}$/.test(el.vr) ? el.vr : "UN", el.bytes.length);
+    body.elementHeader(el.tag, /^[A-Z]{2}$/.test(el.vr) ? el.vr : "UN", el.bytes.length);
     body.block(el.bytes);
   }
   const group = body.concat();
@@ -235,7 +194,7 @@ export function encapsulatedInstance(
   const out = new Out();
   out.block(writeMeta(header, transferSyntax, overrides));
   writeDataset(out, before, header.name);
-  out.header(PIXEL_DATA, "OB", 0xffffffff);
+  out.elementHeader(PIXEL_DATA, "OB", 0xffffffff);
   out.tag(0xfffee000);
   out.u32(frames.length * 4);
   let offset = 0;
@@ -334,7 +293,7 @@ export async function* decodedInstanceParts(
   out.block(writeMeta(header, EXPLICIT_VR_LITTLE_ENDIAN));
   writeDataset(out, before, name);
   const padded = total + (total % 2);
-  out.header(PIXEL_DATA, d.bitsAllocated > 8 ? "OW" : "OB", padded);
+  out.elementHeader(PIXEL_DATA, d.bitsAllocated > 8 ? "OW" : "OB", padded);
   out.block(firstFrame.bytes);
   yield out.concat();
   for await (const frame of frames) yield frame.bytes;
