@@ -14,6 +14,7 @@ import { freeHandedOff } from "../util/handoff.ts";
 import { completeServices, type ServicesInit } from "../dicomweb/services.ts";
 import { addRoutes, type RouteOptions } from "./routes.ts";
 import type { AuthenticatorOptions } from "../security/authenticator.ts";
+import { watchBody } from "../http/body.ts";
 
 /** A sink for log lines (stdout by default). */
 export type Logger = (line: string) => void;
@@ -157,60 +158,24 @@ function withCors(request: Request, response: Response, origins: string[]): Resp
 }
 
 /**
- * Wraps the body to count bytes, and calls `done` once when it ends, fails or is cancelled. With
- * `freeSent`, a handed-off chunk is freed when the consumer asks for the next one.
+ * Counts the body's bytes and calls `done` once when it ends, fails or is cancelled. With `freeSent`, a
+ * handed-off chunk is freed when the consumer asks for the next one (`Deno.serve` has taken it by then).
  */
 function logged(
   response: Response,
   freeSent: boolean,
   done: (bytes: number, outcome?: string) => void,
 ): Response {
-  if (!response.body) {
-    done(0);
-    return response;
-  }
-  let bytes = 0;
-  let finished = false;
-  const finish = (outcome?: string) => {
-    if (finished) return;
-    finished = true;
-    done(bytes, outcome);
-  };
-  const reader = response.body.getReader();
-  // the chunk last handed to the consumer: `Deno.serve` asks for the next one only after taking it
-  let sent: Uint8Array | undefined;
-  const free = () => {
-    if (sent !== undefined) freeHandedOff(sent);
-    sent = undefined;
-  };
-  const body = new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      try {
-        if (freeSent) free();
-        const { value, done } = await reader.read();
-        if (done) {
-          controller.close();
-          finish();
-        } else {
-          bytes += value.byteLength;
-          if (freeSent) sent = value;
-          controller.enqueue(value);
-        }
-      } catch (error) {
-        const message = error instanceof Error ? error.message : String(error);
-        finish(`aborted: ${message}`);
-        throw error;
-      }
+  if (!freeSent) return watchBody(response, { done });
+  let sent: Uint8Array | undefined; // the chunk last handed to the consumer
+  return watchBody(response, {
+    beforeRead() {
+      if (sent !== undefined) freeHandedOff(sent);
+      sent = undefined;
     },
-    async cancel(reason) {
-      if (freeSent) free();
-      finish("client disconnected");
-      await reader.cancel(reason);
+    onChunk(chunk) {
+      sent = chunk;
     },
-  }, { highWaterMark: 0 });
-  return new Response(body, {
-    status: response.status,
-    statusText: response.statusText,
-    headers: response.headers,
+    done,
   });
 }

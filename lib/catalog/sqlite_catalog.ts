@@ -254,6 +254,31 @@ export class SqliteCatalog implements Catalog {
 
   // ---- writing instances ----
 
+  #insertObject(
+    aet: string,
+    info: ObjectInfo,
+    uids: InstanceUids | null | undefined,
+    state: number,
+    error: string | null,
+    seenAt: number,
+  ): void {
+    this.#q(
+      `INSERT INTO objects (aet, key, size, etag, study, series, sop, state, error, seen_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    ).run(
+      aet,
+      info.key,
+      info.size,
+      info.etag,
+      uids?.study ?? null,
+      uids?.series ?? null,
+      uids?.instance ?? null,
+      state,
+      error,
+      seenAt,
+    );
+  }
+
   recordInstance(
     aet: string,
     bucket: string,
@@ -396,20 +421,7 @@ export class SqliteCatalog implements Catalog {
         .run(info.size, info.etag, state, reason, Date.now(), previous.id);
       this.#q("DELETE FROM documents WHERE id = ?").run(previous.id);
     } else {
-      this.#q(
-        "INSERT INTO objects (aet, key, size, etag, study, series, sop, state, error, seen_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-      ).run(
-        aet,
-        info.key,
-        info.size,
-        info.etag,
-        uids?.study ?? null,
-        uids?.series ?? null,
-        uids?.instance ?? null,
-        state,
-        reason,
-        Date.now(),
-      );
+      this.#insertObject(aet, info, uids, state, reason, Date.now());
     }
     if (uids) this.#afterLoss(aet, uids.study, uids.series, info.key);
   }
@@ -645,21 +657,7 @@ export class SqliteCatalog implements Catalog {
             }
           } else {
             if (uids) counts.added++;
-            this.#q(
-              `INSERT INTO objects (aet, key, size, etag, study, series, sop, state, error, seen_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-            ).run(
-              aet,
-              info.key,
-              info.size,
-              info.etag,
-              uids?.study ?? null,
-              uids?.series ?? null,
-              uids?.instance ?? null,
-              objectState,
-              error,
-              now,
-            );
+            this.#insertObject(aet, info, uids, objectState, error, now);
           }
           if (uids) state.dirty.add(`${uids.study}\0${uids.series}`);
         }

@@ -8,7 +8,6 @@
 import { stringifyDicomJson } from "../dicom/dicom_json.ts";
 import { loadHeader } from "../objects/header_cache.ts";
 import { HttpError } from "../http/errors.ts";
-import { parseAccept, rankRanges } from "../http/negotiation.ts";
 import { ahead } from "../objects/open_instance.ts";
 import type { RouteContext } from "../http/router.ts";
 import { bucketOf, readAheadOf, type Services } from "./services.ts";
@@ -18,22 +17,7 @@ import { publicBase } from "../http/urls.ts";
 import { describe, instanceUrl, targetOf } from "./retrieve.ts";
 import { CorruptObjectError } from "../util/errors.ts";
 import { headerJson, resolveBulkDataUris } from "../catalog/documents.ts";
-
-/** What the metadata handlers need: {@linkcode Services} with the header cache in place. */
-
-/** Checks that the client takes `application/dicom+json` (or JSON, or anything). */
-export function acceptJson(accept: string | null): void {
-  const ok = rankRanges(parseAccept(accept)).some((r) =>
-    (r.type === "*" && r.subtype === "*") ||
-    (r.type === "application" && ["dicom+json", "json", "*"].includes(r.subtype))
-  );
-  if (!ok) {
-    throw new HttpError(
-      406,
-      "None of the media types in Accept can be served: metadata is application/dicom+json",
-    );
-  }
-}
+import { acceptJson } from "../http/negotiation.ts";
 
 /**
  * The metadata of one object as DICOM JSON text with BulkDataURIs relative to the instance
@@ -65,7 +49,7 @@ export function metadataHandlers(services: Services) {
     infos: AsyncIterable<ObjectInfo>,
     notFound: string,
   ): Promise<Response> {
-    acceptJson(ctx.request.headers.get("accept"));
+    acceptJson(ctx.request.headers.get("accept"), "metadata is application/dicom+json");
     const target = targetOf(ctx.params);
     const bucket = await bucketOf(services, target.aet);
     const base = publicBase(ctx.request, config);

@@ -23,13 +23,12 @@ import type { Scope, SearchRow } from "../catalog/catalog.ts";
 import type { DicomJson, DicomJsonAttribute } from "../dicom/dicom_json.ts";
 import { stringifyDicomJson } from "../dicom/dicom_json.ts";
 import { tagToHex } from "../dicom/dictionary.ts";
-import { HttpError } from "../http/errors.ts";
 import { DEFAULT_RETURN, type Level, parseSearch, type SearchQuery, TAGS } from "../catalog/matching.ts";
-import { parseAccept, rankRanges } from "../http/negotiation.ts";
 import type { Handler, RouteContext } from "../http/router.ts";
 import { bucketOf, catalogOf, crawlerOf, type Services, warningHeader } from "./services.ts";
 import { checkUid } from "../dicom/uid.ts";
 import { publicBase } from "../http/urls.ts";
+import { acceptJson } from "../http/negotiation.ts";
 
 /** How long a search waits for the first crawl of an AET before answering with what there is. */
 const FIRST_CRAWL_WAIT_MS = 10_000;
@@ -85,21 +84,8 @@ export function searchHandlers(services: Services): SearchHandlers {
   };
 }
 
-function acceptJson(accept: string | null): void {
-  const ok = rankRanges(parseAccept(accept)).some((r) =>
-    (r.type === "*" && r.subtype === "*") ||
-    (r.type === "application" && ["dicom+json", "json", "*"].includes(r.subtype))
-  );
-  if (!ok) {
-    throw new HttpError(
-      406,
-      "None of the media types in Accept can be served: search results are application/dicom+json",
-    );
-  }
-}
-
 async function searchResponse(services: Services, resource: Resource, ctx: RouteContext): Promise<Response> {
-  acceptJson(ctx.request.headers.get("accept"));
+  acceptJson(ctx.request.headers.get("accept"), "search results are application/dicom+json");
   const { aet } = ctx.params;
   const study = ctx.params.study === undefined ? undefined : checkUid(ctx.params.study, "StudyInstanceUID");
   const series = ctx.params.series === undefined

@@ -204,3 +204,15 @@ export function negotiateDicom(accept: string | null, options: { single: boolean
   }
   return { multipart, transferSyntaxes: syntaxes };
 }
+
+/**
+ * Throws a `NotAcceptableError` (406) unless the client takes `application/dicom+json`, JSON, or anything;
+ * `what` ends the message (`metadata is application/dicom+json`).
+ */
+export function acceptJson(accept: string | null, what: string): void {
+  const ok = rankRanges(parseAccept(accept)).some((r) =>
+    (r.type === "*" && r.subtype === "*") ||
+    (r.type === "application" && ["dicom+json", "json", "*"].includes(r.subtype))
+  );
+  if (!ok) throw new NotAcceptableError(`None of the media types in Accept can be served: ${what}`);
+}

@@ -18,6 +18,7 @@ import { HttpError } from "../http/errors.ts";
 import { freeBuffer, markOwned } from "../util/handoff.ts";
 import { OutOfRangeError } from "../util/errors.ts";
 import { settingsReader } from "../util/settings.ts";
+import { watchBody } from "../http/body.ts";
 
 // ---------------------------------------------------------------------------------------------------
 // Settings
@@ -180,41 +181,7 @@ export class ClientLimiter {
  * or at once for a response without a body.
  */
 export function releaseWhenDone(response: Response, done: () => void): Response {
-  if (response.body === null) {
-    done();
-    return response;
-  }
-  const reader = response.body.getReader();
-  let finished = false;
-  const finish = () => {
-    if (!finished) {
-      finished = true;
-      done();
-    }
-  };
-  const body = new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      try {
-        const { value, done: end } = await reader.read();
-        if (end) {
-          finish();
-          controller.close();
-        } else controller.enqueue(value);
-      } catch (error) {
-        finish();
-        throw error;
-      }
-    },
-    async cancel(reason) {
-      finish();
-      await reader.cancel(reason);
-    },
-  }, { highWaterMark: 0 });
-  return new Response(body, {
-    status: response.status,
-    statusText: response.statusText,
-    headers: response.headers,
-  });
+  return watchBody(response, { done: () => done() });
 }
 
 // ---------------------------------------------------------------------------------------------------
