@@ -6,7 +6,7 @@
  */
 
 import type { RawImage } from "./mod.ts";
-import { decodeWavelet, encodeWavelet } from "./j2k.ts";
+import { decodeWavelet, encodeWavelet, type WaveletImage } from "./j2k.ts";
 import { CodecSlot } from "./wasm.ts";
 
 const codecs = new CodecSlot(
@@ -20,12 +20,7 @@ export function decodeHtj2k(data: Uint8Array): Promise<RawImage> {
 }
 
 /** Options for {@linkcode encodeHtj2k}. */
-export interface Htj2kEncodeOptions {
-  width: number;
-  height: number;
-  components: number;
-  bitsPerSample: number;
-  signed: boolean;
+export interface Htj2kEncodeOptions extends WaveletImage {
   /** Reversible (default) or irreversible with this quantization step. */
   lossless?: boolean;
   quantizationStep?: number;

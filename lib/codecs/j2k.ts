@@ -8,8 +8,7 @@
  */
 
 import type { RawImage } from "./mod.ts";
-import { CodecSlot, copyOut, type EmscriptenModule, wasmMessage } from "./wasm.ts";
-import { MalformedError } from "../util/errors.ts";
+import { CodecSlot, copyOut, decodeWith, type EmscriptenModule, wasmMessage } from "./wasm.ts";
 
 const decoder = new CodecSlot(
   async () => (await import("@cornerstonejs/codec-openjpeg/decodewasmjs")).default,
@@ -25,25 +24,14 @@ export function decodeJ2k(data: Uint8Array): Promise<RawImage> {
   return decodeWavelet(decoder, "J2KDecoder", "JPEG 2000 data (OpenJPEG)", data);
 }
 
-/**
- * Decodes with a decoder class of cornerstone's JPEG 2000 family (OpenJPEG's `J2KDecoder`, OpenJPH's
- * `HTJ2KDecoder`: the same interface). A WASM trap drops the instance; one that grew large is trimmed.
- */
-export async function decodeWavelet(
+/** Decodes with a decoder class of cornerstone's JPEG 2000 family (OpenJPEG's and OpenJPH's). */
+export function decodeWavelet(
   slot: CodecSlot,
   className: string,
   what: string,
   data: Uint8Array,
 ): Promise<RawImage> {
-  const loaded = await slot.get();
-  const { module, printed } = loaded;
-  printed.length = 0;
-  const codec = new module[className]();
-  try {
-    codec.getEncodedBuffer(data.length).set(data);
-    codec.decode();
-    const info = codec.getFrameInfo();
-    const bytes = copyOut(codec.getDecodedBuffer());
+  return decodeWith(slot, className, what, data, (codec, info, bytes) => {
     const bytesPerSample = info.bitsPerSample <= 8 ? 1 : 2;
     if (!info.width || bytes.length < info.width * info.height * info.componentCount * bytesPerSample) {
       throw new Error("no image decoded");
@@ -53,34 +41,16 @@ export async function decodeWavelet(
       height: info.height,
       components: info.componentCount,
       precision: info.bitsPerSample,
-      signed: info.isSigned,
+      signed: info.isSigned ?? false,
       bytes,
       bytesPerSample,
       lossy: !codec.getIsReversible(),
     };
-  } catch (error) {
-    let detail = wasmMessage(error, printed);
-    try {
-      const last = codec.getLastErrorMessage?.();
-      if (last) detail = last;
-    } catch { /* keep the generic text */ }
-    if (error instanceof WebAssembly.RuntimeError) slot.reset();
-    throw new MalformedError(`Cannot decode ${what}: ${detail}`, { cause: error });
-  } finally {
-    try {
-      codec.delete();
-    } catch { /* instance trapped */ }
-    slot.trim(loaded);
-  }
+  });
 }
 
 /** Options for {@linkcode encodeJ2k}. */
-export interface J2kEncodeOptions {
-  width: number;
-  height: number;
-  components: number;
-  bitsPerSample: number;
-  signed: boolean;
+export interface J2kEncodeOptions extends WaveletImage {
   /** Reversible 5/3 wavelet (lossless) when true (default). */
   lossless?: boolean;
   /** Lossy only: compression ratio (default 10). */

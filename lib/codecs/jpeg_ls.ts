@@ -6,8 +6,7 @@
  */
 
 import type { RawImage } from "./mod.ts";
-import { CodecSlot, copyOut, wasmMessage } from "./wasm.ts";
-import { MalformedError } from "../util/errors.ts";
+import { CodecSlot, decodeWith } from "./wasm.ts";
 
 const decoder = new CodecSlot(
   async () => (await import("@cornerstonejs/codec-charls/decodewasmjs")).default,
@@ -15,38 +14,16 @@ const decoder = new CodecSlot(
 );
 
 /** Decodes one JPEG-LS frame. Interleave mode "none" comes out plane by plane (`planar`). */
-export async function decodeJpegLs(data: Uint8Array): Promise<RawImage> {
-  const loaded = await decoder.get();
-  const { module, printed } = loaded;
-  const codec = new module.JpegLSDecoder();
-  try {
-    codec.getEncodedBuffer(data.length).set(data);
-    codec.decode();
-    const info = codec.getFrameInfo();
-    const bytes = copyOut(codec.getDecodedBuffer());
-    const interleave = codec.getInterleaveMode();
-    return {
-      width: info.width,
-      height: info.height,
-      components: info.componentCount,
-      precision: info.bitsPerSample,
-      signed: false,
-      bytes,
-      bytesPerSample: info.bitsPerSample <= 8 ? 1 : 2,
-      planar: info.componentCount > 1 && interleave === 0,
-      lossy: codec.getNearLossless() > 0,
-    };
-  } catch (error) {
-    let detail = wasmMessage(error, printed);
-    try {
-      if (typeof error === "number" && module.getExceptionMessage) detail = module.getExceptionMessage(error);
-    } catch { /* keep the generic text */ }
-    if (error instanceof WebAssembly.RuntimeError) decoder.reset();
-    throw new MalformedError(`Cannot decode JPEG-LS data (CharLS): ${detail}`, { cause: error });
-  } finally {
-    try {
-      codec.delete();
-    } catch { /* instance trapped */ }
-    decoder.trim(loaded);
-  }
+export function decodeJpegLs(data: Uint8Array): Promise<RawImage> {
+  return decodeWith(decoder, "JpegLSDecoder", "JPEG-LS data (CharLS)", data, (codec, info, bytes) => ({
+    width: info.width,
+    height: info.height,
+    components: info.componentCount,
+    precision: info.bitsPerSample,
+    signed: false,
+    bytes,
+    bytesPerSample: info.bitsPerSample <= 8 ? 1 : 2,
+    planar: info.componentCount > 1 && codec.getInterleaveMode() === 0,
+    lossy: codec.getNearLossless() > 0,
+  }));
 }

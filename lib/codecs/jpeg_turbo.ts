@@ -8,8 +8,7 @@
  */
 
 import type { RawImage } from "./mod.ts";
-import { CodecSlot, copyOut, wasmMessage } from "./wasm.ts";
-import { MalformedError } from "../util/errors.ts";
+import { CodecSlot, copyOut, decodeWith } from "./wasm.ts";
 
 const decoder = new CodecSlot(
   async () => (await import("@cornerstonejs/codec-libjpeg-turbo-8bit/decodewasmjs")).default,
@@ -21,36 +20,17 @@ const encoder = new CodecSlot(
 );
 
 /** Decodes one 8-bit JPEG (baseline or extended) frame. */
-export async function decodeJpegBaseline(data: Uint8Array): Promise<RawImage> {
-  const loaded = await decoder.get();
-  const { module, printed } = loaded;
-  const codec = new module.JPEGDecoder();
-  try {
-    codec.getEncodedBuffer(data.length).set(data);
-    codec.decode();
-    const info = codec.getFrameInfo();
-    const bytes = copyOut(codec.getDecodedBuffer());
-    return {
-      width: info.width,
-      height: info.height,
-      components: info.componentCount,
-      precision: 8,
-      signed: false,
-      bytes,
-      bytesPerSample: 1,
-      rgb: info.componentCount === 3,
-    };
-  } catch (error) {
-    if (error instanceof WebAssembly.RuntimeError) decoder.reset();
-    throw new MalformedError(`Cannot decode JPEG data (libjpeg-turbo): ${wasmMessage(error, printed)}`, {
-      cause: error,
-    });
-  } finally {
-    try {
-      codec.delete();
-    } catch { /* instance already trapped */ }
-    decoder.trim(loaded);
-  }
+export function decodeJpegBaseline(data: Uint8Array): Promise<RawImage> {
+  return decodeWith(decoder, "JPEGDecoder", "JPEG data (libjpeg-turbo)", data, (_codec, info, bytes) => ({
+    width: info.width,
+    height: info.height,
+    components: info.componentCount,
+    precision: 8,
+    signed: false,
+    bytes,
+    bytesPerSample: 1,
+    rgb: info.componentCount === 3,
+  }));
 }
 
 /**

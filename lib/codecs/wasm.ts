@@ -8,6 +8,9 @@
  * @module
  */
 
+import type { RawImage } from "./mod.ts";
+import { MalformedError } from "../util/errors.ts";
+
 /** The embind classes and heap an Emscripten module exposes (only what the codecs use). */
 // deno-lint-ignore no-explicit-any
 export type EmscriptenModule = Record<string, any>;
@@ -109,4 +112,53 @@ export function wasmMessage(error: unknown, printed: string[] = []): string {
 /** A copy of `view` (WASM memory views die with the next allocation or `delete()`). */
 export function copyOut(view: ArrayBufferView): Uint8Array {
   return new Uint8Array(view.buffer, view.byteOffset, view.byteLength).slice();
+}
+
+/** The frame info every cornerstone decoder reports. */
+export interface WasmFrameInfo {
+  width: number;
+  height: number;
+  componentCount: number;
+  bitsPerSample: number;
+  isSigned?: boolean;
+}
+
+/**
+ * Decodes `data` with a cornerstone WASM decoder class (`J2KDecoder`, `HTJ2KDecoder`, `JpegLSDecoder`,
+ * `JPEGDecoder`: the same protocol): `image` describes what came out. Errors say what could not be decoded
+ * (`what`) with the codec's own message when it gives one; a WASM trap drops the instance, and one whose
+ * memory grew large is trimmed.
+ */
+export async function decodeWith(
+  slot: CodecSlot,
+  className: string,
+  what: string,
+  data: Uint8Array,
+  image: (codec: EmscriptenModule, info: WasmFrameInfo, bytes: Uint8Array) => RawImage,
+): Promise<RawImage> {
+  const loaded = await slot.get();
+  const { module, printed } = loaded;
+  printed.length = 0;
+  const codec = new module[className]();
+  try {
+    codec.getEncodedBuffer(data.length).set(data);
+    codec.decode();
+    return image(codec, codec.getFrameInfo(), copyOut(codec.getDecodedBuffer()));
+  } catch (error) {
+    let detail = wasmMessage(error, printed);
+    try {
+      const last = codec.getLastErrorMessage?.();
+      if (last) detail = last;
+      else if (typeof error === "number" && module.getExceptionMessage) {
+        detail = module.getExceptionMessage(error);
+      }
+    } catch { /* keep the generic text */ }
+    if (error instanceof WebAssembly.RuntimeError) slot.reset();
+    throw new MalformedError(`Cannot decode ${what}: ${detail}`, { cause: error });
+  } finally {
+    try {
+      codec.delete();
+    } catch { /* instance trapped */ }
+    slot.trim(loaded);
+  }
 }

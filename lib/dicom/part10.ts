@@ -53,10 +53,8 @@ export interface ParseBufferOptions extends ParseOptions {
  * ```
  */
 export function parseBuffer(bytes: Uint8Array, name: string, options: ParseBufferOptions = {}): Part10Header {
-  const store = new SparseBytes();
-  store.add(0, bytes);
   const job = new HeaderJob(
-    new Reader(name, bytes.length, store),
+    readerOf(bytes, name),
     limitsOf(options),
     false,
     options.inflated ? bytes : undefined,
@@ -73,15 +71,20 @@ export function parseBuffer(bytes: Uint8Array, name: string, options: ParseBuffe
   }
 }
 
+/** A reader over a whole object in memory. */
+function readerOf(bytes: Uint8Array, name: string): Reader {
+  const store = new SparseBytes();
+  store.add(0, bytes);
+  return new Reader(name, bytes.length, store);
+}
+
 /** Like {@linkcode parseBuffer}, inflating a deflated data set first. */
 export async function parseObject(
   bytes: Uint8Array,
   name: string,
   options: ParseOptions = {},
 ): Promise<Part10Header> {
-  const store = new SparseBytes();
-  store.add(0, bytes);
-  const job = new HeaderJob(new Reader(name, bytes.length, store), limitsOf(options), false);
+  const job = new HeaderJob(readerOf(bytes, name), limitsOf(options), false);
   try {
     return job.run();
   } catch (e) {
@@ -100,9 +103,7 @@ export async function inflateObject(
   name: string,
   options: ParseOptions = {},
 ): Promise<Uint8Array> {
-  const store = new SparseBytes();
-  store.add(0, bytes);
-  const { datasetOffset } = parseMeta(new Reader(name, bytes.length, store));
+  const { datasetOffset } = parseMeta(readerOf(bytes, name));
   const max = options.maxInflatedBytes ?? 512 * 1024 * 1024;
   const deflated = bytes.subarray(datasetOffset);
   let result = await inflateRaw(deflated, max, name);

@@ -18,37 +18,34 @@ export class MalformedError extends SyntaxError {}
 /** A value outside what is allowed: an invalid UID, a frame number past the end, a bad setting. */
 export class OutOfRangeError extends RangeError {}
 
-/** What was asked for does not exist (an object that disappeared, an instance without pixel data). */
-export class NotFoundError extends Error {
-  override name = "NotFoundError";
+/** The base of the errors below: its `name` is the class's name. */
+export class DomainError extends Error {
+  constructor(message?: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = new.target.name;
+  }
 }
+
+/** What was asked for does not exist (an object that disappeared, an instance without pixel data). */
+export class NotFoundError extends DomainError {}
 
 /** None of the representations the client accepts can be produced (see lib/http/negotiation.ts). */
-export class NotAcceptableError extends Error {
-  override name = "NotAcceptableError";
-}
+export class NotAcceptableError extends DomainError {}
 
 /** The work asked for is larger than the configured limits allow (a frame or an instance to decode). */
-export class TooLargeError extends Error {
-  override name = "TooLargeError";
-}
+export class TooLargeError extends DomainError {}
 
 /** Data that is understood but cannot be processed: pixel data a codec cannot decode. */
-export class UnprocessableError extends Error {
-  override name = "UnprocessableError";
-}
+export class UnprocessableError extends DomainError {}
 
 /** The server has too much work queued to take this request now (503: the client may retry). */
-export class BusyError extends Error {
-  override name = "BusyError";
-}
+export class BusyError extends DomainError {}
 
 /**
  * A stored object that is not readable DICOM: the server's data, not the client's request, is at fault.
  * `key` names the object.
  */
-export class CorruptObjectError extends Error {
-  override name = "CorruptObjectError";
+export class CorruptObjectError extends DomainError {
   readonly key: string;
   constructor(key: string, message: string, options?: ErrorOptions) {
     super(message, options);
