@@ -8,7 +8,7 @@
  */
 
 import type { RawImage } from "./mod.ts";
-import { CodecSlot, copyOut, decodeWith, type EmscriptenModule, wasmMessage } from "./wasm.ts";
+import { CodecSlot, copyOut, decodeWith, type EmscriptenModule, sizeOf, wasmMessage } from "./wasm.ts";
 
 const decoder = new CodecSlot(
   async () => (await import("@cornerstonejs/codec-openjpeg/decodewasmjs")).default,
@@ -37,12 +37,9 @@ export function decodeWavelet(
       throw new Error("no image decoded");
     }
     return {
-      width: info.width,
-      height: info.height,
-      components: info.componentCount,
+      ...sizeOf(info, bytes),
       precision: info.bitsPerSample,
       signed: info.isSigned ?? false,
-      bytes,
       bytesPerSample,
       lossy: !codec.getIsReversible(),
     };

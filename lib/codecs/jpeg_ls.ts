@@ -6,7 +6,7 @@
  */
 
 import type { RawImage } from "./mod.ts";
-import { CodecSlot, decodeWith } from "./wasm.ts";
+import { CodecSlot, decodeWith, sizeOf } from "./wasm.ts";
 
 const decoder = new CodecSlot(
   async () => (await import("@cornerstonejs/codec-charls/decodewasmjs")).default,
@@ -16,12 +16,9 @@ const decoder = new CodecSlot(
 /** Decodes one JPEG-LS frame. Interleave mode "none" comes out plane by plane (`planar`). */
 export function decodeJpegLs(data: Uint8Array): Promise<RawImage> {
   return decodeWith(decoder, "JpegLSDecoder", "JPEG-LS data (CharLS)", data, (codec, info, bytes) => ({
-    width: info.width,
-    height: info.height,
-    components: info.componentCount,
+    ...sizeOf(info, bytes),
     precision: info.bitsPerSample,
     signed: false,
-    bytes,
     bytesPerSample: info.bitsPerSample <= 8 ? 1 : 2,
     planar: info.componentCount > 1 && codec.getInterleaveMode() === 0,
     lossy: codec.getNearLossless() > 0,

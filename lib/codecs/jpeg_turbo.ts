@@ -8,7 +8,7 @@
  */
 
 import type { RawImage } from "./mod.ts";
-import { CodecSlot, copyOut, decodeWith } from "./wasm.ts";
+import { CodecSlot, copyOut, decodeWith, sizeOf } from "./wasm.ts";
 
 const decoder = new CodecSlot(
   async () => (await import("@cornerstonejs/codec-libjpeg-turbo-8bit/decodewasmjs")).default,
@@ -22,12 +22,9 @@ const encoder = new CodecSlot(
 /** Decodes one 8-bit JPEG (baseline or extended) frame. */
 export function decodeJpegBaseline(data: Uint8Array): Promise<RawImage> {
   return decodeWith(decoder, "JPEGDecoder", "JPEG data (libjpeg-turbo)", data, (_codec, info, bytes) => ({
-    width: info.width,
-    height: info.height,
-    components: info.componentCount,
+    ...sizeOf(info, bytes),
     precision: 8,
     signed: false,
-    bytes,
     bytesPerSample: 1,
     rgb: info.componentCount === 3,
   }));

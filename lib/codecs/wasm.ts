@@ -123,6 +123,14 @@ export interface WasmFrameInfo {
   isSigned?: boolean;
 }
 
+/** The size and samples of a decoded frame, as a `RawImage` starts. */
+export function sizeOf(
+  info: WasmFrameInfo,
+  bytes: Uint8Array,
+): Pick<RawImage, "width" | "height" | "components" | "bytes"> {
+  return { width: info.width, height: info.height, components: info.componentCount, bytes };
+}
+
 /**
  * Decodes `data` with a cornerstone WASM decoder class (`J2KDecoder`, `HTJ2KDecoder`, `JpegLSDecoder`,
  * `JPEGDecoder`: the same protocol): `image` describes what came out. Errors say what could not be decoded

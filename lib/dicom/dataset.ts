@@ -7,6 +7,7 @@
  */
 
 import { decodeText } from "./charset.ts";
+import { SWAP_WIDTH } from "./dictionary.ts";
 
 /** One fragment of encapsulated pixel data: where its bytes are (after the 8-byte item header). */
 export interface Fragment {
@@ -158,24 +159,38 @@ export function trimValue(value: string, vr: string): string {
   return BOTH_ENDS.has(vr) ? trailing.replace(/^ +/, "") : trailing;
 }
 
+/** The DataView getter of each numeric VR (each value is `SWAP_WIDTH[vr]` bytes). */
+const GETTER: Readonly<
+  Record<
+    string,
+    | "getUint16"
+    | "getInt16"
+    | "getUint32"
+    | "getInt32"
+    | "getFloat32"
+    | "getFloat64"
+    | "getBigInt64"
+    | "getBigUint64"
+  >
+> = {
+  US: "getUint16",
+  OW: "getUint16",
+  SS: "getInt16",
+  UL: "getUint32",
+  OL: "getUint32",
+  SL: "getInt32",
+  FL: "getFloat32",
+  OF: "getFloat32",
+  FD: "getFloat64",
+  OD: "getFloat64",
+  SV: "getBigInt64",
+  UV: "getBigUint64",
+  OV: "getBigUint64",
+};
+
 /** Decodes a binary numeric value: US, SS, UL, SL, FL, FD, OF, OD, OL, OW (as uint16), AT (as uint32), SV, UV. */
 export function readNumbers(bytes: Uint8Array, vr: string, littleEndian: boolean): (number | bigint)[] {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const spec: Record<string, [number, (at: number) => number | bigint]> = {
-    US: [2, (at) => view.getUint16(at, littleEndian)],
-    OW: [2, (at) => view.getUint16(at, littleEndian)],
-    SS: [2, (at) => view.getInt16(at, littleEndian)],
-    UL: [4, (at) => view.getUint32(at, littleEndian)],
-    OL: [4, (at) => view.getUint32(at, littleEndian)],
-    SL: [4, (at) => view.getInt32(at, littleEndian)],
-    FL: [4, (at) => view.getFloat32(at, littleEndian)],
-    OF: [4, (at) => view.getFloat32(at, littleEndian)],
-    FD: [8, (at) => view.getFloat64(at, littleEndian)],
-    OD: [8, (at) => view.getFloat64(at, littleEndian)],
-    SV: [8, (at) => view.getBigInt64(at, littleEndian)],
-    UV: [8, (at) => view.getBigUint64(at, littleEndian)],
-    OV: [8, (at) => view.getBigUint64(at, littleEndian)],
-  };
   if (vr === "AT") {
     const out: number[] = [];
     for (let at = 0; at + 4 <= bytes.length; at += 4) {
@@ -183,10 +198,10 @@ export function readNumbers(bytes: Uint8Array, vr: string, littleEndian: boolean
     }
     return out;
   }
-  const entry = spec[vr];
-  if (!entry) throw new TypeError(`Cannot read numbers of VR ${vr}`);
-  const [width, get] = entry;
+  const getter = GETTER[vr];
+  if (!getter) throw new TypeError(`Cannot read numbers of VR ${vr}`);
+  const width = SWAP_WIDTH[vr];
   const out: (number | bigint)[] = [];
-  for (let at = 0; at + width <= bytes.length; at += width) out.push(get(at));
+  for (let at = 0; at + width <= bytes.length; at += width) out.push(view[getter](at, littleEndian));
   return out;
 }

@@ -379,12 +379,18 @@ export function renderedHandlers(services: Services, options: RenderedOptions = 
     return respond(ctx, kind, bucket, chosen, frame, describe(target));
   }
 
-  async function series(ctx: RouteContext, kind: "rendered" | "thumbnail"): Promise<Response> {
+  /** The target of a study or series request, its bucket and its instance keys (404 without any). */
+  async function listed(ctx: RouteContext) {
     const target = targetOf(ctx.params);
     parseRenderRequest(ctx.url, ctx.request.headers.get("accept"));
     const bucket = await bucketOf(services, target.aet);
     const keys = await keysOf(bucket, target);
     if (keys.length === 0) throw new HttpError(404, `Not found: ${describe(target)} has no instances`);
+    return { target, bucket, keys };
+  }
+
+  async function series(ctx: RouteContext, kind: "rendered" | "thumbnail"): Promise<Response> {
+    const { target, bucket, keys } = await listed(ctx);
     const chosen = await middleWithPixels(bucket, keys);
     if (!chosen) {
       throw new HttpError(404, `Not found: no instance of ${describe(target)} has pixel data to render`);
@@ -393,11 +399,7 @@ export function renderedHandlers(services: Services, options: RenderedOptions = 
   }
 
   async function study(ctx: RouteContext, kind: "rendered" | "thumbnail"): Promise<Response> {
-    const target = targetOf(ctx.params);
-    parseRenderRequest(ctx.url, ctx.request.headers.get("accept"));
-    const bucket = await bucketOf(services, target.aet);
-    const keys = await keysOf(bucket, target);
-    if (keys.length === 0) throw new HttpError(404, `Not found: ${describe(target)} has no instances`);
+    const { target, bucket, keys } = await listed(ctx);
     const bySeries = new Map<string, string[]>();
     for (const key of keys) {
       const seriesUid = parseInstanceKey(key)!.series;
