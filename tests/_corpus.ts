@@ -1,3 +1,4 @@
+import { concatBytes } from "../lib/util/bytes.ts";
 /**
  * Test data for end-to-end tests: the real files of ../shared/dicom (when present, keyed as its
  * MANIFEST.md says) plus small Part 10 instances built here, so tests also run on a fresh checkout.
@@ -41,7 +42,9 @@ const encoder = new TextEncoder();
 
 function element(group: number, elem: number, vr: string, value: Uint8Array): Uint8Array {
   const long = ["OB", "OW", "OF", "SQ", "UT", "UN"].includes(vr);
-  const padded = value.length % 2 === 0 ? value : concat([value, new Uint8Array([vr === "UI" ? 0 : 0x20])]);
+  const padded = value.length % 2 === 0
+    ? value
+    : concatBytes([value, new Uint8Array([vr === "UI" ? 0 : 0x20])]);
   const head = new Uint8Array(long ? 12 : 8);
   const view = new DataView(head.buffer);
   view.setUint16(0, group, true);
@@ -50,22 +53,11 @@ function element(group: number, elem: number, vr: string, value: Uint8Array): Ui
   head[5] = vr.charCodeAt(1);
   if (long) view.setUint32(8, padded.length, true);
   else view.setUint16(6, padded.length, true);
-  return concat([head, padded]);
+  return concatBytes([head, padded]);
 }
 
 function text(group: number, elem: number, vr: string, value: string): Uint8Array {
   return element(group, elem, vr, encoder.encode(value));
-}
-
-/** Concatenates byte arrays. */
-export function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
 }
 
 /** Options for {@linkcode buildInstance}. */
@@ -85,7 +77,7 @@ export interface InstanceSpec {
 export function buildInstance(spec: InstanceSpec): Uint8Array {
   const ts = "1.2.840.10008.1.2.1";
   const sopClass = "1.2.840.10008.5.1.4.1.1.7";
-  const metaBody = concat([
+  const metaBody = concatBytes([
     element(0x0002, 0x0001, "OB", new Uint8Array([0, 1])),
     text(0x0002, 0x0002, "UI", sopClass),
     text(0x0002, 0x0003, "UI", spec.sop),
@@ -107,7 +99,7 @@ export function buildInstance(spec: InstanceSpec): Uint8Array {
     new DataView(b.buffer).setUint16(0, v, true);
     return element(g, e, "US", b);
   };
-  const dataset = concat([
+  const dataset = concatBytes([
     text(0x0008, 0x0016, "UI", sopClass),
     text(0x0008, 0x0018, "UI", spec.sop),
     text(0x0008, 0x0060, "CS", spec.modality ?? "OT"),
@@ -125,7 +117,7 @@ export function buildInstance(spec: InstanceSpec): Uint8Array {
     u16(0x0028, 0x0103, 0),
     element(0x7fe0, 0x0010, "OW", pixels),
   ]);
-  return concat([
+  return concatBytes([
     new Uint8Array(128),
     encoder.encode("DICM"),
     element(0x0002, 0x0000, "UL", groupLength),

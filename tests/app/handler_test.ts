@@ -6,6 +6,7 @@ import { MemoryStore } from "../../lib/store/memory_store.ts";
 import { type GetOptions, type ObjectBody, type ObjectStore, StoreError } from "../../lib/store/store.ts";
 import { boundaryOf, type ParsedPart, parseMultipart } from "../_multipart_parser.ts";
 import { testHandler } from "../_server.ts";
+import { buildPart10 } from "../_dicom_fixtures.ts";
 
 const ELE = "1.2.840.10008.1.2.1";
 const ILE = "1.2.840.10008.1.2";
@@ -16,39 +17,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 // ---- small Part 10 objects built in code ----
 
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
-}
-
-function el(group: number, element: number, vr: string, value: Uint8Array | string): Uint8Array {
-  let bytes: Uint8Array = typeof value === "string" ? encoder.encode(value) : value;
-  if (bytes.length % 2) bytes = concat([bytes, new Uint8Array([vr === "UI" ? 0 : 0x20])]);
-  const long = ["OB", "OW", "UN", "SQ", "UT"].includes(vr);
-  const head = new Uint8Array(long ? 12 : 8);
-  const view = new DataView(head.buffer);
-  view.setUint16(0, group, true);
-  view.setUint16(2, element, true);
-  head.set(encoder.encode(vr), 4);
-  if (long) view.setUint32(8, bytes.length, true);
-  else view.setUint16(6, bytes.length, true);
-  return concat([head, bytes]);
-}
-
+/** A Part 10 object of `sop` whose pixel bytes are pseudo-random (and hold multipart-like text). */
 function part10(study: string, series: string, sop: string, ts = ELE, pixels = 2000): Uint8Array {
-  const meta = concat([
-    el(2, 1, "OB", new Uint8Array([0, 1])),
-    el(2, 2, "UI", "1.2.840.10008.5.1.4.1.1.7"),
-    el(2, 3, "UI", sop),
-    el(2, 0x10, "UI", ts),
-  ]);
-  const length = new Uint8Array(4);
-  new DataView(length.buffer).setUint32(0, meta.length, true);
   const data = new Uint8Array(pixels);
   let x = [...sop].reduce((n, c) => (n * 31 + c.charCodeAt(0)) >>> 0, 17) || 1;
   for (let i = 0; i < data.length; i++) {
@@ -59,17 +29,13 @@ function part10(study: string, series: string, sop: string, ts = ELE, pixels = 2
   }
   // "--" and CRLF inside the payload must not confuse the multipart framing.
   data.set(encoder.encode("\r\n--boundary\r\n--"), 0);
-  return concat([
-    new Uint8Array(128),
-    encoder.encode("DICM"),
-    el(2, 0, "UL", length),
-    meta,
-    el(8, 0x16, "UI", "1.2.840.10008.5.1.4.1.1.7"),
-    el(8, 0x18, "UI", sop),
-    el(0x20, 0x0d, "UI", study),
-    el(0x20, 0x0e, "UI", series),
-    el(0x7fe0, 0x10, "OB", data),
-  ]);
+  return buildPart10([
+    { tag: 0x00080016, vr: "UI", value: "1.2.840.10008.5.1.4.1.1.7" },
+    { tag: 0x00080018, vr: "UI", value: sop },
+    { tag: 0x0020000d, vr: "UI", value: study },
+    { tag: 0x0020000e, vr: "UI", value: series },
+    { tag: 0x7fe00010, vr: "OB", value: data },
+  ], { transferSyntax: ts, sopInstanceUid: sop });
 }
 
 function md5(bytes: Uint8Array): string {

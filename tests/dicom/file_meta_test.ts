@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { readFileMeta } from "../../lib/dicom/file_meta.ts";
 import { IMPLICIT_VR_LITTLE_ENDIAN } from "../../lib/dicom/transfer_syntax.ts";
+import { concatBytes } from "../../lib/util/bytes.ts";
 
 const ELE = "1.2.840.10008.1.2.1";
 const CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2";
@@ -9,21 +10,11 @@ const encoder = new TextEncoder();
 
 // ---- Part 10 builder (explicit VR little endian elements) ----
 
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
-}
-
 const LONG = new Set(["OB", "OW", "OF", "SQ", "UT", "UN"]);
 
 function explicit(group: number, element: number, vr: string, value: Uint8Array | string): Uint8Array {
   let bytes = typeof value === "string" ? encoder.encode(value) : value;
-  if (bytes.length % 2 === 1) bytes = concat([bytes, new Uint8Array([vr === "UI" ? 0 : 0x20])]);
+  if (bytes.length % 2 === 1) bytes = concatBytes([bytes, new Uint8Array([vr === "UI" ? 0 : 0x20])]);
   const head = new Uint8Array(LONG.has(vr) ? 12 : 8);
   const view = new DataView(head.buffer);
   view.setUint16(0, group, true);
@@ -32,18 +23,18 @@ function explicit(group: number, element: number, vr: string, value: Uint8Array 
   head[5] = vr.charCodeAt(1);
   if (LONG.has(vr)) view.setUint32(8, bytes.length, true);
   else view.setUint16(6, bytes.length, true);
-  return concat([head, bytes]);
+  return concatBytes([head, bytes]);
 }
 
 function implicit(group: number, element: number, value: string): Uint8Array {
   let bytes: Uint8Array = encoder.encode(value);
-  if (bytes.length % 2 === 1) bytes = concat([bytes, new Uint8Array([0])]);
+  if (bytes.length % 2 === 1) bytes = concatBytes([bytes, new Uint8Array([0])]);
   const head = new Uint8Array(8);
   const view = new DataView(head.buffer);
   view.setUint16(0, group, true);
   view.setUint16(2, element, true);
   view.setUint32(4, bytes.length, true);
-  return concat([head, bytes]);
+  return concatBytes([head, bytes]);
 }
 
 interface MetaOptions {
@@ -56,7 +47,7 @@ interface MetaOptions {
 }
 
 function metaGroup(options: MetaOptions): Uint8Array {
-  const body = concat([
+  const body = concatBytes([
     explicit(0x0002, 0x0001, "OB", new Uint8Array([0, 1])),
     explicit(0x0002, 0x0002, "UI", options.sopClass ?? CT_IMAGE),
     explicit(0x0002, 0x0003, "UI", options.sop ?? SOP),
@@ -67,17 +58,17 @@ function metaGroup(options: MetaOptions): Uint8Array {
   if (options.groupLength === false) return body;
   const length = new Uint8Array(4);
   new DataView(length.buffer).setUint32(0, body.length, true);
-  return concat([explicit(0x0002, 0x0000, "UL", length), body]);
+  return concatBytes([explicit(0x0002, 0x0000, "UL", length), body]);
 }
 
 function lead(kind: MetaOptions["lead"]): Uint8Array {
   if (kind === "none") return new Uint8Array(0);
   if (kind === "dicm") return encoder.encode("DICM");
-  return concat([new Uint8Array(128), encoder.encode("DICM")]);
+  return concatBytes([new Uint8Array(128), encoder.encode("DICM")]);
 }
 
 function dataset(): Uint8Array {
-  return concat([
+  return concatBytes([
     explicit(0x0008, 0x0016, "UI", CT_IMAGE),
     explicit(0x0008, 0x0018, "UI", SOP),
     explicit(0x0010, 0x0010, "PN", "Test^Patient"),
@@ -86,8 +77,8 @@ function dataset(): Uint8Array {
 }
 
 function part10(options: MetaOptions = {}): { bytes: Uint8Array; metaEnd: number } {
-  const head = concat([lead(options.lead), metaGroup(options)]);
-  return { bytes: concat([head, dataset()]), metaEnd: head.length };
+  const head = concatBytes([lead(options.lead), metaGroup(options)]);
+  return { bytes: concatBytes([head, dataset()]), metaEnd: head.length };
 }
 
 // ---- tests ----
@@ -153,7 +144,7 @@ Deno.test("readFileMeta()", async (t) => {
   });
 
   await t.step("treats a raw dataset without File Meta as Implicit VR Little Endian", () => {
-    const raw = concat([
+    const raw = concatBytes([
       implicit(0x0008, 0x0005, "ISO_IR 100"),
       implicit(0x0008, 0x0016, CT_IMAGE),
       implicit(0x0008, 0x0018, SOP),
@@ -168,7 +159,7 @@ Deno.test("readFileMeta()", async (t) => {
   });
 
   await t.step("treats a complete raw dataset shorter than 132 bytes as Implicit VR Little Endian", () => {
-    const raw = concat([implicit(0x0008, 0x0016, CT_IMAGE), implicit(0x0008, 0x0018, SOP)]);
+    const raw = concatBytes([implicit(0x0008, 0x0016, CT_IMAGE), implicit(0x0008, 0x0018, SOP)]);
     assert.ok(raw.length < 132);
     const meta = readFileMeta(raw, "tiny.dcm", true);
     assert.equal(meta?.transferSyntaxUid, IMPLICIT_VR_LITTLE_ENDIAN);
@@ -205,7 +196,10 @@ Deno.test("readFileMeta()", async (t) => {
   await t.step("throws a SyntaxError naming the object for non-DICOM bytes", () => {
     const inputs = [
       encoder.encode("<html><body>" + "x".repeat(300) + "</body></html>"),
-      concat([new Uint8Array([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]), new Uint8Array(300).fill(7)]),
+      concatBytes([
+        new Uint8Array([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+        new Uint8Array(300).fill(7),
+      ]),
       new Uint8Array(200).fill(0xff),
       encoder.encode("not dicom"),
     ];
@@ -226,7 +220,7 @@ Deno.test("readFileMeta()", async (t) => {
     badVr[132 + 4] = 0x31; // "1L" instead of "UL"
     assert.throws(() => readFileMeta(badVr, "vr.dcm", true), /vr\.dcm.*VR/);
 
-    const huge = concat([
+    const huge = concatBytes([
       lead("preamble"),
       explicit(0x0002, 0x0001, "OB", new Uint8Array(2)),
     ]);

@@ -13,13 +13,14 @@ import { MemoryStore } from "../../lib/store/memory_store.ts";
 import { readHeader } from "../../lib/dicom/part10.ts";
 import type { ObjectInfo, ObjectStore } from "../../lib/store/store.ts";
 import type { StowOptions } from "../../lib/dicomweb/stow.ts";
-import { buildInstance, concat, md5, SHARED_DICOM, sharedCorpus } from "../_corpus.ts";
+import { buildInstance, md5, SHARED_DICOM, sharedCorpus } from "../_corpus.ts";
 import { boundaryOf, parseMultipart } from "../_multipart_parser.ts";
 import { observe } from "../_stores.ts";
 import { Part10Check } from "../../lib/dicom/part10_check.ts";
 import { FAILURE, WARNING_REPLACED } from "../../lib/dicomweb/stow_response.ts";
 import { testHandler } from "../_server.ts";
 import type { Part10Header } from "../../lib/dicom/dataset.ts";
+import { concatBytes } from "../../lib/util/bytes.ts";
 
 const AET = "STOW";
 const BUCKET = "stow-bucket";
@@ -46,7 +47,7 @@ function multipartBytes(parts: BodyPart[], boundary: string, close = true): Uint
   }
   if (close) chunks.push(encoder.encode(`--${boundary}--\r\n`));
   else chunks.pop(); // ends right after the last part's bytes: no closing delimiter
-  return concat(chunks);
+  return concatBytes(chunks);
 }
 
 /** Delivers `bytes` in chunks of `size`; then ends, or errors with `fail`. */
@@ -939,7 +940,7 @@ Deno.test("STOW-RS faults leave nothing partial behind", async (t) => {
   await withStores(t, "a streamed part that turns out invalid after its header", async (store, leftovers) => {
     const app = makeApp(store, options);
     const cut = big(2).slice(0, 200_000); // Pixel Data runs past the end
-    const trailing = concat([big(3), new Uint8Array([0x08, 0x00])]); // stray bytes after the last element
+    const trailing = concatBytes([big(3), new Uint8Array([0x08, 0x00])]); // stray bytes after the last element
     const res = await result(
       await app.stow(
         stowRequest(`/aets/${AET}/studies`, [{ bytes: big(1) }, { bytes: cut }, { bytes: trailing }], {

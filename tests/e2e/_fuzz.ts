@@ -15,7 +15,8 @@
  * @module
  */
 
-import { buildInstance, builtCorpus, concat } from "../_corpus.ts";
+import { buildInstance, builtCorpus } from "../_corpus.ts";
+import { concatBytes } from "../../lib/util/bytes.ts";
 
 // ---------------------------------------------------------------------------------------------------
 // PRNG and mutations
@@ -133,19 +134,19 @@ export function mutate(
         const n = 1 + rng.int(rng.chance(0.9) ? 16 : 4096);
         const bytes = new Uint8Array(n);
         for (let i = 0; i < n; i++) bytes[i] = rng.int(256);
-        out = concat([out.subarray(0, at), bytes, out.subarray(at)]);
+        out = concatBytes([out.subarray(0, at), bytes, out.subarray(at)]);
         break;
       }
       case 4: { // delete a range
         const n = 1 + rng.int(Math.min(out.length, rng.chance(0.8) ? 16 : 65536) || 1);
-        out = concat([out.subarray(0, at), out.subarray(Math.min(out.length, at + n))]);
+        out = concatBytes([out.subarray(0, at), out.subarray(Math.min(out.length, at + n))]);
         break;
       }
       case 5: { // duplicate a range
         if (!out.length) break;
         const start = rng.int(out.length);
         const n = 1 + rng.int(Math.min(512, out.length - start));
-        out = concat([out.subarray(0, at), out.subarray(start, start + n), out.subarray(at)]);
+        out = concatBytes([out.subarray(0, at), out.subarray(start, start + n), out.subarray(at)]);
         break;
       }
       case 6: // truncate
@@ -154,7 +155,7 @@ export function mutate(
       case 7: { // splice another seed
         const other = rng.pick(seeds);
         const from = rng.int(other.length + 1);
-        out = concat([out.subarray(0, at), other.subarray(from, from + rng.int(4096))]);
+        out = concatBytes([out.subarray(0, at), other.subarray(from, from + rng.int(4096))]);
         break;
       }
       case 8:
@@ -163,7 +164,7 @@ export function mutate(
         const token = Uint8Array.from(rng.pick(tokens));
         if (rng.chance(0.5) && out.length >= token.length) {
           out.set(token, rng.int(out.length - token.length + 1));
-        } else out = concat([out.subarray(0, at), token, out.subarray(at)]);
+        } else out = concatBytes([out.subarray(0, at), token, out.subarray(at)]);
         break;
       }
       case 10: { // repeat a short run many times (long values, deep nesting)
@@ -172,7 +173,7 @@ export function mutate(
         const run = out.subarray(start, start + 1 + rng.int(12));
         const times = 2 + rng.int(rng.chance(0.9) ? 64 : 20000);
         const chunks = new Array(times).fill(run);
-        out = concat([out.subarray(0, at), ...chunks, out.subarray(at)]);
+        out = concatBytes([out.subarray(0, at), ...chunks, out.subarray(at)]);
         break;
       }
     }
@@ -301,7 +302,7 @@ const TARGETS: Record<string, () => Promise<Target>> = {
     const { readMultipart, parseMediaType } = await import("../../lib/http/multipart_parser.ts");
     const boundary = "fuzz-b0undary";
     const part = (type: string, body: Uint8Array) =>
-      concat([
+      concatBytes([
         encoder.encode(`--${boundary}\r\nContent-Type: ${type}\r\n\r\n`),
         body,
         encoder.encode("\r\n"),
@@ -310,14 +311,14 @@ const TARGETS: Record<string, () => Promise<Target>> = {
     return {
       seeds: () =>
         Promise.resolve([
-          concat([part("application/dicom", dicom), encoder.encode(`--${boundary}--\r\n`)]),
-          concat([
+          concatBytes([part("application/dicom", dicom), encoder.encode(`--${boundary}--\r\n`)]),
+          concatBytes([
             encoder.encode("preamble\r\n"),
             part("application/dicom; transfer-syntax=1.2.840.10008.1.2.1", dicom),
             part("text/plain", encoder.encode("--fuzz-b0undar")),
             encoder.encode(`--${boundary}--epilogue`),
           ]),
-          concat([part("application/dicom", new Uint8Array(0)), encoder.encode(`--${boundary}--`)]),
+          concatBytes([part("application/dicom", new Uint8Array(0)), encoder.encode(`--${boundary}--`)]),
           encoder.encode(`--${boundary}\r\n\r\n\r\n--${boundary}--\r\n`),
         ]),
       tokens: tokenBytes([

@@ -9,9 +9,10 @@
 import assert from "node:assert/strict";
 import { parseConfig } from "../../lib/config/config.ts";
 import { FileStore } from "../../lib/store/file_store.ts";
-import { buildInstance, concat } from "../_corpus.ts";
+import { buildInstance } from "../_corpus.ts";
 import { fuzz, type FuzzReport, TARGET_NAMES } from "./_fuzz.ts";
 import { testHandler } from "../_server.ts";
+import { concatBytes } from "../../lib/util/bytes.ts";
 
 const SEED = Number(Deno.env.get("FUZZ_SEED") ?? 20251128);
 const SECONDS = Number(Deno.env.get("FUZZ_SECONDS") ?? 5);
@@ -294,13 +295,13 @@ Deno.test("STOW-RS: UIDs with odd characters inside stored files cannot choose w
     ];
     const boundary = "evil-boundary";
     const parts = evil.map((uids) =>
-      concat([
+      concatBytes([
         new TextEncoder().encode(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`),
         buildInstance({ ...uids, patientName: "Evil^Upload" }),
         new TextEncoder().encode("\r\n"),
       ])
     );
-    const body = concat([...parts, new TextEncoder().encode(`--${boundary}--\r\n`)]);
+    const body = concatBytes([...parts, new TextEncoder().encode(`--${boundary}--\r\n`)]);
     for (
       const path of [
         "/aets/PACS/studies",

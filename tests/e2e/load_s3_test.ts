@@ -9,12 +9,13 @@
 
 import assert from "node:assert/strict";
 import { S3Store } from "../../lib/store/s3/s3_store.ts";
-import { buildInstance, concat } from "../_corpus.ts";
+import { buildInstance } from "../_corpus.ts";
 import { securedHandler } from "../_jwks.ts";
 import { memoryCatalog } from "../_server.ts";
 import { boundaryOf, parseMultipart } from "../_multipart_parser.ts";
 import { startS3 } from "../_s3server.ts";
 import { makeToken } from "../../lib/security/passwords.ts";
+import { concatBytes } from "../../lib/util/bytes.ts";
 
 const REQUESTS = Number(Deno.env.get("LOAD_REQUESTS") ?? 1200);
 const CLIENTS = Number(Deno.env.get("LOAD_CLIENTS") ?? 200);
@@ -137,7 +138,7 @@ Deno.test(`load: ${CLIENTS} concurrent clients, ${REQUESTS} mixed requests again
         case "store": {
           const uids = { study: "2.25.7002", series: "2.25.7002.1", sop: `2.25.7002.1.${n}` };
           const boundary = `load-${n}`;
-          const body = concat([
+          const body = concatBytes([
             new TextEncoder().encode(`--${boundary}\r\nContent-Type: application/dicom\r\n\r\n`),
             buildInstance({ ...uids, pixelBytes: 8 * 1024 }),
             new TextEncoder().encode(`\r\n--${boundary}--\r\n`),

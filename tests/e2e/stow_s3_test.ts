@@ -16,12 +16,13 @@ import { freedByLedgers } from "../../lib/util/handoff.ts";
 import { readHeader } from "../../lib/dicom/part10.ts";
 import { S3Store } from "../../lib/store/s3/s3_store.ts";
 import type { ObjectStore } from "../../lib/store/store.ts";
-import { buildInstance, concat, md5, SHARED_DICOM, sharedCorpus } from "../_corpus.ts";
+import { buildInstance, md5, SHARED_DICOM, sharedCorpus } from "../_corpus.ts";
 import { boundaryOf, parseMultipart } from "../_multipart_parser.ts";
 import { startS3, type TestS3 } from "../_s3server.ts";
 import { eventually } from "../_stores.ts";
 import { documentText, headerJson } from "../../lib/catalog/documents.ts";
 import { FAILURE } from "../../lib/dicomweb/stow_response.ts";
+import { concatBytes } from "../../lib/util/bytes.ts";
 
 const AET = "STOWE2E";
 const MIB = 1024 * 1024;
@@ -65,7 +66,10 @@ async function postStow(
   files: Uint8Array[],
 ): Promise<{ status: number; json: Record<string, { Value?: Record<string, { Value?: unknown[] }>[] }> }> {
   const boundary = `e2e-${crypto.randomUUID()}`;
-  const bytes = concat([...files.flatMap((f) => part(f, boundary)), encoder.encode(`--${boundary}--\r\n`)]);
+  const bytes = concatBytes([
+    ...files.flatMap((f) => part(f, boundary)),
+    encoder.encode(`--${boundary}--\r\n`),
+  ]);
   // streamed (chunked) request body, as a client uploading a large study does
   let at = 0;
   const body = new ReadableStream<Uint8Array>({
@@ -375,7 +379,7 @@ Deno.test("STOW-RS end to end into S3", async (t) => {
           const boundary = "abort-boundary";
           const first = big("2.25.600.1.2", 100_000);
           const second = big("2.25.600.1.3", 14 * MIB);
-          const head = concat([...part(first, boundary), ...part(second, boundary)]);
+          const head = concatBytes([...part(first, boundary), ...part(second, boundary)]);
           const half = head.length - 6 * MIB;
           const controller = new AbortController();
           let sent = 0;
@@ -543,11 +547,11 @@ Deno.test("STOW-RS end to end into S3", async (t) => {
           }), relay.endpoint);
         try {
           const boundary = "outage-boundary";
-          const before = concat([
+          const before = concatBytes([
             ...part(big("2.25.600.1.7", 1000), boundary),
             ...part(big("2.25.600.1.8", 16 * MIB), boundary),
           ]);
-          const after = concat([
+          const after = concatBytes([
             ...part(big("2.25.600.1.9", 1000), boundary),
             encoder.encode(`--${boundary}--\r\n`),
           ]);

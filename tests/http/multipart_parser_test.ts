@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { multipartStream, type Part, randomBoundary } from "../../lib/http/multipart.ts";
 import { type MultipartPart, parseMediaType, readMultipart } from "../../lib/http/multipart_parser.ts";
 import { parseMultipart, readAll } from "../_multipart_parser.ts";
+import { concatBytes } from "../../lib/util/bytes.ts";
 
 const encoder = new TextEncoder();
 
@@ -31,16 +32,6 @@ function randomBytes(n: number, seed: number): Uint8Array {
     x ^= x >>> 17;
     x ^= x << 5;
     out[i] = x & 0xff;
-  }
-  return out;
-}
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
   }
   return out;
 }
@@ -155,7 +146,7 @@ Deno.test("readMultipart()", async (t) => {
   await t.step("skips a body that is not read or is cancelled half way", async () => {
     const boundary = "sep";
     const bodies = [randomBytes(100_000, 1), randomBytes(100_000, 2), encoder.encode("last")];
-    const bytes = concat([
+    const bytes = concatBytes([
       ...bodies.flatMap((
         b,
       ) => [
@@ -191,7 +182,7 @@ Deno.test("readMultipart()", async (t) => {
 
   await t.step("an error of the source errors the part being read and the iteration", async () => {
     const gone = new Error("connection reset");
-    const bytes = concat([encoder.encode("--b\r\n\r\n"), randomBytes(50_000, 3)]);
+    const bytes = concatBytes([encoder.encode("--b\r\n\r\n"), randomBytes(50_000, 3)]);
     const iterator = readMultipart(chunked(bytes, [1000], gone), "b");
     const part = (await iterator.next()).value as MultipartPart;
     await assert.rejects(readAll(part.body), /connection reset/);

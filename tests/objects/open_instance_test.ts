@@ -2,6 +2,8 @@ import assert from "node:assert/strict";
 import { MemoryStore } from "../../lib/store/memory_store.ts";
 import { ahead, openInstance, SharedReadAhead } from "../../lib/objects/open_instance.ts";
 import type { GetOptions, ObjectBody, ObjectStore } from "../../lib/store/store.ts";
+import { buildPart10 } from "../_dicom_fixtures.ts";
+import { concatBytes } from "../../lib/util/bytes.ts";
 
 const ELE = "1.2.840.10008.1.2.1";
 const encoder = new TextEncoder();
@@ -9,49 +11,14 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 // ---- a minimal Part 10 object ----
 
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
-}
-
-function el(group: number, element: number, vr: string, value: Uint8Array | string): Uint8Array {
-  let bytes: Uint8Array = typeof value === "string" ? encoder.encode(value) : value;
-  if (bytes.length % 2) bytes = concat([bytes, new Uint8Array([vr === "UI" ? 0 : 0x20])]);
-  const long = ["OB", "OW", "UN", "SQ", "UT"].includes(vr);
-  const head = new Uint8Array(long ? 12 : 8);
-  const view = new DataView(head.buffer);
-  view.setUint16(0, group, true);
-  view.setUint16(2, element, true);
-  head.set(encoder.encode(vr), 4);
-  if (long) view.setUint32(8, bytes.length, true);
-  else view.setUint16(6, bytes.length, true);
-  return concat([head, bytes]);
-}
-
+/** A Part 10 object of `sop` with `pixels` bytes of pixel data. */
 function part10(sop: string, ts = ELE, pixels = 4096): Uint8Array {
-  const meta = concat([
-    el(2, 1, "OB", new Uint8Array([0, 1])),
-    el(2, 2, "UI", "1.2.840.10008.5.1.4.1.1.7"),
-    el(2, 3, "UI", sop),
-    el(2, 0x10, "UI", ts),
-  ]);
-  const length = new Uint8Array(4);
-  new DataView(length.buffer).setUint32(0, meta.length, true);
   const data = new Uint8Array(pixels);
   for (let i = 0; i < data.length; i++) data[i] = (i * 31 + sop.length) & 0xff;
-  return concat([
-    new Uint8Array(128),
-    encoder.encode("DICM"),
-    el(2, 0, "UL", length),
-    meta,
-    el(8, 0x18, "UI", sop),
-    el(0x7fe0, 0x10, "OW", data),
-  ]);
+  return buildPart10([
+    { tag: 0x00080018, vr: "UI", value: sop },
+    { tag: 0x7fe00010, vr: "OW", value: data },
+  ], { transferSyntax: ts, sopInstanceUid: sop });
 }
 
 async function bytesOf(stream: ReadableStream<Uint8Array>): Promise<Uint8Array> {
@@ -350,7 +317,7 @@ Deno.test("openInstance()", async (t) => {
       sizes.push(chunk.byteLength);
       parts.push(chunk);
     }
-    assert.deepEqual(concat(parts), objects.get(key));
+    assert.deepEqual(concatBytes(parts), objects.get(key));
     // the 1000-byte network reads are gathered: every chunk but the last is a whole 4096-byte buffer
     assert.ok(sizes.length > 3, `${sizes}`);
     assert.deepEqual(sizes.slice(0, -1).filter((n) => n !== 4096), [], `chunk sizes ${sizes}`);
