@@ -1,6 +1,9 @@
 /** Store wrappers for tests: observe calls and open bodies, inject failures. */
 
+import { FileStore } from "../lib/store/file_store.ts";
+import { S3Store } from "../lib/store/s3/s3_store.ts";
 import type { GetOptions, ObjectBody, ObjectStore } from "../lib/store/store.ts";
+import { startS3 } from "./_s3server.ts";
 
 /** A store that records calls and counts bodies that are still open. */
 export interface ObservedStore extends ObjectStore {
@@ -86,4 +89,49 @@ export async function eventually(condition: () => boolean, ms = 5_000, what = "c
     if (Date.now() > until) throw new Error(`Timed out after ${ms} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/** An empty bucket of a store for one suite, and how to remove it. */
+export interface SuiteBucket {
+  store: ObjectStore;
+  bucket: string;
+  cleanup(): Promise<void>;
+}
+
+/**
+ * Registers `suite` twice: on a local folder (`FileStore`) and on S3 (s3rver, or the server of
+ * `TEST_S3_ENDPOINT`), each run with an empty bucket of its own.
+ */
+export function onFolderAndS3(
+  name: string,
+  suite: (t: Deno.TestContext, make: () => Promise<SuiteBucket>) => Promise<void>,
+): void {
+  Deno.test(`${name} from a local folder`, async (t) => {
+    await suite(t, async () => {
+      const root = await Deno.makeTempDir({ prefix: "dicomweb-suite-" });
+      await Deno.mkdir(`${root}/suite`);
+      return {
+        store: new FileStore(root),
+        bucket: "suite",
+        cleanup: () => Deno.remove(root, { recursive: true }),
+      };
+    });
+  });
+  Deno.test(`${name} from S3`, async (t) => {
+    const s3 = await startS3();
+    try {
+      await suite(t, async () => {
+        const bucket = s3.uniqueBucket("suite");
+        await s3.createBucket(bucket);
+        const store = new S3Store({
+          endpoint: s3.endpoint,
+          region: s3.region,
+          credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
+        });
+        return { store, bucket, cleanup: async () => await store.close?.() };
+      });
+    } finally {
+      await s3.stop();
+    }
+  });
 }

@@ -13,15 +13,11 @@ import {
   toDicomJson,
   toLittleEndian,
 } from "../../lib/dicom/dicom_json.ts";
-import { FileStore } from "../../lib/store/file_store.ts";
 import { frameCount, planFrame } from "../../lib/dicom/frames.ts";
 import { parseObject } from "../../lib/dicom/part10.ts";
-import { S3Store } from "../../lib/store/s3/s3_store.ts";
-import type { ObjectStore } from "../../lib/store/store.ts";
 import { buildInstance, builtCorpus, type CorpusFile, md5, SHARED_DICOM, sharedCorpus } from "../_corpus.ts";
 import { boundaryOf, parseMultipart } from "../_multipart_parser.ts";
-import { startS3 } from "../_s3server.ts";
-import { observe } from "../_stores.ts";
+import { observe, onFolderAndS3, type SuiteBucket } from "../_stores.ts";
 import { RE_ENCODABLE } from "../../lib/imaging/syntax_choice.ts";
 import { testServer } from "../_server.ts";
 import type { DicomDataset, DicomElement, Part10Header } from "../../lib/dicom/dataset.ts";
@@ -79,7 +75,7 @@ async function malformedFiles(): Promise<CorpusFile[]> {
 
 async function suite(
   t: Deno.TestContext,
-  make: () => Promise<{ store: ObjectStore; bucket: string; cleanup(): Promise<void> }>,
+  make: () => Promise<SuiteBucket>,
 ) {
   const multiframe: CorpusFile = {
     key: "2.25.300/2.25.300.1/2.25.300.1.1.dcm",
@@ -360,32 +356,4 @@ async function suite(
   }
 }
 
-Deno.test("metadata, bulkdata and frames end to end from a local folder", async (t) => {
-  await suite(t, async () => {
-    const root = await Deno.makeTempDir({ prefix: "dicomweb-pixels-" });
-    await Deno.mkdir(`${root}/pix`);
-    return {
-      store: new FileStore(root),
-      bucket: "pix",
-      cleanup: () => Deno.remove(root, { recursive: true }),
-    };
-  });
-});
-
-Deno.test("metadata, bulkdata and frames end to end from S3", async (t) => {
-  const s3 = await startS3();
-  try {
-    await suite(t, async () => {
-      const bucket = s3.uniqueBucket("pix");
-      await s3.createBucket(bucket);
-      const store = new S3Store({
-        endpoint: s3.endpoint,
-        region: s3.region,
-        credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
-      });
-      return { store, bucket, cleanup: async () => await store.close?.() };
-    });
-  } finally {
-    await s3.stop();
-  }
-});
+onFolderAndS3("metadata, bulkdata and frames end to end", suite);

@@ -9,19 +9,15 @@ import assert from "node:assert/strict";
 import { CodecPool } from "../../lib/imaging/pool.ts";
 import { parseConfig } from "../../lib/config/config.ts";
 import { decodedFrame } from "../../lib/imaging/decode.ts";
-import { FileStore } from "../../lib/store/file_store.ts";
 import { planFrame } from "../../lib/dicom/frames.ts";
 import { HeaderCache, loadHeader } from "../../lib/objects/header_cache.ts";
 import { parseObject } from "../../lib/dicom/part10.ts";
 import { renderAttributes, renderFrame } from "../../lib/imaging/render.ts";
 import { openInstance } from "../../lib/objects/open_instance.ts";
-import { S3Store } from "../../lib/store/s3/s3_store.ts";
-import type { ObjectStore } from "../../lib/store/store.ts";
 import { decodeInstance, transcodingEncoder } from "../../lib/imaging/pixel_transcode.ts";
 import { type CorpusFile, sharedCorpus } from "../_corpus.ts";
 import { boundaryOf, parseMultipart } from "../_multipart_parser.ts";
-import { startS3 } from "../_s3server.ts";
-import { observe } from "../_stores.ts";
+import { observe, onFolderAndS3, type SuiteBucket } from "../_stores.ts";
 import { testHandler, testServer } from "../_server.ts";
 import { getNumber } from "../../lib/dicom/dataset.ts";
 
@@ -71,7 +67,7 @@ async function testdataFiles(): Promise<CorpusFile[]> {
 
 async function suite(
   t: Deno.TestContext,
-  make: () => Promise<{ store: ObjectStore; bucket: string; cleanup(): Promise<void> }>,
+  make: () => Promise<SuiteBucket>,
 ) {
   const corpus = await sharedCorpus();
   if (corpus.length === 0) {
@@ -287,37 +283,9 @@ async function suite(
   }
 }
 
-Deno.test("rendered and thumbnail resources end to end from a local folder", async (t) => {
-  await suite(t, async () => {
-    const root = await Deno.makeTempDir({ prefix: "dicomweb-rendered-" });
-    await Deno.mkdir(`${root}/rnd`);
-    return {
-      store: new FileStore(root),
-      bucket: "rnd",
-      cleanup: () => Deno.remove(root, { recursive: true }),
-    };
-  });
-});
+onFolderAndS3("rendered and thumbnail resources end to end", suite);
 
-Deno.test("rendered and thumbnail resources end to end from S3", async (t) => {
-  const s3 = await startS3();
-  try {
-    await suite(t, async () => {
-      const bucket = s3.uniqueBucket("rnd");
-      await s3.createBucket(bucket);
-      const store = new S3Store({
-        endpoint: s3.endpoint,
-        region: s3.region,
-        credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
-      });
-      return { store, bucket, cleanup: async () => await store.close?.() };
-    });
-  } finally {
-    await s3.stop();
-  }
-});
-
-Deno.test("createHandler() serves decoded frames, transcoded instances and rendered images once wired (lib/app/handler.ts)", async (t) => {
+Deno.test("createHandler() serves decoded frames, transcoded instances and rendered images", async (t) => {
   const wanted = [
     "MR_small_jp2klossless.dcm",
     "SC_rgb_jpeg_dcmtk.dcm",
