@@ -29,6 +29,26 @@ export const LAYERS: Record<string, readonly string[]> = {
   cli: ["store", "objects", "catalog", "security", "config", "app"],
 };
 
+/**
+ * Modules private to their layer: only modules of the same layer import them (checked below), and they are
+ * left out of `deno doc --lint` (their exports are the layer's plumbing, documented where they are used).
+ */
+export const LAYER_PRIVATE: readonly string[] = [
+  "catalog/sql_filter.ts",
+  "catalog/sqlite_schema.ts",
+  "dicom/part10_bytes.ts",
+  "dicom/part10_parser.ts",
+  "dicomweb/stow_job.ts",
+  "dicomweb/stow_part.ts",
+  "dicomweb/stow_response.ts",
+  "imaging/worker.ts",
+  "store/s3/http1.ts",
+  "store/s3/s3_errors.ts",
+  "store/s3/s3_parts.ts",
+  "store/s3/s3_routing.ts",
+  "store/s3/s3_xml.ts",
+];
+
 const LIB = new URL("../lib/", import.meta.url);
 
 /** Every `.ts` file under `lib/`, as paths relative to it (`dicom/part10.ts`). */
@@ -121,6 +141,38 @@ Deno.test("lib/ layers import only the layers below them", async (t) => {
       assert.deepEqual(wrong, []);
     },
   );
+
+  await t.step("layer-private modules are imported only from their own layer", async () => {
+    const wrong: string[] = [];
+    for (const file of files) {
+      const text = await Deno.readTextFile(new URL(file, LIB));
+      for (const specifier of importsOf(text)) {
+        const target = new URL(specifier, new URL(file, LIB)).href.slice(LIB.href.length);
+        if (LAYER_PRIVATE.includes(target) && layerOf(target) !== layerOf(file)) {
+          wrong.push(`lib/${file} imports lib/${target}, private to ${layerOf(target)}`);
+        }
+      }
+    }
+    assert.deepEqual(wrong, []);
+    assert.deepEqual(
+      LAYER_PRIVATE.filter((file) => !files.includes(file)),
+      [],
+      "LAYER_PRIVATE names files that exist",
+    );
+  });
+
+  await t.step("deno doc --lint finds nothing in what the layers export", async () => {
+    const modules = files.filter((file) => !LAYER_PRIVATE.includes(file)).map((file) => `lib/${file}`);
+    const output = await new Deno.Command(Deno.execPath(), {
+      args: ["doc", "--lint", ...modules],
+      cwd: new URL("..", LIB).pathname,
+      env: { NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(output.stderr);
+    assert.equal(output.code, 0, text.slice(-3000));
+  });
 
   await t.step("the map itself has no cycle: each layer imports only layers listed before it", () => {
     const names = Object.keys(LAYERS);

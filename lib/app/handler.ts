@@ -21,6 +21,7 @@ export type Logger = (line: string) => void;
 
 /** Options for {@linkcode createHandler}. */
 export interface HandlerOptions extends Pick<RouteOptions, "encode" | "stow" | "rendered"> {
+  /** Where the one line per request goes (default `console.log`). */
   log?: Logger;
   /** One JSON line per patient-data request (main.ts opens `AUDIT_LOG`); none when omitted. */
   audit?: AuditLog;

@@ -11,8 +11,11 @@ import type { RequestGuard } from "../security/request_guard.ts";
 
 /** The health handlers. */
 export interface HealthHandlers {
+  /** `GET /healthz`: the process answers. */
   healthz: Handler;
+  /** `GET /readyz`: every AET's bucket answers. */
   readyz: Handler;
+  /** `GET /aets`: the AETs the caller may see. */
   aets: Handler;
 }
 

@@ -68,9 +68,13 @@ export async function openCatalog(
 
 /** Options for {@linkcode openCrawler}. */
 export interface OpenCrawlerOptions {
+  /** The store to crawl (the raw store, not a request's guarded view of it). */
   store: ObjectStore;
+  /** The AETs and their buckets. */
   aets: AetRegistry;
+  /** The catalog to fill. */
   catalog: Catalog;
+  /** Where progress and problems go. */
   log?: (line: string) => void;
   /** Read every instance header in the background after the series pass (default true). */
   eagerInstances?: boolean;
@@ -87,6 +91,7 @@ export function openCrawler(config: Config, options: OpenCrawlerOptions): Crawle
 
 /** The services a handler is built from, with the catalog and crawler when there is one. */
 export interface ServerParts extends ServicesInit {
+  /** The AETs of `store`. */
   aets: AetRegistry;
 }
 
@@ -94,10 +99,13 @@ export interface ServerParts extends ServicesInit {
 export interface AssembleOptions {
   /** Default: a registry of `config.aets` over `store`. */
   aets?: AetRegistry;
+  /** The search catalog; without one, search answers 503. */
   catalog?: Catalog;
   /** Default: a crawler from {@linkcode openCrawler} when there is a catalog. */
   crawler?: Crawler;
+  /** Default: {@linkcode SERVER_CAPABILITIES}. */
   capabilities?: SyntaxCapabilities;
+  /** Where the crawler reports. */
   log?: (line: string) => void;
 }
 

@@ -23,10 +23,13 @@ import { healthHandlers } from "./health.ts";
 
 /** Options for {@linkcode addRoutes}. */
 export interface RouteOptions {
+  /** Authentication, grants and limits (it also hides AETs in `/aets` and `/readyz`). */
   guard: RequestGuard;
   /** How instances are converted for retrieval (default: re-encoding, else decoding; tests swap it). */
   encode?: RetrieveOptions["encode"];
+  /** STOW-RS buffering and concurrency. */
   stow?: StowOptions;
+  /** The codec pool and thumbnail cache of the rendered resources. */
   rendered?: RenderedOptions;
 }
 

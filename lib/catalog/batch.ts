@@ -28,6 +28,7 @@ export class CatalogBatch {
   #waiting: { item: InstanceToRecord; settle: (result: PromiseSettledResult<RecordOutcome>) => void }[] = [];
   #timer?: ReturnType<typeof setTimeout>;
 
+  /** Instances of `aet` (in `bucket`) go to `catalog`. */
   constructor(catalog: CatalogIngest, aet: string, bucket: string) {
     this.#catalog = catalog;
     this.#aet = aet;

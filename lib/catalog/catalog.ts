@@ -33,21 +33,29 @@ import type { Part10Header } from "../dicom/dataset.ts";
 
 /** What a search asks of the catalog (see {@linkcode CatalogSearch.search}). */
 export interface CatalogQuery {
+  /** The AET searched. */
   aet: string;
+  /** The level of the results. */
   level: Level;
   /** Restricts to one study (from the path). */
   study?: string;
   /** Restricts to one series (from the path). */
   series?: string;
+  /** The attribute filters (matching as PS3.4 C.2.2.2). */
   filters: Filter[];
+  /** The most rows returned. */
   limit: number;
+  /** Rows skipped first. */
   offset: number;
 }
 
 /** One search result: the attributes of its level and of its parents, and the counts. */
 export interface SearchRow {
+  /** Study Instance UID. */
   study: string;
+  /** Series Instance UID (series and instance results). */
   series?: string;
+  /** SOP Instance UID (instance results). */
   sop?: string;
   /** Study and patient attributes of the study (from one representative header). */
   studyJson: DicomJson;
@@ -59,15 +67,21 @@ export interface SearchRow {
   modalities: string[];
   /** SOPClassesInStudy: the SOP classes of the study's instances read so far (at least one per series). */
   sopClasses: string[];
+  /** Number of Study Related Series. */
   studySeries: number;
+  /** Number of Study Related Instances. */
   studyInstances: number;
+  /** Number of Series Related Instances (series and instance results). */
   seriesInstances?: number;
 }
 
 /** The lease of one crawl of one AET (see {@linkcode CrawlState.beginCrawl}). */
 export interface CrawlTicket {
+  /** The AET crawled. */
   aet: string;
+  /** Its bucket. */
   bucket: string;
+  /** Who holds the lease (one process). */
   owner: string;
   /** Catalog time (ms) the crawl started: rows not seen since are deleted by {@linkcode CrawlState.finishListing}. */
   startedAt: number;
@@ -75,8 +89,11 @@ export interface CrawlTicket {
 
 /** What a listing batch changed. */
 export interface ListingCounts {
+  /** Keys new to the catalog. */
   added: number;
+  /** Keys whose ETag or size changed. */
   changed: number;
+  /** Keys seen before, unchanged. */
   unchanged: number;
   /** Keys outside the `{study}/{series}/{sop}.dcm` layout. */
   ignored: number;
@@ -84,14 +101,19 @@ export interface ListingCounts {
 
 /** A series whose study/series rows need a header, and the object to read it from. */
 export interface SeriesCandidate {
+  /** Study Instance UID. */
   study: string;
+  /** Series Instance UID. */
   series: string;
+  /** The object to read the series' attributes from. */
   info: ObjectInfo;
 }
 
 /** Which objects {@linkcode CrawlState.pendingObjects} looks at. */
 export interface Scope {
+  /** Only this study. */
   study?: string;
+  /** Only this series. */
   series?: string;
   /** SOP Instance UIDs (e.g. from a SOPInstanceUID filter). */
   sops?: string[];
@@ -99,8 +121,11 @@ export interface Scope {
 
 /** A stored instance document (see {@linkcode CatalogSearch.instanceMetadata}). */
 export interface StoredInstance {
+  /** The object key. */
   key: string;
+  /** Series Instance UID. */
   series: string;
+  /** SOP Instance UID. */
   sop: string;
   /** ETag of the object version the JSON was made from. */
   etag: string;
@@ -110,17 +135,27 @@ export interface StoredInstance {
 
 /** Counts and crawl times of one AET. */
 export interface AetStatus {
+  /** The AET. */
   aet: string;
+  /** Its bucket. */
   bucket: string;
+  /** Objects listed. */
   objects: number;
+  /** Instances indexed. */
   indexed: number;
+  /** Objects listed but not read yet. */
   pending: number;
+  /** Objects that could not be read. */
   failed: number;
+  /** Keys outside the layout. */
   ignored: number;
+  /** Studies known. */
   studies: number;
+  /** Series known. */
   series: number;
   /** When the last complete listing + series pass started (ms since the epoch); undefined: never. */
   completeAt?: number;
+  /** Why the last crawl failed, if it did. */
   lastError?: string;
   /** Process holding the crawl lease, when a crawl is running. */
   crawlingBy?: string;
@@ -128,10 +163,15 @@ export interface AetStatus {
 
 /** An object that could not be indexed. */
 export interface ObjectProblem {
+  /** The AET. */
   aet: string;
+  /** The object key. */
   key: string;
+  /** Failed (not readable) or ignored (outside the layout). */
   state: "failed" | "ignored";
+  /** Why. */
   error: string;
+  /** The ETag of the version that failed (tried again when it changes). */
   etag: string;
 }
 
@@ -140,7 +180,9 @@ export type RecordOutcome = "indexed" | "failed" | "ignored";
 
 /** One instance for {@linkcode CatalogIngest.recordInstances}: the object and its parsed header. */
 export interface InstanceToRecord {
+  /** The object as listed. */
   info: ObjectInfo;
+  /** Its parsed header. */
   header: Part10Header;
 }
 
@@ -224,5 +266,6 @@ export interface Catalog extends CatalogIngest, CrawlState, CatalogSearch {
   readonly kind: string;
   /** The database (file path or `:memory:`). */
   readonly location: string;
+  /** Closes the database. */
   close(): Promise<void>;
 }

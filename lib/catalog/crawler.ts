@@ -24,8 +24,11 @@ import { CorruptObjectError, NotFoundError } from "../util/errors.ts";
 
 /** What a crawler needs. */
 export interface CrawlerOptions {
+  /** The store to list and read. */
   store: ObjectStore;
+  /** The AETs to crawl and their buckets. */
   aets: Pick<AetRegistry, "entries" | "bucket">;
+  /** The catalog to fill. */
   catalog: Catalog;
   /** Log sink (default `console.log`). */
   log?: (line: string) => void;
@@ -45,14 +48,23 @@ export interface CrawlerOptions {
 
 /** The outcome of one crawl of one AET. */
 export interface CrawlReport {
+  /** The AET crawled. */
   aet: string;
+  /** Its bucket, once known. */
   bucket?: string;
+  /** How the crawl ended. */
   outcome: "complete" | "failed" | "skipped" | "stopped";
+  /** Objects listed. */
   listed: number;
+  /** Keys new to the catalog. */
   added: number;
+  /** Keys whose ETag or size changed. */
   changed: number;
+  /** Keys unchanged. */
   unchanged: number;
+  /** Keys outside the layout. */
   ignored: number;
+  /** Keys no longer in the bucket, forgotten. */
   deleted: number;
   /** Headers read to fill study and series rows (one per new or changed series). */
   seriesHeaders: number;
@@ -62,20 +74,27 @@ export interface CrawlReport {
   headerBytes: number;
   /** Milliseconds the listing took. */
   listingMs: number;
+  /** When the crawl started (ms since the epoch). */
   startedAt: number;
+  /** When it finished. */
   finishedAt?: number;
+  /** Why it failed, if it did. */
   error?: string;
 }
 
 /** Live progress of one AET (for `GET /admin/index`). */
 export interface AetProgress {
+  /** The AET. */
   aet: string;
+  /** What the crawler is doing now. */
   phase: "idle" | "listing" | "series" | "instances";
   /** Objects listed by the running crawl. */
   listed: number;
   /** Headers read since the process started (series and instances). */
   headersRead: number;
+  /** Bytes read for those headers. */
   headerBytes: number;
+  /** Headers that could not be read. */
   failed: number;
   /** Instance headers still to read by the background pass (when running). */
   instancesPending?: number;
@@ -95,6 +114,15 @@ interface AetState {
 }
 
 type ReadOutcome = "indexed" | "failed" | "ignored" | "gone";
+
+/** One crawl under way: its lease, report and progress, its progress lines, and the lease renewal. */
+interface CrawlRun {
+  ticket: CrawlTicket;
+  report: CrawlReport;
+  progress: AetProgress;
+  throttle: Throttle;
+  renew: () => Promise<void>;
+}
 
 /**
  * Crawls AETs into a catalog. One per catalog in a process: the server's routes, its background timer and the
@@ -118,6 +146,7 @@ export class Crawler {
   #timer?: ReturnType<typeof setInterval>;
   #stopped = false;
 
+  /** A crawler of `options.catalog` (start its timer with {@linkcode Crawler.start}). */
   constructor(options: CrawlerOptions) {
     this.#store = options.store;
     this.#aets = options.aets;
@@ -294,7 +323,7 @@ export class Crawler {
     try {
       progress.phase = "listing";
       progress.listed = 0;
-      await this.#list(ticket, report, throttle, renew);
+      await this.#list({ ticket, report, progress, throttle, renew });
       if (this.#stopped) {
         await this.#catalog.endCrawl(ticket, { complete: false, error: "Stopped" });
         return finish("stopped");
@@ -302,7 +331,7 @@ export class Crawler {
 
       progress.phase = "series";
       const before = { count: this.#headers.misses, bytes: this.#headers.bytesRead };
-      await this.#seriesPass(ticket, report, progress, throttle, renew);
+      await this.#seriesPass({ ticket, report, progress, throttle, renew });
       report.headerBytes = this.#headers.bytesRead - before.bytes;
       if (this.#stopped) {
         await this.#catalog.endCrawl(ticket, { complete: false, error: "Stopped" });
@@ -333,14 +362,8 @@ export class Crawler {
     }
   }
 
-  async #list(
-    ticket: CrawlTicket,
-    report: CrawlReport,
-    throttle: Throttle,
-    renew: () => Promise<void>,
-  ): Promise<void> {
+  async #list({ ticket, report, progress, throttle, renew }: CrawlRun): Promise<void> {
     const started = performance.now();
-    const progress = this.#state(ticket.aet).progress;
     let batch: ObjectInfo[] = [];
     const flush = async () => {
       const counts = await this.#catalog.applyListing(ticket, batch);
@@ -371,13 +394,7 @@ export class Crawler {
     report.listingMs = performance.now() - started;
   }
 
-  async #seriesPass(
-    ticket: CrawlTicket,
-    report: CrawlReport,
-    progress: AetProgress,
-    throttle: Throttle,
-    renew: () => Promise<void>,
-  ): Promise<void> {
+  async #seriesPass({ ticket, report, progress, throttle, renew }: CrawlRun): Promise<void> {
     const started = performance.now();
     let total = 0;
     let done = 0;

@@ -93,10 +93,15 @@ export function resolveBulkDataUris(json: string, instanceUrl: string): string {
 
 /** The UIDs and indexed instance columns of one instance's DICOM JSON (see {@linkcode instanceColumns}). */
 export interface InstanceColumns {
+  /** Study Instance UID. */
   study?: string;
+  /** Series Instance UID. */
   series?: string;
+  /** SOP Instance UID. */
   sop?: string;
+  /** SOP Class UID. */
   sopClass?: string;
+  /** Instance Number. */
   instanceNumber?: number;
 }
 
@@ -106,28 +111,43 @@ export interface InstanceRecord extends InstanceColumns {
   studyJson: DicomJson;
   /** Series attributes. */
   seriesJson: DicomJson;
+  /** The study columns taken from the same document. */
   studyColumns: StudyColumns;
+  /** The series columns taken from the same document. */
   seriesColumns: SeriesColumns;
 }
 
 /** Indexed study columns (folded / normalized for matching and ordering). */
 export interface StudyColumns {
+  /** Study Date, normalized. */
   date?: string;
+  /** Study Time, normalized (start of a range). */
   time?: string;
+  /** Study Time, end of its range. */
   timeHigh?: string;
+  /** Accession Number. */
   accession?: string;
+  /** Referring Physician's Name, folded. */
   referring?: string;
+  /** Patient's Name, folded. */
   patientName?: string;
+  /** Patient ID. */
   patientId?: string;
+  /** Study ID. */
   studyId?: string;
 }
 
 /** Indexed series columns. */
 export interface SeriesColumns {
+  /** Modality. */
   modality?: string;
+  /** Series Number. */
   number?: number;
+  /** Performed Procedure Step Start Date, normalized. */
   ppsDate?: string;
+  /** Performed Procedure Step Start Time (start of a range). */
   ppsTime?: string;
+  /** Performed Procedure Step Start Time, end of its range. */
   ppsTimeHigh?: string;
 }
 

@@ -55,6 +55,7 @@ export interface Filter {
   vr: string;
   /** The level the top-level attribute belongs to. */
   level: Level;
+  /** How the value matches. */
   matcher: Matcher;
   /** Fuzzy person name matching (only meaningful for PN). */
   fuzzy: boolean;
@@ -62,14 +63,19 @@ export interface Filter {
 
 /** A parsed QIDO-RS query. */
 export interface SearchQuery {
+  /** The level searched. */
   level: Level;
+  /** The attribute filters. */
   filters: Filter[];
   /** Top-level tags asked for with `includefield` (and the matching keys), beyond the defaults. */
   include: number[];
   /** `includefield=all`. */
   includeAll: boolean;
+  /** `fuzzymatching=true`: person names match fuzzily. */
   fuzzy: boolean;
+  /** The page size asked for (cut to the maximum). */
   limit: number;
+  /** Results skipped first. */
   offset: number;
   /** Whether `limit` came from the server (the client gave none, or asked for more than the maximum). */
   serverLimit: boolean;
@@ -83,7 +89,9 @@ export interface SearchOptions {
   level: Level;
   /** Levels whose attributes may be matched (e.g. study and series attributes for `/series`). */
   matchable: Level[];
+  /** Page size without `limit`. */
   defaultLimit: number;
+  /** The largest `limit` honoured (`Warning: 299` above). */
   maxLimit: number;
 }
 
@@ -214,6 +222,7 @@ export function levelOf(tag: number): Level {
 
 /** A query parameter the client got wrong: answered with 400 naming it. */
 export class QueryError extends OutOfRangeError {
+  /** A query parameter problem, named in `message`. */
   constructor(message: string) {
     super(message);
     this.name = "QueryError";

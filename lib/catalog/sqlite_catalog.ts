@@ -165,6 +165,7 @@ export class SqliteCatalog implements Catalog {
   readonly #listings = new WeakMap<CrawlTicket, ListingState>();
   readonly #specs = new Map<string, Filter>();
 
+  /** The catalog over an open database (see {@linkcode openSqliteCatalog}). */
   constructor(db: DatabaseSync, location: string, options: SqliteCatalogOptions = {}) {
     this.#db = db;
     this.location = location;
@@ -930,6 +931,7 @@ export class SqliteCatalog implements Catalog {
     });
   }
 
+  /** Closes the database. */
   close(): Promise<void> {
     return settle(() => {
       if (this.#db.isOpen) this.#db.close();

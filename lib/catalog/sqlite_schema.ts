@@ -5,18 +5,22 @@
  * @module
  */
 
-import plannerStats from "./sqlite_planner_stats.json" with { type: "json" };
-
 export const SCHEMA_VERSION = 3;
+
+// deno-fmt-ignore
+const PLANNER_STATS_TEXT = "studies_key 1000000 100000 1, studies_order 1000000 100000 100 50 1, studies_patient_id 1000000 100000 3, studies_accession 1000000 100000 1, studies_study_id 1000000 100000 20, studies_patient_name 1000000 100000 3, series_key 3000000 300000 3 1, series_uid 3000000 300000 1, series_modality 3000000 300000 30000, objects_key 60000000 6000000 1, objects_series 60000000 6000000 60 20 10, objects_sop 60000000 6000000 1, objects_state 60000000 6000000 2000000 1";
 
 /**
  * Fixed planner statistics (`sqlite_stat1`) shaped like a large catalog: few AETs, unique UIDs and IDs. Without
  * them SQLite walks the date-ordered index for `PatientID=x` instead of looking the ID up; with `ANALYZE` on a
- * small or empty catalog it would guess just as badly. Format (sqlite_planner_stats.json, by index; the table is the
- * index name's first word): rows, then rows per value of each index prefix.
+ * small or empty catalog it would guess just as badly. Format: the index, then rows and rows per value of each
+ * index prefix; the table is the index name's first word.
  */
-export const PLANNER_STATS: [table: string, index: string, stat: string][] = Object.entries(plannerStats)
-  .map(([index, stat]) => [index.slice(0, index.indexOf("_")), index, stat]);
+export const PLANNER_STATS: [table: string, index: string, stat: string][] = PLANNER_STATS_TEXT.split(", ")
+  .map((entry) => {
+    const index = entry.slice(0, entry.indexOf(" "));
+    return [index.slice(0, index.indexOf("_")), index, entry.slice(index.length + 1)];
+  });
 
 /** Object states (the `objects.state` column). */
 export const LISTED = 0;

@@ -23,6 +23,7 @@ export function decodeHtj2k(data: Uint8Array): Promise<RawImage> {
 export interface Htj2kEncodeOptions extends WaveletImage {
   /** Reversible (default) or irreversible with this quantization step. */
   lossless?: boolean;
+  /** Irreversible coding's quantization step. */
   quantizationStep?: number;
   /** Progression order: 0 LRCP, 1 RLCP, 2 RPCL (default, what TS .202 requires), 3 PCRL, 4 CPRL. */
   progressionOrder?: number;

@@ -70,10 +70,15 @@ export function encodeJ2k(samples: Uint8Array, options: J2kEncodeOptions): Promi
 
 /** The image an encoder of the JPEG 2000 family is given. */
 export interface WaveletImage {
+  /** Columns. */
   width: number;
+  /** Rows. */
   height: number;
+  /** Samples per pixel (1 or 3). */
   components: number;
+  /** Bits per sample. */
   bitsPerSample: number;
+  /** Whether the samples are signed. */
   signed: boolean;
 }
 

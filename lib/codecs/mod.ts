@@ -30,8 +30,11 @@ import { MalformedError, OutOfRangeError } from "../util/errors.ts";
 
 /** What a codec returns: the image as coded, before it is fitted to the data set's description. */
 export interface RawImage {
+  /** Columns. */
   width: number;
+  /** Rows. */
   height: number;
+  /** Samples per pixel. */
   components: number;
   /** Sample precision as coded (bits). */
   precision: number;
@@ -39,7 +42,9 @@ export interface RawImage {
   signed: boolean;
   /** Samples, little endian, `bytesPerSample` each; pixel-interleaved unless `planar`. */
   bytes: Uint8Array;
+  /** Bytes each sample takes in `bytes`. */
   bytesPerSample: 1 | 2 | 4;
+  /** Samples come plane by plane rather than interleaved. */
   planar?: boolean;
   /** The codec converted YCbCr to RGB (or undid a JPEG 2000 colour transform). */
   rgb?: boolean;
@@ -49,12 +54,19 @@ export interface RawImage {
 
 /** The Image Pixel attributes of the frame being decoded (PS3.3 C.7.6.3). */
 export interface FrameDescription {
+  /** Rows (0028,0010). */
   rows: number;
+  /** Columns (0028,0011). */
   columns: number;
+  /** Samples per Pixel (0028,0002). */
   samplesPerPixel: number;
+  /** Bits Allocated (0028,0100). */
   bitsAllocated: number;
+  /** Bits Stored (0028,0101). */
   bitsStored: number;
+  /** Pixel Representation (0028,0103): 0 unsigned, 1 signed. */
   pixelRepresentation: number;
+  /** Photometric Interpretation (0028,0004). */
   photometricInterpretation: string;
   /** 0: pixel-interleaved, 1: plane by plane. */
   planarConfiguration: number;

@@ -10,9 +10,13 @@ import { MalformedError } from "../util/errors.ts";
 
 /** The frame layout RLE data does not carry itself. */
 export interface RleLayout {
+  /** Rows. */
   rows: number;
+  /** Columns. */
   columns: number;
+  /** Samples per pixel. */
   samplesPerPixel: number;
+  /** Bits allocated (8, 16 or 32). */
   bitsAllocated: number;
 }
 

@@ -21,6 +21,7 @@ export type EmscriptenFactory = (moduleArg: Record<string, any>) => Promise<Emsc
 
 /** A loaded codec module plus the lines it printed (OpenJPEG reports errors with printf). */
 export interface LoadedCodec {
+  /** The instantiated Emscripten module. */
   module: EmscriptenModule;
   /** The last lines printed by the module, newest last (bounded). */
   printed: string[];
@@ -74,6 +75,7 @@ export async function loadCodec(factory: EmscriptenFactory, wasmUrl: string): Pr
 /** A lazily loaded codec that can be thrown away and reloaded after a crash (a trapped WASM instance). */
 export class CodecSlot {
   #loading?: Promise<LoadedCodec>;
+  /** A slot that loads `factory` with the WASM at `wasmUrl` on first use. */
   constructor(readonly factory: () => Promise<EmscriptenFactory>, readonly wasmUrl: string) {}
 
   /** The loaded codec (loading it on first use). */
@@ -116,10 +118,15 @@ export function copyOut(view: ArrayBufferView): Uint8Array {
 
 /** The frame info every cornerstone decoder reports. */
 export interface WasmFrameInfo {
+  /** Columns. */
   width: number;
+  /** Rows. */
   height: number;
+  /** Samples per pixel. */
   componentCount: number;
+  /** Bits per sample. */
   bitsPerSample: number;
+  /** Whether the samples are signed. */
   isSigned?: boolean;
 }
 

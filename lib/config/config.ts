@@ -14,14 +14,19 @@ import { AUTH_CONFIG_NAMES, type AuthConfig, parseAuthConfig } from "../security
 
 /** The S3 connection settings. */
 export interface S3Config {
+  /** The S3 endpoint URL (AWS itself when unset). */
   endpoint?: string;
+  /** The signing region. */
   region: string;
+  /** Bucket in the path instead of the host name. */
   forcePathStyle: boolean;
 }
 
 /** The server's settings, validated. */
 export interface Config {
+  /** TCP port (`PORT`). */
   port: number;
+  /** Bind address (`HOSTNAME`). */
   hostname: string;
   /** Route prefix without a trailing slash, e.g. `""` or `"/dicomweb"`. */
   basePath: string;
@@ -77,6 +82,7 @@ export const DEFAULT_VIEWER_DIR = "./tools/viewer/node_modules/@ohif/app/dist";
 
 /** Bad configuration; the message lists every problem and how to fix it. */
 export class ConfigError extends Error {
+  /** A configuration problem: `message` names the variables and the fixes. */
   constructor(message: string) {
     super(message);
     this.name = "ConfigError";

@@ -11,7 +11,9 @@ import { SWAP_WIDTH } from "./dictionary.ts";
 
 /** One fragment of encapsulated pixel data: where its bytes are (after the 8-byte item header). */
 export interface Fragment {
+  /** Offset of the fragment's value in the object. */
   offset: number;
+  /** Its length. */
   length: number;
 }
 
@@ -45,10 +47,15 @@ export interface DicomElement {
 
 /** The File Meta Information group (0002,eeee). */
 export interface FileMeta {
+  /** (0002,0010) Transfer Syntax UID. */
   transferSyntaxUid?: string;
+  /** (0002,0002) Media Storage SOP Class UID. */
   mediaStorageSopClassUid?: string;
+  /** (0002,0003) Media Storage SOP Instance UID. */
   mediaStorageSopInstanceUid?: string;
+  /** (0002,0012) Implementation Class UID. */
   implementationClassUid?: string;
+  /** (0002,0013) Implementation Version Name. */
   implementationVersionName?: string;
   /** Whether the 128-byte preamble and "DICM" were present (false: the group starts at offset 0). */
   preamble: boolean;
@@ -62,12 +69,15 @@ export interface FileMeta {
 
 /** Top-level Pixel Data (7FE0,0010), Float (7FE0,0008) or Double Float (7FE0,0009) Pixel Data. */
 export interface PixelDataInfo {
+  /** The tag (group << 16 | element). */
   tag: number;
+  /** Its VR. */
   vr: string;
   /** Offset of the value (native) or of the first item header (encapsulated). */
   offset: number;
   /** Value length; -1 when encapsulated. */
   length: number;
+  /** Whether the pixel data is encapsulated (fragments). */
   encapsulated: boolean;
   /** Encapsulated: the fragments after the Basic Offset Table item. */
   fragments?: Fragment[];
@@ -83,6 +93,7 @@ export interface PixelDataInfo {
 
 /** What {@linkcode readHeader} and {@linkcode parseBuffer} return. */
 export interface Part10Header {
+  /** The object's name (its key), for messages. */
   name: string;
   /** Size of the address space offsets refer to: the object size, or meta + inflated length if deflated. */
   size: number;
@@ -92,13 +103,17 @@ export interface Part10Header {
   transferSyntaxUid: string;
   /** Where the main data set starts. */
   datasetOffset: number;
+  /** The data set's byte order. */
   littleEndian: boolean;
+  /** Whether the data set has explicit VRs. */
   explicitVR: boolean;
   /** Deflated: offsets are into `inflated`, ranged reads of the object cannot serve values. */
   deflated: boolean;
   /** For deflated objects: the File Meta bytes followed by the inflated data set. */
   inflated?: Uint8Array;
+  /** The main data set (values past the bulk thresholds not loaded). */
   dataset: DicomDataset;
+  /** Where the Pixel Data is, if there is any. */
   pixelData?: PixelDataInfo;
 }
 

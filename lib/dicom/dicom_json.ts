@@ -24,9 +24,13 @@ import {
 
 /** One attribute of the DICOM JSON Model. */
 export interface DicomJsonAttribute {
+  /** The VR. */
   vr: string;
+  /** The values. */
   Value?: unknown[];
+  /** Where to fetch a large binary value. */
   BulkDataURI?: string;
+  /** A small binary value, base64. */
   InlineBinary?: string;
 }
 

@@ -31,11 +31,15 @@ export interface FileMeta {
 
 /** One File Meta element. */
 export interface MetaElement {
+  /** The tag (group 0002). */
   tag: number;
+  /** Its VR (from the dictionary when the group is in implicit VR). */
   vr: string;
   /** Offset of the value. */
   offset: number;
+  /** Its length. */
   length: number;
+  /** Its value. */
   bytes: Uint8Array;
 }
 

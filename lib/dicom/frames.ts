@@ -15,7 +15,9 @@ import { getNumber, getString, type Part10Header } from "./dataset.ts";
 
 /** A byte range of the object (or of the inflated stream for deflated objects). */
 export interface ByteSpan {
+  /** Offset in the object. */
   offset: number;
+  /** Length. */
   length: number;
 }
 

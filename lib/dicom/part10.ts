@@ -20,7 +20,7 @@
 import { MalformedError, OutOfRangeError } from "../util/errors.ts";
 import type { DicomDataset, DicomElement, Part10Header } from "./dataset.ts";
 import { NeedInflate, NeedMore, Reader, SparseBytes } from "./part10_bytes.ts";
-import { HeaderJob, limitsOf, parseMeta, type ParseOptions } from "./part10_parser.ts";
+import { HeaderJob, limitsOf, parseMeta } from "./part10_parser.ts";
 import { concatBytes } from "../util/bytes.ts";
 
 /** Random access to an object's bytes (an S3 object via ranged GETs, a file, a buffer). */
@@ -292,4 +292,16 @@ function detach(dataset: DicomDataset, copies: Map<Uint8Array, Uint8Array>): Dic
     });
   }
   return { ...dataset, elements };
+}
+
+/** Options for {@linkcode readHeader} and {@linkcode parseBuffer}. */
+export interface ParseOptions {
+  /** OB, OD, OF, OL, OV, OW and UN values longer than this are not loaded (default 1024). */
+  bulkThreshold?: number;
+  /** UT, LT and UC values longer than this are not loaded (default 65536). */
+  textBulkThreshold?: number;
+  /** First range to read (default 64 KiB); doubled while the header is longer. */
+  initialBytes?: number;
+  /** Cap on the inflated size of a deflated data set (default 512 MiB). */
+  maxInflatedBytes?: number;
 }

@@ -71,7 +71,7 @@ export class Part10Check {
   /** Element and item headers by offset (see {@linkcode Part10CheckOptions.recordFrom}). */
   readonly recorded = new Map<number, Uint8Array>();
   /** The last top-level tag seen (-1 before the first). */
-  lastTopTag = -1;
+  lastTopTag: number = -1;
   #name: string;
   #pos: number;
   #skip = 0;

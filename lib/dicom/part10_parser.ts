@@ -25,18 +25,7 @@ import type {
   PixelDataInfo,
 } from "./dataset.ts";
 import { NeedInflate, NeedMore, Reader } from "./part10_bytes.ts";
-
-/** Options for {@linkcode readHeader} and {@linkcode parseBuffer}. */
-export interface ParseOptions {
-  /** OB, OD, OF, OL, OV, OW and UN values longer than this are not loaded (default 1024). */
-  bulkThreshold?: number;
-  /** UT, LT and UC values longer than this are not loaded (default 65536). */
-  textBulkThreshold?: number;
-  /** First range to read (default 64 KiB); doubled while the header is longer. */
-  initialBytes?: number;
-  /** Cap on the inflated size of a deflated data set (default 512 MiB). */
-  maxInflatedBytes?: number;
-}
+import type { ParseOptions } from "./part10.ts";
 
 const ITEM = 0xfffee000;
 

@@ -7,11 +7,15 @@
  */
 
 export const IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2";
+/** Explicit VR Little Endian, the default transfer syntax of DICOMweb. */
 export const EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1";
+/** Deflated Explicit VR Little Endian. */
 export const DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99";
+/** Explicit VR Big Endian (retired). */
 export const EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2";
 /** JPIP Referenced Deflate: a deflated data set too. */
 const JPIP_REFERENCED_DEFLATE = "1.2.840.10008.1.2.4.95";
+/** RLE Lossless. */
 export const RLE_LOSSLESS = "1.2.840.10008.1.2.5";
 const JPEG = "1.2.840.10008.1.2.4.";
 
@@ -63,7 +67,9 @@ export const LOSSY_SYNTAXES: ReadonlySet<string> = new Set([
 
 /** How a data set is encoded: explicit or implicit VR, little or big endian. */
 export interface Encoding {
+  /** Whether VRs are written explicitly. */
   explicit: boolean;
+  /** Whether numbers are little endian. */
   little: boolean;
 }
 

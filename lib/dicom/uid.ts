@@ -59,8 +59,11 @@ export function studyPrefix(study: string): string {
 
 /** The UIDs of a key laid out as `{study}/{series}/{sop}.dcm`. */
 export interface InstanceUids {
+  /** Study Instance UID. */
   study: string;
+  /** Series Instance UID. */
   series: string;
+  /** SOP Instance UID. */
   instance: string;
 }
 

@@ -14,7 +14,7 @@ import { HttpError } from "../http/errors.ts";
 import { multipartStream, type Part, randomBoundary } from "../http/multipart.ts";
 import { type MediaRange, parseAccept, rankRanges } from "../http/negotiation.ts";
 import { ahead } from "../objects/open_instance.ts";
-import type { RouteContext } from "../http/router.ts";
+import type { Handler, RouteContext } from "../http/router.ts";
 import { bucketOf, readAheadOf, type Services } from "./services.ts";
 import type { ObjectInfo } from "../store/store.ts";
 import { EXPLICIT_VR_LITTLE_ENDIAN } from "../dicom/transfer_syntax.ts";
@@ -25,6 +25,7 @@ import { concatBytes } from "../util/bytes.ts";
 
 /** How frames will be sent. */
 export interface FrameChoice {
+  /** Whether the response is multipart/related. */
   multipart: boolean;
   /** The Content-Type of each frame (part). */
   contentType: string;
@@ -205,8 +206,16 @@ async function withFreshHeader(
   }
 }
 
+/** The frames and bulk data handlers. */
+export interface PixelHandlers {
+  /** `.../instances/{instance}/frames/{frames}` */
+  frames: Handler;
+  /** `.../instances/{instance}/bulkdata/{path}` */
+  bulkdata: Handler;
+}
+
 /** The frames and bulkdata handlers. */
-export function pixelHandlers(services: Services) {
+export function pixelHandlers(services: Services): PixelHandlers {
   function frames(ctx: RouteContext): Promise<Response> {
     return withFreshHeader(services, ctx, (cached) => framesOf(ctx, cached));
   }

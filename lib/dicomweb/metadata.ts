@@ -9,7 +9,7 @@ import { stringifyDicomJson } from "../dicom/dicom_json.ts";
 import { loadHeader } from "../objects/header_cache.ts";
 import { HttpError } from "../http/errors.ts";
 import { ahead } from "../objects/open_instance.ts";
-import type { RouteContext } from "../http/router.ts";
+import type { Handler, RouteContext } from "../http/router.ts";
 import { bucketOf, readAheadOf, type Services } from "./services.ts";
 import type { ObjectInfo } from "../store/store.ts";
 import { instanceKey, parseInstanceKey, seriesPrefix, studyPrefix } from "../dicom/uid.ts";
@@ -40,8 +40,18 @@ export async function instanceJsonText(
   return json;
 }
 
+/** The metadata handlers of each resource. */
+export interface MetadataHandlers {
+  /** `/studies/{study}/metadata` */
+  study: Handler;
+  /** `/studies/{study}/series/{series}/metadata` */
+  series: Handler;
+  /** `/studies/{study}/series/{series}/instances/{instance}/metadata` */
+  instance: Handler;
+}
+
 /** The three metadata handlers (study, series, instance). */
-export function metadataHandlers(services: Services) {
+export function metadataHandlers(services: Services): MetadataHandlers {
   const { store, config } = services;
 
   async function respond(

@@ -47,10 +47,14 @@ export interface RenderedOptions {
 export class ThumbnailCache {
   readonly #entries = new Map<string, { bytes: Uint8Array; mediaType: string }>();
   #bytes = 0;
+  /** Lookups answered from the cache. */
   hits = 0;
+  /** Lookups that were not. */
   misses = 0;
+  /** A cache of up to `maxBytes` of images. */
   constructor(readonly maxBytes = 32 * 1024 * 1024) {}
 
+  /** The image cached under `id`, if any. */
   get(id: string): { bytes: Uint8Array; mediaType: string } | undefined {
     const entry = this.#entries.get(id);
     if (!entry) {
@@ -63,6 +67,7 @@ export class ThumbnailCache {
     return entry;
   }
 
+  /** Caches an image (the least recently used ones leave when full). */
   set(id: string, entry: { bytes: Uint8Array; mediaType: string }): void {
     if (entry.bytes.length > this.maxBytes / 8) return;
     const old = this.#entries.get(id);
@@ -77,6 +82,7 @@ export class ThumbnailCache {
     }
   }
 
+  /** Bytes held. */
   get size(): number {
     return this.#entries.size;
   }
@@ -84,6 +90,7 @@ export class ThumbnailCache {
 
 /** What a rendered request asks for. */
 export interface RenderRequest {
+  /** How to render (window, viewport, media type). */
   options: RenderOptions;
   /** Send the image as the one part of `multipart/related`. */
   multipart: boolean;
@@ -217,11 +224,26 @@ interface Chosen {
   header: Part10Header;
 }
 
+/** A rendered or thumbnail handler; `kind` says which resource the route is. */
+export type RenderHandler = (ctx: RouteContext, kind: "rendered" | "thumbnail") => Promise<Response>;
+
+/** The rendered and thumbnail handlers of each level, and their cache. */
+export interface RenderedHandlers {
+  /** `/studies/{study}/rendered|thumbnail` */
+  study: RenderHandler;
+  /** `/studies/{study}/series/{series}/rendered|thumbnail` */
+  series: RenderHandler;
+  /** `.../instances/{instance}[/frames/{frames}]/rendered|thumbnail` */
+  instance: RenderHandler;
+  /** The thumbnail cache. */
+  cache: ThumbnailCache;
+}
+
 /**
  * The rendered and thumbnail handlers (PS3.18 10.4.1.1.5, 10.4.1.1.6) at the study, series, instance and frame
  * levels; `kind` says which of the two a route serves.
  */
-export function renderedHandlers(services: Services, options: RenderedOptions = {}) {
+export function renderedHandlers(services: Services, options: RenderedOptions = {}): RenderedHandlers {
   const cache = new ThumbnailCache(options.thumbnailCacheBytes);
   const pool = () => options.pool ?? defaultPool();
   const maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;

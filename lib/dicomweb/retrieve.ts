@@ -10,7 +10,7 @@ import { type Part, randomBoundary } from "../http/multipart.ts";
 import { multipartStream } from "../http/multipart.ts";
 import { type DicomChoice, negotiateDicom } from "../http/negotiation.ts";
 import { ahead, type OpenedInstance, openInstance } from "../objects/open_instance.ts";
-import type { RouteContext } from "../http/router.ts";
+import type { Handler, RouteContext } from "../http/router.ts";
 import { bucketOf, readAheadOf, type Services, warningHeader } from "./services.ts";
 import { checkUid, instanceKey, parseInstanceKey, seriesPrefix, studyPrefix } from "../dicom/uid.ts";
 import { publicBase } from "../http/urls.ts";
@@ -39,9 +39,13 @@ async function openStored(
 
 /** Which level a retrieve request addresses. */
 export interface Target {
+  /** The AET. */
   aet: string;
+  /** Study Instance UID. */
   study: string;
+  /** Series Instance UID (series and instance resources). */
   series?: string;
+  /** SOP Instance UID (instance resources). */
   instance?: string;
 }
 
@@ -114,8 +118,18 @@ export interface RetrieveOptions {
   encode?: BodyEncoder;
 }
 
+/** The WADO-RS retrieve handlers of each resource. */
+export interface RetrieveHandlers {
+  /** `/studies/{study}` */
+  study: Handler;
+  /** `/studies/{study}/series/{series}` */
+  series: Handler;
+  /** `/studies/{study}/series/{series}/instances/{instance}` */
+  instance: Handler;
+}
+
 /** The three retrieve handlers (study, series, instance). */
-export function retrieveHandlers(services: Services, options: RetrieveOptions = {}) {
+export function retrieveHandlers(services: Services, options: RetrieveOptions = {}): RetrieveHandlers {
   const encode = options.encode ?? asStored;
   const { store, config } = services;
 

@@ -17,9 +17,13 @@ import type { SyntaxCapabilities } from "../imaging/syntax_choice.ts";
 
 /** Shared, long-lived parts of the server. */
 export interface Services {
+  /** The settings. */
   config: Config;
+  /** The object store (each request's view of it is capped by the guard). */
   store: ObjectStore;
+  /** The AETs and their buckets. */
   aets: AetRegistry;
+  /** What the server may convert. */
   capabilities: SyntaxCapabilities;
   /** Parsed Part 10 headers by object ETag, shared by every request. */
   headerCache: HeaderCache;

@@ -25,8 +25,11 @@ import {
 
 /** An error with the HTTP status it should be answered with. */
 export class HttpError extends Error {
+  /** The HTTP status to answer with. */
   readonly status: number;
+  /** Headers to add to the error response. */
   readonly headers: Record<string, string>;
+  /** An error answered with `status` and `message`. */
   constructor(
     status: number,
     message: string,

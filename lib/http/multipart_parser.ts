@@ -9,8 +9,11 @@ import { MalformedError } from "../util/errors.ts";
 
 /** A media type with lower-cased type, subtype and parameter names, parameter values unquoted. */
 export interface MediaType {
+  /** The type, lower case. */
   type: string;
+  /** The subtype, lower case. */
   subtype: string;
+  /** The parameters, names lower case. */
   params: Record<string, string>;
 }
 

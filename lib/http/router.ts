@@ -7,7 +7,9 @@
 
 /** What a handler gets. */
 export interface RouteContext {
+  /** The request. */
   request: Request;
+  /** Its URL, parsed. */
   url: URL;
   /** Path parameters, percent-decoding left to the handler (UIDs are validated raw). */
   params: Record<string, string>;

@@ -81,6 +81,7 @@ export class CodecPool {
   /** Tasks finished (for tests and benchmarks). */
   completed = 0;
 
+  /** A pool of codec workers (see {@linkcode PoolOptions}). */
   constructor(options: PoolOptions = {}) {
     this.#size = options.size ?? Math.max(1, navigator.hardwareConcurrency || 1);
     this.#maxQueue = options.maxQueue ?? 4096;

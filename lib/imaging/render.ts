@@ -31,29 +31,43 @@ export type VoiFunction = "LINEAR" | "LINEAR_EXACT" | "SIGMOID";
 
 /** A lookup table: entries map `firstMapped`, `firstMapped + 1`, ... to `data` (PS3.3 C.11.1.1). */
 export interface Lut {
+  /** The first stored value the LUT maps. */
   firstMapped: number;
+  /** Bits per LUT entry. */
   bits: number;
+  /** The entries. */
   data: number[];
 }
 
 /** What rendering needs from the data set besides the Image Pixel attributes (plain data, for workers). */
 export interface RenderAttributes {
+  /** High Bit (0028,0102). */
   highBit?: number;
+  /** Rescale Slope. */
   rescaleSlope: number;
+  /** Rescale Intercept. */
   rescaleIntercept: number;
+  /** Modality LUT Sequence, when present. */
   modalityLut?: Lut;
   /** Window Center/Width pairs (0028,1050/1051); the first is the default. */
   windows: { center: number; width: number }[];
+  /** VOI LUT Function (0028,1056). */
   voiFunction: VoiFunction;
+  /** VOI LUT Sequence, when present. */
   voiLut?: Lut;
+  /** Palette Color LUTs (PALETTE COLOR). */
   palette?: { red: Lut; green: Lut; blue: Lut };
 }
 
 /** The viewport parameter (PS3.18 8.3.5.1.3): output size, optionally a source region. */
 export interface Viewport {
+  /** Width in pixels. */
   width: number;
+  /** Height in pixels. */
   height: number;
+  /** Source region's left edge. */
   sx?: number;
+  /** Source region's top edge. */
   sy?: number;
   /** Negative: the region is flipped horizontally. */
   sw?: number;
@@ -63,29 +77,41 @@ export interface Viewport {
 
 /** How to render (from the request's query parameters). */
 export interface RenderOptions {
+  /** The image format. */
   mediaType: "image/jpeg" | "image/png";
   /** JPEG quality 1–100 (default 90). */
   quality?: number;
+  /** Window center and width (instead of the instance's). */
   window?: { center: number; width: number; function?: VoiFunction };
+  /** Output size and region. */
   viewport?: Viewport;
 }
 
 /** An 8-bit image: gray (1 channel) or RGB (3 channels, interleaved). */
 export interface Image8 {
+  /** Width in pixels. */
   width: number;
+  /** Height in pixels. */
   height: number;
+  /** 1 gray, 3 RGB. */
   channels: 1 | 3;
+  /** The pixels, row by row, channels interleaved. */
   pixels: Uint8Array;
 }
 
 /** An encoded rendered image. */
 export interface RenderedImage {
+  /** The encoded image. */
   bytes: Uint8Array;
+  /** Its media type. */
   mediaType: string;
+  /** Its width. */
   width: number;
+  /** Its height. */
   height: number;
 }
 
+/** Default JPEG quality. */
 export const DEFAULT_QUALITY = 90;
 const LITTLE_ENDIAN_PLATFORM = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1;
 

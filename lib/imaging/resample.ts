@@ -7,7 +7,7 @@
 
 import type { Image8, Viewport } from "./render.ts";
 
-export interface Taps {
+interface Taps {
   index: Int32Array;
   weight: Float32Array;
   start: Int32Array;

@@ -17,6 +17,7 @@ export class AetRegistry {
   /** Minimum milliseconds between two discoveries triggered by unknown AETs. */
   readonly refreshInterval: number;
 
+  /** The AETs of `store`: configured ones, or every bucket (folder) it lists. */
   constructor(
     store: ObjectStore,
     options: { configured?: Map<string, string>; refreshInterval?: number } = {},

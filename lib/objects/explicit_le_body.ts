@@ -30,9 +30,13 @@ export function skipBytes(stream: ReadableStream<Uint8Array>, count: number): Re
 
 /** Options for {@linkcode reEncodeBody}. */
 export interface ReEncodeOptions {
+  /** The store holding the instance. */
   store: ObjectStore;
+  /** Where its parsed header is cached. */
   headers: HeaderCache;
+  /** Its bucket. */
   bucket: string;
+  /** Binary values up to this length are inline in metadata. */
   bulkThreshold?: number;
 }
 

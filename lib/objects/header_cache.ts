@@ -25,6 +25,7 @@ export class HeaderCache {
   /** Headers parsed from the store (cache misses). */
   misses = 0;
 
+  /** A cache holding up to `maxBytes` of parsed headers. */
   constructor(maxBytes = 64 * 1024 * 1024) {
     this.#maxBytes = maxBytes;
   }

@@ -12,8 +12,11 @@ import { concatBytes } from "../util/bytes.ts";
 
 /** An instance whose body is streaming in, with its File Meta already read. */
 export interface OpenedInstance {
+  /** The object key. */
   key: string;
+  /** Its size and ETag. */
   info: ObjectInfo;
+  /** Its File Meta. */
   meta: FileMeta;
   /** The whole object, from byte 0, read ahead into a bounded buffer. */
   body: ReadableStream<Uint8Array>;
@@ -26,6 +29,7 @@ export interface OpenedInstance {
 
 /** Options for {@linkcode openInstance}. */
 export interface OpenOptions {
+  /** Aborts the read. */
   signal?: AbortSignal;
   /** Bytes buffered ahead of the consumer per object, besides the chunk being filled (default 512 KiB). */
   readAhead?: number;
@@ -190,12 +194,15 @@ class ChunkReader {
  * `perRequest`.
  */
 export class SharedReadAhead {
+  /** Objects one request may keep open ahead of its writer. */
   readonly perRequest: number;
+  /** Objects all requests together keep open ahead. */
   readonly total: number;
   #active = 0;
   /** Gives back the share of a request whose `concurrency` was collected before it left. */
   readonly #dropped = new FinalizationRegistry<() => void>((leave) => leave());
 
+  /** Shares `total` objects between the requests running at once, at most `perRequest` each. */
   constructor(perRequest: number, total: number) {
     if (!(perRequest >= 1) || !(total >= 1)) {
       throw new OutOfRangeError(

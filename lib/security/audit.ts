@@ -54,19 +54,27 @@ export interface AuditRecord {
   auth: AuthMethod | "none" | null;
   /** Client address (from a trusted proxy's forwarded headers when there is one). */
   client: string;
+  /** The AET. */
   aet: string;
+  /** Study Instance UID. */
   study?: string;
+  /** Series Instance UID. */
   series?: string;
+  /** SOP Instance UID. */
   instance?: string;
+  /** Frame numbers asked for. */
   frames?: string;
   /** Search parameters: names as sent, values only for non-identifying keys. */
   query?: Record<string, string>;
+  /** The HTTP method. */
   method: string;
+  /** The status answered. */
   status: number;
   /** success, partial (206/202), denied (401/403), not-found, rejected (other 4xx), error (5xx), incomplete. */
   outcome: string;
   /** Response body bytes sent. */
   bytes: number;
+  /** Milliseconds until the body ended. */
   ms: number;
   /** Set when the body did not complete: why. */
   detail?: string;
@@ -74,24 +82,37 @@ export interface AuditRecord {
 
 /** What the audit log needs to know about a finished request. */
 export interface AuditEntry {
+  /** The HTTP method. */
   method: string;
+  /** The request URL. */
   url: URL;
+  /** The status answered. */
   status: number;
+  /** Bytes of the body sent. */
   bytes: number;
+  /** Milliseconds until the body ended. */
   ms: number;
   /** The request log's outcome of the body: undefined when it completed. */
   bodyOutcome?: string;
+  /** Who asked, when known. */
   principal?: Principal;
+  /** The client's address. */
   client?: string;
 }
 
 /** The path of a patient-data request, taken apart. */
 export interface AuditTargetPath {
+  /** The AET. */
   aet: string;
+  /** Study Instance UID. */
   study?: string;
+  /** Series Instance UID. */
   series?: string;
+  /** SOP Instance UID. */
   instance?: string;
+  /** Frame numbers. */
   frames?: string;
+  /** What was accessed (retrieve, metadata, frames, search, ...). */
   resource: string;
   /** A search (QIDO-RS) rather than a retrieve. */
   search: boolean;
@@ -251,6 +272,7 @@ export class AuditLog {
   readonly #basePath: string;
   readonly #now: () => Date;
 
+  /** An audit log writing each line with `write`. */
   constructor(write: (line: string) => void, options: AuditLogOptions = {}) {
     this.#write = write;
     this.#basePath = options.basePath ?? "";
@@ -298,6 +320,7 @@ export class AuditLog {
 
 /** An {@linkcode AuditLog} with the resources behind it. */
 export interface OpenedAuditLog {
+  /** The log to record to. */
   log: AuditLog;
   /** Closes the file (if any). */
   close(): void;

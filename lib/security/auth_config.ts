@@ -38,6 +38,7 @@ export interface AuthConfig {
   allowUnauthenticated: boolean;
   /** Realm in `WWW-Authenticate` (`AUTH_REALM`). */
   realm: string;
+  /** The OIDC issuer's settings (`AUTH=jwt`). */
   oidc?: OidcConfig;
   /** `AUTH_TOKENS`: name and lower-case SHA-256 hex of each API token. */
   tokens: { name: string; sha256: string }[];

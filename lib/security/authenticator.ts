@@ -38,6 +38,7 @@ const PBKDF2_CONCURRENCY = 2;
 
 /** Turns credentials into a {@linkcode Principal}, or throws 401 (bad credentials) / 503 (issuer unreachable). */
 export class Authenticator {
+  /** The authentication settings. */
   readonly config: AuthConfig;
   readonly #options: AuthenticatorOptions;
   #jwks?: Promise<ReturnType<typeof createRemoteJWKSet>>;
@@ -48,6 +49,7 @@ export class Authenticator {
   readonly #pbkdf2Queue: (() => void)[] = [];
   readonly #dummy: PasswordHash;
 
+  /** An authenticator for `config` (`options` tune the JWKS and password caches). */
   constructor(config: AuthConfig, options: AuthenticatorOptions = {}) {
     this.config = config;
     this.#options = options;

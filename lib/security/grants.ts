@@ -10,7 +10,9 @@ export type Action = "read" | "write";
 
 /** A permission: an action (or `*`) on an AET (or `*` for every AET). */
 export interface Grant {
+  /** What may be done: read, write, or both. */
   action: Action | "*";
+  /** On which AET (`*`: all). */
   aet: string;
 }
 
@@ -21,7 +23,9 @@ export type AuthMethod = "jwt" | "token" | "basic";
 export interface Principal {
   /** The JWT subject (`OIDC_SUBJECT_CLAIM`), the token name or the user name; `anonymous` with `AUTH=none`. */
   subject: string;
+  /** How the principal authenticated. */
   method: AuthMethod | "none";
+  /** What it may do. */
   grants: readonly Grant[];
 }
 

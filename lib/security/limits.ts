@@ -80,7 +80,9 @@ export function parseLimitsConfig(env: Record<string, string | undefined>, probl
 
 /** Options for {@linkcode checkHeaderSize}. */
 export interface HeaderLimits {
+  /** `MAX_HEADER_BYTES`: the largest request head. */
   maxHeaderBytes: number;
+  /** `MAX_HEADER_COUNT`: the most header fields. */
   maxHeaderCount: number;
 }
 
@@ -133,6 +135,7 @@ export function checkHeaderSize(headers: Headers, limits: HeaderLimits): void {
  * ```
  */
 export class ClientLimiter {
+  /** Requests one client may have in flight. */
   readonly max: number;
   readonly #active = new Map<string, number>();
 

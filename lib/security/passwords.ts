@@ -7,8 +7,11 @@
 
 /** A parsed `pbkdf2-sha256:ITERATIONS:SALT:HASH` password hash. */
 export interface PasswordHash {
+  /** PBKDF2 iterations. */
   iterations: number;
+  /** The salt. */
   salt: Uint8Array;
+  /** The derived key. */
   hash: Uint8Array;
 }
 
@@ -18,6 +21,7 @@ export const MIN_ITERATIONS = 100_000;
 /** Iterations of hashes made by {@linkcode hashPassword} (OWASP 2023 for PBKDF2-HMAC-SHA256). */
 export const DEFAULT_ITERATIONS = 600_000;
 
+/** UTF-8 encoder. */
 export const encoder = new TextEncoder();
 
 function toBase64Url(bytes: Uint8Array): string {
@@ -36,6 +40,7 @@ function fromBase64Url(text: string): Uint8Array | undefined {
   }
 }
 
+/** Lower-case hex of `bytes`. */
 export function hex(bytes: ArrayBuffer | Uint8Array): string {
   return Array.from(new Uint8Array(bytes), (b) => b.toString(16).padStart(2, "0")).join("");
 }

@@ -26,6 +26,7 @@ export const TRANSPORT_CONFIG_NAMES = ["TLS_CERT_FILE", "TLS_KEY_FILE", "TRUSTED
 export interface TrustedProxies {
   /** The setting as written, for messages. */
   readonly text: string;
+  /** The address ranges trusted. */
   readonly ranges: readonly AddressRange[];
 }
 
@@ -134,7 +135,9 @@ export function isTrustedPeer(address: string | undefined, proxies: TrustedProxi
 
 /** The peer of a connection, as `Deno.serve` reports it (`info.remoteAddr`). */
 export interface Peer {
+  /** The peer's address. */
   hostname: string;
+  /** The peer's port. */
   port?: number;
 }
 
@@ -271,7 +274,9 @@ export function isLoopbackHost(hostname: string): boolean {
 
 /** The PEM strings `Deno.serve` takes as `cert` and `key`. */
 export interface TlsFiles {
+  /** The certificate chain, PEM. */
   cert: string;
+  /** The private key, PEM. */
   key: string;
 }
 

@@ -37,6 +37,7 @@ import { Authenticator, type AuthenticatorOptions } from "./authenticator.ts";
 
 /** What the guard learned about a request, for the audit log and `GET /aets`. */
 export interface RequestContext {
+  /** What the request needs: an AET and an action, or nothing. */
   access: Access;
   /** The client address (the peer, or the forwarded address from a trusted proxy). */
   client: string;
@@ -48,9 +49,13 @@ export interface RequestContext {
 
 /** What {@linkcode RequestGuard} needs from the configuration. */
 export interface GuardConfig {
+  /** Route prefix. */
   basePath: string;
+  /** Authentication settings. */
   auth: AuthConfig;
+  /** Request limits. */
   limits: LimitsConfig;
+  /** Proxies whose forwarded headers count. */
   trustedProxies: TrustedProxies;
   /** Largest request body (`STOW_MAX_BYTES`). */
   stowMaxBytes: number;
@@ -58,6 +63,7 @@ export interface GuardConfig {
 
 /** The peer info `Deno.serve` passes as the handler's second argument. */
 export interface ServeInfo {
+  /** The TCP peer (Deno.serve's `remoteAddr`). */
   remoteAddr?: Peer | { transport?: string; hostname?: string; port?: number };
 }
 
@@ -75,12 +81,17 @@ export interface ServeInfo {
  * ```
  */
 export class RequestGuard {
+  /** The settings. */
   readonly config: GuardConfig;
+  /** Who is asking. */
   readonly authenticator: Authenticator;
+  /** Requests in flight per client. */
   readonly limiter: ClientLimiter;
+  /** Bytes open from the store per request. */
   readonly reads: ReadBudget;
   readonly #contexts = new WeakMap<Request, RequestContext>();
 
+  /** A guard for `config`. */
   constructor(config: GuardConfig, options: AuthenticatorOptions = {}) {
     this.config = config;
     this.authenticator = new Authenticator(config.auth, options);

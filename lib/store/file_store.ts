@@ -45,7 +45,7 @@ export class FileStore implements ObjectStore {
   #root: string;
   #chunkSize: number;
 
-  /** @param root The data folder; buckets are its subfolders. */
+  /** A store over the data folder `root`: its subfolders are the buckets. */
   constructor(root: string, options: FileStoreOptions = {}) {
     this.#root = root.replace(/\/+$/, "") || "/";
     this.location = this.#root;

@@ -47,7 +47,7 @@ export class MemoryStore implements ObjectStore {
   #buckets = new Map<string, Map<string, Entry>>();
   #version = 0;
 
-  /** @param buckets Buckets that exist from the start. */
+  /** A store with the (empty) `buckets` that exist from the start. */
   constructor(buckets: Iterable<string> = []) {
     for (const name of buckets) this.createBucket(name);
   }

@@ -8,8 +8,9 @@
 import { AsyncLocalStorage } from "node:async_hooks";
 import type { GetOptions, ObjectBody, ObjectStore } from "./store.ts";
 import { OutOfRangeError } from "../util/errors.ts";
+import { watchStream } from "../util/streams.ts";
 
-export interface Budget {
+interface Budget {
   max: number;
   open: number;
   waiting: { bytes: number; grant: () => void }[];
@@ -33,6 +34,7 @@ export interface Budget {
  * ```
  */
 export class ReadBudget {
+  /** The bytes one request may have open (0: no limit). */
   readonly maxBytes: number;
   /** Longest a read waits for budget before it proceeds anyway (a request never deadlocks on itself). */
   readonly maxWaitMs: number;
@@ -230,23 +232,5 @@ function releaseDefaultStream(
   stream: ReadableStream<Uint8Array>,
   release: () => void,
 ): ReadableStream<Uint8Array> {
-  const reader = stream.getReader();
-  return new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      try {
-        const { value, done } = await reader.read();
-        if (done) {
-          release();
-          controller.close();
-        } else controller.enqueue(value);
-      } catch (error) {
-        release();
-        throw error;
-      }
-    },
-    async cancel(reason) {
-      release();
-      await reader.cancel(reason);
-    },
-  }, { highWaterMark: 0 });
+  return watchStream(stream, { done: release });
 }

@@ -23,7 +23,9 @@ export interface ObjectInfo {
 
 /** An inclusive byte range; `end` omitted means "to the end of the object". */
 export interface ByteRange {
+  /** First byte (inclusive). */
   start: number;
+  /** Last byte (inclusive); the end of the object when unset. */
   end?: number;
 }
 
@@ -55,7 +57,9 @@ export interface ObjectBody {
 export interface PutOptions {
   /** The exact length when known (required by some S3 servers for a single PUT). */
   size?: number;
+  /** The object's Content-Type. */
   contentType?: string;
+  /** Aborts the write (nothing is left half-written). */
   signal?: AbortSignal;
 }
 
@@ -108,7 +112,9 @@ export type StoreErrorKind = "unavailable" | "denied" | "no-bucket" | "failed";
 
 /** A failure of the storage backend (not of the request). */
 export class StoreError extends Error {
+  /** What kind of failure. */
   readonly kind: StoreErrorKind;
+  /** A failure of kind `kind`, with a message naming the store and the fix. */
   constructor(kind: StoreErrorKind, message: string, options?: ErrorOptions) {
     super(message, options);
     this.name = "StoreError";

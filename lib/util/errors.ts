@@ -20,6 +20,7 @@ export class OutOfRangeError extends RangeError {}
 
 /** The base of the errors below: its `name` is the class's name. */
 export class DomainError extends Error {
+  /** An error with `message`. */
   constructor(message?: string, options?: ErrorOptions) {
     super(message, options);
     this.name = new.target.name;
@@ -46,7 +47,9 @@ export class BusyError extends DomainError {}
  * `key` names the object.
  */
 export class CorruptObjectError extends DomainError {
+  /** The object's key. */
   readonly key: string;
+  /** An error about the object `key`. */
   constructor(key: string, message: string, options?: ErrorOptions) {
     super(message, options);
     this.key = key;

@@ -10,7 +10,9 @@
 export interface SettingsReader {
   /** The trimmed value, or undefined when unset or blank. */
   get(name: string): string | undefined;
+  /** A whole number from `min` to `max`, or `fallback` when unset (a problem when invalid). */
   integer(name: string, fallback: number, min: number, max: number): number;
+  /** `true`/`false` (also 1/0, yes/no, on/off), or `fallback` when unset. */
   boolean(name: string, fallback: boolean): boolean;
   /** Adds a problem (a full sentence: `NAME=... is not valid: use ...`). */
   problem(text: string): void;

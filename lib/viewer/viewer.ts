@@ -98,6 +98,7 @@ export function ohifAppConfig(sources: ViewerDataSource[], options: AppConfigOpt
 export interface ViewerHandlerOptions {
   /** Where the `dist/` files are: `files.get(bucket, "index.html")`. */
   files: ObjectStore;
+  /** The OHIF `dist/` folder's name in `files`. */
   bucket: string;
   /** The path the browser sees the `dist/` root at, with a trailing slash: `/viewer/`, or `/`. */
   publicPath: string;
@@ -276,7 +277,9 @@ export interface ViewerOptions {
 
 /** The handlers of `/viewer` (a redirect to `/viewer/`) and `/viewer/{path}` (the OHIF files). */
 export interface ViewerHandlers {
+  /** `GET /viewer`: a redirect to `/viewer/`. */
   redirect: Handler;
+  /** `GET /viewer/{path}`: the OHIF files. */
   files: Handler;
 }
 

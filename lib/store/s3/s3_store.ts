@@ -54,8 +54,11 @@ import { PartReader, slice, Slots } from "./s3_parts.ts";
 
 /** Static credentials; without them the SDK's default chain applies (env vars, profiles, instance roles). */
 export interface S3Credentials {
+  /** Access key ID. */
   accessKeyId: string;
+  /** Secret access key. */
   secretAccessKey: string;
+  /** Session token (temporary credentials). */
   sessionToken?: string;
 }
 
@@ -67,6 +70,7 @@ export interface S3StoreOptions {
   region: string;
   /** Bucket in the path instead of the host name. Default: `true` when `endpoint` is set. */
   forcePathStyle?: boolean;
+  /** Default: the AWS SDK's credential chain. */
   credentials?: S3Credentials;
   /** Most requests waiting for S3's answer at once (a GET counts until its headers arrive). Default 50. */
   maxConcurrency?: number;
@@ -124,6 +128,7 @@ export class S3Store implements ObjectStore {
   /** Sends PUTs; none when a proxy is configured. */
   #http1?: Http1Client;
 
+  /** A store on the S3 server of `options`. */
   constructor(options: S3StoreOptions) {
     const { endpoint, region } = options;
     this.location = endpoint ?? `AWS S3 (${region})`;

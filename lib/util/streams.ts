@@ -1,0 +1,55 @@
+/**
+ * Watching a byte stream as it is consumed: each chunk, and one call when it has ended, failed or been
+ * cancelled, so slots can be released, budgets given back, chunks freed and requests logged.
+ *
+ * @module
+ */
+
+/** What {@linkcode watchStream} calls. */
+export interface StreamWatch {
+  /** Before each read from the original stream (the consumer has taken the previous chunk). */
+  beforeRead?(): void;
+  /** Each chunk as it is handed on. */
+  onChunk?(chunk: Uint8Array): void;
+  /** Once: the bytes handed on, and why it ended early (`aborted: …`, `client disconnected`), if it did. */
+  done(bytes: number, outcome?: string): void;
+}
+
+/** `stream` read through, reporting to `watch`; nothing is read ahead of the consumer. */
+export function watchStream(
+  stream: ReadableStream<Uint8Array>,
+  watch: StreamWatch,
+): ReadableStream<Uint8Array> {
+  const reader = stream.getReader();
+  let bytes = 0;
+  let finished = false;
+  const finish = (outcome?: string) => {
+    if (finished) return;
+    finished = true;
+    watch.done(bytes, outcome);
+  };
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      try {
+        watch.beforeRead?.();
+        const { value, done } = await reader.read();
+        if (done) {
+          finish();
+          controller.close();
+        } else {
+          bytes += value.byteLength;
+          watch.onChunk?.(value);
+          controller.enqueue(value);
+        }
+      } catch (error) {
+        finish(`aborted: ${error instanceof Error ? error.message : String(error)}`);
+        throw error;
+      }
+    },
+    async cancel(reason) {
+      watch.beforeRead?.();
+      finish("client disconnected");
+      await reader.cancel(reason);
+    },
+  }, { highWaterMark: 0 });
+}
