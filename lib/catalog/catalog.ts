@@ -27,7 +27,7 @@
  */
 
 import type { DicomJson } from "../dicom/dicom_json.ts";
-import type { Filter, Level } from "./matching.ts";
+import type { Filter, Level } from "./qido_query.ts";
 import type { ObjectInfo } from "../store/store.ts";
 import type { Part10Header } from "../dicom/dataset.ts";
 

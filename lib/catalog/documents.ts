@@ -8,9 +8,10 @@
 
 import { type DicomJson, stringifyDicomJson, toDicomJson } from "../dicom/dicom_json.ts";
 import { tagToHex } from "../dicom/dictionary.ts";
-import { levelOf, normalizeDate, normalizeTime, pnText, TAGS } from "./matching.ts";
+import { levelOf, TAGS } from "./qido_query.ts";
 import type { InstanceUids } from "../dicom/uid.ts";
 import type { Part10Header } from "../dicom/dataset.ts";
+import { normalizeDate, normalizeTime, pnText } from "./matching.ts";
 
 /** Top-level (Float/Double Float) Pixel Data: always a BulkDataURI. */
 const PIXEL_DATA_PATHS = new Set(["7FE00008", "7FE00009", "7FE00010"]);
@@ -37,7 +38,8 @@ export function headerJson(header: Part10Header, bulkThreshold: number): DicomJs
  *
  * @example
  * ```ts
- *  * documentText({ "30060020": { vr: "SQ" }, "00100020": { vr: "LO", Value: ["ID1"] } });
+ * import { documentText } from "./documents.ts";
+ * documentText({ "30060020": { vr: "SQ" }, "00100020": { vr: "LO", Value: ["ID1"] } });
  * // '{"00100020":{"vr":"LO","Value":["ID1"]},"30060020":{"vr":"SQ"}}'
  * ```
  */
@@ -83,7 +85,8 @@ const BULK_KEY = '"BulkDataURI":"';
  *
  * @example
  * ```ts
- *  * resolveBulkDataUris('{"7FE00010":{"vr":"OW","BulkDataURI":"bulkdata/7FE00010"}}', "http://h/aets/A/studies/1/series/2/instances/3");
+ * import { resolveBulkDataUris } from "./documents.ts";
+ * resolveBulkDataUris('{"7FE00010":{"vr":"OW","BulkDataURI":"bulkdata/7FE00010"}}', "http://h/aets/A/studies/1/series/2/instances/3");
  * // '{"7FE00010":{"vr":"OW","BulkDataURI":"http://h/aets/A/studies/1/series/2/instances/3/bulkdata/7FE00010"}}'
  * ```
  */

@@ -7,7 +7,7 @@
  */
 
 import type { SQLInputValue } from "node:sqlite";
-import type { Filter, Level, Matcher } from "./matching.ts";
+import type { Filter, Level, Matcher } from "./qido_query.ts";
 
 export type ColumnType = "text" | "pn" | "date" | "time" | "int";
 

@@ -35,7 +35,7 @@ import type {
   StoredInstance,
 } from "./catalog.ts";
 import { type DicomJson, stringifyDicomJson } from "../dicom/dicom_json.ts";
-import { type Filter, matchDataset, matchPersonName } from "./matching.ts";
+import type { Filter } from "./qido_query.ts";
 import { compareKeys, type ObjectInfo } from "../store/store.ts";
 import { type InstanceUids, parseInstanceKey } from "../dicom/uid.ts";
 import {
@@ -61,6 +61,7 @@ import {
   VALID,
 } from "./sqlite_schema.ts";
 import { condition } from "./sql_filter.ts";
+import { matchDataset, matchPersonName } from "./matching.ts";
 
 /** Options for {@linkcode openSqliteCatalog}. */
 export interface SqliteCatalogOptions {

@@ -23,7 +23,7 @@ import type { Scope, SearchRow } from "../catalog/catalog.ts";
 import type { DicomJson, DicomJsonAttribute } from "../dicom/dicom_json.ts";
 import { stringifyDicomJson } from "../dicom/dicom_json.ts";
 import { tagToHex } from "../dicom/dictionary.ts";
-import { DEFAULT_RETURN, type Level, parseSearch, type SearchQuery, TAGS } from "../catalog/matching.ts";
+import { DEFAULT_RETURN, type Level, parseSearch, type SearchQuery, TAGS } from "../catalog/qido_query.ts";
 import type { Handler, RouteContext } from "../http/router.ts";
 import { bucketOf, catalogOf, crawlerOf, type Services, warningHeader } from "./services.ts";
 import { checkUid } from "../dicom/uid.ts";

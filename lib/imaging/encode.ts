@@ -49,7 +49,8 @@ async function deflate(data: Uint8Array): Promise<Uint8Array> {
  *
  * @example
  * ```ts
- *  * const png = await encodePng({ width: 2, height: 1, channels: 1, pixels: new Uint8Array([0, 255]) });
+ * import { encodePng } from "./encode.ts";
+ * const png = await encodePng({ width: 2, height: 1, channels: 1, pixels: new Uint8Array([0, 255]) });
  * png[1] === 0x50; // "P"
  * ```
  */

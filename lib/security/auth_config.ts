@@ -97,7 +97,8 @@ export interface ParseAuthOptions {
  *
  * @example
  * ```ts
- *  * const problems: string[] = [];
+ * import { parseAuthConfig } from "./auth_config.ts";
+ * const problems: string[] = [];
  * parseAuthConfig({ AUTH: "none" }, problems, { hostname: "0.0.0.0" });
  * problems[0].startsWith("AUTH=none while HOSTNAME=0.0.0.0"); // true
  * ```

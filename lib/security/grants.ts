@@ -35,7 +35,8 @@ export interface Principal {
  *
  * @example
  * ```ts
- *  * grantsFromScopes("openid dicomweb:read:PACS dicomweb:write:*");
+ * import { grantsFromScopes } from "./grants.ts";
+ * grantsFromScopes("openid dicomweb:read:PACS dicomweb:write:*");
  * // [{ action: "read", aet: "PACS" }, { action: "write", aet: "*" }]
  * ```
  */
@@ -89,7 +90,8 @@ export type Access =
  *
  * @example
  * ```ts
- *  * accessOf("/dicomweb/aets/PACS/studies", "POST", "/dicomweb"); // { kind: "aet", aet: "PACS", action: "write" }
+ * import { accessOf } from "./grants.ts";
+ * accessOf("/dicomweb/aets/PACS/studies", "POST", "/dicomweb"); // { kind: "aet", aet: "PACS", action: "write" }
  * accessOf("/readyz", "GET", ""); // { kind: "public" }
  * ```
  */

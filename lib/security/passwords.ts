@@ -87,7 +87,8 @@ async function pbkdf2(password: string, salt: Uint8Array, iterations: number): P
  *
  * @example
  * ```ts
- *  * const hash = await hashPassword("s3cret", 100_000);
+ * import { hashPassword } from "./passwords.ts";
+ * const hash = await hashPassword("s3cret", 100_000);
  * await verifyPassword("s3cret", hash); // true
  * ```
  */

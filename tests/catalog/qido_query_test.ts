@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { parseMatcher, parseSearch, QueryError, type SearchOptions } from "../../lib/catalog/qido_query.ts";
 import {
   matchDataset,
   matchPersonName,
@@ -6,10 +7,6 @@ import {
   normalizeDateTime,
   normalizePn,
   normalizeTime,
-  parseMatcher,
-  parseSearch,
-  QueryError,
-  type SearchOptions,
 } from "../../lib/catalog/matching.ts";
 
 const STUDY_SEARCH: SearchOptions = {
