@@ -1,6 +1,6 @@
 import { concatBytes } from "../lib/util/bytes.ts";
 /**
- * Test data for end-to-end tests: the real files of ../shared/dicom (when present, keyed as its
+ * Test data for end-to-end tests: the real files of tests/testdata/pydicom (keyed as its
  * MANIFEST.md says) plus small Part 10 instances built here, so tests also run on a fresh checkout.
  */
 
@@ -14,25 +14,19 @@ export interface CorpusFile {
   bytes: Uint8Array;
 }
 
-/** The shared corpus folder, relative to the repository. */
-export const SHARED_DICOM = new URL("../../shared/dicom/", import.meta.url);
+/** The pydicom corpus in the repository (provenance and licence: its MANIFEST.md). */
+export const CORPUS_DIR = new URL("./testdata/pydicom/", import.meta.url);
 
-/** Reads ../shared/dicom/MANIFEST.md; [] when the folder is absent (fresh checkout elsewhere). */
-export async function sharedCorpus(): Promise<CorpusFile[]> {
-  let manifest: string;
-  try {
-    manifest = await Deno.readTextFile(new URL("MANIFEST.md", SHARED_DICOM));
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return [];
-    throw error;
-  }
+/** The keyed files of tests/testdata/pydicom, as its MANIFEST.md lists them. */
+export async function pydicomCorpus(): Promise<CorpusFile[]> {
+  const manifest = await Deno.readTextFile(new URL("MANIFEST.md", CORPUS_DIR));
   const files: CorpusFile[] = [];
   for (const line of manifest.split("\n")) {
     const cells = line.split("|").map((c) => c.trim());
     if (cells.length < 5 || !cells[1].endsWith(".dcm")) continue;
     const [, name, key, ts] = cells;
     if (key === "-" || !key.endsWith(".dcm")) continue;
-    const bytes = await Deno.readFile(new URL(`files/${name}`, SHARED_DICOM));
+    const bytes = await Deno.readFile(new URL(`files/${name}`, CORPUS_DIR));
     files.push({ key, name, transferSyntax: ts.split(" ")[0], bytes });
   }
   return files;

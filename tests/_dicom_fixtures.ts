@@ -201,14 +201,9 @@ export function memorySource(bytes: Uint8Array, name = "fixture.dcm") {
   };
 }
 
-/** The shared corpus folder, or undefined when absent (a fresh checkout without ../shared). */
-export function corpusDir(): string | undefined {
-  const dir = new URL("../../shared/dicom/files/", import.meta.url).pathname;
-  try {
-    return Deno.statSync(dir).isDirectory ? dir : undefined;
-  } catch {
-    return undefined;
-  }
+/** The pydicom corpus folder of the repository (tests/testdata/pydicom/files). */
+export function corpusDir(): string {
+  return new URL("./testdata/pydicom/files/", import.meta.url).pathname;
 }
 
 /** Whether an executable is on PATH. */

@@ -25,8 +25,21 @@ export const LAYERS: Record<string, readonly string[]> = {
   config: ["util", "http", "security"],
   dicomweb: ["util", "dicom", "codecs", "store", "objects", "imaging", "catalog", "http", "config"],
   viewer: ["util", "store", "http", "dicomweb"],
-  app: ["util", "store", "objects", "imaging", "catalog", "http", "security", "config", "dicomweb", "viewer"],
-  cli: ["store", "objects", "catalog", "security", "config", "app"],
+  dimse: ["util", "dicom", "store", "objects", "catalog", "security", "config", "dicomweb"],
+  app: [
+    "util",
+    "store",
+    "objects",
+    "imaging",
+    "catalog",
+    "http",
+    "security",
+    "config",
+    "dicomweb",
+    "viewer",
+    "dimse",
+  ],
+  cli: ["util", "dicom", "store", "objects", "catalog", "security", "config", "dicomweb", "app"],
 };
 
 /**

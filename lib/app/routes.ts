@@ -13,7 +13,7 @@ import { renderedHandlers, type RenderedOptions } from "../dicomweb/rendered.ts"
 import { retrieveHandlers, type RetrieveOptions } from "../dicomweb/retrieve.ts";
 import { searchHandlers } from "../dicomweb/search.ts";
 import type { Services } from "../dicomweb/services.ts";
-import { stowHandler, type StowOptions } from "../dicomweb/stow.ts";
+import { Ingest, stowHandler, type StowOptions } from "../dicomweb/stow.ts";
 import type { Handler, Router } from "../http/router.ts";
 import { transcodingEncoder } from "../imaging/pixel_transcode.ts";
 import { reEncodeBody } from "../objects/explicit_le_body.ts";
@@ -54,7 +54,7 @@ function routeTable(services: Services, options: RouteOptions): Route[] {
   const metadata = metadataHandlers(services);
   const pixels = pixelHandlers(services);
   const search = searchHandlers(services);
-  const store = stowHandler(services, options.stow);
+  const store = stowHandler(services, new Ingest(services, options.stow));
   const rendered = renderedHandlers(services, options.rendered);
   const render = (level: "study" | "series" | "instance", kind: "rendered" | "thumbnail"): Handler => (ctx) =>
     rendered[level](ctx, kind);

@@ -28,7 +28,7 @@
  */
 
 import { HttpError } from "../http/errors.ts";
-import { parseMediaType, readMultipart } from "../http/multipart_parser.ts";
+import { type MultipartPart, parseMediaType, readMultipart } from "../http/multipart_parser.ts";
 import { parseAccept, rankRanges } from "../http/negotiation.ts";
 import type { Handler, RouteContext } from "../http/router.ts";
 import { bucketOf, type Services } from "./services.ts";
@@ -38,8 +38,11 @@ import { NotAcceptableError } from "../util/errors.ts";
 import { CatalogBatch } from "../catalog/batch.ts";
 import { Gate } from "../util/gate.ts";
 import { type Gates, StowJob } from "./stow_job.ts";
+import { type Outcome, storeResponse } from "./stow_response.ts";
 
-/** Options for {@linkcode stowHandler}. */
+export type { Failed, Outcome, Stored } from "./stow_response.ts";
+
+/** Options for {@linkcode Ingest}. */
 export interface StowOptions {
   /** Parts up to this size are read whole before being written; larger ones stream (default 1 MiB). */
   bufferBytes?: number;
@@ -52,36 +55,72 @@ export interface StowOptions {
 
 const MIB = 1024 * 1024;
 
-/** The STOW-RS handler for `/aets/:aet/studies` and `/aets/:aet/studies/:study`. */
-export function stowHandler(services: Services, options: StowOptions = {}): Handler {
-  // shared by all requests: memory and S3 writes stay bounded however many clients store at once
-  const concurrency = Math.max(1, options.concurrency ?? services.config.s3Concurrency);
-  const gates: Gates = { held: new Gate(2 * concurrency), writes: new Gate(concurrency) };
-  // shared too: requests storing into one AET at once fill the catalog's batches together
-  const batches = new Map<string, CatalogBatch>();
-  const catalogBatch = (aet: string, bucket: string) => {
-    const { catalog } = services;
-    if (!catalog) return undefined;
-    let batch = batches.get(`${aet}\0${bucket}`);
-    if (!batch) {
-      batch = new CatalogBatch(catalog, aet, bucket);
-      batches.set(`${aet}\0${bucket}`, batch);
-    }
-    return batch;
-  };
-  return (context) => stow(context, services, { ...options, gates, catalogBatch });
+/** What {@linkcode Ingest.store} did with each part. */
+export interface IngestResult {
+  /** One per part, in order. */
+  outcomes: readonly Outcome[];
+  /** Why reading the parts stopped early, if it did. */
+  abort: unknown;
 }
 
-async function stow(
-  { request, params }: RouteContext,
-  services: Services,
-  options: StowOptions & {
-    gates: Gates;
-    catalogBatch: (aet: string, bucket: string) => CatalogBatch | undefined;
-  },
-) {
+/**
+ * The one way instances get in: STOW-RS requests, and every other entry (DIMSE C-STORE, the importer) that
+ * hands over Part 10 streams as parts. Each part gets the same checks, atomic write under its layout key and
+ * catalog update as a STOW-RS part; the write gates and catalog batches are shared by everything that stores
+ * through one `Ingest`, so memory and S3 writes stay bounded however many clients store at once.
+ */
+export class Ingest {
+  #services: Services;
+  #bufferBytes: number;
+  #gates: Gates;
+  #batches = new Map<string, CatalogBatch>();
+
+  /** An ingest over `services`, with its own write gates (see {@linkcode StowOptions}). */
+  constructor(services: Services, options: StowOptions = {}) {
+    this.#services = services;
+    this.#bufferBytes = options.bufferBytes ?? MIB;
+    const concurrency = Math.max(1, options.concurrency ?? services.config.s3Concurrency);
+    this.#gates = { held: new Gate(2 * concurrency), writes: new Gate(concurrency) };
+  }
+
+  /**
+   * Stores the parts (each a whole Part 10 file; `index` 1-based) into the bucket of `aet`. `study`, when
+   * given, is the study every part must belong to. Throws what {@linkcode bucketOf} throws for an unknown AET.
+   */
+  async store(aet: string, parts: AsyncIterable<MultipartPart>, study?: string): Promise<IngestResult> {
+    const bucket = await bucketOf(this.#services, aet);
+    const job = new StowJob(this.#services, {
+      aet,
+      bucket,
+      urlStudy: study,
+      bufferBytes: this.#bufferBytes,
+      gates: this.#gates,
+      catalog: this.#batch(aet, bucket),
+    });
+    await job.run(parts);
+    return { outcomes: job.outcomes, abort: job.abort };
+  }
+
+  #batch(aet: string, bucket: string): CatalogBatch | undefined {
+    const { catalog } = this.#services;
+    if (!catalog) return undefined;
+    let batch = this.#batches.get(`${aet}\0${bucket}`);
+    if (!batch) {
+      batch = new CatalogBatch(catalog, aet, bucket);
+      this.#batches.set(`${aet}\0${bucket}`, batch);
+    }
+    return batch;
+  }
+}
+
+/** The STOW-RS handler for `/aets/:aet/studies` and `/aets/:aet/studies/:study`. */
+export function stowHandler(services: Services, ingest: Ingest = new Ingest(services)): Handler {
+  return (context) => stow(context, services, ingest);
+}
+
+async function stow({ request, params }: RouteContext, services: Services, ingest: Ingest) {
   const urlStudy = params.study === undefined ? undefined : checkUid(params.study, "StudyInstanceUID");
-  const bucket = await bucketOf(services, params.aet);
+  await bucketOf(services, params.aet); // an unknown AET is a 404 before the body is looked at
   const responseType = negotiateResponse(request.headers.get("accept"));
   const boundary = boundaryOf(request.headers.get("content-type"));
   const max = services.config.stowMaxBytes;
@@ -90,20 +129,16 @@ async function stow(
   if (request.body === null) {
     throw new HttpError(400, "Empty STOW-RS request: send the instances as multipart parts");
   }
-  const job = new StowJob(services, {
-    aet: params.aet,
-    bucket,
+  const { outcomes, abort } = await ingest.store(
+    params.aet,
+    readMultipart(byteLimited(request.body, max), boundary),
     urlStudy,
-    bufferBytes: options.bufferBytes ?? MIB,
-    gates: options.gates,
-    catalog: options.catalogBatch(params.aet, bucket),
-  });
-  await job.run(readMultipart(byteLimited(request.body, max), boundary));
+  );
   const base = publicBase(request, {
     publicUrl: services.config.publicUrl,
     basePath: services.config.basePath,
   });
-  return job.response(base, responseType);
+  return storeResponse(outcomes, abort, { aet: params.aet, urlStudy, base, contentType: responseType });
 }
 
 function tooLarge(max: number): HttpError {

@@ -16,7 +16,7 @@ import type { ObjectInfo } from "../store/store.ts";
 import { instanceKey } from "../dicom/uid.ts";
 import type { CatalogBatch } from "../catalog/batch.ts";
 import type { Gate } from "../util/gate.ts";
-import { FAILURE, type Outcome, storeResponse } from "./stow_response.ts";
+import { FAILURE, type Outcome } from "./stow_response.ts";
 import {
   identify,
   identifyPrefix,
@@ -71,7 +71,7 @@ export class StowJob {
     this.#options = options;
   }
 
-  async run(parts: AsyncGenerator<MultipartPart>): Promise<void> {
+  async run(parts: AsyncIterable<MultipartPart>): Promise<void> {
     try {
       for await (const part of parts) await this.#receive(part);
     } catch (error) {
@@ -413,14 +413,14 @@ export class StowJob {
     });
   }
 
-  /** The Store Instances Response (PS3.18 Annex I) with its status. */
-  response(base: string, contentType: string): Response {
-    return storeResponse(this.#outcomes, this.#abort, {
-      aet: this.#options.aet,
-      urlStudy: this.#options.urlStudy,
-      base,
-      contentType,
-    });
+  /** What happened to each part, in the order the parts were read. */
+  get outcomes(): readonly Outcome[] {
+    return this.#outcomes;
+  }
+
+  /** Why reading the parts stopped early, if it did (an `HttpError` the response reports). */
+  get abort(): unknown {
+    return this.#abort;
   }
 }
 

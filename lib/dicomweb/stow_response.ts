@@ -20,12 +20,19 @@ export const WARNING_REPLACED = 0x0111;
 
 /** A part written and catalogued. */
 export interface Stored {
+  /** Always `true`: the part was written. */
   stored: true;
+  /** The part's 1-based position. */
   index: number;
+  /** SOP Class UID (0008,0016). */
   sopClass: string;
+  /** SOP Instance UID (0008,0018). */
   sop: string;
+  /** Study Instance UID (0020,000D). */
   study: string;
+  /** Series Instance UID (0020,000E). */
   series: string;
+  /** Whether it replaced a stored object under the same key. */
   replaced: boolean;
   /** Something to tell the client about it. */
   note?: string;
@@ -33,12 +40,19 @@ export interface Stored {
 
 /** A part not written. */
 export interface Failed {
+  /** Always `false`: nothing was written for the part. */
   stored: false;
+  /** The part's 1-based position. */
   index: number;
+  /** SOP Class UID, when it could be read. */
   sopClass?: string;
+  /** SOP Instance UID, when it could be read. */
   sop?: string;
+  /** Study Instance UID, when it could be read. */
   study?: string;
+  /** Failure Reason (0008,1197): one of {@linkcode FAILURE}. */
   reason: number;
+  /** What was wrong, for people. */
   message: string;
 }
 

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { type DicomJson, stringifyDicomJson } from "../../lib/dicom/dicom_json.ts";
 import { parseBuffer, parseObject } from "../../lib/dicom/part10.ts";
-import { sharedCorpus } from "../_corpus.ts";
+import { pydicomCorpus } from "../_corpus.ts";
 import { generatedCorpus } from "../_qido_fixtures.ts";
 import { documentText, headerJson, resolveBulkDataUris } from "../../lib/catalog/documents.ts";
 
@@ -18,7 +18,7 @@ Deno.test("resolveBulkDataUris() makes stored relative URIs absolute", () => {
 
 Deno.test("documentText() writes exactly what stringifyDicomJson() writes", async () => {
   const headers = generatedCorpus().map((f) => parseBuffer(f.bytes, f.key));
-  for (const f of await sharedCorpus()) {
+  for (const f of await pydicomCorpus()) {
     try {
       headers.push(await parseObject(f.bytes, f.name));
     } catch {

@@ -175,10 +175,6 @@ async function run(command: string, args: string[]): Promise<{ code: number; std
 
 Deno.test("toDicomJson() matches dcm2json on the corpus", async (t) => {
   const dir = corpusDir();
-  if (!dir) {
-    console.log("skipped: ../shared/dicom/files is not there");
-    return;
-  }
   if (!hasCommand("dcm2json") || !hasCommand("dcmodify")) {
     if (IN_CI) assert.fail("dcm2json is missing: install dcmtk (apt-get install dcmtk)");
     console.log("skipped: dcm2json is not installed (apt-get install dcmtk)");

@@ -239,9 +239,9 @@ Deno.test("readFileMeta()", async (t) => {
   });
 });
 
-// ---- the shared real-world corpus ----
+// ---- the pydicom corpus (tests/testdata/pydicom) ----
 
-const SHARED = new URL("../../../shared/dicom/", import.meta.url);
+const CORPUS = new URL("../testdata/pydicom/", import.meta.url);
 
 interface ManifestRow {
   file: string;
@@ -249,14 +249,8 @@ interface ManifestRow {
   transferSyntax: string;
 }
 
-async function manifest(): Promise<ManifestRow[] | null> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(new URL("MANIFEST.md", SHARED));
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return null;
-    throw error;
-  }
+async function manifest(): Promise<ManifestRow[]> {
+  const text = await Deno.readTextFile(new URL("MANIFEST.md", CORPUS));
   const lines = text.split("\n").filter((l) => l.startsWith("|"));
   const header = lines[0].split("|").map((c) => c.trim());
   const col = (name: string) => {
@@ -274,23 +268,22 @@ async function manifest(): Promise<ManifestRow[] | null> {
 const rows = await manifest();
 
 Deno.test({
-  name: "readFileMeta() on the shared corpus",
-  ignore: rows === null,
+  name: "readFileMeta() on the pydicom corpus",
   fn: async (t) => {
-    const listed = new Set(rows!.map((r) => r.file));
-    const onDisk = [...Deno.readDirSync(new URL("files/", SHARED))].map((e) => e.name).filter((n) =>
+    const listed = new Set(rows.map((r) => r.file));
+    const onDisk = [...Deno.readDirSync(new URL("files/", CORPUS))].map((e) => e.name).filter((n) =>
       n.endsWith(".dcm")
     );
     await t.step("MANIFEST.md lists every file in files/", () => {
-      assert.ok(rows!.length >= 40, `${rows!.length} rows`);
+      assert.ok(rows.length >= 40, `${rows.length} rows`);
       for (const name of onDisk) assert.ok(listed.has(name), name);
     });
 
     await t.step("gives the transfer syntax listed in MANIFEST.md for every file that has one", async () => {
       let checked = 0;
-      for (const row of rows!) {
+      for (const row of rows) {
         if (!/^\d/.test(row.transferSyntax)) continue;
-        const bytes = await Deno.readFile(new URL(`files/${row.file}`, SHARED));
+        const bytes = await Deno.readFile(new URL(`files/${row.file}`, CORPUS));
         const meta = readFileMeta(bytes, row.file, true);
         assert.equal(meta?.transferSyntaxUid, row.transferSyntax, row.file);
         assert.ok(meta!.end > 0 && meta!.end < bytes.length, row.file);
@@ -303,8 +296,8 @@ Deno.test({
     });
 
     await t.step("gives the same meta when fed the file in growing prefixes", async () => {
-      for (const row of rows!.filter((r) => /^\d/.test(r.transferSyntax))) {
-        const bytes = await Deno.readFile(new URL(`files/${row.file}`, SHARED));
+      for (const row of rows.filter((r) => /^\d/.test(r.transferSyntax))) {
+        const bytes = await Deno.readFile(new URL(`files/${row.file}`, CORPUS));
         const whole = readFileMeta(bytes, row.file, true);
         let incremental = null;
         for (let n = 0; incremental === null; n += 37) {
@@ -321,7 +314,7 @@ Deno.test({
     await t.step("no_meta.dcm (raw dataset after a stray byte) is a SyntaxError naming it", async () => {
       // no_meta.dcm is CT_small.dcm from offset 335: it starts with the last padding byte (0x20) of the
       // File Meta, then (0008,0005) at offset 1. Tag (0820,0500) at offset 0 is not plausible: rejected.
-      const bytes = await Deno.readFile(new URL("files/no_meta.dcm", SHARED));
+      const bytes = await Deno.readFile(new URL("files/no_meta.dcm", CORPUS));
       assert.equal(bytes[0], 0x20);
       assert.throws(() => readFileMeta(bytes, "no_meta.dcm", true), (error: unknown) => {
         assert.ok(error instanceof SyntaxError);
@@ -340,7 +333,7 @@ Deno.test({
     await t.step(
       "meta_missing_tsyntax.dcm (File Meta without (0002,0010)) is a SyntaxError naming it",
       async () => {
-        const bytes = await Deno.readFile(new URL("files/meta_missing_tsyntax.dcm", SHARED));
+        const bytes = await Deno.readFile(new URL("files/meta_missing_tsyntax.dcm", CORPUS));
         assert.throws(() => readFileMeta(bytes, "meta_missing_tsyntax.dcm", true), (error: unknown) => {
           assert.ok(error instanceof SyntaxError);
           assert.match(error.message, /meta_missing_tsyntax\.dcm/);

@@ -356,10 +356,6 @@ const CORPUS_ERRORS: Record<string, RegExp> = {
 
 Deno.test("readHeader() and parseObject() agree on every corpus file", async (t) => {
   const dir = corpusDir();
-  if (!dir) {
-    console.log("skipped: ../shared/dicom/files is not there");
-    return;
-  }
   for (const { name } of [...Deno.readDirSync(dir)].sort((a, b) => a.name.localeCompare(b.name))) {
     await t.step(name, async () => {
       const bytes = Deno.readFileSync(dir + name);

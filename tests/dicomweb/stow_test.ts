@@ -13,7 +13,7 @@ import { MemoryStore } from "../../lib/store/memory_store.ts";
 import { readHeader } from "../../lib/dicom/part10.ts";
 import type { ObjectInfo, ObjectStore } from "../../lib/store/store.ts";
 import type { StowOptions } from "../../lib/dicomweb/stow.ts";
-import { buildInstance, md5, SHARED_DICOM, sharedCorpus } from "../_corpus.ts";
+import { buildInstance, CORPUS_DIR, md5, pydicomCorpus } from "../_corpus.ts";
 import { boundaryOf, parseMultipart } from "../_multipart_parser.ts";
 import { observe } from "../_stores.ts";
 import { Part10Check } from "../../lib/dicom/part10_check.ts";
@@ -217,11 +217,11 @@ interface CorpusEntry {
   key?: string;
 }
 
-/** Every file of ../shared/dicom/files (keyed or not, valid or not), plus built ones on a bare checkout. */
+/** Every file of tests/testdata/pydicom/files (keyed or not, valid or not), plus built ones on a bare checkout. */
 async function wholeCorpus(): Promise<CorpusEntry[]> {
-  const keyed = new Map((await sharedCorpus()).map((f) => [f.name, f.key]));
+  const keyed = new Map((await pydicomCorpus()).map((f) => [f.name, f.key]));
   const out: CorpusEntry[] = [];
-  const dir = new URL("files/", SHARED_DICOM);
+  const dir = new URL("files/", CORPUS_DIR);
   try {
     for await (const entry of Deno.readDir(dir)) {
       if (!entry.name.endsWith(".dcm")) continue;

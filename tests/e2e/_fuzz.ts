@@ -215,16 +215,12 @@ function standard(error: unknown): boolean {
     (error instanceof Error && error.name === "NotAcceptableError");
 }
 
-async function sharedFiles(): Promise<Uint8Array[]> {
+async function corpusFiles(): Promise<Uint8Array[]> {
   const out: Uint8Array[] = [];
-  try {
-    for await (const entry of Deno.readDir(new URL("../../../shared/dicom/files/", import.meta.url))) {
-      if (entry.isFile && entry.name.endsWith(".dcm")) {
-        out.push(await Deno.readFile(new URL(`../../../shared/dicom/files/${entry.name}`, import.meta.url)));
-      }
+  for await (const entry of Deno.readDir(new URL("../testdata/pydicom/files/", import.meta.url))) {
+    if (entry.isFile && entry.name.endsWith(".dcm")) {
+      out.push(await Deno.readFile(new URL(`../testdata/pydicom/files/${entry.name}`, import.meta.url)));
     }
-  } catch (error) {
-    if (!(error instanceof Deno.errors.NotFound)) throw error;
   }
   return out.sort((a, b) => a.length - b.length || a[200] - b[200]);
 }
@@ -249,7 +245,7 @@ const TARGETS: Record<string, () => Promise<Target>> = {
     const { Part10Check } = await import("../../lib/dicom/part10_check.ts");
     return {
       seeds: async () => [
-        ...await sharedFiles(),
+        ...await corpusFiles(),
         ...builtCorpus().slice(0, 4).map((f) => f.bytes),
         buildInstance({ study: "1.2", series: "1.2.3", sop: "1.2.3.4", frames: 3, pixelBytes: 64 }),
       ],

@@ -4,7 +4,7 @@
  * metadata, frames, bulkdata and store. The library speaks XMLHttpRequest: tests/_xhr_polyfill.ts
  * provides it on top of fetch. Expected values come from parsing the files with dcmjs, not from our code.
  *
- * Needs `npm ci --prefix tools/e2e` and ../shared/dicom: fails without them under CI=true, else skipped.
+ * Needs `npm ci --prefix tools/e2e` and tests/testdata/pydicom: fails without them under CI=true, else skipped.
  */
 
 import assert from "node:assert/strict";
@@ -13,7 +13,7 @@ import { parseConfig } from "../../lib/config/config.ts";
 import type { Catalog } from "../../lib/catalog/catalog.ts";
 import { memoryCatalog, type TestServer, testServer } from "../_server.ts";
 import { S3Store } from "../../lib/store/s3/s3_store.ts";
-import { buildInstance, type CorpusFile, md5, sharedCorpus } from "../_corpus.ts";
+import { buildInstance, type CorpusFile, md5, pydicomCorpus } from "../_corpus.ts";
 import { startS3 } from "../_s3server.ts";
 import { installXhrPolyfill } from "../_xhr_polyfill.ts";
 
@@ -119,11 +119,11 @@ async function requirements(corpus: CorpusFile[]): Promise<string | undefined> {
   }
   const names = new Set(corpus.map((f) => f.name));
   const absent = FILES.filter((f) => !names.has(f));
-  if (absent.length > 0) problems.push(`../shared/dicom lacks ${absent.join(", ")}`);
+  if (absent.length > 0) problems.push(`tests/testdata/pydicom lacks ${absent.join(", ")}`);
   return problems.length > 0 ? problems.join("; ") : undefined;
 }
 
-const corpus = await sharedCorpus();
+const corpus = await pydicomCorpus();
 const missing = await requirements(corpus);
 if (missing && !CI) console.log(`Skipping the dicomweb-client test: ${missing}`);
 

@@ -15,7 +15,7 @@ import {
 } from "../../lib/dicom/dicom_json.ts";
 import { frameCount, planFrame } from "../../lib/dicom/frames.ts";
 import { parseObject } from "../../lib/dicom/part10.ts";
-import { buildInstance, builtCorpus, type CorpusFile, md5, SHARED_DICOM, sharedCorpus } from "../_corpus.ts";
+import { buildInstance, builtCorpus, CORPUS_DIR, type CorpusFile, md5, pydicomCorpus } from "../_corpus.ts";
 import { boundaryOf, parseMultipart } from "../_multipart_parser.ts";
 import { observe, onFolderAndS3, type SuiteBucket } from "../_stores.ts";
 import { RE_ENCODABLE } from "../../lib/imaging/syntax_choice.ts";
@@ -66,7 +66,7 @@ async function malformedFiles(): Promise<CorpusFile[]> {
   const out: CorpusFile[] = [];
   for (const [i, name] of names.entries()) {
     try {
-      const bytes = await Deno.readFile(new URL(`files/${name}`, SHARED_DICOM));
+      const bytes = await Deno.readFile(new URL(`files/${name}`, CORPUS_DIR));
       out.push({ key: `2.25.777/2.25.777.1/2.25.777.1.${i + 1}.dcm`, name, transferSyntax: "?", bytes });
     } catch { /* corpus absent */ }
   }
@@ -89,7 +89,7 @@ async function suite(
       pixelBytes: 64 * 64 * 2,
     }),
   };
-  const all = [...await sharedCorpus(), ...builtCorpus(), multiframe];
+  const all = [...await pydicomCorpus(), ...builtCorpus(), multiframe];
   const broken = await malformedFiles();
   const full = new Map<string, Part10Header>();
   const files: CorpusFile[] = [];

@@ -26,7 +26,7 @@ import {
 } from "../../lib/viewer/viewer.ts";
 import { installedOhifVersion, OHIF_DIST_DIR, OHIF_VERSION } from "../../tools/viewer/install.ts";
 import { type Browser, browserMissing, launchBrowser, type Page, type PageEvents } from "../_browser.ts";
-import { type CorpusFile, sharedCorpus } from "../_corpus.ts";
+import { type CorpusFile, pydicomCorpus } from "../_corpus.ts";
 import { buildPart10, type Fx } from "../_dicom_fixtures.ts";
 import { startS3 } from "../_s3server.ts";
 import { fitViewport } from "../../lib/imaging/resample.ts";
@@ -38,7 +38,7 @@ const ARTIFACTS = new URL("../.artifacts/ohif/", import.meta.url);
 const TOKEN = "e2e-token-123";
 const CI = Deno.env.get("CI") === "true";
 
-/** The studies, by the file names of ../shared/dicom, with what OHIF's study list must show. */
+/** The studies, by the file names of tests/testdata/pydicom, with what OHIF's study list must show. */
 const STUDIES = [
   { name: "ct", files: ["CT_small.dcm"], patient: "CompressedSamples^CT1", date: "20040119", modality: "CT" },
   {
@@ -170,11 +170,11 @@ async function missingRequirements(corpus: CorpusFile[]): Promise<string | undef
   }
   const names = new Set(corpus.map((f) => f.name));
   const absent = STUDIES.flatMap((s) => s.files).filter((f) => !names.has(f));
-  if (absent.length > 0) problems.push(`../shared/dicom lacks ${absent.join(", ")}`);
+  if (absent.length > 0) problems.push(`tests/testdata/pydicom lacks ${absent.join(", ")}`);
   return problems.length > 0 ? problems.join("; ") : undefined;
 }
 
-const corpus = await sharedCorpus();
+const corpus = await pydicomCorpus();
 const missing = await missingRequirements(corpus);
 if (missing && !CI) console.log(`Skipping the OHIF end-to-end test: ${missing}`);
 

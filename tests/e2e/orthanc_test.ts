@@ -3,7 +3,7 @@
  * real S3 server: Orthanc searches us (QIDO-RS), retrieves a study from us (WADO-RS) and pushes one to us
  * (STOW-RS); instances arrive byte-identical (compared by SOP Instance UID, whole-file and Pixel Data hashes).
  *
- * Needs Orthanc and ../shared/dicom: fails without them under CI=true, else skipped with the reason printed.
+ * Needs Orthanc and tests/testdata/pydicom: fails without them under CI=true, else skipped with the reason printed.
  */
 
 import assert from "node:assert/strict";
@@ -13,7 +13,7 @@ import type { Catalog } from "../../lib/catalog/catalog.ts";
 import type { Crawler } from "../../lib/catalog/crawler.ts";
 import { memoryCatalog, testHandler } from "../_server.ts";
 import { S3Store } from "../../lib/store/s3/s3_store.ts";
-import { type CorpusFile, md5, sharedCorpus } from "../_corpus.ts";
+import { type CorpusFile, md5, pydicomCorpus } from "../_corpus.ts";
 import { orthancMissing, startOrthanc } from "../_orthanc.ts";
 import { startS3 } from "../_s3server.ts";
 
@@ -24,14 +24,14 @@ const OURS = ["CT_small.dcm", "SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_rle_2frame.dcm"];
 /** Given to Orthanc to push to us: one NM series, JPEG 2000 and 12-bit JPEG. */
 const THEIRS = ["JPEG2000.dcm", "JPGExtended.dcm"];
 
-const corpus = await sharedCorpus();
+const corpus = await pydicomCorpus();
 const missing = await (async () => {
   const problems: string[] = [];
   const orthanc = await orthancMissing();
   if (orthanc) problems.push(orthanc);
   const names = new Set(corpus.map((f) => f.name));
   const absent = [...OURS, ...THEIRS].filter((f) => !names.has(f));
-  if (absent.length > 0) problems.push(`../shared/dicom lacks ${absent.join(", ")}`);
+  if (absent.length > 0) problems.push(`tests/testdata/pydicom lacks ${absent.join(", ")}`);
   return problems.length > 0 ? problems.join("; ") : undefined;
 })();
 if (missing && !CI) console.log(`Skipping the Orthanc end-to-end test: ${missing}`);

@@ -15,7 +15,7 @@ import { parseObject } from "../../lib/dicom/part10.ts";
 import { renderAttributes, renderFrame } from "../../lib/imaging/render.ts";
 import { openInstance } from "../../lib/objects/open_instance.ts";
 import { decodeInstance, transcodingEncoder } from "../../lib/imaging/pixel_transcode.ts";
-import { type CorpusFile, sharedCorpus } from "../_corpus.ts";
+import { type CorpusFile, pydicomCorpus } from "../_corpus.ts";
 import { boundaryOf, parseMultipart } from "../_multipart_parser.ts";
 import { observe, onFolderAndS3, type SuiteBucket } from "../_stores.ts";
 import { testHandler, testServer } from "../_server.ts";
@@ -69,11 +69,7 @@ async function suite(
   t: Deno.TestContext,
   make: () => Promise<SuiteBucket>,
 ) {
-  const corpus = await sharedCorpus();
-  if (corpus.length === 0) {
-    if (Deno.env.get("CI") === "true") throw new Error("../shared/dicom is missing under CI=true");
-    console.log("  ../shared/dicom is missing: only the testdata samples are used");
-  }
+  const corpus = await pydicomCorpus();
   const files = [...corpus, ...await testdataFiles()];
   const { store, bucket, cleanup } = await make();
   for (const f of files) await store.put(bucket, f.key, f.bytes, { size: f.bytes.length });
@@ -292,12 +288,8 @@ Deno.test("createHandler() serves decoded frames, transcoded instances and rende
     "SC_rgb_rle_2frame.dcm",
     "test-SR.dcm",
   ];
-  const files = (await sharedCorpus()).filter((f) => wanted.includes(f.name));
-  if (files.length < wanted.length) {
-    if (Deno.env.get("CI") === "true") throw new Error("../shared/dicom is missing under CI=true");
-    console.log(`  skipping "${t.name}": ../shared/dicom is missing`);
-    return;
-  }
+  const files = (await pydicomCorpus()).filter((f) => wanted.includes(f.name));
+  assert.equal(files.length, wanted.length, "tests/testdata/pydicom/MANIFEST.md lists every wanted file");
   const { MemoryStore } = await import("../../lib/store/memory_store.ts");
   const { closeDefaultPool } = await import("../../lib/imaging/pool.ts");
   const store = new MemoryStore();

@@ -9,7 +9,7 @@ import { parseConfig } from "../../lib/config/config.ts";
 import { FileStore } from "../../lib/store/file_store.ts";
 import { S3Store } from "../../lib/store/s3/s3_store.ts";
 import type { ObjectStore } from "../../lib/store/store.ts";
-import { buildInstance, builtCorpus, type CorpusFile, md5, sharedCorpus } from "../_corpus.ts";
+import { buildInstance, builtCorpus, type CorpusFile, md5, pydicomCorpus } from "../_corpus.ts";
 import { boundaryOf, type ParsedPart, parseMultipart } from "../_multipart_parser.ts";
 import { eventually, observe, type ObservedStore } from "../_stores.ts";
 import { startS3 } from "../_s3server.ts";
@@ -84,7 +84,7 @@ async function retrievalSuite(
   t: Deno.TestContext,
   makeStore: () => Promise<{ store: ObjectStore; bucket: string; cleanup(): Promise<void> }>,
 ) {
-  const files = [...await sharedCorpus(), ...builtCorpus()];
+  const files = [...await pydicomCorpus(), ...builtCorpus()];
   // Big enough that a response is still streaming when the client goes away: 24 × 1 MiB.
   const big: CorpusFile[] = [];
   for (let i = 1; i <= 24; i++) {

@@ -16,7 +16,7 @@ import { freedByLedgers } from "../../lib/util/handoff.ts";
 import { readHeader } from "../../lib/dicom/part10.ts";
 import { S3Store } from "../../lib/store/s3/s3_store.ts";
 import type { ObjectStore } from "../../lib/store/store.ts";
-import { buildInstance, md5, SHARED_DICOM, sharedCorpus } from "../_corpus.ts";
+import { buildInstance, CORPUS_DIR, md5, pydicomCorpus } from "../_corpus.ts";
 import { boundaryOf, parseMultipart } from "../_multipart_parser.ts";
 import { startS3, type TestS3 } from "../_s3server.ts";
 import { eventually } from "../_stores.ts";
@@ -276,13 +276,13 @@ Deno.test("STOW-RS end to end into S3", async (t) => {
         const env = await setup(s3, "stow");
         try {
           await env.crawler.crawl(AET, { waitForInstances: true }); // the empty bucket, as the server does at start
-          const corpus = await sharedCorpus();
+          const corpus = await pydicomCorpus();
           const valid = corpus.filter((f) => !["MR_truncated.dcm", "rtplan_truncated.dcm"].includes(f.name));
           const unkeyed: Uint8Array[] = [];
           try {
-            for await (const entry of Deno.readDir(new URL("files/", SHARED_DICOM))) {
+            for await (const entry of Deno.readDir(new URL("files/", CORPUS_DIR))) {
               if (!corpus.some((f) => f.name === entry.name)) {
-                unkeyed.push(await Deno.readFile(new URL(`files/${entry.name}`, SHARED_DICOM)));
+                unkeyed.push(await Deno.readFile(new URL(`files/${entry.name}`, CORPUS_DIR)));
               }
             }
           } catch (error) {

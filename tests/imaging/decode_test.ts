@@ -1,8 +1,8 @@
 /**
- * Pixel decoding against independent decoders: every compressed image of ../shared/dicom, instances dcmtk
+ * Pixel decoding against independent decoders: every compressed image of tests/testdata/pydicom, instances dcmtk
  * compresses here (dcmcjpeg, dcmcjpls, dcmcrle) and the HTJ2K/JPEG 2000 samples of tests/testdata, decoded by
  * lib/codecs and by dcmtk (dcmdjpeg, dcmdjpls, dcmdrle) or OpenJPEG's opj_decompress. Lossless: equal samples;
- * lossy: PSNR-bounded. Skips with a reason when the corpus or the tools are missing, except under CI=true.
+ * lossy: PSNR-bounded. Skips with a reason when the tools are missing, except under CI=true.
  */
 
 import assert from "node:assert/strict";
@@ -20,7 +20,7 @@ import { LOSSY_SYNTAXES } from "../../lib/dicom/transfer_syntax.ts";
 import { getString, type Part10Header } from "../../lib/dicom/dataset.ts";
 
 const CI = Deno.env.get("CI") === "true";
-const CORPUS = new URL("../../../shared/dicom/files/", import.meta.url);
+const CORPUS = new URL("../testdata/pydicom/files/", import.meta.url);
 const TESTDATA = new URL("../testdata/", import.meta.url);
 const inline = new CodecPool({ size: 0 });
 
@@ -40,25 +40,13 @@ async function has(command: string, args = ["--version"]): Promise<boolean> {
   }
 }
 
-async function corpusPresent(): Promise<boolean> {
-  try {
-    await Deno.stat(new URL("MANIFEST.md", new URL("../../", CORPUS)));
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 const DCMTK = ["dcmdjpeg", "dcmdjpls", "dcmdrle", "dcmcjpeg", "dcmcjpls", "dcmcrle"];
 
 /** Missing prerequisites → skip (or fail under CI). */
 async function prerequisites(
   t: Deno.TestContext,
-  opts: { corpus?: boolean; dcmtk?: boolean; opj?: boolean },
+  opts: { dcmtk?: boolean; opj?: boolean },
 ) {
-  if (opts.corpus && !await corpusPresent()) {
-    return !unavailable(t, "../shared/dicom", "the shared corpus must sit beside the repository");
-  }
   if (opts.dcmtk) {
     for (const tool of DCMTK) {
       if (!await has(tool)) return !unavailable(t, `dcmtk (${tool})`, "apt-get install dcmtk");
@@ -211,8 +199,8 @@ Deno.test("decodeRle() decodes literal and replicate runs, most significant byte
   );
 });
 
-Deno.test("decodeFrame() equals dcmtk / OpenJPEG for every compressed image of ../shared/dicom", async (t) => {
-  if (!await prerequisites(t, { corpus: true, dcmtk: true, opj: true })) return;
+Deno.test("decodeFrame() equals dcmtk / OpenJPEG for every compressed image of tests/testdata/pydicom", async (t) => {
+  if (!await prerequisites(t, { dcmtk: true, opj: true })) return;
   const dir = await Deno.makeTempDir({ prefix: "decode-test-" });
   try {
     const manifest = await Deno.readTextFile(new URL("../MANIFEST.md", CORPUS));
@@ -258,7 +246,7 @@ Deno.test("decodeFrame() equals dcmtk / OpenJPEG for every compressed image of .
 });
 
 Deno.test("decodeFrame() equals dcmtk on instances dcmtk compresses (JPEG, JPEG-LS, RLE; gray, RGB, 8–32 bits, multi-frame)", async (t) => {
-  if (!await prerequisites(t, { corpus: true, dcmtk: true })) return;
+  if (!await prerequisites(t, { dcmtk: true })) return;
   const dir = await Deno.makeTempDir({ prefix: "decode-test-" });
   try {
     const src = (name: string) => new URL(name, CORPUS).pathname;
@@ -313,7 +301,7 @@ Deno.test("decodeFrame() equals dcmtk on instances dcmtk compresses (JPEG, JPEG-
 });
 
 Deno.test("decodeFrame() decodes the HTJ2K and JPEG 2000 samples of tests/testdata like OpenJPEG, lossless ones to their source", async (t) => {
-  if (!await prerequisites(t, { corpus: true, opj: true })) return;
+  if (!await prerequisites(t, { opj: true })) return;
   const dir = await Deno.makeTempDir({ prefix: "decode-test-" });
   try {
     const sources: Record<string, string> = {
@@ -437,7 +425,7 @@ Deno.test("CodecPool decodes in workers like inline decoding, in parallel, and s
 });
 
 Deno.test("decodeInstance() writes an Explicit VR Little Endian instance with the decoded frames", async (t) => {
-  if (!await prerequisites(t, { corpus: true, dcmtk: true })) return;
+  if (!await prerequisites(t, { dcmtk: true })) return;
   const dir = await Deno.makeTempDir({ prefix: "decode-test-" });
   try {
     for (

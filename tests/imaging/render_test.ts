@@ -1,7 +1,7 @@
 /**
- * Rendering: VOI functions, viewports, the PNG and JPEG encoders, and rendered images of ../shared/dicom
+ * Rendering: VOI functions, viewports, the PNG and JPEG encoders, and rendered images of tests/testdata/pydicom
  * compared with dcmtk's dcm2pnm / dcmj2pnm / dcml2pnm (same window options) within a small tolerance.
- * Skips with a reason when the corpus or dcmtk are missing, except under CI=true.
+ * Skips with a reason when dcmtk is missing, except under CI=true.
  */
 
 import assert from "node:assert/strict";
@@ -22,7 +22,7 @@ import { applyViewport, fitViewport } from "../../lib/imaging/resample.ts";
 import { encodeJpeg, encodePng } from "../../lib/imaging/encode.ts";
 
 const CI = Deno.env.get("CI") === "true";
-const CORPUS = new URL("../../../shared/dicom/files/", import.meta.url);
+const CORPUS = new URL("../testdata/pydicom/files/", import.meta.url);
 const TESTDATA = new URL("../testdata/", import.meta.url);
 
 function unavailable(t: Deno.TestContext, what: string, install: string): boolean {
@@ -263,13 +263,8 @@ Deno.test("renderAttributes() reads window, rescale and VOI LUT function, per fr
   assert.equal(attrs.rescaleSlope, 1);
   assert.equal(attrs.rescaleIntercept, -1024);
   assert.equal(attrs.voiFunction, "LINEAR");
-  try {
-    const mr = await parseObject(await Deno.readFile(new URL("MR_small.dcm", CORPUS)), "mr");
-    assert.deepEqual(renderAttributes(mr).windows, [{ center: 600, width: 1600 }]);
-  } catch (error) {
-    if (!(error instanceof Deno.errors.NotFound)) throw error;
-    unavailable(t, "../shared/dicom", "the shared corpus must sit beside the repository");
-  }
+  const mr = await parseObject(await Deno.readFile(new URL("MR_small.dcm", CORPUS)), "mr");
+  assert.deepEqual(renderAttributes(mr).windows, [{ center: 600, width: 1600 }]);
 });
 
 /** Builders for synthetic data sets (explicit values, little endian). */
@@ -368,13 +363,7 @@ async function dcmtkRender(
   return parsePnm(await Deno.readFile(out));
 }
 
-Deno.test("rendered images of ../shared/dicom match dcmtk's rendering with the same window", async (t) => {
-  try {
-    await Deno.stat(CORPUS);
-  } catch {
-    unavailable(t, "../shared/dicom", "the shared corpus must sit beside the repository");
-    return;
-  }
+Deno.test("rendered images of tests/testdata/pydicom match dcmtk's rendering with the same window", async (t) => {
   for (const tool of ["dcm2pnm", "dcmj2pnm", "dcml2pnm", "dcmodify"]) {
     if (!await has(tool)) {
       unavailable(t, `dcmtk (${tool})`, "apt-get install dcmtk");

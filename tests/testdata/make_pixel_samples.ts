@@ -1,5 +1,5 @@
 /**
- * Makes the small compressed samples in this folder from files of ../shared/dicom (public test data):
+ * Makes the small compressed samples in this folder from files of tests/testdata/pydicom (public test data):
  *
  * - `htj2k_lossless_ct.dcm`: CT_small.dcm (128×128, 16-bit signed) as HTJ2K Lossless (1.2.840.10008.1.2.4.201)
  * - `htj2k_rpcl_rgb.dcm`: SC_rgb_rle_2frame.dcm (2 frames, 100×100 RGB) as HTJ2K RPCL lossless (.202), YBR_RCT
@@ -25,7 +25,7 @@ import {
 } from "../../lib/imaging/pixel_transcode.ts";
 import { getNumber, type Part10Header } from "../../lib/dicom/dataset.ts";
 
-const CORPUS = new URL("../../../shared/dicom/files/", import.meta.url);
+const CORPUS = new URL("./pydicom/files/", import.meta.url);
 const OUT = new URL("./", import.meta.url);
 
 /** A native (ELE) instance's header and frames. */
