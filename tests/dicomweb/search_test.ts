@@ -460,7 +460,7 @@ Deno.test("Admin: POST /admin/index starts a crawl (202), GET reports progress a
 
 Deno.test({
   name: "QIDO over the pydicom corpus: every readable file is searchable, unreadable ones are reported",
-  async fn(t) {
+  async fn() {
     const corpus = await pydicomCorpus();
     const shared = await searchServer(corpus, { aet: "SHARED" });
     try {

@@ -257,7 +257,7 @@ Deno.test("encodeJpeg() writes baseline JPEGs libjpeg-turbo decodes, large and t
   }
 });
 
-Deno.test("renderAttributes() reads window, rescale and VOI LUT function, per frame for enhanced objects", async (t) => {
+Deno.test("renderAttributes() reads window, rescale and VOI LUT function, per frame for enhanced objects", async () => {
   const ct = await parseObject(await Deno.readFile(new URL("htj2k_lossless_ct.dcm", TESTDATA)), "ct");
   const attrs = renderAttributes(ct);
   assert.equal(attrs.rescaleSlope, 1);
