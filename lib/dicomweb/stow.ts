@@ -14,15 +14,24 @@
  * written, not at a later garbage collection. Whether a write replaces an instance is asked before it: with
  * a HEAD, or for the second and later instances of a series in one request from one listing of the series.
  *
- * Status codes used in the response (PS3.18 I.2, PS3.4 B.2.3, PS3.7 C):
+ * An instance already stored is never overwritten. When its key exists, the part is compared with the stored
+ * object as it arrives instead of being written: the same bytes are a success (listed in the
+ * ReferencedSOPSequence like any stored instance, so a client's retry is idempotent), different bytes a
+ * failure with reason `0111`. PS3.18 leaves the policy to the server; this is what the Azure DICOM service
+ * and dcm4chee (by default) do, and it keeps a bucket's objects immutable under their keys. The importer may
+ * replace (`Ingest` with `overwrite`); STOW-RS never does.
+ *
+ * Status codes used in the response (PS3.18 10.5.3 Table 10.5.3-1, I.2, PS3.4 B.2.3, PS3.7 C):
+ * - HTTP: 200 every part stored; 202 some stored and some not (or with a note); 400 nothing stored and every
+ *   part was not understood (not Part 10, malformed, missing required attributes: SOP Class/Instance,
+ *   Study/Series Instance UID); 409 nothing stored and at least one part failed for another reason (a
+ *   conflict with a stored instance, a study other than the URL's, a store failure); 413 over
+ *   `STOW_MAX_BYTES`; 415 not `multipart/related; type="application/dicom"`.
  * - Failure Reason (0008,1197): `C000` cannot understand (not Part 10, malformed, missing or invalid UIDs,
- *   cut short), `0110` processing failure (the study is not the one of the URL, or the store failed), `A700`
- *   out of resources (a deflated part or a header too large to check in bounded memory, the request above
- *   `STOW_MAX_BYTES`). All SOP Classes are stored, so `0122` is never sent.
- * - Warning Reason (0008,1196) `0111`: the instance replaced a stored one with the same SOP Instance UID.
- *   PS3.18 I.2.1 defines only B000 (coercion), B006 (elements discarded) and B007 (does not match the SOP
- *   Class), none of which is true here, and lets other issues use other codes; 0111 is "Duplicate SOP
- *   Instance" in PS3.7 C.5. Each such instance also gets a `Warning: 299` header saying it was replaced.
+ *   cut short), `0111` duplicate SOP Instance with different content (PS3.7 C.5), `0110` processing failure
+ *   (the study is not the one of the URL, or the store failed), `A700` out of resources (a deflated part or
+ *   a header too large to check in bounded memory, the request above `STOW_MAX_BYTES`). All SOP Classes are
+ *   stored, so `0122` is never sent.
  *
  * @module
  */
@@ -51,6 +60,8 @@ export interface StowOptions {
    * are held in memory, read and checked ahead of their write.
    */
   concurrency?: number;
+  /** Replace a stored object that differs instead of refusing it (the importer's `--overwrite`). */
+  overwrite?: boolean;
 }
 
 const MIB = 1024 * 1024;
@@ -73,12 +84,14 @@ export class Ingest {
   #services: Services;
   #bufferBytes: number;
   #gates: Gates;
+  #overwrite: boolean;
   #batches = new Map<string, CatalogBatch>();
 
   /** An ingest over `services`, with its own write gates (see {@linkcode StowOptions}). */
   constructor(services: Services, options: StowOptions = {}) {
     this.#services = services;
     this.#bufferBytes = options.bufferBytes ?? MIB;
+    this.#overwrite = options.overwrite ?? false;
     const concurrency = Math.max(1, options.concurrency ?? services.config.s3Concurrency);
     this.#gates = { held: new Gate(2 * concurrency), writes: new Gate(concurrency) };
   }
@@ -96,6 +109,7 @@ export class Ingest {
       bufferBytes: this.#bufferBytes,
       gates: this.#gates,
       catalog: this.#batch(aet, bucket),
+      overwrite: this.#overwrite,
     });
     await job.run(parts);
     return { outcomes: job.outcomes, abort: job.abort };

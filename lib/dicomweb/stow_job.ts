@@ -44,6 +44,17 @@ export interface JobOptions {
   gates: Gates;
   /** Where stored instances wait for the catalog (none without a catalog). */
   catalog?: CatalogBatch;
+  /** Replace a stored object that differs (default: refuse it as a conflict, write nothing). */
+  overwrite?: boolean;
+}
+
+/** What one write did: the object now stored, its header, and whether it was there before. */
+interface Written {
+  info: ObjectInfo;
+  header: Part10Header;
+  replaced: boolean;
+  /** The same bytes were stored already: nothing was written. */
+  duplicate: boolean;
 }
 
 /** One STOW-RS request: reads the parts, writes them, and builds the response. */
@@ -164,13 +175,17 @@ export class StowJob {
         const { store } = this.#services;
         const { bucket } = this.#options;
         const replaced = await this.#exists(key);
+        if (replaced && !this.#options.overwrite) {
+          const stored = await this.#compare(key, singleChunk(bytes), id);
+          return { info: stored, header, replaced: false, duplicate: true };
+        }
         await gates.writes.enter();
         try {
           const info = await store.put(bucket, key, bytes, {
             size: bytes.byteLength,
             contentType: "application/dicom",
           });
-          return { info, header, replaced };
+          return { info, header, replaced, duplicate: false };
         } finally {
           gates.writes.leave();
         }
@@ -260,6 +275,21 @@ export class StowJob {
           await body.cancel(error).catch(() => {});
           throw error;
         }
+        if (replaced && !this.#options.overwrite) {
+          // compared as it arrives, never written: the same bytes are a success, others a conflict
+          let stored: ObjectInfo;
+          try {
+            stored = await this.#compare(key, body, id);
+          } catch (error) {
+            if (sourceError) throw incomplete(sourceError.error, index, id);
+            throw error;
+          }
+          const header = verified ?? await readHeader(
+            streamedSource(name, stored.size, prefix, tail, check.recorded, { store, bucket, key }),
+            { ...this.#parseOptions(), initialBytes: prefix.byteLength },
+          );
+          return { info: stored, header, replaced: false, duplicate: true };
+        }
         let info: ObjectInfo;
         await this.#options.gates.writes.enter();
         try {
@@ -288,7 +318,7 @@ export class StowJob {
             throw error;
           }
         }
-        return { info, header, replaced };
+        return { info, header, replaced, duplicate: false };
       },
       id,
       index,
@@ -319,6 +349,34 @@ export class StowJob {
     return (await store.head(bucket, key)) !== null;
   }
 
+  /**
+   * Reads `incoming` to its end beside the stored object under `key`: resolves to the stored object's info
+   * when both hold the same bytes, else throws a conflict {@linkcode Refusal} (nothing is written either way).
+   */
+  async #compare(key: string, incoming: ReadableStream<Uint8Array>, id: Identity): Promise<ObjectInfo> {
+    const { store } = this.#services;
+    const { bucket } = this.#options;
+    const stored = await store.get(bucket, key);
+    if (!stored) { // deleted meanwhile: nothing to compare with, so nothing is stored either; ask again
+      await incoming.cancel().catch(() => {});
+      throw new Refusal(
+        FAILURE.processing,
+        `Instance ${id.sop} was removed from ${key} while this request compared it: send it again`,
+        id,
+      );
+    }
+    const same = await sameBytes(incoming, stored.body);
+    if (!same) {
+      throw new Refusal(
+        FAILURE.conflict,
+        `Instance ${id.sop} is stored already with different content (${key}): nothing was overwritten. ` +
+          "Delete the stored instance first, or give the new object its own SOP Instance UID",
+        id,
+      );
+    }
+    return stored.info;
+  }
+
   #parseOptions() {
     return { bulkThreshold: this.#services.config.bulkDataThreshold, maxInflatedBytes: 256 * MIB };
   }
@@ -342,7 +400,7 @@ export class StowJob {
    */
   #serialised(
     key: string,
-    write: (key: string) => Promise<{ info: ObjectInfo; header: Part10Header; replaced: boolean }>,
+    write: (key: string) => Promise<Written>,
     id: Identity,
     index: number,
   ): Promise<void> {
@@ -374,7 +432,14 @@ export class StowJob {
         note = `is stored but not yet searchable: ${why}`;
         this.#services.log?.(`stow: cannot catalog ${this.#options.bucket}/${key}: ${why}`);
       }
-      this.#outcomes.push({ stored: true, index, ...id, replaced: result.replaced, note });
+      this.#outcomes.push({
+        stored: true,
+        index,
+        ...id,
+        replaced: result.replaced,
+        duplicate: result.duplicate,
+        note,
+      });
     }).finally(() => {
       this.#inFlight.delete(run);
       if (this.#byKey.get(key) === run) this.#byKey.delete(key);
@@ -421,6 +486,67 @@ export class StowJob {
   /** Why reading the parts stopped early, if it did (an `HttpError` the response reports). */
   get abort(): unknown {
     return this.#abort;
+  }
+}
+
+/** A stream of one chunk. */
+function singleChunk(bytes: Uint8Array): ReadableStream<Uint8Array> {
+  return new ReadableStream({
+    start(controller) {
+      controller.enqueue(bytes);
+      controller.close();
+    },
+  });
+}
+
+/**
+ * Whether two streams deliver the same bytes. Both are read to their end when they agree; on the first
+ * difference both are cancelled (the incoming one reads on to its end, so its checks still run).
+ */
+async function sameBytes(a: ReadableStream<Uint8Array>, b: ReadableStream<Uint8Array>): Promise<boolean> {
+  const ra = a.getReader();
+  const rb = b.getReader();
+  let ca: Uint8Array = new Uint8Array(0);
+  let cb: Uint8Array = new Uint8Array(0);
+  let same = true;
+  try {
+    while (true) {
+      if (ca.length === 0) {
+        const next = await ra.read();
+        if (next.done) break;
+        ca = next.value;
+        continue;
+      }
+      if (cb.length === 0) {
+        const next = await rb.read();
+        if (next.done) {
+          same = false;
+          break;
+        }
+        cb = next.value;
+        continue;
+      }
+      const n = Math.min(ca.length, cb.length);
+      for (let i = 0; i < n; i++) {
+        if (ca[i] !== cb[i]) {
+          same = false;
+          break;
+        }
+      }
+      if (!same) break;
+      ca = ca.subarray(n);
+      cb = cb.subarray(n);
+    }
+    if (same && cb.length === 0) same = (await rb.read()).done === true;
+    else if (same) same = false;
+    if (!same) {
+      // the incoming part is read on (its structure checks still run) but not compared any more
+      while (!(await ra.read()).done) { /* drained */ }
+    }
+    return same;
+  } finally {
+    await rb.cancel().catch(() => {});
+    ra.releaseLock();
   }
 }
 

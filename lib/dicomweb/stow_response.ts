@@ -11,6 +11,8 @@ import { warningHeader } from "./services.ts";
 /** Failure Reason (0008,1197) values. */
 export const FAILURE = {
   processing: 0x0110,
+  /** Duplicate SOP Instance (PS3.7 C.5.x "0111"): a different object is stored under the SOP Instance UID. */
+  conflict: 0x0111,
   outOfResources: 0xa700,
   cannotUnderstand: 0xc000,
 } as const;
@@ -32,8 +34,10 @@ export interface Stored {
   study: string;
   /** Series Instance UID (0020,000E). */
   series: string;
-  /** Whether it replaced a stored object under the same key. */
+  /** Whether it replaced a stored object under the same key (only with `overwrite`). */
   replaced: boolean;
+  /** The same bytes were stored already: nothing was written (a retry, or a second copy). */
+  duplicate?: boolean;
   /** Something to tell the client about it. */
   note?: string;
 }

@@ -17,7 +17,7 @@ import { buildInstance, CORPUS_DIR, md5, pydicomCorpus } from "../_corpus.ts";
 import { boundaryOf, parseMultipart } from "../_multipart_parser.ts";
 import { observe } from "../_stores.ts";
 import { Part10Check } from "../../lib/dicom/part10_check.ts";
-import { FAILURE, WARNING_REPLACED } from "../../lib/dicomweb/stow_response.ts";
+import { FAILURE } from "../../lib/dicomweb/stow_response.ts";
 import { testHandler } from "../_server.ts";
 import type { Part10Header } from "../../lib/dicom/dataset.ts";
 import { concatBytes } from "../../lib/util/bytes.ts";
@@ -487,51 +487,59 @@ Deno.test("STOW-RS responses", async (t) => {
     },
   );
 
-  await t.step(
-    "storing a SOP Instance UID again replaces it, with Warning Reason 0111 and a Warning header",
-    async () => {
-      const app = makeApp(new MemoryStore([BUCKET]));
-      assert.equal(
-        (await app.handler(stowRequest(`/aets/${AET}/studies`, [{ bytes: inst(1) }]))).status,
-        200,
-      );
-      const newer = inst(1, { patientName: "Other^Name" });
-      const res = await result(
-        await app.handler(stowRequest(`/aets/${AET}/studies`, [{ bytes: newer }, { bytes: inst(2) }])),
-      );
-      assert.equal(res.status, 202);
-      assert.deepEqual(res.stored.map((i) => i.warning), [WARNING_REPLACED, undefined]);
-      assert.equal(WARNING_REPLACED, 0x0111);
-      assert.match(
-        res.warnings[0],
-        /^299 localhost "Part 1: instance 2\.25\.77\.1\.1 replaced the stored instance/,
-      );
-      assert.equal(await md5((await objectBytes(app.store, keyOf(1)))!), await md5(newer));
-      assert.equal(app.recorded.filter((r) => r.info.key === keyOf(1)).length, 2);
-    },
-  );
+  for (const [how, bufferBytes] of [["read whole", undefined], ["streamed", 256]] as const) {
+    await t.step(
+      `storing an instance again (${how}): the same bytes are a 200 success, others a 409 with 0111, nothing overwritten`,
+      async () => {
+        const store = observe(new MemoryStore([BUCKET]));
+        const app = makeApp(store, { bufferBytes });
+        const first = inst(1);
+        assert.ok(bufferBytes === undefined || first.length > bufferBytes);
+        assert.equal((await app.stow(stowRequest(`/aets/${AET}/studies`, [{ bytes: first }]))).status, 200);
+        store.calls.length = 0;
+        const again = await result(await app.stow(stowRequest(`/aets/${AET}/studies`, [{ bytes: first }])));
+        assert.equal(again.status, 200);
+        assert.deepEqual(again.stored.map((i) => [i.sop, i.warning]), [[`${SERIES}.1`, undefined]]);
+        assert.deepEqual(again.warnings, []);
+        assert.deepEqual(store.calls.filter((c) => c.startsWith("put ")), [], "a retry writes nothing");
+
+        const newer = first.slice();
+        newer[newer.length - 1] ^= 0xff; // same size, one pixel byte different
+
+        const res = await result(await app.stow(stowRequest(`/aets/${AET}/studies`, [{ bytes: newer }])));
+        assert.equal(res.status, 409);
+        assert.deepEqual(res.failed.map((i) => [i.sop, i.failure]), [[`${SERIES}.1`, FAILURE.conflict]]);
+        assert.equal(FAILURE.conflict, 0x0111);
+        assert.match(res.warnings[0], /is stored already with different content/);
+        const longer = inst(1, { pixelBytes: 4000 });
+        const mixed = await result(
+          await app.stow(stowRequest(`/aets/${AET}/studies`, [{ bytes: longer }, { bytes: inst(2) }])),
+        );
+        assert.equal(mixed.status, 202);
+        assert.deepEqual(mixed.failed.map((i) => i.failure), [FAILURE.conflict]);
+        assert.deepEqual(mixed.stored.map((i) => i.sop), [`${SERIES}.2`]);
+        assert.equal(await md5((await objectBytes(app.store, keyOf(1)))!), await md5(first));
+      },
+    );
+  }
 
   await t.step(
-    "one SOP Instance UID twice in a request: written in request order, the last one wins",
+    "one SOP Instance UID twice in a request: the first is stored, an identical copy is a success, others conflict",
     async () => {
       const app = makeApp(new MemoryStore([BUCKET]));
-      const versions = [1, 2, 3, 4].map((v) => inst(1, { patientName: `V${v}^X` }));
+      const versions = [1, 2, 1].map((v) => inst(1, { patientName: `V${v}^X` }));
       const res = await result(
         await app.handler(stowRequest(`/aets/${AET}/studies`, versions.map((bytes) => ({ bytes })))),
       );
       assert.equal(res.status, 202);
-      assert.deepEqual(res.stored.map((i) => i.warning), [
-        undefined,
-        WARNING_REPLACED,
-        WARNING_REPLACED,
-        WARNING_REPLACED,
-      ]);
-      assert.equal(await md5((await objectBytes(app.store, keyOf(1)))!), await md5(versions[3]));
+      assert.deepEqual(res.stored.map((i) => i.warning), [undefined, undefined]);
+      assert.deepEqual(res.failed.map((i) => i.failure), [FAILURE.conflict]);
+      assert.equal(await md5((await objectBytes(app.store, keyOf(1)))!), await md5(versions[0]));
     },
   );
 
   await t.step(
-    "replacements are found with one HEAD and one listing per series, not a HEAD per instance",
+    "stored instances are found with one HEAD and one listing per series, not a HEAD per instance",
     async () => {
       const store = observe(new MemoryStore([BUCKET]));
       const app = makeApp(store);
@@ -542,16 +550,11 @@ Deno.test("STOW-RS responses", async (t) => {
           stowRequest(`/aets/${AET}/studies`, [1, 2, 3, 4, 5, 2].map((n) => ({ bytes: inst(n) }))),
         ),
       );
-      assert.deepEqual(res.stored.map((i) => [i.sop, i.warning]), [
-        [`${SERIES}.1`, undefined],
-        [`${SERIES}.2`, WARNING_REPLACED],
-        [`${SERIES}.3`, undefined],
-        [`${SERIES}.4`, WARNING_REPLACED],
-        [`${SERIES}.5`, undefined],
-        [`${SERIES}.2`, WARNING_REPLACED],
-      ]);
+      assert.equal(res.status, 200);
+      assert.deepEqual(res.stored.map((i) => i.sop), [1, 2, 3, 4, 5, 2].map((n) => `${SERIES}.${n}`));
       assert.equal(store.calls.filter((c) => c.startsWith("head ")).length, 1);
       assert.deepEqual(store.calls.filter((c) => c.startsWith("list ")), [`list ${STUDY}/${SERIES}/`]);
+      assert.equal(store.calls.filter((c) => c.startsWith("put ")).length, 3, "only 1, 3 and 5 are new");
     },
   );
 
