@@ -215,6 +215,3 @@ export function hasCommand(name: string): boolean {
     return false;
   }
 }
-
-/** Whether the oracle tools must be there (CI=true): missing tools then fail instead of skipping. */
-export const IN_CI = Deno.env.get("CI") === "true";

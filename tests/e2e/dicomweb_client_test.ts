@@ -4,9 +4,10 @@
  * metadata, frames, bulkdata and store. The library speaks XMLHttpRequest: tests/_xhr_polyfill.ts
  * provides it on top of fetch. Expected values come from parsing the files with dcmjs, not from our code.
  *
- * Needs `npm ci --prefix tools/e2e` and tests/testdata/pydicom: fails without them under CI=true, else skipped.
+ * Needs `npm ci --prefix tools/e2e` (deno task test installs it): fails without it under CI=true, else skipped.
  */
 
+import { skipBecause } from "../_skip.ts";
 import assert from "node:assert/strict";
 import dcmjs from "dcmjs";
 import { parseConfig } from "../../lib/config/config.ts";
@@ -18,7 +19,6 @@ import { startS3 } from "../_s3server.ts";
 import { installXhrPolyfill } from "../_xhr_polyfill.ts";
 
 const AET = "CLIENT";
-const CI = Deno.env.get("CI") === "true";
 const LIBRARY = new URL(
   "../../tools/e2e/node_modules/dicomweb-client/build/dicomweb-client.es.js",
   import.meta.url,
@@ -125,11 +125,11 @@ async function requirements(corpus: CorpusFile[]): Promise<string | undefined> {
 
 const corpus = await pydicomCorpus();
 const missing = await requirements(corpus);
-if (missing && !CI) console.log(`Skipping the dicomweb-client test: ${missing}`);
+if (missing) skipBecause("the dicomweb-client test", missing);
 
 Deno.test({
   name: "dicomweb-client searches, retrieves, reads metadata, frames and bulkdata, and stores",
-  ignore: missing !== undefined && !CI,
+  ignore: missing !== undefined,
   sanitizeResources: false, // s3rver's pipes close asynchronously
   sanitizeOps: false,
   async fn(t) {

@@ -11,6 +11,7 @@
  * printed) elsewhere.
  */
 
+import { skipBecause } from "../_skip.ts";
 import assert from "node:assert/strict";
 import { AetRegistry } from "../../lib/objects/aets.ts";
 import { parseConfig } from "../../lib/config/config.ts";
@@ -36,7 +37,6 @@ const AET = "OHIF";
 const OTHER_AET = "OTHER";
 const ARTIFACTS = new URL("../.artifacts/ohif/", import.meta.url);
 const TOKEN = "e2e-token-123";
-const CI = Deno.env.get("CI") === "true";
 
 /** The studies, by the file names of tests/testdata/pydicom, with what OHIF's study list must show. */
 const STUDIES = [
@@ -176,7 +176,7 @@ async function missingRequirements(corpus: CorpusFile[]): Promise<string | undef
 
 const corpus = await pydicomCorpus();
 const missing = await missingRequirements(corpus);
-if (missing && !CI) console.log(`Skipping the OHIF end-to-end test: ${missing}`);
+if (missing) skipBecause("the OHIF end-to-end test", missing);
 
 // --- pieces that need no browser ------------------------------------------------------------------
 
@@ -777,7 +777,7 @@ async function checkThumbnailMode(
 
 Deno.test({
   name: "OHIF Viewer lists, filters and opens studies from S3, cross-origin and same-origin; thumbnails",
-  ignore: missing !== undefined && !CI,
+  ignore: missing !== undefined,
   sanitizeResources: false, // s3rver's and the browser driver's pipes close asynchronously
   sanitizeOps: false,
   async fn(t) {

@@ -3,9 +3,10 @@
  * real S3 server: Orthanc searches us (QIDO-RS), retrieves a study from us (WADO-RS) and pushes one to us
  * (STOW-RS); instances arrive byte-identical (compared by SOP Instance UID, whole-file and Pixel Data hashes).
  *
- * Needs Orthanc and tests/testdata/pydicom: fails without them under CI=true, else skipped with the reason printed.
+ * Needs Orthanc: fails without it under CI=true, else skipped with the reason printed.
  */
 
+import { skipBecause } from "../_skip.ts";
 import assert from "node:assert/strict";
 import dcmjs from "dcmjs";
 import { parseConfig } from "../../lib/config/config.ts";
@@ -18,7 +19,6 @@ import { orthancMissing, startOrthanc } from "../_orthanc.ts";
 import { startS3 } from "../_s3server.ts";
 
 const AET = "ORTHANC";
-const CI = Deno.env.get("CI") === "true";
 /** In our bucket for Orthanc to retrieve: a CT, and a JPEG + multiframe RLE study. */
 const OURS = ["CT_small.dcm", "SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_rle_2frame.dcm"];
 /** Given to Orthanc to push to us: one NM series, JPEG 2000 and 12-bit JPEG. */
@@ -34,7 +34,7 @@ const missing = await (async () => {
   if (absent.length > 0) problems.push(`tests/testdata/pydicom lacks ${absent.join(", ")}`);
   return problems.length > 0 ? problems.join("; ") : undefined;
 })();
-if (missing && !CI) console.log(`Skipping the Orthanc end-to-end test: ${missing}`);
+if (missing) skipBecause("the Orthanc end-to-end test", missing);
 
 const file = (name: string) => corpus.find((f) => f.name === name)!;
 const uidsOf = (f: CorpusFile) => {
@@ -68,7 +68,7 @@ function sopOf(bytes: Uint8Array): string {
 
 Deno.test({
   name: "Orthanc searches, retrieves from and stores to us over DICOMweb, byte-identical",
-  ignore: missing !== undefined && !CI,
+  ignore: missing !== undefined,
   sanitizeResources: false, // s3rver's and Orthanc's pipes close asynchronously
   sanitizeOps: false,
   async fn(t) {

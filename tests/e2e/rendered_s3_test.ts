@@ -321,11 +321,7 @@ Deno.test("createHandler() serves decoded frames, transcoded instances and rende
     });
     await t.step("frames as application/octet-stream (no transfer-syntax) are decoded", async () => {
       const response = await get(`${pathOf("SC_rgb_rle_2frame.dcm")}/frames/1,2`, OHIF_ACCEPT);
-      if (response.status === 406) {
-        await response.body?.cancel();
-        console.log("  lib/dicomweb/frames_bulkdata.ts does not decode frames yet: skipped");
-        return;
-      }
+      assert.equal(response.status, 200);
       const parts = await partsOf(response);
       assert.equal(parts.length, 2);
       assert.equal(
@@ -350,12 +346,7 @@ Deno.test("createHandler() serves decoded frames, transcoded instances and rende
           'multipart/related; type="application/dicom"',
         );
         const [part] = await partsOf(response);
-        if (part.headers["content-type"] !== "application/dicom; transfer-syntax=1.2.840.10008.1.2.1") {
-          console.log(
-            "  lib/dicom/transfer_syntax.ts / lib/app/handler.ts do not transcode compressed instances yet: skipped",
-          );
-          return;
-        }
+        assert.equal(part.headers["content-type"], "application/dicom; transfer-syntax=1.2.840.10008.1.2.1");
         const back = await parseObject(part.body, "decoded");
         assert.equal(back.transferSyntaxUid, "1.2.840.10008.1.2.1");
         assert.equal(back.pixelData?.encapsulated, false);

@@ -5,6 +5,7 @@
  * lossy: PSNR-bounded. Skips with a reason when the tools are missing, except under CI=true.
  */
 
+import { skipFor } from "../_skip.ts";
 import assert from "node:assert/strict";
 import { type DecodedFrame, decodeFrame, type FrameDescription } from "../../lib/codecs/mod.ts";
 import { decodeRle } from "../../lib/codecs/rle.ts";
@@ -19,16 +20,13 @@ import { decodeInstance } from "../../lib/imaging/pixel_transcode.ts";
 import { LOSSY_SYNTAXES } from "../../lib/dicom/transfer_syntax.ts";
 import { getString, type Part10Header } from "../../lib/dicom/dataset.ts";
 
-const CI = Deno.env.get("CI") === "true";
 const CORPUS = new URL("../testdata/pydicom/files/", import.meta.url);
 const TESTDATA = new URL("../testdata/", import.meta.url);
 const inline = new CodecPool({ size: 0 });
 
 /** Skips (prints why) or, under CI=true, fails saying what to install. */
 function unavailable(t: Deno.TestContext, what: string, install: string): boolean {
-  if (CI) throw new Error(`${what} is missing under CI=true: ${install}`);
-  console.log(`  skipping "${t.name}": ${what} is missing (${install})`);
-  return true;
+  return skipFor(t.name, what, install);
 }
 
 async function has(command: string, args = ["--version"]): Promise<boolean> {

@@ -4,6 +4,7 @@
  * is touched, unknown and forbidden AETs alike, `GET /aets` filtered, health and preflights open.
  */
 
+import { skipFor } from "../_skip.ts";
 import assert from "node:assert/strict";
 import { HttpError } from "../../lib/http/errors.ts";
 import { MemoryStore } from "../../lib/store/memory_store.ts";
@@ -753,7 +754,7 @@ Deno.test("TLS straight from Deno.serve with TLS_CERT_FILE / TLS_KEY_FILE", asyn
   try {
     const made = await makeTestCertificates(dir);
     if (!made) {
-      console.log("openssl is not available: TLS round trip skipped");
+      skipFor(t.name, "openssl", "apt-get install openssl");
       return;
     }
     await t.step("loadTls() explains unreadable and non-PEM files", async () => {

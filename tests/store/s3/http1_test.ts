@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { skipFor } from "../../_skip.ts";
 import { createHash } from "node:crypto";
 import { Http1Client } from "../../../lib/store/s3/http1.ts";
 import { eventually } from "../../_stores.ts";
@@ -361,7 +362,7 @@ Deno.test("Http1Client sends whole bodies over kept-alive connections", async (t
     const dir = await Deno.makeTempDir({ prefix: "http1-tls-" });
     try {
       if (!(await makeTestCertificates(dir))) {
-        console.log("openssl is not available: TLS step skipped");
+        skipFor(t.name, "openssl", "apt-get install openssl");
         return;
       }
       const seen: string[] = [];
