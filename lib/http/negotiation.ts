@@ -21,8 +21,12 @@ export interface MediaRange {
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 
 /**
- * Parses an Accept header. Throws a `SyntaxError` naming the problem when it is malformed.
- * An absent or empty header means `* / *`.
+ * Parses an Accept header. An absent or empty header means `* / *`.
+ *
+ * Liberal where the meaning is clear, as clients really send it: q-values like `q=.2`, `q=1.` or `q=0.50000`
+ * (above 1 counts as 1), a bare `*` for `* / *` (Java's default header), a parameter without a value (ignored),
+ * the same range twice, empty list elements. Throws a `MalformedError` naming the problem only for what
+ * cannot be understood at all: a range without a subtype, a quoted value left open, a q that is not a number.
  *
  * @example
  * ```ts
@@ -60,13 +64,17 @@ export function parseAccept(header: string | null | undefined): MediaRange[] {
     }
     if (i >= s.length) break;
     const type = readToken("media type").toLowerCase();
-    if (s[i] !== "/") {
-      throw new MalformedError(
-        `Malformed Accept header: "${type}" has no "/subtype" in ${JSON.stringify(s)}`,
-      );
+    let subtype: string;
+    if (type === "*" && s[i] !== "/") subtype = "*"; // "*" alone: Java's HttpURLConnection sends "*; q=.2"
+    else {
+      if (s[i] !== "/") {
+        throw new MalformedError(
+          `Malformed Accept header: "${type}" has no "/subtype" in ${JSON.stringify(s)}`,
+        );
+      }
+      i++;
+      subtype = readToken("media subtype").toLowerCase();
     }
-    i++;
-    const subtype = readToken("media subtype").toLowerCase();
     if (type === "*" && subtype !== "*") {
       throw new MalformedError(`Malformed Accept header: "*/${subtype}" is not a valid media range`);
     }
@@ -79,11 +87,7 @@ export function parseAccept(header: string | null | undefined): MediaRange[] {
       if (i >= s.length || s[i] === "," || s[i] === ";") continue; // tolerate empty parameter
       const name = readToken("parameter name").toLowerCase();
       skipSpace();
-      if (s[i] !== "=") {
-        throw new MalformedError(
-          `Malformed Accept header: parameter "${name}" has no value in ${JSON.stringify(s)}`,
-        );
-      }
+      if (s[i] !== "=") continue; // a parameter without a value says nothing: ignored
       i++;
       skipSpace();
       let value: string;
@@ -113,10 +117,11 @@ export function parseAccept(header: string | null | undefined): MediaRange[] {
         }
       }
       if (name === "q") {
-        if (!/^(?:0(?:\.\d{0,3})?|1(?:\.0{0,3})?)$/.test(value)) {
+        // RFC 9110 says 0, 0.x to three digits, or 1; clients send ".2", "1." and "0.50000" too
+        if (!/^(?:\d+\.?\d*|\.\d+)$/.test(value)) {
           throw new MalformedError(`Malformed Accept header: q=${value} is not a number between 0 and 1`);
         }
-        q = Number(value);
+        q = Math.min(1, Number(value));
       } else {
         params[name] = value;
       }

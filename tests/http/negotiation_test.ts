@@ -82,14 +82,31 @@ Deno.test("parseAccept()", async (t) => {
     malformed("*/dicom");
   });
 
-  await t.step("throws a SyntaxError on bad q-values", () => {
-    for (const q of ["abc", "1.5", "2", "-1", ".5", "0.1234", "1.001", ""]) {
-      malformed(`application/dicom; q=${q}`);
-    }
+  await t.step("reads q-values as clients send them: .2, 1., 0.50000; above 1 counts as 1", () => {
+    const q = (value: string) => parseAccept(`application/dicom; q=${value}`)[0].q;
+    assert.deepEqual(
+      [".2", "1.", "0.50000", "0.1234", "1.001", "2", "0.", "00.5"].map(q),
+      [0.2, 1, 0.5, 0.1234, 1, 1, 0, 0.5],
+    );
   });
 
-  await t.step("throws a SyntaxError on a parameter without a value or junk after a range", () => {
-    malformed("application/dicom; charset");
+  await t.step("throws a SyntaxError on q-values that are not numbers", () => {
+    for (const q of ["abc", "-1", "", "high", "1.2.3", "0x1"]) malformed(`application/dicom; q=${q}`);
+  });
+
+  await t.step("ignores a parameter without a value; reads a bare * as */*", () => {
+    assert.deepEqual(parseAccept("application/dicom; charset")[0].params, {});
+    assert.deepEqual(parseAccept("application/dicom;;x;q=0.5")[0], {
+      type: "application/dicom".split("/")[0],
+      subtype: "dicom",
+      params: {},
+      q: 0.5,
+    });
+    const java = parseAccept("text/html, image/gif, image/jpeg, *; q=.2, */*; q=.2");
+    assert.deepEqual(java.slice(3).map((r) => [r.type, r.subtype, r.q]), [["*", "*", 0.2], ["*", "*", 0.2]]);
+  });
+
+  await t.step("throws a SyntaxError on junk after a range", () => {
     malformed("application/dicom garbage");
     malformed("application/dicom; a=b c");
   });
