@@ -160,6 +160,13 @@ class DatasetParser {
         }
       } else {
         if (valueOffset + length > limit) {
+          if (isTopPixel && limit === r.size) {
+            // Pixel Data declared longer than the object (a file cut short, or a wrong length): everything
+            // before it is whole, so the header stands; reading the pixels fails, naming the object.
+            this.pixel = { tag, vr, offset: valueOffset, length };
+            elements.set(tag, { tag, vr, offset: valueOffset, length });
+            return { dataset: result(), end: limit };
+          }
           r.fail(`element ${formatTag(tag)} length ${length} runs past the end at offset ${valueOffset}`);
         }
         p = valueOffset + length;

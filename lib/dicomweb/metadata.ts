@@ -2,6 +2,14 @@
  * WADO-RS metadata (PS3.18 10.4.1.1.2, Annex F): study, series and instance `/metadata` as
  * `application/dicom+json`, built from headers read with ranged GETs and cached by ETag.
  *
+ * No instance is dropped silently. An instance whose pixel data is cut short is listed like any other (its
+ * header is whole). An object whose header cannot be read at all does not fail a study's or series' metadata:
+ * the others are served, the object is logged and recorded in the catalog as failed (counted by
+ * `GET /admin/index`), and a `Warning: 299` names what is left out. The response streams, so the warning can
+ * name only what is known before its first byte: objects the catalog already records as unreadable, and
+ * those found while the first instance was being read; one found later is logged and recorded, and named from
+ * the next request on.
+ *
  * @module
  */
 
@@ -10,7 +18,7 @@ import { loadHeader } from "../objects/header_cache.ts";
 import { HttpError } from "../http/errors.ts";
 import { ahead } from "../objects/open_instance.ts";
 import type { Handler, RouteContext } from "../http/router.ts";
-import { bucketOf, readAheadOf, type Services } from "./services.ts";
+import { bucketOf, readAheadOf, type Services, warningHeader } from "./services.ts";
 import type { ObjectInfo } from "../store/store.ts";
 import { instanceKey, parseInstanceKey, seriesPrefix, studyPrefix } from "../dicom/uid.ts";
 import { publicBase } from "../http/urls.ts";
@@ -66,6 +74,16 @@ export function metadataHandlers(services: Services): MetadataHandlers {
     const abort = new AbortController();
     const single = target.instance !== undefined;
     let skipped: CorruptObjectError | undefined;
+    /** Objects left out, by key: the catalog's known unreadable ones in the scope, then those found now. */
+    const leftOut = new Map<string, string>();
+    if (!single) {
+      const prefix = target.series === undefined
+        ? studyPrefix(target.study)
+        : seriesPrefix(target.study, target.series);
+      for (const problem of await services.catalog?.failures(target.aet).catch(() => []) ?? []) {
+        if (problem.key.startsWith(prefix)) leftOut.set(problem.key, problem.error);
+      }
+    }
     // The listing's first page is asked for now, so it is on its way while the catalog answers.
     const iterator = infos[Symbol.asyncIterator]();
     const firstInfo = iterator.next();
@@ -99,6 +117,8 @@ export function metadataHandlers(services: Services): MetadataHandlers {
           if (single || !(error instanceof CorruptObjectError)) throw error;
           services.log?.(`metadata: skipping ${bucket}/${info.key}: ${error.message}`);
           skipped = error;
+          leftOut.set(info.key, error.message);
+          services.catalog?.recordFailure(target.aet, info, error.message).catch(() => {});
           return null;
         }
       },
@@ -118,6 +138,20 @@ export function metadataHandlers(services: Services): MetadataHandlers {
       throw error;
     }
     if (first.done) throw skipped ?? new HttpError(404, notFound);
+    const headers = new Headers({ "content-type": "application/dicom+json; charset=utf-8" });
+    if (leftOut.size > 0) {
+      const host = new URL(ctx.request.url).host;
+      const listed = [...leftOut.keys()].slice(0, 5).join(", ");
+      const more = leftOut.size > 5 ? ` and ${leftOut.size - 5} more` : "";
+      headers.append(
+        "warning",
+        warningHeader(
+          host,
+          `${leftOut.size} object(s) left out: their headers cannot be read (${listed}${more}); ` +
+            "see GET /admin/index for the reasons",
+        ),
+      );
+    }
     const encoder = new TextEncoder();
     let started = false;
     const body = new ReadableStream<Uint8Array>({
@@ -140,7 +174,7 @@ export function metadataHandlers(services: Services): MetadataHandlers {
         await jsons.return(undefined);
       },
     }, { highWaterMark: 0 });
-    return new Response(body, { headers: { "content-type": "application/dicom+json; charset=utf-8" } });
+    return new Response(body, { headers });
   }
 
   async function* listed(

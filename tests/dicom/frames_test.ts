@@ -266,8 +266,11 @@ Deno.test("planFrame() gives the frames pydicom extracts from the corpus", async
     await t.step(name, async () => {
       const bytes = Deno.readFileSync(dir + name);
       if (name === "MR_truncated.dcm") {
-        // pydicom hands out the short pixel data; we refuse the object (see part10_test.ts).
-        await assert.rejects(parseObject(bytes, name), SyntaxError);
+        // pydicom hands out the short pixel data; we read the header and plan the whole frame, whose read
+        // then fails naming the object (see part10_test.ts and tests/dicomweb/metadata_test.ts)
+        const header = await parseObject(bytes, name);
+        const [range] = planFrame(header, 1).ranges;
+        assert.equal(range.offset + range.length - bytes.length, 62);
         return;
       }
       const header = await parseObject(bytes, name);

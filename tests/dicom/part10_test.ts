@@ -346,8 +346,6 @@ Deno.test("parseBuffer() rejects malformed input with the object name and an off
 
 /** What each corpus file is expected to give: undefined = parses, a RegExp = the SyntaxError message. */
 const CORPUS_ERRORS: Record<string, RegExp> = {
-  "MR_truncated.dcm":
-    /^Cannot parse "MR_truncated.dcm": element \(7FE0,0010\) length 8192 runs past the end at offset 1500$/,
   "rtplan_truncated.dcm":
     /^Cannot parse "rtplan_truncated.dcm": element \(300A,00B0\) length 976 runs past the end at offset 1418$/,
   "no_meta.dcm":
@@ -376,7 +374,9 @@ Deno.test("readHeader() and parseObject() agree on every corpus file", async (t)
       assert.deepEqual(summary(ranged.dataset), summary(whole.dataset));
       assert.deepEqual(ranged.pixelData, whole.pixelData);
       assert.equal(ranged.transferSyntaxUid, whole.transferSyntaxUid);
-      if (whole.pixelData && !whole.deflated) assert.ok(whole.pixelData.end <= bytes.length);
+      // MR_truncated.dcm: Pixel Data declared 8192 bytes, the file ends 62 bytes short; the header stands
+      const cut = name === "MR_truncated.dcm";
+      if (whole.pixelData && !whole.deflated) assert.equal(whole.pixelData.end > bytes.length, cut, name);
     });
   }
   await t.step("meta_missing_tsyntax.dcm: meta without (0002,0010), read as implicit VR", async () => {

@@ -49,6 +49,19 @@ function elementAt(dataset: DicomDataset, path: string): DicomElement {
   return ds.elements.get(parseInt(parts.at(-1)!, 16))!;
 }
 
+/** Pixel Data declared longer than the file (MR_truncated.dcm): listed in metadata, its pixels unreadable. */
+function cutShort(header: Part10Header, bytes: Uint8Array): boolean {
+  const pixel = header.pixelData;
+  return pixel !== undefined && pixel.length >= 0 && !header.deflated &&
+    pixel.offset + pixel.length > bytes.length;
+}
+
+/** Reading the pixels of a cut-short object is a 502 naming it. */
+async function shortRead(response: Response, key: string): Promise<void> {
+  assert.equal(response.status, 502, key);
+  assert.match((await response.json()).error, new RegExp(`Short read of ${key.replaceAll(".", "\\.")}`));
+}
+
 async function parts(response: Response): Promise<{ headers: Record<string, string>; body: Uint8Array }[]> {
   const bytes = new Uint8Array(await response.arrayBuffer());
   assert.equal(response.status, 200, new TextDecoder().decode(bytes.subarray(0, 300)));
@@ -142,6 +155,10 @@ async function suite(
         for (const uri of bulkUris(json)) {
           const path = uri.slice(`${url}/bulkdata/`.length);
           const header = full.get(f.key)!;
+          if (path === "7FE00010" && cutShort(header, f.bytes)) {
+            await shortRead(await fetch(uri, { headers: { accept: "application/octet-stream" } }), f.key);
+            continue;
+          }
           if (path === "7FE00010" && header.pixelData?.encapsulated) {
             const got = await parts(await fetch(uri));
             assert.equal(got.length, frameCount(header), `${f.name}: one part per frame`);
@@ -189,6 +206,10 @@ async function suite(
         const response = await fetch(`${base}${instancePath(f.key)}/frames/${list}`, {
           headers: { accept: "multipart/related; type=application/octet-stream; transfer-syntax=*" },
         });
+        if (cutShort(header, f.bytes)) {
+          await shortRead(response, f.key);
+          continue;
+        }
         const got = await parts(response);
         assert.equal(got.length, count, f.name);
         for (let n = 1; n <= count; n++) {

@@ -1,0 +1,103 @@
+/**
+ * Metadata never drops an instance silently: a cut-short instance is listed (its header is whole), from the
+ * store and from the catalog alike; an object whose header cannot be read is left out with a `Warning`, logged,
+ * and counted by `GET /admin/index`, and the rest of the study is served.
+ */
+
+import assert from "node:assert/strict";
+import { MemoryStore } from "../../lib/store/memory_store.ts";
+import { memoryCatalog, testHandler } from "../_server.ts";
+import { pydicomCorpus } from "../_corpus.ts";
+
+type Json = Record<string, { Value?: unknown[] }>;
+
+const corpus = await pydicomCorpus();
+const file = (name: string) => corpus.find((f) => f.name === name)!;
+const whole = file("MR_small.dcm");
+const truncated = file("MR_truncated.dcm"); // Pixel Data declared 8192 bytes, 8130 in the file
+const [study, series] = whole.key.split("/");
+const sopOf = (key: string) => key.split("/")[2].replace(/\.dcm$/, "");
+/** Sorts before every other key of the series, so it is met before the first instance is sent. */
+const unreadableFirst = `${study}/${series}/1.2.3.dcm`;
+/** Sorts after them: met once the response has started. */
+const unreadableLast = `${study}/${series}/1.9.9.dcm`;
+const NOT_DICOM = new TextEncoder().encode("this is not DICOM\n".repeat(40));
+
+async function bucket(keys: string[]): Promise<MemoryStore> {
+  const store = new MemoryStore(["pacs"]);
+  await store.put("pacs", whole.key, whole.bytes);
+  await store.put("pacs", truncated.key, truncated.bytes);
+  for (const key of keys) await store.put("pacs", key, NOT_DICOM);
+  return store;
+}
+
+const sops = (body: Json[]) => body.map((i) => i["00080018"].Value![0]).sort();
+
+Deno.test("study and series metadata list every readable instance and name what they leave out", async (t) => {
+  await t.step(
+    "from the store (no catalog): the cut-short instance is there; the unreadable one named",
+    async () => {
+      const app = testHandler({ store: await bucket([unreadableFirst]), config: { AETS: "PACS=pacs" } });
+      for (
+        const path of [
+          `/aets/PACS/studies/${study}/metadata`,
+          `/aets/PACS/studies/${study}/series/${series}/metadata`,
+        ]
+      ) {
+        const response = await app.fetch(path);
+        assert.equal(response.status, 200, path);
+        assert.deepEqual(sops(await response.json()), [sopOf(whole.key), sopOf(truncated.key)].sort(), path);
+        const warning = response.headers.get("warning") ?? "";
+        assert.match(warning, /^299 localhost "1 object\(s\) left out: their headers cannot be read \(/);
+        assert.ok(warning.includes(unreadableFirst), warning);
+      }
+      assert.ok(
+        app.logs.some((line) => line.includes(`metadata: skipping pacs/${unreadableFirst}`)),
+        app.logs.join("\n"),
+      );
+    },
+  );
+
+  await t.step(
+    "from the catalog: searchable, counted by /admin/index, named even when met late",
+    async () => {
+      const app = testHandler({
+        store: await bucket([unreadableLast]),
+        config: { AETS: "PACS=pacs" },
+        catalog: await memoryCatalog(),
+      });
+      await app.services.crawler!.crawl("PACS", { waitForInstances: true });
+      const found = await app.fetch(`/aets/PACS/studies/${study}/instances`);
+      assert.deepEqual(sops(await found.json()), [sopOf(whole.key), sopOf(truncated.key)].sort());
+      const index = await (await app.fetch("/admin/index")).json();
+      assert.equal(index.aets[0].failed, 1);
+      assert.deepEqual(index.failures.map((f: { key: string }) => f.key), [unreadableLast]);
+      const response = await app.fetch(`/aets/PACS/studies/${study}/metadata`);
+      assert.equal(response.status, 200);
+      assert.deepEqual(sops(await response.json()), [sopOf(whole.key), sopOf(truncated.key)].sort());
+      assert.ok((response.headers.get("warning") ?? "").includes(unreadableLast));
+    },
+  );
+
+  await t.step("met late without the catalog knowing: recorded, so /admin/index counts it", async () => {
+    const store = await bucket([]);
+    const app = testHandler({ store, config: { AETS: "PACS=pacs" }, catalog: await memoryCatalog() });
+    await app.services.crawler!.crawl("PACS", { waitForInstances: true });
+    await store.put("pacs", unreadableLast, NOT_DICOM); // written after the crawl
+    const response = await app.fetch(`/aets/PACS/studies/${study}/metadata`);
+    assert.equal(response.status, 200);
+    assert.equal((await response.json()).length, 2);
+    const index = await (await app.fetch("/admin/index")).json();
+    assert.deepEqual(index.failures.map((f: { key: string }) => f.key), [unreadableLast]);
+    const again = await app.fetch(`/aets/PACS/studies/${study}/metadata`);
+    await again.body?.cancel();
+    assert.ok((again.headers.get("warning") ?? "").includes(unreadableLast));
+  });
+
+  await t.step("an instance's own metadata is still an error naming the object when unreadable", async () => {
+    const app = testHandler({ store: await bucket([unreadableFirst]), config: { AETS: "PACS=pacs" } });
+    const response = await app.fetch(`/aets/PACS/studies/${study}/series/${series}/instances/1.2.3/metadata`);
+    assert.ok(response.status >= 500, String(response.status));
+    assert.match((await response.json()).error, /1\.2\.3\.dcm/);
+  });
+});
