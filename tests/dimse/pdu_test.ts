@@ -1,0 +1,122 @@
+import assert from "node:assert/strict";
+import {
+  encodeAbort,
+  encodeAssociateAc,
+  encodeAssociateRj,
+  encodeAssociateRq,
+  encodeReleaseRp,
+  encodeReleaseRq,
+  parsePdu,
+  writePDataHead,
+} from "../../lib/dimse/pdu.ts";
+
+const USER = {
+  maxLength: 16384,
+  implementationClassUid: "1.2.3.4",
+  implementationVersion: "TEST_1",
+  roles: new Map([["1.2.840.10008.5.1.4.1.1.2", { scu: false, scp: true }]]),
+};
+
+Deno.test("parsePdu() reads what the encoders write", async (t) => {
+  await t.step("A-ASSOCIATE-RQ with contexts, roles and async window", () => {
+    const bytes = encodeAssociateRq({
+      calledAe: "PACS",
+      callingAe: "MODALITY",
+      applicationContext: "1.2.840.10008.3.1.1.1",
+      contexts: [
+        { id: 1, abstractSyntax: "1.2.840.10008.1.1", transferSyntaxes: ["1.2.840.10008.1.2"] },
+        {
+          id: 3,
+          abstractSyntax: "1.2.840.10008.5.1.4.1.1.2",
+          transferSyntaxes: ["1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.1"],
+        },
+      ],
+      user: { ...USER, asyncOps: { invoked: 2, performed: 3 } },
+    });
+    const pdu = parsePdu(bytes);
+    assert.equal(pdu.type, "associate-rq");
+    if (pdu.type !== "associate-rq") return;
+    assert.equal(pdu.calledAe, "PACS");
+    assert.equal(pdu.callingAe, "MODALITY");
+    assert.equal(pdu.protocolVersion, 1);
+    assert.deepEqual(pdu.contexts[1].transferSyntaxes, ["1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.1"]);
+    assert.equal(pdu.user.maxLength, 16384);
+    assert.deepEqual(pdu.user.asyncOps, { invoked: 2, performed: 3 });
+    assert.deepEqual(pdu.user.roles.get("1.2.840.10008.5.1.4.1.1.2"), { scu: false, scp: true });
+    assert.equal(pdu.user.implementationVersion, "TEST_1");
+  });
+
+  await t.step("A-ASSOCIATE-AC, -RJ, release, abort", () => {
+    const ac = parsePdu(encodeAssociateAc({
+      calledAe: "PACS",
+      callingAe: "X",
+      applicationContext: "1.2.840.10008.3.1.1.1",
+      contexts: [{ id: 1, result: 0, transferSyntax: "1.2.840.10008.1.2.1" }, {
+        id: 3,
+        result: 3,
+        transferSyntax: "",
+      }],
+      user: USER,
+    }));
+    assert.equal(ac.type, "associate-ac");
+    if (ac.type === "associate-ac") {
+      assert.deepEqual(ac.contexts, [
+        { id: 1, result: 0, transferSyntax: "1.2.840.10008.1.2.1" },
+        { id: 3, result: 3, transferSyntax: "" },
+      ]);
+    }
+    assert.deepEqual(parsePdu(encodeAssociateRj(1, 1, 7)), {
+      type: "associate-rj",
+      result: 1,
+      source: 1,
+      reason: 7,
+    });
+    assert.deepEqual(parsePdu(encodeReleaseRq()), { type: "release-rq" });
+    assert.deepEqual(parsePdu(encodeReleaseRp()), { type: "release-rp" });
+    assert.deepEqual(parsePdu(encodeAbort(2, 6)), { type: "abort", source: 2, reason: 6 });
+  });
+
+  await t.step("P-DATA-TF with one PDV", () => {
+    const out = new Uint8Array(12 + 5);
+    writePDataHead(out, 5, { contextId: 3, command: true, last: true });
+    out.set([1, 2, 3, 4, 5], 12);
+    const pdu = parsePdu(out);
+    assert.equal(pdu.type, "p-data");
+    if (pdu.type === "p-data") {
+      assert.equal(pdu.pdvs.length, 1);
+      assert.deepEqual({ ...pdu.pdvs[0], data: [...pdu.pdvs[0].data] }, {
+        contextId: 3,
+        command: true,
+        last: true,
+        data: [1, 2, 3, 4, 5],
+      });
+    }
+  });
+});
+
+Deno.test("parsePdu() refuses malformed PDUs with a SyntaxError", () => {
+  const rq = encodeAssociateRq({
+    calledAe: "PACS",
+    callingAe: "X",
+    applicationContext: "1.2.840.10008.3.1.1.1",
+    contexts: [{ id: 1, abstractSyntax: "1.2.840.10008.1.1", transferSyntaxes: ["1.2.840.10008.1.2"] }],
+    user: USER,
+  });
+  const cases: [string, Uint8Array][] = [
+    ["too short", new Uint8Array([1, 0, 0])],
+    ["unknown type", new Uint8Array([9, 0, 0, 0, 0, 0])],
+    ["length mismatch", rq.subarray(0, rq.length - 1)],
+    ["PDV past the end", new Uint8Array([4, 0, 0, 0, 0, 6, 0, 0, 0, 9, 1, 3])],
+    ["PDV with an even context id", new Uint8Array([4, 0, 0, 0, 0, 6, 0, 0, 0, 2, 2, 3])],
+    ["empty P-DATA", new Uint8Array([4, 0, 0, 0, 0, 0])],
+    ["release of the wrong length", new Uint8Array([5, 0, 0, 0, 0, 2, 0, 0])],
+  ];
+  // the Application Context item (right after the 68-byte fixed part) claims more than the PDU holds
+  const bad = rq.slice();
+  assert.equal(bad[74], 0x10);
+  bad[76] = 0xff;
+  cases.push(["item past its parent", bad]);
+  for (const [name, bytes] of cases) {
+    assert.throws(() => parsePdu(bytes), SyntaxError, name);
+  }
+});
