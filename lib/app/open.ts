@@ -9,6 +9,8 @@
 import type { Catalog } from "../catalog/catalog.ts";
 import { Crawler } from "../catalog/crawler.ts";
 import { openSqliteCatalog } from "../catalog/sqlite_catalog.ts";
+import { openPostgresCatalog } from "../catalog/postgres_catalog.ts";
+import { HeaderCache } from "../objects/header_cache.ts";
 import { type Config, ConfigError } from "../config/config.ts";
 import type { ServicesInit } from "../dicomweb/services.ts";
 import type { SyntaxCapabilities } from "../imaging/syntax_choice.ts";
@@ -49,13 +51,23 @@ export interface OpenCatalogOptions {
 }
 
 /**
- * The search catalog of `CATALOG_PATH` (SQLite; its folder is created), or undefined when it is `off`. The
- * catalog is derived from the buckets, so deleting its file is always safe.
+ * The search catalog: PostgreSQL at `CATALOG_URL` (shared by every replica; a database that does not answer
+ * yet is not an error), else SQLite at `CATALOG_PATH` (its folder is created), or undefined when that is `off`.
+ * The catalog is derived from the buckets, so deleting it is always safe. Rejects with a
+ * `CatalogMismatchError` when the PostgreSQL database does not fit this server (a newer schema).
  */
 export async function openCatalog(
   config: Config,
   options: OpenCatalogOptions = {},
 ): Promise<Catalog | undefined> {
+  if (config.catalogUrl !== undefined) {
+    return await openPostgresCatalog(config.catalogUrl, {
+      bulkDataThreshold: config.bulkDataThreshold,
+      poolSize: config.catalogPoolSize,
+      timeoutMs: config.catalogTimeoutMs,
+      log: options.log,
+    });
+  }
   const path = config.catalogPath;
   if (path === undefined) return undefined;
   if (path !== ":memory:") {
@@ -107,9 +119,15 @@ export interface AssembleOptions {
   capabilities?: SyntaxCapabilities;
   /** Where the crawler reports. */
   log?: (line: string) => void;
+  /** Default: a new cache of `HEADER_CACHE_MB`. */
+  headerCache?: HeaderCache;
 }
 
-/** The services over `store` for `config`: its AET registry, capabilities, catalog and crawler. */
+/**
+ * The services over `store` for `config`: its AET registry, capabilities, catalog, crawler and header cache.
+ * When other replicas share the catalog, the headers they change are dropped from the cache as they announce
+ * them.
+ */
 export function assembleServices(
   config: Config,
   store: ObjectStore,
@@ -119,5 +137,17 @@ export function assembleServices(
   const { catalog } = options;
   const crawler = options.crawler ??
     (catalog ? openCrawler(config, { store, aets, catalog, log: options.log }) : undefined);
-  return { config, store, aets, capabilities: options.capabilities ?? SERVER_CAPABILITIES, catalog, crawler };
+  const headerCache = options.headerCache ?? new HeaderCache(config.headerCacheMb * 1024 * 1024);
+  catalog?.onChange?.((change) => {
+    for (const key of change.keys) headerCache.forget(change.bucket, key);
+  });
+  return {
+    config,
+    store,
+    aets,
+    capabilities: options.capabilities ?? SERVER_CAPABILITIES,
+    catalog,
+    crawler,
+    headerCache,
+  };
 }

@@ -11,17 +11,12 @@
  * `resolveBulkDataUris` (documents.ts) makes them absolute per request). Per series and study it keeps the
  * attributes of one representative header plus counts taken from the listing.
  *
- * Implementations: `SqliteCatalog` (lib/catalog/sqlite_catalog.ts, `node:sqlite`, one file or `:memory:`).
- *
- * A shared PostgreSQL catalog (several replicas serving the same buckets) would implement the same interface:
- * - the same tables (`aets`, `objects`, `documents`, `series`, `studies`) with `jsonb` documents, the indexed
- *   columns below and a `text_pattern_ops` index on the folded name columns;
- * - filters on indexed columns become SQL as in the SQLite version; the others become `jsonb_path_exists` or are
- *   evaluated with `matchDataset` on rows narrowed by SQL (the same code decides both);
- * - {@linkcode CrawlState.beginCrawl} leases become a row lock or `pg_try_advisory_lock(hashtext(aet))`, so one
- *   replica crawls an AET while the others serve (every replica may run the interval timer);
- * - `seenAt` times come from the database clock (`now()`) rather than each replica's.
- * Every method is already async and takes and returns plain data, so nothing else changes.
+ * Implementations: `SqliteCatalog` (lib/catalog/sqlite_catalog.ts, `node:sqlite`, one file or `:memory:`, one
+ * process) and `PostgresCatalog` (lib/catalog/postgres_catalog.ts, `CATALOG_URL`, shared by every replica):
+ * the same tables; leases and `seenAt` times from the database clock; writes serialized per AET by an advisory
+ * lock; changes announced to the other replicas ({@linkcode Catalog.onChange}); a database that is down or slow
+ * answered with a {@linkcode CatalogUnavailableError} (503) within a bounded time. Every method is async and
+ * takes and returns plain data, so nothing above the catalog knows which one it has.
  *
  * @module
  */
@@ -30,6 +25,33 @@ import type { DicomJson } from "../dicom/dicom_json.ts";
 import type { Filter, Level } from "./qido_query.ts";
 import type { ObjectInfo } from "../store/store.ts";
 import type { Part10Header } from "../dicom/dataset.ts";
+import { BusyError } from "../util/errors.ts";
+
+/**
+ * The catalog's database cannot answer now (down, unreachable, or slower than the timeout): search answers
+ * 503 with this message, which names the database; retrieval, which needs only the store, goes on.
+ */
+export class CatalogUnavailableError extends BusyError {}
+
+/** Objects another process filed, changed or forgot (see {@linkcode Catalog.onChange}). */
+export interface CatalogChange {
+  /** The AET. */
+  aet: string;
+  /** Its bucket. */
+  bucket: string;
+  /** The object keys. */
+  keys: string[];
+}
+
+/** Connections of a pooled catalog (see {@linkcode Catalog.pool}). */
+export interface PoolUse {
+  /** Connections the pool may open. */
+  size: number;
+  /** Calls running or waiting for a connection now. */
+  busy: number;
+  /** Whether the database is known to be down (calls fail at once until a probe succeeds). */
+  down: boolean;
+}
 
 /** What a search asks of the catalog (see {@linkcode CatalogSearch.search}). */
 export interface CatalogQuery {
@@ -268,4 +290,16 @@ export interface Catalog extends CatalogIngest, CrawlState, CatalogSearch {
   readonly location: string;
   /** Closes the database. */
   close(): Promise<void>;
+  /**
+   * Resolves when the database answers (for `/readyz`); rejects with a {@linkcode CatalogUnavailableError}
+   * naming it otherwise. Absent: an embedded database, always there.
+   */
+  check?(): Promise<void>;
+  /**
+   * Calls `listener` when another process (a replica sharing the database) has filed, changed or forgotten
+   * objects, so caches of this process can drop what they hold of them. Absent: no other process writes.
+   */
+  onChange?(listener: (change: CatalogChange) => void): void;
+  /** Pool use now (for `/metrics`); absent without a pool. */
+  pool?(): PoolUse;
 }

@@ -1,17 +1,75 @@
 /**
- * QIDO-RS filters as SQL conditions: indexed columns (folded names, normalized dates and times, integers) are
- * compared in SQL; the rest go through the `qido_match`/`qido_pn` SQL functions, which run `matchDataset` on
- * the stored JSON, so LIMIT/OFFSET stay in SQL. Written for SQLite.
+ * QIDO-RS filters as SQL conditions, for SQLite and PostgreSQL ({@linkcode SqlDialect}): indexed columns
+ * (folded names, normalized dates and times, integers) are compared in SQL; the rest are matched by
+ * `matchDataset` on the stored JSON. SQLite runs that inside the query (the `qido_match`/`qido_pn` SQL
+ * functions), so LIMIT/OFFSET stay in SQL; PostgreSQL has no JavaScript functions, so the condition there is
+ * only a narrowing pre-filter (a literal part of the value in the JSON text or the name column) and the filter is
+ * handed back as a {@linkcode Residual} for the caller to match on each row it reads. Either way the same
+ * code ({@linkcode condition}) decides which filters go where. Placeholders are written `?`; PostgreSQL's
+ * caller numbers them ({@linkcode numberPlaceholders}).
  *
  * @module
  */
 
-import type { SQLInputValue } from "node:sqlite";
 import type { Filter, Level, Matcher } from "./qido_query.ts";
 
-export type ColumnType = "text" | "pn" | "date" | "time" | "int";
+/** An SQL parameter value. */
+export type SqlValue = string | number | null;
 
-export interface Column {
+/** Where a condition's parameters go, in placeholder order (an array). */
+export interface SqlArgs {
+  /** Appends parameters. */
+  push(...values: SqlValue[]): number;
+}
+
+/** What differs between the SQL of the two databases. */
+export interface SqlDialect {
+  /** A condition that is always true. */
+  readonly true: string;
+  /** A condition that is always false. */
+  readonly false: string;
+  /** `haystack` contains the text of the parameter `needle` (a placeholder). */
+  contains(haystack: string, needle: string): string;
+  /** `column` matches the DICOM wildcard `pattern` (`*`, `?`); the parameter is appended to `args`. */
+  wildcard(column: string, pattern: string, args: SqlArgs): string;
+  /** Whether `qido_match(doc, spec)` and `qido_pn(names, spec)` exist in the database. */
+  readonly functions: boolean;
+}
+
+/** SQLite: `instr`, `GLOB`, and the JavaScript matching functions registered on the connection. */
+export const SQLITE: SqlDialect = {
+  true: "1",
+  false: "0",
+  contains: (haystack, needle) => `instr(${haystack}, ${needle}) > 0`,
+  wildcard(column, pattern, args) {
+    args.push(pattern.replaceAll("[", "[[]"));
+    return `${column} GLOB ?`;
+  },
+  functions: true,
+};
+
+/** PostgreSQL: `strpos`, `LIKE` (columns are `COLLATE "C"`, so both are byte-wise as SQLite's), no functions. */
+export const POSTGRES: SqlDialect = {
+  true: "TRUE",
+  false: "FALSE",
+  contains: (haystack, needle) => `strpos(${haystack}, ${needle}) > 0`,
+  wildcard(column, pattern, args) {
+    args.push(pattern.replace(/[\\%_]/g, (c) => `\\${c}`).replaceAll("*", "%").replaceAll("?", "_"));
+    return `${column} LIKE ?`;
+  },
+  functions: false,
+};
+
+/** A filter the SQL only narrowed: the caller matches it on each row (PostgreSQL). */
+export type Residual =
+  /** `matchDataset` on the row's JSON of `filter.level`. */
+  | { kind: "document"; filter: Filter }
+  /** `matchPersonName` on one of the folded names of `column` (selected as `pn{index}`). */
+  | { kind: "pn"; filter: Filter; column: string; index: number };
+
+type ColumnType = "text" | "pn" | "date" | "time" | "int";
+
+interface Column {
   type: ColumnType;
   /** The column expression per query level (the alias holding it). */
   column: (level: Level) => string;
@@ -45,9 +103,18 @@ const COLUMNS: Record<string, Column> = {
 
 const DOCUMENTS: Record<Level, string> = { study: "s.json", series: "se.json", instance: "d.json" };
 
-/** One filter as an SQL condition (its parameters appended to `args`). */
-export function condition(filter: Filter, level: Level, args: SQLInputValue[]): string {
-  if (filter.matcher.kind === "universal") return "1";
+/**
+ * One filter as an SQL condition (its parameters appended to `args`). With a dialect without matching
+ * functions, a filter SQL cannot decide is pushed onto `residuals` and the condition only narrows.
+ */
+export function condition(
+  filter: Filter,
+  level: Level,
+  args: SqlArgs,
+  dialect: SqlDialect = SQLITE,
+  residuals: Residual[] = [],
+): string {
+  if (filter.matcher.kind === "universal") return dialect.true;
   const spec = JSON.stringify({
     path: filter.path,
     vr: filter.vr,
@@ -60,7 +127,7 @@ export function condition(filter: Filter, level: Level, args: SQLInputValue[]): 
       return "NOT EXISTS (SELECT 1 FROM series m WHERE m.aet = s.aet AND m.study = s.study AND m.modality <> '')";
     }
     return `EXISTS (SELECT 1 FROM series m WHERE m.aet = s.aet AND m.study = s.study AND ${
-      textCondition("m.modality", m, args)
+      textCondition("m.modality", m, args, dialect)
     })`;
   }
   const column = COLUMNS[filter.key];
@@ -70,8 +137,12 @@ export function condition(filter: Filter, level: Level, args: SQLInputValue[]): 
     const literal = filter.vr === "PN" ? undefined : longestLiteral(filter.matcher);
     const plain = literal !== undefined && literal.length >= 2 &&
       ![...literal].some((c) => c < " " || c === '"' || c === "\\");
-    const prefilter = plain ? `instr(${doc}, ?) > 0 AND ` : "";
-    if (prefilter) args.push(literal!);
+    if (plain) args.push(literal!);
+    if (!dialect.functions) {
+      residuals.push({ kind: "document", filter });
+      return plain ? dialect.contains(doc, "?") : dialect.true;
+    }
+    const prefilter = plain ? `${dialect.contains(doc, "?")} AND ` : "";
     args.push(spec);
     return `(${prefilter}qido_match(${doc}, ?))`;
   }
@@ -84,19 +155,25 @@ export function condition(filter: Filter, level: Level, args: SQLInputValue[]): 
       const contains = m.kind === "wildcard" ? /^\*+([^*?=\\^]+)\*+$/.exec(m.pattern)?.[1] : undefined;
       if (contains !== undefined) {
         args.push(contains);
-        return `instr(${c}, ?) > 0`;
+        return dialect.contains(c, "?");
       }
       const literal = longestLiteral(m);
+      if (!dialect.functions) {
+        residuals.push({ kind: "pn", filter, column: c, index: residuals.length });
+        if (literal === undefined) return dialect.true;
+        args.push(literal);
+        return dialect.contains(c, "?");
+      }
       if (literal === undefined) {
         args.push(spec);
         return `qido_pn(${c}, ?)`;
       }
       args.push(literal, spec);
-      return `(instr(${c}, ?) > 0 AND qido_pn(${c}, ?))`;
+      return `(${dialect.contains(c, "?")} AND qido_pn(${c}, ?))`;
     }
     case "date":
     case "time": {
-      if (m.kind !== "range") return "0";
+      if (m.kind !== "range") return dialect.false;
       const parts: string[] = [`${c} IS NOT NULL`];
       if (m.from !== undefined) {
         parts.push(`${column.high ?? c} >= ?`);
@@ -109,11 +186,11 @@ export function condition(filter: Filter, level: Level, args: SQLInputValue[]): 
       return `(${parts.join(" AND ")})`;
     }
     case "int":
-      if (m.kind !== "number") return "0";
+      if (m.kind !== "number") return dialect.false;
       args.push(m.value);
       return `${c} = ?`;
     default:
-      return textCondition(c, m, args);
+      return textCondition(c, m, args, dialect);
   }
 }
 
@@ -125,18 +202,17 @@ function longestLiteral(m: Matcher): string | undefined {
   return longest === "" ? undefined : longest;
 }
 
-function textCondition(c: string, m: Matcher, args: SQLInputValue[]): string {
+function textCondition(c: string, m: Matcher, args: SqlArgs, dialect: SqlDialect): string {
   switch (m.kind) {
     case "universal":
-      return "1";
+      return dialect.true;
     case "empty":
       return `(${c} IS NULL OR ${c} = '')`;
     case "single":
       args.push(m.value);
       return `${c} = ?`;
     case "wildcard":
-      args.push(m.pattern.replaceAll("[", "[[]"));
-      return `${c} GLOB ?`;
+      return dialect.wildcard(c, m.pattern, args);
     case "list":
       args.push(...m.values);
       return `${c} IN (${m.values.map(() => "?").join(", ")})`;
@@ -144,6 +220,21 @@ function textCondition(c: string, m: Matcher, args: SQLInputValue[]): string {
       args.push(String(m.value));
       return `${c} = ?`;
     case "range":
-      return "0";
+      return dialect.false;
   }
+}
+
+/**
+ * `?` placeholders numbered `$1`, `$2`, ... (PostgreSQL). The SQL written here holds no other `?`: every
+ * value is a parameter.
+ *
+ * @example
+ * ```ts
+ * import { numberPlaceholders } from "./sql_filter.ts";
+ * numberPlaceholders("a = ? AND b IN (?, ?)"); // "a = $1 AND b IN ($2, $3)"
+ * ```
+ */
+export function numberPlaceholders(sql: string): string {
+  let n = 0;
+  return sql.replace(/\?/g, () => `$${++n}`);
 }

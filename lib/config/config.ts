@@ -55,6 +55,15 @@ export interface Config {
    * `undefined` (`CATALOG_PATH=off`): no catalog, no crawler, QIDO-RS answers 503.
    */
   catalogPath: string | undefined;
+  /**
+   * `CATALOG_URL=postgres://user:password@host:5432/database[?sslmode=require]`: a PostgreSQL catalog shared by
+   * every replica (then `CATALOG_PATH` is not used); undefined: SQLite.
+   */
+  catalogUrl?: string;
+  /** Connections of the PostgreSQL catalog's pool (`CATALOG_POOL_SIZE`, default 10). */
+  catalogPoolSize: number;
+  /** The longest one PostgreSQL catalog call may take, in ms (`CATALOG_TIMEOUT_MS`, default 10 000). */
+  catalogTimeoutMs: number;
   /** Seconds between background crawls of every AET; 0 turns periodic crawling off. */
   crawlInterval: number;
   /** QIDO-RS results per page when the client gives no `limit`. */
@@ -108,6 +117,9 @@ export const CONFIG_NAMES = [
   "BULKDATA_THRESHOLD",
   "HEADER_CACHE_MB",
   "CATALOG_PATH",
+  "CATALOG_URL",
+  "CATALOG_POOL_SIZE",
+  "CATALOG_TIMEOUT_MS",
   "CRAWL_INTERVAL",
   "QIDO_DEFAULT_LIMIT",
   "QIDO_MAX_LIMIT",
@@ -242,6 +254,25 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
   const headerCacheMb = integer("HEADER_CACHE_MB", 64, 0, 1 << 20);
   const rawCatalog = get("CATALOG_PATH") ?? `${dataDir.replace(/\/+$/, "")}/.catalog.sqlite`;
   const catalogPath = rawCatalog.toLowerCase() === "off" ? undefined : rawCatalog;
+  const catalogUrl = get("CATALOG_URL");
+  if (catalogUrl !== undefined) {
+    let url: URL | undefined;
+    try {
+      url = new URL(catalogUrl);
+    } catch {
+      // reported below
+    }
+    if (
+      url === undefined || (url.protocol !== "postgres:" && url.protocol !== "postgresql:") ||
+      url.pathname.length <= 1
+    ) {
+      problems.push(
+        `CATALOG_URL is not valid: use postgres://user:password@host:5432/database (optionally ?sslmode=require)`,
+      );
+    }
+  }
+  const catalogPoolSize = integer("CATALOG_POOL_SIZE", 10, 1, 1000);
+  const catalogTimeoutMs = integer("CATALOG_TIMEOUT_MS", 10_000, 100, 600_000);
   const crawlInterval = integer("CRAWL_INTERVAL", 300, 0, 7 * 24 * 3600);
   const qidoMaxLimit = integer("QIDO_MAX_LIMIT", 1000, 1, 100_000);
   const qidoDefaultLimit = integer("QIDO_DEFAULT_LIMIT", 100, 1, 100_000);
@@ -280,6 +311,9 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
     bulkDataThreshold,
     headerCacheMb,
     catalogPath,
+    catalogUrl,
+    catalogPoolSize,
+    catalogTimeoutMs,
     crawlInterval,
     qidoDefaultLimit,
     qidoMaxLimit,
