@@ -15,6 +15,7 @@
  */
 
 import postgres from "postgres";
+import { openPostgresCatalog, type PostgresCatalog } from "../lib/catalog/postgres_catalog.ts";
 
 /** A running throw-away cluster. */
 export interface TestPostgres {
@@ -192,4 +193,53 @@ export async function startPostgres(): Promise<TestPostgres> {
       await Deno.remove(dir, { recursive: true });
     },
   };
+}
+
+/**
+ * The backend switch of the suites that use a catalog: when `TEST_POSTGRES_URL` names a cluster (the
+ * `*_postgres_test.ts` wrappers set it for the suites they run), {@linkcode memoryCatalog} (tests/_server.ts)
+ * gives each caller a new PostgreSQL database there instead of an in-memory SQLite catalog.
+ */
+export const TEST_POSTGRES_URL: string | undefined = Deno.env.get("TEST_POSTGRES_URL");
+
+let databases = 0;
+
+/** A new PostgreSQL catalog in a new database of the cluster at `url` (see {@linkcode TEST_POSTGRES_URL}). */
+export async function postgresTestCatalog(
+  url: string,
+  options: { bulkDataThreshold?: number } = {},
+): Promise<PostgresCatalog> {
+  const name = `suite_${crypto.randomUUID().slice(0, 8)}_${databases++}`;
+  const admin = postgres(url, { max: 1, onnotice: () => {} });
+  try {
+    await admin.unsafe(`CREATE DATABASE "${name}" TEMPLATE template0`);
+  } finally {
+    await admin.end({ timeout: 1 });
+  }
+  const target = new URL(url);
+  target.pathname = `/${name}`;
+  // one connection: opened now, before the test that uses it, so the tests' resource checks stay quiet
+  return await openPostgresCatalog(target.href, { ...options, poolSize: 1, log: () => {} });
+}
+
+/**
+ * Runs test files in a child `deno test` with {@linkcode TEST_POSTGRES_URL} set to a new cluster: the same
+ * suites, on PostgreSQL. Resolves to the child's output; rejects when it failed.
+ */
+export async function runOnPostgres(files: string[]): Promise<string> {
+  const cluster = await startPostgres();
+  try {
+    const output = await new Deno.Command(Deno.execPath(), {
+      args: ["test", "-P=test", ...files],
+      cwd: new URL("..", import.meta.url).pathname,
+      env: { TEST_POSTGRES_URL: cluster.url, NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(output.stdout) + new TextDecoder().decode(output.stderr);
+    if (!output.success) throw new Error(`The suites failed on PostgreSQL ${cluster.version}:\n${text}`);
+    return text;
+  } finally {
+    await cluster.stop();
+  }
 }

@@ -8,9 +8,8 @@ import { AetRegistry } from "../lib/objects/aets.ts";
 import type { Catalog } from "../lib/catalog/catalog.ts";
 import { parseConfig } from "../lib/config/config.ts";
 import { openCrawler } from "../lib/app/open.ts";
-import { testHandler } from "./_server.ts";
+import { memoryCatalog, testHandler } from "./_server.ts";
 import { MemoryStore } from "../lib/store/memory_store.ts";
-import { openSqliteCatalog } from "../lib/catalog/sqlite_catalog.ts";
 import type { ObjectStore } from "../lib/store/store.ts";
 import { buildPart10, type Fx } from "./_dicom_fixtures.ts";
 import type { CorpusFile } from "./_corpus.ts";
@@ -296,8 +295,7 @@ export async function searchServer(
   await putAll(store, aet.toLowerCase(), files);
   const config = parseConfig({ AETS: `${aet}=${aet.toLowerCase()}`, ...options.env });
   const aets = new AetRegistry(store, { configured: config.aets });
-  const catalog = options.catalog ??
-    await openSqliteCatalog(":memory:", { bulkDataThreshold: config.bulkDataThreshold });
+  const catalog = options.catalog ?? await memoryCatalog({ bulkDataThreshold: config.bulkDataThreshold });
   const logs: string[] = [];
   const log = (line: string) => logs.push(line);
   const crawler = openCrawler(config, { store, aets, catalog, log, eagerInstances: false });

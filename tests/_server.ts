@@ -16,6 +16,7 @@ import type { AetRegistry } from "../lib/objects/aets.ts";
 import type { HeaderCache } from "../lib/objects/header_cache.ts";
 import type { ServeInfo } from "../lib/security/request_guard.ts";
 import type { ObjectStore } from "../lib/store/store.ts";
+import { postgresTestCatalog, TEST_POSTGRES_URL } from "./_postgres.ts";
 
 /** What a test server is made of. */
 export interface TestServerOptions {
@@ -97,7 +98,11 @@ export function testServer(options: TestServerOptions): TestServer {
   };
 }
 
-/** A new in-memory SQLite catalog (close it when done). */
+/**
+ * A new in-memory SQLite catalog (close it when done); a new PostgreSQL database when `TEST_POSTGRES_URL` is
+ * set (tests/_postgres.ts).
+ */
 export async function memoryCatalog(options: { bulkDataThreshold?: number } = {}): Promise<Catalog> {
+  if (TEST_POSTGRES_URL !== undefined) return await postgresTestCatalog(TEST_POSTGRES_URL, options);
   return await openSqliteCatalog(":memory:", options);
 }
