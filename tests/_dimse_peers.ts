@@ -200,3 +200,135 @@ export function datasetOf(bytes: Uint8Array): Uint8Array {
   }
   return bytes.subarray(at);
 }
+
+/** A running Orthanc with its DICOM port on. */
+export interface DicomOrthanc {
+  /** Its AE title. */
+  aet: string;
+  /** Its DICOM port. */
+  dicomPort: number;
+  /** Calls the REST API (JSON in and out). Throws on non-2xx. */
+  rest<T = unknown>(method: string, path: string, body?: unknown): Promise<T>;
+  /** Raw bytes of a REST resource. */
+  bytes(path: string): Promise<Uint8Array>;
+  /** Its last log lines. */
+  log(): string;
+  /** Stops it and removes its folder. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts Debian's Orthanc as a DICOM peer: AE title `aet` on a free DICOM port, `modalities` (name → AE, host,
+ * port) as the peers it may query, move from and store to, accepting every peer (so C-MOVE to it works).
+ */
+export async function startDicomOrthanc(
+  aet: string,
+  modalities: Record<string, [string, string, number]>,
+): Promise<DicomOrthanc> {
+  const dir = await Deno.makeTempDir({ prefix: "orthanc-dimse-" });
+  const httpPort = freePort();
+  const dicomPort = freePort();
+  const config = {
+    Name: "dimse-e2e",
+    StorageDirectory: `${dir}/storage`,
+    IndexDirectory: `${dir}/index`,
+    StorageCompression: false,
+    HttpPort: httpPort,
+    RemoteAccessAllowed: false,
+    AuthenticationEnabled: false,
+    DicomServerEnabled: true,
+    DicomAet: aet,
+    DicomPort: dicomPort,
+    DicomCheckCalledAet: true,
+    DicomAlwaysAllowStore: true,
+    DicomAlwaysAllowFind: true,
+    DicomAlwaysAllowMove: true,
+    UnknownSopClassAccepted: true,
+    DicomModalities: modalities,
+    SaveJobs: false,
+    StableAge: 3600,
+    OverwriteInstances: false,
+    Plugins: [],
+  };
+  await Deno.writeTextFile(`${dir}/orthanc.json`, JSON.stringify(config, null, 2));
+  const child = new Deno.Command(Deno.env.get("ORTHANC_PATH") ?? "/usr/sbin/Orthanc", {
+    args: [`${dir}/orthanc.json`],
+    cwd: dir,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const lines: string[] = [];
+  const collect = async (stream: ReadableStream<Uint8Array>) => {
+    for await (const text of stream.pipeThrough(new TextDecoderStream())) {
+      lines.push(...text.split("\n").filter((l) => l.trim() !== ""));
+      if (lines.length > 400) lines.splice(0, lines.length - 400);
+    }
+  };
+  const output = Promise.all([collect(child.stdout), collect(child.stderr)]);
+  let exited = false;
+  const status = child.status.then((s) => {
+    exited = true;
+    return s;
+  });
+  const url = `http://127.0.0.1:${httpPort}`;
+  const log = () => lines.slice(-40).join("\n");
+  const stop = async () => {
+    if (!exited) {
+      try {
+        child.kill("SIGTERM");
+      } catch {
+        // gone
+      }
+      await status;
+    }
+    await output.catch(() => {});
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  };
+  const rest = async <T>(method: string, path: string, body?: unknown): Promise<T> => {
+    const response = await fetch(`${url}${path}`, {
+      method,
+      headers: body === undefined
+        ? {}
+        : { "content-type": body instanceof Uint8Array ? "application/dicom" : "application/json" },
+      body: body === undefined ? undefined : body instanceof Uint8Array ? body.slice() : JSON.stringify(body),
+    });
+    const text = await response.text();
+    if (!response.ok) {
+      throw new Error(`Orthanc ${method} ${path}: ${response.status} ${text.slice(0, 1000)}\n${log()}`);
+    }
+    try {
+      return JSON.parse(text) as T;
+    } catch {
+      return text as T;
+    }
+  };
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    if (exited) throw new Error(`Orthanc exited at start:\n${log()}`);
+    try {
+      const response = await fetch(`${url}/system`);
+      await response.body?.cancel();
+      if (response.ok) break;
+    } catch {
+      // not yet
+    }
+    if (Date.now() > deadline) {
+      await stop();
+      throw new Error(`Orthanc did not answer within 30 s:\n${log()}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  return {
+    aet,
+    dicomPort,
+    rest,
+    async bytes(path) {
+      const response = await fetch(`${url}${path}`);
+      if (!response.ok) throw new Error(`Orthanc GET ${path}: ${response.status} ${await response.text()}`);
+      return new Uint8Array(await response.arrayBuffer());
+    },
+    log,
+    stop,
+  };
+}
