@@ -2,6 +2,11 @@
  * Health (not PS3.18): `GET /healthz` (the process answers), `GET /readyz` (every AET's bucket answers; names
  * left out when authentication is on) and `GET /aets` (the AETs the caller may see).
  *
+ * `/readyz` also asks a catalog database (PostgreSQL) whether it answers, within 2 s. A catalog that does not
+ * answer makes the server `degraded`, still 200: retrieval and STOW need only the store, and failing readiness
+ * on every replica at once (they share the database) would take retrieval down with search. The body says
+ * what is wrong (`catalog.problem`), and QIDO answers 503 meanwhile. A store that does not answer is 503.
+ *
  * @module
  */
 
@@ -47,7 +52,28 @@ async function ready(services: Services, redact: boolean): Promise<Response> {
   return json({ status }, response.status);
 }
 
+/** Whether the catalog's database answers: undefined when it does (or is embedded), else why not. */
+async function catalogProblem(services: Services): Promise<string | undefined> {
+  const check = services.catalog?.check?.bind(services.catalog);
+  if (check === undefined) return undefined;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    await Promise.race([
+      check(),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error("The catalog database did not answer within 2 s")), 2_000);
+      }),
+    ]);
+    return undefined;
+  } catch (error) {
+    return error instanceof Error ? error.message : String(error);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 async function readiness(services: Services): Promise<Response> {
+  const catalogCheck = catalogProblem(services);
   try {
     const entries = await services.aets.entries();
     const problems: string[] = [];
@@ -60,8 +86,19 @@ async function readiness(services: Services): Promise<Response> {
         );
       }
     }));
-    if (problems.length > 0) return json({ status: "unavailable", problems: problems.sort() }, 503);
-    return json({ status: "ready", store: services.store.kind, aets: entries.length });
+    const problem = await catalogCheck;
+    const catalog = services.catalog && {
+      kind: services.catalog.kind,
+      status: problem === undefined ? "ready" : "unavailable",
+      problem,
+    };
+    if (problems.length > 0) return json({ status: "unavailable", problems: problems.sort(), catalog }, 503);
+    return json({
+      status: problem === undefined ? "ready" : "degraded",
+      store: services.store.kind,
+      aets: entries.length,
+      catalog,
+    });
   } catch (error) {
     return json(
       { status: "unavailable", problems: [error instanceof Error ? error.message : String(error)] },

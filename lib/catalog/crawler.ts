@@ -40,7 +40,11 @@ export interface CrawlerOptions {
   eagerInstances?: boolean;
   /** Minimum milliseconds between two progress lines (default 5000). */
   progressInterval?: number;
-  /** Crawl lease duration; renewed while the crawl runs (default 60 s). */
+  /**
+   * Crawl lease duration; renewed every third of it while the crawl runs (default 40 s). A server crawler
+   * ({@linkcode Crawler.start}) that finds the lease held tries again every quarter of it until the holder
+   * completes or its lease runs out, so a killed replica's crawl is taken over within about a minute.
+   */
   leaseMs?: number;
   /** Names this process in leases (default a random id). */
   owner?: string;
@@ -110,6 +114,10 @@ interface AetState {
   ready: Promise<void>;
   /** Whether the catalog says a crawl completed (in this process or an earlier one). */
   complete?: boolean;
+  /** While another process holds the lease: the timer that tries again. */
+  takeover?: ReturnType<typeof setInterval>;
+  /** The catalog's completion time when the lease was last found held (null: never completed). */
+  takeoverSince?: number | null;
   markReady: () => void;
 }
 
@@ -145,6 +153,8 @@ export class Crawler {
   readonly #headers = new HeaderCache(0);
   #timer?: ReturnType<typeof setInterval>;
   #stopped = false;
+  /** Started by {@linkcode Crawler.start}: a skipped crawl is tried again (see `leaseMs`). */
+  #serving = false;
 
   /** A crawler of `options.catalog` (start its timer with {@linkcode Crawler.start}). */
   constructor(options: CrawlerOptions) {
@@ -156,8 +166,13 @@ export class Crawler {
     this.#concurrency = options.concurrency ?? 8;
     this.#eager = options.eagerInstances ?? true;
     this.#every = options.progressInterval ?? 5_000;
-    this.#leaseMs = options.leaseMs ?? 60_000;
+    this.#leaseMs = options.leaseMs ?? 40_000;
     this.#owner = options.owner ?? `crawler-${crypto.randomUUID().slice(0, 8)}`;
+  }
+
+  /** The name this process holds crawl leases under (`crawlingBy` in the catalog's status). */
+  get owner(): string {
+    return this.#owner;
   }
 
   /** Header reads and bytes so far (all AETs). */
@@ -171,6 +186,7 @@ export class Crawler {
    */
   start(intervalSeconds: number): void {
     this.#stopped = false;
+    this.#serving = true;
     const run = () => {
       this.crawlAll().catch((error) => this.#log(`catalog: crawl failed: ${message(error)}`));
     };
@@ -185,6 +201,10 @@ export class Crawler {
     this.#stopped = true;
     if (this.#timer !== undefined) clearInterval(this.#timer);
     this.#timer = undefined;
+    for (const state of this.#states.values()) {
+      clearInterval(state.takeover);
+      state.takeover = undefined;
+    }
     const running = [...this.#states.values()].flatMap((s) => [s.crawl, s.fill]).filter((p) =>
       p !== undefined
     );
@@ -200,7 +220,8 @@ export class Crawler {
 
   /**
    * Crawls one AET: listing and series pass (joins the running crawl of that AET if there is one). The instance
-   * pass then runs in the background when `eagerInstances`; `waitForInstances` waits for it too.
+   * pass then runs in the background when `eagerInstances`; `waitForInstances` waits for it too (or runs it, unless
+   * the crawl was skipped because another process holds the lease).
    */
   crawl(aet: string, options: { waitForInstances?: boolean } = {}): Promise<CrawlReport> {
     const state = this.#state(aet);
@@ -209,7 +230,8 @@ export class Crawler {
     });
     if (!options.waitForInstances) return state.crawl;
     return state.crawl.then(async (report) => {
-      await (state.fill ?? this.#fill(aet, report.bucket));
+      // a skipped crawl leaves the instance pass to the process that holds the lease
+      if (report.outcome !== "skipped") await (state.fill ?? this.#fill(aet, report.bucket));
       return report;
     });
   }
@@ -279,7 +301,11 @@ export class Crawler {
     return state;
   }
 
-  async #crawl(aet: string, state: AetState): Promise<CrawlReport> {
+  /**
+   * One crawl. `takeoverSince`: a takeover attempt (see {@linkcode Crawler.#watchLease}), given up when the
+   * lease holder completed its crawl after that time after all (it did so between the look and the lease).
+   */
+  async #crawl(aet: string, state: AetState, takeoverSince?: number | null): Promise<CrawlReport> {
     const report: CrawlReport = {
       aet,
       outcome: "failed",
@@ -307,10 +333,22 @@ export class Crawler {
     const bucket = await this.#aets.bucket(aet);
     if (bucket === undefined) return finish("failed", `Unknown AET ${aet}`);
     report.bucket = bucket;
+    // read before asking for the lease: a crawl completed by the holder after this is one to wait for
+    const completedBefore = this.#serving ? await this.#catalog.completedAt(aet) : undefined;
     const ticket = await this.#catalog.beginCrawl(aet, bucket, this.#owner, this.#leaseMs);
     if (!ticket) {
       this.#log(`catalog ${aet}: another process is crawling ${bucket}: skipped`);
+      if (this.#serving) this.#watchLease(aet, state, completedBefore);
       return finish("skipped", "Another process holds the crawl lease");
+    }
+    if (takeoverSince !== undefined) {
+      const completed = await this.#catalog.completedAt(aet).catch(() => undefined);
+      if (completed !== undefined && completed !== takeoverSince) {
+        await this.#catalog.endCrawl(ticket, { complete: false }).catch(() => {});
+        state.complete = true;
+        state.markReady();
+        return finish("skipped", "Another process completed the crawl");
+      }
     }
     const started = performance.now();
     const throttle = new Throttle(this.#every, this.#log);
@@ -360,6 +398,39 @@ export class Crawler {
       await this.#catalog.endCrawl(ticket, { complete: false, error: why }).catch(() => {});
       return finish("failed", why);
     }
+  }
+
+  /**
+   * Another process holds `aet`'s lease: every quarter of a lease, look whether it completed the crawl (then
+   * stop looking) or else try to take the crawl over (it succeeds once the holder's lease has run out).
+   */
+  #watchLease(aet: string, state: AetState, before: number | undefined): void {
+    // each skip moves the baseline: only a crawl completed after it ends the watch
+    state.takeoverSince = before ?? null;
+    if (state.takeover !== undefined) return;
+    const stop = () => {
+      clearInterval(state.takeover);
+      state.takeover = undefined;
+    };
+    state.takeover = setInterval(async () => {
+      if (this.#stopped || state.crawl) return;
+      try {
+        const completed = await this.#catalog.completedAt(aet);
+        if (completed !== undefined && completed !== state.takeoverSince) {
+          stop();
+          state.complete = true;
+          state.markReady();
+          return;
+        }
+        state.crawl ??= this.#crawl(aet, state, state.takeoverSince ?? null).finally(() => {
+          state.crawl = undefined;
+        });
+        const report = await state.crawl;
+        if (report.outcome !== "skipped") stop();
+      } catch {
+        // the catalog is away: try again at the next tick
+      }
+    }, Math.max(10, this.#leaseMs / 4));
   }
 
   async #list({ ticket, report, progress, throttle, renew }: CrawlRun): Promise<void> {

@@ -2,6 +2,12 @@
  * Catalog administration (not PS3.18): `GET /admin/index` shows each AET's catalog state, crawl progress and
  * the objects that could not be indexed; `POST /admin/index[?aet=AET]` starts a crawl (202).
  *
+ * With a shared catalog (PostgreSQL, several replicas) everything but `crawl` comes from the database and is
+ * the same on every replica: the counts, `completeAt`, `lastError`, `crawlingBy` (the replica holding the
+ * crawl lease, as its `replica` name) and the failures. `crawl` is what this replica's own crawler has done
+ * (its last crawl may be `skipped`: another replica held the lease). `POST` on any replica starts a crawl
+ * there, or leaves it to the replica already crawling.
+ *
  * @module
  */
 
@@ -74,7 +80,12 @@ async function indexStatus(services: Services, ctx: RouteContext): Promise<Respo
     };
   });
   const failures = await catalog.failures(aet, 1000);
-  return json({ catalog: { kind: catalog.kind, location: catalog.location }, aets, failures });
+  return json({
+    catalog: { kind: catalog.kind, location: catalog.location },
+    replica: indexer.owner,
+    aets,
+    failures,
+  });
 }
 
 function json(value: unknown, status = 200): Response {
