@@ -11,6 +11,7 @@ import { Crawler } from "../catalog/crawler.ts";
 import { openSqliteCatalog } from "../catalog/sqlite_catalog.ts";
 import { openPostgresCatalog } from "../catalog/postgres_catalog.ts";
 import { HeaderCache } from "../objects/header_cache.ts";
+import { instrumentStore } from "./metrics.ts";
 import { type Config, ConfigError } from "../config/config.ts";
 import type { ServicesInit } from "../dicomweb/services.ts";
 import type { SyntaxCapabilities } from "../imaging/syntax_choice.ts";
@@ -28,7 +29,12 @@ const SERVER_CAPABILITIES: SyntaxCapabilities = { reEncode: true, decode: true }
  * used for lack of permission.
  */
 export async function openStore(config: Config): Promise<ObjectStore> {
-  if (config.s3) return new S3Store({ ...config.s3, maxConcurrency: Math.max(50, config.s3Concurrency * 4) });
+  if (config.s3) {
+    // counted and timed for /metrics, traced when OpenTelemetry is on (app/metrics.ts)
+    return instrumentStore(
+      new S3Store({ ...config.s3, maxConcurrency: Math.max(50, config.s3Concurrency * 4) }),
+    );
+  }
   try {
     await Deno.mkdir(config.dataDir, { recursive: true });
   } catch (error) {

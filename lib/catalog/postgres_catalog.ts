@@ -23,6 +23,7 @@
  */
 
 import postgres from "postgres";
+import { SpanStatusCode, trace } from "@opentelemetry/api";
 import type {
   AetStatus,
   Catalog,
@@ -64,6 +65,9 @@ export { CatalogMismatchError, SchemaTooNewError } from "./postgres_schema.ts";
 
 type Sql = postgres.Sql;
 type Tx = postgres.TransactionSql;
+
+/** Spans of catalog calls (no-ops unless OpenTelemetry is on: `OTEL_DENO=true`). */
+const tracer = trace.getTracer("dicomweb-catalog");
 
 /** The channel other replicas' changes arrive on. */
 const CHANNEL = "dicomweb_catalog";
@@ -366,8 +370,24 @@ export class PostgresCatalog implements Catalog {
     }, this.#probeMs);
   }
 
-  /** Runs one catalog call: fails at once while the database is down, else within `timeoutMs`. */
-  async #run<T>(what: string, fn: (sql: Sql) => Promise<T>): Promise<T> {
+  /** Runs one catalog call as a span: fails at once while the database is down, else within `timeoutMs`. */
+  #run<T>(what: string, fn: (sql: Sql) => Promise<T>): Promise<T> {
+    return tracer.startActiveSpan(`catalog ${what}`, {
+      attributes: { "db.system": "postgresql", "db.namespace": this.location },
+    }, async (span) => {
+      try {
+        return await this.#call(what, fn);
+      } catch (error) {
+        span.recordException(error as Error);
+        span.setStatus({ code: SpanStatusCode.ERROR, message: (error as Error).message });
+        throw error;
+      } finally {
+        span.end();
+      }
+    });
+  }
+
+  async #call<T>(what: string, fn: (sql: Sql) => Promise<T>): Promise<T> {
     if (this.#closed) throw new Error(`The catalog ${this.location} is closed`);
     if (this.#down !== undefined) {
       throw new CatalogUnavailableError(

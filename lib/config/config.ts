@@ -64,6 +64,8 @@ export interface Config {
   catalogPoolSize: number;
   /** The longest one PostgreSQL catalog call may take, in ms (`CATALOG_TIMEOUT_MS`, default 10 000). */
   catalogTimeoutMs: number;
+  /** `LOG_FORMAT`: `text` (default) or `json` (one JSON object per line: time, level, msg, request fields). */
+  logFormat: "text" | "json";
   /** Seconds between background crawls of every AET; 0 turns periodic crawling off. */
   crawlInterval: number;
   /** QIDO-RS results per page when the client gives no `limit`. */
@@ -120,6 +122,7 @@ export const CONFIG_NAMES = [
   "CATALOG_URL",
   "CATALOG_POOL_SIZE",
   "CATALOG_TIMEOUT_MS",
+  "LOG_FORMAT",
   "CRAWL_INTERVAL",
   "QIDO_DEFAULT_LIMIT",
   "QIDO_MAX_LIMIT",
@@ -273,6 +276,11 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
   }
   const catalogPoolSize = integer("CATALOG_POOL_SIZE", 10, 1, 1000);
   const catalogTimeoutMs = integer("CATALOG_TIMEOUT_MS", 10_000, 100, 600_000);
+  const rawLogFormat = (get("LOG_FORMAT") ?? "text").toLowerCase();
+  if (rawLogFormat !== "text" && rawLogFormat !== "json") {
+    problems.push(`LOG_FORMAT=${JSON.stringify(rawLogFormat)} is not valid: use text or json`);
+  }
+  const logFormat = rawLogFormat === "json" ? "json" : "text";
   const crawlInterval = integer("CRAWL_INTERVAL", 300, 0, 7 * 24 * 3600);
   const qidoMaxLimit = integer("QIDO_MAX_LIMIT", 1000, 1, 100_000);
   const qidoDefaultLimit = integer("QIDO_DEFAULT_LIMIT", 100, 1, 100_000);
@@ -314,6 +322,7 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
     catalogUrl,
     catalogPoolSize,
     catalogTimeoutMs,
+    logFormat,
     crawlInterval,
     qidoDefaultLimit,
     qidoMaxLimit,
