@@ -138,6 +138,14 @@ export class PduReader {
   }
 }
 
+/**
+ * Turns Nagle's algorithm off: a DIMSE exchange ends each message with a short PDU and waits for the answer, which
+ * Nagle would hold back until the peer's delayed ACK (40 ms per message).
+ */
+export function noDelay(conn: Deno.Conn): void {
+  (conn as Deno.Conn & { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
+}
+
 /** Writes all of `bytes`. */
 export async function writeAll(conn: Connection, bytes: Uint8Array): Promise<void> {
   let at = 0;

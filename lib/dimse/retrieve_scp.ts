@@ -223,9 +223,20 @@ export async function handleRetrieve(
       [{ tag: 0x00080058, vr: "UI", value: failedUids.join("\\") }],
       message.context.transferSyntax,
     );
+  // the next object is opened while the current one is sent (one S3 request's latency hidden per instance)
+  const open = (i: number) => {
+    const opening = openStored(context, bucket, targets[i].key);
+    opening.catch(() => {}); // observed when its turn comes
+    return opening;
+  };
+  let ahead = targets.length > 0 ? open(0) : undefined;
+  const dropAhead = () => ahead?.then((next) => next?.dataset.cancel()).catch(() => {});
   try {
-    for (const target of targets) {
+    for (const [index, target] of targets.entries()) {
+      const opening = ahead!;
+      ahead = index + 1 < targets.length ? open(index + 1) : undefined;
       if (session.cancelled.has(messageId)) {
+        opening.then((next) => next?.dataset.cancel()).catch(() => {});
         await association.send(
           contextId,
           response(command, STATUS.cancel, [...countFields(false), [CMD.dataSetType, 0x0000]]),
@@ -235,7 +246,7 @@ export async function handleRetrieve(
       }
       let outcome: { status: number; comment?: string } | undefined;
       try {
-        const stored = await openStored(context, bucket, target.key);
+        const stored = await opening;
         if (!stored) {
           outcome = { status: STATUS.processingFailure, comment: "The object is gone from the store" };
         } else {
@@ -303,6 +314,7 @@ export async function handleRetrieve(
       );
     }
   } finally {
+    dropAhead();
     session.cancelled.delete(messageId);
     await scu?.close().catch(() => {});
   }

@@ -10,7 +10,7 @@
 import type { Services } from "../dicomweb/services.ts";
 import { Ingest } from "../dicomweb/stow.ts";
 import { loadTls } from "../security/proxies.ts";
-import { Association, type Connection, PduReader, writeAll } from "./association.ts";
+import { Association, type Connection, noDelay, PduReader, writeAll } from "./association.ts";
 import type { DimseSettings } from "./dimse_settings.ts";
 import { encodeAbort, encodeAssociateAc, encodeAssociateRj, parsePdu } from "./pdu.ts";
 import { handleRequest, negotiate, principalOf, type ScpContext, type Session } from "./scp.ts";
@@ -73,6 +73,7 @@ export async function startDimse(
         log(`dimse: accept failed: ${(error as Error).message}`);
         continue;
       }
+      noDelay(conn);
       const entry: { conn: Connection; association?: Association } = { conn };
       open.add(entry);
       const run = serve(conn, entry, open.size, context).catch((error) => {

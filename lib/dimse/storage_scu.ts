@@ -8,7 +8,15 @@
  */
 
 import { MalformedError } from "../util/errors.ts";
-import { Association, type Context, expectPdu, type Message, PduReader, writeAll } from "./association.ts";
+import {
+  Association,
+  type Context,
+  expectPdu,
+  type Message,
+  noDelay,
+  PduReader,
+  writeAll,
+} from "./association.ts";
 import { CMD, COMMAND, type Command, PRIORITY_MEDIUM } from "./command.ts";
 import type { DimseSettings, Peer } from "./dimse_settings.ts";
 import {
@@ -127,6 +135,7 @@ export class StorageScu {
       return { id: 2 * i + 1, abstractSyntax, transferSyntaxes: [syntax] };
     });
     const conn = await connectWithin(peer, settings.connectMs);
+    noDelay(conn);
     const timer = setTimeout(() => conn.close(), settings.connectMs);
     const reader = new PduReader(conn);
     let reply;

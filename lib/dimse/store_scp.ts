@@ -30,18 +30,20 @@ const encoder = new TextEncoder();
 
 /**
  * File Meta Information (PS3.10 7.1) for a received data set, preamble and "DICM" included: Media Storage SOP
- * Class/Instance from the C-STORE's Affected SOP Class/Instance UID, the negotiated transfer syntax, this
- * implementation, and the calling AE as Source Application Entity Title.
+ * Class/Instance from the C-STORE's Affected SOP Class/Instance UID, the negotiated transfer syntax and this
+ * implementation. Nothing else (no Source Application Entity Title): the stored bytes depend only on the
+ * instance, so the same instance sent again, by any peer, is a byte-identical duplicate (a success), not a
+ * conflict.
  *
  * @example
  * ```ts
  * import { fileMetaFor } from "./store_scp.ts";
- * const meta = fileMetaFor({ sopClass: "1.2.840.10008.5.1.4.1.1.2", sop: "1.2.3", transferSyntax: "1.2.840.10008.1.2", sourceAe: "CT1" });
+ * const meta = fileMetaFor({ sopClass: "1.2.840.10008.5.1.4.1.1.2", sop: "1.2.3", transferSyntax: "1.2.840.10008.1.2" });
  * new TextDecoder().decode(meta.subarray(128, 132)); // "DICM"
  * ```
  */
 export function fileMetaFor(
-  fields: { sopClass: string; sop: string; transferSyntax: string; sourceAe: string },
+  fields: { sopClass: string; sop: string; transferSyntax: string },
 ): Uint8Array {
   const elements: Uint8Array[] = [
     element(0x0001, "OB", new Uint8Array([0, 1])),
@@ -51,7 +53,6 @@ export function fileMetaFor(
     element(0x0012, "UI", text(IMPLEMENTATION_CLASS_UID, 0)),
     element(0x0013, "SH", text(IMPLEMENTATION_VERSION, 0x20)),
   ];
-  if (fields.sourceAe !== "") elements.push(element(0x0016, "AE", text(fields.sourceAe, 0x20)));
   const length = elements.reduce((n, e) => n + e.length, 0);
   const groupLength = element(0x0000, "UL", new Uint8Array(4));
   new DataView(groupLength.buffer).setUint32(8, length, true);
@@ -121,7 +122,6 @@ export async function storeDataset(
     sopClass,
     sop,
     transferSyntax: message.context.transferSyntax,
-    sourceAe: session.callingAe,
   });
   const body = prepend(meta, message.dataset!);
   const part = { index: 1, headers: new Headers({ "content-type": "application/dicom" }), body };
