@@ -120,3 +120,39 @@ Deno.test("parsePdu() refuses malformed PDUs with a SyntaxError", () => {
     assert.throws(() => parsePdu(bytes), SyntaxError, name);
   }
 });
+
+Deno.test("parsePdu() throws nothing but SyntaxError for mutated PDUs", () => {
+  const seeds = [
+    encodeAssociateRq({
+      calledAe: "PACS",
+      callingAe: "X",
+      applicationContext: "1.2.840.10008.3.1.1.1",
+      contexts: [{ id: 1, abstractSyntax: "1.2.840.10008.1.1", transferSyntaxes: ["1.2.840.10008.1.2"] }],
+      user: USER,
+    }),
+    encodeAssociateAc({
+      calledAe: "PACS",
+      callingAe: "X",
+      applicationContext: "1.2.840.10008.3.1.1.1",
+      contexts: [{ id: 1, result: 0, transferSyntax: "1.2.840.10008.1.2" }],
+      user: USER,
+    }),
+    encodeAbort(2, 1),
+    new Uint8Array([4, 0, 0, 0, 0, 8, 0, 0, 0, 4, 1, 3, 9, 9]),
+  ];
+  let state = 12345;
+  const random = (n: number) => {
+    state = (state * 1103515245 + 12345) >>> 0;
+    return state % n;
+  };
+  for (let i = 0; i < 5000; i++) {
+    const input = seeds[random(seeds.length)].slice();
+    for (let k = 1 + random(4); k > 0; k--) input[random(input.length)] = random(256);
+    const cut = random(3) === 0 ? input.subarray(0, random(input.length + 1)) : input;
+    try {
+      parsePdu(cut);
+    } catch (error) {
+      assert.ok(error instanceof SyntaxError, `input ${i}: ${error}`);
+    }
+  }
+});
