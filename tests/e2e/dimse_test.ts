@@ -513,3 +513,48 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "DIMSE over DICOM TLS (DIMSE_TLS with the server's certificate): echoscu and storescu +tls",
+  ignore: missing !== undefined,
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "dimse-tls-" });
+    const made = await run("openssl", [
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-keyout",
+      `${dir}/key.pem`,
+      "-out",
+      `${dir}/cert.pem`,
+      "-days",
+      "1",
+      "-subj",
+      "/CN=localhost",
+    ]);
+    assert.equal(made.code, 0, made.output);
+    const dimse = await startTestDimse({
+      config: { TLS_CERT_FILE: `${dir}/cert.pem`, TLS_KEY_FILE: `${dir}/key.pem` },
+      dimse: { DIMSE_PEERS: "MODALITY@127.0.0.1:104", DIMSE_TLS: "true" },
+    });
+    try {
+      const port = String(dimse.port);
+      const tls = ["+tla", "-ic", "-aet", "MODALITY", "-aec", "PACS", "127.0.0.1", port];
+      const echo = await run("echoscu", tls);
+      assert.equal(echo.code, 0, echo.output);
+      const plain = await run("echoscu", ["-aet", "MODALITY", "-aec", "PACS", "127.0.0.1", port]);
+      assert.notEqual(plain.code, 0, "a plain TCP association is not accepted on the TLS port");
+      const ct = byName("CT_small.dcm");
+      const store = await run("storescu", [...tls, path(ct)]);
+      assert.equal(store.code, 0, store.output);
+      assert.ok(await stored(dimse, ct.key), "stored over TLS");
+    } finally {
+      await dimse.close();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
