@@ -29,6 +29,7 @@ import { readFileMeta } from "../../lib/dicom/file_meta.ts";
 const missing = await dcmtkMissing();
 if (missing) skipBecause("the DIMSE end-to-end tests", missing);
 const orthancAbsent = await orthancMissing();
+if (orthancAbsent) skipBecause("the Orthanc DIMSE end-to-end test", orthancAbsent);
 
 const CORPUS = new URL("../testdata/pydicom/", import.meta.url);
 const corpus = await pydicomCorpus();
