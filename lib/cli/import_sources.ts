@@ -16,7 +16,7 @@
 import { configure, type FileEntry, Reader, ZipReader } from "@zip.js/zip.js";
 
 // Inflate on this thread with the native DecompressionStream: no worker threads to permit or to leak.
-configure({ useWebWorkers: false });
+configure({ useWebWorkers: false, chunkSize: 64 * 1024 });
 
 /** A file to import. */
 export interface FoundFile {
@@ -219,26 +219,37 @@ async function* archive(path: string, size: number): AsyncGenerator<Found> {
  */
 function entryStream(entry: FileEntry, done: () => void): ReadableStream<Uint8Array> {
   const pipe = new TransformStream<Uint8Array, Uint8Array>();
-  // zip.js errors the stream when it fails, except when reading the archive itself fails: then only its
-  // promise tells, and the stream errors with that (once failed, a read lost to the race does not matter)
-  let fail!: (error: unknown) => void;
-  const failure = new Promise<never>((_, reject) => fail = reject);
-  failure.catch(() => {});
-  entry.getData(pipe.writable).catch(fail).finally(done);
   const reader = pipe.readable.getReader();
+  let outer!: ReadableStreamDefaultController<Uint8Array>;
+  let failed = false;
+  // zip.js errors the stream when it fails, except when reading the archive file itself fails: then only its
+  // promise tells. (Not a Promise.race per read against a promise that stays pending: that keeps every chunk.)
+  const fail = (error: unknown) => {
+    if (failed) return;
+    failed = true;
+    outer.error(new Error(`Cannot read the entry from the archive (damaged?): ${messageOf(error)}`));
+    reader.cancel(error).catch(() => {});
+  };
+  entry.getData(pipe.writable).catch(fail).finally(done);
   return new ReadableStream<Uint8Array>({
+    start(controller) {
+      outer = controller;
+    },
     async pull(controller) {
       let next;
       try {
-        next = await Promise.race([reader.read(), failure]);
+        next = await reader.read();
       } catch (error) {
-        reader.cancel(error).catch(() => {});
-        throw new Error(`Cannot read the entry from the archive (damaged?): ${messageOf(error)}`);
+        return fail(error);
       }
+      if (failed) return;
       if (next.done) controller.close();
       else controller.enqueue(next.value);
     },
-    cancel: (reason) => reader.cancel(reason),
+    cancel: (reason) => {
+      failed = true;
+      return reader.cancel(reason);
+    },
   }, { highWaterMark: 0 });
 }
 
