@@ -1,6 +1,7 @@
 /**
  * Search benchmark: `deno run -P=bench bench/qido_bench.ts [--studies 1000] [--series 3] [--instances 20]
- * [--qido-studies 10000] [--samples 300] [--crawl 0]`.
+ * [--qido-studies 10000] [--qido-studies-large 100000] [--samples 300] [--crawl 0] [--postgres 0]
+ * [--clients 50] [--replica-requests 3000]`.
  *
  * Against TEST_S3_ENDPOINT (e.g. Ceph RGW from ../shared/tools/ceph/start.sh) when set, else s3rver:
  * 1. uploads a generated bucket of tiny instances (N studies × M series × K instances);
@@ -9,7 +10,15 @@
  * 3. the background instance pass (every other header), objects/s;
  * 4. an incremental re-crawl of the unchanged bucket (counts object reads: expected 0);
  * 5. QIDO latency through `Deno.serve`: p50/p99 of `/studies?PatientName=*X*&limit=101` (and a few other shapes)
- *    over a catalog filled directly with `--qido-studies` studies.
+ *    over a catalog filled directly with `--qido-studies` studies, then `--qido-studies-large` (0: skipped);
+ *    the fill goes through `recordInstances` in batches of 50, as STOW-RS files instances, and its rate is the
+ *    catalog's STOW ingest rate.
+ *
+ * Steps 2-5 run on SQLite and, when Debian's postgresql is installed (`--postgres 0` to skip), on PostgreSQL
+ * (a throw-away cluster, tests/_postgres.ts). Then 6: three replicas (three handlers, each its own pool, one
+ * database of `--qido-studies` studies) behind `Deno.serve` under `--clients` concurrent clients, p50/p99 and
+ * requests/s. Targets (issue #17): PostgreSQL p50 ≤ 10 ms and p99 ≤ 50 ms at 100,000 studies; SQLite p50 ≤ 5 ms
+ * at 10,000. Everything runs in this one process on this machine: the replicas share its cores.
  * Prints figures only; nothing is asserted on time.
  */
 
@@ -26,6 +35,9 @@ import { buildPart10, type Fx } from "../tests/_dicom_fixtures.ts";
 import { startS3 } from "../tests/_s3server.ts";
 import { observe } from "../tests/_stores.ts";
 import { assembleServices } from "../lib/app/open.ts";
+import type { Catalog, InstanceToRecord } from "../lib/catalog/catalog.ts";
+import { openPostgresCatalog } from "../lib/catalog/postgres_catalog.ts";
+import { postgresMissing, startPostgres, type TestPostgres } from "../tests/_postgres.ts";
 
 const args = new Map<string, number>();
 for (let i = 0; i < Deno.args.length; i += 2) {
@@ -38,6 +50,26 @@ const QIDO_STUDIES = args.get("qido-studies") ?? 10_000;
 const SAMPLES = args.get("samples") ?? 300;
 /** `--crawl 0` runs the QIDO part only. */
 const CRAWL = args.get("crawl") ?? 1;
+const QIDO_STUDIES_LARGE = args.get("qido-studies-large") ?? 100_000;
+const CLIENTS = args.get("clients") ?? 50;
+const REPLICA_REQUESTS = args.get("replica-requests") ?? 3000;
+
+type Backend = "sqlite" | "postgres";
+const BACKENDS: Backend[] = ["sqlite"];
+let cluster: TestPostgres | undefined;
+if (import.meta.main && (args.get("postgres") ?? 1) !== 0) {
+  const missing = await postgresMissing();
+  if (missing) console.log(`PostgreSQL part skipped: ${missing}`);
+  else BACKENDS.push("postgres");
+}
+
+/** A new empty catalog of `backend` (PostgreSQL: a new database of one throw-away cluster), and its URL. */
+async function openBackend(backend: Backend): Promise<{ catalog: Catalog; url?: string }> {
+  if (backend === "sqlite") return { catalog: await openSqliteCatalog(":memory:") };
+  cluster ??= await startPostgres();
+  const url = await cluster.createDatabase("bench");
+  return { catalog: await openPostgresCatalog(url, { poolSize: 20, log: () => {} }), url };
+}
 
 const FAMILY = [
   "SMITH",
@@ -115,7 +147,7 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))];
 }
 
-async function crawlBench(store: ObjectStore, bucket: string): Promise<void> {
+async function upload(store: ObjectStore, bucket: string): Promise<void> {
   const total = STUDIES * SERIES * INSTANCES;
   console.log(
     `\n== Bucket: ${fmt(STUDIES)} studies × ${SERIES} series × ${INSTANCES} instances = ${
@@ -126,22 +158,27 @@ async function crawlBench(store: ObjectStore, bucket: string): Promise<void> {
   for (let s = 0; s < STUDIES; s++) {
     for (let se = 0; se < SERIES; se++) for (let i = 0; i < INSTANCES; i++) keys.push([s, se, i]);
   }
-  let t = performance.now();
+  const t = performance.now();
   let bytes = 0;
   await pool(keys, 32, async ([s, se, i]) => {
     const { key, bytes: body } = instance(s, se, i);
     bytes += body.length;
     await store.put(bucket, key, body, { size: body.length });
   });
-  let seconds = (performance.now() - t) / 1000;
+  const seconds = (performance.now() - t) / 1000;
   console.log(
     `upload: ${fmt(total)} objects (${mib(bytes)}, ${fmt(bytes / total)} B each) in ${
       seconds.toFixed(1)
     } s (${fmt(total / seconds)}/s)`,
   );
+}
 
+async function crawlBench(store: ObjectStore, bucket: string, backend: Backend): Promise<void> {
+  console.log(`\n-- crawl into ${backend}`);
+  let t: number;
+  let seconds: number;
   const observed = observe(store);
-  const catalog = await openSqliteCatalog(":memory:");
+  const { catalog } = await openBackend(backend);
   const aets = new AetRegistry(observed, { configured: new Map([["BENCH", bucket]]) });
   const crawler = new Crawler({
     store: observed,
@@ -200,21 +237,33 @@ async function crawlBench(store: ObjectStore, bucket: string): Promise<void> {
   await catalog.close();
 }
 
-async function qidoBench(): Promise<void> {
-  console.log(`\n== QIDO over ${fmt(QIDO_STUDIES)} studies (catalog filled directly)`);
-  const config = parseConfig({ AETS: "BENCH=bench" });
-  const catalog = await openSqliteCatalog(":memory:");
-  let t = performance.now();
-  for (let s = 0; s < QIDO_STUDIES; s++) {
-    const { key, bytes } = instance(s, 0, 0, "2.25.88");
-    await catalog.recordInstance(
-      "BENCH",
-      "bench",
-      { key, size: bytes.length, etag: "e" },
-      parseBuffer(bytes, key),
-    );
+/** Files `studies` one-instance studies in batches of 50 (as STOW-RS does), reporting the rate. */
+async function fill(catalog: Catalog, studies: number): Promise<void> {
+  const t = performance.now();
+  for (let first = 0; first < studies; first += 50) {
+    const batch: InstanceToRecord[] = [];
+    for (let s = first; s < Math.min(studies, first + 50); s++) {
+      const { key, bytes } = instance(s, 0, 0, "2.25.88");
+      batch.push({ info: { key, size: bytes.length, etag: "e" }, header: parseBuffer(bytes, key) });
+    }
+    const results = await catalog.recordInstances("BENCH", "bench", batch);
+    const failed = results.find((r) => r.status === "rejected");
+    if (failed) throw (failed as PromiseRejectedResult).reason;
   }
-  console.log(`fill: ${((performance.now() - t) / 1000).toFixed(1)} s`);
+  const seconds = (performance.now() - t) / 1000;
+  console.log(
+    `fill (STOW ingest, batches of 50): ${fmt(studies)} instances in ${seconds.toFixed(1)} s (${
+      fmt(studies / seconds)
+    } instances/s)`,
+  );
+}
+
+async function qidoBench(backend: Backend, studies: number): Promise<string | undefined> {
+  console.log(`\n== QIDO over ${fmt(studies)} studies on ${backend} (catalog filled directly)`);
+  const config = parseConfig({ AETS: "BENCH=bench" });
+  const { catalog, url } = await openBackend(backend);
+  await fill(catalog, studies);
+  let t: number;
   const { MemoryStore } = await import("../lib/store/memory_store.ts");
   const store = new MemoryStore(["bench"]);
   const aets = new AetRegistry(store, { configured: config.aets });
@@ -237,6 +286,7 @@ async function qidoBench(): Promise<void> {
     "/studies?StudyInstanceUID=2.25.88.5000",
     "/studies?limit=101&offset=9000",
     "/studies/2.25.88.5000/series",
+    "/studies/2.25.88.5000/series/2.25.88.5000.1/instances",
   ];
   try {
     for (const shape of shapes) {
@@ -259,6 +309,65 @@ async function qidoBench(): Promise<void> {
   } finally {
     await server.shutdown();
     await catalog.close();
+  }
+  return url;
+}
+
+/** Three replicas over the PostgreSQL database at `url` (filled by qidoBench), under `CLIENTS` clients. */
+async function replicaBench(url: string, studies: number): Promise<void> {
+  console.log(
+    `\n== 3 replicas over one PostgreSQL catalog of ${fmt(studies)} studies, ${CLIENTS} concurrent clients`,
+  );
+  const config = parseConfig({ AETS: "BENCH=bench" });
+  const { MemoryStore } = await import("../lib/store/memory_store.ts");
+  const store = new MemoryStore(["bench"]);
+  const replicas = await Promise.all([0, 1, 2].map(async () => {
+    const catalog = await openPostgresCatalog(url, { poolSize: 20, log: () => {} });
+    const aets = new AetRegistry(store, { configured: config.aets });
+    const handler = createHandler(
+      assembleServices(config, store, { aets, catalog, capabilities: { reEncode: true } }),
+      { log: () => {} },
+    );
+    const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, handler);
+    return { catalog, server, base: `http://127.0.0.1:${(server.addr as Deno.NetAddr).port}/aets/BENCH` };
+  }));
+  const shapes = [
+    "/studies?PatientName=*X*&limit=101",
+    "/studies?limit=101&offset=0&fuzzymatching=true&includefield=00081030%2C00080060&PatientName=*BRA*",
+    "/studies?limit=101&offset=0&StudyDate=20200101-20201231",
+    "/studies?PatientID=PID1234",
+    "/studies?StudyInstanceUID=2.25.88.5000",
+    "/studies/2.25.88.5000/series",
+  ];
+  try {
+    const times: number[] = [];
+    let next = 0;
+    let errors = 0;
+    const t = performance.now();
+    await Promise.all(Array.from({ length: CLIENTS }, async () => {
+      while (next < REPLICA_REQUESTS) {
+        const i = next++;
+        const started = performance.now();
+        const response = await fetch(replicas[i % 3].base + shapes[i % shapes.length]);
+        await response.arrayBuffer();
+        if (response.status !== 200) errors++;
+        times.push(performance.now() - started);
+      }
+    }));
+    const seconds = (performance.now() - t) / 1000;
+    times.sort((a, b) => a - b);
+    console.log(
+      `${fmt(REPLICA_REQUESTS)} searches (6 shapes, round robin over the replicas): p50 ${
+        percentile(times, 0.5).toFixed(2)
+      } ms, p99 ${percentile(times, 0.99).toFixed(2)} ms, ${
+        fmt(REPLICA_REQUESTS / seconds)
+      } requests/s, ${errors} not 200`,
+    );
+  } finally {
+    for (const r of replicas) {
+      await r.server.shutdown();
+      await r.catalog.close();
+    }
   }
 }
 
@@ -289,10 +398,23 @@ if (import.meta.main && CRAWL) {
     } else {
       await s3.createBucket(bucket);
     }
-    await crawlBench(store, bucket);
+    await upload(store, bucket);
+    for (const backend of BACKENDS) await crawlBench(store, bucket, backend);
   } finally {
     await store.close?.();
     await s3.stop();
   }
 }
-if (import.meta.main) await qidoBench();
+if (import.meta.main) {
+  try {
+    let replicaUrl: string | undefined;
+    for (const backend of BACKENDS) {
+      const url = await qidoBench(backend, QIDO_STUDIES);
+      if (backend === "postgres") replicaUrl = url;
+      if (QIDO_STUDIES_LARGE > 0) await qidoBench(backend, QIDO_STUDIES_LARGE);
+    }
+    if (replicaUrl !== undefined) await replicaBench(replicaUrl, QIDO_STUDIES);
+  } finally {
+    await cluster?.stop();
+  }
+}

@@ -178,34 +178,68 @@ export function routeOf(pathname: string, basePath: string): string {
   return path.split("/").slice(1).every((segment) => SEGMENTS.has(segment)) ? path : "other";
 }
 
+/** One answered request, as {@linkcode recordRequest} counts it. */
+export interface RequestSample {
+  /** The request path (made a route pattern here). */
+  pathname: string;
+  /** The request method. */
+  method: string;
+  /** The response status. */
+  status: number;
+  /** Body bytes sent. */
+  bytes: number;
+  /** Milliseconds until the body was sent (or abandoned). */
+  ms: number;
+}
+
+/**
+ * Counts one answered request: by route, method and status, its duration and its bytes. The handler's
+ * per-request log callback (lib/app/handler.ts) has all of these; {@linkcode instrumentHandler} does the same
+ * from outside.
+ */
+export function recordRequest(sample: RequestSample, basePath: string, metrics: Metrics = METRICS): void {
+  const route = routeOf(sample.pathname, basePath);
+  const method = sample.method.toUpperCase();
+  metrics.count("dicomweb_http_requests_total", "HTTP requests answered", {
+    route,
+    method,
+    status: String(sample.status),
+  });
+  metrics.observe(
+    "dicomweb_http_request_duration_seconds",
+    "HTTP request duration until the body was sent",
+    { route, method },
+    sample.ms / 1000,
+  );
+  metrics.count("dicomweb_http_response_bytes_total", "Response body bytes sent", { route }, sample.bytes);
+}
+
 /**
  * Wraps the server's handler: counts each request by route, method and status, and records its duration and
- * bytes once its body has been sent (or abandoned).
+ * bytes once its body has been sent (or abandoned). (Inside handler.ts, calling {@linkcode recordRequest} from
+ * the log callback does the same without a second body watcher.)
  */
 export function instrumentHandler<I>(
   handler: (request: Request, info?: I) => Promise<Response>,
   options: { basePath: string; metrics?: Metrics },
 ): (request: Request, info?: I) => Promise<Response> {
-  const metrics = options.metrics ?? METRICS;
   return async (request, info) => {
     const started = performance.now();
-    const route = routeOf(new URL(request.url).pathname, options.basePath);
-    const method = request.method.toUpperCase();
+    const pathname = new URL(request.url).pathname;
     const response = await handler(request, info);
     return watchBody(response, {
       done(bytes) {
-        metrics.count("dicomweb_http_requests_total", "HTTP requests answered", {
-          route,
-          method,
-          status: String(response.status),
-        });
-        metrics.observe(
-          "dicomweb_http_request_duration_seconds",
-          "HTTP request duration until the body was sent",
-          { route, method },
-          (performance.now() - started) / 1000,
+        recordRequest(
+          {
+            pathname,
+            method: request.method,
+            status: response.status,
+            bytes,
+            ms: performance.now() - started,
+          },
+          options.basePath,
+          options.metrics,
         );
-        metrics.count("dicomweb_http_response_bytes_total", "Response body bytes sent", { route }, bytes);
       },
     });
   };

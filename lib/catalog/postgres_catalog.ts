@@ -222,6 +222,8 @@ interface Touched {
   studies: Set<string>;
   /** Keys whose state changed, announced to the other replicas. */
   keys: Set<string>;
+  /** Series known to have their row (no rebuild needed). */
+  present: Set<string>;
 }
 
 interface ListingState {
@@ -431,7 +433,12 @@ export class PostgresCatalog implements Catalog {
     return this.#run(what, (sql) =>
       sql.begin(async (tx) => {
         await tx`SELECT pg_advisory_xact_lock(${LOCK_CLASS.aet}, hashtext(${aet}))`;
-        const touched: Touched = { series: new Set(), studies: new Set(), keys: new Set() };
+        const touched: Touched = {
+          series: new Set(),
+          studies: new Set(),
+          keys: new Set(),
+          present: new Set(),
+        };
         const result = await fn(tx, touched);
         await this.#refresh(tx, aet, touched);
         if (touched.keys.size > 0) await this.#notify(tx, aet, bucket, [...touched.keys]);
@@ -531,33 +538,57 @@ export class PostgresCatalog implements Catalog {
         return { error };
       }
     });
+    // Fast path: the batch in one transaction, one statement chain per item. When an item fails in SQL, the
+    // batch is filed again with a savepoint per item, so that it fails alone.
     try {
-      return await this.#write("a write", aet, bucket, async (tx, touched) => {
-        await tx`INSERT INTO aets (aet, bucket) VALUES (${aet}, ${bucket}) ON CONFLICT (aet) DO NOTHING`;
-        const results: PromiseSettledResult<RecordOutcome>[] = [];
-        for (const item of prepared) {
-          if ("error" in item) {
-            results.push({ status: "rejected", reason: item.error });
-            continue;
-          }
-          // an item failing in SQL is undone alone, as if it had been recorded by a call of its own
-          const mine: Touched = { series: new Set(), studies: new Set(), keys: new Set() };
-          try {
-            const value = await tx.savepoint((sp) => this.#record(sp, aet, item, mine)) as RecordOutcome;
-            for (const s of mine.series) touched.series.add(s);
-            for (const s of mine.studies) touched.studies.add(s);
-            touched.keys.add(item.info.key);
-            results.push({ status: "fulfilled", value });
-          } catch (error) {
-            if (connectionLost(error)) throw error;
-            results.push({ status: "rejected", reason: error });
-          }
-        }
-        return results;
-      });
+      return await this.#recordBatch(aet, bucket, prepared, false);
+    } catch (error) {
+      if (error instanceof CatalogUnavailableError || connectionLost(error) || this.#closed) {
+        return items.map(() => ({ status: "rejected", reason: error }));
+      }
+    }
+    try {
+      return await this.#recordBatch(aet, bucket, prepared, true);
     } catch (error) {
       return items.map(() => ({ status: "rejected", reason: error }));
     }
+  }
+
+  #recordBatch(
+    aet: string,
+    bucket: string,
+    prepared: (Prepared | { error: unknown })[],
+    savepoints: boolean,
+  ): Promise<PromiseSettledResult<RecordOutcome>[]> {
+    return this.#write("a write", aet, bucket, async (tx, touched) => {
+      await tx`INSERT INTO aets (aet, bucket) VALUES (${aet}, ${bucket}) ON CONFLICT (aet) DO NOTHING`;
+      const results: PromiseSettledResult<RecordOutcome>[] = [];
+      for (const item of prepared) {
+        if ("error" in item) {
+          results.push({ status: "rejected", reason: item.error });
+          continue;
+        }
+        if (!savepoints) {
+          results.push({ status: "fulfilled", value: await this.#record(tx, aet, item, touched) });
+          touched.keys.add(item.info.key);
+          continue;
+        }
+        // an item failing in SQL is undone alone, as if it had been recorded by a call of its own
+        const mine: Touched = { series: new Set(), studies: new Set(), keys: new Set(), present: new Set() };
+        try {
+          const value = await tx.savepoint((sp) => this.#record(sp, aet, item, mine)) as RecordOutcome;
+          for (const s of mine.series) touched.series.add(s);
+          for (const s of mine.studies) touched.studies.add(s);
+          for (const s of mine.present) touched.present.add(s);
+          touched.keys.add(item.info.key);
+          results.push({ status: "fulfilled", value });
+        } catch (error) {
+          if (connectionLost(error)) throw error;
+          results.push({ status: "rejected", reason: error });
+        }
+      }
+      return results;
+    });
   }
 
   /** What recording one instance needs, computed outside the transaction. */
@@ -579,19 +610,24 @@ export class PostgresCatalog implements Catalog {
       return item.outcome;
     }
     const { uids, columns } = item;
-    const [row] = await tx<{ id: number; previous: number | null }[]>`
-      WITH previous AS (SELECT state FROM objects WHERE aet = ${aet} AND key = ${info.key})
-      INSERT INTO objects (aet, key, size, etag, study, series, sop, state, seen_at, sop_class, instance_number)
-      VALUES (${aet}, ${info.key}, ${info.size}, ${info.etag}, ${uids.study}, ${uids.series}, ${uids.instance},
-        ${INDEXED}, catalog_now_ms(), ${columns.sopClass ?? null}, ${columns.instanceNumber ?? null})
-      ON CONFLICT (aet, key) DO UPDATE SET size = excluded.size, etag = excluded.etag, study = excluded.study,
-        series = excluded.series, sop = excluded.sop, state = excluded.state, error = NULL,
-        seen_at = excluded.seen_at, sop_class = excluded.sop_class, instance_number = excluded.instance_number
-      RETURNING id, (SELECT state FROM previous) AS previous`;
-    const [series] = await tx<{ source_key: string }[]>`
-      WITH d AS (INSERT INTO documents (id, json) VALUES (${row.id}, ${item.text})
+    // one round trip: the object row, its document, and what the series row says
+    const [row] = await tx<{ id: number; previous: number | null; source_key: string | null }[]>`
+      WITH previous AS (SELECT state FROM objects WHERE aet = ${aet} AND key = ${info.key}),
+      o AS (
+        INSERT INTO objects (aet, key, size, etag, study, series, sop, state, seen_at, sop_class, instance_number)
+        VALUES (${aet}, ${info.key}, ${info.size}, ${info.etag}, ${uids.study}, ${uids.series}, ${uids.instance},
+          ${INDEXED}, catalog_now_ms(), ${columns.sopClass ?? null}, ${columns.instanceNumber ?? null})
+        ON CONFLICT (aet, key) DO UPDATE SET size = excluded.size, etag = excluded.etag, study = excluded.study,
+          series = excluded.series, sop = excluded.sop, state = excluded.state, error = NULL,
+          seen_at = excluded.seen_at, sop_class = excluded.sop_class, instance_number = excluded.instance_number
+        RETURNING id),
+      d AS (INSERT INTO documents (id, json) SELECT id, ${item.text} FROM o
         ON CONFLICT (id) DO UPDATE SET json = excluded.json)
-      SELECT source_key FROM series WHERE aet = ${aet} AND study = ${uids.study} AND series = ${uids.series}`;
+      SELECT o.id, (SELECT state FROM previous) AS previous,
+        (SELECT source_key FROM series WHERE aet = ${aet} AND study = ${uids.study} AND series = ${uids.series})
+          AS source_key
+      FROM o`;
+    const series = row.source_key === null ? undefined : { source_key: row.source_key };
     let refresh = row.previous === null || (row.previous !== LISTED && row.previous !== INDEXED);
     if (!series || series.source_key === info.key) {
       await this.#putSeries(tx, aet, info, instanceRecord(item.json));
@@ -601,6 +637,7 @@ export class PostgresCatalog implements Catalog {
       touched.series.add(`${uids.study}\0${uids.series}`);
       touched.studies.add(uids.study);
     }
+    touched.present.add(`${uids.study}\0${uids.series}`);
     return "indexed";
   }
 
@@ -648,16 +685,21 @@ export class PostgresCatalog implements Catalog {
     touched.studies.add(study);
   }
 
-  /** Rebuilds the missing series rows and refreshes the counts of what `touched` names. */
+  /**
+   * Rebuilds the missing series rows and refreshes the counts of what `touched` names. The series (then the
+   * studies) are independent of each other, so their statements are sent together (pipelined on the one
+   * connection of the transaction, executed in order by the server).
+   */
   async #refresh(tx: Tx, aet: string, touched: Touched): Promise<void> {
-    for (const pair of touched.series) {
+    await Promise.all([...touched.series].map(async (pair) => {
       const [study, series] = pair.split("\0");
-      await this.#rebuildSeries(tx, aet, study, series);
+      if (!touched.present.has(pair)) await this.#rebuildSeries(tx, aet, study, series);
       await this.#refreshSeries(tx, aet, study, series);
-    }
-    for (const study of touched.studies) await this.#refreshStudy(tx, aet, study);
+    }));
+    await Promise.all([...touched.studies].map((study) => this.#refreshStudy(tx, aet, study)));
     touched.series.clear();
     touched.studies.clear();
+    touched.present.clear();
   }
 
   /** Rebuilds a missing series row from an indexed instance of it, if there is one; true when done. */
@@ -694,13 +736,14 @@ export class PostgresCatalog implements Catalog {
   }
 
   async #refreshSeries(tx: Tx, aet: string, study: string, series: string): Promise<void> {
-    const [{ n }] = await tx<{ n: number }[]>`SELECT count(*) AS n FROM objects
-      WHERE aet = ${aet} AND study = ${study} AND series = ${series} AND state IN (${LISTED}, ${INDEXED})`;
-    if (n === 0) await tx`DELETE FROM series WHERE aet = ${aet} AND study = ${study} AND series = ${series}`;
-    else {
-      await tx`UPDATE series SET num_instances = ${n}
-        WHERE aet = ${aet} AND study = ${study} AND series = ${series} AND num_instances <> ${n}`;
-    }
+    await tx`
+      WITH n AS (SELECT count(*) AS n FROM objects
+        WHERE aet = ${aet} AND study = ${study} AND series = ${series} AND state IN (${LISTED}, ${INDEXED})),
+      gone AS (DELETE FROM series WHERE aet = ${aet} AND study = ${study} AND series = ${series}
+        AND (SELECT n FROM n) = 0)
+      UPDATE series SET num_instances = (SELECT n FROM n)
+      WHERE aet = ${aet} AND study = ${study} AND series = ${series} AND (SELECT n FROM n) > 0
+        AND num_instances <> (SELECT n FROM n)`;
   }
 
   async #refreshStudy(tx: Tx, aet: string, study: string): Promise<void> {
