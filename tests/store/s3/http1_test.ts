@@ -470,3 +470,139 @@ Deno.test("Http1Client sends whole bodies over kept-alive connections", async (t
     client.close();
   });
 });
+
+/** `n` random ASCII letters (the raw test server writes text). */
+function randomText(n: number): string {
+  const bytes = randomBytes(n);
+  let out = "";
+  for (let i = 0; i < n; i += 8192) {
+    out += String.fromCharCode(...bytes.subarray(i, i + 8192).map((b) => 97 + (b % 26)));
+  }
+  return out;
+}
+
+/** The body as text, its MD5 and length in a short string (so a failed comparison prints little). */
+async function readAll(body: ReadableStream<Uint8Array> | null): Promise<string> {
+  const text = body === null ? "" : await new Response(body).text();
+  return `${text.length} bytes, md5 ${md5(encoder.encode(text))}`;
+}
+
+function summary(text: string): string {
+  return `${text.length} bytes, md5 ${md5(encoder.encode(text))}`;
+}
+
+Deno.test("Http1Client streams answers", async (t) => {
+  await t.step(
+    "a body by length, chunked or up to the end streams byte-exact; the connection is reused",
+    async () => {
+      const big = randomText(700_000);
+      const answers = [
+        `HTTP/1.1 200 OK\r\ncontent-length: ${big.length}\r\netag: "e1"\r\n\r\n${big}`,
+        `HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\n${big.slice(0, 3)}\r\n${
+          (big.length - 3).toString(16)
+        }\r\n${big.slice(3)}\r\n0\r\n\r\n`,
+        "HTTP/1.1 204 No Content\r\n\r\n",
+        `HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n`,
+        `HTTP/1.0 200 OK\r\n\r\n${big}`,
+      ];
+      const server = rawServer((_, i) => i >= 4 ? { reply: answers[4], thenClose: true } : answers[i]);
+      const client = new Http1Client();
+      try {
+        const get = () =>
+          client.stream({ method: "GET", url: new URL(`${server.url}/b/k`), headers: { a: "1" } });
+        let response = await get();
+        assert.equal(response.status, 200);
+        assert.equal(response.headers.get("etag"), '"e1"');
+        assert.equal(await readAll(response.body), summary(big));
+        assert.equal(await readAll((await get()).body), summary(big));
+        response = await get();
+        assert.equal(response.status, 204);
+        assert.equal(response.body, null);
+        assert.equal((await get()).body, null);
+        assert.equal(server.connections(), 1);
+        // no length: the body runs to the end of the connection, which is not reused
+        assert.equal(await readAll((await get()).body), summary(big));
+        assert.equal(await readAll((await get()).body), summary(big));
+        assert.equal(server.connections(), 2);
+        // a GET carries no body and no Content-Length
+        assert.doesNotMatch(server.seen[0].head, /content-length/i);
+        assert.match(server.seen[0].head, /^GET \/b\/k HTTP\/1\.1\r\nhost: [^\r]+\r\na: 1$/);
+      } finally {
+        client.close();
+        await server.close();
+      }
+    },
+  );
+
+  await t.step("a BYOB reader gets the bytes read into its own buffer", async () => {
+    const text = randomText(300_000);
+    const server = rawServer(() => `HTTP/1.1 200 OK\r\ncontent-length: ${text.length}\r\n\r\n${text}`);
+    const client = new Http1Client();
+    try {
+      const response = await client.stream({ method: "GET", url: new URL(`${server.url}/k`), headers: {} });
+      const reader = response.body!.getReader({ mode: "byob" });
+      let buffer = new Uint8Array(text.length);
+      let filled = 0;
+      while (filled < buffer.byteLength) {
+        const { value, done } = await reader.read(buffer.subarray(filled));
+        assert.equal(done, false);
+        assert.equal(value!.byteOffset, filled); // in place: the view handed back is of the same memory
+        filled += value!.byteLength;
+        buffer = new Uint8Array(value!.buffer);
+      }
+      assert.equal((await reader.read(new Uint8Array(16))).done, true);
+      assert.equal(decoder.decode(buffer), text);
+    } finally {
+      client.close();
+      await server.close();
+    }
+  });
+
+  await t.step("cancelling a body, or aborting its request, closes the connection", async () => {
+    const text = randomText(4_000_000);
+    const server = rawServer(() => `HTTP/1.1 200 OK\r\ncontent-length: ${text.length}\r\n\r\n${text}`);
+    const client = new Http1Client();
+    try {
+      const url = new URL(`${server.url}/k`);
+      let response = await client.stream({ method: "GET", url, headers: {} });
+      let reader = response.body!.getReader();
+      await reader.read();
+      await reader.cancel();
+      await eventually(() => server.open() === 0);
+      const abort = new AbortController();
+      response = await client.stream({ method: "GET", url, headers: {}, signal: abort.signal });
+      reader = response.body!.getReader();
+      await reader.read();
+      abort.abort(new Error("stop"));
+      await assert.rejects(
+        (async () => {
+          while (!(await reader.read()).done) { /* the rest, until the abort errors it */ }
+        })(),
+        /stop/,
+      );
+      await eventually(() => server.open() === 0);
+      // a whole body read afterwards comes on a new connection
+      const again = await client.stream({ method: "GET", url, headers: {} });
+      assert.equal(await readAll(again.body), summary(text));
+      assert.equal(server.connections(), 3);
+    } finally {
+      client.close();
+      await server.close();
+    }
+  });
+
+  await t.step("a connection that closes inside the body errors the stream", async () => {
+    const server = rawServer(() => ({
+      reply: "HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\nshort",
+      thenClose: true,
+    }));
+    const client = new Http1Client();
+    try {
+      const response = await client.stream({ method: "GET", url: new URL(`${server.url}/k`), headers: {} });
+      await assert.rejects(readAll(response.body), /closed inside the body/);
+    } finally {
+      client.close();
+      await server.close();
+    }
+  });
+});
