@@ -224,6 +224,15 @@ export async function handleRequest(
     case COMMAND.cFindRq:
     case COMMAND.cMoveRq:
     case COMMAND.cGetRq: {
+      const op = field === COMMAND.cFindRq ? "find" : field === COMMAND.cMoveRq ? "move" : "get";
+      if (QR_MODELS.get(sopClass)?.op !== op) {
+        await drain(message);
+        await association.send(
+          contextId,
+          response(command, STATUS.noSuchSopClass, [errorComment(`${commandName(field)} on ${sopClass}`)]),
+        );
+        return;
+      }
       if (!allows(session.principal, "read", session.aet)) {
         await drain(message);
         await association.send(
