@@ -3,6 +3,9 @@
  * Endian, nested sequences with defined or undefined lengths, private tags, encapsulated pixel data.
  */
 
+import { scanFileMeta } from "../lib/dicom/file_meta.ts";
+import { concatBytes } from "../lib/util/bytes.ts";
+
 export const ELE = "1.2.840.10008.1.2.1";
 export const ILE = "1.2.840.10008.1.2";
 export const EBE = "1.2.840.10008.1.2.2";
@@ -214,4 +217,15 @@ export function hasCommand(name: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** The File Meta `head` without its (0002,0010) element, with the group length fixed. */
+export function dropTransferSyntax(head: Uint8Array): Uint8Array {
+  const scan = scanFileMeta(head, "h.dcm", { complete: true, groupLength: true })!;
+  const ts = scan.elements.get(0x00020010)!;
+  const start = ts.offset - 8;
+  const out = concatBytes([head.subarray(0, start), head.subarray(ts.offset + ts.length)]);
+  const view = new DataView(out.buffer, out.byteOffset);
+  view.setUint32(140, view.getUint32(140, true) - (8 + ts.length), true);
+  return out;
 }

@@ -14,7 +14,8 @@
 import { EXPLICIT_VR_LITTLE_ENDIAN } from "./transfer_syntax.ts";
 import { MalformedError } from "../util/errors.ts";
 import { LONG_VRS, SWAP_WIDTH } from "./dictionary.ts";
-import type { DicomDataset, DicomElement, Part10Header } from "./dataset.ts";
+import { type DicomDataset, type DicomElement, getString, type Part10Header } from "./dataset.ts";
+import { writeFileMeta } from "./file_meta.ts";
 
 type Op = { emit: Uint8Array } | { copy: number; length: number; swap: number };
 
@@ -126,9 +127,19 @@ class Encoder extends ExplicitLeWriter {
   }
 }
 
-/** The File Meta group for the output: the original elements with the new transfer syntax. */
+/**
+ * The File Meta group for the output: the original elements with the new transfer syntax, or for an object
+ * without File Meta (a legacy raw data set) one made from its SOP Class and Instance UIDs.
+ */
 function encodeMeta(header: Part10Header): Uint8Array {
-  if (!header.meta) throw new TypeError(`Cannot transcode "${header.name}": it has no File Meta Information`);
+  if (!header.meta) {
+    const uid = (tag: number) => (getString(header.dataset, tag) ?? "").replace(/[\0 ]+$/, "");
+    return writeFileMeta({
+      sopClassUid: uid(0x00080016),
+      sopInstanceUid: uid(0x00080018),
+      transferSyntaxUid: EXPLICIT_VR_LITTLE_ENDIAN,
+    });
+  }
   const body = new Encoder();
   const elements = [...header.meta.elements.elements.values()].filter((e) => e.tag !== 0x00020000);
   const ts = new TextEncoder().encode(EXPLICIT_VR_LITTLE_ENDIAN + "\0");

@@ -12,13 +12,22 @@
  */
 
 import { formatTag, KNOWN_VRS, LONG_VRS, vrOf } from "./dictionary.ts";
-import { IMPLICIT_VR_LITTLE_ENDIAN } from "./transfer_syntax.ts";
+import {
+  EXPLICIT_VR_BIG_ENDIAN,
+  EXPLICIT_VR_LITTLE_ENDIAN,
+  IMPLICIT_VR_LITTLE_ENDIAN,
+} from "./transfer_syntax.ts";
 import { MalformedError } from "../util/errors.ts";
 
 /** The File Meta attributes the retrieve path needs. */
 export interface FileMeta {
-  /** (0002,0010); Implicit VR Little Endian when the object has no File Meta. */
+  /**
+   * (0002,0010); when the object has no File Meta, or a File Meta without it, the syntax its data set is
+   * written in, inferred from its first element as dcmtk and pydicom do (see {@linkcode inferSyntax}).
+   */
   transferSyntaxUid: string;
+  /** Whether `transferSyntaxUid` was inferred (no (0002,0010) in the object): a legacy object. */
+  inferred: boolean;
   /** (0002,0002), empty when absent. */
   sopClassUid: string;
   /** (0002,0003), empty when absent. */
@@ -226,26 +235,113 @@ export function readFileMeta(bytes: Uint8Array, name: string, complete = false):
     if (bytes.length < 8) {
       throw new MalformedError(`Cannot read "${name}": ${bytes.length} bytes is too short for DICOM`);
     }
-    if (u16(bytes, 0) !== 0x0008) {
+    if (u16(bytes, 0) !== 0x0008 && (bytes[0] << 8 | bytes[1]) !== 0x0008) {
       throw new MalformedError(
         `Cannot read "${name}": not a DICOM Part 10 object ("DICM" missing at offset 128)`,
       );
     }
-  }
-  if (scan.transferSyntaxUid === undefined && hasPreamble && scan.elements.size > 0) {
-    throw new MalformedError(
-      `Cannot read File Meta of "${name}": Transfer Syntax UID (0002,0010) is missing`,
-    );
   }
   const text = (tag: number) => {
     const el = scan.elements.get(tag);
     return el ? trimUid(el.bytes) : "";
   };
   return {
-    transferSyntaxUid: scan.transferSyntaxUid ?? IMPLICIT_VR_LITTLE_ENDIAN,
+    transferSyntaxUid: scan.transferSyntaxUid ?? inferSyntax(bytes, scan.end),
+    inferred: scan.transferSyntaxUid === undefined,
     sopClassUid: text(0x00020002),
     sopInstanceUid: text(0x00020003),
     end: scan.end,
     hasPreamble,
   };
+}
+
+/**
+ * The transfer syntax of a data set that says none (no File Meta, or a File Meta without (0002,0010)), as
+ * dcmtk and pydicom infer it from the first element at `offset`: big endian when its group reads sensibly
+ * only that way, explicit VR when bytes 4–5 are a VR. Implicit VR Little Endian when nothing tells.
+ *
+ * @example
+ * ```ts
+ * import { inferSyntax } from "./file_meta.ts";
+ * inferSyntax(new Uint8Array([8, 0, 5, 0, 0x43, 0x53, 10, 0]), 0); // "1.2.840.10008.1.2.1"
+ * ```
+ */
+export function inferSyntax(bytes: Uint8Array, offset: number): string {
+  if (offset + 6 > bytes.length) return IMPLICIT_VR_LITTLE_ENDIAN;
+  const little = u16(bytes, offset);
+  const big = (bytes[offset] << 8) | bytes[offset + 1];
+  const bigEndian = big < little && big !== 0 && big <= 0x0008 * 0x10;
+  const explicit = isUpper(bytes[offset + 4]) && isUpper(bytes[offset + 5]);
+  if (bigEndian) return explicit ? EXPLICIT_VR_BIG_ENDIAN : IMPLICIT_VR_LITTLE_ENDIAN;
+  return explicit ? EXPLICIT_VR_LITTLE_ENDIAN : IMPLICIT_VR_LITTLE_ENDIAN;
+}
+
+/** This server's Implementation Class UID (0002,0012), written in every File Meta it makes. */
+export const IMPLEMENTATION_CLASS_UID = "2.25.295698714438566554600410723299326298637";
+
+/** This server's Implementation Version Name (0002,0013). */
+export const IMPLEMENTATION_VERSION = "DICOMWEB_S3_1";
+
+/** What {@linkcode writeFileMeta} writes. */
+export interface FileMetaFields {
+  /** Media Storage SOP Class UID (0002,0002). */
+  sopClassUid: string;
+  /** Media Storage SOP Instance UID (0002,0003). */
+  sopInstanceUid: string;
+  /** Transfer Syntax UID (0002,0010). */
+  transferSyntaxUid: string;
+  /** Source Application Entity Title (0002,0016), when known (DIMSE's calling AE title). */
+  sourceAet?: string;
+}
+
+/**
+ * A preamble, "DICM" and a File Meta group (PS3.10 7.1) in Explicit VR Little Endian: the start of a Part 10
+ * file for a data set written in `transferSyntaxUid`.
+ *
+ * @example
+ * ```ts
+ * import { readFileMeta, writeFileMeta } from "./file_meta.ts";
+ * const head = writeFileMeta({ sopClassUid: "1.2.840.10008.5.1.4.1.1.7", sopInstanceUid: "1.2.3",
+ *   transferSyntaxUid: "1.2.840.10008.1.2" });
+ * readFileMeta(head, "x.dcm", true)?.sopInstanceUid; // "1.2.3"
+ * ```
+ */
+export function writeFileMeta(fields: FileMetaFields): Uint8Array {
+  const ascii = (text: string, pad: number) => {
+    const bytes = new TextEncoder().encode(text.length % 2 === 0 ? text : text + String.fromCharCode(pad));
+    return bytes;
+  };
+  const elements: [number, string, Uint8Array][] = [
+    [0x0001, "OB", new Uint8Array([0, 1])],
+    [0x0002, "UI", ascii(fields.sopClassUid, 0)],
+    [0x0003, "UI", ascii(fields.sopInstanceUid, 0)],
+    [0x0010, "UI", ascii(fields.transferSyntaxUid, 0)],
+    [0x0012, "UI", ascii(IMPLEMENTATION_CLASS_UID, 0)],
+    [0x0013, "SH", ascii(IMPLEMENTATION_VERSION, 0x20)],
+  ];
+  if (fields.sourceAet) elements.push([0x0016, "AE", ascii(fields.sourceAet, 0x20)]);
+  const size = (vr: string, length: number) => (vr === "OB" ? 12 : 8) + length;
+  const groupLength = elements.reduce((n, [, vr, v]) => n + size(vr, v.length), 0);
+  const out = new Uint8Array(128 + 4 + 12 + groupLength);
+  const view = new DataView(out.buffer);
+  out.set([0x44, 0x49, 0x43, 0x4d], 128);
+  out.set([0x02, 0x00, 0x00, 0x00, 0x55, 0x4c, 0x04, 0x00], 132);
+  view.setUint32(140, groupLength, true);
+  let at = 144;
+  for (const [element, vr, value] of elements) {
+    view.setUint16(at, 0x0002, true);
+    view.setUint16(at + 2, element, true);
+    out[at + 4] = vr.charCodeAt(0);
+    out[at + 5] = vr.charCodeAt(1);
+    if (vr === "OB") {
+      view.setUint32(at + 8, value.length, true);
+      at += 12;
+    } else {
+      view.setUint16(at + 6, value.length, true);
+      at += 8;
+    }
+    out.set(value, at);
+    at += value.length;
+  }
+  return out;
 }

@@ -10,12 +10,11 @@ import {
   DEFLATED_SYNTAXES,
   type Encoding,
   encodingOf,
-  EXPLICIT_VR_LITTLE_ENDIAN,
   IMPLICIT_LE,
   IMPLICIT_VR_LITTLE_ENDIAN,
 } from "./transfer_syntax.ts";
 import { formatTag, KNOWN_VRS, LONG_VRS, vrOf } from "./dictionary.ts";
-import { scanFileMeta } from "./file_meta.ts";
+import { inferSyntax, scanFileMeta } from "./file_meta.ts";
 import type {
   DicomDataset,
   DicomElement,
@@ -308,11 +307,10 @@ function uidText(el: DicomElement | undefined): string | undefined {
   return el?.bytes ? latin1(el.bytes).replace(/[\0 ]+$/, "") : undefined;
 }
 
-/** Guesses the encoding of a data set starting at `offset` from its first element header. */
-function detectSyntax(r: Reader, offset: number): Encoding {
-  if (offset + 6 > r.size) return IMPLICIT_LE;
-  const v = r.bytes(offset + 4, 2, () => "");
-  return KNOWN_VRS.has(String.fromCharCode(v[0], v[1])) ? { explicit: true, little: true } : IMPLICIT_LE;
+/** The transfer syntax of a data set that names none, from its first element (file_meta.ts's inference). */
+function detectSyntax(r: Reader, offset: number): string {
+  if (offset + 6 > r.size) return IMPLICIT_VR_LITTLE_ENDIAN;
+  return inferSyntax(r.bytes(offset, 6, () => ""), 0);
 }
 
 export interface MetaResult {
@@ -335,9 +333,8 @@ export function parseMeta(r: Reader): MetaResult {
   if (scan === null) throw new NeedMore(loaded, Math.min(r.size, Math.max(2 * loaded, loaded + 1024)));
   if (scan.dicm === "none" && scan.elements.size === 0) {
     r.note = " (no File Meta Information: read as a raw data set)";
-    const syntax = detectSyntax(r, 0);
-    const transferSyntaxUid = syntax.explicit ? EXPLICIT_VR_LITTLE_ENDIAN : IMPLICIT_VR_LITTLE_ENDIAN;
-    return { datasetOffset: 0, transferSyntaxUid, syntax };
+    const transferSyntaxUid = detectSyntax(r, 0);
+    return { datasetOffset: 0, transferSyntaxUid, syntax: encodingOf(transferSyntaxUid) };
   }
   const elements = new Map<number, DicomElement>();
   for (const { tag, vr, offset, length, bytes } of scan.elements.values()) {
@@ -363,9 +360,9 @@ export function parseMeta(r: Reader): MetaResult {
       syntax: encodingOf(meta.transferSyntaxUid),
     };
   }
-  const syntax = detectSyntax(r, p);
-  const transferSyntaxUid = syntax.explicit ? EXPLICIT_VR_LITTLE_ENDIAN : IMPLICIT_VR_LITTLE_ENDIAN;
-  return { meta, datasetOffset: p, transferSyntaxUid, syntax };
+  r.note = " (File Meta without Transfer Syntax UID: syntax inferred from the data set)";
+  const transferSyntaxUid = detectSyntax(r, p);
+  return { meta, datasetOffset: p, transferSyntaxUid, syntax: encodingOf(transferSyntaxUid) };
 }
 
 /** Reads a header in phases; each phase is synchronous and may throw NeedMore (then call `run` again). */

@@ -10,6 +10,7 @@ import { type Part, randomBoundary } from "../http/multipart.ts";
 import { multipartStream } from "../http/multipart.ts";
 import { type DicomChoice, negotiateDicom } from "../http/negotiation.ts";
 import { ahead, type OpenedInstance, openInstance } from "../objects/open_instance.ts";
+import { withFileMeta } from "../objects/explicit_le_body.ts";
 import type { Handler, RouteContext } from "../http/router.ts";
 import { bucketOf, readAheadOf, type Services, warningHeader } from "./services.ts";
 import { checkUid, instanceKey, parseInstanceKey, seriesPrefix, studyPrefix } from "../dicom/uid.ts";
@@ -133,6 +134,21 @@ export function retrieveHandlers(services: Services, options: RetrieveOptions = 
   const encode = options.encode ?? asStored;
   const { store, config } = services;
 
+  /**
+   * The instance in the chosen syntax: converted, or as stored — a legacy object (its syntax inferred)
+   * behind the File Meta written for it, so what the client saves is a Part 10 file.
+   */
+  function bodyOf(opened: OpenedInstance, syntax: SyntaxChoice, bucket: string): ReadableStream<Uint8Array> {
+    if (syntax.convert) return encode(opened, syntax, bucket);
+    if (!opened.meta.inferred) return storedBody(opened);
+    return withFileMeta(opened, {
+      store,
+      headers: services.headerCache,
+      bucket,
+      bulkThreshold: config.bulkDataThreshold,
+    });
+  }
+
   async function instance(ctx: RouteContext): Promise<Response> {
     const target = targetOf(ctx.params);
     const choice = negotiateDicom(ctx.request.headers.get("accept"), { single: true });
@@ -172,10 +188,11 @@ export function retrieveHandlers(services: Services, options: RetrieveOptions = 
     });
     const base = publicBase(ctx.request, config);
     if (syntax.warning) headers.set("warning", warningHeader(new URL(base).host, syntax.warning));
-    const body = syntax.convert ? encode(opened, syntax, bucket) : storedBody(opened);
+    const body = bodyOf(opened, syntax, bucket);
+    const encoded = syntax.convert || opened.meta.inferred;
     if (!choice.multipart) {
       headers.set("content-type", contentType(syntax));
-      if (!syntax.convert) headers.set("content-length", String(opened.info.size));
+      if (!encoded) headers.set("content-length", String(opened.info.size));
       return new Response(body, { headers });
     }
     const boundary = randomBoundary();
@@ -183,7 +200,7 @@ export function retrieveHandlers(services: Services, options: RetrieveOptions = 
       "Content-Type": contentType(syntax),
       "Content-Location": instanceUrl(base, target.aet, target.study, target.series!, target.instance!),
     };
-    if (!syntax.convert) {
+    if (!encoded) {
       partHeaders["Content-Length"] = String(opened.info.size);
       headers.set(
         "content-length",
@@ -261,9 +278,9 @@ export function retrieveHandlers(services: Services, options: RetrieveOptions = 
           "Content-Type": contentType(syntax),
           "Content-Location": instanceUrl(base, target.aet, uids.study, uids.series, uids.instance),
         };
-        if (!syntax.convert) headers["Content-Length"] = String(o.info.size);
+        if (!syntax.convert && !o.meta.inferred) headers["Content-Length"] = String(o.info.size);
         if (syntax.warning) headers["Warning"] = warningHeader(new URL(base).host, syntax.warning);
-        return { headers, body: syntax.convert ? encode(o, syntax, bucket) : storedBody(o) };
+        return { headers, body: bodyOf(o, syntax, bucket) };
       };
       yield one(first.value!)!;
       for await (const o of opened) {

@@ -219,6 +219,13 @@ export function identifyPrefix(prefix: Uint8Array, name: string): { id: Identity
       `Cannot store ${name}: no File Meta Information after "DICM"`,
     );
   }
+  if (meta.inferred) {
+    throw new Refusal(
+      FAILURE.cannotUnderstand,
+      `Cannot store ${name}: its File Meta has no Transfer Syntax UID (0002,0010); write it and send the part again`,
+      { sopClass: meta.sopClassUid || undefined, sop: meta.sopInstanceUid || undefined },
+    );
+  }
   if (DEFLATED_SYNTAXES.has(meta.transferSyntaxUid)) {
     throw new Refusal(
       FAILURE.outOfResources,

@@ -1,7 +1,8 @@
 /**
  * Retrieval in Explicit VR Little Endian of instances stored as Implicit VR Little Endian, Explicit VR
  * Big Endian or Deflated (PS3.18 8.7.3.5: those syntaxes are not sent over the web), streaming:
- * the header is re-encoded from its parsed form, the pixel data flows through.
+ * the header is re-encoded from its parsed form, the pixel data flows through. And legacy objects (no File
+ * Meta, or one not naming the syntax) sent as stored, behind the File Meta a Part 10 file needs.
  *
  * @module
  */
@@ -10,6 +11,8 @@ import { type HeaderCache, loadHeader } from "./header_cache.ts";
 import type { OpenedInstance } from "./open_instance.ts";
 import type { ObjectStore } from "../store/store.ts";
 import { transcodeStream } from "../dicom/explicit_le.ts";
+import { writeFileMeta } from "../dicom/file_meta.ts";
+import { getString } from "../dicom/dataset.ts";
 
 /** Drops the first `count` bytes of a stream. */
 export function skipBytes(stream: ReadableStream<Uint8Array>, count: number): ReadableStream<Uint8Array> {
@@ -38,6 +41,42 @@ export interface ReEncodeOptions {
   bucket: string;
   /** Binary values up to this length are inline in metadata. */
   bulkThreshold?: number;
+}
+
+/**
+ * A legacy object (its syntax inferred: no File Meta, or one without (0002,0010)) as a Part 10 file: a File
+ * Meta naming the inferred syntax and the SOP Class and Instance UIDs of the data set, then the data set's
+ * bytes as stored.
+ */
+export function withFileMeta(opened: OpenedInstance, options: ReEncodeOptions): ReadableStream<Uint8Array> {
+  let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
+  return new ReadableStream<Uint8Array>({
+    async start(controller) {
+      try {
+        const header = await loadHeader(options.store, options.headers, options.bucket, opened.info, {
+          bulkThreshold: options.bulkThreshold,
+        });
+        const uid = (tag: number) => (getString(header.dataset, tag) ?? "").replace(/[\0 ]+$/, "");
+        controller.enqueue(writeFileMeta({
+          sopClassUid: uid(0x00080016),
+          sopInstanceUid: uid(0x00080018),
+          transferSyntaxUid: opened.meta.transferSyntaxUid,
+        }));
+        reader = skipBytes(opened.body, header.datasetOffset).getReader();
+      } catch (error) {
+        await opened.body.cancel(error).catch(() => {});
+        throw error;
+      }
+    },
+    async pull(controller) {
+      const { value, done } = await reader!.read();
+      if (done) controller.close();
+      else controller.enqueue(value);
+    },
+    async cancel(reason) {
+      await (reader ? reader.cancel(reason) : opened.body.cancel(reason));
+    },
+  }, { highWaterMark: 0 });
 }
 
 /** The opened instance's bytes re-encoded as Explicit VR Little Endian. */

@@ -1,7 +1,14 @@
 import assert from "node:assert/strict";
-import { readFileMeta } from "../../lib/dicom/file_meta.ts";
+import {
+  IMPLEMENTATION_CLASS_UID,
+  inferSyntax,
+  readFileMeta,
+  scanFileMeta,
+  writeFileMeta,
+} from "../../lib/dicom/file_meta.ts";
 import { IMPLICIT_VR_LITTLE_ENDIAN } from "../../lib/dicom/transfer_syntax.ts";
 import { concatBytes } from "../../lib/util/bytes.ts";
+import { dropTransferSyntax } from "../_dicom_fixtures.ts";
 
 const ELE = "1.2.840.10008.1.2.1";
 const CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2";
@@ -89,6 +96,7 @@ Deno.test("readFileMeta()", async (t) => {
     const meta = readFileMeta(bytes, "a.dcm", true);
     assert.deepEqual(meta, {
       transferSyntaxUid: ELE, // the odd-length UID was padded with \0, which is trimmed
+      inferred: false,
       sopClassUid: CT_IMAGE,
       sopInstanceUid: SOP,
       end: metaEnd,
@@ -228,14 +236,11 @@ Deno.test("readFileMeta()", async (t) => {
     assert.throws(() => readFileMeta(huge, "len.dcm"), /len\.dcm.*length/);
   });
 
-  await t.step("throws a SyntaxError when a File Meta group has no Transfer Syntax UID", () => {
+  await t.step("infers the syntax when a File Meta group has no Transfer Syntax UID", () => {
     const { bytes } = part10({ ts: null });
-    assert.throws(() => readFileMeta(bytes, "nots.dcm", true), (error: unknown) => {
-      assert.ok(error instanceof SyntaxError);
-      assert.match(error.message, /nots\.dcm/);
-      assert.match(error.message, /0002,0010/);
-      return true;
-    });
+    const meta = readFileMeta(bytes, "nots.dcm", true)!;
+    assert.equal(meta.inferred, true);
+    assert.equal(meta.transferSyntaxUid, inferSyntax(bytes, meta.end));
   });
 });
 
@@ -331,16 +336,64 @@ Deno.test({
     });
 
     await t.step(
-      "meta_missing_tsyntax.dcm (File Meta without (0002,0010)) is a SyntaxError naming it",
+      "meta_missing_tsyntax.dcm (File Meta without (0002,0010)): the syntax is inferred, like pydicom's",
       async () => {
         const bytes = await Deno.readFile(new URL("files/meta_missing_tsyntax.dcm", CORPUS));
-        assert.throws(() => readFileMeta(bytes, "meta_missing_tsyntax.dcm", true), (error: unknown) => {
-          assert.ok(error instanceof SyntaxError);
-          assert.match(error.message, /meta_missing_tsyntax\.dcm/);
-          assert.match(error.message, /Transfer Syntax UID \(0002,0010\) is missing/);
-          return true;
-        });
+        const meta = readFileMeta(bytes, "meta_missing_tsyntax.dcm", true)!;
+        assert.equal(meta.inferred, true);
+        assert.equal(meta.transferSyntaxUid, IMPLICIT_VR_LITTLE_ENDIAN);
+        assert.ok(meta.end > 132);
       },
     );
+
+    await t.step(
+      "legacy copies of real files: the inferred syntax is the one their File Meta says",
+      async () => {
+        for (
+          const name of ["MR_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm", "CT_small.dcm"]
+        ) {
+          const bytes = await Deno.readFile(new URL(`files/${name}`, CORPUS));
+          const meta = readFileMeta(bytes, name, true)!;
+          assert.equal(meta.inferred, false);
+          const raw = bytes.subarray(meta.end);
+          const legacy = readFileMeta(raw, name, true)!;
+          assert.deepEqual([legacy.transferSyntaxUid, legacy.inferred, legacy.end], [
+            meta.transferSyntaxUid,
+            true,
+            0,
+          ]);
+          assert.equal(inferSyntax(bytes, meta.end), meta.transferSyntaxUid, name);
+          // a File Meta without (0002,0010) in front of the data set: the same inference
+          const written = writeFileMeta({
+            sopClassUid: "1.2.3",
+            sopInstanceUid: "4.5.6",
+            transferSyntaxUid: "x",
+          });
+          const noTs = dropTransferSyntax(written);
+          const withMeta = readFileMeta(concatBytes([noTs, raw]), name, true)!;
+          assert.deepEqual([withMeta.transferSyntaxUid, withMeta.inferred], [meta.transferSyntaxUid, true]);
+        }
+      },
+    );
+
+    await t.step("writeFileMeta() writes a File Meta that dcmdump and our parser read back", async () => {
+      const head = writeFileMeta({
+        sopClassUid: "1.2.840.10008.5.1.4.1.1.7",
+        sopInstanceUid: "1.2.3.45",
+        transferSyntaxUid: "1.2.840.10008.1.2",
+        sourceAet: "MODALITY",
+      });
+      const meta = readFileMeta(head, "w.dcm", true)!;
+      assert.deepEqual(
+        [meta.sopClassUid, meta.sopInstanceUid, meta.transferSyntaxUid, meta.inferred, meta.end],
+        ["1.2.840.10008.5.1.4.1.1.7", "1.2.3.45", "1.2.840.10008.1.2", false, head.length],
+      );
+      const scan = scanFileMeta(head, "w.dcm", { complete: true, groupLength: true })!;
+      assert.equal(new TextDecoder().decode(scan.elements.get(0x00020016)!.bytes).trim(), "MODALITY");
+      assert.equal(
+        new TextDecoder().decode(scan.elements.get(0x00020012)!.bytes).replace(/\0$/, ""),
+        IMPLEMENTATION_CLASS_UID,
+      );
+    });
   },
 });
