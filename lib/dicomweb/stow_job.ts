@@ -33,6 +33,9 @@ import {
   TAIL_BYTES,
 } from "./stow_part.ts";
 import type { Part10Header } from "../dicom/dataset.ts";
+import { type OpenedInstance, openInstance } from "../objects/open_instance.ts";
+import { skipBytes } from "../util/streams.ts";
+import { MalformedError } from "../util/errors.ts";
 
 const MIB = 1024 * 1024;
 
@@ -176,7 +179,7 @@ export class StowJob {
         const { bucket } = this.#options;
         const replaced = await this.#exists(key);
         if (replaced && !this.#options.overwrite) {
-          const stored = await this.#compare(key, singleChunk(bytes), id);
+          const stored = await this.#compare(key, singleChunk(bytes), header.datasetOffset, id);
           return { info: stored, header, replaced: false, duplicate: true };
         }
         await gates.writes.enter();
@@ -206,8 +209,9 @@ export class StowJob {
     const name = `part ${index}`;
     let id: Identity;
     let check: Part10Check;
+    let datasetOffset: number;
     try {
-      ({ id, check } = identifyPrefix(prefix, name));
+      ({ id, check, datasetOffset } = identifyPrefix(prefix, name));
       this.#checkStudy(id);
     } catch (error) {
       await reader.cancel().catch(() => {});
@@ -279,7 +283,7 @@ export class StowJob {
           // compared as it arrives, never written: the same bytes are a success, others a conflict
           let stored: ObjectInfo;
           try {
-            stored = await this.#compare(key, body, id);
+            stored = await this.#compare(key, body, datasetOffset, id);
           } catch (error) {
             if (sourceError) throw incomplete(sourceError.error, index, id);
             throw error;
@@ -351,12 +355,32 @@ export class StowJob {
 
   /**
    * Reads `incoming` to its end beside the stored object under `key`: resolves to the stored object's info
-   * when both hold the same bytes, else throws a conflict {@linkcode Refusal} (nothing is written either way).
+   * when both hold the same data set, else throws a conflict {@linkcode Refusal} (nothing is written either
+   * way). The data sets are compared past their File Meta, which says who wrote the file rather than what it
+   * holds: an instance received over DIMSE (our File Meta) and the same one stored by STOW-RS (the client's)
+   * are one instance.
    */
-  async #compare(key: string, incoming: ReadableStream<Uint8Array>, id: Identity): Promise<ObjectInfo> {
+  async #compare(
+    key: string,
+    incoming: ReadableStream<Uint8Array>,
+    datasetOffset: number,
+    id: Identity,
+  ): Promise<ObjectInfo> {
     const { store } = this.#services;
     const { bucket } = this.#options;
-    const stored = await store.get(bucket, key);
+    let stored: OpenedInstance | null;
+    try {
+      stored = await openInstance(store, bucket, key);
+    } catch (error) {
+      await incoming.cancel(error).catch(() => {});
+      if (!(error instanceof MalformedError)) throw error;
+      throw new Refusal(
+        FAILURE.conflict,
+        `Instance ${id.sop} is stored already (${key}) as an object that is not DICOM: nothing was overwritten. ` +
+          "Delete the stored object first",
+        id,
+      );
+    }
     if (!stored) { // deleted meanwhile: nothing to compare with, so nothing is stored either; ask again
       await incoming.cancel().catch(() => {});
       throw new Refusal(
@@ -365,7 +389,7 @@ export class StowJob {
         id,
       );
     }
-    const same = await sameBytes(incoming, stored.body);
+    const same = await sameBytes(skipBytes(incoming, datasetOffset), skipBytes(stored.body, stored.meta.end));
     if (!same) {
       throw new Refusal(
         FAILURE.conflict,

@@ -204,7 +204,10 @@ export function identify(header: Part10Header, name: string): Identity {
 }
 
 /** The identity of a part from its first bytes, and the structure check to carry on with. */
-export function identifyPrefix(prefix: Uint8Array, name: string): { id: Identity; check: Part10Check } {
+export function identifyPrefix(
+  prefix: Uint8Array,
+  name: string,
+): { id: Identity; check: Part10Check; datasetOffset: number } {
   const dicm = prefix.byteLength >= 132 && latin1(prefix.subarray(128, 132)) === "DICM";
   if (!dicm) {
     throw new Refusal(
@@ -249,7 +252,7 @@ export function identifyPrefix(prefix: Uint8Array, name: string): { id: Identity
     );
   }
   const id = checkIdentity(name, meta.transferSyntaxUid, values);
-  return { id, check };
+  return { id, check, datasetOffset: meta.end };
 }
 
 /** Thrown by a {@linkcode streamedSource} without a store for bytes it did not keep. */

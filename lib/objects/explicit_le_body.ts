@@ -13,23 +13,7 @@ import type { ObjectStore } from "../store/store.ts";
 import { transcodeStream } from "../dicom/explicit_le.ts";
 import { writeFileMeta } from "../dicom/file_meta.ts";
 import { getString } from "../dicom/dataset.ts";
-
-/** Drops the first `count` bytes of a stream. */
-export function skipBytes(stream: ReadableStream<Uint8Array>, count: number): ReadableStream<Uint8Array> {
-  let left = count;
-  return stream.pipeThrough(
-    new TransformStream<Uint8Array, Uint8Array>({
-      transform(chunk, controller) {
-        if (left >= chunk.byteLength) {
-          left -= chunk.byteLength;
-          return;
-        }
-        controller.enqueue(left > 0 ? chunk.subarray(left) : chunk);
-        left = 0;
-      },
-    }),
-  );
-}
+import { skipBytes } from "../util/streams.ts";
 
 /** Options for {@linkcode reEncodeBody}. */
 export interface ReEncodeOptions {

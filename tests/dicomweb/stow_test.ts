@@ -21,6 +21,7 @@ import { FAILURE } from "../../lib/dicomweb/stow_response.ts";
 import { testHandler } from "../_server.ts";
 import type { Part10Header } from "../../lib/dicom/dataset.ts";
 import { concatBytes } from "../../lib/util/bytes.ts";
+import { readFileMeta, writeFileMeta } from "../../lib/dicom/file_meta.ts";
 
 const AET = "STOW";
 const BUCKET = "stow-bucket";
@@ -502,6 +503,24 @@ Deno.test("STOW-RS responses", async (t) => {
         assert.deepEqual(again.stored.map((i) => [i.sop, i.warning]), [[`${SERIES}.1`, undefined]]);
         assert.deepEqual(again.warnings, []);
         assert.deepEqual(store.calls.filter((c) => c.startsWith("put ")), [], "a retry writes nothing");
+
+        // The same data set behind another File Meta (as a DIMSE peer or another tool wrote it) is the same
+        // instance: a success, and the stored object stays as it was.
+        const meta = readFileMeta(first, "first", true)!;
+        const rewrapped = concatBytes([
+          writeFileMeta({ ...meta, sourceAet: "ELSEWHERE" }),
+          first.subarray(meta.end),
+        ]);
+        assert.notEqual(rewrapped.length, first.length);
+        const copy = await result(
+          await app.stow(stowRequest(`/aets/${AET}/studies`, [{ bytes: rewrapped }])),
+        );
+        assert.equal(copy.status, 200, copy.warnings.join("; "));
+        assert.deepEqual(
+          store.calls.filter((c) => c.startsWith("put ")),
+          [],
+          "another File Meta writes nothing",
+        );
 
         const newer = first.slice();
         newer[newer.length - 1] ^= 0xff; // same size, one pixel byte different
