@@ -7,20 +7,30 @@
  */
 
 import { createHandler } from "./lib/app/handler.ts";
+import { logSink } from "./lib/app/metrics.ts";
 import { assembleServices, openCatalog, openStore } from "./lib/app/open.ts";
 import type { Catalog } from "./lib/catalog/catalog.ts";
-import { type Config, ConfigError, loadConfig } from "./lib/config/config.ts";
+import { CatalogMismatchError } from "./lib/catalog/postgres_catalog.ts";
+import { type Config, CONFIG_NAMES, ConfigError, loadSettings, parseConfig } from "./lib/config/config.ts";
+import { completeServices } from "./lib/dicomweb/services.ts";
+import { DIMSE_NAMES, type DimseSettings, parseDimseSettings } from "./lib/dimse/dimse_settings.ts";
+import { startDimse } from "./lib/dimse/server.ts";
 import { openAuditLog, type OpenedAuditLog } from "./lib/security/audit.ts";
 import { loadTls, type TlsFiles } from "./lib/security/proxies.ts";
 import type { ObjectStore } from "./lib/store/store.ts";
 
 if (import.meta.main) {
   let config: Config;
+  let dimse: DimseSettings | undefined;
   let store: ObjectStore;
   let tls: TlsFiles | undefined;
   let audit: OpenedAuditLog;
   try {
-    config = await loadConfig();
+    const settings = await loadSettings([...CONFIG_NAMES, ...DIMSE_NAMES]);
+    config = parseConfig(settings);
+    const problems: string[] = [];
+    dimse = parseDimseSettings(settings, problems, { hostname: config.hostname, tls: config.tls });
+    if (problems.length > 0) throw new ConfigError(`Configuration problems:\n- ${problems.join("\n- ")}`);
     store = await openStore(config);
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
@@ -34,14 +44,20 @@ if (import.meta.main) {
     console.error((error as Error).message);
     Deno.exit(2);
   }
-  // The search catalog is derived from the buckets: deleting its file is always safe.
+  const log = logSink(config.logFormat);
+  // The search catalog is derived from the buckets: deleting its file is always safe. A PostgreSQL catalog
+  // that does not answer yet is not an error (search answers 503 until it does); one of a newer schema is.
   let catalog: Catalog | undefined;
   try {
-    catalog = await openCatalog(config);
+    catalog = await openCatalog(config, { log });
   } catch (error) {
+    if (error instanceof CatalogMismatchError) {
+      console.error(error.message);
+      Deno.exit(2);
+    }
     console.error(`Warning: search is off: ${(error as Error).message}`);
   }
-  const services = assembleServices(config, store, { catalog });
+  const services = assembleServices(config, store, { catalog, log });
   try {
     await services.aets.refresh();
   } catch (error) {
@@ -52,7 +68,16 @@ if (import.meta.main) {
   }
   services.crawler?.start(config.crawlInterval);
   // the responses go straight to Deno.serve: sent chunks can be freed at once (lib/util/handoff.ts)
-  const handler = createHandler(services, { audit: audit.log, freeSentChunks: true });
+  const handler = createHandler(services, { audit: audit.log, freeSentChunks: true, log });
+  let dimsePort: number | undefined;
+  if (dimse) {
+    try {
+      dimsePort = (await startDimse(completeServices(services, log), dimse, { log })).port;
+    } catch (error) {
+      console.error(`Cannot start the DIMSE service on port ${dimse.port}: ${(error as Error).message}`);
+      Deno.exit(2);
+    }
+  }
   const scheme = tls ? "https" : "http";
   const names = (await services.aets.entries().catch(() => [])).map(([aet, bucket]) =>
     aet === bucket ? aet : `${aet}=${bucket}`
@@ -77,7 +102,13 @@ if (import.meta.main) {
         : "none (loopback only)";
       const auditTo = config.audit.kind === "file" ? config.audit.path : config.audit.kind;
       console.log(`Authentication: ${methods}; audit log: ${auditTo}`);
-      console.log(`Search catalog: ${catalog ? config.catalogPath : "off"}`);
+      console.log(`Search catalog: ${catalog ? `${catalog.kind} ${catalog.location}` : "off"}`);
+      if (dimse) {
+        const peers = dimse.allowAny
+          ? "any calling AE (loopback)"
+          : [...dimse.peers.keys()].join(", ") || "none";
+        console.log(`DIMSE: port ${dimsePort}${dimse.tls ? " (TLS)" : ""}; peers: ${peers}`);
+      }
       if (config.viewer) console.log(`Viewer: ${scheme}://${shown}:${port}${config.basePath}/viewer/`);
       console.log(`Try: curl ${scheme}://${shown}:${port}${config.basePath}/aets`);
     },

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { recordRequest } from "./metrics.ts";
 import { type AuditLog, redactedSearch } from "../security/audit.ts";
 import { RequestGuard, type ServeInfo } from "../security/request_guard.ts";
 import { errorResponse, HttpError, toHttpError } from "../http/errors.ts";
@@ -99,6 +100,7 @@ export function createHandler(
           outcome ? " " + outcome : ""
         }`,
       );
+      recordRequest({ pathname: url.pathname, method, status: response.status, bytes, ms }, config.basePath);
       const context = guard.contextOf(request);
       options.audit?.record({
         method,

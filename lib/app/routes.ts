@@ -6,6 +6,7 @@
  * @module
  */
 
+import { metricsResponse } from "./metrics.ts";
 import { catalogAdminHandlers } from "../dicomweb/catalog_admin.ts";
 import { pixelHandlers } from "../dicomweb/frames_bulkdata.ts";
 import { metadataHandlers } from "../dicomweb/metadata.ts";
@@ -66,6 +67,8 @@ function routeTable(services: Services, options: RouteOptions): Route[] {
     // Not PS3.18: health and the AETs (lib/app/health.ts).
     ["/healthz", { GET: health.healthz }],
     ["/readyz", { GET: health.readyz }],
+    // Not PS3.18: Prometheus metrics (lib/app/metrics.ts); a server-wide read like /admin.
+    ["/metrics", { GET: () => metricsResponse({ catalog: services.catalog, crawler: services.crawler }) }],
     ["/aets", { GET: health.aets }],
     // PS3.18 10.6.1 Search (lib/dicomweb/search.ts) and 10.5 Store (lib/dicomweb/stow.ts).
     ["/aets/:aet/studies", { GET: search.studies, POST: store }],

@@ -337,10 +337,12 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
 }
 
 /**
- * Reads the configuration: `CONFIG_FILE` (JSON object of the same names) if set, overridden by
- * the environment.
+ * The settings named `names` as strings: `CONFIG_FILE` (a JSON object of such names) if set, overridden by the
+ * environment. Other modules' settings (DIMSE's) are read with their names added, from the same file.
  */
-export async function loadConfig(): Promise<Config> {
+export async function loadSettings(
+  names: readonly string[] = CONFIG_NAMES,
+): Promise<Record<string, string | undefined>> {
   const env: Record<string, string | undefined> = {};
   const file = Deno.env.get("CONFIG_FILE");
   if (file) {
@@ -359,18 +361,26 @@ export async function loadConfig(): Promise<Config> {
       );
     }
     for (const [name, value] of Object.entries(parsed)) {
-      if (!(CONFIG_NAMES as readonly string[]).includes(name)) {
+      if (!names.includes(name)) {
         throw new ConfigError(
-          `CONFIG_FILE=${file} has unknown setting ${name}: known settings are ${CONFIG_NAMES.join(", ")}`,
+          `CONFIG_FILE=${file} has unknown setting ${name}: known settings are ${names.join(", ")}`,
         );
       }
       env[name] = typeof value === "string" ? value : JSON.stringify(value);
     }
   }
-  for (const name of CONFIG_NAMES) {
+  for (const name of names) {
     const value = Deno.env.get(name);
     if (value !== undefined) env[name] = value;
   }
   env.DENO_DEPLOYMENT_ID = Deno.env.get("DENO_DEPLOYMENT_ID"); // on Deno Deploy the server is public
-  return parseConfig(env);
+  return env;
+}
+
+/**
+ * Reads the configuration: `CONFIG_FILE` (JSON object of the same names) if set, overridden by
+ * the environment.
+ */
+export async function loadConfig(): Promise<Config> {
+  return parseConfig(await loadSettings());
 }
