@@ -7,6 +7,7 @@
  * @module
  */
 
+import { IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION } from "../dicom/file_meta.ts";
 import type { AuthConfig } from "../security/auth_config.ts";
 import { allows, type Principal } from "../security/grants.ts";
 import type { Services } from "../dicomweb/services.ts";
@@ -21,8 +22,6 @@ import {
   APPLICATION_CONTEXT,
   type AssociateRq,
   CONTEXT_RESULT,
-  IMPLEMENTATION_CLASS_UID,
-  IMPLEMENTATION_VERSION,
   type RoleSelection,
   type UserInfo,
 } from "./pdu.ts";

@@ -7,6 +7,7 @@
  * @module
  */
 
+import { IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION } from "../dicom/file_meta.ts";
 import { MalformedError } from "../util/errors.ts";
 import {
   Association,
@@ -23,8 +24,6 @@ import {
   APPLICATION_CONTEXT,
   CONTEXT_RESULT,
   encodeAssociateRq,
-  IMPLEMENTATION_CLASS_UID,
-  IMPLEMENTATION_VERSION,
   parsePdu,
   type ProposedContext,
   REJECT_REASONS,
