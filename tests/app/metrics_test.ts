@@ -10,6 +10,7 @@ import {
 import { MemoryStore } from "../../lib/store/memory_store.ts";
 import { openSqliteCatalog } from "../../lib/catalog/sqlite_catalog.ts";
 import { files, filled } from "../catalog/_catalog_contract.ts";
+import { testHandler } from "../_server.ts";
 
 Deno.test("routeOf() names route patterns, never UIDs, and 'other' for paths no route has", () => {
   const cases: [string, string][] = [
@@ -119,4 +120,27 @@ Deno.test("logSink('json') writes one JSON object per line, request lines taken 
   const plain: string[] = [];
   logSink("text", (line) => plain.push(line))("as is");
   assert.deepEqual(plain, ["as is"]);
+});
+
+Deno.test("GET /metrics of the server counts the requests it answered, by route pattern and status", async () => {
+  const app = testHandler({ store: new MemoryStore(["pacs"]), config: { AETS: "PACS=pacs" } });
+  const count = async (route: string, status: number) => {
+    const text = await (await app.fetch("/metrics")).text();
+    const escaped = route.replace(/[{}/]/g, (c) => `\\${c}`);
+    const line = new RegExp(
+      `^dicomweb_http_requests_total\\{route="${escaped}",method="GET",status="${status}"\\} (\\d+)$`,
+      "m",
+    )
+      .exec(text);
+    return line ? Number(line[1]) : 0;
+  };
+  const before = await count("/aets/{aet}/studies/{study}/metadata", 404);
+  const response = await app.fetch("/aets/PACS/studies/1.2.3/metadata");
+  assert.equal(response.status, 404);
+  await response.body?.cancel();
+  assert.equal(await count("/aets/{aet}/studies/{study}/metadata", 404), before + 1);
+  const metrics = await app.fetch("/metrics");
+  assert.match(metrics.headers.get("content-type") ?? "", /^text\/plain; version=0\.0\.4/);
+  await metrics.body?.cancel();
+  await app.close();
 });
