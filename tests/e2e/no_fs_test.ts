@@ -2,9 +2,11 @@
  * Deno Deploy has no file system for the server: `main.ts` in S3 + PostgreSQL mode must need none. This runs
  * `main.ts` as its own process with network, environment and `sys` permissions only (no `--allow-read`, no
  * `--allow-write`), over s3rver and a throw-away PostgreSQL cluster, and passes STOW-RS, QIDO-RS, WADO-RS
- * retrieval and metadata through it.
+ * retrieval and metadata through it. It is also the test of main.ts's wiring: `/metrics`, `LOG_FORMAT=json`, and
+ * the DIMSE service started from `DIMSE_*` (C-ECHO and C-FIND with dcmtk).
  *
- * Needs Debian's `postgresql`: fails without it under CI=true, else skipped with one line naming it.
+ * Needs Debian's `postgresql` and `dcmtk`: fails without them under CI=true, else skipped with one line naming
+ * what is missing.
  */
 
 import assert from "node:assert/strict";
@@ -13,8 +15,10 @@ import { generatedCorpus } from "../_qido_fixtures.ts";
 import { postgresMissing, startPostgres } from "../_postgres.ts";
 import { startS3 } from "../_s3server.ts";
 import { skipBecause } from "../_skip.ts";
+import { hasCommand } from "../_dicom_fixtures.ts";
 
-const missing = await postgresMissing();
+const missing = (await postgresMissing()) ??
+  (hasCommand("findscu") ? undefined : "dcmtk is missing (apt-get install dcmtk)");
 if (missing) skipBecause("the no-file-system test of main.ts", missing);
 
 const encoder = new TextEncoder();
@@ -27,7 +31,8 @@ function freePort(): number {
 }
 
 Deno.test({
-  name: "main.ts serves STOW, QIDO and retrieval from S3 + PostgreSQL without file system permissions",
+  name:
+    "main.ts serves STOW, QIDO, retrieval, /metrics and DIMSE from S3 + PostgreSQL without file system permissions",
   ignore: missing !== undefined,
   sanitizeResources: false,
   sanitizeOps: false,
@@ -40,6 +45,7 @@ Deno.test({
       const bucket = s3.uniqueBucket("nofs");
       await s3.createBucket(bucket);
       const port = freePort();
+      const dimsePort = freePort();
       child = new Deno.Command(Deno.execPath(), {
         // network, environment and sys only: any file read or write would be refused
         args: ["run", "--no-prompt", "--allow-net", "--allow-env", "--allow-sys", "main.ts"],
@@ -55,6 +61,9 @@ Deno.test({
           AETS: `DEPLOY=${bucket}`,
           CATALOG_URL: await pg.createDatabase("nofs"),
           CRAWL_INTERVAL: "0",
+          LOG_FORMAT: "json",
+          DIMSE_PORT: String(dimsePort),
+          DIMSE_ALLOW_ANY: "true",
         },
         stdout: "piped",
         stderr: "piped",
@@ -112,11 +121,47 @@ Deno.test({
 
       const admin = await (await fetch(`${base}/admin/index`)).json();
       assert.equal(admin.catalog.kind, "postgresql");
+      const metrics = await (await fetch(`${base}/metrics`)).text();
+      assert.match(metrics, /^dicomweb_catalog_up 1$/m);
+      assert.match(
+        metrics,
+        /^dicomweb_http_requests_total\{route="\/aets\/\{aet\}\/studies",method="POST",status="200"\} 1$/m,
+      );
+
+      // The DIMSE service main.ts started: C-ECHO, and C-FIND finds what STOW-RS stored.
+      const dcmtk = async (command: string, args: string[]) => {
+        const out = await new Deno.Command(command, { args, stdout: "piped", stderr: "piped" }).output();
+        const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+        assert.equal(out.code, 0, `${command}: ${text}`);
+        return text;
+      };
+      await dcmtk("echoscu", ["-aet", "PEER", "-aec", "DEPLOY", "127.0.0.1", String(dimsePort)]);
+      const found = await dcmtk("findscu", [
+        "-v",
+        "-aet",
+        "PEER",
+        "-aec",
+        "DEPLOY",
+        "-S",
+        "-k",
+        "QueryRetrieveLevel=SERIES",
+        "-k",
+        `StudyInstanceUID=${study}`,
+        "-k",
+        "SeriesInstanceUID",
+        "127.0.0.1",
+        String(dimsePort),
+      ]);
+      assert.ok(found.includes(series), found);
       child.kill("SIGTERM");
       await child.status;
       await pumps;
       const text = output.join("");
       assert.doesNotMatch(text, /NotCapable|PermissionDenied|Requires (read|write) access/, text);
+      assert.match(text, new RegExp(`^DIMSE: port ${dimsePort}; peers: any calling AE`, "m"));
+      // LOG_FORMAT=json: the request lines are JSON objects
+      const requestLine = text.split("\n").find((line) => line.includes('"path":"/metrics"'));
+      assert.equal(JSON.parse(requestLine!).status, 200, text);
       child = undefined;
     } finally {
       if (child) {
