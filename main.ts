@@ -90,13 +90,22 @@ if (import.meta.main) {
       const shown = hostname.includes(":") ? `[${hostname}]` : hostname;
       console.log(`DICOMweb server on ${scheme}://${shown}:${port}${config.basePath}`);
       console.log(`Store: ${store.kind} ${store.location}`);
-      console.log(
-        `AETs: ${
-          names.length > 0
-            ? names.join(", ")
-            : "(none yet: " + (config.s3 ? "create a bucket" : `create a folder in ${config.dataDir}`) + ")"
-        }`,
-      );
+      console.log(`AETs: ${names.length > 0 ? names.join(", ") : "none yet"}`);
+      if (names.length === 0) {
+        // An empty server says how to fill it.
+        const aet = config.aets ? [...config.aets.keys()][0] : "MYPACS";
+        const where = config.s3
+          ? config.aets ? "" : ` (first create the bucket ${aet}, or set AETS=${aet}=BUCKET)`
+          : config.aets
+          ? ""
+          : ` (its folder ${config.dataDir}/${aet} is created)`;
+        console.log(`Add data${where}:`);
+        console.log(`  deno task import ~/path/to/dicom-folder-or.zip --aet ${aet}`);
+        console.log(
+          `  curl -H 'Content-Type: multipart/related; type="application/dicom"' -F 'file=@image.dcm;type=application/dicom' ` +
+            `${scheme}://${shown}:${port}${config.basePath}/aets/${aet}/studies`,
+        );
+      }
       const methods = config.auth.methods.length > 0
         ? config.auth.methods.join(", ")
         : "none (loopback only)";
