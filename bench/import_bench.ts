@@ -1,0 +1,232 @@
+/**
+ * Import benchmark (issue #15): `deno run -P=bench bench/import_bench.ts`.
+ *
+ * The 500-instance CT series (`gen_dataset.py --preset bench`, a folder on disk) goes into Ceph RGW (started here
+ * when `radosgw` is installed, on ports of its own; s3rver otherwise; `BENCH_S3_ENDPOINT` for another) two ways,
+ * alternating, `BENCH_ROUNDS` times (default 3), each into a new bucket:
+ *
+ * - direct: every file read from disk and PutObject with the server's own S3 writer (`S3Store.put`),
+ *   `S3_CONCURRENCY` (8) in flight — the floor;
+ * - `deno task import FOLDER --aet BENCH` as its own process, with the task's permissions and the same
+ *   concurrency, recording into a SQLite catalog as it does by default: the same files walked, parsed, checked,
+ *   written and catalogued.
+ *
+ * Prints the medians, the throughput ratio (target ≥ 0.8) and the importer's peak RSS (`/usr/bin/time`'s
+ * maximum resident set size); never asserts.
+ */
+
+import { S3Store } from "../lib/store/s3/s3_store.ts";
+import { startS3, type TestS3 } from "../tests/_s3server.ts";
+import { mbps, median, run } from "./_util.ts";
+
+const CONCURRENCY = Number(Deno.env.get("S3_CONCURRENCY") ?? 8);
+const ROUNDS = Number(Deno.env.get("BENCH_ROUNDS") ?? 3);
+const REPO = new URL("../", import.meta.url).pathname;
+const SHARED = new URL("../../shared/", import.meta.url).pathname;
+const CREDENTIALS = { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" };
+
+/** The bench series on disk: its folder and files (paths relative to it). */
+async function dataset(): Promise<{ dir: string; folders: string[]; files: string[]; bytes: number }> {
+  const dir = Deno.env.get("BENCH_DATA") ?? `${REPO}bench-data/bench`;
+  try {
+    await Deno.stat(`${dir}/index.json`);
+  } catch {
+    console.log(`generating the bench series into ${dir} (gen_dataset.py --preset bench)…`);
+    await run([
+      "/usr/bin/python3",
+      `${SHARED}tools/gen_dataset.py`,
+      "--preset",
+      "bench",
+      "--out",
+      dir,
+      "--force",
+    ]);
+  }
+  const files: string[] = [];
+  let bytes = 0;
+  const walk = async (path: string) => {
+    for await (const entry of Deno.readDir(path)) {
+      const full = `${path}/${entry.name}`;
+      if (entry.isDirectory) await walk(full);
+      else if (entry.name.endsWith(".dcm")) {
+        files.push(full);
+        bytes += (await Deno.stat(full)).size;
+      }
+    }
+  };
+  await walk(dir);
+  // the study folders (the generator's index files beside them are not DICOM)
+  const folders: string[] = [];
+  for await (const entry of Deno.readDir(dir)) if (entry.isDirectory) folders.push(`${dir}/${entry.name}`);
+  return { dir, folders, files: files.sort(), bytes };
+}
+
+interface S3Target {
+  endpoint: string;
+  kind: string;
+  handle?: TestS3;
+  stop(): Promise<void>;
+}
+
+async function s3Server(): Promise<S3Target> {
+  const given = Deno.env.get("BENCH_S3_ENDPOINT");
+  if (given) return { endpoint: given, kind: "external", stop: async () => {} };
+  const hasCeph = await new Deno.Command("sh", { args: ["-c", "command -v radosgw"], stdout: "null" })
+    .output();
+  if (hasCeph.success) {
+    const dir = await Deno.makeTempDir({ prefix: "import-bench-ceph-" });
+    const port = Deno.env.get("BENCH_RGW_PORT") ?? "7550";
+    const env = {
+      CEPHLAB_DIR: dir,
+      MEMSTORE_BYTES: String(3 * 1024 ** 3),
+      RGW_PORT: port,
+      MON_PORT: "3350",
+      MON_PORT_V1: "6839",
+    };
+    console.log("starting Ceph RGW…");
+    await run([`${SHARED}tools/ceph/start.sh`], env);
+    return {
+      endpoint: `http://127.0.0.1:${port}`,
+      kind: "Ceph RGW",
+      stop: async () => {
+        await run([`${SHARED}tools/ceph/stop.sh`, "--clean"], env).catch(() => {});
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+      },
+    };
+  }
+  const handle = await startS3();
+  return { endpoint: handle.endpoint, kind: "s3rver", handle, stop: () => handle.stop() };
+}
+
+async function createBucket(s3: S3Target, bucket: string): Promise<void> {
+  if (s3.handle) return await s3.handle.createBucket(bucket);
+  const { S3Client, CreateBucketCommand } = await import("@aws-sdk/client-s3");
+  const client = new S3Client({
+    endpoint: s3.endpoint,
+    region: "us-east-1",
+    forcePathStyle: true,
+    credentials: CREDENTIALS,
+  });
+  await client.send(new CreateBucketCommand({ Bucket: bucket }));
+  client.destroy();
+}
+
+/** Every file read from disk and put with `S3Store.put`, `CONCURRENCY` at once; milliseconds. */
+async function direct(store: S3Store, bucket: string, files: string[], dir: string): Promise<number> {
+  const t0 = performance.now();
+  let next = 0;
+  const worker = async () => {
+    while (next < files.length) {
+      const path = files[next++];
+      const bytes = await Deno.readFile(path);
+      await store.put(bucket, path.slice(dir.length + 1), bytes, {
+        size: bytes.length,
+        contentType: "application/dicom",
+      });
+    }
+  };
+  await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+  return performance.now() - t0;
+}
+
+/** `deno task import` of the folder as its own process: milliseconds and peak RSS (MB). */
+async function importRun(
+  s3: S3Target,
+  bucket: string,
+  folders: string[],
+): Promise<{ ms: number; peakMb: number; last: string }> {
+  const catalogDir = await Deno.makeTempDir({ prefix: "import-bench-catalog-" });
+  try {
+    const t0 = performance.now();
+    const out = await new Deno.Command("/usr/bin/time", {
+      args: [
+        "-f",
+        "maxrss_kb=%M",
+        Deno.execPath(),
+        "run", // the import task's permissions (deno.json), with the catalog's temporary folder writable too
+        "--allow-env",
+        "--allow-net",
+        "--allow-sys=osRelease",
+        "--allow-read",
+        `--allow-write=./data,${catalogDir}`,
+        "lib/cli/import.ts",
+        ...folders,
+        "--aet",
+        "BENCH",
+      ],
+      cwd: REPO,
+      env: {
+        NO_COLOR: "1",
+        S3_ENDPOINT: s3.endpoint,
+        AWS_ACCESS_KEY_ID: CREDENTIALS.accessKeyId,
+        AWS_SECRET_ACCESS_KEY: CREDENTIALS.secretAccessKey,
+        AETS: `BENCH=${bucket}`,
+        S3_CONCURRENCY: String(CONCURRENCY),
+        CATALOG_PATH: `${catalogDir}/catalog.sqlite`,
+      },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const ms = performance.now() - t0;
+    const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+    if (!out.success) throw new Error(`deno task import failed:\n${text}`);
+    const peakKb = Number(/maxrss_kb=(\d+)/.exec(text)?.[1] ?? NaN);
+    const last = text.split("\n").filter((l) => l.startsWith("imported ")).at(-1) ?? "(no summary line)";
+    return { ms, peakMb: peakKb / 1024, last };
+  } finally {
+    await Deno.remove(catalogDir, { recursive: true }).catch(() => {});
+  }
+}
+
+if (import.meta.main) {
+  const data = await dataset();
+  console.log(
+    `series: ${data.files.length} instances, ${
+      (data.bytes / 1e6).toFixed(1)
+    } MB; S3_CONCURRENCY=${CONCURRENCY}`,
+  );
+  const s3 = await s3Server();
+  const store = new S3Store({
+    endpoint: s3.endpoint,
+    region: "us-east-1",
+    forcePathStyle: true,
+    credentials: CREDENTIALS,
+  });
+  try {
+    const bucketName = (what: string, round: number) =>
+      `import-bench-${what}-${round}-${Date.now().toString(36)}`;
+    // warm-up: the page cache holds the files for both ways; connections and JIT
+    const warm = bucketName("warm", 0);
+    await createBucket(s3, warm);
+    await direct(store, warm, data.files, data.dir);
+    const directMs: number[] = [];
+    const importMs: number[] = [];
+    const peaks: number[] = [];
+    for (let round = 1; round <= ROUNDS; round++) {
+      const a = bucketName("direct", round);
+      await createBucket(s3, a);
+      directMs.push(await direct(store, a, data.files, data.dir));
+      const b = bucketName("import", round);
+      await createBucket(s3, b);
+      const result = await importRun(s3, b, data.folders);
+      importMs.push(result.ms);
+      peaks.push(result.peakMb);
+      console.log(
+        `round ${round}: direct ${mbps(data.bytes, directMs.at(-1)!).toFixed(0)} MB/s, import ${
+          mbps(data.bytes, result.ms).toFixed(0)
+        } MB/s (${result.last}), import peak RSS ${result.peakMb.toFixed(0)} MB`,
+      );
+    }
+    const d = mbps(data.bytes, median(directMs));
+    const i = mbps(data.bytes, median(importMs));
+    console.log(`\n${s3.kind}, medians of ${ROUNDS}:`);
+    console.log(`  direct PutObject (S3Store.put, ${CONCURRENCY} in flight): ${d.toFixed(0)} MB/s`);
+    console.log(`  deno task import (process start included):              ${i.toFixed(0)} MB/s`);
+    console.log(
+      `  ratio ${(i / d).toFixed(2)} (target ≥ 0.80) ${i / d >= 0.8 ? "✓" : "✗"}; ` +
+        `importer peak RSS ${median(peaks).toFixed(0)} MB (max ${Math.max(...peaks).toFixed(0)} MB)`,
+    );
+  } finally {
+    await s3.stop();
+  }
+}
