@@ -200,3 +200,120 @@ export function summarize(runs: { run: Run; cpu: Record<string, number> }[]) {
     cpu,
   };
 }
+
+/** What `curl` measured for a batch of transfers. */
+export interface CurlRun extends Run {
+  /** Transfers that did not answer 2xx. */
+  failed: number;
+}
+
+/**
+ * Fetches `urls` with one `curl` process, `parallel` transfers at once over kept-alive connections (curl's
+ * multi interface), every body to /dev/null: the client side costs little CPU, so it shows what the other end
+ * delivers. `ttfb` is the earliest first byte of any transfer; `sigv4` signs each request for S3.
+ */
+export async function curlParallel(
+  urls: string[],
+  options: { parallel: number; headers?: Record<string, string>; sigv4?: { key: string; secret: string } },
+): Promise<CurlRun> {
+  const config = await Deno.makeTempFile({ prefix: "bench-curl-", suffix: ".cfg" });
+  try {
+    await Deno.writeTextFile(
+      config,
+      urls.map((u) => `url = "${u}"\noutput = "/dev/null"\n`).join(""),
+    );
+    const args = [
+      "-s",
+      "-Z",
+      "--parallel-immediate",
+      "--parallel-max",
+      String(options.parallel),
+      "-w",
+      "%{http_code} %{time_starttransfer} %{size_download}\\n",
+    ];
+    for (const [name, value] of Object.entries(options.headers ?? {})) args.push("-H", `${name}: ${value}`);
+    if (options.sigv4) {
+      // curl 7.88 signs no payload hash, which RGW and S3 require
+      args.push("--aws-sigv4", "aws:amz:us-east-1:s3", "-u", `${options.sigv4.key}:${options.sigv4.secret}`);
+      args.push("-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD");
+    }
+    args.push("-K", config);
+    const t0 = performance.now();
+    const out = await new Deno.Command("curl", { args, stdout: "piped", stderr: "piped" }).output();
+    const ms = performance.now() - t0;
+    if (!out.success) throw new Error(`curl failed: ${new TextDecoder().decode(out.stderr)}`);
+    let bytes = 0;
+    let failed = 0;
+    let ttfb = Infinity;
+    for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
+      if (line === "") continue;
+      const [code, start, size] = line.split(" ");
+      if (!code.startsWith("2")) failed++;
+      ttfb = Math.min(ttfb, Number(start) * 1000);
+      bytes += Number(size);
+    }
+    return { ms, ttfb, bytes, failed };
+  } finally {
+    await Deno.remove(config).catch(() => {});
+  }
+}
+
+/** A TCP proxy that holds every request for a while, as a distant S3 would answer later. */
+export interface DelayProxy {
+  endpoint: string;
+  close(): void;
+}
+
+/**
+ * Starts a {@linkcode DelayProxy} to `target` on a free loopback port: each chunk the client sends (a
+ * request's head: GETs have no body) goes on after `delayMs`, in order, so every request is answered
+ * `delayMs` later; answers come back as they are, in 256 KiB reads. SigV4 stays valid: Host is the proxy's.
+ */
+export function delayProxy(target: URL, delayMs: number): DelayProxy {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<Deno.TcpConn>();
+  const closeAll = (...list: (Deno.TcpConn | undefined)[]) => {
+    for (const conn of list) {
+      if (conn === undefined) continue;
+      conns.delete(conn);
+      try {
+        conn.close();
+      } catch { /* closed already */ }
+    }
+  };
+  const copy = async (from: Deno.Conn, to: Deno.Conn, delay: number) => {
+    const buffer = new Uint8Array(256 * 1024);
+    for (;;) {
+      const n = await from.read(buffer);
+      if (n === null) break;
+      if (delay > 0) await new Promise((r) => setTimeout(r, delay));
+      for (let at = 0; at < n;) at += await to.write(buffer.subarray(at, n));
+    }
+  };
+  (async () => {
+    for await (const client of listener) {
+      conns.add(client);
+      client.setNoDelay(true);
+      (async () => {
+        let upstream: Deno.TcpConn | undefined;
+        try {
+          upstream = await Deno.connect({ hostname: target.hostname, port: Number(target.port || 80) });
+          upstream.setNoDelay(true);
+          conns.add(upstream);
+          await Promise.race([copy(client, upstream, delayMs), copy(upstream, client, 0)]);
+        } catch {
+          /* a side closed */
+        } finally {
+          closeAll(client, upstream);
+        }
+      })();
+    }
+  })().catch(() => {});
+  return {
+    endpoint: `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}`,
+    close() {
+      listener.close();
+      closeAll(...conns);
+    },
+  };
+}
