@@ -8,6 +8,7 @@
 
 import { metricsResponse } from "./metrics.ts";
 import { catalogAdminHandlers } from "../dicomweb/catalog_admin.ts";
+import { deleteHandlers } from "../dicomweb/delete.ts";
 import { pixelHandlers } from "../dicomweb/frames_bulkdata.ts";
 import { metadataHandlers } from "../dicomweb/metadata.ts";
 import { renderedHandlers, type RenderedOptions } from "../dicomweb/rendered.ts";
@@ -19,6 +20,7 @@ import type { Handler, Router } from "../http/router.ts";
 import { transcodingEncoder } from "../imaging/pixel_transcode.ts";
 import { reEncodeBody } from "../objects/explicit_le_body.ts";
 import type { RequestGuard } from "../security/request_guard.ts";
+import type { AuditLog } from "../security/audit.ts";
 import { viewerHandlers } from "../viewer/viewer.ts";
 import { healthHandlers } from "./health.ts";
 
@@ -32,10 +34,12 @@ export interface RouteOptions {
   stow?: StowOptions;
   /** The codec pool and thumbnail cache of the rendered resources. */
   rendered?: RenderedOptions;
+  /** The audit log: a DELETE writes one line per deleted instance to it. */
+  audit?: AuditLog;
 }
 
 /** One row of the table: a URLPattern path and its handlers by method. */
-export type Route = [path: string, methods: Partial<Record<"GET" | "POST", Handler>>];
+export type Route = [path: string, methods: Partial<Record<"GET" | "POST" | "DELETE", Handler>>];
 
 /** The routes of a server over `services`, in the order they are matched. */
 function routeTable(services: Services, options: RouteOptions): Route[] {
@@ -60,6 +64,16 @@ function routeTable(services: Services, options: RouteOptions): Route[] {
   const render = (level: "study" | "series" | "instance", kind: "rendered" | "thumbnail"): Handler => (ctx) =>
     rendered[level](ctx, kind);
   const admin = catalogAdminHandlers(services);
+  const { guard, audit } = options;
+  const remove = deleteHandlers(services, {
+    onDeleted: audit && ((request, deleted) =>
+      audit.recordInstance({
+        ...deleted,
+        action: "delete",
+        principal: guard.principalOf(request),
+        client: guard.contextOf(request)?.client,
+      })),
+  });
   const study = "/aets/:aet/studies/:study";
   const series = `${study}/series/:series`;
   const instance = `${series}/instances/:instance`;
@@ -77,10 +91,11 @@ function routeTable(services: Services, options: RouteOptions): Route[] {
     [`${study}/series`, { GET: search.studySeries }],
     [`${study}/instances`, { GET: search.studyInstances }],
     [`${series}/instances`, { GET: search.seriesInstances }],
-    // PS3.18 10.4.1 Retrieve Instances (lib/dicomweb/retrieve.ts); STOW-RS into a study.
-    [study, { GET: retrieve.study, POST: store }],
-    [series, { GET: retrieve.series }],
-    [instance, { GET: retrieve.instance }],
+    // PS3.18 10.4.1 Retrieve Instances (lib/dicomweb/retrieve.ts); STOW-RS into a study; DELETE (not PS3.18,
+    // as the Azure DICOM service, Google and Orthanc: lib/dicomweb/delete.ts).
+    [study, { GET: retrieve.study, POST: store, DELETE: remove.study }],
+    [series, { GET: retrieve.series, DELETE: remove.series }],
+    [instance, { GET: retrieve.instance, DELETE: remove.instance }],
     // PS3.18 10.4.1.1.2 Retrieve Metadata, Annex F JSON (lib/dicomweb/metadata.ts).
     [`${study}/metadata`, { GET: metadata.study }],
     [`${series}/metadata`, { GET: metadata.series }],

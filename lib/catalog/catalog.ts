@@ -235,6 +235,26 @@ export interface CatalogIngest {
   recordFailure(aet: string, info: ObjectInfo, reason: string): Promise<void>;
   /** Forgets one object (deleted from the bucket). */
   removeInstance(aet: string, key: string): Promise<void>;
+  /**
+   * Forgets objects deleted from the bucket (DELETE, a bucket event) in one write; returns how many rows
+   * there were. Keys the catalog does not know are skipped.
+   */
+  removeInstances(aet: string, keys: readonly string[]): Promise<number>;
+  /**
+   * The keys the catalog holds (any state) of one study, series or instance, in key order: what a DELETE
+   * must forget besides what the bucket lists.
+   */
+  objectKeys(aet: string, scope: InstanceScope): Promise<string[]>;
+}
+
+/** One study, series or instance (see {@linkcode CatalogIngest.objectKeys}). */
+export interface InstanceScope {
+  /** Study Instance UID. */
+  study: string;
+  /** Series Instance UID. */
+  series?: string;
+  /** SOP Instance UID (with `series`). */
+  sop?: string;
 }
 
 /**

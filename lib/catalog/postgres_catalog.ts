@@ -30,6 +30,7 @@ import type {
   CatalogChange,
   CatalogQuery,
   CrawlTicket,
+  InstanceScope,
   InstanceToRecord,
   ListingCounts,
   ObjectProblem,
@@ -665,15 +666,36 @@ export class PostgresCatalog implements Catalog {
   }
 
   removeInstance(aet: string, key: string): Promise<void> {
-    return this.#write("a write", aet, undefined, async (tx, touched) => {
-      const [row] = await tx<ObjectRow[]>`DELETE FROM objects WHERE aet = ${aet} AND key = ${key}
+    return this.removeInstances(aet, [key]).then(() => {});
+  }
+
+  async removeInstances(aet: string, keys: readonly string[]): Promise<number> {
+    if (keys.length === 0) return 0;
+    return await this.#write("a delete", aet, undefined, async (tx, touched) => {
+      const rows = await tx<ObjectRow[]>`DELETE FROM objects WHERE aet = ${aet} AND key = ANY(${[...keys]})
         RETURNING ${tx.unsafe(OBJECT_COLUMNS)}`;
-      if (!row) return;
-      await tx`DELETE FROM documents WHERE id = ${row.id}`;
-      touched.keys.add(key);
-      if (row.study !== null && row.series !== null) {
-        await this.#afterLoss(tx, aet, row.study, row.series, key, touched);
+      if (rows.length === 0) return 0;
+      await tx`DELETE FROM documents WHERE id = ANY(${rows.map((row) => row.id)})`;
+      for (const row of rows) {
+        touched.keys.add(row.key);
+        if (row.study === null || row.series === null) continue;
+        await tx`DELETE FROM series WHERE aet = ${aet} AND study = ${row.study} AND series = ${row.series}
+          AND source_key = ${row.key}`;
+        touched.series.add(`${row.study}\0${row.series}`);
+        touched.studies.add(row.study);
       }
+      return rows.length;
+    });
+  }
+
+  objectKeys(aet: string, scope: InstanceScope): Promise<string[]> {
+    return this.#run("a key listing", async (sql) => {
+      const rows = await sql<{ key: string }[]>`SELECT key FROM objects WHERE aet = ${aet}
+        AND study = ${scope.study}
+        ${scope.series === undefined ? sql`` : sql`AND series = ${scope.series}`}
+        ${scope.sop === undefined ? sql`` : sql`AND sop = ${scope.sop}`}
+        ORDER BY key`;
+      return rows.map((row) => row.key);
     });
   }
 

@@ -25,6 +25,7 @@ import type {
   Catalog,
   CatalogQuery,
   CrawlTicket,
+  InstanceScope,
   InstanceToRecord,
   ListingCounts,
   ObjectProblem,
@@ -429,14 +430,53 @@ export class SqliteCatalog implements Catalog {
   }
 
   removeInstance(aet: string, key: string): Promise<void> {
+    return this.removeInstances(aet, [key]).then(() => {});
+  }
+
+  removeInstances(aet: string, keys: readonly string[]): Promise<number> {
     return settle(() => {
-      this.#transaction(() => {
-        const row = this.#object(aet, key);
-        if (!row) return;
-        this.#delete(row);
-        if (row.study !== null && row.series !== null) this.#afterLoss(aet, row.study, row.series, key);
+      if (keys.length === 0) return 0;
+      return this.#transaction(() => {
+        const touched = new Set<string>();
+        let removed = 0;
+        for (const key of keys) {
+          const row = this.#object(aet, key);
+          if (!row) continue;
+          this.#delete(row);
+          removed++;
+          if (row.study === null || row.series === null) continue;
+          this.#q("DELETE FROM series WHERE aet = ? AND study = ? AND series = ? AND source_key = ?")
+            .run(aet, row.study, row.series, key);
+          touched.add(`${row.study}\0${row.series}`);
+        }
+        const studies = new Set<string>();
+        for (const pair of touched) {
+          const [study, series] = pair.split("\0");
+          this.#rebuildSeries(aet, study, series);
+          this.#refreshSeries(aet, study, series);
+          studies.add(study);
+        }
+        for (const study of studies) this.#refreshStudy(aet, study);
+        return removed;
       });
-      return;
+    });
+  }
+
+  objectKeys(aet: string, scope: InstanceScope): Promise<string[]> {
+    return settle(() => {
+      const where = ["aet = ?", "study = ?"];
+      const args: SQLInputValue[] = [aet, scope.study];
+      if (scope.series !== undefined) {
+        where.push("series = ?");
+        args.push(scope.series);
+      }
+      if (scope.sop !== undefined) {
+        where.push("sop = ?");
+        args.push(scope.sop);
+      }
+      const rows = this.#q(`SELECT key FROM objects WHERE ${where.join(" AND ")} ORDER BY key`)
+        .all(...args) as { key: string }[];
+      return rows.map((row) => row.key);
     });
   }
 

@@ -247,6 +247,24 @@ function outcomeOf(status: number, bodyOutcome: string | undefined): string {
   return "success";
 }
 
+/** One instance a request changed (see {@linkcode AuditLog.recordInstance}). */
+export interface InstanceAuditEntry {
+  /** What was done to it. */
+  action: "delete";
+  /** The AET. */
+  aet: string;
+  /** Study Instance UID. */
+  study: string;
+  /** Series Instance UID. */
+  series: string;
+  /** SOP Instance UID. */
+  instance: string;
+  /** Who asked, when known. */
+  principal?: Principal;
+  /** The client's address. */
+  client?: string;
+}
+
 /** Options for {@linkcode AuditLog}. */
 export interface AuditLogOptions {
   /** Route prefix (`BASE_PATH`). */
@@ -313,6 +331,36 @@ export class AuditLog {
       this.#write(JSON.stringify(record));
     } catch {
       // An audit sink failure must not fail the request; the sink reports its own problems.
+    }
+    return record;
+  }
+
+  /**
+   * Logs one instance a request changed (a DELETE writes one line per deleted instance, besides the line
+   * of the request): `resource` is `instance`, `outcome` `success`, no status or bytes.
+   */
+  recordInstance(entry: InstanceAuditEntry): AuditRecord {
+    const record: AuditRecord = {
+      time: this.#now().toISOString(),
+      action: entry.action,
+      resource: "instance",
+      who: entry.principal?.subject ?? null,
+      auth: entry.principal?.method ?? null,
+      client: entry.client ?? "unknown",
+      aet: entry.aet,
+      study: entry.study,
+      series: entry.series,
+      instance: entry.instance,
+      method: "DELETE",
+      status: 204,
+      outcome: "success",
+      bytes: 0,
+      ms: 0,
+    };
+    try {
+      this.#write(JSON.stringify(record));
+    } catch {
+      // as in record()
     }
     return record;
   }

@@ -259,8 +259,8 @@ export function parseAuthConfig(
         s.problem(
           `AUTH_GRANTS entry ${
             JSON.stringify(entry)
-          } is not valid: use SUBJECT:ACTION:AET with ACTION read, write ` +
-            `or *, and AET a name or * (e.g. alice:read:PACS, ohif:read:*)`,
+          } is not valid: use SUBJECT:ACTION:AET with ACTION read, write, ` +
+            `delete or *, and AET a name or * (e.g. alice:read:PACS, ohif:read:*)`,
         );
       } else grants.set(grant.subject, [...(grants.get(grant.subject) ?? []), grant.grant]);
     }
@@ -287,7 +287,7 @@ function parseGrantEntry(entry: string): { subject: string; grant: Grant } | und
   const subject = entry.slice(0, middle);
   const action = entry.slice(middle + 1, last);
   const aet = entry.slice(last + 1);
-  if (action !== "read" && action !== "write" && action !== "*") return undefined;
+  if (action !== "read" && action !== "write" && action !== "delete" && action !== "*") return undefined;
   if (aet !== "*" && !AET_PATTERN.test(aet)) return undefined;
   return { subject, grant: { action, aet } };
 }

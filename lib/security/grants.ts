@@ -5,12 +5,15 @@
  * @module
  */
 
-/** What a request does to an AET: `read` (search, retrieve) or `write` (store). */
-export type Action = "read" | "write";
+/**
+ * What a request does to an AET: `read` (search, retrieve, the change feed), `write` (store) or `delete`
+ * (DELETE of studies, series, instances). Each is granted on its own: `write` does not imply `delete`.
+ */
+export type Action = "read" | "write" | "delete";
 
 /** A permission: an action (or `*`) on an AET (or `*` for every AET). */
 export interface Grant {
-  /** What may be done: read, write, or both. */
+  /** What may be done: read, write, delete, or all of them (`*`). */
   action: Action | "*";
   /** On which AET (`*`: all). */
   aet: string;
@@ -30,7 +33,7 @@ export interface Principal {
 }
 
 /**
- * The grants named by OAuth2 scopes: `dicomweb:ACTION:AET` with ACTION `read`, `write` or `*` and AET a name
+ * The grants named by OAuth2 scopes: `dicomweb:ACTION:AET` with ACTION `read`, `write`, `delete` or `*` and AET a name
  * or `*`; `dicomweb:*` is everything. Other scopes are ignored.
  *
  * @example
@@ -52,7 +55,7 @@ export function grantsFromScopes(scopes: unknown): Grant[] {
       grants.push({ action: "*", aet: "*" });
       continue;
     }
-    const m = /^dicomweb:(read|write|\*):([A-Za-z0-9_.\-]{1,64}|\*)$/.exec(scope);
+    const m = /^dicomweb:(read|write|delete|\*):([A-Za-z0-9_.\-]{1,64}|\*)$/.exec(scope);
     if (m) grants.push({ action: m[1] as Grant["action"], aet: m[2] });
   }
   return grants;
@@ -68,9 +71,11 @@ export function allows(principal: Principal, action: Action, aet: string | undef
   );
 }
 
-/** The AETs of `names` that `principal` may read or write, in the given order. */
+/** The AETs of `names` that `principal` may read, write or delete in, in the given order. */
 export function visibleAets(principal: Principal, names: readonly string[]): string[] {
-  return names.filter((aet) => allows(principal, "read", aet) || allows(principal, "write", aet));
+  return names.filter((aet) =>
+    allows(principal, "read", aet) || allows(principal, "write", aet) || allows(principal, "delete", aet)
+  );
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -85,7 +90,8 @@ export type Access =
 
 /**
  * Classifies a request: health checks and CORS preflights are public; `GET /aets` needs any authenticated
- * caller (and is filtered); `/aets/{aet}/...` needs `read` (GET, HEAD) or `write` (other methods) on that AET,
+ * caller (and is filtered); `/aets/{aet}/...` needs `read` (GET, HEAD), `delete` (DELETE) or `write` (other
+ * methods) on that AET,
  * taken from the raw path segment exactly as the router passes it on; anything else is server-wide.
  *
  * @example
@@ -97,7 +103,7 @@ export type Access =
  */
 export function accessOf(pathname: string, method: string, basePath: string): Access {
   const verb = method.toUpperCase();
-  const action: Action = verb === "GET" || verb === "HEAD" ? "read" : "write";
+  const action: Action = verb === "GET" || verb === "HEAD" ? "read" : verb === "DELETE" ? "delete" : "write";
   if (verb === "OPTIONS") return { kind: "public" };
   if (basePath !== "" && !pathname.startsWith(basePath + "/")) return { kind: "server", action };
   const rest = pathname.slice(basePath.length);

@@ -410,19 +410,26 @@ Deno.test("createHandler() retrieve (WADO-RS)", async (t) => {
     assert.deepEqual(store.calls, []);
   });
 
-  await t.step("PUT and DELETE are a 405 with Allow (POST is STOW-RS)", async () => {
-    const { fetch } = await setup();
-    for (const method of ["PUT", "DELETE"]) {
-      const response = await fetch("/aets/PACS/studies/1.2.3", {
-        method,
-        body: method === "DELETE" ? undefined : "x",
-      });
-      await errorJson(response, 405);
-      const allow = (response.headers.get("allow") ?? "").split(",").map((s) => s.trim());
-      assert.ok(allow.includes("GET") && allow.includes("HEAD") && allow.includes("POST"), `Allow: ${allow}`);
-      assert.ok(!allow.includes(method));
-    }
-  });
+  await t.step(
+    "PUT is a 405 with Allow (POST is STOW-RS, DELETE removes: tests/dicomweb/delete_test.ts)",
+    async () => {
+      const { fetch } = await setup();
+      for (const method of ["PUT"]) {
+        const response = await fetch("/aets/PACS/studies/1.2.3", {
+          method,
+          body: method === "DELETE" ? undefined : "x",
+        });
+        await errorJson(response, 405);
+        const allow = (response.headers.get("allow") ?? "").split(",").map((s) => s.trim());
+        assert.ok(
+          allow.includes("GET") && allow.includes("HEAD") && allow.includes("POST") &&
+            allow.includes("DELETE"),
+          `Allow: ${allow}`,
+        );
+        assert.ok(!allow.includes(method));
+      }
+    },
+  );
 
   await t.step("HEAD gives the GET headers and no body", async () => {
     const { fetch } = await setup();

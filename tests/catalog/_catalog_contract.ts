@@ -84,6 +84,50 @@ export function catalogContract(name: string, open: OpenCatalog): void {
       }
     });
 
+    await t.step(
+      "objectKeys() and removeInstances(): a study, a series, an instance; never a longer UID",
+      async () => {
+        const catalog = await open();
+        try {
+          await filled(catalog);
+          const [twin] = generatedCorpus([{
+            ...STUDIES[1],
+            uid: "2.25.10021",
+            series: [{ ...STUDIES[1].series[0], uid: "2.25.10021.1", instances: 1 }],
+          }]);
+          const twinKey = twin.key;
+          await catalog.recordInstance(
+            "A",
+            "a",
+            infoOf(twinKey, twin.bytes),
+            parseBuffer(twin.bytes, twin.key),
+          );
+          const inStudy = files.filter((f) => f.key.startsWith("2.25.1002/")).map((f) => f.key).sort();
+          assert.deepEqual(await catalog.objectKeys("A", { study: "2.25.1002" }), inStudy);
+          const series = inStudy[0].split("/")[1];
+          assert.deepEqual(
+            await catalog.objectKeys("A", { study: "2.25.1002", series }),
+            inStudy.filter((key) => key.split("/")[1] === series),
+          );
+          const sop = inStudy[0].split("/")[2].slice(0, -4);
+          assert.deepEqual(await catalog.objectKeys("A", { study: "2.25.1002", series, sop }), [inStudy[0]]);
+          assert.deepEqual(await catalog.objectKeys("B", { study: "2.25.1002" }), []);
+          assert.equal(await catalog.removeInstances("A", [...inStudy, "9/9/9.dcm"]), inStudy.length);
+          assert.equal(await catalog.removeInstances("A", []), 0);
+          assert.deepEqual(await catalog.objectKeys("A", { study: "2.25.1002" }), []);
+          assert.deepEqual(await catalog.objectKeys("A", { study: "2.25.10021" }), [twinKey]);
+          const query = { aet: "A", level: "study" as const, filters: [], limit: 100, offset: 0 };
+          const studies = (await catalog.search(query)).map((row) => row.study);
+          assert.ok(!studies.includes("2.25.1002"));
+          assert.ok(studies.includes("2.25.10021"));
+          assert.deepEqual(await catalog.search({ ...query, level: "series", study: "2.25.1002" }), []);
+          assert.deepEqual(await catalog.instanceMetadata("A", "2.25.1002"), []);
+        } finally {
+          await catalog.close();
+        }
+      },
+    );
+
     await t.step("files layout and UID problems as ignored / failed with the reason", async () => {
       const catalog = await open();
       try {

@@ -144,7 +144,7 @@ Deno.test("parseAuthConfig() reads tokens, users and grants, and never echoes a 
     AUTH_TOKENS: `ohif:${token}`,
     AUTH_USERS:
       "bob:plaintext-password,carol:pbkdf2-sha256:1000:AAAAAAAAAAAAAAAAAAAAAA:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-    AUTH_GRANTS: "ohif:delete:PACS ohif:read:../x",
+    AUTH_GRANTS: "ohif:erase:PACS ohif:read:../x",
   }).problems;
   assert.ok(!bad.join("\n").includes(token), "a mistyped token is not printed");
   assert.ok(!bad.join("\n").includes("plaintext-password"), "a plain password is not printed");
@@ -154,7 +154,7 @@ Deno.test("parseAuthConfig() reads tokens, users and grants, and never echoes a 
   );
   assert.match(bad.join("\n"), /AUTH_USERS entry for "bob" is not valid/);
   assert.match(bad.join("\n"), /AUTH_USERS entry for carol uses 1000 iterations: use at least 100000/);
-  assert.match(bad.join("\n"), /AUTH_GRANTS entry "ohif:delete:PACS" is not valid/);
+  assert.match(bad.join("\n"), /AUTH_GRANTS entry "ohif:erase:PACS" is not valid/);
   assert.match(bad.join("\n"), /AUTH_GRANTS entry "ohif:read:\.\.\/x" is not valid/);
   assert.match(parse({ AUTH: "token" }).problems[0], /AUTH=token needs AUTH_TOKENS/);
   assert.match(parse({ AUTH: "basic" }).problems[0], /AUTH=basic needs AUTH_USERS/);
@@ -174,6 +174,16 @@ Deno.test("grantsFromScopes(), allows() and visibleAets() decide per AET and act
     ],
   );
   assert.deepEqual(grantsFromScopes(["dicomweb:*", 7]), [{ action: "*", aet: "*" }]);
+  // delete is a scope of its own; write does not imply it
+  const writer: Principal = { subject: "w", method: "jwt", grants: grantsFromScopes("dicomweb:write:PACS") };
+  assert.ok(!allows(writer, "delete", "PACS"));
+  const deleter: Principal = {
+    subject: "d",
+    method: "jwt",
+    grants: grantsFromScopes("dicomweb:delete:PACS"),
+  };
+  assert.ok(allows(deleter, "delete", "PACS") && !allows(deleter, "write", "PACS"));
+  assert.ok(allows({ subject: "a", method: "jwt", grants: grantsFromScopes("dicomweb:*") }, "delete", "X"));
   assert.deepEqual(grantsFromScopes(undefined), []);
   const reader: Principal = { subject: "r", method: "token", grants: [{ action: "read", aet: "PACS" }] };
   assert.ok(allows(reader, "read", "PACS"));
@@ -208,8 +218,9 @@ Deno.test("accessOf() classifies requests from the raw path and method", () => {
   assert.deepEqual(accessOf("/dicomweb/aets/A/studies/1", "DELETE", "/dicomweb"), {
     kind: "aet",
     aet: "A",
-    action: "write",
+    action: "delete",
   });
+  assert.deepEqual(accessOf("/aets/A/studies/1", "PUT", ""), { kind: "aet", aet: "A", action: "write" });
   assert.deepEqual(accessOf("/aets/A/studies", "GET", "/dicomweb"), { kind: "server", action: "read" });
   assert.deepEqual(accessOf("/dicomweb/healthz", "GET", "/dicomweb"), { kind: "public" });
   assert.deepEqual(accessOf("/admin/crawl", "POST", ""), { kind: "server", action: "write" });
