@@ -17,6 +17,7 @@ import { STATUS } from "./command.ts";
 import type { Message } from "./association.ts";
 import type { ScpContext, Session } from "./scp.ts";
 import { writeFileMeta } from "../dicom/file_meta.ts";
+import { prepend } from "../util/streams.ts";
 
 /** Failure Reasons of `Ingest` (PS3.18 I.2 / PS3.7 C) and the C-STORE status each becomes. */
 const STATUS_OF_REASON: Record<number, number> = {
@@ -25,26 +26,6 @@ const STATUS_OF_REASON: Record<number, number> = {
   0xa700: STATUS.outOfResources,
   0xc000: STATUS.cannotUnderstand,
 };
-
-/** `head`, then every chunk of `rest`. */
-function prepend(head: Uint8Array, rest: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
-  const reader = rest.getReader();
-  let sentHead = false;
-  return new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      if (!sentHead) {
-        sentHead = true;
-        return controller.enqueue(head);
-      }
-      const { done, value } = await reader.read();
-      if (done) controller.close();
-      else controller.enqueue(value);
-    },
-    cancel(reason) {
-      return reader.cancel(reason);
-    },
-  }, { highWaterMark: 0 });
-}
 
 /** Stores a C-STORE-RQ's data set through `Ingest`; resolves with the status for the response. */
 export async function storeDataset(

@@ -12,8 +12,8 @@ import type { OpenedInstance } from "./open_instance.ts";
 import type { ObjectStore } from "../store/store.ts";
 import { transcodeStream } from "../dicom/explicit_le.ts";
 import { writeFileMeta } from "../dicom/file_meta.ts";
-import { getString } from "../dicom/dataset.ts";
-import { skipBytes } from "../util/streams.ts";
+import { getString, type Part10Header } from "../dicom/dataset.ts";
+import { prepend, skipBytes } from "../util/streams.ts";
 
 /** Options for {@linkcode reEncodeBody}. */
 export interface ReEncodeOptions {
@@ -33,38 +33,35 @@ export interface ReEncodeOptions {
  * bytes as stored.
  */
 export function withFileMeta(opened: OpenedInstance, options: ReEncodeOptions): ReadableStream<Uint8Array> {
-  let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
-  return new ReadableStream<Uint8Array>({
-    async start(controller) {
-      try {
-        const header = await loadHeader(options.store, options.headers, options.bucket, opened.info, {
-          bulkThreshold: options.bulkThreshold,
-        });
-        const uid = (tag: number) => (getString(header.dataset, tag) ?? "").replace(/[\0 ]+$/, "");
-        controller.enqueue(writeFileMeta({
-          sopClassUid: uid(0x00080016),
-          sopInstanceUid: uid(0x00080018),
-          transferSyntaxUid: opened.meta.transferSyntaxUid,
-        }));
-        reader = skipBytes(opened.body, header.datasetOffset).getReader();
-      } catch (error) {
-        await opened.body.cancel(error).catch(() => {});
-        throw error;
-      }
-    },
-    async pull(controller) {
-      const { value, done } = await reader!.read();
-      if (done) controller.close();
-      else controller.enqueue(value);
-    },
-    async cancel(reason) {
-      await (reader ? reader.cancel(reason) : opened.body.cancel(reason));
-    },
-  }, { highWaterMark: 0 });
+  return fromHeader(opened, options, (header) => {
+    const uid = (tag: number) => (getString(header.dataset, tag) ?? "").replace(/[\0 ]+$/, "");
+    const meta = writeFileMeta({
+      sopClassUid: uid(0x00080016),
+      sopInstanceUid: uid(0x00080018),
+      transferSyntaxUid: opened.meta.transferSyntaxUid,
+    });
+    return prepend(meta, skipBytes(opened.body, header.datasetOffset));
+  });
 }
 
 /** The opened instance's bytes re-encoded as Explicit VR Little Endian. */
 export function reEncodeBody(opened: OpenedInstance, options: ReEncodeOptions): ReadableStream<Uint8Array> {
+  return fromHeader(opened, options, async (header) => {
+    if (!header.inflated) return transcodeStream(header, skipBytes(opened.body, header.datasetOffset));
+    await opened.body.cancel();
+    return transcodeStream(header);
+  });
+}
+
+/**
+ * A body made from the instance's parsed header (loaded, or from the cache) once it is first read; the opened
+ * body is cancelled when that fails.
+ */
+function fromHeader(
+  opened: OpenedInstance,
+  options: ReEncodeOptions,
+  make: (header: Part10Header) => ReadableStream<Uint8Array> | Promise<ReadableStream<Uint8Array>>,
+): ReadableStream<Uint8Array> {
   let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
   return new ReadableStream<Uint8Array>({
     async start() {
@@ -72,12 +69,7 @@ export function reEncodeBody(opened: OpenedInstance, options: ReEncodeOptions): 
         const header = await loadHeader(options.store, options.headers, options.bucket, opened.info, {
           bulkThreshold: options.bulkThreshold,
         });
-        if (header.inflated) {
-          await opened.body.cancel();
-          reader = transcodeStream(header).getReader();
-        } else {
-          reader = transcodeStream(header, skipBytes(opened.body, header.datasetOffset)).getReader();
-        }
+        reader = (await make(header)).getReader();
       } catch (error) {
         await opened.body.cancel(error).catch(() => {});
         throw error;

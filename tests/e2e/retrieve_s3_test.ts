@@ -146,7 +146,7 @@ async function retrievalSuite(
         [`/aets/${AET}/studies/1.2.03`, {}, 400, /leading zeros/],
         [`/aets/${AET}/studies/1.2%2F3`, {}, 400, /Invalid StudyInstanceUID/],
         [`/aets/${AET}/studies/${"1.".repeat(40)}1`, {}, 400, /at most 64/],
-        [`/aets/${AET}/studies/1.2.3`, { method: "DELETE" }, 405, /not allowed/],
+        [`/aets/${AET}/studies/1.2.3`, { method: "PUT" }, 405, /not allowed/],
         [
           `/aets/${AET}/studies/1.2.3`,
           { headers: { accept: "image/png" } },
@@ -166,7 +166,7 @@ async function retrievalSuite(
         const body = await response.json();
         assert.equal(response.status, status, `${path}: ${JSON.stringify(body)}`);
         assert.match(body.error, message, path);
-        if (status === 405) assert.equal(response.headers.get("allow"), "GET, POST, HEAD, OPTIONS");
+        if (status === 405) assert.equal(response.headers.get("allow"), "GET, POST, DELETE, HEAD, OPTIONS");
       }
       const touched = server.store.calls.slice(before).filter((c) => !c.startsWith("list ") || true);
       assert.ok(!touched.some((c) => /abc|03|%2F/.test(c)), `invalid UIDs never reach the store: ${touched}`);
