@@ -34,7 +34,7 @@ import {
   searchOf,
   UNIQUE_KEYS,
 } from "./query.ts";
-import { errorComment, response, type ScpContext, type Session } from "./scp.ts";
+import { replyTo, response, type ScpContext, type Session } from "./scp.ts";
 import { QR_MODELS } from "./sop_classes.ts";
 
 /** Rows asked of the catalog at a time. */
@@ -80,11 +80,7 @@ export async function handleFind(
   session: Session,
   context: ScpContext,
 ): Promise<void> {
-  const { command } = message;
-  const contextId = message.context.id;
-  const messageId = Number(command.get(CMD.messageId));
-  const fail = (status: number, why: string) =>
-    association.send(contextId, response(command, status, [errorComment(why)]));
+  const { command, contextId, messageId, fail } = replyTo(association, message);
   const { catalog, crawler } = context.services;
   let elements: IdElement[];
   let level: QrLevel;

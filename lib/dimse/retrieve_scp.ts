@@ -15,13 +15,14 @@
  */
 
 import { instanceKey } from "../dicom/uid.ts";
-import { readFileMeta } from "../dicom/file_meta.ts";
+import { openInstance } from "../objects/open_instance.ts";
+import { skipBytes } from "../util/streams.ts";
 import type { Association, Message } from "./association.ts";
 import { CMD, COMMAND, type Command, PRIORITY_MEDIUM, STATUS, statusKind } from "./command.ts";
 import { encodeIdentifier, type IdElement } from "./identifier.ts";
 import { identifierOf, scopesOf } from "./find_scp.ts";
 import { IdentifierError, levelOfIdentifier, type QrLevel, searchOf } from "./query.ts";
-import { errorComment, response, type ScpContext, type Session } from "./scp.ts";
+import { errorComment, replyTo, response, type ScpContext, type Session } from "./scp.ts";
 import { QR_MODELS } from "./sop_classes.ts";
 import { type MoveOrigin, StorageScu } from "./storage_scu.ts";
 
@@ -54,45 +55,13 @@ export async function openStored(
   bucket: string,
   key: string,
 ): Promise<StoredDataset | undefined> {
-  const object = await context.services.store.get(bucket, key);
-  if (!object) return undefined;
-  const reader = object.body.getReader();
-  let head = new Uint8Array(0);
-  let meta;
-  try {
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (!done) {
-        const joined = new Uint8Array(head.length + value.length);
-        joined.set(head);
-        joined.set(value, head.length);
-        head = joined;
-      }
-      meta = readFileMeta(head, key, done);
-      if (meta) break;
-      if (done) throw new SyntaxError(`Stored object ${key} ends before its File Meta`);
-    }
-  } catch (error) {
-    await reader.cancel(error).catch(() => {});
-    throw error;
-  }
-  let rest: Uint8Array | undefined = head.subarray(meta.end);
-  const dataset = new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      if (rest) {
-        const first = rest;
-        rest = undefined;
-        if (first.length > 0) return controller.enqueue(first);
-      }
-      const { done, value } = await reader.read();
-      if (done) controller.close();
-      else controller.enqueue(value);
-    },
-    cancel(reason) {
-      return reader.cancel(reason);
-    },
-  }, { highWaterMark: 0 });
-  return { transferSyntax: meta.transferSyntaxUid, sopClass: meta.sopClassUid, dataset };
+  const opened = await openInstance(context.services.store, bucket, key);
+  if (!opened) return undefined;
+  return {
+    transferSyntax: opened.meta.transferSyntaxUid,
+    sopClass: opened.meta.sopClassUid,
+    dataset: skipBytes(opened.body, opened.meta.end),
+  };
 }
 
 /** The instances an identifier selects, through the catalog. */
@@ -177,12 +146,8 @@ export async function handleRetrieve(
   session: Session,
   context: ScpContext,
 ): Promise<void> {
-  const { command } = message;
-  const contextId = message.context.id;
-  const messageId = Number(command.get(CMD.messageId));
+  const { command, contextId, messageId, fail } = replyTo(association, message);
   const isMove = Number(command.get(CMD.commandField)) === COMMAND.cMoveRq;
-  const fail = (status: number, why: string) =>
-    association.send(contextId, response(command, status, [errorComment(why)]));
   let targets: Target[];
   try {
     const elements = await identifierOf(message);

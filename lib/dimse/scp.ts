@@ -175,6 +175,23 @@ export function errorComment(text: string): [number, string] {
   return [CMD.errorComment, clean.length > 64 ? clean.slice(0, 61) + "..." : clean];
 }
 
+/** What the handler of a request needs to answer it: its command, context and message IDs, and a failure reply. */
+export function replyTo(association: Association, message: Message): {
+  command: Command;
+  contextId: number;
+  messageId: number;
+  fail: (status: number, why: string) => Promise<void>;
+} {
+  const { command } = message;
+  const contextId = message.context.id;
+  return {
+    command,
+    contextId,
+    messageId: Number(command.get(CMD.messageId)),
+    fail: (status, why) => association.send(contextId, response(command, status, [errorComment(why)])),
+  };
+}
+
 /** Handles one request on an established association. */
 export async function handleRequest(
   association: Association,
