@@ -12,6 +12,7 @@
  * @module
  */
 
+import { concatBytes } from "../util/bytes.ts";
 import { MalformedError } from "../util/errors.ts";
 import { type Command, commandName, decodeCommand, encodeCommand, hasDataset } from "./command.ts";
 import { CMD } from "./command.ts";
@@ -210,13 +211,7 @@ export async function readAllBounded(stream: ReadableStream<Uint8Array>, max: nu
     }
     chunks.push(chunk);
   }
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
+  return concatBytes(chunks, total);
 }
 
 /**
@@ -603,14 +598,7 @@ function single(bytes: Uint8Array): ReadableStream<Uint8Array> {
 }
 
 function join(chunks: Uint8Array[], total: number): Uint8Array {
-  if (chunks.length === 1) return chunks[0];
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
+  return chunks.length === 1 ? chunks[0] : concatBytes(chunks, total);
 }
 
 /** Throws when `pdu` is not what was expected, with its type in the message. */
