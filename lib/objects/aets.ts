@@ -56,6 +56,18 @@ export class AetRegistry {
     return [...map.entries()].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0);
   }
 
+  /**
+   * Creates the AET `aet` (its bucket of the same name) when the AETs are discovered and the store can create
+   * buckets (a local folder); resolves to its bucket, or `undefined` when AETs cannot be created here.
+   * Zero-config local mode: the first STOW-RS to a new AET makes its folder.
+   */
+  async create(aet: string): Promise<string | undefined> {
+    if (this.#configured || this.#store.createBucket === undefined) return undefined;
+    await this.#store.createBucket(aet);
+    this.#discovered.set(aet, aet);
+    return aet;
+  }
+
   /** The bucket of `aet`, or `undefined` when there is no such AET. */
   async bucket(aet: string): Promise<string | undefined> {
     if (this.#configured) return this.#configured.get(aet);

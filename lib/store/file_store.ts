@@ -55,6 +55,16 @@ export class FileStore implements ObjectStore {
     }
   }
 
+  /** Creates the bucket's folder (no-op when it exists). */
+  async createBucket(bucket: string): Promise<void> {
+    const path = this.#bucketPath(bucket);
+    try {
+      await Deno.mkdir(path, { recursive: true });
+    } catch (error) {
+      throw this.#storeError(error, "create", path);
+    }
+  }
+
   async listBuckets(options: ReadOptions = {}): Promise<string[]> {
     options.signal?.throwIfAborted();
     const names: string[] = [];

@@ -101,6 +101,11 @@ export interface ObjectStore {
   ): Promise<ObjectInfo>;
   /** Deletes the object; deleting a missing key is not an error. */
   delete(bucket: string, key: string, options?: ReadOptions): Promise<void>;
+  /**
+   * Creates an empty bucket (no-op when it exists). Only stores where a bucket is cheap and local have it
+   * (a folder, memory): the server never creates S3 buckets.
+   */
+  createBucket?(bucket: string): void | Promise<void>;
   /** Resolves when the bucket answers; rejects with a {@linkcode StoreError} saying why not. */
   check(bucket: string, options?: ReadOptions): Promise<void>;
   /** Releases sockets and handles. */
