@@ -244,6 +244,39 @@ Deno.test("S3Store passes the store contract and uploads large bodies in parts",
       await reader.cancel();
     });
 
+    await t.step("a prefix listed before is listed again in one page as large as it was", async () => {
+      const listing = makeStore({ firstPageSize: 3, pageSize: 1000 });
+      const keys = Array.from({ length: 20 }, (_, i) => `listed/${String(i).padStart(2, "0")}`);
+      for (const key of keys) await listing.put(bucket, key, bytes(10, 1));
+      const pages: string[] = [];
+      const original = Http1Client.prototype.stream;
+      Http1Client.prototype.stream = function (this: Http1Client, request) {
+        if (request.url.searchParams.get("list-type") === "2") {
+          pages.push(request.url.searchParams.get("max-keys")!);
+        }
+        return original.call(this, request);
+      };
+      try {
+        assert.deepEqual((await list(listing, bucket, "listed/")).map((i) => i.key), keys);
+        assert.deepEqual(pages, ["3", "1000"]);
+        pages.length = 0;
+        assert.deepEqual((await list(listing, bucket, "listed/")).map((i) => i.key), keys);
+        assert.deepEqual(pages, ["21"]);
+        // a listing that grew past the remembered size goes on with whole pages
+        await listing.put(bucket, "listed/zz", bytes(10, 1));
+        await listing.put(bucket, "listed/zzz", bytes(10, 1));
+        pages.length = 0;
+        assert.deepEqual((await list(listing, bucket, "listed/")).map((i) => i.key), [
+          ...keys,
+          "listed/zz",
+          "listed/zzz",
+        ]);
+        assert.deepEqual(pages, ["21", "1000"]);
+      } finally {
+        Http1Client.prototype.stream = original;
+      }
+    });
+
     await t.step("errors name what went wrong", async () => {
       const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
       const port = probe.addr.port;

@@ -6,6 +6,7 @@
  */
 
 import { S3Client } from "@aws-sdk/client-s3";
+import { type SigningCredentials, SigV4Signer } from "./sigv4.ts";
 
 /** Where one bucket's GETs and PUTs go and how they are signed. */
 export interface Route {
@@ -13,7 +14,12 @@ export interface Route {
   base: URL;
   region: string;
   service: string;
+  /** The SDK's signer (kept for comparison in tests). */
   signer: RequestSigner;
+  /** Signs what the store sends itself (see sigv4.ts). */
+  sigv4: SigV4Signer;
+  /** The client's credentials (its chain, memoized and refreshed by the SDK). */
+  credentials(): Promise<SigningCredentials>;
   clockOffset(): number;
 }
 
@@ -52,6 +58,7 @@ export interface EndpointConfig {
     properties?: { authSchemes?: { name: string; signingName?: string; signingRegion?: string }[] };
   };
   signer(authScheme?: unknown): Promise<RequestSigner>;
+  credentials(): Promise<SigningCredentials>;
 }
 
 /** Resolves `bucket`'s endpoint exactly as the SDK does for GetObject; `null` unless plain SigV4 signs it. */
@@ -80,6 +87,8 @@ export async function resolveRoute(client: S3Client, bucket: string): Promise<Ro
     region: scheme.signingRegion,
     service: scheme.signingName ?? "s3",
     signer: await config.signer(scheme),
+    sigv4: new SigV4Signer(scheme.signingRegion, scheme.signingName ?? "s3"),
+    credentials: () => config.credentials(),
     clockOffset: () => config.systemClockOffset ?? 0,
   };
 }

@@ -79,9 +79,9 @@ export interface S3StoreOptions {
   /** Keys per ListObjectsV2 page (MaxKeys). Default 1000, the S3 maximum. */
   pageSize?: number;
   /**
-   * Keys in the first page of a listing, so its first objects can be fetched sooner (a 1000-key page takes
-   * tens of milliseconds to list and parse); each next page is 4 times larger, up to `pageSize`, and is
-   * requested as soon as the previous one arrives. Default 32.
+   * Keys in the first page of a listing of a prefix not listed before, so its first objects can be fetched
+   * sooner; the next pages hold `pageSize` keys, each requested as soon as the previous one arrives. A prefix
+   * listed before starts with a page as large as that listing was (up to `pageSize`). Default 8.
    */
   firstPageSize?: number;
   /** Part size for multipart uploads; streams up to this size go up in one PutObject. Default 8 MiB. */
@@ -127,6 +127,8 @@ export class S3Store implements ObjectStore {
   #maxAttempts: number;
   /** Per bucket: where its GETs and PUTs go and how they are signed (`null`: let the SDK send them). */
   #routes = new Map<string, Promise<Route | null>>();
+  /** Keys found by the last whole listing of each bucket and prefix (sizes the next one's first page). */
+  #listed = new Map<string, number>();
   /** Sends GETs, listings and PUTs; none when a proxy is configured. */
   #http1?: Http1Client;
 
@@ -135,7 +137,7 @@ export class S3Store implements ObjectStore {
     const { endpoint, region } = options;
     this.location = endpoint ?? `AWS S3 (${region})`;
     this.#pageSize = positive(options.pageSize ?? 1000, "pageSize");
-    this.#firstPageSize = Math.min(positive(options.firstPageSize ?? 32, "firstPageSize"), this.#pageSize);
+    this.#firstPageSize = Math.min(positive(options.firstPageSize ?? 8, "firstPageSize"), this.#pageSize);
     this.#partSize = positive(options.partSize ?? 8 * MIB, "partSize");
     this.#slots = new Slots(positive(options.maxConcurrency ?? 50, "maxConcurrency"));
     this.#timeout = positive(options.requestTimeout ?? 60_000, "requestTimeout");
@@ -207,8 +209,14 @@ export class S3Store implements ObjectStore {
           };
         },
       );
-    let size = this.#firstPageSize;
+    // A listing's time is mostly fixed cost (on Ceph RGW 8 keys take 8.5 ms, 500 keys 15 ms; two pages at
+    // once are no faster than one after the other): a small first page brings the first keys soonest, then
+    // whole pages. A prefix listed before starts with a page that holds all it had, one round trip.
+    const id = `${bucket}\u0000${prefix}`;
+    const known = options.startAfter === undefined ? this.#listed.get(id) : undefined;
+    let size = known === undefined ? this.#firstPageSize : Math.min(known + 1, this.#pageSize);
     let next: Promise<ListPage> | undefined = page(undefined, size);
+    let count = 0;
     while (next) {
       const out: ListPage = await next;
       const token = out.truncated ? out.nextToken : undefined;
@@ -219,11 +227,20 @@ export class S3Store implements ObjectStore {
         );
       }
       // ask for the next page now: it arrives while this one is consumed
-      size = Math.min(size * 4, this.#pageSize);
+      size = this.#pageSize;
       next = token ? page(token, size) : undefined;
       next?.catch(() => {}); // awaited on the next turn, unless the consumer stops first
+      count += out.objects.length;
+      if (!next && options.startAfter === undefined) this.#remember(id, count);
       yield* out.objects;
     }
+  }
+
+  /** Records how many keys a listing of a prefix found (a bounded map; the oldest go first). */
+  #remember(id: string, count: number): void {
+    this.#listed.delete(id);
+    if (this.#listed.size >= 1024) this.#listed.delete(this.#listed.keys().next().value!);
+    this.#listed.set(id, count);
   }
 
   async head(bucket: string, key: string, options: ReadOptions = {}): Promise<ObjectInfo | null> {
@@ -582,27 +599,27 @@ export class S3Store implements ObjectStore {
     url.pathname = key === ""
       ? bucketPath || "/"
       : bucketPath + "/" + key.split("/").map(escapeSegment).join("/");
-    const query = request.query ?? {};
-    // encoded as the signer encodes it, so the signed and the sent query are the same
-    url.search = Object.entries(query).map(([name, value]) =>
-      `${escapeSegment(name)}=${escapeSegment(value)}`
-    )
-      .join("&");
+    // encoded once: the signed and the sent query are the same
+    const encodedQuery: [string, string][] = Object.entries(request.query ?? {}).map((
+      [name, value],
+    ) => [escapeSegment(name), escapeSegment(value)]);
+    url.search = encodedQuery.map(([name, value]) => `${name}=${value}`).join("&");
+    const { "x-amz-content-sha256": payloadHash, ...headers } = request.headers;
     for (let attempt = 1;; attempt++) {
-      const signed = await route.signer.sign({
-        method: request.method,
-        protocol: url.protocol,
-        hostname: url.hostname,
-        port: url.port ? Number(url.port) : undefined,
-        path: url.pathname,
-        query,
-        headers: { ...request.headers, host: url.host },
-      }, {
-        signingRegion: route.region,
-        signingService: route.service,
-        signingDate: new Date(Date.now() + route.clockOffset()),
-      });
-      delete signed.headers.host;
+      const signed = {
+        headers: route.sigv4.sign(
+          {
+            method: request.method,
+            host: url.host,
+            path: url.pathname,
+            query: encodedQuery,
+            headers,
+            payloadHash,
+          },
+          await route.credentials(),
+          new Date(Date.now() + route.clockOffset()),
+        ),
+      };
       let response: Answer;
       try {
         if (request.body && this.#http1) {
