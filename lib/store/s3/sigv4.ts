@@ -15,7 +15,9 @@ import { createHash, createHmac } from "node:crypto";
 
 /** The credentials a request is signed with. */
 export interface SigningCredentials {
+  /** Access key ID. */
   accessKeyId: string;
+  /** Secret access key. */
   secretAccessKey: string;
   /** Temporary credentials' token, sent (and signed) as `x-amz-security-token`. */
   sessionToken?: string;
@@ -23,6 +25,7 @@ export interface SigningCredentials {
 
 /** A request to sign; `path` and the query are as they go on the wire (already URI-encoded). */
 export interface SignInput {
+  /** `GET`, `PUT`, ... */
   method: string;
   /** `host[:port]` as sent in the Host header. */
   host: string;
@@ -38,7 +41,9 @@ export interface SignInput {
 
 /** Signs requests for one region and service, keeping each day's signing key. */
 export class SigV4Signer {
+  /** The signing region, e.g. `us-east-1`. */
   readonly region: string;
+  /** The signing service, `s3`. */
   readonly service: string;
   #keys = new Map<string, Uint8Array>();
 
