@@ -97,7 +97,7 @@ function attribute(
     const uri = options.bulkDataUri?.(path, el);
     if (uri !== undefined) return { vr, BulkDataURI: uri };
     if (!el.bytes) return { vr };
-    return { vr, InlineBinary: toBase64(toLittleEndian(el.bytes, vr, dataset.littleEndian)) };
+    return { vr, InlineBinary: toBase64(binaryValue(el.bytes, vr, dataset.littleEndian)) };
   }
   const values = attributeValues(el, dataset);
   return values.length ? { vr, Value: values } : { vr };
@@ -190,6 +190,19 @@ export function toLittleEndian(bytes: Uint8Array, vr: string, littleEndian: bool
     for (let k = 0; k < width; k++) out[i + k] = bytes[i + width - 1 - k];
   }
   return out;
+}
+
+/**
+ * A binary value as DICOM JSON and bulk data carry it: little endian ({@linkcode toLittleEndian}) and of even
+ * length. A value stored with an odd length (which PS3.5 7.1.1 forbids) gets the trailing zero byte its writer
+ * owed, as dcm2json writes it (PS3.5 6.2: OB and UN are padded with 00H).
+ */
+export function binaryValue(bytes: Uint8Array, vr: string, littleEndian: boolean): Uint8Array {
+  const value = toLittleEndian(bytes, vr, littleEndian);
+  if (value.length % 2 === 0) return value;
+  const padded = new Uint8Array(value.length + 1);
+  padded.set(value);
+  return padded;
 }
 
 /** Base64 of bytes (chunked to stay clear of argument-count limits). */

@@ -7,8 +7,9 @@
 
 import { DECODABLE_SYNTAXES } from "../codecs/mod.ts";
 import { decodedFrame } from "../imaging/decode.ts";
-import { resolveBulkDataPath, toLittleEndian } from "../dicom/dicom_json.ts";
-import { frameCount, type FramePlan, planFrame } from "../dicom/frames.ts";
+import { VIEWER_DECODABLE } from "../imaging/syntax_choice.ts";
+import { binaryValue, resolveBulkDataPath } from "../dicom/dicom_json.ts";
+import { frameCount, frameMediaType, type FramePlan, planFrame } from "../dicom/frames.ts";
 import { loadHeader } from "../objects/header_cache.ts";
 import { HttpError } from "../http/errors.ts";
 import { multipartStream, type Part, randomBoundary } from "../http/multipart.ts";
@@ -20,7 +21,7 @@ import type { ObjectInfo } from "../store/store.ts";
 import { EXPLICIT_VR_LITTLE_ENDIAN } from "../dicom/transfer_syntax.ts";
 import { instanceKey } from "../dicom/uid.ts";
 import { describe, targetOf } from "./retrieve.ts";
-import type { Part10Header } from "../dicom/dataset.ts";
+import type { DicomElement, Part10Header } from "../dicom/dataset.ts";
 import { concatBytes } from "../util/bytes.ts";
 
 /** How frames will be sent. */
@@ -35,11 +36,16 @@ export interface FrameChoice {
 
 const OCTET = "application/octet-stream";
 
+/** Pixel Data, Float Pixel Data, Double Float Pixel Data, at the top level or nested (icon images). */
+const PIXEL_TAGS = new Set([0x7fe00010, 0x7fe00008, 0x7fe00009]);
+
 /**
  * Negotiates frames of an instance stored as `storedTs` whose frames have media type `mediaType`
  * (`application/octet-stream` for native data). Stored bytes are sent unchanged (native data in little
  * endian); `application/octet-stream` with no transfer-syntax or with Explicit VR Little Endian asks for
- * compressed frames decoded, which `options.decodable` allows.
+ * compressed frames decoded, which `options.decodable` allows. `transfer-syntax=*` leaves the syntax to the
+ * server: native frames go out little endian (Explicit VR Little Endian, big endian words swapped), compressed
+ * ones as stored unless web viewers cannot decode them ({@linkcode VIEWER_DECODABLE}) and we can.
  */
 export function negotiateFrames(
   accept: string | null,
@@ -65,6 +71,10 @@ export function negotiateFrames(
   const decodedOk = (type: string | undefined, ts: string | undefined) =>
     !native && options.decodable === true && type === OCTET &&
     (ts === undefined || ts === EXPLICIT_VR_LITTLE_ENDIAN);
+  // The syntax left to the server, for frames a viewer cannot decode: decoded when we can (VIEWER_DECODABLE).
+  const serverChooses = (type: string | undefined, ts: string | undefined) =>
+    ts === "*" && !native && options.decodable === true && !VIEWER_DECODABLE.has(stored.transferSyntax) &&
+    (type === undefined || type === "*/*" || type === OCTET);
   const decoded = `${OCTET}; transfer-syntax=${EXPLICIT_VR_LITTLE_ENDIAN}`;
   for (const r of rankRanges(parseAccept(accept))) {
     const ts = r.params["transfer-syntax"];
@@ -72,12 +82,14 @@ export function negotiateFrames(
       const inner = r.type === "multipart" && r.subtype === "related"
         ? r.params.type?.toLowerCase()
         : undefined;
+      if (serverChooses(inner, ts)) return { multipart: true, contentType: decoded, decode: true };
       if (typeOk(inner) && tsOk(ts, inner)) return { multipart: true, contentType };
       if (decodedOk(inner, ts)) return { multipart: true, contentType: decoded, decode: true };
       continue;
     }
     if (!single) continue;
     const type = `${r.type}/${r.subtype}`;
+    if (serverChooses(type, ts)) return { multipart: false, contentType: decoded, decode: true };
     if (
       (type === stored.mediaType || type === OCTET && native ||
         r.subtype === "*" && r.type === stored.mediaType.split("/")[0]) &&
@@ -301,35 +313,41 @@ export function pixelHandlers(services: Services): PixelHandlers {
         cached,
       );
     }
+    if (!isPixel && element!.length < 0) {
+      // Encapsulated pixel data nested in an item (an Icon Image Sequence's): its one frame, in its media type.
+      return nestedEncapsulated(services, source, element!);
+    }
     const vr = isPixel ? pixel!.vr : element!.vr;
     const offset = isPixel ? pixel!.offset : element!.offset;
-    const length = isPixel ? pixel!.length : element!.length;
-    const littleEndian = isPixel
-      ? header.littleEndian
-      : !element!.bytes
-      ? header.littleEndian
-      : header.littleEndian;
+    const stored = isPixel ? pixel!.length : element!.length;
+    // An odd-length value (which PS3.5 7.1.1 forbids) is served with the zero byte its writer owed, as in
+    // the metadata's InlineBinary (binaryValue).
+    const length = stored + (stored % 2);
     const single = wantsSingle(ctx.request.headers.get("accept"));
     const range = parseRange(ctx.request.headers.get("range"), length);
     const start = range?.start ?? 0;
     const end = range?.end ?? length - 1;
-    const swap = !littleEndian && ["OW", "OF", "OL", "OD", "OV"].includes(vr);
+    const swap = !header.littleEndian && ["OW", "OF", "OL", "OD", "OV"].includes(vr);
+    const whole = swap || stored !== length;
     let bytes: Uint8Array;
     if (element?.bytes) bytes = element.bytes;
-    else if (swap) bytes = await readSpan(services, bucket, header, key, offset, length, etag);
+    else if (whole) bytes = await readSpan(services, bucket, header, key, offset, stored, etag);
     else bytes = await readSpan(services, bucket, header, key, offset + start, end - start + 1, etag);
-    if (swap) bytes = toLittleEndian(bytes, vr, false);
-    if (element?.bytes || swap) bytes = bytes.subarray(start, end + 1);
+    if (element?.bytes || whole) bytes = binaryValue(bytes, vr, header.littleEndian).subarray(start, end + 1);
+    // Native pixel data goes out little endian whatever the stored syntax: say so, as frames do.
+    const type = PIXEL_TAGS.has(isPixel ? pixel!.tag : element!.tag)
+      ? `${OCTET}; transfer-syntax=${EXPLICIT_VR_LITTLE_ENDIAN}`
+      : OCTET;
     const headers = new Headers();
     if (single) {
-      headers.set("content-type", OCTET);
+      headers.set("content-type", type);
       headers.set("accept-ranges", "bytes");
       if (range) headers.set("content-range", `bytes ${start}-${end}/${length}`);
       headers.set("content-length", String(bytes.byteLength));
       return new Response(bytes as Uint8Array<ArrayBuffer>, { status: range ? 206 : 200, headers });
     }
     const boundary = randomBoundary();
-    const partHeaders: Record<string, string> = { "Content-Type": OCTET };
+    const partHeaders: Record<string, string> = { "Content-Type": type };
     if (range) partHeaders["Content-Range"] = `bytes ${start}-${end}/${length}`;
     const parts = (async function* () {
       yield { headers: partHeaders, body: bytes };
@@ -339,6 +357,32 @@ export function pixelHandlers(services: Services): PixelHandlers {
   }
 
   return { frames, bulkdata };
+}
+
+/**
+ * The bulk data of encapsulated pixel data nested in an item (PS3.5 A.4 lets an Icon Image Sequence item hold
+ * its pixels compressed in the instance's syntax): one part, the item's one frame (its fragments after the
+ * Basic Offset Table), in the syntax's media type.
+ */
+async function nestedEncapsulated(
+  services: Services,
+  source: Source,
+  element: DicomElement,
+): Promise<Response> {
+  const { bucket, key, header, etag } = source;
+  const fragments = (element.fragments ?? []).slice(1);
+  const chunks = await Promise.all(
+    fragments.map((f) => readSpan(services, bucket, header, key, f.offset, f.length, etag)),
+  );
+  const ts = header.transferSyntaxUid;
+  const mediaType = frameMediaType(ts);
+  const boundary = randomBoundary();
+  const parts = (async function* (): AsyncGenerator<Part> {
+    yield { headers: { "Content-Type": `${mediaType}; transfer-syntax=${ts}` }, body: concatBytes(chunks) };
+  })();
+  return new Response(multipartStream(parts, boundary), {
+    headers: { "content-type": `multipart/related; type="${mediaType}"; boundary=${boundary}` },
+  });
 }
 
 function wantsSingle(accept: string | null): boolean {

@@ -288,7 +288,10 @@ export async function* decodedInstanceParts(
   const first = await frames.next();
   if (first.done) return;
   const firstFrame = first.value;
-  const { before, after } = splitDataset(header, decodedOverrides(header, firstFrame));
+  const split = splitDataset(header, decodedOverrides(header, firstFrame));
+  const nestedContext = { header, source, pool, options };
+  const before = await decodeNested(split.before, nestedContext);
+  const after = await decodeNested(split.after, nestedContext);
   const out = new Out();
   out.block(writeMeta(header, EXPLICIT_VR_LITTLE_ENDIAN));
   writeDataset(out, before, name);
@@ -301,6 +304,73 @@ export async function* decodedInstanceParts(
   if (total % 2) tail.bytes([0]);
   writeDataset(tail, after, name);
   if (tail.length) yield tail.concat();
+}
+
+/**
+ * `dataset` with the encapsulated Pixel Data of its items (an Icon Image Sequence's, PS3.5 A.4) decoded too:
+ * an Explicit VR Little Endian object holds no fragments. The item's Photometric Interpretation and Planar
+ * Configuration follow the decoder, as the instance's own do. The same dataset when there is none.
+ */
+async function decodeNested(dataset: DicomDataset, context: NestedContext): Promise<DicomDataset> {
+  let elements: Map<number, DicomElement> | undefined;
+  for (const el of dataset.elements.values()) {
+    if (!el.items) continue;
+    const items = await Promise.all(el.items.map((item) => decodeItem(item, context)));
+    if (items.every((item, i) => item === el.items![i])) continue;
+    elements ??= new Map(dataset.elements);
+    elements.set(el.tag, { ...el, items });
+  }
+  return elements ? { ...dataset, elements } : dataset;
+}
+
+/** What decoding nested pixel data needs: the instance's header, its bytes, the codec pool and limits. */
+interface NestedContext {
+  header: Part10Header;
+  source: Uint8Array;
+  pool: CodecPool;
+  options: PixelTranscodeOptions;
+}
+
+async function decodeItem(item: DicomDataset, context: NestedContext): Promise<DicomDataset> {
+  const { header, source, pool, options } = context;
+  const inner = await decodeNested(item, context);
+  const pixel = inner.elements.get(PIXEL_DATA);
+  if (!pixel?.fragments) return inner;
+  const what = `the pixel data nested in an item of "${header.name}"`;
+  const nested: Part10Header = {
+    ...header,
+    dataset: inner,
+    pixelData: {
+      tag: PIXEL_DATA,
+      vr: pixel.vr,
+      offset: pixel.offset,
+      length: -1,
+      encapsulated: true,
+      fragments: pixel.fragments.slice(1),
+      basicOffsetTable: [],
+      end: pixel.offset,
+    },
+  };
+  const d = describeFrame(nested);
+  checkFrameSize(d, options.maxFrameBytes, what);
+  const data = concatBytes(
+    pixel.fragments.slice(1).map((f) => source.subarray(f.offset, f.offset + f.length)),
+  );
+  let frame: DecodedFrame;
+  try {
+    frame = await pool.decode(header.transferSyntaxUid, data, d);
+  } catch (error) {
+    throw decodeFailure(error, what);
+  }
+  const elements = new Map(inner.elements);
+  const set = (tag: number, vr: string, bytes: Uint8Array) =>
+    elements.set(tag, { tag, vr, offset: 0, length: bytes.length, bytes });
+  for (const [tag, value] of decodedOverrides(nested, frame)) if (value) set(tag, value.vr, value.bytes);
+  set(PIXEL_DATA, d.bitsAllocated > 8 ? "OW" : "OB", frame.bytes);
+  return {
+    ...inner,
+    elements: new Map([...elements.values()].sort((a, b) => a.tag - b.tag).map((e) => [e.tag, e])),
+  };
 }
 
 /** Whole-buffer convenience: the decoded instance in one array. */

@@ -22,6 +22,25 @@ export const RE_ENCODABLE = new Set([
   DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
 ]);
 
+/**
+ * The frame transfer syntaxes web viewers decode themselves: the cases of cornerstone3D's dicom-image-loader
+ * `decodeImageFrame` (the loader of OHIF 3.x). Native syntaxes are listed but never reach a viewer in any other
+ * form than Explicit VR Little Endian (frames go out little endian). Frames stored in another syntax that this
+ * server can decode (JPEG 2000 Part 2, `.92`/`.93`) are decoded when the client leaves the syntax to the server
+ * (`transfer-syntax=*` with `application/octet-stream` or any type), so that a viewer can show them.
+ */
+export const VIEWER_DECODABLE: ReadonlySet<string> = new Set([
+  IMPLICIT_VR_LITTLE_ENDIAN,
+  EXPLICIT_VR_LITTLE_ENDIAN,
+  DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+  EXPLICIT_VR_BIG_ENDIAN,
+  "1.2.840.10008.1.2.5",
+  ...["50", "51", "57", "70", "80", "81", "90", "91", "201", "202", "203"].map((s) =>
+    `1.2.840.10008.1.2.4.${s}`
+  ),
+  "3.2.840.10008.1.2.4.96",
+]);
+
 /** How one instance will be sent. */
 export interface SyntaxChoice {
   /** The transfer syntax of the bytes that go out. */

@@ -117,6 +117,21 @@ Deno.test("toDicomJson() asks for bulk data URIs with element paths", async (t) 
   });
 });
 
+Deno.test("toDicomJson() pads odd-length binary values with a zero byte, as dcm2json does", () => {
+  for (const ts of [ILE, EBE]) {
+    const json = toDicomJson(parseBuffer(
+      buildPart10([
+        { tag: 0x00090010, vr: "LO", value: "ODD" },
+        { tag: 0x00091001, vr: "OB", value: new Uint8Array([1, 2, 3]) },
+        { tag: 0x00091002, vr: "UN", value: new Uint8Array([4]) },
+      ], { transferSyntax: ts }),
+      "odd.dcm",
+    ));
+    assert.equal(json["00091001"].InlineBinary, "AQIDAA==", ts);
+    assert.equal(json["00091002"].InlineBinary, "BAA=", ts);
+  }
+});
+
 Deno.test("toDicomJson() keeps 64-bit integers exact and writes non-finite floats as text", () => {
   const uv = new Uint8Array(16);
   new DataView(uv.buffer).setBigUint64(0, 2n ** 60n + 1n, true);
@@ -156,15 +171,6 @@ function compare(ours: unknown, theirs: unknown, path: string, out: string[]): v
   for (const key of new Set([...Object.keys(a), ...Object.keys(b)])) {
     const sub = `${path}/${key}`;
     if (key === "00080005") continue; // dcm2json rewrites it to "ISO_IR 192" (it converts to UTF-8)
-    if (key === "InlineBinary" && typeof a[key] === "string" && typeof b[key] === "string") {
-      // dcm2json pads odd-length values with a zero byte.
-      const x = atob(a[key] as string);
-      const y = atob(b[key] as string);
-      if (x !== y && !(y.length === x.length + 1 && y.endsWith("\0") && y.startsWith(x))) {
-        out.push(`${sub} differs`);
-      }
-      continue;
-    }
     compare(a[key], b[key], sub, out);
   }
 }

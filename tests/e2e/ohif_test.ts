@@ -4,7 +4,8 @@
  * opened to its first image, once with OHIF on another origin (CORS, with an `Authorization` header) and
  * once served same-origin at `/viewer/` (lib/viewer/viewer.ts, `VIEWER` set); then, with OHIF's
  * `thumbnailRendering` set to `"rendered"` and to `"thumbnail"`, a study of three series whose thumbnails
- * must all be JPEGs this server rendered.
+ * must all be JPEGs this server rendered; and a big endian instance (Explicit VR Big Endian, retired) shown
+ * pixel for pixel as its little endian twin, its frames asked for as tests/_ohif_requests.ts says OHIF does.
  *
  * Screenshots go to `.artifacts/ohif/`. Needs Debian's chromium, `npm ci --prefix tools/e2e` and
  * `deno task viewer:install`; without them the test fails under CI=true and is skipped (with the reason
@@ -31,6 +32,7 @@ import { type CorpusFile, pydicomCorpus } from "../_corpus.ts";
 import { buildPart10, type Fx } from "../_dicom_fixtures.ts";
 import { startS3 } from "../_s3server.ts";
 import { fitViewport } from "../../lib/imaging/resample.ts";
+import { OHIF_FRAME_ACCEPTS } from "../_ohif_requests.ts";
 
 const AET = "OHIF";
 /** A second AET (bucket) holding only the CT study: the same-origin viewer has a data source for each. */
@@ -77,6 +79,15 @@ const STUDIES = [
     modality: "RTDOSE",
   },
 ];
+/**
+ * The same MR image in little and big endian, each in a bucket (AET) of its own: they share their study,
+ * series and pixels, so OHIF must show the same picture from each.
+ */
+const TWINS = [
+  { aet: "TWINLE", file: "MR_small.dcm" },
+  { aet: "TWINBE", file: "MR_small_bigendian.dcm" },
+] as const;
+
 /** What the patient filter types, and the studies it must leave. */
 const FILTER = { text: "compressed", leaves: ["ct", "mr", "jpeg-12bit"] };
 
@@ -169,7 +180,9 @@ async function missingRequirements(corpus: CorpusFile[]): Promise<string | undef
     );
   }
   const names = new Set(corpus.map((f) => f.name));
-  const absent = STUDIES.flatMap((s) => s.files).filter((f) => !names.has(f));
+  const absent = [...STUDIES.flatMap((s) => s.files), ...TWINS.map((t) => t.file)].filter((f) =>
+    !names.has(f)
+  );
   if (absent.length > 0) problems.push(`tests/testdata/pydicom lacks ${absent.join(", ")}`);
   return problems.length > 0 ? problems.join("; ") : undefined;
 }
@@ -354,14 +367,24 @@ interface LoggedRequest {
   origin: string | null;
   authorization: string | null;
   requestHeaders: string | null;
+  accept: string | null;
   contentType: string | null;
 }
 
 /** The DICOMweb server (with VIEWER on and its catalog crawled), recording every request it answers. */
-async function serveDicomweb(store: S3Store, bucket: string, other: string, thumbs: string) {
+async function serveDicomweb(
+  store: S3Store,
+  bucket: string,
+  other: string,
+  thumbs: string,
+  more: Record<string, string> = {},
+) {
   const config = parseConfig({
     PORT: "0",
-    AETS: `${AET}=${bucket},${OTHER_AET}=${other},${THUMBS.aet}=${thumbs}`,
+    AETS: [
+      `${AET}=${bucket},${OTHER_AET}=${other},${THUMBS.aet}=${thumbs}`,
+      ...Object.entries(more).map(([aet, b]) => `${aet}=${b}`),
+    ].join(","),
     VIEWER: OHIF_DIST_DIR.pathname,
   });
   const catalog = await memoryCatalog({ bulkDataThreshold: config.bulkDataThreshold });
@@ -380,6 +403,7 @@ async function serveDicomweb(store: S3Store, bucket: string, other: string, thum
       origin: request.headers.get("origin"),
       authorization: request.headers.get("authorization"),
       requestHeaders: request.headers.get("access-control-request-headers"),
+      accept: request.headers.get("accept"),
       contentType: response.headers.get("content-type"),
     });
     return response;
@@ -775,6 +799,99 @@ async function checkThumbnailMode(
   } s (${images.length} /${mode}, ${count} responses)`;
 }
 
+/** The first viewport's canvas once it has stopped changing: its size and an FNV-1a hash of its pixels. */
+const CANVAS_PIXELS = `async () => {
+  const read = () => {
+    const canvas = document.querySelector("canvas.cornerstone-canvas");
+    const context = canvas.getContext("2d", { willReadFrequently: true });
+    const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+    let hash = 0x811c9dc5;
+    let lit = 0;
+    for (let i = 0; i < data.length; i++) {
+      hash = Math.imul(hash ^ data[i], 0x01000193) >>> 0;
+      if (i % 4 === 0 && (data[i] || data[i + 1] || data[i + 2])) lit++;
+    }
+    return { width: canvas.width, height: canvas.height, hash, lit };
+  };
+  let last = read();
+  for (let i = 0; i < 40; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 250));
+    const now = read();
+    if (now.hash === last.hash) return now;
+    last = now;
+  }
+  return last;
+}`;
+
+interface CanvasPixels {
+  width: number;
+  height: number;
+  hash: number;
+  lit: number;
+}
+
+/**
+ * OHIF (cross-origin, configured for one AET, with a token) opens the MR image of each {@linkcode TWINS} bucket
+ * in turn: each must show
+ * the very pixels the little endian original shows, its frames asked for with an Accept of
+ * {@linkcode OHIF_FRAME_ACCEPTS} and answered 200. Returns a timing line.
+ */
+async function checkTwins(
+  browser: Browser,
+  dicomweb: Awaited<ReturnType<typeof serveDicomweb>>,
+): Promise<string> {
+  const t0 = performance.now();
+  const study = corpus.find((f) => f.name === TWINS[0].file)!.key.split("/")[0];
+  const shown: (CanvasPixels & { aet: string })[] = [];
+  const viewers: ReturnType<typeof serveOhifElsewhere>[] = [];
+  const page = await browser.newPage();
+  await page.addInitScript(QUIET_OHIF);
+  try {
+    for (const twin of TWINS) {
+      const before = dicomweb.requests.length;
+      const viewer = serveOhifElsewhere(dicomweb.url, { aet: twin.aet });
+      await page.goto(`${viewer.url}/viewer?StudyInstanceUIDs=${study}&token=${TOKEN}`)
+        .finally(() => viewers.push(viewer));
+      await waitForImage(page, `${twin.file} (${twin.aet})`);
+      shown.push({ aet: twin.aet, ...await page.evaluate<CanvasPixels>(CANVAS_PIXELS) });
+      await page.screenshot(new URL(`twin-${twin.aet.toLowerCase()}.png`, ARTIFACTS).pathname);
+      const events = await page.events();
+      checkEvents([events], dicomweb.url, twin.file, ["series", "metadata", "frames"]);
+      const frames = dicomweb.requests.slice(before).filter((r) =>
+        r.method === "GET" && r.path.startsWith(`/aets/${twin.aet}/`) && /\/frames\/\d/.test(r.path)
+      );
+      assert.ok(frames.length > 0, `${twin.file}: OHIF asked for frames`);
+      for (const r of frames) {
+        assert.equal(r.status, 200, `${twin.file}: ${r.path}`);
+        assert.ok(
+          OHIF_FRAME_ACCEPTS.includes(r.accept ?? ""),
+          `${twin.file}: OHIF's frame Accept ${
+            JSON.stringify(r.accept)
+          } is one tests/_ohif_requests.ts lists`,
+        );
+      }
+    }
+  } finally {
+    await page.close();
+    for (const viewer of viewers) await viewer.server.shutdown();
+  }
+  const [original, ...twins] = shown;
+  assert.ok(
+    original.lit > original.width * original.height * 0.05,
+    `the original shows an image: ${JSON.stringify(original)}`,
+  );
+  for (const twin of twins) {
+    assert.deepEqual(
+      { ...twin, aet: original.aet },
+      original,
+      `${twin.aet} shows the pixels ${original.aet} shows (${JSON.stringify(shown)})`,
+    );
+  }
+  return `twins ${((performance.now() - t0) / 1000).toFixed(1)} s (${
+    shown.map((s) => `${s.aet} ${s.hash.toString(16)}`).join(", ")
+  })`;
+}
+
 Deno.test({
   name: "OHIF Viewer lists, filters and opens studies from S3, cross-origin and same-origin; thumbnails",
   ignore: missing !== undefined,
@@ -818,7 +935,15 @@ Deno.test({
           await store.put(thumbs, key, bytes, { size: bytes.length });
         }
       }
-      dicomweb = await serveDicomweb(store, bucket, other, thumbs);
+      const twinBuckets: Record<string, string> = {};
+      for (const twin of TWINS) {
+        const twinBucket = s3.uniqueBucket(`ohif-${twin.aet.toLowerCase()}`);
+        await s3.createBucket(twinBucket);
+        const file = corpus.find((f) => f.name === twin.file)!;
+        await store.put(twinBucket, file.key, file.bytes, { size: file.bytes.length });
+        twinBuckets[twin.aet] = twinBucket;
+      }
+      dicomweb = await serveDicomweb(store, bucket, other, thumbs, twinBuckets);
       elsewhere = serveOhifElsewhere(dicomweb.url);
       browser = await launchBrowser();
       const timings: string[] = [`setup ${((performance.now() - started) / 1000).toFixed(1)} s`];
@@ -908,6 +1033,9 @@ Deno.test({
           timings.push(await checkThumbnailMode(browser!, dicomweb!, mode));
         });
       }
+      await t.step("a big endian instance shows as its little endian twin", async () => {
+        timings.push(await checkTwins(browser!, dicomweb!));
+      });
       assert.deepEqual(
         dicomweb.logs.filter((line) => line.startsWith("error ")),
         [],
