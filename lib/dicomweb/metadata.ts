@@ -48,6 +48,9 @@ export async function instanceJsonText(
   return json;
 }
 
+/** Characters of cached JSON joined before the rest streams (a whole series' metadata is a few MB). */
+const WARM_BATCH_CHARS = 8 * 1024 * 1024;
+
 /** The metadata handlers of each resource. */
 export interface MetadataHandlers {
   /** `/studies/{study}/metadata` */
@@ -76,6 +79,10 @@ export function metadataHandlers(services: Services): MetadataHandlers {
     let skipped: CorruptObjectError | undefined;
     /** Objects left out, by key: the catalog's known unreadable ones in the scope, then those found now. */
     const leftOut = new Map<string, string>();
+    // The listing's first page is asked for now, so it is on its way while the catalog answers.
+    const iterator = infos[Symbol.asyncIterator]();
+    const firstInfo = iterator.next();
+    firstInfo.catch(() => {}); // awaited below, unless the catalog fails first
     if (!single) {
       const prefix = target.series === undefined
         ? studyPrefix(target.study)
@@ -84,32 +91,63 @@ export function metadataHandlers(services: Services): MetadataHandlers {
         if (problem.key.startsWith(prefix)) leftOut.set(problem.key, problem.error);
       }
     }
-    // The listing's first page is asked for now, so it is on its way while the catalog answers.
-    const iterator = infos[Symbol.asyncIterator]();
-    const firstInfo = iterator.next();
-    firstInfo.catch(() => {}); // awaited below, unless the catalog fails first
-    infos = {
+    // The catalog's cached instance JSON (same ETag) makes series metadata one query instead of N reads; it
+    // is asked for at the first object whose JSON the header cache does not hold.
+    let stored: Map<string, { etag: string; json: string }> | undefined;
+    const askCatalog = async () => {
+      stored ??= new Map(
+        (await services.catalog?.instanceMetadata(target.aet, target.study, target.series).catch(() => []) ??
+          [])
+          .map((s) => [s.key, s]),
+      );
+    };
+    const urlOf = (info: ObjectInfo) => {
+      const uids = parseInstanceKey(info.key)!;
+      return instanceUrl(base, target.aet, uids.study, uids.series, uids.instance);
+    };
+    /** The instance's JSON text when it is at hand: the header cache's, or the catalog's for this ETag. */
+    const known = (info: ObjectInfo): string | undefined => {
+      const cached = services.headerCache.json(bucket, info);
+      if (cached !== undefined) return cached;
+      const hit = stored?.get(info.key);
+      return hit !== undefined && hit.etag === info.etag ? hit.json : undefined;
+    };
+    // Warm: as long as every listed instance's JSON is at hand, it is joined without a promise per instance;
+    // a series whose JSON is all cached is answered as one chunk. Bounded, so a huge study still streams.
+    const ready: string[] = [];
+    let readyChars = 0;
+    let pending: IteratorResult<ObjectInfo>;
+    try {
+      for (pending = await firstInfo; !pending.done; pending = await iterator.next()) {
+        let text = known(pending.value);
+        if (text === undefined && stored === undefined && services.catalog) {
+          await askCatalog();
+          text = known(pending.value);
+        }
+        if (text === undefined || readyChars > WARM_BATCH_CHARS) break;
+        const resolved = resolveBulkDataUris(text, urlOf(pending.value));
+        ready.push(resolved);
+        readyChars += resolved.length;
+      }
+    } catch (error) {
+      await iterator.return?.();
+      throw error;
+    }
+    const rest: AsyncIterable<ObjectInfo> = {
       async *[Symbol.asyncIterator]() {
         try {
-          for (let next = await firstInfo; !next.done; next = await iterator.next()) yield next.value;
+          for (let next = pending; !next.done; next = await iterator.next()) yield next.value;
         } finally {
           await iterator.return?.();
         }
       },
     };
-    // The catalog's cached instance JSON (same ETag) makes series metadata one query instead of N reads.
-    const stored = new Map(
-      (await services.catalog?.instanceMetadata(target.aet, target.study, target.series).catch(() => []) ??
-        [])
-        .map((s) => [s.key, s]),
-    );
     const jsons = ahead(
-      infos,
+      pending.done ? [] : rest,
       async (info): Promise<string | null> => {
-        const uids = parseInstanceKey(info.key)!;
-        const url = instanceUrl(base, target.aet, uids.study, uids.series, uids.instance);
-        const hit = stored.get(info.key);
-        if (hit !== undefined && hit.etag === info.etag) return resolveBulkDataUris(hit.json, url);
+        const url = urlOf(info);
+        const text = known(info);
+        if (text !== undefined) return resolveBulkDataUris(text, url);
         try {
           return resolveBulkDataUris(await instanceJsonText(services, bucket, info), url);
         } catch (error) {
@@ -132,7 +170,7 @@ export function metadataHandlers(services: Services): MetadataHandlers {
     };
     let first: IteratorResult<string | null>;
     try {
-      first = await nextJson();
+      first = ready.length > 0 ? { done: false, value: ready.join(",") } : await nextJson();
     } catch (error) {
       abort.abort();
       throw error;
@@ -153,6 +191,10 @@ export function metadataHandlers(services: Services): MetadataHandlers {
       );
     }
     const encoder = new TextEncoder();
+    if (pending.done) {
+      // all at hand: one chunk
+      return new Response(encoder.encode(`[${first.value}]\n`), { headers });
+    }
     let started = false;
     const body = new ReadableStream<Uint8Array>({
       async pull(controller) {

@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { MemoryStore } from "../../lib/store/memory_store.ts";
 import { memoryCatalog, testHandler } from "../_server.ts";
 import { pydicomCorpus } from "../_corpus.ts";
+import { HeaderCache } from "../../lib/objects/header_cache.ts";
 
 type Json = Record<string, { Value?: unknown[] }>;
 
@@ -100,4 +101,53 @@ Deno.test("study and series metadata list every readable instance and name what 
     assert.ok(response.status >= 500, String(response.status));
     assert.match((await response.json()).error, /1\.2\.3\.dcm/);
   });
+});
+
+Deno.test("warm series metadata comes from the header cache whole, without asking the catalog", async (t) => {
+  const store = await bucket([]);
+  const catalog = await memoryCatalog();
+  let asked = 0;
+  const instanceMetadata = catalog.instanceMetadata.bind(catalog);
+  catalog.instanceMetadata = (...args) => {
+    asked++;
+    return instanceMetadata(...args);
+  };
+  const headerCache = new HeaderCache();
+  const app = testHandler({ store, config: { AETS: "PACS=pacs" }, catalog, headerCache });
+  try {
+    const path = `/aets/PACS/studies/${study}/series/${series}/metadata`;
+    const chunksOf = async (response: Response) => {
+      const chunks: Uint8Array[] = [];
+      for await (const chunk of response.body!) chunks.push(chunk);
+      return chunks;
+    };
+    const text = (chunks: Uint8Array[]) =>
+      new TextDecoder().decode(new Uint8Array(chunks.flatMap((c) => [...c])));
+    const cold = await chunksOf(await app.fetch(path));
+    assert.equal(asked, 1, "a cold request asks the catalog once, at the first header not cached");
+    await t.step("the same JSON in one chunk, the catalog not asked", async () => {
+      const warm = await app.fetch(path);
+      assert.equal(warm.status, 200);
+      assert.equal(warm.headers.get("content-type"), "application/dicom+json; charset=utf-8");
+      const chunks = await chunksOf(warm);
+      assert.equal(chunks.length, 1);
+      assert.equal(text(chunks), text(cold));
+      assert.deepEqual(sops(JSON.parse(text(chunks))), [sopOf(whole.key), sopOf(truncated.key)].sort());
+      assert.equal(asked, 1);
+    });
+    await t.step(
+      "an object changed since (new ETag) is read again and the rest still comes from the cache",
+      async () => {
+        const changed = whole.bytes.slice();
+        await store.put("pacs", whole.key, changed); // same bytes, a new version
+        const before = headerCache.misses;
+        const response = await app.fetch(path);
+        assert.equal(text(await chunksOf(response)), text(cold));
+        assert.ok(headerCache.misses - before <= 1);
+      },
+    );
+  } finally {
+    await app.close();
+    await catalog.close();
+  }
 });
