@@ -236,9 +236,27 @@ function writeElements(elements: readonly IdElement[], enc: Encoding, parts: Uin
       parts.push(elementHeader(e.tag, "SQ", size, enc), ...inner);
       continue;
     }
-    const value = valueBytes(e, enc.little);
+    let value = valueBytes(e, enc.little);
+    if (enc.explicit && !LONG.has(e.vr) && value.length > 0xffff) value = fitShortLength(value, e.vr);
     parts.push(elementHeader(e.tag, e.vr, value.length, enc), value);
   }
+}
+
+/**
+ * A value cut to fit the 16-bit length of an explicit VR element: whole numbers for binary VRs, whole UTF-8
+ * characters (padded to even length) for text. A stored value can be longer than its VR allows, and Latin-1
+ * text grows when written in UTF-8; a C-FIND response sends what fits rather than failing the whole search.
+ */
+function fitShortLength(value: Uint8Array, vr: string): Uint8Array {
+  const width = NUMBERS[vr]?.[0];
+  if (width) return value.subarray(0, Math.floor(0xffff / width) * width);
+  let end = 0xfffe;
+  while (end > 0 && (value[end] & 0xc0) === 0x80) end--; // not inside a UTF-8 sequence
+  if (end % 2 === 0) return value.subarray(0, end);
+  const out = new Uint8Array(end + 1);
+  out.set(value.subarray(0, end));
+  out[end] = vr === "UI" ? 0 : 0x20;
+  return out;
 }
 
 function elementHeader(tag: number, vr: string, length: number, enc: Encoding): Uint8Array {

@@ -2,6 +2,8 @@ import assert from "node:assert/strict";
 import { elementFromJson, encodeIdentifier, needsUtf8, parseIdentifier } from "../../lib/dimse/identifier.ts";
 import { IDENTIFIER_SYNTAXES } from "../../lib/dimse/identifier.ts";
 
+const ELE = "1.2.840.10008.1.2.1";
+
 const ELEMENTS = [
   { tag: 0x00080052, vr: "CS", value: "STUDY" },
   { tag: 0x00080020, vr: "DA", value: "20200101-20201231" },
@@ -64,4 +66,36 @@ Deno.test("elementFromJson() writes PN groups and multiple values as DICOM text"
     needsUtf8([elementFromJson(0x00100010, "PN", { vr: "PN", Value: [{ Alphabetic: "Müller" }] })]),
     true,
   );
+});
+
+Deno.test("encodeIdentifier() cuts a value too long for an explicit VR's 16-bit length instead of throwing", async (t) => {
+  // Found by `deno task fuzz` (dicomjson target): a stored LO of 40,000 Latin-1 "é" is 80,000 bytes in UTF-8,
+  // and a C-FIND response in explicit VR threw a RangeError for it.
+  const bytes = await Deno.readFile(new URL("../testdata/fuzz/dicomjson-seed1-input0.bin", import.meta.url));
+  const { parseBuffer } = await import("../../lib/dicom/part10.ts");
+  const { toDicomJson } = await import("../../lib/dicom/dicom_json.ts");
+  const { elementsFromJson } = await import("../../lib/dimse/identifier.ts");
+  const description = elementsFromJson(toDicomJson(parseBuffer(bytes, "long.dcm")))
+    .find((e) => e.tag === 0x00081030)!;
+  assert.ok(description.value === "é".repeat(40000));
+  const utf8 = { tag: 0x00080005, vr: "CS", value: "ISO_IR 192" }; // as find_scp.ts adds it
+  const written = (value: string, vr: string, syntax: string) =>
+    parseIdentifier(encodeIdentifier([utf8, { tag: 0x00081030, vr, value }], syntax), syntax)[1].value;
+  for (const syntax of IDENTIFIER_SYNTAXES) {
+    await t.step(syntax, () => {
+      const read = written(description.value, "LO", syntax);
+      if (syntax === "1.2.840.10008.1.2") assert.ok(read === description.value, "implicit VR: 32-bit length");
+      else assert.ok(read === "é".repeat(32767), `whole characters up to 65,534 bytes, not ${read.length}`);
+    });
+  }
+  await t.step("text cut inside a multi-byte character keeps whole characters, padded to even length", () => {
+    const read = written("a" + "€".repeat(30000), "LO", ELE); // 1 + 90,000 bytes
+    assert.ok(read === "a" + "€".repeat(21844), `${read.length} characters`);
+  });
+  await t.step("numbers are cut to whole values", () => {
+    const value = Array.from({ length: 40000 }, (_, i) => i % 65536).join("\\");
+    const [read] = parseIdentifier(encodeIdentifier([{ tag: 0x00280010, vr: "US", value }], ELE), ELE);
+    assert.equal(read.value.split("\\").length, 32767);
+    assert.ok(value.startsWith(read.value));
+  });
 });

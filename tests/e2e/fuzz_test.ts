@@ -1,61 +1,118 @@
 /**
- * Bad input: a seeded, time-bounded fuzz run per parser (tests/e2e/_fuzz.ts) — no crash, no hang, no unbounded
- * memory, only clean errors of the expected kinds — and path/key injection against the running handler and
- * the FileStore: nothing in a URL, a header or a stored DICOM file reads or writes outside its bucket.
+ * Bad input: a seeded, time-bounded fuzz run of every target of tests/e2e/_fuzz.ts (the Part 10 reader,
+ * Part10Check, File Meta, DICOM JSON, multipart, Accept, QIDO, the DIMSE PDU, command and identifier parsers,
+ * and the whole handler) — no crash, no hang, no unbounded memory, only the parsers' typed errors — the
+ * inputs that once crashed (tests/testdata/fuzz/), and path/key injection against the running handler and the
+ * FileStore: nothing in a URL, a header or a stored DICOM file reads or writes outside its bucket.
  *
- * `FUZZ_SEED` (default 20251128) and `FUZZ_SECONDS` (per target, default 5) change the run.
+ * `FUZZ_SEED` (default 20251128) and `FUZZ_SECONDS` (per target, default 1.5) change the run; `deno task fuzz`
+ * (bench/fuzz.ts) is the long run. A crashing input is written to .artifacts/fuzz/ for replay.
  */
 
 import assert from "node:assert/strict";
 import { parseConfig } from "../../lib/config/config.ts";
 import { FileStore } from "../../lib/store/file_store.ts";
 import { buildInstance } from "../_corpus.ts";
-import { fuzz, type FuzzReport, TARGET_NAMES } from "./_fuzz.ts";
+import {
+  describeError,
+  fuzz,
+  fuzzTarget,
+  inputAt,
+  replay,
+  TARGET_NAMES,
+  type TargetReport,
+} from "./_fuzz.ts";
 import { testHandler } from "../_server.ts";
 import { concatBytes } from "../../lib/util/bytes.ts";
 
 const SEED = Number(Deno.env.get("FUZZ_SEED") ?? 20251128);
-const SECONDS = Number(Deno.env.get("FUZZ_SECONDS") ?? 5);
+const SECONDS = Number(Deno.env.get("FUZZ_SECONDS") ?? 1.5);
 const PER_INPUT_MS = 3_000;
-const reports: FuzzReport[] = [];
+const reports: TargetReport[] = [];
+
+async function saveInput(name: string, index: number, input: Uint8Array, error: string): Promise<string> {
+  const dir = new URL("../../.artifacts/fuzz/", import.meta.url);
+  await Deno.mkdir(dir, { recursive: true });
+  const file = new URL(`${name}-seed${SEED}-input${index}.bin`, dir);
+  await Deno.writeFile(file, input);
+  await Deno.writeTextFile(new URL(`${name}-seed${SEED}-input${index}.txt`, dir), error);
+  return file.pathname;
+}
 
 for (const name of TARGET_NAMES) {
-  Deno.test(`fuzz ${name}: no crash, no hang, only expected errors (seed ${SEED}, ${SECONDS} s)`, async () => {
-    const report = await fuzz(name, { seed: SEED, seconds: SECONDS, perInputMs: PER_INPUT_MS });
+  Deno.test(`fuzz ${name}: no crash, no hang, only typed errors (seed ${SEED}, ${SECONDS} s)`, async () => {
+    const report = await fuzzTarget(name, { seed: SEED, seconds: SECONDS, perInputMs: PER_INPUT_MS });
     reports.push(report);
     console.log(
-      `fuzz ${name}: ${report.tried} inputs from ${report.seeds} seeds in ${report.seconds} s, ` +
-        `${report.failures.length} failures, peak RSS ${report.peakRssMb} MiB${
-          report.hang ? `, HANG at input ${report.hang.index}` : ""
-        }`,
+      `fuzz ${name}: ${report.inputs} inputs from ${report.seeds} seeds in ${report.seconds} s, ` +
+        `${report.failureCount} crashes, ${report.hangs.length} hangs, ${report.slow.length} slow, ` +
+        `peak heap ${report.peakHeapMb} MiB, peak RSS ${report.peakRssMb} MiB`,
     );
     for (const failure of report.failures.slice(0, 5)) {
+      const file = failure.index >= 0
+        ? await saveInput(name, failure.index, failure.input, failure.error)
+        : "";
+      console.log(`  input ${failure.index} (${failure.input.length} bytes${file && `, saved to ${file}`}):`);
+      console.log(`  ${failure.error.replaceAll("\n", "\n  ")}`);
+    }
+    for (const hang of report.hangs) {
       console.log(
-        `  input ${failure.index} (${failure.length} bytes, first bytes ${
-          failure.preview.slice(0, 120)
-        }):\n  ${failure.error.replaceAll("\n", "\n  ")}`,
+        `  input ${hang.index} hung: saved to ${await saveInput(name, hang.index, hang.input, "hang")}`,
       );
     }
-    assert.equal(
-      report.hang,
-      undefined,
-      `input ${report.hang?.index} ran over ${PER_INPUT_MS} ms (rebuild it with inputAt("${name}", ${SEED}, ${report.hang?.index}))`,
+    assert.deepEqual(
+      report.hangs.map((h) => h.index),
+      [],
+      `inputs ran over ${PER_INPUT_MS * 10} ms alone (replay: deno task fuzz --replay FILE)`,
     );
     assert.deepEqual(
       report.failures.map((f) => f.index),
       [],
-      `unexpected errors; rebuild an input with inputAt("${name}", ${SEED}, index)`,
+      `untyped errors (replay: deno task fuzz --replay FILE, or inputAt("${name}", ${SEED}, index))`,
     );
-    assert.ok(report.tried > 0);
+    assert.ok(report.inputs > 0);
+    assert.ok(report.peakHeapMb < 512, `the worker's heap reached ${report.peakHeapMb} MiB`);
     assert.ok(report.peakRssMb < 2048, `RSS reached ${report.peakRssMb} MiB`);
   });
 }
 
-Deno.test("the fuzz harness reports unexpected errors and stops a hung input", async () => {
-  const report = await fuzz("selftest", { seed: 1, seconds: 10, perInputMs: 300 });
-  assert.deepEqual(report.failures.map((f) => f.index), [3]);
-  assert.match(report.failures[0].error, /^TypeError: unexpected kind/);
-  assert.equal(report.hang?.index, 5, "the endless loop was caught and the worker terminated");
+Deno.test("the fuzz harness reports untyped errors with their input and stops a hung input", async (t) => {
+  await t.step("fuzz() stops at the endless loop of input 5 and reports input 3's TypeError", async () => {
+    const report = await fuzz("selftest", { seed: 1, seconds: 10, perInputMs: 300 });
+    assert.deepEqual(report.failures.map((f) => f.index), [3], "input 2's MalformedError is a typed error");
+    assert.match(report.failures[0].error, /^TypeError: unexpected kind/);
+    assert.deepEqual(report.failures[0].input, await inputAt("selftest", 1, 3), "the whole input is kept");
+    assert.equal(report.hang?.index, 5, "the endless loop was caught and the worker terminated");
+  });
+  await t.step("fuzzTarget() confirms the hang, goes on after it and stops at maxInputs", async () => {
+    const report = await fuzzTarget("selftest", { seed: 1, seconds: 20, perInputMs: 200, maxInputs: 8 });
+    assert.deepEqual(report.hangs.map((h) => h.index), [5]);
+    assert.ok(report.hangs[0].ms >= 2000, "confirmed with ten times the deadline");
+    assert.equal(report.inputs, 8);
+    assert.equal(report.failureCount, 1);
+  });
+  await t.step("replay() runs one input again with the run's random choices", async () => {
+    const error = await replay("multipart", SEED, 7, await inputAt("multipart", SEED, 7));
+    assert.equal(error, undefined);
+    await assert.rejects(() => replay("nope", 1, 1, new Uint8Array(1)), /No fuzz target nope/);
+  });
+});
+
+Deno.test("fuzz regressions: every input under tests/testdata/fuzz/ runs through its target without a crash", async (t) => {
+  const dir = new URL("../testdata/fuzz/", import.meta.url);
+  let count = 0;
+  for await (const entry of Deno.readDir(dir)) {
+    const match = /^([a-z0-9]+)-seed(\d+)-input(\d+)\.bin$/.exec(entry.name);
+    if (!match) continue;
+    count++;
+    await t.step(entry.name, async () => {
+      const [, target, seed, index] = match;
+      const input = await Deno.readFile(new URL(entry.name, dir));
+      const error = await replay(target, Number(seed), Number(index), input);
+      assert.equal(error, undefined, `${entry.name}: ${describeError(error)}`);
+    });
+  }
+  assert.ok(count > 0, "tests/testdata/fuzz/ holds the inputs that once crashed");
 });
 
 // ---------------------------------------------------------------------------------------------------
@@ -339,12 +396,11 @@ Deno.test("STOW-RS: UIDs with odd characters inside stored files cannot choose w
 });
 
 Deno.test("fuzz summary", () => {
-  const tried = reports.reduce((n, r) => n + r.tried, 0);
-  const failures = reports.reduce((n, r) => n + r.failures.length + (r.hang ? 1 : 0), 0);
+  const tried = reports.reduce((n, r) => n + r.inputs, 0);
+  const failures = reports.reduce((n, r) => n + r.failureCount + r.hangs.length, 0);
   console.log(
     `fuzz summary: ${tried} inputs fuzzed over ${reports.length} targets (${
-      reports.map((r) => `${r.target} ${r.tried}`).join(", ")
-    }), ` +
-      `seed ${SEED}, ${failures} failures`,
+      reports.map((r) => `${r.target} ${r.inputs}`).join(", ")
+    }), seed ${SEED}, ${failures} failures`,
   );
 });
