@@ -9,6 +9,7 @@
 import { metricsResponse } from "./metrics.ts";
 import { catalogAdminHandlers } from "../dicomweb/catalog_admin.ts";
 import { deleteHandlers } from "../dicomweb/delete.ts";
+import { changeFeedHandlers } from "../dicomweb/changefeed.ts";
 import { pixelHandlers } from "../dicomweb/frames_bulkdata.ts";
 import { metadataHandlers } from "../dicomweb/metadata.ts";
 import { renderedHandlers, type RenderedOptions } from "../dicomweb/rendered.ts";
@@ -64,6 +65,7 @@ function routeTable(services: Services, options: RouteOptions): Route[] {
   const render = (level: "study" | "series" | "instance", kind: "rendered" | "thumbnail"): Handler => (ctx) =>
     rendered[level](ctx, kind);
   const admin = catalogAdminHandlers(services);
+  const changes = changeFeedHandlers(services);
   const { guard, audit } = options;
   const remove = deleteHandlers(services, {
     onDeleted: audit && ((request, deleted) =>
@@ -110,6 +112,9 @@ function routeTable(services: Services, options: RouteOptions): Route[] {
       [`${instance}/${kind}`, { GET: render("instance", kind) }],
       [`${instance}/frames/:frames/${kind}`, { GET: render("instance", kind) }],
     ]),
+    // Not PS3.18: the change feed, as the Azure DICOM service's v2 (lib/dicomweb/changefeed.ts).
+    ["/aets/:aet/changefeed", { GET: changes.feed }],
+    ["/aets/:aet/changefeed/latest", { GET: changes.latest }],
     // Not PS3.18: catalog state and crawls (lib/dicomweb/catalog_admin.ts).
     ["/admin/index", { GET: admin.status, POST: admin.start }],
   ];

@@ -43,6 +43,48 @@ export interface CatalogChange {
   keys: string[];
 }
 
+/**
+ * One entry of the change feed (the Azure DICOM service's v2 change feed): an instance the catalog learned was
+ * created (filed with a new ETag: STOW-RS, import, C-STORE, a bucket event, or a crawl that found it) or deleted
+ * (DELETE, a bucket event, or a crawl that no longer lists it).
+ */
+export interface ChangeFeedEntry {
+  /** Increasing over the catalog (shared by every AET); within an AET in the order the changes were made. */
+  sequence: number;
+  /** The AET. */
+  aet: string;
+  /** Study Instance UID. */
+  study: string;
+  /** Series Instance UID. */
+  series: string;
+  /** SOP Instance UID. */
+  sop: string;
+  /** What happened. */
+  action: "create" | "delete";
+  /** When the catalog recorded it (ms since the epoch, the catalog's clock). */
+  time: number;
+  /** `current`: the instance as it is; `replaced`: a newer version was filed since; `deleted`: it is gone. */
+  state: "current" | "replaced" | "deleted";
+  /** The instance's DICOM JSON text (BulkDataURIs relative) when asked for and the entry is current. */
+  metadata?: string;
+}
+
+/** What {@linkcode CatalogSearch.changeFeed} reads. */
+export interface ChangeFeedQuery {
+  /** The AET. */
+  aet: string;
+  /** Entries at or after this time (ms since the epoch). */
+  startTime?: number;
+  /** Entries before this time (ms since the epoch). */
+  endTime?: number;
+  /** Entries of the window skipped first. */
+  offset: number;
+  /** The most entries returned. */
+  limit: number;
+  /** With the current instances' DICOM JSON. */
+  includeMetadata: boolean;
+}
+
 /** Connections of a pooled catalog (see {@linkcode Catalog.pool}). */
 export interface PoolUse {
   /** Connections the pool may open. */
@@ -296,6 +338,10 @@ export interface CatalogSearch {
   status(aet?: string): Promise<AetStatus[]>;
   /** Failed and ignored objects with their reasons. */
   failures(aet?: string, limit?: number): Promise<ObjectProblem[]>;
+  /** The change feed of one AET in a time window, in sequence order, paged by `offset` and `limit`. */
+  changeFeed(query: ChangeFeedQuery): Promise<ChangeFeedEntry[]>;
+  /** The last entry of the change feed of `aet`, or undefined when it is empty. */
+  latestChange(aet: string, includeMetadata: boolean): Promise<ChangeFeedEntry | undefined>;
 }
 
 /**
@@ -320,6 +366,11 @@ export interface Catalog extends CatalogIngest, CrawlState, CatalogSearch {
    * objects, so caches of this process can drop what they hold of them. Absent: no other process writes.
    */
   onChange?(listener: (change: CatalogChange) => void): void;
+  /**
+   * Calls `listener` with the change feed entries this process has written, once their transaction has
+   * committed (webhooks go out from the replica that made the change, so each goes out once).
+   */
+  onFeed(listener: (entries: ChangeFeedEntry[]) => void): void;
   /** Pool use now (for `/metrics`); absent without a pool. */
   pool?(): PoolUse;
 }

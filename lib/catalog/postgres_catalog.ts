@@ -29,6 +29,8 @@ import type {
   Catalog,
   CatalogChange,
   CatalogQuery,
+  ChangeFeedEntry,
+  ChangeFeedQuery,
   CrawlTicket,
   InstanceScope,
   InstanceToRecord,
@@ -58,7 +60,20 @@ import {
 } from "./documents.ts";
 import type { Part10Header } from "../dicom/dataset.ts";
 import { CatalogMismatchError, LOCK_CLASS, migrate } from "./postgres_schema.ts";
-import { FAILED, IGNORED, INDEXED, LISTED } from "./sqlite_schema.ts";
+import {
+  CREATE,
+  CURRENT,
+  DELETE,
+  DELETED,
+  FAILED,
+  feedEntry,
+  type FeedRow,
+  feedSelect,
+  IGNORED,
+  INDEXED,
+  LISTED,
+  REPLACED,
+} from "./sqlite_schema.ts";
 import { condition, numberPlaceholders, POSTGRES, type Residual, type SqlValue } from "./sql_filter.ts";
 import { matchDataset, matchPersonName } from "./matching.ts";
 
@@ -225,6 +240,13 @@ interface Touched {
   keys: Set<string>;
   /** Series known to have their row (no rebuild needed). */
   present: Set<string>;
+  /** Change feed entries written, announced to this process's listeners at commit. */
+  feed: ChangeFeedEntry[];
+}
+
+/** An empty {@linkcode Touched}. */
+function untouched(): Touched {
+  return { series: new Set(), studies: new Set(), keys: new Set(), present: new Set(), feed: [] };
 }
 
 interface ListingState {
@@ -258,6 +280,7 @@ export class PostgresCatalog implements Catalog {
   readonly #log: (line: string) => void;
   readonly #listings = new WeakMap<CrawlTicket, ListingState>();
   readonly #listeners = new Set<(change: CatalogChange) => void>();
+  readonly #feedListeners = new Set<(entries: ChangeFeedEntry[]) => void>();
   /** Names this process in notifications, so it ignores its own. */
   readonly #origin = crypto.randomUUID();
   #migrated?: Promise<void>;
@@ -431,20 +454,58 @@ export class PostgresCatalog implements Catalog {
     bucket: string | undefined,
     fn: (tx: Tx, touched: Touched) => Promise<T>,
   ) {
-    return this.#run(what, (sql) =>
-      sql.begin(async (tx) => {
+    return this.#run(what, async (sql) => {
+      let feed: ChangeFeedEntry[] = [];
+      const result = await sql.begin(async (tx) => {
         await tx`SELECT pg_advisory_xact_lock(${LOCK_CLASS.aet}, hashtext(${aet}))`;
-        const touched: Touched = {
-          series: new Set(),
-          studies: new Set(),
-          keys: new Set(),
-          present: new Set(),
-        };
+        const touched = untouched();
         const result = await fn(tx, touched);
         await this.#refresh(tx, aet, touched);
         if (touched.keys.size > 0) await this.#notify(tx, aet, bucket, [...touched.keys]);
+        feed = touched.feed;
         return result as T;
-      }) as Promise<T>);
+      }) as T;
+      if (feed.length > 0) {
+        for (const listener of this.#feedListeners) {
+          try {
+            listener(feed);
+          } catch {
+            // a listener's failure is its own (webhooks log theirs)
+          }
+        }
+      }
+      return result;
+    });
+  }
+
+  onFeed(listener: (entries: ChangeFeedEntry[]) => void): void {
+    this.#feedListeners.add(listener);
+  }
+
+  /** A `create` entry for `key` (filed with a new ETag); earlier current entries of the key become `replaced`. */
+  async #feedCreate(tx: Tx, aet: string, key: string, uids: InstanceUids, touched: Touched): Promise<void> {
+    const [row] = await tx<FeedRow[]>`
+      WITH replaced AS (UPDATE changefeed SET state = ${REPLACED}
+        WHERE aet = ${aet} AND key = ${key} AND state = ${CURRENT})
+      INSERT INTO changefeed (aet, key, study, series, sop, action, state, at)
+      VALUES (${aet}, ${key}, ${uids.study}, ${uids.series}, ${uids.instance}, ${CREATE}, ${CURRENT},
+        catalog_now_ms())
+      RETURNING seq, study, series, sop, action, state, at, NULL AS json`;
+    touched.feed.push(feedEntry(aet, row));
+  }
+
+  /** `delete` entries for the keys the feed announced; all their entries become `deleted`. */
+  async #feedDelete(tx: Tx, aet: string, keys: string[], touched: Touched): Promise<void> {
+    if (keys.length === 0) return;
+    const rows = await tx<FeedRow[]>`
+      WITH marked AS (UPDATE changefeed SET state = ${DELETED}
+        WHERE aet = ${aet} AND key = ANY(${keys}) AND state <> ${DELETED}
+        RETURNING key, study, series, sop)
+      INSERT INTO changefeed (aet, key, study, series, sop, action, state, at)
+      SELECT ${aet}, m.key, min(m.study), min(m.series), min(m.sop), ${DELETE}, ${DELETED}, catalog_now_ms()
+      FROM marked m GROUP BY m.key ORDER BY m.key
+      RETURNING seq, study, series, sop, action, state, at, NULL AS json`;
+    for (const row of rows) touched.feed.push(feedEntry(aet, row));
   }
 
   async #notify(tx: Tx, aet: string, bucket: string | undefined, keys: string[]): Promise<void> {
@@ -575,9 +636,10 @@ export class PostgresCatalog implements Catalog {
           continue;
         }
         // an item failing in SQL is undone alone, as if it had been recorded by a call of its own
-        const mine: Touched = { series: new Set(), studies: new Set(), keys: new Set(), present: new Set() };
+        const mine = untouched();
         try {
           const value = await tx.savepoint((sp) => this.#record(sp, aet, item, mine)) as RecordOutcome;
+          touched.feed.push(...mine.feed);
           for (const s of mine.series) touched.series.add(s);
           for (const s of mine.studies) touched.studies.add(s);
           for (const s of mine.present) touched.present.add(s);
@@ -612,8 +674,10 @@ export class PostgresCatalog implements Catalog {
     }
     const { uids, columns } = item;
     // one round trip: the object row, its document, and what the series row says
-    const [row] = await tx<{ id: number; previous: number | null; source_key: string | null }[]>`
-      WITH previous AS (SELECT state FROM objects WHERE aet = ${aet} AND key = ${info.key}),
+    const [row] = await tx<
+      { id: number; previous: number | null; previous_etag: string | null; source_key: string | null }[]
+    >`
+      WITH previous AS (SELECT state, etag FROM objects WHERE aet = ${aet} AND key = ${info.key}),
       o AS (
         INSERT INTO objects (aet, key, size, etag, study, series, sop, state, seen_at, sop_class, instance_number)
         VALUES (${aet}, ${info.key}, ${info.size}, ${info.etag}, ${uids.study}, ${uids.series}, ${uids.instance},
@@ -624,10 +688,13 @@ export class PostgresCatalog implements Catalog {
         RETURNING id),
       d AS (INSERT INTO documents (id, json) SELECT id, ${item.text} FROM o
         ON CONFLICT (id) DO UPDATE SET json = excluded.json)
-      SELECT o.id, (SELECT state FROM previous) AS previous,
+      SELECT o.id, (SELECT state FROM previous) AS previous, (SELECT etag FROM previous) AS previous_etag,
         (SELECT source_key FROM series WHERE aet = ${aet} AND study = ${uids.study} AND series = ${uids.series})
           AS source_key
       FROM o`;
+    if (!(row.previous === INDEXED && row.previous_etag === info.etag)) {
+      await this.#feedCreate(tx, aet, info.key, uids, touched);
+    }
     const series = row.source_key === null ? undefined : { source_key: row.source_key };
     let refresh = row.previous === null || (row.previous !== LISTED && row.previous !== INDEXED);
     if (!series || series.source_key === info.key) {
@@ -676,6 +743,7 @@ export class PostgresCatalog implements Catalog {
         RETURNING ${tx.unsafe(OBJECT_COLUMNS)}`;
       if (rows.length === 0) return 0;
       await tx`DELETE FROM documents WHERE id = ANY(${rows.map((row) => row.id)})`;
+      await this.#feedDelete(tx, aet, rows.map((row) => row.key), touched);
       for (const row of rows) {
         touched.keys.add(row.key);
         if (row.study === null || row.series === null) continue;
@@ -929,6 +997,7 @@ export class PostgresCatalog implements Catalog {
     await tx`DELETE FROM documents WHERE id IN (SELECT (json_array_elements_text(${ids}::text::json))::bigint)`;
     await tx`DELETE FROM series WHERE aet = ${ticket.aet}
       AND source_key IN (SELECT json_array_elements_text(${keys}::text::json))`;
+    await this.#feedDelete(tx, ticket.aet, gone.map((row) => row.key), touched);
     state.deleted += gone.length;
     for (const row of gone) {
       touched.keys.add(row.key);
@@ -1214,6 +1283,25 @@ export class PostgresCatalog implements Catalog {
         error: r.error ?? "",
         etag: r.etag,
       }));
+    });
+  }
+
+  changeFeed(query: ChangeFeedQuery): Promise<ChangeFeedEntry[]> {
+    return this.#run("a change feed query", async (sql) => {
+      const rows = await sql<FeedRow[]>`${sql.unsafe(feedSelect(query.includeMetadata))}
+        WHERE c.aet = ${query.aet} AND c.at >= ${query.startTime ?? -8.64e15} AND c.at < ${
+        query.endTime ?? 8.64e15
+      }
+        ORDER BY c.seq LIMIT ${query.limit} OFFSET ${query.offset}`;
+      return rows.map((row) => feedEntry(query.aet, row));
+    });
+  }
+
+  latestChange(aet: string, includeMetadata: boolean): Promise<ChangeFeedEntry | undefined> {
+    return this.#run("a change feed query", async (sql) => {
+      const [row] = await sql<FeedRow[]>`${sql.unsafe(feedSelect(includeMetadata))}
+        WHERE c.aet = ${aet} ORDER BY c.seq DESC LIMIT 1`;
+      return row && feedEntry(aet, row);
     });
   }
 

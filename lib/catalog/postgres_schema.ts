@@ -65,6 +65,17 @@ CREATE INDEX studies_accession ON studies (aet, accession);
 CREATE INDEX studies_study_id ON studies (aet, study_id);
 CREATE INDEX studies_patient_name ON studies (aet, patient_name);
 `,
+  // 2: the change feed (instances already indexed when it is added are not announced)
+  `
+CREATE TABLE changefeed (
+  seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, aet text ${C} NOT NULL, key text ${C} NOT NULL,
+  study text ${C} NOT NULL, series text ${C} NOT NULL, sop text ${C} NOT NULL, action smallint NOT NULL,
+  state smallint NOT NULL, at bigint NOT NULL
+);
+CREATE INDEX changefeed_aet ON changefeed (aet, seq);
+CREATE INDEX changefeed_time ON changefeed (aet, at, seq);
+CREATE INDEX changefeed_key ON changefeed (aet, key, state);
+`,
 ];
 
 /** The schema version this code writes and reads. */

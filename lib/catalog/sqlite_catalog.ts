@@ -24,6 +24,8 @@ import type {
   AetStatus,
   Catalog,
   CatalogQuery,
+  ChangeFeedEntry,
+  ChangeFeedQuery,
   CrawlTicket,
   InstanceScope,
   InstanceToRecord,
@@ -52,11 +54,19 @@ import {
 } from "./documents.ts";
 import type { Part10Header } from "../dicom/dataset.ts";
 import {
+  CREATE,
+  CURRENT,
+  DELETE,
+  DELETED,
   FAILED,
+  feedEntry,
+  type FeedRow,
+  feedSelect,
   IGNORED,
   INDEXED,
   LISTED,
   PLANNER_STATS,
+  REPLACED,
   SCHEMA,
   SCHEMA_VERSION,
   VALID,
@@ -166,6 +176,9 @@ export class SqliteCatalog implements Catalog {
   readonly #statements = new Map<string, StatementSync>();
   readonly #listings = new WeakMap<CrawlTicket, ListingState>();
   readonly #specs = new Map<string, Filter>();
+  readonly #feedListeners = new Set<(entries: ChangeFeedEntry[]) => void>();
+  /** Change feed entries of the transaction running, announced when it commits. */
+  #feed: ChangeFeedEntry[] = [];
 
   /** The catalog over an open database (see {@linkcode openSqliteCatalog}). */
   constructor(db: DatabaseSync, location: string, options: SqliteCatalogOptions = {}) {
@@ -234,15 +247,79 @@ export class SqliteCatalog implements Catalog {
 
   #transaction<T>(fn: () => T): T {
     this.#db.exec("BEGIN IMMEDIATE");
+    this.#feed = [];
+    let result: T;
     try {
-      const result = fn();
+      result = fn();
       this.#db.exec("COMMIT");
-      return result;
     } catch (error) {
+      this.#feed = [];
       // SQLite has rolled back already after some errors (a full disk, an I/O error)
       if (this.#db.isTransaction) this.#db.exec("ROLLBACK");
       throw error;
     }
+    const entries = this.#feed;
+    this.#feed = [];
+    if (entries.length > 0) {
+      for (const listener of this.#feedListeners) {
+        try {
+          listener(entries);
+        } catch {
+          // a listener's failure is its own (webhooks log theirs)
+        }
+      }
+    }
+    return result;
+  }
+
+  onFeed(listener: (entries: ChangeFeedEntry[]) => void): void {
+    this.#feedListeners.add(listener);
+  }
+
+  /** A `create` entry for `key` (filed with a new ETag); earlier current entries of the key become `replaced`. */
+  #feedCreate(aet: string, key: string, uids: InstanceUids): void {
+    const now = Date.now();
+    this.#q(`UPDATE changefeed SET state = ${REPLACED} WHERE aet = ? AND key = ? AND state = ${CURRENT}`)
+      .run(aet, key);
+    const { seq } = this.#q(
+      `INSERT INTO changefeed (aet, key, study, series, sop, action, state, at)
+       VALUES (?, ?, ?, ?, ?, ${CREATE}, ${CURRENT}, ?) RETURNING seq`,
+    ).get(aet, key, uids.study, uids.series, uids.instance, now) as { seq: number };
+    this.#feed.push({
+      sequence: seq,
+      aet,
+      study: uids.study,
+      series: uids.series,
+      sop: uids.instance,
+      action: "create",
+      time: now,
+      state: "current",
+    });
+  }
+
+  /** A `delete` entry for `key` when the feed announced it; all its entries become `deleted`. */
+  #feedDelete(aet: string, key: string): void {
+    const uids = parseInstanceKey(key);
+    if (uids === null) return;
+    const { changes } = this.#q(
+      `UPDATE changefeed SET state = ${DELETED} WHERE aet = ? AND key = ? AND state <> ${DELETED}`,
+    ).run(aet, key);
+    if (Number(changes) === 0) return;
+    const now = Date.now();
+    const { seq } = this.#q(
+      `INSERT INTO changefeed (aet, key, study, series, sop, action, state, at)
+       VALUES (?, ?, ?, ?, ?, ${DELETE}, ${DELETED}, ?) RETURNING seq`,
+    ).get(aet, key, uids.study, uids.series, uids.instance, now) as { seq: number };
+    this.#feed.push({
+      sequence: seq,
+      aet,
+      study: uids.study,
+      series: uids.series,
+      sop: uids.instance,
+      action: "delete",
+      time: now,
+      state: "deleted",
+    });
   }
 
   #spec(text: string): Filter {
@@ -321,11 +398,13 @@ export class SqliteCatalog implements Catalog {
             }
             // an item failing in SQL is undone alone, as if it had been recorded by a call of its own
             this.#q("SAVEPOINT item").run();
+            const feedLength = this.#feed.length;
             try {
               const value = this.#record(aet, item, touched);
               this.#q("RELEASE item").run();
               results.push({ status: "fulfilled", value });
             } catch (error) {
+              this.#feed.length = feedLength;
               this.#q("ROLLBACK TO item").run();
               this.#q("RELEASE item").run();
               results.push({ status: "rejected", reason: error });
@@ -392,6 +471,7 @@ export class SqliteCatalog implements Catalog {
       );
     }
     this.#q("INSERT OR REPLACE INTO documents (id, json) VALUES (?, ?)").run(id, item.text);
+    if (!(previous?.state === INDEXED && previous.etag === info.etag)) this.#feedCreate(aet, info.key, uids);
     const series = this.#q("SELECT source_key FROM series WHERE aet = ? AND study = ? AND series = ?")
       .get(aet, uids.study, uids.series) as { source_key: string } | undefined;
     let refresh = previous === undefined || (previous.state !== LISTED && previous.state !== INDEXED);
@@ -443,6 +523,7 @@ export class SqliteCatalog implements Catalog {
           const row = this.#object(aet, key);
           if (!row) continue;
           this.#delete(row);
+          this.#feedDelete(aet, key);
           removed++;
           if (row.study === null || row.series === null) continue;
           this.#q("DELETE FROM series WHERE aet = ? AND study = ? AND series = ? AND source_key = ?")
@@ -714,6 +795,7 @@ export class SqliteCatalog implements Catalog {
   #forget(ticket: CrawlTicket, state: ListingState, row: ObjectRow): void {
     if (row.seen_at >= ticket.startedAt) return;
     this.#delete(row);
+    this.#feedDelete(ticket.aet, row.key);
     state.deleted++;
     if (row.study !== null && row.series !== null) {
       this.#q("DELETE FROM series WHERE aet = ? AND study = ? AND series = ? AND source_key = ?")
@@ -969,6 +1051,30 @@ export class SqliteCatalog implements Catalog {
         error: r.error ?? "",
         etag: r.etag,
       }));
+    });
+  }
+
+  changeFeed(query: ChangeFeedQuery): Promise<ChangeFeedEntry[]> {
+    return settle(() => {
+      const rows = this.#q(
+        `${feedSelect(query.includeMetadata)} WHERE c.aet = ? AND c.at >= ? AND c.at < ?
+         ORDER BY c.seq LIMIT ? OFFSET ?`,
+      ).all(
+        query.aet,
+        query.startTime ?? -8.64e15,
+        query.endTime ?? 8.64e15,
+        query.limit,
+        query.offset,
+      ) as unknown as FeedRow[];
+      return rows.map((row) => feedEntry(query.aet, row));
+    });
+  }
+
+  latestChange(aet: string, includeMetadata: boolean): Promise<ChangeFeedEntry | undefined> {
+    return settle(() => {
+      const row = this.#q(`${feedSelect(includeMetadata)} WHERE c.aet = ? ORDER BY c.seq DESC LIMIT 1`)
+        .get(aet) as FeedRow | undefined;
+      return row && feedEntry(aet, row);
     });
   }
 

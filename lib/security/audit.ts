@@ -165,8 +165,9 @@ export function auditTargetOf(pathname: string, basePath: string): AuditTargetPa
     const list = segments[i + 1] ?? "";
     out.frames = /^[\d,]{1,200}$/.test(list) ? list : INVALID;
     out.resource = segments[i + 2] === "rendered" ? "rendered" : "frames";
-  } else if (["metadata", "bulkdata", "rendered", "thumbnail"].includes(tail)) out.resource = tail;
-  else out.resource = "other";
+  } else if (["metadata", "bulkdata", "rendered", "thumbnail", "changefeed"].includes(tail)) {
+    out.resource = tail;
+  } else out.resource = "other";
   return out;
 }
 

@@ -7,7 +7,7 @@
  */
 
 import assert from "node:assert/strict";
-import type { Catalog } from "../../lib/catalog/catalog.ts";
+import type { Catalog, ChangeFeedEntry } from "../../lib/catalog/catalog.ts";
 import { parseBuffer } from "../../lib/dicom/part10.ts";
 import type { ObjectInfo } from "../../lib/store/store.ts";
 import { buildPart10 } from "../_dicom_fixtures.ts";
@@ -122,6 +122,130 @@ export function catalogContract(name: string, open: OpenCatalog): void {
           assert.ok(studies.includes("2.25.10021"));
           assert.deepEqual(await catalog.search({ ...query, level: "series", study: "2.25.1002" }), []);
           assert.deepEqual(await catalog.instanceMetadata("A", "2.25.1002"), []);
+        } finally {
+          await catalog.close();
+        }
+      },
+    );
+
+    await t.step(
+      "the change feed: creates, replacements, deletes, windows, paging, metadata, listeners",
+      async () => {
+        const catalog = await open();
+        try {
+          const heard: ChangeFeedEntry[] = [];
+          catalog.onFeed((entries) => heard.push(...entries));
+          const before = Date.now();
+          await filled(catalog);
+          const all = await catalog.changeFeed({ aet: "A", offset: 0, limit: 1000, includeMetadata: false });
+          assert.equal(all.length, files.length);
+          assert.deepEqual(
+            heard.map((e) => e.sequence),
+            all.map((e) => e.sequence),
+            "listeners hear each once",
+          );
+          for (let i = 1; i < all.length; i++) assert.ok(all[i].sequence > all[i - 1].sequence);
+          assert.ok(
+            all.every((e) => e.action === "create" && e.state === "current" && e.metadata === undefined),
+          );
+          assert.ok(all.every((e) => e.time >= before - 5000 && e.time <= Date.now() + 5000));
+          assert.deepEqual(
+            all.map((e) => `${e.study}/${e.series}/${e.sop}.dcm`),
+            files.map((f) => f.key),
+          );
+          // paging and windows
+          const page = await catalog.changeFeed({ aet: "A", offset: 2, limit: 3, includeMetadata: false });
+          assert.deepEqual(page.map((e) => e.sequence), all.slice(2, 5).map((e) => e.sequence));
+          assert.deepEqual(
+            await catalog.changeFeed({
+              aet: "A",
+              startTime: Date.now() + 60_000,
+              offset: 0,
+              limit: 10,
+              includeMetadata: false,
+            }),
+            [],
+          );
+          assert.deepEqual(
+            await catalog.changeFeed({
+              aet: "A",
+              endTime: before - 60_000,
+              offset: 0,
+              limit: 10,
+              includeMetadata: false,
+            }),
+            [],
+          );
+          assert.deepEqual(
+            await catalog.changeFeed({ aet: "B", offset: 0, limit: 10, includeMetadata: false }),
+            [],
+          );
+          assert.equal(await catalog.latestChange("B", false), undefined);
+          const [withJson] = await catalog.changeFeed({
+            aet: "A",
+            offset: 0,
+            limit: 1,
+            includeMetadata: true,
+          });
+          const stored = (await catalog.instanceMetadata("A", withJson.study, withJson.series))
+            .find((i) => i.sop === withJson.sop)!;
+          assert.equal(withJson.metadata, stored.json);
+
+          // the same version again: nothing; a new version: create, the old entry replaced
+          const f = files[0];
+          await catalog.recordInstance("A", "a", infoOf(f.key, f.bytes), parseBuffer(f.bytes, f.key));
+          assert.equal((await catalog.latestChange("A", false))!.sequence, all.at(-1)!.sequence);
+          await catalog.recordInstance("A", "a", infoOf(f.key, f.bytes, "e2"), parseBuffer(f.bytes, f.key));
+          const replaced = await catalog.latestChange("A", true);
+          assert.equal(replaced!.action, "create");
+          assert.equal(replaced!.state, "current");
+          assert.ok(replaced!.metadata?.startsWith("{"));
+          const first =
+            (await catalog.changeFeed({ aet: "A", offset: 0, limit: 1, includeMetadata: true }))[0];
+          assert.equal(first.state, "replaced");
+          assert.equal(first.metadata, undefined, "no metadata for an entry that is not current");
+
+          // deleted: every entry of the instance says so, and the delete is the latest
+          await catalog.removeInstances("A", [f.key]);
+          const deleted = (await catalog.latestChange("A", true))!;
+          assert.deepEqual(
+            [deleted.action, deleted.state, deleted.sop, deleted.metadata],
+            ["delete", "deleted", first.sop, undefined],
+          );
+          const ofKey =
+            (await catalog.changeFeed({ aet: "A", offset: 0, limit: 1000, includeMetadata: false }))
+              .filter((e) => e.sop === first.sop);
+          assert.deepEqual(ofKey.map((e) => `${e.action}:${e.state}`), [
+            "create:deleted",
+            "create:deleted",
+            "delete:deleted",
+          ]);
+          await catalog.removeInstances("A", [f.key]);
+          assert.equal(
+            (await catalog.latestChange("A", false))!.sequence,
+            deleted.sequence,
+            "a row gone: no entry",
+          );
+          assert.equal(heard.at(-1)!.sequence, deleted.sequence);
+
+          // a crawl: listed objects are not announced until indexed; an indexed one not listed any more is deleted
+          const ticket = (await catalog.beginCrawl("A", "a", "me", 60_000))!;
+          await new Promise((resolve) => setTimeout(resolve, 5));
+          const crawl = await catalog.beginCrawl("A", "a", "me", 60_000);
+          const listed = files.slice(2).map((x) => infoOf(x.key, x.bytes));
+          await catalog.applyListing(crawl ?? ticket, [...listed, infoOf("9.9/9.9.9/9.9.9.9.dcm", f.bytes)]);
+          await catalog.finishListing(crawl ?? ticket);
+          const tail = await catalog.changeFeed({
+            aet: "A",
+            startTime: deleted.time,
+            offset: 0,
+            limit: 1000,
+            includeMetadata: false,
+          });
+          assert.deepEqual(
+            tail.filter((e) => e.sequence > deleted.sequence).map((e) => `${e.action} ${e.sop}`),
+            [`delete ${files[1].key.split("/")[2].slice(0, -4)}`],
+          );
         } finally {
           await catalog.close();
         }

@@ -6,21 +6,11 @@
  */
 
 import assert from "node:assert/strict";
-import { addRoutes } from "../../lib/app/routes.ts";
-import { assembleServices } from "../../lib/app/open.ts";
-import { openCrawler } from "../../lib/app/open.ts";
-import { parseConfig } from "../../lib/config/config.ts";
-import { completeServices } from "../../lib/dicomweb/services.ts";
-import { errorResponse, toHttpError } from "../../lib/http/errors.ts";
-import { Router } from "../../lib/http/router.ts";
-import { AuditLog, type AuditRecord } from "../../lib/security/audit.ts";
 import { makeToken } from "../../lib/security/passwords.ts";
-import { RequestGuard } from "../../lib/security/request_guard.ts";
 import { MemoryStore } from "../../lib/store/memory_store.ts";
 import { type ObjectStore, StoreError } from "../../lib/store/store.ts";
-import { AetRegistry } from "../../lib/objects/aets.ts";
-import { generatedCorpus, type GenStudy, putAll, STUDIES } from "../_qido_fixtures.ts";
-import { memoryCatalog } from "../_server.ts";
+import { generatedCorpus, type GenStudy, STUDIES } from "../_qido_fixtures.ts";
+import { routedServer } from "./_routed.ts";
 
 const AET = "DEL";
 const BUCKET = "del";
@@ -35,59 +25,14 @@ const TWIN: GenStudy = {
   })),
 };
 
-interface Fixture {
-  store: ObjectStore;
-  fetch(path: string, init?: RequestInit): Promise<Response>;
-  audit: AuditRecord[];
-  close(): Promise<void>;
-}
-
-/** A server as createHandler wires it, with the audit log given to the routes. */
-async function fixture(
-  options: { env?: Record<string, string>; store?: ObjectStore; crawl?: boolean } = {},
-): Promise<Fixture> {
-  const store = options.store ?? new MemoryStore([BUCKET]);
-  await putAll(store, BUCKET, generatedCorpus([STUDIES[0], TWIN, STUDIES[1]]));
-  const config = parseConfig({ AETS: `${AET}=${BUCKET}`, ...options.env });
-  const aets = new AetRegistry(store, { configured: config.aets });
-  const catalog = await memoryCatalog();
-  const crawler = openCrawler(config, { store, aets, catalog, log: () => {}, eagerInstances: false });
-  if (options.crawl !== false) {
-    await crawler.crawl(AET);
-    await crawler.ensureIndexed(AET, {});
-  }
-  const audit: AuditRecord[] = [];
-  const log = new AuditLog((line) => audit.push(JSON.parse(line)));
-  const guard = new RequestGuard(config);
-  const services = completeServices(
-    assembleServices(config, guard.store(store), { aets, catalog, crawler, log: () => {} }),
-    () => {},
-  );
-  const router = new Router(config.basePath);
-  addRoutes(router, services, { guard, audit: log });
-  return {
-    store,
-    audit,
-    fetch: async (path, init) => {
-      const request = new Request(`http://localhost${path}`, init);
-      try {
-        return await guard.run(request, undefined, async (checked) => {
-          const url = new URL(checked.url);
-          const match = router.match(checked.method, url);
-          if (match.kind !== "found") {
-            return new Response(null, { status: match.kind === "none" ? 404 : 405 });
-          }
-          return await match.handler({ request: checked, url, params: match.params });
-        });
-      } catch (error) {
-        return errorResponse(toHttpError(error));
-      }
-    },
-    close: async () => {
-      await crawler.stop();
-      await catalog.close();
-    },
-  };
+/** The corpus with its twin, over a memory store (or `store`), crawled unless `crawl` is false. */
+function fixture(options: { env?: Record<string, string>; store?: ObjectStore; crawl?: boolean } = {}) {
+  return routedServer({
+    aet: AET,
+    bucket: BUCKET,
+    files: generatedCorpus([STUDIES[0], TWIN, STUDIES[1]]),
+    ...options,
+  });
 }
 
 async function keys(store: ObjectStore): Promise<string[]> {
