@@ -16,7 +16,6 @@ import { bucketOf, readAheadOf, type Services, warningHeader } from "./services.
 import { checkUid, instanceKey, parseInstanceKey, seriesPrefix, studyPrefix } from "../dicom/uid.ts";
 import { publicBase } from "../http/urls.ts";
 import { readFileMeta } from "../dicom/file_meta.ts";
-import { handOffChunks } from "../util/handoff.ts";
 import { chooseSyntax, type SyntaxChoice } from "../imaging/syntax_choice.ts";
 
 /** {@linkcode openInstance}, with a stored object that is not DICOM reported as the server's 500. */
@@ -110,7 +109,7 @@ const asStored: BodyEncoder = (opened) => opened.body;
 
 /** The stored bytes as read; buffers read in place are handed off, to be freed once the server sent them. */
 function storedBody(opened: OpenedInstance): ReadableStream<Uint8Array> {
-  return opened.ownsChunks ? handOffChunks(opened.body) : opened.body;
+  return opened.handOffBody();
 }
 
 /** Options for {@linkcode retrieveHandlers}. */

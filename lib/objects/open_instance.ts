@@ -9,6 +9,7 @@ import { type FileMeta, readFileMeta } from "../dicom/file_meta.ts";
 import type { ObjectInfo, ObjectStore } from "../store/store.ts";
 import { MalformedError, OutOfRangeError } from "../util/errors.ts";
 import { concatBytes } from "../util/bytes.ts";
+import { handOff } from "../util/handoff.ts";
 
 /** An instance whose body is streaming in, with its File Meta already read. */
 export interface OpenedInstance {
@@ -25,6 +26,13 @@ export interface OpenedInstance {
    * a consumer that passes them on whole may mark them with `handOff` (handoff.ts).
    */
   ownsChunks: boolean;
+  /**
+   * `body` for a consumer that passes its chunks on whole to the HTTP server and never reads them again:
+   * when {@linkcode OpenedInstance.ownsChunks}, every chunk, those already read ahead included, is marked
+   * with `handOff` (handoff.ts) so the server frees it once sent; otherwise `body` as it is. Call it before
+   * reading `body`, and read the stream it returns instead.
+   */
+  handOffBody(): ReadableStream<Uint8Array>;
 }
 
 /** Options for {@linkcode openInstance}. */
@@ -73,17 +81,42 @@ export async function openInstance(
     await source.cancel(error);
     throw error;
   }
+  // Chunks enqueued (read ahead) before handOffBody() is called: marked then. The queue holds at most
+  // `readAhead` bytes, so only the last few can still be in it.
+  let marking = false;
+  let early: Uint8Array[] = [];
   const body = new ReadableStream<Uint8Array>({
     async pull(controller) {
       const chunk = await source.next();
       if (chunk === null) controller.close();
-      else controller.enqueue(chunk);
+      else if (marking) controller.enqueue(handOff(chunk));
+      else {
+        if (source.ownsChunks) {
+          early.push(chunk);
+          if (early.length > 8) early.shift();
+        }
+        controller.enqueue(chunk);
+      }
     },
     cancel(reason) {
       return source.cancel(reason);
     },
   }, new ByteLengthQueuingStrategy({ highWaterMark: options.readAhead ?? DEFAULT_READ_AHEAD }));
-  return { key, info: object.info, meta, body, ownsChunks: source.ownsChunks };
+  return {
+    key,
+    info: object.info,
+    meta,
+    body,
+    ownsChunks: source.ownsChunks,
+    handOffBody() {
+      if (source.ownsChunks && !marking) {
+        marking = true;
+        for (const chunk of early) handOff(chunk);
+        early = [];
+      }
+      return body;
+    },
+  };
 }
 
 /**

@@ -4,6 +4,7 @@ import { ahead, openInstance, SharedReadAhead } from "../../lib/objects/open_ins
 import type { GetOptions, ObjectBody, ObjectStore } from "../../lib/store/store.ts";
 import { buildPart10 } from "../_dicom_fixtures.ts";
 import { concatBytes } from "../../lib/util/bytes.ts";
+import { freeHandedOff } from "../../lib/util/handoff.ts";
 
 const ELE = "1.2.840.10008.1.2.1";
 const encoder = new TextEncoder();
@@ -322,6 +323,30 @@ Deno.test("openInstance()", async (t) => {
     assert.ok(sizes.length > 3, `${sizes}`);
     assert.deepEqual(sizes.slice(0, -1).filter((n) => n !== 4096), [], `chunk sizes ${sizes}`);
   });
+
+  await t.step(
+    "handOffBody() marks every chunk, those read ahead before it too, so each can be freed",
+    async () => {
+      const key = `1.2/3.4/${sops[0]}.dcm`;
+      const opened = await openInstance(byteStreamStore(store, 1000), "B", key, {
+        chunkSize: 4096,
+        readAhead: 16384,
+      });
+      await sleep(20); // the read-ahead fills before the consumer decides
+      const copies: Uint8Array[] = [];
+      let freed = 0;
+      for await (const chunk of opened!.handOffBody()) {
+        copies.push(chunk.slice());
+        if (freeHandedOff(chunk)) freed++;
+        assert.equal(chunk.byteLength, 0, "a freed chunk reads as empty");
+      }
+      assert.deepEqual(concatBytes(copies), objects.get(key));
+      assert.equal(freed, copies.length);
+      // a body that is not read in place is passed as it is, nothing marked
+      const plain = await openInstance(chunkingStore(store, 300), "B", key);
+      for await (const chunk of plain!.handOffBody()) assert.equal(freeHandedOff(chunk), false);
+    },
+  );
 
   await t.step("works with small read-ahead buffers", async () => {
     const key = `1.2/3.4/${sops[1]}.dcm`;
