@@ -313,9 +313,9 @@ export class Http1Client {
     let headers: Headers;
     let version: string;
     for (;;) {
-      let line: string;
+      let lines: string[];
       try {
-        line = await reader.line();
+        lines = await reader.head();
       } catch (error) {
         // a pooled connection the server closed: the write fails, or it succeeds and the read finds the end
         if (pooled && reader.received === 0) {
@@ -323,12 +323,14 @@ export class Http1Client {
         }
         throw writeError?.error ?? error;
       }
+      const line = lines[0];
       const match = /^HTTP\/(1\.[01]) (\d{3})(?: .*)?$/.exec(line);
       if (!match) throw new Error(`Not an HTTP/1.1 answer: ${JSON.stringify(line.slice(0, 80))}`);
       version = match[1];
       status = Number(match[2]);
       headers = new Headers();
-      for (let field = await reader.line(); field !== ""; field = await reader.line()) {
+      for (let i = 1; i < lines.length; i++) {
+        const field = lines[i];
         const colon = field.indexOf(":");
         if (colon <= 0) throw new Error(`Malformed header line in an HTTP answer: ${JSON.stringify(field)}`);
         headers.append(field.slice(0, colon).trim(), field.slice(colon + 1).trim());
@@ -452,6 +454,33 @@ class ResponseReader {
     this.#end += n;
     this.received += n;
     return true;
+  }
+
+  /**
+   * The lines of the next head up to its empty line, without CRLFs, decoded at once (heads are at most
+   * 64 KiB).
+   */
+  async head(): Promise<string[]> {
+    let from = this.#start;
+    for (;;) {
+      const view = this.#buf.subarray(0, this.#end);
+      for (let i = view.indexOf(10, from); i >= 0; i = view.indexOf(10, i + 1)) {
+        // CRLF CRLF ends the head (a head with no header lines is "status CRLF CRLF" as well)
+        if (i >= this.#start + 3 && view[i - 1] === 13 && view[i - 2] === 10 && view[i - 3] === 13) {
+          if (i - this.#start > 64 * 1024) throw new Error("The head of an HTTP answer exceeds 64 KiB");
+          const text = latin1.decode(view.subarray(this.#start, i - 3));
+          this.#start = i + 1;
+          const lines = text.split("\r\n");
+          if (lines.some((l) => l.includes("\r"))) throw new Error("A bare CR in the head of an HTTP answer");
+          return lines;
+        }
+      }
+      from = Math.max(this.#start, this.#end - 3);
+      if (this.#end - this.#start > 64 * 1024) throw new Error("The head of an HTTP answer exceeds 64 KiB");
+      const before = this.#start;
+      if (!(await this.#fill())) throw new Error("The connection closed before the answer was complete");
+      from -= before - this.#start; // #fill moves the bytes to the front
+    }
   }
 
   /** The next line without its CRLF (heads are at most 64 KiB). */

@@ -93,8 +93,11 @@ export async function resolveRoute(client: S3Client, bucket: string): Promise<Ro
   };
 }
 
+const UNRESERVED = /^[A-Za-z0-9._~-]*$/;
+
 /** A key segment as S3 expects it in the path (RFC 3986 unreserved characters stay as they are). */
 export function escapeSegment(segment: string): string {
+  if (UNRESERVED.test(segment)) return segment; // UIDs and most keys: nothing to escape
   return encodeURIComponent(segment).replace(
     /[!'()*]/g,
     (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`,

@@ -593,17 +593,18 @@ export class S3Store implements ObjectStore {
     },
     signal: AbortSignal,
   ): Promise<Answer> {
-    const url = new URL(route.base);
     const bucketPath = route.base.pathname.replace(/\/$/, "");
     // key "": the bucket itself (a listing)
-    url.pathname = key === ""
+    const path = key === ""
       ? bucketPath || "/"
       : bucketPath + "/" + key.split("/").map(escapeSegment).join("/");
     // encoded once: the signed and the sent query are the same
     const encodedQuery: [string, string][] = Object.entries(request.query ?? {}).map((
       [name, value],
     ) => [escapeSegment(name), escapeSegment(value)]);
-    url.search = encodedQuery.map(([name, value]) => `${name}=${value}`).join("&");
+    const search = encodedQuery.map(([name, value]) => `${name}=${value}`).join("&");
+    // one parse (each URL setter parses again)
+    const url = new URL(`${route.base.origin}${path}${search === "" ? "" : `?${search}`}`);
     const { "x-amz-content-sha256": payloadHash, ...headers } = request.headers;
     for (let attempt = 1;; attempt++) {
       const signed = {

@@ -430,6 +430,53 @@ Deno.test("Http1Client sends whole bodies over kept-alive connections", async (t
     }
   });
 
+  await t.step(
+    "a head that arrives a few bytes at a time is read whole; a bare CR or 64 KiB of head is refused",
+    async () => {
+      const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+      const replies = [
+        'HTTP/1.1 200 OK\r\nx-a: 1\r\netag: "e"\r\ncontent-length: 5\r\n\r\nhello',
+        "HTTP/1.1 204 No Content\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nx-a: 1\rx-b: 2\r\ncontent-length: 0\r\n\r\n",
+        `HTTP/1.1 200 OK\r\nx-big: ${"a".repeat(70 * 1024)}\r\ncontent-length: 0\r\n\r\n`,
+      ];
+      const serving = (async () => {
+        let i = 0;
+        for await (const conn of listener) {
+          const reply = encoder.encode(replies[i++]);
+          (async () => {
+            try {
+              await readHead(conn);
+              // in pieces of 1 to 7 bytes, each written on its own
+              for (let at = 0, n = 1; at < reply.length && at < 200; at += n, n = n % 7 + 1) {
+                await conn.write(reply.subarray(at, Math.min(at + n, 200)));
+                await new Promise((r) => setTimeout(r, 1));
+              }
+              if (reply.length > 200) await conn.write(reply.subarray(200));
+            } catch { /* the client went away */ }
+            conn.close();
+          })();
+        }
+      })();
+      const client = new Http1Client();
+      try {
+        const url = new URL(`http://127.0.0.1:${listener.addr.port}/k`);
+        const first = await client.request({ method: "GET", url, headers: {} });
+        assert.equal(first.status, 200);
+        assert.equal(first.headers.get("x-a"), "1");
+        assert.equal(first.headers.get("etag"), '"e"');
+        assert.equal(decoder.decode(first.body), "hello");
+        assert.equal((await client.request({ method: "GET", url, headers: {} })).status, 204);
+        await assert.rejects(client.request({ method: "GET", url, headers: {} }), /bare CR/);
+        await assert.rejects(client.request({ method: "GET", url, headers: {} }), /exceeds 64 KiB/);
+      } finally {
+        client.close();
+        listener.close();
+        await serving.catch(() => {});
+      }
+    },
+  );
+
   await t.step("failures are TypeErrors naming the request, as fetch's are", async () => {
     const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     const port = probe.addr.port;
