@@ -101,7 +101,7 @@ export interface MultipartPart {
 
 /** Options for {@linkcode readMultipart}. */
 export interface ReadMultipartOptions {
-  /** Largest header block of one part (default 16 KiB). */
+  /** Largest header block of one part, its closing blank line included (default 16 KiB). */
   maxHeaderBytes?: number;
 }
 
@@ -300,11 +300,12 @@ class Scanner {
         return new Headers();
       }
       const end = indexOfCrlfCrlf(buf);
-      if (end >= 0) {
+      // The limit holds however the bytes arrive: a block over it is refused when it came in one chunk too.
+      if (end >= 0 && end + 4 <= maxBytes) {
         this.#buf = buf.subarray(end + 4);
         return parseHeaderBlock(latin1.decode(buf.subarray(0, end)), index);
       }
-      if (buf.byteLength > maxBytes) {
+      if (end >= 0 || buf.byteLength >= maxBytes) {
         throw new MalformedError(
           `Malformed multipart body: the headers of part ${index} exceed ${maxBytes} bytes`,
         );

@@ -348,11 +348,16 @@ const TARGETS: Record<string, () => Promise<Target>> = {
     };
   },
 
-  /** lib/dicom/part10_check.ts Part10Check, set up from the File Meta as STOW-RS does, fed in random chunks. */
+  /**
+   * lib/dicom/part10_check.ts Part10Check, set up from the File Meta as STOW-RS does: the outcome is the same
+   * for random chunks and one chunk, and an object it accepts is one parseBuffer reads (what STOW-RS stores,
+   * retrieval can serve).
+   */
   async part10check() {
     const { readFileMeta } = await import("../../lib/dicom/file_meta.ts");
     const { Part10Check } = await import("../../lib/dicom/part10_check.ts");
-    const { encodingOf } = await import("../../lib/dicom/transfer_syntax.ts");
+    const { encodingOf, DEFLATED_SYNTAXES: DEFLATED } = await import("../../lib/dicom/transfer_syntax.ts");
+    const { parseBuffer } = await import("../../lib/dicom/part10.ts");
     const want = [0x00080016, 0x00080018, 0x0020000d, 0x0020000e];
     return {
       seeds: part10Seeds,
@@ -365,22 +370,47 @@ const TARGETS: Record<string, () => Promise<Target>> = {
         } catch (error) {
           if (!isTypedError(error)) throw error;
         }
-        const encoding = meta && rng.chance(0.9)
-          ? encodingOf(meta.transferSyntaxUid)
+        const asStow = meta !== null && meta !== undefined && rng.chance(0.9);
+        const encoding = asStow
+          ? encodingOf(meta!.transferSyntaxUid)
           : { explicit: rng.chance(0.5), little: rng.chance(0.8) };
-        const start = meta && rng.chance(0.9) ? meta.end : rng.int(Math.min(input.length, 200) + 1);
-        const check = new Part10Check(encoding, "fuzz.dcm", {
-          start,
-          want,
-          recordFrom: rng.chance(0.2) ? start + rng.int(4096) : undefined,
-        });
+        const start = asStow ? meta!.end : rng.int(Math.min(input.length, 200) + 1);
+        const recordFrom = rng.chance(0.2) ? start + rng.int(4096) : undefined;
         const body = input.subarray(start);
-        for (let at = 0; at < body.length;) {
-          const n = 1 + rng.int(rng.chance(0.1) ? 16 : 8192);
-          check.push(body.subarray(at, at + n));
-          at += n;
+        // The same bytes in random chunks and in one: the outcome must not depend on where chunks end.
+        const outcome = (chunks: number) => {
+          const check = new Part10Check(encoding, "fuzz.dcm", { start, want, recordFrom });
+          try {
+            for (let at = 0; at < body.length;) {
+              const n = chunks ? 1 + rng.int(rng.chance(0.1) ? 16 : 8192) : body.length;
+              check.push(body.subarray(at, at + n));
+              at += n;
+            }
+            check.finish();
+          } catch (error) {
+            if (!isTypedError(error)) throw error;
+            return `threw ${(error as Error).message}`;
+          }
+          return `accepted, values ${[...check.values].map(([t, v]) => `${t}:${v.join(",")}`).join(" ")}, ` +
+            `last tag ${check.lastTopTag}, ${check.recorded.size} headers recorded`;
+        };
+        const chunked = outcome(1);
+        const whole = outcome(0);
+        if (chunked !== whole) {
+          throw new Error(
+            `Part10Check differs by chunking: ${chunked.slice(0, 200)} / ${whole.slice(0, 200)}`,
+          );
         }
-        check.finish();
+        // What STOW-RS accepts (its File Meta names the syntax, not deflated) must be readable for retrieval.
+        if (
+          asStow && !meta!.inferred && !DEFLATED.has(meta!.transferSyntaxUid) && whole.startsWith("accepted")
+        ) {
+          try {
+            parseBuffer(input, "fuzz.dcm");
+          } catch (error) {
+            throw new Error(`Part10Check accepted what parseBuffer refuses: ${(error as Error).message}`);
+          }
+        }
       },
       expected: isTypedError,
     };
@@ -453,7 +483,10 @@ const TARGETS: Record<string, () => Promise<Target>> = {
     };
   },
 
-  /** lib/http/multipart_parser.ts readMultipart (random chunking) and parseMediaType. */
+  /**
+   * lib/http/multipart_parser.ts readMultipart and parseMediaType: the parts (headers, body bytes) or the error
+   * are the same in random chunks as in one chunk; bodies cancelled part-way do not break the next parts.
+   */
   async multipart() {
     const { readMultipart, parseMediaType } = await import("../../lib/http/multipart_parser.ts");
     const boundary = "fuzz-b0undary";
@@ -494,17 +527,49 @@ const TARGETS: Record<string, () => Promise<Target>> = {
         await tolerate(() => parseMediaType(`multipart/related; type="application/dicom"; boundary=${text}`));
         await tolerate(() => parseMediaType(text));
         const b = rng.chance(0.9) ? boundary : latin1.decode(input.subarray(0, rng.int(80)));
-        let total = 0;
+        const maxHeaderBytes = rng.pick([64, 1024, 16384]);
+        // Read in random chunks and in one chunk, reading every body: the parts must be the same.
+        const parts = async (chunks: boolean) => {
+          const out: string[] = [];
+          let total = 0;
+          try {
+            const stream = chunks ? chunked(input, rng) : ReadableStream.from([input.slice()]);
+            for await (const p of readMultipart(stream, b, { maxHeaderBytes })) {
+              let length = 0;
+              let hash = 0;
+              for await (const chunk of p.body) {
+                for (const byte of chunk) hash = Math.imul(hash ^ byte, 0x01000193) >>> 0;
+                length += chunk.byteLength;
+              }
+              total += length;
+              out.push(`${p.index} ${[...p.headers].join(";")} ${length} bytes ${hash}`);
+              if (p.index > 100_000) throw new Error("unbounded part count");
+            }
+          } catch (error) {
+            if (!isTypedError(error)) throw error;
+            out.push(`threw ${(error as Error).message}`);
+          }
+          if (total > input.length) {
+            throw new Error(`more body bytes (${total}) than input (${input.length})`);
+          }
+          return out.join("\n");
+        };
+        const a = await parts(true);
+        const whole = await parts(false);
+        if (a !== whole) {
+          throw new Error(`readMultipart differs by chunking:\n${a.slice(-300)}\n---\n${whole.slice(-300)}`);
+        }
+        // Cancelling bodies part-way must not break the parts after them.
         await tolerate(async () => {
-          for await (
-            const p of readMultipart(chunked(input, rng), b, { maxHeaderBytes: rng.pick([64, 1024, 16384]) })
-          ) {
-            if (rng.chance(0.2)) await p.body.cancel();
-            else for await (const chunk of p.body) total += chunk.byteLength;
-            if (p.index > 100_000) throw new Error("unbounded part count");
+          for await (const p of readMultipart(chunked(input, rng), b, { maxHeaderBytes })) {
+            if (rng.chance(0.5)) await p.body.cancel();
+            else {
+              const reader = p.body.getReader();
+              await reader.read();
+              await reader.cancel();
+            }
           }
         });
-        if (total > input.length) throw new Error(`more body bytes (${total}) than input (${input.length})`);
       },
       expected: isTypedError,
     };

@@ -1,6 +1,11 @@
 import assert from "node:assert/strict";
 import { multipartStream, type Part, randomBoundary } from "../../lib/http/multipart.ts";
-import { type MultipartPart, parseMediaType, readMultipart } from "../../lib/http/multipart_parser.ts";
+import {
+  type MultipartPart,
+  parseMediaType,
+  readMultipart,
+  type ReadMultipartOptions,
+} from "../../lib/http/multipart_parser.ts";
 import { parseMultipart, readAll } from "../_multipart_parser.ts";
 import { concatBytes } from "../../lib/util/bytes.ts";
 
@@ -41,9 +46,13 @@ interface Read {
   body: Uint8Array;
 }
 
-async function readParts(stream: ReadableStream<Uint8Array>, boundary: string): Promise<Read[]> {
+async function readParts(
+  stream: ReadableStream<Uint8Array>,
+  boundary: string,
+  options?: ReadMultipartOptions,
+): Promise<Read[]> {
   const out: Read[] = [];
-  for await (const part of readMultipart(stream, boundary)) {
+  for await (const part of readMultipart(stream, boundary, options)) {
     out.push({ headers: Object.fromEntries(part.headers), body: await readAll(part.body) });
   }
   return out;
@@ -199,6 +208,25 @@ Deno.test("readMultipart()", async (t) => {
       );
       const long = encoder.encode(`--b\r\nX: ${"a".repeat(20_000)}\r\n\r\nx\r\n--b--`);
       await assert.rejects(readParts(chunked(long, [1000]), "b"), /exceed/);
+    },
+  );
+
+  await t.step(
+    "applies maxHeaderBytes however the bytes arrive: a block over it in one chunk is refused too",
+    async () => {
+      // Found by `deno task fuzz` (tests/testdata/fuzz/multipart-seed7-input2759.bin): a header block over
+      // the limit was refused when it came in pieces but read when the whole block was in one chunk.
+      const headers = `Content-Type: ${"x/".padEnd(40, "y")}\r\n\r\n`; // the block, its blank line included
+      const body = encoder.encode(`--b\r\n${headers}body\r\n--b--\r\n`);
+      for (const sizes of [[1], [7], [64], [body.length]]) {
+        await assert.rejects(
+          readParts(chunked(body, sizes), "b", { maxHeaderBytes: headers.length - 1 }),
+          new RegExp(`the headers of part 1 exceed ${headers.length - 1} bytes`),
+          `chunks of ${sizes}`,
+        );
+        const [part] = await readParts(chunked(body, sizes), "b", { maxHeaderBytes: headers.length });
+        assert.equal(new TextDecoder().decode(part.body), "body", `chunks of ${sizes}`);
+      }
       await assert.rejects(
         readParts(chunked(encoder.encode("--b\r\nX: 1\r\n"), [3]), "b"),
         /inside the headers/,
