@@ -166,15 +166,22 @@ export const IMPLEMENTATION_CLASS_UID = "2.25.2031791539344583847863393157123997
 /** This implementation's Implementation Version Name (at most 16 characters). */
 export const IMPLEMENTATION_VERSION = "DICOMWEB_S3_1";
 
-const latin1 = new TextDecoder("latin1");
 const encoder = new TextEncoder();
 
 function fail(detail: string): never {
   throw new MalformedError(`Malformed PDU: ${detail}`);
 }
 
+/**
+ * An AE title, UID or name: one character per byte (ISO 8859-1 proper; `TextDecoder("latin1")` is really
+ * windows-1252, which maps 0x80–0x9F elsewhere), so a title read here is written back byte for byte.
+ */
 function text(bytes: Uint8Array): string {
-  return latin1.decode(bytes).replace(/[\0 ]+$/, "").replace(/^ +/, "");
+  let out = "";
+  for (let i = 0; i < bytes.length; i += 4096) {
+    out += String.fromCharCode(...bytes.subarray(i, i + 4096));
+  }
+  return out.replace(/[\0 ]+$/, "").replace(/^ +/, "");
 }
 
 function u16(bytes: Uint8Array, at: number): number {
@@ -409,9 +416,17 @@ function join(parts: Uint8Array[]): Uint8Array {
   return out;
 }
 
+/**
+ * The 16-byte AE title field, space padded. Titles are read as Latin-1 (one character per byte), so they are
+ * written back the same way: an A-ASSOCIATE-AC returns the request's titles byte for byte (PS3.8 9.3.3), even
+ * ones outside the default repertoire, which UTF-8 would lengthen past 16 bytes.
+ */
 function aeField(ae: string): Uint8Array {
   const out = new Uint8Array(16).fill(0x20);
-  out.set(encoder.encode(ae.slice(0, 16)));
+  for (let i = 0; i < Math.min(16, ae.length); i++) {
+    const code = ae.charCodeAt(i);
+    out[i] = code <= 0xff ? code : 0x3f; // "?" for what Latin-1 cannot hold
+  }
   return out;
 }
 

@@ -156,3 +156,40 @@ Deno.test("parsePdu() throws nothing but SyntaxError for mutated PDUs", () => {
     }
   }
 });
+
+Deno.test("encodeAssociateAc() echoes the request's AE titles byte for byte, bytes over 0x7F included", async (t) => {
+  // Found by `deno task fuzz` (tests/testdata/fuzz/pdu-seed9-input1026.bin): titles were decoded as
+  // windows-1252 and written back as UTF-8, so a calling AE of 16 × 0xE9 threw a RangeError (32 bytes in a
+  // 16-byte field) and 0x80–0x9F came back as other bytes.
+  const rq = encodeAssociateRq({
+    calledAe: "DICOMWEB",
+    callingAe: "X",
+    applicationContext: "1.2.840.10008.3.1.1.1",
+    user: USER,
+    contexts: [{ id: 1, abstractSyntax: "1.2.840.10008.1.1", transferSyntaxes: ["1.2.840.10008.1.2"] }],
+  });
+  for (
+    const title of [
+      new Uint8Array(16).fill(0xe9),
+      Uint8Array.from([0x53, 0x54, 0x80, 0x9a, 0x9f, 0xc5, 0xff, 0x20, 0x41]),
+    ]
+  ) {
+    await t.step(`calling AE ${[...title].map((b) => b.toString(16)).join(" ")}`, () => {
+      const field = new Uint8Array(16).fill(0x20);
+      field.set(title);
+      const bytes = rq.slice();
+      bytes.set(field, 6 + 20);
+      const request = parsePdu(bytes);
+      assert.equal(request.type, "associate-rq");
+      const ac = encodeAssociateAc({
+        calledAe: request.calledAe,
+        callingAe: request.callingAe,
+        applicationContext: request.applicationContext,
+        contexts: [{ id: 1, result: 0, transferSyntax: "1.2.840.10008.1.2" }],
+        user: USER,
+      });
+      assert.deepEqual(ac.subarray(6 + 20, 6 + 36), field, "the calling AE field as received");
+      assert.deepEqual(ac.subarray(6 + 4, 6 + 20), bytes.subarray(6 + 4, 6 + 20), "the called AE field");
+    });
+  }
+});

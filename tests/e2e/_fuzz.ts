@@ -694,7 +694,10 @@ const TARGETS: Record<string, () => Promise<Target>> = {
     };
   },
 
-  /** lib/dimse/pdu.ts parsePdu on PDUs this module encodes (A-ASSOCIATE-RQ/AC/RJ, P-DATA-TF, release, abort). */
+  /**
+   * lib/dimse/pdu.ts parsePdu on PDUs this module encodes (A-ASSOCIATE-RQ/AC/RJ, P-DATA-TF, release, abort), and
+   * for a request, the A-ASSOCIATE-AC the SCP answers it with, which must read back with the same titles.
+   */
   async pdu() {
     const pdu = await import("../../lib/dimse/pdu.ts");
     const user = {
@@ -758,17 +761,31 @@ const TARGETS: Record<string, () => Promise<Target>> = {
         ...tokenBytes(["1.2.840.10008.1.2", "1.2.840.10008.3.1.1.1"]),
       ],
       maxLength: 64 * 1024,
-      run(input, rng) {
+      async run(input, rng) {
         // Half the time fix the header's length, or the parser's first check refuses nearly everything.
         if (input.length >= 6 && rng.chance(0.5)) {
           input = input.slice();
           new DataView(input.buffer).setUint32(2, input.length - 6);
         }
         if (input.length >= 6) pdu.pduLength(input);
-        try {
-          pdu.parsePdu(input);
-        } catch (error) {
-          if (!isTypedError(error)) throw error;
+        const parsed = await tolerate(() => pdu.parsePdu(input));
+        if (parsed?.type !== "associate-rq") return;
+        // What the SCP answers (lib/dimse/server.ts): an A-ASSOCIATE-AC echoing the titles, which must read back.
+        const ac = pdu.parsePdu(pdu.encodeAssociateAc({
+          calledAe: parsed.calledAe,
+          callingAe: parsed.callingAe,
+          applicationContext: pdu.APPLICATION_CONTEXT,
+          contexts: parsed.contexts.map((c) => ({
+            id: c.id,
+            result: 0,
+            transferSyntax: c.transferSyntaxes[0],
+          })),
+          user,
+        }));
+        if (
+          ac.type !== "associate-ac" || ac.callingAe !== parsed.callingAe || ac.calledAe !== parsed.calledAe
+        ) {
+          throw new Error(`A-ASSOCIATE-AC does not echo the titles ${parsed.callingAe}/${parsed.calledAe}`);
         }
       },
       expected: isTypedError,
