@@ -219,13 +219,24 @@ export function toBase64(bytes: Uint8Array): string {
  * names nothing.
  */
 export function resolveBulkDataPath(dataset: DicomDataset, path: string): DicomElement | undefined {
+  return resolveBulkData(dataset, path)?.element;
+}
+
+/**
+ * Like {@linkcode resolveBulkDataPath}, with the data set (item) that holds the element: its byte order is the
+ * value's (an item of a UN sequence is little endian in a big endian object).
+ */
+export function resolveBulkData(
+  dataset: DicomDataset,
+  path: string,
+): { element: DicomElement; dataset: DicomDataset } | undefined {
   const parts = path.split("/");
   let current: DicomDataset | undefined = dataset;
   for (let i = 0; i < parts.length; i += 2) {
     if (!current || !/^[0-9A-F]{8}$/.test(parts[i])) return undefined;
     const el: DicomElement | undefined = current.elements.get(parseInt(parts[i], 16));
     if (!el) return undefined;
-    if (i + 1 === parts.length) return el;
+    if (i + 1 === parts.length) return { element: el, dataset: current };
     if (!/^\d+$/.test(parts[i + 1])) return undefined;
     current = el.items?.[Number(parts[i + 1])];
   }

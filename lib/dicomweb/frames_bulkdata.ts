@@ -8,7 +8,7 @@
 import { DECODABLE_SYNTAXES } from "../codecs/mod.ts";
 import { decodedFrame } from "../imaging/decode.ts";
 import { VIEWER_DECODABLE } from "../imaging/syntax_choice.ts";
-import { binaryValue, resolveBulkDataPath } from "../dicom/dicom_json.ts";
+import { binaryValue, resolveBulkData } from "../dicom/dicom_json.ts";
 import { frameCount, frameMediaType, type FramePlan, planFrame } from "../dicom/frames.ts";
 import { loadHeader } from "../objects/header_cache.ts";
 import { HttpError } from "../http/errors.ts";
@@ -281,7 +281,8 @@ export function pixelHandlers(services: Services): PixelHandlers {
     const path = ctx.params.path ?? "";
     const { target, source } = await instanceHeader(services, ctx, cached);
     const { bucket, key, header, etag } = source;
-    const element = resolveBulkDataPath(header.dataset, path);
+    const resolved = resolveBulkData(header.dataset, path);
+    const element = resolved?.element;
     const pixel = header.pixelData;
     const isPixel = pixel !== undefined && path === pixel.tag.toString(16).toUpperCase().padStart(8, "0");
     if (!element && !isPixel) {
@@ -327,13 +328,15 @@ export function pixelHandlers(services: Services): PixelHandlers {
     const range = parseRange(ctx.request.headers.get("range"), length);
     const start = range?.start ?? 0;
     const end = range?.end ?? length - 1;
-    const swap = !header.littleEndian && ["OW", "OF", "OL", "OD", "OV"].includes(vr);
+    // The byte order of the data set holding the value (an item of a UN sequence is little endian).
+    const littleEndian = isPixel ? header.littleEndian : resolved!.dataset.littleEndian;
+    const swap = !littleEndian && ["OW", "OF", "OL", "OD", "OV"].includes(vr);
     const whole = swap || stored !== length;
     let bytes: Uint8Array;
     if (element?.bytes) bytes = element.bytes;
     else if (whole) bytes = await readSpan(services, bucket, header, key, offset, stored, etag);
     else bytes = await readSpan(services, bucket, header, key, offset + start, end - start + 1, etag);
-    if (element?.bytes || whole) bytes = binaryValue(bytes, vr, header.littleEndian).subarray(start, end + 1);
+    if (element?.bytes || whole) bytes = binaryValue(bytes, vr, littleEndian).subarray(start, end + 1);
     // Native pixel data goes out little endian whatever the stored syntax: say so, as frames do.
     const type = PIXEL_TAGS.has(isPixel ? pixel!.tag : element!.tag)
       ? `${OCTET}; transfer-syntax=${EXPLICIT_VR_LITTLE_ENDIAN}`

@@ -329,3 +329,49 @@ Deno.test("the server: nested pixel data resolves, is never the instance's; odd-
     await app.close();
   }
 });
+
+Deno.test("bulk data inside a UN sequence of a big endian object is little endian, as its InlineBinary", async () => {
+  // A private UN sequence of undefined length (CP-246): its items are Implicit VR Little Endian whatever the
+  // object's syntax. One OW value above the bulk data threshold, one below.
+  const le = (n: number, width: number) => Array.from({ length: width }, (_, i) => (n >>> (8 * i)) & 0xff);
+  const words = Array.from({ length: 1100 }, (_, i) => (i * 977) & 0xffff);
+  const large = Uint8Array.from(words.flatMap((w) => le(w, 2)));
+  const small = new Uint8Array([1, 2, 3, 4]);
+  const element = (
+    tag: number,
+    value: Uint8Array,
+  ) => [...le(tag >>> 16, 2), ...le(tag & 0xffff, 2), ...le(value.length, 4), ...value];
+  const items = Uint8Array.from([
+    ...le(0xfffe, 2),
+    ...le(0xe000, 2),
+    ...le(0xffffffff, 4),
+    ...element(0x00281201, large),
+    ...element(0x00281202, small),
+    ...le(0xfffe, 2),
+    ...le(0xe00d, 2),
+    ...le(0, 4),
+    ...le(0xfffe, 2),
+    ...le(0xe0dd, 2),
+    ...le(0, 4),
+  ]);
+  const sop = `${SERIES}.9`;
+  const bytes = buildPart10([
+    ...identity(sop),
+    { tag: 0x00110010, vr: "LO", value: "UN SEQUENCE" },
+    { tag: 0x00111001, vr: "UN", value: items, lengthOverride: 0xffffffff },
+  ], { transferSyntax: EBE, sopClassUid: MR, sopInstanceUid: sop });
+  const store = new MemoryStore(["un"]);
+  await store.put("un", `${STUDY}/${SERIES}/${sop}.dcm`, bytes);
+  const app = testHandler({ store, config: { AETS: "UN=un" } });
+  try {
+    const base = `/aets/UN/studies/${STUDY}/series/${SERIES}/instances/${sop}`;
+    const [json] = await (await app.fetch(`${base}/metadata`)).json() as DicomJson[];
+    const item = (json["00111001"].Value as DicomJson[])[0];
+    assert.equal(item["00281202"].InlineBinary, b64(small), "inline: little endian as stored");
+    const uri = new URL(item["00281201"].BulkDataURI!).pathname;
+    const response = await app.fetch(uri, { headers: { accept: "application/octet-stream" } });
+    assert.deepEqual(new Uint8Array(await response.arrayBuffer()), large, "bulk: the same byte order");
+  } finally {
+    await app.close();
+  }
+});
