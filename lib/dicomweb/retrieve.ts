@@ -246,12 +246,48 @@ export function retrieveHandlers(services: Services, options: RetrieveOptions = 
       }
       partial = keys.length < all.length;
     }
-    const keySource = asStoredOk ? listInstanceKeys(services, bucket, prefix, target, abort.signal) : keys;
+    const share = readAheadOf(services);
+    // The first objects of a series retrieved before are asked for at once, while the listing is on its way
+    // (a listing on Ceph RGW takes 8–15 ms before the first GET could start); the listing still decides what
+    // is sent, and a guess it does not list is cancelled.
+    const early = new Map<string, Promise<OpenedInstance | null>>();
+    if (asStoredOk) {
+      const limit = typeof share.concurrency === "number" ? share.concurrency : share.concurrency();
+      for (const key of firstKeys.get(services, bucket, prefix)?.slice(0, limit) ?? []) {
+        const promise = openStored(store, bucket, key, { signal: abort.signal });
+        promise.catch(() => {});
+        early.set(key, promise);
+      }
+    }
+    const dropEarly = () => {
+      for (const promise of early.values()) promise.then((o) => o?.body.cancel().catch(() => {}), () => {});
+      early.clear();
+    };
+    const keySource = asStoredOk
+      ? firstKeys.record(
+        services,
+        bucket,
+        prefix,
+        listInstanceKeys(services, bucket, prefix, target, abort.signal),
+      )
+      : keys;
 
     const opened = ahead(
       keySource,
-      (key) => openStored(store, bucket, key, { signal: abort.signal }),
-      { ...readAheadOf(services), dispose: (o) => void o?.body.cancel().catch(() => {}) },
+      (key) => {
+        const guessed = early.get(key);
+        if (guessed === undefined) return openStored(store, bucket, key, { signal: abort.signal });
+        early.delete(key);
+        return guessed;
+      },
+      {
+        ...share,
+        dispose: (o) => void o?.body.cancel().catch(() => {}),
+        onFinish: () => {
+          dropEarly();
+          share.onFinish?.();
+        },
+      },
     );
     // Wait for the first instance so a missing target or a store failure is a proper error status.
     let first: IteratorResult<OpenedInstance | null>;
@@ -259,9 +295,13 @@ export function retrieveHandlers(services: Services, options: RetrieveOptions = 
       do first = await opened.next(); while (!first.done && first.value === null);
     } catch (error) {
       abort.abort();
+      dropEarly();
       throw error;
     }
-    if (first.done) throw new HttpError(404, `Not found: ${describe(target)} has no instances`);
+    if (first.done) {
+      dropEarly();
+      throw new HttpError(404, `Not found: ${describe(target)} has no instances`);
+    }
 
     const parts = (async function* (): AsyncGenerator<Part> {
       const one = (o: OpenedInstance): Part | null => {
@@ -313,6 +353,50 @@ export function retrieveHandlers(services: Services, options: RetrieveOptions = 
 
   return { instance, series: collection, study: collection };
 }
+
+/**
+ * The first keys each series or study listing yielded last, per services (an LRU of
+ * {@linkcode FirstKeys.MAX} prefixes): what a retrieve of the same resource asks for before its listing
+ * comes back.
+ */
+class FirstKeys {
+  static readonly MAX = 256;
+  /** Keys remembered per listing. */
+  static readonly KEYS = 32;
+  #byServices = new WeakMap<Services, Map<string, string[]>>();
+
+  get(services: Services, bucket: string, prefix: string): string[] | undefined {
+    return this.#byServices.get(services)?.get(`${bucket}\u0000${prefix}`);
+  }
+
+  /** `keys` as they come, the first {@linkcode FirstKeys.KEYS} of them remembered. */
+  async *record(
+    services: Services,
+    bucket: string,
+    prefix: string,
+    keys: AsyncIterable<string>,
+  ): AsyncGenerator<string> {
+    const seen: string[] = [];
+    const save = () => {
+      let map = this.#byServices.get(services);
+      if (!map) this.#byServices.set(services, map = new Map());
+      const id = `${bucket}\u0000${prefix}`;
+      map.delete(id);
+      if (map.size >= FirstKeys.MAX) map.delete(map.keys().next().value!);
+      map.set(id, seen);
+    };
+    for await (const key of keys) {
+      if (seen.length < FirstKeys.KEYS) {
+        seen.push(key);
+        if (seen.length === FirstKeys.KEYS) save();
+      }
+      yield key;
+    }
+    if (seen.length < FirstKeys.KEYS) save(); // a listing shorter than KEYS, read to its end
+  }
+}
+
+const firstKeys = new FirstKeys();
 
 /** The exact length of a multipart body whose parts have known sizes. */
 export function multipartLength(
