@@ -104,8 +104,17 @@ const VRS: Record<number, "US" | "UL" | "AT" | "UI" | "AE" | "LO"> = {
 /** A decoded command set: tag → value (numbers for US/UL/AT, trimmed text otherwise). */
 export type Command = Map<number, number | string>;
 
-const latin1 = new TextDecoder("latin1");
-const encoder = new TextEncoder();
+/** Text of a command element, one character per byte (ISO 8859-1 proper, not windows-1252). */
+function byteText(bytes: Uint8Array): string {
+  let out = "";
+  for (let i = 0; i < bytes.length; i += 4096) out += String.fromCharCode(...bytes.subarray(i, i + 4096));
+  return out;
+}
+
+/** The bytes of command text, one per character, so a value read is written back as it came. */
+function textBytes(text: string): Uint8Array {
+  return Uint8Array.from(text, (c) => c.charCodeAt(0) <= 0xff ? c.charCodeAt(0) : 0x3f); // "?" beyond Latin-1
+}
 
 /**
  * Decodes a command set (Implicit VR Little Endian). Unknown elements are skipped. Throws a `MalformedError`
@@ -139,7 +148,7 @@ export function decodeCommand(bytes: Uint8Array): Command {
     else if (vr === "AT" && length >= 4) {
       out.set(tag, (view.getUint16(at + 8, true) << 16 | view.getUint16(at + 10, true)) >>> 0);
     } else if (vr !== undefined && vr !== "US" && vr !== "UL" && vr !== "AT") {
-      out.set(tag, latin1.decode(value).replace(/[\0 ]+$/, "").trim());
+      out.set(tag, byteText(value).replace(/[\0\s]+$/, "").replace(/^\s+/, "")); // padding in any order
     }
     at += 8 + length;
   }
@@ -167,7 +176,7 @@ export function encodeCommand(command: Command): Uint8Array {
         v.setUint16(2, Number(value) & 0xffff, true);
       }
     } else {
-      const text = encoder.encode(String(value));
+      const text = textBytes(String(value));
       bytes = text.length % 2 === 0 ? text : new Uint8Array([...text, vr === "UI" ? 0 : 0x20]);
     }
     const element = new Uint8Array(8 + bytes.length);

@@ -7,6 +7,7 @@ import {
   hasDataset,
   statusKind,
 } from "../../lib/dimse/command.ts";
+import { concatBytes } from "../../lib/util/bytes.ts";
 
 Deno.test("encodeCommand() and decodeCommand() round-trip a C-MOVE-RQ", () => {
   const command = new Map<number, number | string>([
@@ -40,4 +41,34 @@ Deno.test("statusKind() sorts statuses as PS3.7 C does", () => {
   assert.equal(statusKind(0xb000), "warning");
   assert.equal(statusKind(0xa801), "failure");
   assert.equal(statusKind(0x0111), "failure");
+});
+
+Deno.test("decodeCommand() and encodeCommand() keep text as it came, padding removed in any order", async (t) => {
+  // Found by `deno task fuzz` (tests/testdata/fuzz/command-seed10-input18807.bin): "1.2.3.4.5.6\0\0\0\t" was
+  // read with its NULs, and text was decoded as windows-1252 and written as UTF-8.
+  const element = (tag: number, value: number[]) => {
+    const out = new Uint8Array(8 + value.length);
+    const view = new DataView(out.buffer);
+    view.setUint16(2, tag, true);
+    view.setUint32(4, value.length, true);
+    out.set(value, 8);
+    return out;
+  };
+  const ascii = (text: string) => [...text].map((c) => c.charCodeAt(0));
+  const bytes = concatBytes([
+    element(CMD.commandField, [0x01, 0x80]), // C-STORE-RSP
+    element(CMD.affectedSop, [...ascii("1.2.3.4.5.6"), 0, 0, 0, 0x09]),
+    element(CMD.moveOriginatorAe, [0x53, 0xe9, 0x80, 0x9a, 0x20, 0x20]),
+  ]);
+  const command = decodeCommand(bytes);
+  await t.step("trailing NULs and whitespace in any order are padding", () => {
+    assert.equal(command.get(CMD.affectedSop), "1.2.3.4.5.6");
+  });
+  await t.step("bytes over 0x7F are one character each and are written back as they came", () => {
+    assert.equal(command.get(CMD.moveOriginatorAe), "S\u00e9\u0080\u009a");
+    const again = encodeCommand(command);
+    const at = again.findIndex((_, i) => again[i] === 0x30 && again[i + 1] === 0x10); // (0000,1030)
+    assert.deepEqual([...again.subarray(at + 2, at + 10)], [4, 0, 0, 0, 0x53, 0xe9, 0x80, 0x9a]);
+    assert.deepEqual(decodeCommand(again).get(CMD.moveOriginatorAe), command.get(CMD.moveOriginatorAe));
+  });
 });

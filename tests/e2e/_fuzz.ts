@@ -792,7 +792,10 @@ const TARGETS: Record<string, () => Promise<Target>> = {
     };
   },
 
-  /** lib/dimse/command.ts decodeCommand on command sets this module encodes. */
+  /**
+   * lib/dimse/command.ts decodeCommand on command sets this module encodes; what it reads, encodeCommand
+   * writes back unchanged.
+   */
   async command() {
     const { CMD, COMMAND, STATUS, decodeCommand, encodeCommand } = await import("../../lib/dimse/command.ts");
     const commands: [number, number | string][][] = [
@@ -831,11 +834,15 @@ const TARGETS: Record<string, () => Promise<Target>> = {
       seeds: () => Promise.resolve(commands.map((c) => encodeCommand(new Map(c)))),
       tokens: [[0, 0, 0, 1], [0, 0, 0x10, 1], [0, 0, 0, 9], [0xff, 0xff, 0xff, 0xff], [2, 0, 0, 0], [0, 0]],
       maxLength: 16 * 1024,
-      run(input) {
-        try {
-          decodeCommand(input);
-        } catch (error) {
-          if (!isTypedError(error)) throw error;
+      async run(input) {
+        const command = await tolerate(() => decodeCommand(input));
+        if (!command) return;
+        // Responses echo request fields (UIDs, AE titles): what is read must be written back the same.
+        const again = decodeCommand(encodeCommand(command));
+        const text = (c: Map<number, unknown>) =>
+          JSON.stringify([...c].filter(([tag]) => tag !== CMD.groupLength).sort((a, b) => a[0] - b[0])); // recomputed
+        if (text(again) !== text(command)) {
+          throw new Error(`encodeCommand changes what decodeCommand read: ${text(command)} → ${text(again)}`);
         }
       },
       expected: isTypedError,
