@@ -26,6 +26,7 @@ export const LAYERS: Record<string, readonly string[]> = {
   dicomweb: ["util", "dicom", "codecs", "store", "objects", "imaging", "catalog", "http", "config"],
   viewer: ["util", "store", "http", "dicomweb"],
   dimse: ["util", "dicom", "store", "objects", "catalog", "security", "config", "dicomweb"],
+  events: ["util", "dicom", "store", "objects", "catalog", "http", "config", "dicomweb"],
   app: [
     "util",
     "store",
@@ -38,6 +39,7 @@ export const LAYERS: Record<string, readonly string[]> = {
     "dicomweb",
     "viewer",
     "dimse",
+    "events",
   ],
   cli: ["util", "dicom", "store", "objects", "catalog", "security", "config", "dicomweb", "app"],
 };

@@ -10,6 +10,7 @@ import { metricsResponse } from "./metrics.ts";
 import { catalogAdminHandlers } from "../dicomweb/catalog_admin.ts";
 import { deleteHandlers } from "../dicomweb/delete.ts";
 import { changeFeedHandlers } from "../dicomweb/changefeed.ts";
+import { bucketEventsHandler, type BucketEventsOptions } from "../events/bucket_events.ts";
 import { pixelHandlers } from "../dicomweb/frames_bulkdata.ts";
 import { metadataHandlers } from "../dicomweb/metadata.ts";
 import { renderedHandlers, type RenderedOptions } from "../dicomweb/rendered.ts";
@@ -37,6 +38,8 @@ export interface RouteOptions {
   rendered?: RenderedOptions;
   /** The audit log: a DELETE writes one line per deleted instance to it. */
   audit?: AuditLog;
+  /** SNS signature checks and subscription confirmation of `POST /admin/events` (tests swap them). */
+  events?: BucketEventsOptions;
 }
 
 /** One row of the table: a URLPattern path and its handlers by method. */
@@ -117,6 +120,8 @@ function routeTable(services: Services, options: RouteOptions): Route[] {
     ["/aets/:aet/changefeed/latest", { GET: changes.latest }],
     // Not PS3.18: catalog state and crawls (lib/dicomweb/catalog_admin.ts).
     ["/admin/index", { GET: admin.status, POST: admin.start }],
+    // Not PS3.18: S3 event notifications (Ceph RGW, MinIO, AWS via SNS), EVENTS_TOKEN (lib/events/bucket_events.ts).
+    ["/admin/events", { POST: bucketEventsHandler(services, options.events) }],
   ];
   if (config.viewer !== undefined) {
     // Not PS3.18: the OHIF Viewer when VIEWER is set (lib/viewer/viewer.ts).

@@ -121,7 +121,8 @@ interface AetState {
   markReady: () => void;
 }
 
-type ReadOutcome = "indexed" | "failed" | "ignored" | "gone";
+/** What reading one object into the catalog did (see {@linkcode Crawler.index}). */
+export type ReadOutcome = "indexed" | "failed" | "ignored" | "gone";
 
 /** One crawl under way: its lease, report and progress, its progress lines, and the lease renewal. */
 interface CrawlRun {
@@ -263,6 +264,15 @@ export class Crawler {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  /**
+   * Reads the header of one object as it is now in the bucket (a bucket event: `info` from a HEAD) and files
+   * it: indexed, failed (not readable DICOM, recorded with the reason) or ignored (outside the layout); `gone`
+   * when it disappeared meanwhile (then the catalog forgets it). Store failures reject.
+   */
+  index(aet: string, bucket: string, info: ObjectInfo): Promise<ReadOutcome> {
+    return this.#read(aet, bucket, info);
   }
 
   /**

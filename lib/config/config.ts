@@ -22,6 +22,22 @@ export interface S3Config {
   forcePathStyle: boolean;
 }
 
+/** One webhook (`WEBHOOKS`): where instance events are POSTed, signed with `secret`. */
+export interface WebhookConfig {
+  /** The receiver (http or https). */
+  url: string;
+  /** The HMAC-SHA256 key of the `X-Signature-256` header. */
+  secret: string;
+  /** Event types sent: `*` (all), `org.dicomweb.instance.created`, `org.dicomweb.instance.deleted`. */
+  events: string[];
+}
+
+/** The event types a webhook may ask for (besides `*`). */
+export const WEBHOOK_EVENT_TYPES = [
+  "org.dicomweb.instance.created",
+  "org.dicomweb.instance.deleted",
+] as const;
+
 /** The server's settings, validated. */
 export interface Config {
   /** TCP port (`PORT`). */
@@ -86,6 +102,13 @@ export interface Config {
   tls?: { certFile: string; keyFile: string };
   /** Peers whose `Forwarded` / `X-Forwarded-*` are believed (`TRUSTED_PROXIES`). */
   trustedProxies: TrustedProxies;
+  /**
+   * `EVENTS_TOKEN`: the secret a bucket's event notifications present at `POST /admin/events` (bearer token or
+   * `?token=`); when set, a request without it is refused even with `AUTH=none` (the admin grant also works).
+   */
+  eventsToken?: string;
+  /** `WEBHOOKS`: where instance events are POSTed (empty: none). */
+  webhooks: WebhookConfig[];
 }
 
 /** Where `deno task viewer:install` puts OHIF's `dist/` (what `VIEWER=on` serves). */
@@ -128,6 +151,8 @@ export const CONFIG_NAMES = [
   "QIDO_MAX_LIMIT",
   "STOW_MAX_BYTES",
   "VIEWER",
+  "EVENTS_TOKEN",
+  "WEBHOOKS",
   ...AUTH_CONFIG_NAMES,
   ...LIMITS_CONFIG_NAMES,
   ...AUDIT_CONFIG_NAMES,
@@ -296,6 +321,14 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
   if (rawViewer !== undefined && !["off", "false", "no", "0"].includes(rawViewer.toLowerCase())) {
     viewer = ["on", "true", "yes", "1"].includes(rawViewer.toLowerCase()) ? DEFAULT_VIEWER_DIR : rawViewer;
   }
+  const eventsToken = get("EVENTS_TOKEN");
+  if (eventsToken !== undefined && !/^[A-Za-z0-9._~\-]{16,256}$/.test(eventsToken)) {
+    problems.push(
+      "EVENTS_TOKEN is not valid: use 16 to 256 letters, digits, '.', '_', '~' or '-' (it goes in a URL's query; " +
+        "make one with: openssl rand -hex 32)",
+    );
+  }
+  const webhooks = parseWebhooks(get("WEBHOOKS"), problems);
   const auth = parseAuthConfig(env, problems, { hostname, public: env.DENO_DEPLOYMENT_ID !== undefined });
   const limits = parseLimitsConfig(env, problems);
   const audit = parseAuditConfig(env, problems);
@@ -333,7 +366,69 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
     audit,
     tls,
     trustedProxies,
+    eventsToken,
+    webhooks,
   };
+}
+
+const WEBHOOKS_EXAMPLE =
+  `use a JSON array like [{"url": "https://ai.example.org/hook", "secret": "…", "events": ["*"]}]`;
+
+/** Validates `WEBHOOKS` (a JSON array of `{url, secret, events}`); problems go to `problems`. */
+function parseWebhooks(raw: string | undefined, problems: string[]): WebhookConfig[] {
+  if (raw === undefined || raw.trim() === "") return [];
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch (error) {
+    problems.push(`WEBHOOKS is not JSON (${(error as Error).message}): ${WEBHOOKS_EXAMPLE}`);
+    return [];
+  }
+  if (!Array.isArray(parsed)) {
+    problems.push(`WEBHOOKS is not a JSON array: ${WEBHOOKS_EXAMPLE}`);
+    return [];
+  }
+  const out: WebhookConfig[] = [];
+  parsed.forEach((entry: unknown, i: number) => {
+    const where = `WEBHOOKS[${i}]`;
+    if (typeof entry !== "object" || entry === null || Array.isArray(entry)) {
+      problems.push(`${where} is not an object: ${WEBHOOKS_EXAMPLE}`);
+      return;
+    }
+    const { url, secret, events = ["*"] } = entry as Record<string, unknown>;
+    const unknown = Object.keys(entry).filter((key) => !["url", "secret", "events"].includes(key));
+    if (unknown.length > 0) {
+      problems.push(`${where} has unknown keys ${unknown.join(", ")}: use url, secret and events`);
+    }
+    let ok = true;
+    try {
+      const parsedUrl = new URL(String(url));
+      if (typeof url !== "string" || (parsedUrl.protocol !== "http:" && parsedUrl.protocol !== "https:")) {
+        throw new TypeError("not http(s)");
+      }
+    } catch {
+      problems.push(
+        `${where}.url ${JSON.stringify(url)} is not an http(s) URL: use e.g. "https://ai.example.org/hook"`,
+      );
+      ok = false;
+    }
+    if (typeof secret !== "string" || secret.length < 16) {
+      problems.push(
+        `${where}.secret is missing or shorter than 16 characters: the receiver checks X-Signature-256 with it ` +
+          `(make one with: openssl rand -hex 32)`,
+      );
+      ok = false;
+    }
+    const types: readonly string[] = ["*", ...WEBHOOK_EVENT_TYPES];
+    if (!Array.isArray(events) || events.length === 0 || !events.every((e) => types.includes(e))) {
+      problems.push(
+        `${where}.events ${JSON.stringify(events)} is not valid: use a list of ${types.join(", ")}`,
+      );
+      ok = false;
+    }
+    if (ok) out.push({ url: url as string, secret: secret as string, events: events as string[] });
+  });
+  return out;
 }
 
 /**

@@ -16,6 +16,7 @@
  * @module
  */
 
+import { createHash, timingSafeEqual } from "node:crypto";
 import { HttpError } from "../http/errors.ts";
 import {
   checkHeaderSize,
@@ -59,6 +60,21 @@ export interface GuardConfig {
   trustedProxies: TrustedProxies;
   /** Largest request body (`STOW_MAX_BYTES`). */
   stowMaxBytes: number;
+  /** `EVENTS_TOKEN`: the secret of `POST /admin/events` (bearer token or `?token=`). */
+  eventsToken?: string;
+}
+
+/** The path (below `BASE_PATH`) bucket event notifications are POSTed to. */
+export const EVENTS_PATH = "/admin/events";
+
+/** The principal of a request that presented `EVENTS_TOKEN`: it may post bucket events, nothing else. */
+const EVENTS_PRINCIPAL: Principal = { subject: "events-token", method: "token", grants: [] };
+
+/** Whether `a` equals `b`, in time independent of where they differ. */
+function sameSecret(a: string, b: string): boolean {
+  const x = createHash("sha256").update(a).digest();
+  const y = createHash("sha256").update(b).digest();
+  return timingSafeEqual(x, y);
 }
 
 /** The peer info `Deno.serve` passes as the handler's second argument. */
@@ -127,6 +143,29 @@ export class RequestGuard {
   }
 
   /**
+   * For `POST /admin/events` with `EVENTS_TOKEN` set: the events principal when the request presents the
+   * token (`Authorization: Bearer TOKEN` or `?token=TOKEN`: Ceph RGW's HTTP push sends no Authorization
+   * header); a 401 when it presents none or a wrong one and authentication is off; undefined otherwise
+   * (authentication decides: the admin grant may post too).
+   */
+  #eventsPrincipal(request: Request, url: URL): Principal | undefined {
+    const token = this.config.eventsToken;
+    if (token === undefined || url.pathname !== this.config.basePath + EVENTS_PATH) return undefined;
+    const bearer = /^Bearer\s+(\S+)\s*$/i.exec(request.headers.get("authorization") ?? "")?.[1];
+    const query = url.searchParams.get("token");
+    const presented = query ?? bearer;
+    if (presented !== undefined && sameSecret(presented, token)) return EVENTS_PRINCIPAL;
+    if (this.enabled && query === null) return undefined; // the caller's own credentials (the admin grant)
+    throw new HttpError(
+      401,
+      presented === undefined
+        ? `${EVENTS_PATH} needs EVENTS_TOKEN: add ?token=EVENTS_TOKEN to the push endpoint URL, or send it as a bearer token`
+        : `${EVENTS_PATH}: the token is not EVENTS_TOKEN`,
+      { headers: { "www-authenticate": 'Bearer realm="events"' } },
+    );
+  }
+
+  /**
    * Checks `request` and runs `next` with it (its body limited when it has one). The response body keeps
    * the client's concurrency slot until it is sent or cancelled.
    */
@@ -151,7 +190,7 @@ export class RequestGuard {
       return await next(context.trustForwarded ? request : withoutForwarded(request));
     }
 
-    const principal = await this.authenticator.authenticate(request);
+    const principal = this.#eventsPrincipal(request, url) ?? await this.authenticator.authenticate(request);
     context.principal = principal;
     if (access.kind === "aet" && !allows(principal, access.action, access.aet)) {
       // The same answer whether or not the AET exists: nothing is looked up before this point.
@@ -160,7 +199,10 @@ export class RequestGuard {
         `Forbidden: ${principal.subject} may not ${access.action} AET "${access.aet}"`,
       );
     }
-    if (access.kind === "server" && !allows(principal, access.action, undefined)) {
+    if (
+      access.kind === "server" && principal !== EVENTS_PRINCIPAL &&
+      !allows(principal, access.action, undefined)
+    ) {
       throw new HttpError(
         403,
         `Forbidden: ${principal.subject} may not ${access.action} server-wide resources`,

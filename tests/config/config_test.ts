@@ -221,4 +221,38 @@ Deno.test("parseConfig()", async (t) => {
       /PORT[\s\S]*PUBLIC_URL[\s\S]*S3_CONCURRENCY/,
     );
   });
+
+  await t.step("EVENTS_TOKEN and WEBHOOKS: validated, with what to write instead", () => {
+    const config = parseConfig({
+      EVENTS_TOKEN: "0123456789abcdef0123",
+      WEBHOOKS: JSON.stringify([
+        { url: "https://ai.example.org/hook", secret: "0123456789abcdef", events: ["*"] },
+        {
+          url: "http://127.0.0.1:9000/x",
+          secret: "fedcba9876543210",
+          events: ["org.dicomweb.instance.deleted"],
+        },
+        { url: "https://ris.example.org/hook", secret: "0123456789abcdef" },
+      ]),
+    });
+    assert.equal(config.eventsToken, "0123456789abcdef0123");
+    assert.equal(config.webhooks.length, 3);
+    assert.deepEqual(config.webhooks[2].events, ["*"]);
+    assert.deepEqual(parseConfig({}).webhooks, []);
+    assert.equal(parseConfig({}).eventsToken, undefined);
+    rejects({ EVENTS_TOKEN: "short" }, /EVENTS_TOKEN is not valid: .*openssl rand -hex 32/);
+    rejects({ EVENTS_TOKEN: "has spaces in it, sixteen+" }, "EVENTS_TOKEN");
+    rejects({ WEBHOOKS: "[{" }, /WEBHOOKS is not JSON/);
+    rejects({ WEBHOOKS: "{}" }, /WEBHOOKS is not a JSON array/);
+    rejects({ WEBHOOKS: '[{"url": "ftp://x", "secret": "0123456789abcdef"}]' }, /WEBHOOKS\[0\]\.url/);
+    rejects({ WEBHOOKS: '[{"url": "https://x.org", "secret": "short"}]' }, /WEBHOOKS\[0\]\.secret/);
+    rejects(
+      { WEBHOOKS: '[{"url": "https://x.org", "secret": "0123456789abcdef", "events": ["instance.moved"]}]' },
+      /WEBHOOKS\[0\]\.events .* org\.dicomweb\.instance\.created/,
+    );
+    rejects(
+      { WEBHOOKS: '[{"url": "https://x.org", "secret": "0123456789abcdef", "retries": 3}]' },
+      /unknown keys retries/,
+    );
+  });
 });
