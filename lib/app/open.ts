@@ -11,7 +11,8 @@ import { Crawler } from "../catalog/crawler.ts";
 import { openSqliteCatalog } from "../catalog/sqlite_catalog.ts";
 import { openPostgresCatalog } from "../catalog/postgres_catalog.ts";
 import { HeaderCache } from "../objects/header_cache.ts";
-import { instrumentStore } from "./metrics.ts";
+import { instrumentStore, METRICS } from "./metrics.ts";
+import { WebhookDispatcher } from "../events/webhooks.ts";
 import { type Config, ConfigError } from "../config/config.ts";
 import type { ServicesInit } from "../dicomweb/services.ts";
 import type { SyntaxCapabilities } from "../imaging/syntax_choice.ts";
@@ -111,6 +112,8 @@ export function openCrawler(config: Config, options: OpenCrawlerOptions): Crawle
 export interface ServerParts extends ServicesInit {
   /** The AETs of `store`. */
   aets: AetRegistry;
+  /** The webhooks' sender when `WEBHOOKS` names any and there is a catalog (close it at shutdown). */
+  webhooks?: WebhookDispatcher;
 }
 
 /** Options for {@linkcode assembleServices}. */
@@ -132,7 +135,8 @@ export interface AssembleOptions {
 /**
  * The services over `store` for `config`: its AET registry, capabilities, catalog, crawler and header cache.
  * When other replicas share the catalog, the headers they change are dropped from the cache as they announce
- * them.
+ * them. With `WEBHOOKS` and a catalog, every change feed entry this process writes goes to the webhooks
+ * (`ServerParts.webhooks`; close it at shutdown).
  */
 export function assembleServices(
   config: Config,
@@ -147,7 +151,26 @@ export function assembleServices(
   catalog?.onChange?.((change) => {
     for (const key of change.keys) headerCache.forget(change.bucket, key);
   });
+  let webhooks: WebhookDispatcher | undefined;
+  if (catalog && config.webhooks.length > 0) {
+    const log = options.log ?? ((line: string) => console.log(line));
+    webhooks = new WebhookDispatcher({
+      webhooks: config.webhooks,
+      base: config.publicUrl ?? `http://${config.hostname}:${config.port}${config.basePath}`,
+      log,
+      count: (outcome) =>
+        METRICS.count(
+          "dicomweb_webhook_events_total",
+          "Webhook events by outcome: delivered, retried (a failed attempt), failed (retries exhausted or refused), " +
+            "dropped (the queue was full)",
+          { outcome },
+        ),
+    });
+    const dispatcher = webhooks;
+    catalog.onFeed((entries) => dispatcher.publish(entries));
+  }
   return {
+    webhooks,
     config,
     store,
     aets,

@@ -14,6 +14,7 @@ import { type Config, parseConfig } from "../../lib/config/config.ts";
 import { completeServices, type Services } from "../../lib/dicomweb/services.ts";
 import { errorResponse, toHttpError } from "../../lib/http/errors.ts";
 import { Router } from "../../lib/http/router.ts";
+import type { WebhookDispatcher } from "../../lib/events/webhooks.ts";
 import { AetRegistry } from "../../lib/objects/aets.ts";
 import { AuditLog, type AuditRecord } from "../../lib/security/audit.ts";
 import { RequestGuard } from "../../lib/security/request_guard.ts";
@@ -34,6 +35,8 @@ export interface Routed {
   fetch(path: string, init?: RequestInit): Promise<Response>;
   /** Audit lines written. */
   audit: AuditRecord[];
+  /** The webhooks' sender (with `WEBHOOKS` in `env`). */
+  webhooks?: WebhookDispatcher;
   close(): Promise<void>;
 }
 
@@ -68,10 +71,8 @@ export async function routedServer(options: RoutedOptions): Promise<Routed> {
   const audit: AuditRecord[] = [];
   const auditLog = new AuditLog((line) => audit.push(JSON.parse(line)));
   const guard = new RequestGuard(config);
-  const services = completeServices(
-    assembleServices(config, guard.store(store), { aets, catalog, crawler, log }),
-    log,
-  );
+  const parts = assembleServices(config, guard.store(store), { aets, catalog, crawler, log });
+  const services = completeServices(parts, log);
   const router = new Router(config.basePath);
   addRoutes(router, services, { guard, audit: auditLog, ...options.routes });
   return {
@@ -97,7 +98,9 @@ export async function routedServer(options: RoutedOptions): Promise<Routed> {
         return errorResponse(toHttpError(error));
       }
     },
+    webhooks: parts.webhooks,
     close: async () => {
+      parts.webhooks?.close();
       await crawler.stop();
       await catalog.close();
     },
