@@ -210,7 +210,8 @@ export interface CurlRun extends Run {
 /**
  * Fetches `urls` with one `curl` process, `parallel` transfers at once over kept-alive connections (curl's
  * multi interface), every body to /dev/null: the client side costs little CPU, so it shows what the other end
- * delivers. `ttfb` is the earliest first byte of any transfer; `sigv4` signs each request for S3.
+ * delivers. `ttfb` is the first transfer's first byte (a series' first byte); `sigv4` signs each request for
+ * S3.
  */
 export async function curlParallel(
   urls: string[],
@@ -229,7 +230,7 @@ export async function curlParallel(
       "--parallel-max",
       String(options.parallel),
       "-w",
-      "%{http_code} %{time_starttransfer} %{size_download}\\n",
+      "%{urlnum} %{http_code} %{time_starttransfer} %{size_download}\\n",
     ];
     for (const [name, value] of Object.entries(options.headers ?? {})) args.push("-H", `${name}: ${value}`);
     if (options.sigv4) {
@@ -247,9 +248,9 @@ export async function curlParallel(
     let ttfb = Infinity;
     for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
       if (line === "") continue;
-      const [code, start, size] = line.split(" ");
+      const [num, code, start, size] = line.split(" ");
       if (!code.startsWith("2")) failed++;
-      ttfb = Math.min(ttfb, Number(start) * 1000);
+      if (num === "0") ttfb = Number(start) * 1000;
       bytes += Number(size);
     }
     return { ms, ttfb, bytes, failed };
