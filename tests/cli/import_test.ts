@@ -118,6 +118,15 @@ Deno.test("deno task import into a local DATA_DIR: folders, archives, DICOMDIR s
           const [status] = await catalog.status("DUMP");
           assert.equal(status.indexed, first.imported);
           assert.ok(status.studies >= 10, `${status.studies} studies`);
+          // and the change feed has one create per imported instance (import goes through Ingest → catalog)
+          const feed = await catalog.changeFeed({
+            aet: "DUMP",
+            offset: 0,
+            limit: 100_000,
+            includeMetadata: false,
+          });
+          assert.equal(feed.length, first.imported);
+          assert.ok(feed.every((entry) => entry.action === "create" && entry.state === "current"));
         } finally {
           await catalog.close();
         }
