@@ -1,8 +1,9 @@
 /**
  * Who may do what, in the order a request meets it. Authentication (authenticator.ts) by OIDC/OAuth2 bearer
  * JWTs, static API tokens or HTTP Basic, or none on loopback; authorization (grants.ts) per AET and action
- * (`read` = search and retrieve, `write` = store) from token scopes (`dicomweb:read:PACS`) and a static table
- * (`AUTH_GRANTS`); limits (limits.ts).
+ * (`read` = search, retrieve and the change feed, `write` = store, `delete` = DELETE; write does not imply
+ * delete) from token scopes (`dicomweb:read:PACS`) and a static table (`AUTH_GRANTS`); limits (limits.ts).
+ * `POST /admin/events` also takes `EVENTS_TOKEN` (a bearer token or `?token=`), which opens nothing else.
  *
  * Every decision is made from the URL, the method and the credentials alone, before the store is touched:
  * a caller who may not see an AET gets the same 403 whether or not it exists.
