@@ -1,10 +1,13 @@
 /**
  * `deno task fuzz`: the parsers at scale. Runs a million inputs (by default) through every fuzz target of
- * tests/e2e/_fuzz.ts (the Part 10 reader, Part10Check, File Meta, DICOM JSON, multipart, Accept, QIDO and the
- * DIMSE PDU, command and identifier parsers), each target in its own Worker under a watchdog, two at a time
- * (one per core), and prints per target: inputs run, crashes (errors that are not the parser's typed ones),
- * hangs (an input over `--per-input-ms`), the worker's peak heap and inputs per second; then the process's
- * peak RSS (VmHWM). Exits 1 on any crash or hang, or when the peak RSS passes `--max-rss-mb`.
+ * tests/e2e/_fuzz.ts (the Part 10 reader, Part10Check, File Meta, DICOM JSON, multipart, Accept, QIDO, the
+ * DIMSE PDU, command and identifier parsers, proxy headers and rendered parameters; `--targets http` adds the
+ * whole handler), each target in its own Worker under a watchdog, two at a time (one per core), and prints per
+ * target: inputs run, crashes (errors that are not the parser's typed ones, or a broken invariant), hangs (an
+ * input over `--per-input-ms` that also runs over ten times that alone), slow inputs (over the deadline once,
+ * finished alone: a busy machine), the worker's peak heap, the process RSS while it ran and inputs per
+ * second; then the process's peak RSS (VmHWM). Exits 1 on any crash or hang, or when the peak RSS passes
+ * `--max-rss-mb`.
  *
  * ```sh
  * deno task fuzz                                   # 1,000,000 inputs, at most 30 minutes, a random seed
@@ -14,8 +17,9 @@
  *
  * The inputs are split evenly over the targets; a target that cannot run its share in its part of the time
  * stops at its deadline, and the table says so. Each crashing or hanging input is written to `--out`
- * (default `.artifacts/fuzz/`) as `{target}-seed{seed}-input{index}.bin` with a `.txt` beside it (error, stack,
- * how to replay): input N of a seed is the same bytes on every machine, so `--seed S --targets T` runs it again.
+ * (default `.artifacts/fuzz/`, the only folder the task may write) as `{target}-seed{seed}-input{index}.bin`
+ * with a `.txt` beside it (error, stack, how to replay): input N of a seed is the same bytes on every machine,
+ * and `--replay` runs it with the same random choices (chunk sizes, options) as the run did.
  *
  * Why here: bench/ holds the long runs that print figures (and `deno task check` type-checks it); the targets,
  * the mutation engine and the watchdog stay in tests/e2e/_fuzz.ts, shared with the short run in CI
