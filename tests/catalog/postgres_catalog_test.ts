@@ -128,6 +128,17 @@ Deno.test({
         const found = await b.search({ aet: "A", level: "instance", filters: [], limit: 10, offset: 0 });
         assert.deepEqual(found.map((r) => r.sop), [f.key.split("/")[2].slice(0, -4)]);
         assert.equal(await b.completedAt("A"), ticket.startedAt);
+        // a DELETE on one replica: the other hears the keys (and drops their cached headers), and its own
+        // change feed listeners hear nothing (webhooks go out from the replica that made the change)
+        const fed: number[] = [];
+        b.onFeed((entries) => fed.push(...entries.map((e) => e.sequence)));
+        assert.equal(await a.removeInstances("A", [f.key]), 1);
+        const until2 = Date.now() + 5000;
+        while (heard.length < 2 && Date.now() < until2) await new Promise((r) => setTimeout(r, 20));
+        assert.deepEqual(heard[1], { aet: "A", bucket: "a", keys: [f.key] });
+        assert.deepEqual(await b.search({ aet: "A", level: "instance", filters: [], limit: 10, offset: 0 }), []);
+        assert.equal((await b.latestChange("A", false))?.action, "delete");
+        assert.deepEqual(fed, []);
       } finally {
         await a.close();
         await b.close();
