@@ -241,6 +241,8 @@ export function readFileMeta(bytes: Uint8Array, name: string, complete = false):
       );
     }
   }
+  // Without (0002,0010) the syntax is inferred from the first element: wait for its first 6 bytes.
+  if (scan.transferSyntaxUid === undefined && !complete && bytes.length < scan.end + 6) return null;
   const text = (tag: number) => {
     const el = scan.elements.get(tag);
     return el ? trimUid(el.bytes) : "";

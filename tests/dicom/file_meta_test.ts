@@ -242,6 +242,22 @@ Deno.test("readFileMeta()", async (t) => {
     assert.equal(meta.inferred, true);
     assert.equal(meta.transferSyntaxUid, inferSyntax(bytes, meta.end));
   });
+
+  await t.step("waits for the first element's 6 bytes before inferring the syntax", () => {
+    // Found by `deno task fuzz` (tests/testdata/fuzz/filemeta-seed11-input31668.bin): a prefix ending 4 bytes
+    // after such a File Meta was labelled Implicit VR, the whole object Explicit VR.
+    const { bytes } = part10({ ts: null });
+    const whole = readFileMeta(bytes, "nots.dcm", true)!;
+    assert.equal(whole.transferSyntaxUid, ELE);
+    for (let k = 0; k < 6; k++) {
+      assert.equal(
+        readFileMeta(bytes.subarray(0, whole.end + k), "nots.dcm"),
+        null,
+        `${k} bytes after the meta`,
+      );
+    }
+    assert.deepEqual(readFileMeta(bytes.subarray(0, whole.end + 6), "nots.dcm"), whole);
+  });
 });
 
 // ---- the pydicom corpus (tests/testdata/pydicom) ----

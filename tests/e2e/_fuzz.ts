@@ -416,7 +416,10 @@ const TARGETS: Record<string, () => Promise<Target>> = {
     };
   },
 
-  /** lib/dicom/file_meta.ts: readFileMeta on growing prefixes, scanFileMeta (implicit VR too), inferSyntax. */
+  /**
+   * lib/dicom/file_meta.ts: readFileMeta on prefixes (what a prefix tells is what the whole object says),
+   * scanFileMeta (implicit VR too), inferSyntax.
+   */
   async filemeta() {
     const { readFileMeta, scanFileMeta, inferSyntax } = await import("../../lib/dicom/file_meta.ts");
     return {
@@ -424,12 +427,18 @@ const TARGETS: Record<string, () => Promise<Target>> = {
       tokens: DICOM_TOKENS,
       maxLength: 16 * 1024,
       async run(input, rng) {
-        for (const cut of [rng.int(input.length + 1), rng.int(input.length + 1), input.length]) {
-          const meta = await tolerate(() =>
-            readFileMeta(input.subarray(0, cut), "fuzz.dcm", cut === input.length)
-          );
-          if (meta && (meta.end < 0 || meta.end > cut)) {
+        // STOW-RS labels a part from its first bytes: what a prefix tells must be what the whole object says.
+        const whole = await tolerate(() => readFileMeta(input, "fuzz.dcm", true));
+        for (const cut of [rng.int(input.length + 1), rng.int(input.length + 1)]) {
+          const meta = await tolerate(() => readFileMeta(input.subarray(0, cut), "fuzz.dcm"));
+          if (!meta) continue;
+          if (meta.end < 0 || meta.end > cut) {
             throw new Error(`File Meta ends at ${meta.end}, outside the ${cut} bytes read`);
+          }
+          if (JSON.stringify(meta) !== JSON.stringify(whole)) {
+            throw new Error(
+              `The first ${cut} bytes say ${JSON.stringify(meta)}, the whole object ${JSON.stringify(whole)}`,
+            );
           }
         }
         await tolerate(() =>
