@@ -243,15 +243,18 @@ function writeElements(elements: readonly IdElement[], enc: Encoding, parts: Uin
 }
 
 /**
- * A value cut to fit the 16-bit length of an explicit VR element: whole numbers for binary VRs, whole UTF-8
- * characters (padded to even length) for text. A stored value can be longer than its VR allows, and Latin-1
- * text grows when written in UTF-8; a C-FIND response sends what fits rather than failing the whole search.
+ * A value cut to fit the 16-bit length of an explicit VR element: whole numbers for binary VRs, whole values
+ * of a multi-valued text (else whole UTF-8 characters), padded to even length. A stored value can be longer
+ * than its VR allows, Latin-1 text grows when written in UTF-8, and a C-MOVE's Failed SOP Instance UID List
+ * can name thousands of UIDs: the response sends what fits rather than failing.
  */
 function fitShortLength(value: Uint8Array, vr: string): Uint8Array {
   const width = NUMBERS[vr]?.[0];
   if (width) return value.subarray(0, Math.floor(0xffff / width) * width);
   let end = 0xfffe;
   while (end > 0 && (value[end] & 0xc0) === 0x80) end--; // not inside a UTF-8 sequence
+  const separator = value.lastIndexOf(0x5c, end); // whole values of a multi-valued one (a UID list)
+  if (separator > 0) end = separator;
   if (end % 2 === 0) return value.subarray(0, end);
   const out = new Uint8Array(end + 1);
   out.set(value.subarray(0, end));

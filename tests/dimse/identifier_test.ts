@@ -92,6 +92,17 @@ Deno.test("encodeIdentifier() cuts a value too long for an explicit VR's 16-bit 
     const read = written("a" + "€".repeat(30000), "LO", ELE); // 1 + 90,000 bytes
     assert.ok(read === "a" + "€".repeat(21844), `${read.length} characters`);
   });
+  await t.step(
+    "a multi-valued value is cut to whole values (a C-MOVE's Failed SOP Instance UID List)",
+    () => {
+      const uids = Array.from({ length: 2000 }, (_, i) => `1.2.826.0.1.3680043.8.498.${10 ** 20 + i}.${i}`);
+      const value = uids.join("\\"); // 2,000 UIDs of 40-odd characters: over 65,535 bytes
+      const [read] = parseIdentifier(encodeIdentifier([{ tag: 0x00080058, vr: "UI", value }], ELE), ELE);
+      const got = read.value.split("\\");
+      assert.ok(got.length > 1000 && got.length < 2000, `${got.length} UIDs`);
+      assert.deepEqual(got, uids.slice(0, got.length), "whole UIDs, none cut");
+    },
+  );
   await t.step("numbers are cut to whole values", () => {
     const value = Array.from({ length: 40000 }, (_, i) => i % 65536).join("\\");
     const [read] = parseIdentifier(encodeIdentifier([{ tag: 0x00280010, vr: "US", value }], ELE), ELE);
