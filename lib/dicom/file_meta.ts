@@ -135,11 +135,11 @@ export function scanFileMeta(
   if (isDicm(bytes, 128)) {
     start = 132;
     dicm = "preamble";
+  } else if (bytes.length < 132 && !complete) {
+    return null; // the preamble may still come, and "DICM" after it (a preamble may start with "DICM")
   } else if (isDicm(bytes, 0)) {
     start = 4;
     dicm = "start";
-  } else if (bytes.length < 132 && !complete) {
-    return null; // the preamble may still come
   } else if (bytes.length >= 8 && u16(bytes, 0) === 0x0002) {
     start = 0;
     dicm = "none";

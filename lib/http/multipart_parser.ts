@@ -277,6 +277,8 @@ class Scanner {
     while (true) {
       let i = 0;
       while (i < this.#buf.byteLength && (this.#buf[i] === 0x20 || this.#buf[i] === 0x09)) i++;
+      // before looking for the CRLF, so the limit holds however the bytes arrive
+      if (i > 1024) throw new MalformedError("Malformed multipart body: too much padding after a boundary");
       if (i + 2 <= this.#buf.byteLength) {
         if (this.#buf[i] !== CR || this.#buf[i + 1] !== LF) {
           throw new MalformedError('Malformed multipart body: a boundary is not followed by CRLF or "--"');
@@ -284,7 +286,6 @@ class Scanner {
         this.#buf = this.#buf.subarray(i + 2);
         return false;
       }
-      if (i > 1024) throw new MalformedError("Malformed multipart body: too much padding after a boundary");
       if (!(await this.#fill())) {
         throw new MalformedError("Malformed multipart body: it ends after a boundary");
       }

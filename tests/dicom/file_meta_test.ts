@@ -243,6 +243,20 @@ Deno.test("readFileMeta()", async (t) => {
     assert.equal(meta.transferSyntaxUid, inferSyntax(bytes, meta.end));
   });
 
+  await t.step('waits for offset 132 before taking "DICM" at offset 0: a preamble may start with it', () => {
+    // Found by `deno task fuzz` (tests/testdata/fuzz/filemeta-seed1440884934-input38429.bin): the first 114
+    // bytes of an object whose preamble starts with "DICM" were read as a meta-less object.
+    const { bytes, metaEnd } = part10();
+    bytes.set(encoder.encode("DICM"), 0);
+    const whole = readFileMeta(bytes, "a.dcm", true)!;
+    assert.equal(whole.end, metaEnd);
+    assert.equal(whole.sopInstanceUid, SOP);
+    for (const cut of [8, 114, 131]) {
+      assert.equal(readFileMeta(bytes.subarray(0, cut), "a.dcm"), null, `${cut}`);
+    }
+    assert.deepEqual(readFileMeta(bytes.subarray(0, metaEnd), "a.dcm"), whole);
+  });
+
   await t.step("waits for the first element's 6 bytes before inferring the syntax", () => {
     // Found by `deno task fuzz` (tests/testdata/fuzz/filemeta-seed11-input31668.bin): a prefix ending 4 bytes
     // after such a File Meta was labelled Implicit VR, the whole object Explicit VR.
