@@ -65,6 +65,7 @@ export function createHandler(
     encode: options.encode,
     stow: options.stow,
     rendered: options.rendered,
+    audit: options.audit,
   });
 
   return async (request: Request, info?: ServeInfo): Promise<Response> => {
@@ -150,7 +151,7 @@ function withCors(request: Request, response: Response, origins: string[]): Resp
   if (allow !== "*") headers.append("vary", "Origin");
   headers.set("access-control-expose-headers", CORS_EXPOSE_HEADERS);
   if (request.method.toUpperCase() === "OPTIONS") {
-    headers.set("access-control-allow-methods", "GET, HEAD, POST, OPTIONS");
+    headers.set("access-control-allow-methods", "GET, HEAD, POST, DELETE, OPTIONS");
     headers.set(
       "access-control-allow-headers",
       request.headers.get("access-control-request-headers") ?? CORS_ALLOW_HEADERS,

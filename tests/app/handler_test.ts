@@ -7,6 +7,7 @@ import { type GetOptions, type ObjectBody, type ObjectStore, StoreError } from "
 import { boundaryOf, type ParsedPart, parseMultipart } from "../_multipart_parser.ts";
 import { testHandler } from "../_server.ts";
 import { buildPart10 } from "../_dicom_fixtures.ts";
+import { AuditLog } from "../../lib/security/audit.ts";
 
 const ELE = "1.2.840.10008.1.2.1";
 const ILE = "1.2.840.10008.1.2";
@@ -846,4 +847,36 @@ Deno.test("createHandler() transfer syntax negotiation", async (t) => {
       406,
     );
   });
+});
+
+Deno.test("DELETE through the wired handler: one audit line per deleted instance, and CORS allows it", async () => {
+  const store = new MemoryStore(["pacs"]);
+  const study = "1.2.826.0.1.3680043.9.9.1";
+  const series = `${study}.1`;
+  for (const n of [1, 2]) {
+    await store.put(
+      "pacs",
+      `${study}/${series}/${series}.${n}.dcm`,
+      buildPart10([], { sopInstanceUid: `${series}.${n}` }),
+    );
+  }
+  const lines: string[] = [];
+  const app = testHandler({
+    store,
+    config: { AETS: "PACS=pacs" },
+    handler: { audit: new AuditLog((line) => lines.push(line)) },
+  });
+  const response = await app.fetch(`/aets/PACS/studies/${study}`, { method: "DELETE" });
+  assert.equal(response.status, 204, await response.text());
+  const records = lines.map((line) => JSON.parse(line));
+  assert.deepEqual(
+    records.filter((r) => r.resource === "instance").map((r) => [r.action, r.instance]).sort(),
+    [["delete", `${series}.1`], ["delete", `${series}.2`]],
+  );
+  const preflight = await app.fetch(`/aets/PACS/studies/${study}`, {
+    method: "OPTIONS",
+    headers: { origin: "https://viewer.example.org", "access-control-request-method": "DELETE" },
+  });
+  assert.match(preflight.headers.get("access-control-allow-methods") ?? "", /\bDELETE\b/);
+  await app.close();
 });
