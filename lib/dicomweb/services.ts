@@ -5,6 +5,7 @@
  * @module
  */
 
+import { AET_PATTERN } from "../http/urls.ts";
 import type { AetRegistry } from "../objects/aets.ts";
 import type { Catalog } from "../catalog/catalog.ts";
 import { Crawler } from "../catalog/crawler.ts";
@@ -76,9 +77,22 @@ export function readAheadOf(
   return { concurrency, onFinish: leave };
 }
 
-/** The bucket of `aet`, or a 404 naming it. */
-export async function bucketOf(services: Services, aet: string): Promise<string> {
-  const bucket = await services.aets.bucket(aet);
+/**
+ * The bucket of `aet`, or a 404 naming it. With `create` (a store request), an AET that does not exist yet is
+ * created where that is possible: the zero-config local mode, AETs discovered from the folders of `DATA_DIR`.
+ */
+export async function bucketOf(
+  services: Services,
+  aet: string,
+  options: { create?: boolean } = {},
+): Promise<string> {
+  let bucket = await services.aets.bucket(aet);
+  if (bucket === undefined && options.create && AET_PATTERN.test(aet)) {
+    bucket = await services.aets.create(aet);
+    if (bucket !== undefined) {
+      services.log?.(`Created the AET ${aet} (bucket ${bucket} in ${services.store.location})`);
+    }
+  }
   if (bucket === undefined) {
     if (services.config.auth.methods.length > 0) {
       // With authentication on, never list AETs the caller may not be allowed to see.

@@ -101,7 +101,7 @@ export class Ingest {
    * given, is the study every part must belong to. Throws what {@linkcode bucketOf} throws for an unknown AET.
    */
   async store(aet: string, parts: AsyncIterable<MultipartPart>, study?: string): Promise<IngestResult> {
-    const bucket = await bucketOf(this.#services, aet);
+    const bucket = await bucketOf(this.#services, aet, { create: true });
     const job = new StowJob(this.#services, {
       aet,
       bucket,
@@ -134,7 +134,8 @@ export function stowHandler(services: Services, ingest: Ingest = new Ingest(serv
 
 async function stow({ request, params }: RouteContext, services: Services, ingest: Ingest) {
   const urlStudy = params.study === undefined ? undefined : checkUid(params.study, "StudyInstanceUID");
-  await bucketOf(services, params.aet); // an unknown AET is a 404 before the body is looked at
+  // an unknown AET is a 404 before the body is looked at (in local zero-config mode it is created instead)
+  await bucketOf(services, params.aet, { create: true });
   const responseType = negotiateResponse(request.headers.get("accept"));
   const boundary = boundaryOf(request.headers.get("content-type"));
   const max = services.config.stowMaxBytes;

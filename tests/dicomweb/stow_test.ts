@@ -1086,3 +1086,26 @@ function encodingOf(bytes: Uint8Array): { explicit: boolean; little: boolean } {
   }
   return { explicit: true, little: true };
 }
+
+Deno.test("STOW-RS into an AET that does not exist yet", async (t) => {
+  const root = await Deno.makeTempDir({ prefix: "stow-new-aet-" });
+  try {
+    await t.step("zero-config local mode: its folder is made and the instance stored there", async () => {
+      const app = testHandler({ store: new FileStore(root), config: { DATA_DIR: root } });
+      const res = await result(await app.handler(stowRequest(`/aets/NEWAET/studies`, [{ bytes: inst(1) }])));
+      assert.equal(res.status, 200, res.warnings.join("; "));
+      assert.ok((await Deno.stat(`${root}/NEWAET/${keyOf(1)}`)).isFile);
+      assert.deepEqual(await (await app.fetch("/aets")).json(), ["NEWAET"]);
+      assert.ok(app.logs.some((line) => line.startsWith("Created the AET NEWAET")), app.logs.join("\n"));
+    });
+    await t.step("with AETS fixed, an unknown AET stays a 404 and nothing is made", async () => {
+      const app = testHandler({ store: new FileStore(root), config: { DATA_DIR: root, AETS: "NEWAET" } });
+      const response = await app.handler(stowRequest(`/aets/OTHER/studies`, [{ bytes: inst(1) }]));
+      assert.equal(response.status, 404);
+      assert.match((await response.json()).error, /Unknown AET "OTHER"/);
+      assert.equal(await Deno.stat(`${root}/OTHER`).then(() => true, () => false), false);
+    });
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
