@@ -29,7 +29,7 @@ import { ConfigError, loadConfig, parseConfig } from "../config/config.ts";
 import { assembleServices, openCatalog, openStore } from "../app/open.ts";
 import { completeServices, type Services } from "../dicomweb/services.ts";
 import { Ingest } from "../dicomweb/stow.ts";
-import type { Outcome } from "../dicomweb/stow.ts";
+import { FAILURE, type Outcome } from "../dicomweb/stow.ts";
 import type { ObjectStore } from "../store/store.ts";
 import type { Catalog } from "../catalog/catalog.ts";
 import { findFiles, type Found, type FoundFile } from "./import_sources.ts";
@@ -40,9 +40,6 @@ const USAGE = "Usage: deno task import PATH... [--aet AET] [--overwrite] [--conc
   "  --aet AET          the AET to store into (default: the only one; a new one is created in local mode)\n" +
   "  --overwrite        replace a stored object that differs (default: report it as a conflict)\n" +
   "  --concurrency N    files stored at once (default S3_CONCURRENCY)";
-
-/** Failure Reason 0111 (`FAILURE.conflict` of the ingest): a different object is stored under the key. */
-const CONFLICT = 0x0111;
 
 /** Files per {@linkcode Ingest.store} call: its outcomes are reported when it ends. */
 const BATCH = 64;
@@ -373,7 +370,7 @@ function record(
     if (outcome.note) console.error(`${name}: ${outcome.note}`);
     return;
   }
-  if (outcome.reason === CONFLICT && !overwrite) tally.conflicts++;
+  if (outcome.reason === FAILURE.conflict && !overwrite) tally.conflicts++;
   // the ingest numbers parts as STOW-RS does; here the file's name says which
   reject(name, outcome.message.replace(/"[Pp]art \d+"/, "it").replace(/\b[Pp]art \d+\b/, "the file"));
 }

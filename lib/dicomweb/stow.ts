@@ -50,6 +50,7 @@ import { type Gates, StowJob } from "./stow_job.ts";
 import { type Outcome, storeResponse } from "./stow_response.ts";
 
 export type { Failed, Outcome, Stored } from "./stow_response.ts";
+export { FAILURE } from "./stow_response.ts";
 
 /** Options for {@linkcode Ingest}. */
 export interface StowOptions {

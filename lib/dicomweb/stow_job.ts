@@ -18,6 +18,7 @@ import type { CatalogBatch } from "../catalog/batch.ts";
 import type { Gate } from "../util/gate.ts";
 import { FAILURE, type Outcome } from "./stow_response.ts";
 import {
+  checkDicm,
   identify,
   identifyPrefix,
   type Identity,
@@ -159,6 +160,7 @@ export class StowJob {
     let id: Identity | undefined;
     let header: Part10Header;
     try {
+      checkDicm(bytes, name);
       header = await readHeader(memorySource(bytes, name), this.#parseOptions());
       id = identify(header, name);
       if (!header.deflated) {

@@ -203,18 +203,24 @@ export function identify(header: Part10Header, name: string): Identity {
   return checkIdentity(name, meta.transferSyntaxUid, values);
 }
 
+/**
+ * Refuses (C000) bytes that do not start as a Part 10 file: a preamble and "DICM". STOW-RS and the importer
+ * take only Part 10 files; a raw data set (a legacy file the server would read) must be given File Meta first.
+ */
+export function checkDicm(bytes: Uint8Array, name: string): void {
+  if (bytes.byteLength >= 132 && latin1(bytes.subarray(128, 132)) === "DICM") return;
+  throw new Refusal(
+    FAILURE.cannotUnderstand,
+    `Cannot store ${name}: not a DICOM Part 10 file ("DICM" missing at offset 128)`,
+  );
+}
+
 /** The identity of a part from its first bytes, and the structure check to carry on with. */
 export function identifyPrefix(
   prefix: Uint8Array,
   name: string,
 ): { id: Identity; check: Part10Check; datasetOffset: number } {
-  const dicm = prefix.byteLength >= 132 && latin1(prefix.subarray(128, 132)) === "DICM";
-  if (!dicm) {
-    throw new Refusal(
-      FAILURE.cannotUnderstand,
-      `Cannot store ${name}: not a DICOM Part 10 object ("DICM" missing at offset 128)`,
-    );
-  }
+  checkDicm(prefix, name);
   const meta = readFileMeta(prefix, name);
   if (meta === null || meta.end <= 132) {
     throw new Refusal(
