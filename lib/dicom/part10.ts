@@ -17,11 +17,14 @@
  * @module
  */
 
+import { inflateRaw as inflateRawCallback } from "node:zlib";
+import { promisify } from "node:util";
 import { MalformedError, OutOfRangeError } from "../util/errors.ts";
 import type { DicomDataset, DicomElement, Part10Header } from "./dataset.ts";
 import { NeedInflate, NeedMore, Reader, SparseBytes } from "./part10_bytes.ts";
 import { HeaderJob, limitsOf, parseMeta } from "./part10_parser.ts";
-import { concatBytes } from "../util/bytes.ts";
+
+const inflate = promisify(inflateRawCallback);
 
 /** Random access to an object's bytes (an S3 object via ranged GETs, a file, a buffer). */
 export interface RangeSource {
@@ -105,48 +108,31 @@ export async function inflateObject(
 ): Promise<Uint8Array> {
   const { datasetOffset } = parseMeta(readerOf(bytes, name));
   const max = options.maxInflatedBytes ?? 512 * 1024 * 1024;
-  const deflated = bytes.subarray(datasetOffset);
-  let result = await inflateRaw(deflated, max, name);
-  if (!result) {
-    // Some writers leave bytes after the end of the deflate stream, which DecompressionStream rejects: find the
-    // longest prefix (within the last 64 KiB) that inflates cleanly.
-    let lo = Math.max(0, deflated.length - 65536);
-    let hi = deflated.length - 1;
-    if (!await inflateRaw(deflated.subarray(0, lo), max, name)) hi = -1;
-    while (lo < hi) {
-      const mid = Math.ceil((lo + hi) / 2);
-      if (await inflateRaw(deflated.subarray(0, mid), max, name)) lo = mid;
-      else hi = mid - 1;
-    }
-    if (hi < 0) {
-      throw new MalformedError(
-        `Cannot parse "${name}": the deflated data set at offset ${datasetOffset} is corrupt`,
-      );
-    }
-    result = (await inflateRaw(deflated.subarray(0, lo), max, name))!;
-  }
+  // node:zlib stops at the end of the deflate stream (some writers leave bytes after it) and bounds the
+  // output; its memory is freed at once (DecompressionStream's waited for a garbage collection).
+  const result = await inflateRaw(bytes.subarray(datasetOffset), max, name, datasetOffset);
   const out = new Uint8Array(datasetOffset + result.length);
   out.set(bytes.subarray(0, datasetOffset));
   out.set(result, datasetOffset);
   return out;
 }
 
-/** Inflates raw deflate data; undefined when the stream is corrupt (or followed by other bytes). */
-async function inflateRaw(input: Uint8Array, max: number, name: string): Promise<Uint8Array | undefined> {
-  const chunks: Uint8Array[] = [];
-  let total = 0;
+/** Inflates raw deflate data of at most `max` bytes; bytes after the end of the stream are ignored. */
+async function inflateRaw(input: Uint8Array, max: number, name: string, offset: number): Promise<Uint8Array> {
   try {
-    const stream = new Blob([input.slice()]).stream().pipeThrough(new DecompressionStream("deflate-raw"));
-    for await (const chunk of stream) {
-      total += chunk.length;
-      if (total > max) throw new OutOfRangeError(`the deflated data set inflates to more than ${max} bytes`);
-      chunks.push(chunk);
-    }
+    return await inflate(input, { maxOutputLength: max });
   } catch (e) {
-    if (e instanceof RangeError) throw new MalformedError(`Cannot parse "${name}": ${e.message}`);
-    return undefined;
+    if ((e as { code?: string }).code === "ERR_BUFFER_TOO_LARGE") {
+      throw new OutOfRangeError(
+        `Cannot parse "${name}": the deflated data set inflates to more than ${max} bytes`,
+      );
+    }
+    throw new MalformedError(
+      `Cannot parse "${name}": the deflated data set at offset ${offset} is corrupt (${
+        (e as Error).message
+      })`,
+    );
   }
-  return concatBytes(chunks, total);
 }
 
 /**

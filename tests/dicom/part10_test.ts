@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { parseBuffer, parseObject, readHeader } from "../../lib/dicom/part10.ts";
 import { buildPart10, corpusDir, EBE, ELE, type Fx, ILE, memorySource } from "../_dicom_fixtures.ts";
 import { type DicomDataset, getNumber, getNumbers, getString, getStrings } from "../../lib/dicom/dataset.ts";
+import { MalformedError, OutOfRangeError } from "../../lib/util/errors.ts";
 
 const SAMPLE: Fx[] = [
   { tag: 0x00080005, vr: "CS", value: "ISO_IR 100" },
@@ -245,6 +246,19 @@ Deno.test("readHeader() and parseObject() inflate deflated data sets", async () 
   assert.equal(getString(header.dataset, 0x00100010), "Müller^Hans");
   assert.equal(getString((await parseObject(bytes, "d.dcm")).dataset, 0x00080018), "1.2.3.4.5");
   assert.throws(() => parseBuffer(bytes, "d.dcm"), /Cannot parse "d.dcm": the data set is deflated/);
+  // bounded: a data set that inflates past maxInflatedBytes is refused, not read into memory
+  await assert.rejects(
+    readHeader(memorySource(bytes), { maxInflatedBytes: plain.length - 1 }),
+    (e: Error) => e instanceof OutOfRangeError && /inflates to more than/.test(e.message),
+  );
+  // a corrupt or cut stream is a MalformedError naming the object and the offset
+  const cut = bytes.subarray(0, meta.length + Math.floor(deflated.length / 2));
+  await assert.rejects(
+    readHeader(memorySource(cut, "cut.dcm")),
+    (e: Error) =>
+      e instanceof MalformedError &&
+      /"cut.dcm": the deflated data set at offset \d+ is corrupt/.test(e.message),
+  );
 });
 
 Deno.test("parseBuffer() rejects malformed input with the object name and an offset", async (t) => {
