@@ -232,6 +232,9 @@ type Prepared =
     text: string;
   };
 
+/** A prepared instance to be indexed. */
+type Indexed = Extract<Prepared, { outcome: "indexed" }>;
+
 /** Series (`study\0series`) and studies whose counts to refresh at the end of a transaction. */
 interface Touched {
   series: Set<string>;
@@ -624,6 +627,20 @@ export class PostgresCatalog implements Catalog {
   ): Promise<PromiseSettledResult<RecordOutcome>[]> {
     return this.#write("a write", aet, bucket, async (tx, touched) => {
       await tx`INSERT INTO aets (aet, bucket) VALUES (${aet}, ${bucket}) ON CONFLICT (aet) DO NOTHING`;
+      if (!savepoints) {
+        const ready = prepared.filter((item): item is Prepared => !("error" in item));
+        const keys = new Set(ready.map((item) => item.info.key));
+        if (keys.size === ready.length && ready.every((item) => item.outcome === "indexed")) {
+          // the usual batch (STOW-RS): distinct keys, all to be indexed: a few statements for the whole batch
+          await this.#recordMany(tx, aet, ready as Indexed[], touched);
+          for (const key of keys) touched.keys.add(key);
+          return prepared.map((item): PromiseSettledResult<RecordOutcome> =>
+            "error" in item
+              ? { status: "rejected", reason: item.error }
+              : { status: "fulfilled", value: "indexed" }
+          );
+        }
+      }
       const results: PromiseSettledResult<RecordOutcome>[] = [];
       for (const item of prepared) {
         if ("error" in item) {
@@ -663,6 +680,115 @@ export class PostgresCatalog implements Catalog {
     const mismatch = keyMismatch(uids, columns);
     if (mismatch !== undefined) return { outcome: "failed", info, reason: mismatch };
     return { outcome: "indexed", info, uids, json, columns, text: documentText(json) };
+  }
+
+  /**
+   * Files prepared instances of distinct keys, all to be indexed, in four statements (the objects and documents;
+   * then, pipelined, the change feed entries and the series rows), with the effects {@linkcode #record} has
+   * called item by item: each item reads the series row as the items before it left it.
+   */
+  async #recordMany(tx: Tx, aet: string, items: Indexed[], touched: Touched): Promise<void> {
+    const input = items.map((item, ord) => ({
+      ord,
+      key: item.info.key,
+      size: item.info.size,
+      etag: item.info.etag,
+      study: item.uids.study,
+      series: item.uids.series,
+      sop: item.uids.instance,
+      sop_class: item.columns.sopClass ?? null,
+      instance_number: item.columns.instanceNumber ?? null,
+      doc: item.text,
+    }));
+    const rows = await tx<
+      { ord: number; previous: number | null; previous_etag: string | null; source_key: string | null }[]
+    >`
+      WITH input AS (SELECT * FROM json_to_recordset(${JSON.stringify(input)}::text::json) AS r(ord integer,
+        key text COLLATE "C", size bigint, etag text, study text COLLATE "C", series text COLLATE "C",
+        sop text COLLATE "C", sop_class text COLLATE "C", instance_number bigint, doc text)),
+      previous AS (SELECT o.key, o.state, o.etag FROM objects o JOIN input i ON o.aet = ${aet} AND o.key = i.key),
+      o AS (
+        INSERT INTO objects (aet, key, size, etag, study, series, sop, state, seen_at, sop_class, instance_number)
+        SELECT ${aet}, i.key, i.size, i.etag, i.study, i.series, i.sop, ${INDEXED}, catalog_now_ms(), i.sop_class,
+          i.instance_number
+        FROM input i ORDER BY i.ord
+        ON CONFLICT (aet, key) DO UPDATE SET size = excluded.size, etag = excluded.etag, study = excluded.study,
+          series = excluded.series, sop = excluded.sop, state = excluded.state, error = NULL,
+          seen_at = excluded.seen_at, sop_class = excluded.sop_class, instance_number = excluded.instance_number
+        RETURNING id, key),
+      d AS (INSERT INTO documents (id, json) SELECT o.id, i.doc FROM o JOIN input i ON i.key = o.key
+        ON CONFLICT (id) DO UPDATE SET json = excluded.json)
+      SELECT i.ord, p.state AS previous, p.etag AS previous_etag,
+        (SELECT se.source_key FROM series se WHERE se.aet = ${aet} AND se.study = i.study AND se.series = i.series)
+          AS source_key
+      FROM input i LEFT JOIN previous p ON p.key = i.key ORDER BY i.ord`;
+    const creates: typeof input = [];
+    const puts: Record<string, SqlValue>[] = [];
+    /** The series rows' source keys as the items filed so far leave them. */
+    const sources = new Map<string, string | null>();
+    for (const row of rows) {
+      const item = items[row.ord];
+      const { info, uids } = item;
+      if (!(row.previous === INDEXED && row.previous_etag === info.etag)) creates.push(input[row.ord]);
+      const pair = `${uids.study}\0${uids.series}`;
+      const source = sources.has(pair) ? sources.get(pair)! : row.source_key;
+      let refresh = row.previous === null || (row.previous !== LISTED && row.previous !== INDEXED);
+      if (source === null || source === info.key) {
+        const record = instanceRecord(item.json);
+        const c = record.seriesColumns;
+        puts.push({
+          study: record.study!,
+          series: record.series!,
+          modality: c.modality ?? null,
+          series_number: c.number ?? null,
+          pps_date: c.ppsDate ?? null,
+          pps_time: c.ppsTime ?? null,
+          pps_time_high: c.ppsTimeHigh ?? null,
+          json: stringifyDicomJson(record.seriesJson),
+          study_json: stringifyDicomJson(record.studyJson),
+          source_key: info.key,
+          source_etag: info.etag,
+        });
+        sources.set(pair, info.key);
+        refresh = true;
+      } else {
+        sources.set(pair, source);
+      }
+      if (refresh) {
+        touched.series.add(pair);
+        touched.studies.add(uids.study);
+      }
+      touched.present.add(pair);
+    }
+    const [feed] = await Promise.all([
+      creates.length === 0 ? [] : tx<FeedRow[]>`
+        WITH input AS (SELECT * FROM json_to_recordset(${
+        JSON.stringify(creates.map(({ ord, key, study, series, sop }) => ({ ord, key, study, series, sop })))
+      }::text::json) AS r(ord integer, key text COLLATE "C", study text COLLATE "C", series text COLLATE "C",
+          sop text COLLATE "C")),
+        replaced AS (UPDATE changefeed c SET state = ${REPLACED} FROM input i
+          WHERE c.aet = ${aet} AND c.key = i.key AND c.state = ${CURRENT})
+        INSERT INTO changefeed (aet, key, study, series, sop, action, state, at)
+        SELECT ${aet}, i.key, i.study, i.series, i.sop, ${CREATE}, ${CURRENT}, catalog_now_ms()
+        FROM input i ORDER BY i.ord
+        RETURNING seq, study, series, sop, action, state, at, NULL AS json`,
+      puts.length === 0 ? [] : tx`
+        INSERT INTO series (aet, study, series, modality, series_number, pps_date, pps_time, pps_time_high, json,
+          study_json, source_key, source_etag)
+        SELECT ${aet}, r.study, r.series, r.modality, r.series_number, r.pps_date, r.pps_time, r.pps_time_high,
+          r.json, r.study_json, r.source_key, r.source_etag
+        FROM json_to_recordset(${JSON.stringify(puts)}::text::json) AS r(study text COLLATE "C",
+          series text COLLATE "C", modality text COLLATE "C", series_number bigint, pps_date text COLLATE "C",
+          pps_time text COLLATE "C", pps_time_high text COLLATE "C", json text, study_json text,
+          source_key text COLLATE "C", source_etag text)
+        ON CONFLICT (aet, study, series) DO UPDATE SET modality = excluded.modality,
+          series_number = excluded.series_number, pps_date = excluded.pps_date, pps_time = excluded.pps_time,
+          pps_time_high = excluded.pps_time_high, json = excluded.json, study_json = excluded.study_json,
+          source_key = excluded.source_key, source_etag = excluded.source_etag`,
+    ]);
+    for (const row of [...feed].sort((a, b) => Number(a.seq) - Number(b.seq))) {
+      touched.feed.push(feedEntry(aet, row));
+    }
   }
 
   /** Files one prepared instance (inside a transaction); the series and study to refresh go to `touched`. */
@@ -776,20 +902,101 @@ export class PostgresCatalog implements Catalog {
   }
 
   /**
-   * Rebuilds the missing series rows and refreshes the counts of what `touched` names. The series (then the
-   * studies) are independent of each other, so their statements are sent together (pipelined on the one
-   * connection of the transaction, executed in order by the server).
+   * Rebuilds the missing series rows and refreshes the counts of what `touched` names: the rebuilds pipelined
+   * (independent of each other), then one statement for the series counts and one read for the studies (sent
+   * together: the server runs them in order), then one delete and one upsert for the studies.
    */
   async #refresh(tx: Tx, aet: string, touched: Touched): Promise<void> {
-    await Promise.all([...touched.series].map(async (pair) => {
-      const [study, series] = pair.split("\0");
-      if (!touched.present.has(pair)) await this.#rebuildSeries(tx, aet, study, series);
-      await this.#refreshSeries(tx, aet, study, series);
-    }));
-    await Promise.all([...touched.studies].map((study) => this.#refreshStudy(tx, aet, study)));
+    const series = [...touched.series].map((pair) => pair.split("\0"));
+    const studies = [...touched.studies];
     touched.series.clear();
     touched.studies.clear();
+    await Promise.all(
+      series.filter(([study, uid]) => !touched.present.has(`${study}\0${uid}`))
+        .map(([study, uid]) => this.#rebuildSeries(tx, aet, study, uid)),
+    );
     touched.present.clear();
+    if (series.length === 0 && studies.length === 0) return;
+    const [, counts] = await Promise.all([
+      series.length === 0 ? [] : tx`
+        WITH t AS (SELECT * FROM json_to_recordset(${
+        JSON.stringify(series.map(([study, uid]) => ({ study, series: uid })))
+      }::text::json) AS r(study text COLLATE "C", series text COLLATE "C")),
+        n AS (SELECT t.study, t.series, (SELECT count(*) FROM objects o WHERE o.aet = ${aet} AND o.study = t.study
+          AND o.series = t.series AND o.state IN (${LISTED}, ${INDEXED})) AS n FROM t),
+        gone AS (DELETE FROM series se USING n WHERE se.aet = ${aet} AND se.study = n.study
+          AND se.series = n.series AND n.n = 0)
+        UPDATE series se SET num_instances = n.n FROM n
+        WHERE se.aet = ${aet} AND se.study = n.study AND se.series = n.series AND n.n > 0
+          AND se.num_instances <> n.n`,
+      studies.length === 0 ? [] : tx<
+        {
+          study: string;
+          study_json: string | null;
+          modalities: (string | null)[] | null;
+          series: number;
+          instances: number;
+          classes: string[] | null;
+        }[]
+      >`
+        WITH t AS (SELECT * FROM json_to_recordset(${
+        JSON.stringify(studies.map((study) => ({ study })))
+      }::text::json) AS r(study text COLLATE "C"))
+        SELECT t.study, f.study_json, m.modalities, c.series, c.instances, c.classes
+        FROM t
+        LEFT JOIN LATERAL (SELECT se.study_json FROM series se WHERE se.aet = ${aet} AND se.study = t.study
+          ORDER BY se.series LIMIT 1) f ON TRUE
+        LEFT JOIN LATERAL (SELECT array_agg(se.modality) AS modalities FROM series se
+          WHERE se.aet = ${aet} AND se.study = t.study) m ON TRUE
+        LEFT JOIN LATERAL (SELECT count(DISTINCT o.series) AS series, count(*) AS instances,
+          array_agg(DISTINCT o.sop_class ORDER BY o.sop_class) FILTER (WHERE o.sop_class IS NOT NULL) AS classes
+          FROM objects o WHERE o.aet = ${aet} AND o.study = t.study AND o.state IN (${LISTED}, ${INDEXED})) c
+          ON TRUE`,
+    ]);
+    const gone: string[] = [];
+    const rows: Record<string, SqlValue>[] = [];
+    for (const row of counts) {
+      if (row.study_json === null || row.instances === 0) {
+        gone.push(row.study);
+        continue;
+      }
+      const c = studyColumns(JSON.parse(row.study_json));
+      const modalities = [...new Set((row.modalities ?? []).filter((m): m is string => !!m))].sort();
+      rows.push({
+        study: row.study,
+        study_date: c.date ?? null,
+        study_time: c.time ?? null,
+        study_time_high: c.timeHigh ?? null,
+        accession: c.accession ?? null,
+        referring: c.referring ?? null,
+        patient_name: c.patientName ?? null,
+        patient_id: c.patientId ?? null,
+        study_id: c.studyId ?? null,
+        modalities: modalities.join("\\"),
+        sop_classes: (row.classes ?? []).join("\\"),
+        num_series: row.series,
+        num_instances: row.instances,
+        json: row.study_json,
+      });
+    }
+    await Promise.all([
+      gone.length === 0 ? [] : tx`DELETE FROM studies WHERE aet = ${aet} AND study = ANY(${gone})`,
+      rows.length === 0 ? [] : tx`
+        INSERT INTO studies (aet, study, study_date, study_time, study_time_high, accession, referring, patient_name,
+          patient_id, study_id, modalities, sop_classes, num_series, num_instances, json)
+        SELECT ${aet}, r.study, r.study_date, r.study_time, r.study_time_high, r.accession, r.referring,
+          r.patient_name, r.patient_id, r.study_id, r.modalities, r.sop_classes, r.num_series, r.num_instances, r.json
+        FROM json_to_recordset(${JSON.stringify(rows)}::text::json) AS r(study text COLLATE "C",
+          study_date text COLLATE "C", study_time text COLLATE "C", study_time_high text COLLATE "C",
+          accession text COLLATE "C", referring text COLLATE "C", patient_name text COLLATE "C",
+          patient_id text COLLATE "C", study_id text COLLATE "C", modalities text, sop_classes text,
+          num_series integer, num_instances integer, json text)
+        ON CONFLICT (aet, study) DO UPDATE SET study_date = excluded.study_date, study_time = excluded.study_time,
+          study_time_high = excluded.study_time_high, accession = excluded.accession, referring = excluded.referring,
+          patient_name = excluded.patient_name, patient_id = excluded.patient_id, study_id = excluded.study_id,
+          modalities = excluded.modalities, sop_classes = excluded.sop_classes, num_series = excluded.num_series,
+          num_instances = excluded.num_instances, json = excluded.json`,
+    ]);
   }
 
   /** Rebuilds a missing series row from an indexed instance of it, if there is one; true when done. */
@@ -823,50 +1030,6 @@ export class PostgresCatalog implements Catalog {
         series_number = excluded.series_number, pps_date = excluded.pps_date, pps_time = excluded.pps_time,
         pps_time_high = excluded.pps_time_high, json = excluded.json, study_json = excluded.study_json,
         source_key = excluded.source_key, source_etag = excluded.source_etag`;
-  }
-
-  async #refreshSeries(tx: Tx, aet: string, study: string, series: string): Promise<void> {
-    await tx`
-      WITH n AS (SELECT count(*) AS n FROM objects
-        WHERE aet = ${aet} AND study = ${study} AND series = ${series} AND state IN (${LISTED}, ${INDEXED})),
-      gone AS (DELETE FROM series WHERE aet = ${aet} AND study = ${study} AND series = ${series}
-        AND (SELECT n FROM n) = 0)
-      UPDATE series SET num_instances = (SELECT n FROM n)
-      WHERE aet = ${aet} AND study = ${study} AND series = ${series} AND (SELECT n FROM n) > 0
-        AND num_instances <> (SELECT n FROM n)`;
-  }
-
-  async #refreshStudy(tx: Tx, aet: string, study: string): Promise<void> {
-    const [rows, [counts]] = await Promise.all([
-      tx<{ modality: string | null; study_json: string }[]>`
-        SELECT modality, study_json FROM series WHERE aet = ${aet} AND study = ${study} ORDER BY series`,
-      tx<{ series: number; instances: number; classes: string[] | null }[]>`
-        SELECT count(DISTINCT series) AS series, count(*) AS instances,
-          array_agg(DISTINCT sop_class ORDER BY sop_class) FILTER (WHERE sop_class IS NOT NULL) AS classes
-        FROM objects WHERE aet = ${aet} AND study = ${study} AND state IN (${LISTED}, ${INDEXED})`,
-    ]);
-    if (rows.length === 0 || counts.instances === 0) {
-      await tx`DELETE FROM studies WHERE aet = ${aet} AND study = ${study}`;
-      return;
-    }
-    const json = rows[0].study_json;
-    const c = studyColumns(JSON.parse(json));
-    const modalities = [...new Set(rows.map((r) => r.modality).filter((m): m is string => !!m))].sort();
-    await tx`
-      INSERT INTO studies (aet, study, study_date, study_time, study_time_high, accession, referring, patient_name,
-        patient_id, study_id, modalities, sop_classes, num_series, num_instances, json)
-      VALUES (${aet}, ${study}, ${c.date ?? null}, ${c.time ?? null}, ${c.timeHigh ?? null}, ${
-      c.accession ?? null
-    },
-        ${c.referring ?? null}, ${c.patientName ?? null}, ${c.patientId ?? null}, ${c.studyId ?? null},
-        ${modalities.join("\\")}, ${
-      (counts.classes ?? []).join("\\")
-    }, ${counts.series}, ${counts.instances}, ${json})
-      ON CONFLICT (aet, study) DO UPDATE SET study_date = excluded.study_date, study_time = excluded.study_time,
-        study_time_high = excluded.study_time_high, accession = excluded.accession, referring = excluded.referring,
-        patient_name = excluded.patient_name, patient_id = excluded.patient_id, study_id = excluded.study_id,
-        modalities = excluded.modalities, sop_classes = excluded.sop_classes, num_series = excluded.num_series,
-        num_instances = excluded.num_instances, json = excluded.json`;
   }
 
   // ---- crawling ----

@@ -18,6 +18,8 @@ import {
 import { type CatalogChange, CatalogUnavailableError } from "../../lib/catalog/catalog.ts";
 import { SCHEMA_VERSION } from "../../lib/catalog/postgres_schema.ts";
 import { parseBuffer } from "../../lib/dicom/part10.ts";
+import type { Catalog } from "../../lib/catalog/catalog.ts";
+import { buildPart10 } from "../_dicom_fixtures.ts";
 import { catalogContract, files, filled } from "./_catalog_contract.ts";
 import { postgresMissing, startPostgres, type TestPostgres } from "../_postgres.ts";
 import { skipBecause } from "../_skip.ts";
@@ -136,7 +138,10 @@ Deno.test({
         const until2 = Date.now() + 5000;
         while (heard.length < 2 && Date.now() < until2) await new Promise((r) => setTimeout(r, 20));
         assert.deepEqual(heard[1], { aet: "A", bucket: "a", keys: [f.key] });
-        assert.deepEqual(await b.search({ aet: "A", level: "instance", filters: [], limit: 10, offset: 0 }), []);
+        assert.deepEqual(
+          await b.search({ aet: "A", level: "instance", filters: [], limit: 10, offset: 0 }),
+          [],
+        );
         assert.equal((await b.latestChange("A", false))?.action, "delete");
         assert.deepEqual(fed, []);
       } finally {
@@ -178,6 +183,116 @@ Deno.test({
         await catalog.close();
       }
     });
+
+    await t.step(
+      "a batch of new and re-stored instances is filed as one call per instance would",
+      async () => {
+        // recordInstances() files a batch of distinct keys, all indexable, in a few statements for the whole batch
+        // (the STOW-RS path): its series rows, counts and change feed must be those of filing item by item.
+        const instance = (study: number, series: number, sop: number, modality: string, etag = "e1") => {
+          const st = `2.25.70${study}`, se = `${st}.${series}`, uid = `${se}.${sop}`;
+          const key = `${st}/${se}/${uid}.dcm`;
+          const bytes = buildPart10([
+            {
+              tag: 0x00080016,
+              vr: "UI",
+              value: sop % 2 ? "1.2.840.10008.5.1.4.1.1.2" : "1.2.840.10008.5.1.4.1.1.4",
+            },
+            { tag: 0x00080018, vr: "UI", value: uid },
+            { tag: 0x00080020, vr: "DA", value: `2020010${study}` },
+            { tag: 0x00080060, vr: "CS", value: modality },
+            { tag: 0x0008103e, vr: "LO", value: `SERIES ${series} ${etag}` },
+            { tag: 0x00100010, vr: "PN", value: `DOE^${etag.toUpperCase()}` },
+            { tag: 0x0020000d, vr: "UI", value: st },
+            { tag: 0x0020000e, vr: "UI", value: se },
+            { tag: 0x00200011, vr: "IS", value: String(series) },
+            { tag: 0x00200013, vr: "IS", value: String(10 - sop) },
+          ], { sopInstanceUid: uid });
+          return { info: { key, size: bytes.length, etag }, header: parseBuffer(bytes, key) };
+        };
+        const batches = [
+          [
+            instance(1, 1, 1, "CT"),
+            instance(1, 1, 2, "CT"),
+            instance(1, 2, 1, "MR"),
+            instance(1, 1, 3, "CT"),
+            instance(2, 1, 1, "US"),
+          ],
+          [
+            instance(1, 1, 4, "CT"), // a new instance before its series' representative's new version
+            instance(1, 1, 1, "PT", "e2"), // the representative, a new version: the series row follows it
+            instance(1, 1, 2, "CT"), // the same version again: no change feed entry
+            instance(1, 3, 2, "SR"), // a new series of two, the first filed represents it
+            instance(1, 3, 1, "SR"),
+            instance(3, 1, 1, "CR"), // a new study
+            instance(2, 1, 2, "US", "e2"),
+          ],
+          [instance(2, 1, 1, "US", "e3"), instance(1, 2, 1, "MR")],
+        ];
+        const one = await openPostgresCatalog(await server.createDatabase("one"), { log: () => {} });
+        const batched = await openPostgresCatalog(await server.createDatabase("batched"), { log: () => {} });
+        const state = async (catalog: Catalog) => {
+          const query = { aet: "A", filters: [], limit: 1000, offset: 0 };
+          const feed = await catalog.changeFeed({ aet: "A", limit: 100, offset: 0, includeMetadata: true });
+          return {
+            status: (await catalog.status("A")).map((s) => ({ ...s, completeAt: undefined })),
+            studies: await catalog.search({ ...query, level: "study" }),
+            series: await catalog.search({ ...query, level: "series" }),
+            instances: await catalog.search({ ...query, level: "instance" }),
+            metadata: await catalog.instanceMetadata("A", "2.25.701"),
+            feed: feed.map((entry) => ({ ...entry, time: 0 })),
+          };
+        };
+        try {
+          for (const batch of batches) {
+            const outcomes = [];
+            for (const { info, header } of batch) {
+              outcomes.push(await one.recordInstance("A", "a", info, header));
+            }
+            assert.deepEqual(
+              await batched.recordInstances("A", "a", batch),
+              outcomes.map((value) => ({ status: "fulfilled", value })),
+            );
+            assert.deepEqual(await state(batched), await state(one));
+          }
+          const [study] = await batched.search({
+            aet: "A",
+            level: "study",
+            study: "2.25.701",
+            filters: [],
+            limit: 1,
+            offset: 0,
+          });
+          assert.deepEqual([study.studySeries, study.studyInstances, study.modalities], [3, 7, [
+            "MR",
+            "PT",
+            "SR",
+          ]]);
+          const series = await batched.search({
+            aet: "A",
+            level: "series",
+            study: "2.25.701",
+            filters: [],
+            limit: 9,
+            offset: 0,
+          });
+          assert.deepEqual(series.map((s) => [s.series, s.seriesInstances]), [
+            ["2.25.701.1", 4],
+            ["2.25.701.2", 1],
+            ["2.25.701.3", 2],
+          ]);
+          const feed = await batched.changeFeed({ aet: "A", limit: 100, offset: 0, includeMetadata: false });
+          assert.equal(feed.length, 5 + 6 + 1);
+          assert.deepEqual(feed.filter((e) => e.sop === "2.25.701.1.1").map((e) => e.state), [
+            "replaced",
+            "current",
+          ]);
+        } finally {
+          await one.close();
+          await batched.close();
+        }
+      },
+    );
 
     await t.step("a locked table is bounded by the timeout", async () => {
       const url = await server.createDatabase("locked");
