@@ -425,8 +425,8 @@ async function* listInstanceKeys(
   signal?: AbortSignal,
 ): AsyncGenerator<string> {
   // the first keys soonest: the first GETs wait for them (a listing's time is mostly fixed cost, so a small
-  // first page comes sooner); `firstPage` is read by S3Store (its ListHint), ignored by the other stores
-  const options: ListOptions & { firstPage: number } = { signal, firstPage: FIRST_PAGE };
+  // first page comes sooner); stores without pages ignore `firstPage`
+  const options: ListOptions = { signal, firstPage: FIRST_PAGE };
   for await (const info of services.store.list(bucket, prefix, options)) {
     const uids = parseInstanceKey(info.key);
     if (uids === null || uids.study !== target.study) continue;

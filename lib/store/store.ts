@@ -67,6 +67,11 @@ export interface PutOptions {
 export interface ListOptions extends ReadOptions {
   /** Start listing after this key (exclusive). */
   startAfter?: string;
+  /**
+   * Keys wanted in the first page (a hint): a caller that wants the first keys soonest (a retrieve: its first
+   * GETs wait for them) says how many, whatever the prefix's last listing held. Stores without pages ignore it.
+   */
+  firstPage?: number;
 }
 
 /**

@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { FileStore } from "../../lib/store/file_store.ts";
 import { MemoryStore } from "../../lib/store/memory_store.ts";
 import { Http1Client } from "../../lib/store/s3/http1.ts";
-import { type ListHint, S3Store, type S3StoreOptions } from "../../lib/store/s3/s3_store.ts";
-import { StoreError } from "../../lib/store/store.ts";
+import { S3Store, type S3StoreOptions } from "../../lib/store/s3/s3_store.ts";
+import { type ListOptions, StoreError } from "../../lib/store/store.ts";
 import { startS3 } from "../_s3server.ts";
 import { assertSameBytes, bytes, list, readAll, storeContract } from "./_store_contract.ts";
 
@@ -274,7 +274,7 @@ Deno.test("S3Store passes the store contract and uploads large bodies in parts",
         assert.deepEqual(pages, ["21", "1000"]);
         // a caller that wants the first keys soonest says how many, whatever was remembered
         pages.length = 0;
-        const hinted: ListHint = { firstPage: 2 };
+        const hinted: ListOptions = { firstPage: 2 };
         assert.equal((await Array.fromAsync(listing.list(bucket, "listed/", hinted))).length, 22);
         assert.deepEqual(pages, ["2", "1000"]);
       } finally {

@@ -215,7 +215,7 @@ export class S3Store implements ObjectStore {
     const id = `${bucket}\u0000${prefix}`;
     const known = options.startAfter === undefined ? this.#listed.get(id) : undefined;
     // A caller that wants the first keys soonest (a retrieve: its first GETs wait for them) says how many.
-    const hint = (options as ListHint).firstPage;
+    const hint = options.firstPage;
     let size = hint !== undefined && Number.isSafeInteger(hint) && hint > 0
       ? Math.min(hint, this.#pageSize)
       : known === undefined
@@ -705,16 +705,6 @@ export class S3Store implements ObjectStore {
       this.#slots.release();
     }
   }
-}
-
-/**
- * What {@linkcode S3Store.list} also reads from its options: `firstPage`, the keys wanted in the first page
- * whatever the prefix's last listing held (a retrieve wants its first keys soonest; metadata wants them all in
- * one page). Other stores ignore it.
- */
-export interface ListHint extends ListOptions {
-  /** Keys in the first page (the next ones are whole pages). */
-  firstPage?: number;
 }
 
 /** An HTTP answer as {@linkcode S3Store} reads it: a `fetch` `Response` or an {@linkcode Http1Client} answer. */
