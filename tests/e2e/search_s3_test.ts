@@ -92,7 +92,7 @@ async function run(t: Deno.TestContext, store: ObjectStore, bucket: string): Pro
       assert.equal(aet.crawl!.last!.outcome, "complete");
       assert.equal(aet.crawl!.last!.listed, files.length + 1);
       assert.equal(aet.studies, STUDIES.length);
-      assert.equal(aet.pending, 0, "the background pass read every instance header");
+      assert.equal(aet.pending, 0, `the background pass read every instance header: ${JSON.stringify(aet)}`);
       const { body } = await getJson(`${base}/admin/index?aet=${AET}`);
       assert.deepEqual((body as { failures: { key: string }[] }).failures.map((f) => f.key), [GARBAGE_KEY]);
       const gets = server.store.calls.filter((c) => c.startsWith("get "));
