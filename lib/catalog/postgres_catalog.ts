@@ -460,7 +460,12 @@ export class PostgresCatalog implements Catalog {
     return this.#run(what, async (sql) => {
       let feed: ChangeFeedEntry[] = [];
       const result = await sql.begin(async (tx) => {
-        await tx`SELECT pg_advisory_xact_lock(${LOCK_CLASS.aet}, hashtext(${aet}))`;
+        // Every statement planned for its values: a generic plan cached while the tables were small (the first
+        // writes into an empty catalog) scans them whole once they have grown, and is kept until an ANALYZE.
+        await Promise.all([
+          tx`SET LOCAL plan_cache_mode = force_custom_plan`,
+          tx`SELECT pg_advisory_xact_lock(${LOCK_CLASS.aet}, hashtext(${aet}))`,
+        ]);
         const touched = untouched();
         const result = await fn(tx, touched);
         await this.#refresh(tx, aet, touched);
@@ -922,13 +927,15 @@ export class PostgresCatalog implements Catalog {
         WITH t AS (SELECT * FROM json_to_recordset(${
         JSON.stringify(series.map(([study, uid]) => ({ study, series: uid })))
       }::text::json) AS r(study text COLLATE "C", series text COLLATE "C")),
-        n AS (SELECT t.study, t.series, (SELECT count(*) FROM objects o WHERE o.aet = ${aet} AND o.study = t.study
-          AND o.series = t.series AND o.state IN (${LISTED}, ${INDEXED})) AS n FROM t),
-        gone AS (DELETE FROM series se USING n WHERE se.aet = ${aet} AND se.study = n.study
-          AND se.series = n.series AND n.n = 0)
-        UPDATE series se SET num_instances = n.n FROM n
-        WHERE se.aet = ${aet} AND se.study = n.study AND se.series = n.series AND n.n > 0
-          AND se.num_instances <> n.n`,
+        n AS MATERIALIZED (SELECT
+          (SELECT se.id FROM series se WHERE se.aet = ${aet} AND se.study = t.study AND se.series = t.series) AS id,
+          (SELECT count(*) FROM objects o WHERE o.aet = ${aet} AND o.study = t.study AND o.series = t.series
+            AND o.state IN (${LISTED}, ${INDEXED})) AS n
+          FROM t),
+        gone AS (DELETE FROM series WHERE id = ANY (ARRAY(SELECT id FROM n WHERE n = 0 AND id IS NOT NULL)))
+        UPDATE series se SET num_instances = (SELECT n.n FROM n WHERE n.id = se.id)
+        WHERE se.id = ANY (ARRAY(SELECT id FROM n WHERE n > 0 AND id IS NOT NULL))
+          AND se.num_instances <> (SELECT n.n FROM n WHERE n.id = se.id)`,
       studies.length === 0 ? [] : tx<
         {
           study: string;
