@@ -1,7 +1,7 @@
 /**
  * Search benchmark: `deno run -P=bench bench/qido_bench.ts [--studies 1000] [--series 3] [--instances 20]
  * [--qido-studies 10000] [--qido-studies-large 100000] [--samples 300] [--crawl 0] [--postgres 0]
- * [--clients 50] [--replica-requests 3000]`.
+ * [--clients 50] [--replica-requests 3000] [--fill-batch-large 500] [--sqlite 1]`.
  *
  * Against TEST_S3_ENDPOINT (e.g. Ceph RGW from ../shared/tools/ceph/start.sh) when set, else s3rver:
  * 1. uploads a generated bucket of tiny instances (N studies × M series × K instances);
@@ -11,12 +11,13 @@
  * 4. an incremental re-crawl of the unchanged bucket (counts object reads: expected 0);
  * 5. QIDO latency through `Deno.serve`: p50/p99 of `/studies?PatientName=*X*&limit=101` (and a few other shapes)
  *    over a catalog filled directly with `--qido-studies` studies, then `--qido-studies-large` (0: skipped);
- *    the fill goes through `recordInstances` in batches of 50, as STOW-RS files instances, and its rate is the
- *    catalog's STOW ingest rate.
+ *    the fill goes through `recordInstances` in batches of 50, as STOW-RS files instances, and its rate (time
+ *    inside `recordInstances`) is the catalog's STOW ingest rate; the large catalog is filled the same way in
+ *    batches of `--fill-batch-large` (500: a bench-only bulk fill, its rate printed too).
  *
  * Steps 2-5 run on SQLite and, when Debian's postgresql is installed (`--postgres 0` to skip), on PostgreSQL
  * (a throw-away cluster, tests/_postgres.ts). Then 6: three replicas (three handlers, each its own pool, one
- * database of `--qido-studies` studies) behind `Deno.serve` under `--clients` concurrent clients, p50/p99 and
+ * database of `--qido-studies-large` studies, or `--qido-studies` when that is 0) behind `Deno.serve` under `--clients` concurrent clients, p50/p99 and
  * requests/s. Targets (issue #17): PostgreSQL p50 ≤ 10 ms and p99 ≤ 50 ms at 100,000 studies; SQLite p50 ≤ 5 ms
  * at 10,000. Everything runs in this one process on this machine: the replicas share its cores.
  * Prints figures only; nothing is asserted on time.
@@ -53,9 +54,13 @@ const CRAWL = args.get("crawl") ?? 1;
 const QIDO_STUDIES_LARGE = args.get("qido-studies-large") ?? 100_000;
 const CLIENTS = args.get("clients") ?? 50;
 const REPLICA_REQUESTS = args.get("replica-requests") ?? 3000;
+/** The large catalog is filled through `recordInstances` in batches of this many (a bench-only bulk fill). */
+const FILL_BATCH_LARGE = args.get("fill-batch-large") ?? 500;
+/** `--sqlite 0` skips the SQLite QIDO part. */
+const SQLITE = args.get("sqlite") ?? 1;
 
 type Backend = "sqlite" | "postgres";
-const BACKENDS: Backend[] = ["sqlite"];
+const BACKENDS: Backend[] = SQLITE ? ["sqlite"] : [];
 let cluster: TestPostgres | undefined;
 if (import.meta.main && (args.get("postgres") ?? 1) !== 0) {
   const missing = await postgresMissing();
@@ -237,32 +242,41 @@ async function crawlBench(store: ObjectStore, bucket: string, backend: Backend):
   await catalog.close();
 }
 
-/** Files `studies` one-instance studies in batches of 50 (as STOW-RS does), reporting the rate. */
-async function fill(catalog: Catalog, studies: number): Promise<void> {
+/**
+ * Files `studies` one-instance studies through `recordInstances` in batches of `size` (50: as STOW-RS does),
+ * reporting the catalog's rate: the time inside `recordInstances` only (making and parsing the instances is not
+ * counted).
+ */
+async function fill(catalog: Catalog, studies: number, size: number): Promise<void> {
+  let inside = 0;
   const t = performance.now();
-  for (let first = 0; first < studies; first += 50) {
+  for (let first = 0; first < studies; first += size) {
     const batch: InstanceToRecord[] = [];
-    for (let s = first; s < Math.min(studies, first + 50); s++) {
+    for (let s = first; s < Math.min(studies, first + size); s++) {
       const { key, bytes } = instance(s, 0, 0, "2.25.88");
       batch.push({ info: { key, size: bytes.length, etag: "e" }, header: parseBuffer(bytes, key) });
     }
+    const started = performance.now();
     const results = await catalog.recordInstances("BENCH", "bench", batch);
+    inside += performance.now() - started;
     const failed = results.find((r) => r.status === "rejected");
     if (failed) throw (failed as PromiseRejectedResult).reason;
   }
   const seconds = (performance.now() - t) / 1000;
   console.log(
-    `fill (STOW ingest, batches of 50): ${fmt(studies)} instances in ${seconds.toFixed(1)} s (${
-      fmt(studies / seconds)
-    } instances/s)`,
+    `fill (${size === 50 ? "STOW ingest" : "bench bulk fill"}, recordInstances in batches of ${size}): ${
+      fmt(studies)
+    } instances in ${(inside / 1000).toFixed(1)} s inside recordInstances (${
+      fmt(studies / (inside / 1000))
+    } instances/s; ${seconds.toFixed(1)} s with making the instances)`,
   );
 }
 
-async function qidoBench(backend: Backend, studies: number): Promise<string | undefined> {
+async function qidoBench(backend: Backend, studies: number, batch: number): Promise<string | undefined> {
   console.log(`\n== QIDO over ${fmt(studies)} studies on ${backend} (catalog filled directly)`);
   const config = parseConfig({ AETS: "BENCH=bench" });
   const { catalog, url } = await openBackend(backend);
-  await fill(catalog, studies);
+  await fill(catalog, studies, batch);
   let t: number;
   const { MemoryStore } = await import("../lib/store/memory_store.ts");
   const store = new MemoryStore(["bench"]);
@@ -408,12 +422,16 @@ if (import.meta.main && CRAWL) {
 if (import.meta.main) {
   try {
     let replicaUrl: string | undefined;
+    let replicaStudies = QIDO_STUDIES;
     for (const backend of BACKENDS) {
-      const url = await qidoBench(backend, QIDO_STUDIES);
+      const url = await qidoBench(backend, QIDO_STUDIES, 50);
       if (backend === "postgres") replicaUrl = url;
-      if (QIDO_STUDIES_LARGE > 0) await qidoBench(backend, QIDO_STUDIES_LARGE);
+      if (QIDO_STUDIES_LARGE > 0) {
+        const large = await qidoBench(backend, QIDO_STUDIES_LARGE, FILL_BATCH_LARGE);
+        if (backend === "postgres") [replicaUrl, replicaStudies] = [large, QIDO_STUDIES_LARGE];
+      }
     }
-    if (replicaUrl !== undefined) await replicaBench(replicaUrl, QIDO_STUDIES);
+    if (replicaUrl !== undefined) await replicaBench(replicaUrl, replicaStudies);
   } finally {
     await cluster?.stop();
   }
