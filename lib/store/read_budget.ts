@@ -24,7 +24,8 @@ interface Budget {
  * open always proceeds, and a wait longer than `maxWaitMs` (default 10 s) proceeds anyway, so a request that
  * reads a header range while the same object streams cannot deadlock on itself. Reads outside a scope
  * (background work such as crawls) are not counted. Whole-object reads are counted once the store says how
- * long they are (no extra HEAD); ranged reads before they are sent.
+ * long they are (no extra HEAD); ranged reads before they are sent. A whole object read through its reader
+ * costs one promise reaction per read (no stream layer), and the response costs no context switch per chunk.
  *
  * @example
  * ```ts ignore
@@ -59,19 +60,7 @@ export class ReadBudget {
     return await this.#context.run(budget, async () => {
       const response = await handler();
       if (response.body === null) return response;
-      const reader = response.body.getReader();
-      const enter = AsyncLocalStorage.snapshot();
-      const body = new ReadableStream<Uint8Array>({
-        async pull(controller) {
-          const { value, done } = await enter(() => reader.read());
-          if (done) controller.close();
-          else controller.enqueue(value);
-        },
-        cancel(reason) {
-          return enter(() => reader.cancel(reason));
-        },
-      }, { highWaterMark: 0 });
-      return new Response(body, {
+      return new Response(readInContext(response.body), {
         status: response.status,
         statusText: response.statusText,
         headers: response.headers,
@@ -124,7 +113,14 @@ export class ReadBudget {
         release();
         return null;
       }
-      return { ...object, body: releaseStream(object.body, release) };
+      // A whole object is read through its reader (openInstance): watched there, no stream layer per read.
+      // A range is mostly read by `new Response(body)`, which takes no reader: a byte stream layer counts it.
+      return {
+        ...object,
+        body: range === undefined
+          ? new ReleasingBody(object.body, release)
+          : releaseStream(object.body, release),
+      };
     };
     return {
       get kind() {
@@ -187,6 +183,150 @@ function give(budget: Budget, bytes: number): void {
 }
 
 /**
+ * `stream` read by a loop started in the caller's async context (the request's budget), so each read of it,
+ * and every store `get` such a read starts, runs in that context although the HTTP server pulls the body from
+ * outside it: an `await` resumes in the context it was started in, so no per-chunk context switch is needed.
+ * Nothing is read ahead of the consumer.
+ */
+function readInContext(stream: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+  const reader = stream.getReader();
+  // a cancel from outside runs in the request's context too (once, not per chunk)
+  const enter = AsyncLocalStorage.snapshot();
+  let controller!: ReadableStreamDefaultController<Uint8Array>;
+  /** The consumer's pending pull, answered by the loop. */
+  let asked: { resolve: () => void; reject: (error: unknown) => void } | undefined;
+  /** Wakes the loop when it waits for a pull. */
+  let wake: (() => void) | undefined;
+  let cancelled = false;
+  const out = new ReadableStream<Uint8Array>({
+    start(c) {
+      controller = c;
+    },
+    pull() {
+      return new Promise<void>((resolve, reject) => {
+        asked = { resolve, reject };
+        const w = wake;
+        wake = undefined;
+        w?.();
+      });
+    },
+    cancel(reason) {
+      cancelled = true;
+      const w = wake;
+      wake = undefined;
+      w?.();
+      return enter(() => reader.cancel(reason));
+    },
+  }, { highWaterMark: 0 });
+  const loop = async () => {
+    for (;;) {
+      if (asked === undefined) await new Promise<void>((resolve) => (wake = resolve));
+      if (cancelled) return;
+      const answer = asked!;
+      let result: ReadableStreamReadResult<Uint8Array>;
+      try {
+        result = await reader.read();
+      } catch (error) {
+        asked = undefined;
+        answer.reject(error);
+        return;
+      }
+      asked = undefined;
+      if (cancelled) return answer.resolve();
+      if (result.done) {
+        controller.close();
+        return answer.resolve();
+      }
+      controller.enqueue(result.value);
+      answer.resolve();
+    }
+  };
+  loop();
+  return out;
+}
+
+/**
+ * A whole object's body that calls `release` once when it ends, fails or is cancelled, at the cost of one
+ * promise reaction per read and no stream layer: {@linkcode ReleasingBody.getReader} (how `openInstance` reads
+ * a whole object) hands out the store's own reader with its `read` and `cancel` watched, so a byte stream stays
+ * one (BYOB reads land in the reader's buffer). What reads the stream without `getReader` — `new Response(body)`,
+ * `pipeTo`, `for await` — reads this stream itself: a layer that takes the store's reader on its first pull.
+ */
+class ReleasingBody extends ReadableStream<Uint8Array> {
+  readonly #store: ReadableStream<Uint8Array>;
+  readonly #release: () => void;
+
+  constructor(store: ReadableStream<Uint8Array>, release: () => void) {
+    let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
+    super({
+      async pull(controller) {
+        try {
+          reader ??= store.getReader();
+          const { value, done } = await reader.read();
+          if (done) {
+            release();
+            controller.close();
+          } else controller.enqueue(value);
+        } catch (error) {
+          release();
+          throw error;
+        }
+      },
+      async cancel(reason) {
+        release();
+        await (reader ?? store).cancel(reason);
+      },
+    }, { highWaterMark: 0 });
+    this.#store = store;
+    this.#release = release;
+  }
+
+  /** Locked while this stream or the store's is being read. */
+  override get locked(): boolean {
+    return super.locked || this.#store.locked;
+  }
+
+  /** The store's own reader, watched (this stream's when it is already being read, which refuses). */
+  override getReader(options: { mode: "byob" }): ReadableStreamBYOBReader;
+  override getReader(options?: { mode?: undefined }): ReadableStreamDefaultReader<Uint8Array>;
+  override getReader(
+    options?: { mode?: "byob" },
+  ): ReadableStreamDefaultReader<Uint8Array> | ReadableStreamBYOBReader {
+    if (super.locked) return super.getReader(options as { mode: "byob" });
+    const reader = this.#store.getReader(options as { mode: "byob" }) as
+      | ReadableStreamDefaultReader<Uint8Array>
+      | ReadableStreamBYOBReader;
+    const release = this.#release;
+    const read = reader.read as (...args: unknown[]) => Promise<ReadableStreamReadResult<Uint8Array>>;
+    const cancel = reader.cancel;
+    const ended = (result: ReadableStreamReadResult<Uint8Array>) => {
+      if (result.done) release();
+      return result;
+    };
+    const failed = (error: unknown): never => {
+      release();
+      throw error;
+    };
+    (reader as { read: unknown }).read = (...args: unknown[]) => read.apply(reader, args).then(ended, failed);
+    reader.cancel = (reason?: unknown) => {
+      release();
+      return cancel.call(reader, reason);
+    };
+    return reader;
+  }
+
+  /** Cancels the store's stream (refused while either is being read, as any stream's `cancel`). */
+  override cancel(reason?: unknown): Promise<void> {
+    if (super.locked) return super.cancel(reason);
+    if (this.#store.locked) {
+      return Promise.reject(new TypeError("Cannot cancel a stream that is being read: cancel its reader"));
+    }
+    this.#release();
+    return this.#store.cancel(reason);
+  }
+}
+
+/**
  * `stream` calling `release` once when it ends, fails or is cancelled. A byte stream stays a byte stream
  * (BYOB reads go straight into the reader's buffer, so the budget costs no copy and no small chunks).
  */
@@ -198,7 +338,7 @@ function releaseStream(
   try {
     byob = stream.getReader({ mode: "byob" });
   } catch {
-    return releaseDefaultStream(stream, release);
+    return watchStream(stream, { done: release });
   }
   return new ReadableStream({
     type: "bytes",
@@ -226,11 +366,4 @@ function releaseStream(
       await byob.cancel(reason);
     },
   });
-}
-
-function releaseDefaultStream(
-  stream: ReadableStream<Uint8Array>,
-  release: () => void,
-): ReadableStream<Uint8Array> {
-  return watchStream(stream, { done: release });
 }
