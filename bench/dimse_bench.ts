@@ -16,14 +16,13 @@
  */
 
 import { S3Store } from "../lib/store/s3/s3_store.ts";
-import { startS3, type TestS3 } from "../tests/_s3server.ts";
+import { BENCH_CREDENTIALS, benchS3, benchSeriesDir, createBenchBucket } from "./_s3.ts";
 import { mbps, median, memoryOf, resetPeak, run } from "./_util.ts";
 
 const ROUNDS = Number(Deno.env.get("BENCH_ROUNDS") ?? 3);
 const ASSOCIATIONS = 4;
 const REPO = new URL("../", import.meta.url).pathname;
-const SHARED = new URL("../../shared/", import.meta.url).pathname;
-const CREDENTIALS = { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" };
+const CREDENTIALS = BENCH_CREDENTIALS;
 /**
  * dcmtk leaves Nagle's algorithm on unless TCP_NODELAY=1: its small C-STORE-RSP then waits for our delayed ACK,
  * 40 ms per instance (storescu to storescp alone: 49 ms per 526 KB instance, 3 ms with it).
@@ -78,21 +77,7 @@ interface Series {
 }
 
 async function benchSeries(): Promise<Series> {
-  const dir = Deno.env.get("BENCH_DATA") ?? `${REPO}bench-data/bench`;
-  try {
-    await Deno.stat(`${dir}/index.json`);
-  } catch {
-    console.log(`generating the bench series into ${dir} (gen_dataset.py --preset bench)…`);
-    await run([
-      "/usr/bin/python3",
-      `${SHARED}tools/gen_dataset.py`,
-      "--preset",
-      "bench",
-      "--out",
-      dir,
-      "--force",
-    ]);
-  }
+  const dir = await benchSeriesDir();
   const files: Series["files"] = [];
   const walk = async (path: string, prefix: string) => {
     for await (const entry of Deno.readDir(path)) {
@@ -107,56 +92,6 @@ async function benchSeries(): Promise<Series> {
   files.sort((a, b) => (a.key < b.key ? -1 : 1));
   const [study, series] = files[0].key.split("/");
   return { dir, files, bytes: files.reduce((n, f) => n + f.bytes.length, 0), study, series };
-}
-
-interface S3Target {
-  endpoint: string;
-  kind: string;
-  handle?: TestS3;
-  stop(): Promise<void>;
-}
-
-async function s3Server(): Promise<S3Target> {
-  const given = Deno.env.get("BENCH_S3_ENDPOINT");
-  if (given) return { endpoint: given, kind: "external", stop: async () => {} };
-  const hasCeph = await new Deno.Command("sh", { args: ["-c", "command -v radosgw"], stdout: "null" })
-    .output();
-  if (hasCeph.success) {
-    const dir = await Deno.makeTempDir({ prefix: "dimse-bench-ceph-" });
-    const port = Deno.env.get("BENCH_RGW_PORT") ?? "7550";
-    const env = {
-      CEPHLAB_DIR: dir,
-      MEMSTORE_BYTES: String(3 * 1024 ** 3),
-      RGW_PORT: port,
-      MON_PORT: "3360",
-      MON_PORT_V1: "6849",
-    };
-    console.log("starting Ceph RGW…");
-    await run([`${SHARED}tools/ceph/start.sh`], env);
-    return {
-      endpoint: `http://127.0.0.1:${port}`,
-      kind: "Ceph RGW",
-      stop: async () => {
-        await run([`${SHARED}tools/ceph/stop.sh`, "--clean"], env).catch(() => {});
-        await Deno.remove(dir, { recursive: true }).catch(() => {});
-      },
-    };
-  }
-  const handle = await startS3();
-  return { endpoint: handle.endpoint, kind: "s3rver", handle, stop: () => handle.stop() };
-}
-
-async function createBucket(s3: S3Target, bucket: string): Promise<void> {
-  if (s3.handle) return await s3.handle.createBucket(bucket);
-  const { S3Client, CreateBucketCommand } = await import("@aws-sdk/client-s3");
-  const client = new S3Client({
-    endpoint: s3.endpoint,
-    region: "us-east-1",
-    forcePathStyle: true,
-    credentials: CREDENTIALS,
-  });
-  await client.send(new CreateBucketCommand({ Bucket: bucket }));
-  client.destroy();
 }
 
 async function empty(store: S3Store, bucket: string): Promise<void> {
@@ -259,7 +194,7 @@ async function retrieveWado(url: string, series: Series): Promise<{ ms: number; 
 async function main(): Promise<void> {
   const series = await benchSeries();
   console.log(`series: ${series.files.length} instances, ${(series.bytes / 1e6).toFixed(1)} MB`);
-  const s3 = await s3Server();
+  const s3 = await benchS3({ prefix: "dimse-bench", rgw: 7550, mon: 3360, monV1: 6849 });
   const bucket = `dimse-bench-${Date.now().toString(36)}`;
   const store = new S3Store({
     endpoint: s3.endpoint,
@@ -277,7 +212,7 @@ async function main(): Promise<void> {
   }).spawn();
   let server: Deno.ChildProcess | undefined;
   try {
-    await createBucket(s3, bucket);
+    await createBenchBucket(s3, bucket);
     const httpPort = freePort();
     const dimsePort = freePort();
     server = new Deno.Command(Deno.execPath(), {

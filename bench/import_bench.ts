@@ -16,32 +16,17 @@
  */
 
 import { S3Store } from "../lib/store/s3/s3_store.ts";
-import { startS3, type TestS3 } from "../tests/_s3server.ts";
-import { mbps, median, run } from "./_util.ts";
+import { BENCH_CREDENTIALS, type BenchS3, benchS3, benchSeriesDir, createBenchBucket } from "./_s3.ts";
+import { mbps, median } from "./_util.ts";
 
 const CONCURRENCY = Number(Deno.env.get("S3_CONCURRENCY") ?? 8);
 const ROUNDS = Number(Deno.env.get("BENCH_ROUNDS") ?? 3);
 const REPO = new URL("../", import.meta.url).pathname;
-const SHARED = new URL("../../shared/", import.meta.url).pathname;
-const CREDENTIALS = { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" };
+const CREDENTIALS = BENCH_CREDENTIALS;
 
 /** The bench series on disk: its folder and files (paths relative to it). */
 async function dataset(): Promise<{ dir: string; folders: string[]; files: string[]; bytes: number }> {
-  const dir = Deno.env.get("BENCH_DATA") ?? `${REPO}bench-data/bench`;
-  try {
-    await Deno.stat(`${dir}/index.json`);
-  } catch {
-    console.log(`generating the bench series into ${dir} (gen_dataset.py --preset bench)…`);
-    await run([
-      "/usr/bin/python3",
-      `${SHARED}tools/gen_dataset.py`,
-      "--preset",
-      "bench",
-      "--out",
-      dir,
-      "--force",
-    ]);
-  }
+  const dir = await benchSeriesDir();
   const files: string[] = [];
   let bytes = 0;
   const walk = async (path: string) => {
@@ -59,56 +44,6 @@ async function dataset(): Promise<{ dir: string; folders: string[]; files: strin
   const folders: string[] = [];
   for await (const entry of Deno.readDir(dir)) if (entry.isDirectory) folders.push(`${dir}/${entry.name}`);
   return { dir, folders, files: files.sort(), bytes };
-}
-
-interface S3Target {
-  endpoint: string;
-  kind: string;
-  handle?: TestS3;
-  stop(): Promise<void>;
-}
-
-async function s3Server(): Promise<S3Target> {
-  const given = Deno.env.get("BENCH_S3_ENDPOINT");
-  if (given) return { endpoint: given, kind: "external", stop: async () => {} };
-  const hasCeph = await new Deno.Command("sh", { args: ["-c", "command -v radosgw"], stdout: "null" })
-    .output();
-  if (hasCeph.success) {
-    const dir = await Deno.makeTempDir({ prefix: "import-bench-ceph-" });
-    const port = Deno.env.get("BENCH_RGW_PORT") ?? "7550";
-    const env = {
-      CEPHLAB_DIR: dir,
-      MEMSTORE_BYTES: String(3 * 1024 ** 3),
-      RGW_PORT: port,
-      MON_PORT: "3350",
-      MON_PORT_V1: "6839",
-    };
-    console.log("starting Ceph RGW…");
-    await run([`${SHARED}tools/ceph/start.sh`], env);
-    return {
-      endpoint: `http://127.0.0.1:${port}`,
-      kind: "Ceph RGW",
-      stop: async () => {
-        await run([`${SHARED}tools/ceph/stop.sh`, "--clean"], env).catch(() => {});
-        await Deno.remove(dir, { recursive: true }).catch(() => {});
-      },
-    };
-  }
-  const handle = await startS3();
-  return { endpoint: handle.endpoint, kind: "s3rver", handle, stop: () => handle.stop() };
-}
-
-async function createBucket(s3: S3Target, bucket: string): Promise<void> {
-  if (s3.handle) return await s3.handle.createBucket(bucket);
-  const { S3Client, CreateBucketCommand } = await import("@aws-sdk/client-s3");
-  const client = new S3Client({
-    endpoint: s3.endpoint,
-    region: "us-east-1",
-    forcePathStyle: true,
-    credentials: CREDENTIALS,
-  });
-  await client.send(new CreateBucketCommand({ Bucket: bucket }));
-  client.destroy();
 }
 
 /** Every file read from disk and put with `S3Store.put`, `CONCURRENCY` at once; milliseconds. */
@@ -131,7 +66,7 @@ async function direct(store: S3Store, bucket: string, files: string[], dir: stri
 
 /** `deno task import` of the folder as its own process: milliseconds and peak RSS (MB). */
 async function importRun(
-  s3: S3Target,
+  s3: BenchS3,
   bucket: string,
   folders: string[],
 ): Promise<{ ms: number; peakMb: number; last: string }> {
@@ -185,7 +120,7 @@ if (import.meta.main) {
       (data.bytes / 1e6).toFixed(1)
     } MB; S3_CONCURRENCY=${CONCURRENCY}`,
   );
-  const s3 = await s3Server();
+  const s3 = await benchS3({ prefix: "import-bench", rgw: 7550, mon: 3350, monV1: 6839 });
   const store = new S3Store({
     endpoint: s3.endpoint,
     region: "us-east-1",
@@ -197,7 +132,7 @@ if (import.meta.main) {
       `import-bench-${what}-${round}-${Date.now().toString(36)}`;
     // warm-up: the page cache holds the files for both ways; connections and JIT
     const warm = bucketName("warm", 0);
-    await createBucket(s3, warm);
+    await createBenchBucket(s3, warm);
     await direct(store, warm, data.files, data.dir);
     const directMs: number[] = [];
     const importMs: number[] = [];
@@ -207,10 +142,10 @@ if (import.meta.main) {
     const empty = await Deno.makeTempDir({ prefix: "import-bench-empty-" });
     for (let round = 1; round <= ROUNDS; round++) {
       const a = bucketName("direct", round);
-      await createBucket(s3, a);
+      await createBenchBucket(s3, a);
       directMs.push(await direct(store, a, data.files, data.dir));
       const b = bucketName("import", round);
-      await createBucket(s3, b);
+      await createBenchBucket(s3, b);
       const result = await importRun(s3, b, data.folders);
       importMs.push(result.ms);
       peaks.push(result.peakMb);

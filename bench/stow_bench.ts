@@ -20,15 +20,14 @@
 import { PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { FetchHttpHandler } from "@smithy/fetch-http-handler";
 import { S3Store } from "../lib/store/s3/s3_store.ts";
-import { startS3, type TestS3 } from "../tests/_s3server.ts";
+import { BENCH_CREDENTIALS, type BenchS3, benchS3, benchSeriesDir, createBenchBucket } from "./_s3.ts";
 
 const CONCURRENCY = Number(Deno.env.get("S3_CONCURRENCY") ?? 8);
 const ROUNDS = Number(Deno.env.get("BENCH_ROUNDS") ?? 5);
 const SERVER_FLAGS = (Deno.env.get("BENCH_SERVER_FLAGS") ?? await startTaskV8Flags()).split(/\s+/)
   .filter((f) => f);
 const REPO = new URL("../", import.meta.url).pathname;
-const SHARED = new URL("../../shared/", import.meta.url).pathname;
-const CREDENTIALS = { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" };
+const CREDENTIALS = BENCH_CREDENTIALS;
 const encoder = new TextEncoder();
 
 /** The `--v8-flags=…` of `deno task start`. */
@@ -62,21 +61,7 @@ interface Dataset {
 }
 
 async function dataset(): Promise<Dataset> {
-  const dir = Deno.env.get("BENCH_DATA") ?? `${REPO}bench-data/bench`;
-  try {
-    await Deno.stat(`${dir}/index.json`);
-  } catch {
-    console.log(`generating the bench series into ${dir} (gen_dataset.py --preset bench)…`);
-    await run([
-      "/usr/bin/python3",
-      `${SHARED}tools/gen_dataset.py`,
-      "--preset",
-      "bench",
-      "--out",
-      dir,
-      "--force",
-    ]);
-  }
+  const dir = await benchSeriesDir();
   const files: Dataset["files"] = [];
   const walk = async (path: string, prefix: string) => {
     for await (const entry of Deno.readDir(path)) {
@@ -89,44 +74,6 @@ async function dataset(): Promise<Dataset> {
   await walk(dir, "");
   files.sort((a, b) => (a.key < b.key ? -1 : 1));
   return { files, bytes: files.reduce((n, f) => n + f.bytes.length, 0) };
-}
-
-interface S3Target {
-  endpoint: string;
-  kind: string;
-  stop(): Promise<void>;
-  handle?: TestS3;
-}
-
-async function s3Server(): Promise<S3Target> {
-  const given = Deno.env.get("BENCH_S3_ENDPOINT");
-  if (given) return { endpoint: given, kind: "external", stop: async () => {} };
-  const hasCeph = await new Deno.Command("sh", { args: ["-c", "command -v radosgw"], stdout: "null" })
-    .output();
-  if (hasCeph.success) {
-    const dir = await Deno.makeTempDir({ prefix: "stow-bench-ceph-" });
-    // ports of its own, so it runs beside the retrieve benchmark's cluster
-    const port = Deno.env.get("BENCH_RGW_PORT") ?? "7530";
-    const env = {
-      CEPHLAB_DIR: dir,
-      MEMSTORE_BYTES: String(3 * 1024 ** 3),
-      RGW_PORT: port,
-      MON_PORT: "3340",
-      MON_PORT_V1: "6829",
-    };
-    console.log("starting Ceph RGW…");
-    await run([`${SHARED}tools/ceph/start.sh`], env);
-    return {
-      endpoint: `http://127.0.0.1:${port}`,
-      kind: "Ceph RGW",
-      stop: async () => {
-        await run([`${SHARED}tools/ceph/stop.sh`, "--clean"], env).catch(() => {});
-        await Deno.remove(dir, { recursive: true }).catch(() => {});
-      },
-    };
-  }
-  const handle = await startS3();
-  return { endpoint: handle.endpoint, kind: "s3rver", stop: () => handle.stop(), handle };
 }
 
 function freePort(): number {
@@ -241,7 +188,7 @@ async function direct(
 
 /** PutObject through the AWS SDK's `client.send`, set up as `S3Store` sets up its client. */
 function sdkPut(
-  s3: S3Target,
+  s3: BenchS3,
   bucket: string,
 ): { put: (key: string, bytes: Uint8Array) => Promise<unknown>; close(): void } {
   const client = new S3Client({
@@ -277,19 +224,6 @@ async function empty(store: S3Store, bucket: string): Promise<void> {
   }));
 }
 
-async function createBucket(s3: S3Target, bucket: string): Promise<void> {
-  if (s3.handle) return await s3.handle.createBucket(bucket);
-  const { S3Client, CreateBucketCommand } = await import("@aws-sdk/client-s3");
-  const client = new S3Client({
-    endpoint: s3.endpoint,
-    region: "us-east-1",
-    forcePathStyle: true,
-    credentials: CREDENTIALS,
-  });
-  await client.send(new CreateBucketCommand({ Bucket: bucket }));
-  client.destroy();
-}
-
 async function loadAverage(): Promise<string> {
   return (await run(["cat", "/proc/loadavg"])).split(" ").slice(0, 3).join(" ");
 }
@@ -302,7 +236,7 @@ async function main() {
       (data.bytes / 1e6).toFixed(1)
     } MB; S3_CONCURRENCY=${CONCURRENCY}`,
   );
-  const s3 = await s3Server();
+  const s3 = await benchS3({ prefix: "stow-bench", rgw: 7530, mon: 3340, monV1: 6829 });
   const bucket = `stow-bench-${Date.now().toString(36)}`;
   const store = new S3Store({
     endpoint: s3.endpoint,
@@ -313,7 +247,7 @@ async function main() {
   const results: Record<string, string> = {};
   const cleanups: (() => Promise<void>)[] = [];
   try {
-    await createBucket(s3, bucket);
+    await createBenchBucket(s3, bucket);
     const catalogDir = await Deno.makeTempDir({ prefix: "stow-bench-catalog-" });
     cleanups.push(() => Deno.remove(catalogDir, { recursive: true }));
     const env = {
