@@ -510,6 +510,8 @@ export class Crawler {
     if (bucket === undefined) return;
     const state = this.#state(aet);
     const progress = state.progress;
+    // before the first await: a poller must not see "idle" while the pending count is still being asked for
+    progress.phase = "instances";
     const throttle = new Throttle(this.#every, this.#log);
     const started = performance.now();
     const [status] = await this.#catalog.status(aet);

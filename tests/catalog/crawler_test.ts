@@ -228,6 +228,29 @@ Deno.test("Crawler fills instance rows in the background and logs progress at mo
   }
 });
 
+Deno.test("Crawler: between the crawl and its background instance pass the phase never reads idle", async () => {
+  // A networked catalog (PostgreSQL) answers status() a round trip later; a poller that saw "idle" in that gap
+  // took the AET for done while instance headers were still pending (CI, search_postgres_test).
+  const s = await setup(new MemoryStore([BUCKET]), { eager: true, progressInterval: 60_000 });
+  const status = s.catalog.status.bind(s.catalog);
+  s.catalog.status = async (aet) => {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    return status(aet);
+  };
+  try {
+    const report = await s.crawler.crawl(AET);
+    assert.equal(report.outcome, "complete");
+    const [pending] = await status(AET);
+    assert.ok(pending.pending > 0, "instances are still pending right after the crawl");
+    assert.equal(s.crawler.progress()[0].phase, "instances");
+    await s.crawler.crawl(AET, { waitForInstances: true });
+    assert.equal((await status(AET))[0].pending, 0);
+    assert.equal(s.crawler.progress()[0].phase, "idle");
+  } finally {
+    await s.close();
+  }
+});
+
 Deno.test("Crawler skips an AET whose lease another process holds, and joins a running crawl", async () => {
   const s = await setup(new MemoryStore([BUCKET]));
   try {
