@@ -161,11 +161,6 @@ export interface Abort {
 /** Any PDU. */
 export type Pdu = AssociateRq | AssociateAc | AssociateRj | PData | Release | Abort;
 
-/** This implementation's Implementation Class UID (UUID-derived, under 2.25). */
-export const IMPLEMENTATION_CLASS_UID = "2.25.203179153934458384786339315712399745123";
-/** This implementation's Implementation Version Name (at most 16 characters). */
-export const IMPLEMENTATION_VERSION = "DICOMWEB_S3_1";
-
 const encoder = new TextEncoder();
 
 function fail(detail: string): never {

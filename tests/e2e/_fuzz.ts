@@ -709,10 +709,11 @@ const TARGETS: Record<string, () => Promise<Target>> = {
    */
   async pdu() {
     const pdu = await import("../../lib/dimse/pdu.ts");
+    const fileMeta = await import("../../lib/dicom/file_meta.ts");
     const user = {
       maxLength: 16384,
-      implementationClassUid: pdu.IMPLEMENTATION_CLASS_UID,
-      implementationVersion: pdu.IMPLEMENTATION_VERSION,
+      implementationClassUid: fileMeta.IMPLEMENTATION_CLASS_UID,
+      implementationVersion: fileMeta.IMPLEMENTATION_VERSION,
       asyncOps: { invoked: 1, performed: 1 },
       roles: new Map([["1.2.840.10008.5.1.4.1.1.2", { scu: true, scp: true }]]),
     };
