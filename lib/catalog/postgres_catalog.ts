@@ -1324,11 +1324,29 @@ export class PostgresCatalog implements Catalog {
       for (const filter of query.filters) where.push(condition(filter, level, args, POSTGRES, residuals));
       for (const r of residuals) if (r.kind === "pn") select += `, ${r.column} AS pn${r.index}`;
       const base = `SELECT ${select} FROM ${from} WHERE ${where.join(" AND ")} ORDER BY ${order}`;
+      if (residuals.length === 0 && query.offset === 0) {
+        args.push(query.limit);
+        const rows = await sql.unsafe<Row[]>(numberPlaceholders(`${base} LIMIT ?`), args, { prepare: true });
+        return rows.map(toSearchRow);
+      }
       if (residuals.length === 0) {
-        args.push(query.limit, query.offset);
-        const rows = await sql.unsafe<Row[]>(numberPlaceholders(`${base} LIMIT ? OFFSET ?`), args, {
-          prepare: true,
-        });
+        // A deep page: OFFSET walks the skipped rows, so walk them on the keys alone (the order index covers the
+        // study level) and read the documents of the page's rows only.
+        const keys = level === "study"
+          ? { select: "s.study AS page_study", join: "s.study = page.page_study" }
+          : level === "series"
+          ? {
+            select: "se.study AS page_study, se.series AS page_series",
+            join: "se.study = page.page_study AND se.series = page.page_series",
+          }
+          : { select: "o.id AS page_id", join: "o.id = page.page_id" };
+        const page = `SELECT ${keys.select} FROM ${from} WHERE ${
+          where.join(" AND ")
+        } ORDER BY ${order} LIMIT ? OFFSET ?`;
+        args.push(query.limit, query.offset, query.aet);
+        const text =
+          `SELECT ${select} FROM ${from} JOIN (${page}) page ON ${keys.join} WHERE ${own}.aet = ? ORDER BY ${order}`;
+        const rows = await sql.unsafe<Row[]>(numberPlaceholders(text), args, { prepare: true });
         return rows.map(toSearchRow);
       }
       // Some filters are matched here: read matching candidates in order through a cursor, page after matching.

@@ -7,7 +7,8 @@
  */
 
 import assert from "node:assert/strict";
-import type { Catalog, ChangeFeedEntry } from "../../lib/catalog/catalog.ts";
+import type { Catalog, ChangeFeedEntry, SearchRow } from "../../lib/catalog/catalog.ts";
+import { type Level, parseSearch } from "../../lib/catalog/qido_query.ts";
 import { parseBuffer } from "../../lib/dicom/part10.ts";
 import type { ObjectInfo } from "../../lib/store/store.ts";
 import { buildPart10 } from "../_dicom_fixtures.ts";
@@ -251,6 +252,40 @@ export function catalogContract(name: string, open: OpenCatalog): void {
         }
       },
     );
+
+    await t.step("pages at every level are slices of the whole ordered result, filtered or not", async () => {
+      const catalog = await open();
+      try {
+        await filled(catalog);
+        const keyOf = (row: SearchRow) => `${row.study}/${row.series ?? ""}/${row.sop ?? ""}`;
+        for (const level of ["study", "series", "instance"] as const) {
+          for (const params of ["", "StudyDate=19000101-"]) {
+            const { filters } = parseSearch(new URLSearchParams(params), {
+              level,
+              matchable: ["study", "series", "instance"].slice(
+                0,
+                ["study", "series", "instance"].indexOf(level) + 1,
+              ) as Level[],
+              defaultLimit: 1000,
+              maxLimit: 1000,
+            });
+            const query = { aet: "A", level, filters, limit: 1000, offset: 0 };
+            const all = (await catalog.search(query)).map(keyOf);
+            assert.ok(all.length > 3, `${level} ${params}: ${all.length} rows`);
+            for (const [offset, limit] of [[1, 2], [2, 3], [all.length - 1, 5], [all.length, 5], [0, 0]]) {
+              const page = (await catalog.search({ ...query, offset, limit })).map(keyOf);
+              assert.deepEqual(
+                page,
+                all.slice(offset, offset + limit),
+                `${level} ${params} offset=${offset}`,
+              );
+            }
+          }
+        }
+      } finally {
+        await catalog.close();
+      }
+    });
 
     await t.step("files layout and UID problems as ignored / failed with the reason", async () => {
       const catalog = await open();
