@@ -102,6 +102,11 @@ export interface PostgresCatalogOptions {
   log?: (line: string) => void;
   /** Reads a CA file named by `sslrootcert` (default `Deno.readTextFile`). */
   readFile?: (path: string) => Promise<string>;
+  /**
+   * Rows this process writes before it refreshes the planner's statistics itself (default 5,000; then half of
+   * all it has written, so a bulk fill of N rows analyzes about log(N) times). 0 leaves it to autovacuum.
+   */
+  analyzeAfterRows?: number;
 }
 
 /** A connection URL taken apart: what the client gets, and what is shown. */
@@ -293,6 +298,11 @@ export class PostgresCatalog implements Catalog {
   #probe?: ReturnType<typeof setTimeout>;
   #busy = 0;
   #closed = false;
+  readonly #analyzeAfter: number;
+  /** Rows written since this process last ran ANALYZE, and in all. */
+  #unanalyzed = 0;
+  #written = 0;
+  #analyzing = false;
 
   /** Use {@linkcode openPostgresCatalog}. */
   constructor(
@@ -305,6 +315,7 @@ export class PostgresCatalog implements Catalog {
     this.#timeoutMs = options.timeoutMs ?? 10_000;
     this.#probeMs = options.probeMs ?? 1000;
     this.#poolSize = options.poolSize ?? 10;
+    this.#analyzeAfter = options.analyzeAfterRows ?? 5000;
     this.#log = options.log ?? ((line: string) => console.warn(line));
     this.#sql = postgres(url.url, {
       max: this.#poolSize,
@@ -464,6 +475,7 @@ export class PostgresCatalog implements Catalog {
   ) {
     return this.#run(what, async (sql) => {
       let feed: ChangeFeedEntry[] = [];
+      let written = 0;
       const result = await sql.begin(async (tx) => {
         await tx`SELECT pg_advisory_xact_lock(${LOCK_CLASS.aet}, hashtext(${aet}))`;
         const touched = untouched();
@@ -471,8 +483,10 @@ export class PostgresCatalog implements Catalog {
         await this.#refresh(tx, aet, touched);
         if (touched.keys.size > 0) await this.#notify(tx, aet, bucket, [...touched.keys]);
         feed = touched.feed;
+        written = touched.keys.size;
         return result as T;
       }) as T;
+      this.#wrote(written);
       if (feed.length > 0) {
         for (const listener of this.#feedListeners) {
           try {
@@ -484,6 +498,28 @@ export class PostgresCatalog implements Catalog {
       }
       return result;
     });
+  }
+
+  /**
+   * Counts written rows and, after a bulk of them, refreshes the planner's statistics in the background.
+   * Autovacuum does it too, but up to a minute (its naptime) later: measured after filling 100,000 studies,
+   * plans made from the statistics of a small table sorted all rows on disk for a deep QIDO page (390 ms
+   * instead of 2 ms).
+   */
+  #wrote(rows: number): void {
+    if (this.#analyzeAfter === 0 || rows === 0) return;
+    this.#unanalyzed += rows;
+    this.#written += rows;
+    const due = Math.max(this.#analyzeAfter, (this.#written - this.#unanalyzed) / 2);
+    if (this.#unanalyzed < due || this.#analyzing || this.#closed) return;
+    this.#unanalyzed = 0;
+    this.#analyzing = true;
+    this.#sql`ANALYZE objects, series, studies`
+      .catch((error) => {
+        const why = error instanceof Error ? error.message : String(error);
+        this.#log(`catalog: refreshing the planner's statistics failed (autovacuum will): ${why}`);
+      })
+      .finally(() => this.#analyzing = false);
   }
 
   onFeed(listener: (entries: ChangeFeedEntry[]) => void): void {

@@ -101,6 +101,33 @@ Deno.test({
       );
     });
 
+    await t.step("after a bulk of writes the catalog refreshes the planner's statistics itself", async () => {
+      const analyzed = async (url: string) => {
+        const sql = postgres(url, { max: 1, onnotice: () => {} });
+        try {
+          const [row] = await sql<{ count: number }[]>`SELECT analyze_count::int AS count
+            FROM pg_stat_user_tables WHERE relname = 'studies'`;
+          return row.count;
+        } finally {
+          await sql.end();
+        }
+      };
+      for (const [after, expected] of [[0, 0], [files.length - 1, 1]]) {
+        const url = await server.createDatabase("analyze");
+        const catalog = await openPostgresCatalog(url, { log: () => {}, analyzeAfterRows: after });
+        try {
+          await filled(catalog); // one write per instance
+          const until = Date.now() + 5000;
+          while (await analyzed(url) < expected && Date.now() < until) {
+            await new Promise((resolve) => setTimeout(resolve, 50));
+          }
+          assert.equal(await analyzed(url), expected, `analyzeAfterRows ${after}`);
+        } finally {
+          await catalog.close();
+        }
+      }
+    });
+
     await t.step("two replicas: one lease, shared status, changes announced to the other", async () => {
       const url = await server.createDatabase("replicas");
       const a = await openPostgresCatalog(url, { log: () => {} });
