@@ -245,7 +245,8 @@ async function fakeDist(): Promise<string> {
 }
 
 Deno.test("viewer routes: none unless VIEWER is set; then /viewer/ serves OHIF rewritten for its path", async () => {
-  const store = new FileStore(await Deno.makeTempDir({ prefix: "viewer-data-" }));
+  const data = await Deno.makeTempDir({ prefix: "viewer-data-" });
+  const store = new FileStore(data);
   const { handler: off } = testHandler({
     store,
     config: { AETS: AET },
@@ -352,6 +353,7 @@ Deno.test("viewer routes: none unless VIEWER is set; then /viewer/ serves OHIF r
   const missingOhif = await notInstalled(new Request("http://localhost/viewer/"));
   assert.equal(missingOhif.status, 503);
   assert.match(await missingOhif.text(), /deno task viewer:install/);
+  await Deno.remove(data, { recursive: true });
 });
 
 // --- the browser test -----------------------------------------------------------------------------

@@ -15,12 +15,8 @@ type Methods = Partial<Record<"GET" | "POST" | "PUT" | "DELETE", Handler>>;
 
 /** The route table as `addRoutes` adds it. */
 async function realTable(): Promise<[string, Methods][]> {
-  const routed = await routedServer({
-    aet: "PACS",
-    bucket: "pacs",
-    crawl: false,
-    env: { VIEWER: await Deno.makeTempDir({ prefix: "router-viewer-" }) },
-  });
+  const viewer = await Deno.makeTempDir({ prefix: "router-viewer-" });
+  const routed = await routedServer({ aet: "PACS", bucket: "pacs", crawl: false, env: { VIEWER: viewer } });
   try {
     const table: [string, Methods][] = [];
     const recorder = {
@@ -33,6 +29,7 @@ async function realTable(): Promise<[string, Methods][]> {
     return table;
   } finally {
     await routed.close();
+    await Deno.remove(viewer, { recursive: true });
   }
 }
 
