@@ -14,7 +14,7 @@ import { CatalogMismatchError } from "./lib/catalog/postgres_catalog.ts";
 import { type Config, CONFIG_NAMES, ConfigError, loadSettings, parseConfig } from "./lib/config/config.ts";
 import { completeServices } from "./lib/dicomweb/services.ts";
 import { DIMSE_NAMES, type DimseSettings, parseDimseSettings } from "./lib/dimse/dimse_settings.ts";
-import { startDimse } from "./lib/dimse/server.ts";
+import { type DimseServer, startDimse } from "./lib/dimse/server.ts";
 import { openAuditLog, type OpenedAuditLog } from "./lib/security/audit.ts";
 import { loadTls, type TlsFiles } from "./lib/security/proxies.ts";
 import type { ObjectStore } from "./lib/store/store.ts";
@@ -70,9 +70,11 @@ if (import.meta.main) {
   // the responses go straight to Deno.serve: sent chunks can be freed at once (lib/util/handoff.ts)
   const handler = createHandler(services, { audit: audit.log, freeSentChunks: true, log });
   let dimsePort: number | undefined;
+  let dimseServer: DimseServer | undefined;
   if (dimse) {
     try {
-      dimsePort = (await startDimse(completeServices(services, log), dimse, { log })).port;
+      dimseServer = await startDimse(completeServices(services, log), dimse, { log });
+      dimsePort = dimseServer.port;
     } catch (error) {
       console.error(`Cannot start the DIMSE service on port ${dimse.port}: ${(error as Error).message}`);
       Deno.exit(2);
@@ -82,7 +84,7 @@ if (import.meta.main) {
   const names = (await services.aets.entries().catch(() => [])).map(([aet, bucket]) =>
     aet === bucket ? aet : `${aet}=${bucket}`
   );
-  Deno.serve({
+  const server = Deno.serve({
     port: config.port,
     hostname: config.hostname,
     ...tls,
@@ -122,4 +124,35 @@ if (import.meta.main) {
       console.log(`Try: curl ${scheme}://${shown}:${port}${config.basePath}/aets`);
     },
   }, handler);
+
+  // SIGTERM (Kubernetes, systemd, docker stop) or Ctrl-C: stop accepting, let the responses under way finish
+  // (up to SHUTDOWN_GRACE_MS), stop crawling, close the catalog, exit 0. A second signal exits at once.
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) Deno.exit(1);
+    stopping = true;
+    console.log(
+      `${signal}: shutting down; finishing the requests under way (at most ${config.shutdownGraceMs} ms)`,
+    );
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const grace = new Promise<string>((resolve) => {
+      timer = setTimeout(() => resolve("the grace period ran out"), config.shutdownGraceMs);
+    });
+    const outcome = await Promise.race([
+      Promise.all([server.shutdown(), dimseServer?.close()]).then(() => "done"),
+      grace,
+    ]);
+    clearTimeout(timer);
+    await services.crawler?.stop().catch(() => {});
+    await catalog?.close().catch(() => {});
+    console.log(`Stopped (${outcome === "done" ? "every request finished" : outcome})`);
+    Deno.exit(0);
+  };
+  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+    try {
+      Deno.addSignalListener(signal, () => void shutdown(signal));
+    } catch {
+      // no signals here (Deno Deploy, Windows' SIGTERM)
+    }
+  }
 }

@@ -84,6 +84,8 @@ export interface Config {
   logFormat: "text" | "json";
   /** Seconds between background crawls of every AET; 0 turns periodic crawling off. */
   crawlInterval: number;
+  /** `SHUTDOWN_GRACE_MS`: how long a SIGTERM/SIGINT waits for the responses under way before exiting. */
+  shutdownGraceMs: number;
   /** QIDO-RS results per page when the client gives no `limit`. */
   qidoDefaultLimit: number;
   /** Largest `limit` honoured; larger ones are cut with a Warning. */
@@ -147,6 +149,7 @@ export const CONFIG_NAMES = [
   "CATALOG_TIMEOUT_MS",
   "LOG_FORMAT",
   "CRAWL_INTERVAL",
+  "SHUTDOWN_GRACE_MS",
   "QIDO_DEFAULT_LIMIT",
   "QIDO_MAX_LIMIT",
   "STOW_MAX_BYTES",
@@ -307,6 +310,7 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
   }
   const logFormat = rawLogFormat === "json" ? "json" : "text";
   const crawlInterval = integer("CRAWL_INTERVAL", 300, 0, 7 * 24 * 3600);
+  const shutdownGraceMs = integer("SHUTDOWN_GRACE_MS", 25_000, 0, 3_600_000);
   const qidoMaxLimit = integer("QIDO_MAX_LIMIT", 1000, 1, 100_000);
   const qidoDefaultLimit = integer("QIDO_DEFAULT_LIMIT", 100, 1, 100_000);
   if (qidoDefaultLimit > qidoMaxLimit) {
@@ -357,6 +361,7 @@ export function parseConfig(env: Record<string, string | undefined>): Config {
     catalogTimeoutMs,
     logFormat,
     crawlInterval,
+    shutdownGraceMs,
     qidoDefaultLimit,
     qidoMaxLimit,
     stowMaxBytes,
