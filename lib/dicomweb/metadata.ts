@@ -51,6 +51,47 @@ export async function instanceJsonText(
 /** Characters of cached JSON joined before the rest streams (a whole series' metadata is a few MB). */
 const WARM_BATCH_CHARS = 8 * 1024 * 1024;
 
+/**
+ * Whole study and series metadata responses as sent, each with the listing it was made from (keys and ETags
+ * in order). A request still lists the objects; when the listing is the same, the bytes are sent again
+ * instead of joining, resolving and encoding every instance's JSON once more (measured: three quarters of a
+ * warm series' CPU). A different listing (an object stored, replaced or deleted) makes a new response.
+ * Byte-bounded LRU: a quarter of `HEADER_CACHE_MB`.
+ */
+class ResponseCache {
+  readonly #entries = new Map<string, { keys: string[]; etags: string[]; bytes: Uint8Array<ArrayBuffer> }>();
+  readonly #maxBytes: number;
+  #bytes = 0;
+
+  constructor(maxBytes: number) {
+    this.#maxBytes = maxBytes;
+  }
+
+  get(id: string) {
+    const entry = this.#entries.get(id);
+    if (entry === undefined) return undefined;
+    this.#entries.delete(id);
+    this.#entries.set(id, entry);
+    return entry;
+  }
+
+  set(id: string, infos: readonly ObjectInfo[], bytes: Uint8Array<ArrayBuffer>): void {
+    if (bytes.byteLength > this.#maxBytes / 4) return;
+    const old = this.#entries.get(id);
+    if (old !== undefined) {
+      this.#entries.delete(id);
+      this.#bytes -= old.bytes.byteLength;
+    }
+    this.#entries.set(id, { keys: infos.map((i) => i.key), etags: infos.map((i) => i.etag), bytes });
+    this.#bytes += bytes.byteLength;
+    for (const [oldest, entry] of this.#entries) {
+      if (this.#bytes <= this.#maxBytes) break;
+      this.#entries.delete(oldest);
+      this.#bytes -= entry.bytes.byteLength;
+    }
+  }
+}
+
 /** The metadata handlers of each resource. */
 export interface MetadataHandlers {
   /** `/studies/{study}/metadata` */
@@ -64,6 +105,8 @@ export interface MetadataHandlers {
 /** The three metadata handlers (study, series, instance). */
 export function metadataHandlers(services: Services): MetadataHandlers {
   const { store, config } = services;
+  const responses = new ResponseCache(config.headerCacheMb * 1024 * 1024 / 4);
+  const encoder = new TextEncoder();
 
   async function respond(
     ctx: RouteContext,
@@ -80,16 +123,56 @@ export function metadataHandlers(services: Services): MetadataHandlers {
     /** Objects left out, by key: the catalog's known unreadable ones in the scope, then those found now. */
     const leftOut = new Map<string, string>();
     // The listing's first page is asked for now, so it is on its way while the catalog answers.
-    const iterator = infos[Symbol.asyncIterator]();
-    const firstInfo = iterator.next();
+    let iterator = infos[Symbol.asyncIterator]();
+    let firstInfo = iterator.next();
     firstInfo.catch(() => {}); // awaited below, unless the catalog fails first
-    if (!single) {
-      const prefix = target.series === undefined
-        ? studyPrefix(target.study)
-        : seriesPrefix(target.study, target.series);
+    const prefix = single
+      ? undefined
+      : target.series === undefined
+      ? studyPrefix(target.study)
+      : seriesPrefix(target.study, target.series);
+    if (prefix !== undefined) {
       for (const problem of await services.catalog?.failures(target.aet).catch(() => []) ?? []) {
         if (problem.key.startsWith(prefix)) leftOut.set(problem.key, problem.error);
       }
+    }
+    const headers = new Headers({ "content-type": "application/dicom+json; charset=utf-8" });
+    // A response made before from the same listing is sent again (see ResponseCache).
+    const responseId = prefix === undefined || leftOut.size > 0
+      ? undefined
+      : `${bucket}\u0000${prefix}\u0000${base}\u0000${target.aet}`;
+    const cached = responseId === undefined ? undefined : responses.get(responseId);
+    if (cached !== undefined) {
+      const seen: ObjectInfo[] = [];
+      let next: IteratorResult<ObjectInfo>;
+      try {
+        for (next = await firstInfo; !next.done; next = await iterator.next()) {
+          const i = seen.length;
+          if (
+            i >= cached.keys.length || next.value.key !== cached.keys[i] ||
+            next.value.etag !== cached.etags[i]
+          ) {
+            break;
+          }
+          seen.push(next.value);
+        }
+      } catch (error) {
+        await iterator.return?.();
+        throw error;
+      }
+      if (next.done && seen.length === cached.keys.length) return new Response(cached.bytes, { headers });
+      // The listing changed: made anew, from the objects listed so far and the rest of the listing.
+      const rest = iterator;
+      const last = next;
+      iterator = (async function* () {
+        try {
+          yield* seen;
+          for (let n = last; !n.done; n = await rest.next()) yield n.value;
+        } finally {
+          await rest.return?.();
+        }
+      })();
+      firstInfo = iterator.next();
     }
     // The catalog's cached instance JSON (same ETag) makes series metadata one query instead of N reads; it
     // is asked for at the first object whose JSON the header cache does not hold.
@@ -115,6 +198,7 @@ export function metadataHandlers(services: Services): MetadataHandlers {
     // Warm: as long as every listed instance's JSON is at hand, it is joined without a promise per instance;
     // a series whose JSON is all cached is answered as one chunk. Bounded, so a huge study still streams.
     const ready: string[] = [];
+    const readyInfos: ObjectInfo[] = [];
     let readyChars = 0;
     let pending: IteratorResult<ObjectInfo>;
     try {
@@ -127,6 +211,7 @@ export function metadataHandlers(services: Services): MetadataHandlers {
         if (text === undefined || readyChars > WARM_BATCH_CHARS) break;
         const resolved = resolveBulkDataUris(text, urlOf(pending.value));
         ready.push(resolved);
+        readyInfos.push(pending.value);
         readyChars += resolved.length;
       }
     } catch (error) {
@@ -176,7 +261,6 @@ export function metadataHandlers(services: Services): MetadataHandlers {
       throw error;
     }
     if (first.done) throw skipped ?? new HttpError(404, notFound);
-    const headers = new Headers({ "content-type": "application/dicom+json; charset=utf-8" });
     if (leftOut.size > 0) {
       const host = new URL(ctx.request.url).host;
       const listed = [...leftOut.keys()].slice(0, 5).join(", ");
@@ -190,10 +274,11 @@ export function metadataHandlers(services: Services): MetadataHandlers {
         ),
       );
     }
-    const encoder = new TextEncoder();
     if (pending.done) {
       // all at hand: one chunk
-      return new Response(encoder.encode(`[${first.value}]\n`), { headers });
+      const bytes = encoder.encode(`[${first.value}]\n`);
+      if (responseId !== undefined && leftOut.size === 0) responses.set(responseId, readyInfos, bytes);
+      return new Response(bytes, { headers });
     }
     let started = false;
     const body = new ReadableStream<Uint8Array>({

@@ -151,3 +151,44 @@ Deno.test("warm series metadata comes from the header cache whole, without askin
     await catalog.close();
   }
 });
+
+Deno.test("a repeated study/series metadata is the response made before while the listing is the same", async () => {
+  /** Counts the per-instance JSON lookups a response costs. */
+  class CountingCache extends HeaderCache {
+    lookups = 0;
+    override json(bucket: string, info: { key: string; etag: string }): string | undefined {
+      this.lookups++;
+      return super.json(bucket, info);
+    }
+  }
+  const store = await bucket([]);
+  const headerCache = new CountingCache();
+  const app = testHandler({ store, config: { AETS: "PACS=pacs" }, headerCache });
+  const path = `/aets/PACS/studies/${study}/series/${series}/metadata`;
+  const get = async (url = path, init?: RequestInit) => {
+    const response = await app.fetch(url, init);
+    assert.equal(response.status, 200);
+    return await response.text();
+  };
+  const first = await get();
+  assert.deepEqual(sops(JSON.parse(first)), [sopOf(whole.key), sopOf(truncated.key)].sort());
+  const warm = await get(); // JSON at hand: one chunk, kept
+  assert.equal(warm, first);
+  headerCache.lookups = 0;
+  assert.equal(await get(), first);
+  assert.equal(headerCache.lookups, 0, "the same listing: sent again without touching an instance");
+
+  const other = await get(path, { headers: { host: "pacs.example.org" } });
+  assert.ok(
+    other.includes("http://pacs.example.org/aets/PACS/studies/"),
+    "another base URL: its own response",
+  );
+  assert.ok(!first.includes("pacs.example.org"));
+
+  await store.delete("pacs", truncated.key);
+  assert.deepEqual(sops(JSON.parse(await get())), [sopOf(whole.key)], "an object deleted: made anew");
+  await store.put("pacs", truncated.key, truncated.bytes);
+  assert.equal(JSON.parse(await get()).length, 2, "an object added: made anew");
+  const study2 = await get(`/aets/PACS/studies/${study}/metadata`);
+  assert.equal(JSON.parse(study2).length, 2);
+});
