@@ -138,6 +138,23 @@ async function readSpan(
 ): Promise<Uint8Array> {
   if (length === 0) return new Uint8Array(0);
   if (header.inflated) return header.inflated.subarray(offset, offset + length);
+  const body = await openSpan(services, bucket, key, offset, length, etag);
+  return new Uint8Array(await new Response(body).arrayBuffer());
+}
+
+/**
+ * `[offset, offset + length)` of the object as the store sends it, once the store has answered with that
+ * version ({@linkcode StaleHeader} otherwise) and that many bytes (a 502 otherwise): nothing is sent before
+ * either is known. The store's body fails rather than ends short.
+ */
+async function openSpan(
+  services: Services,
+  bucket: string,
+  key: string,
+  offset: number,
+  length: number,
+  etag?: string,
+): Promise<ReadableStream<Uint8Array>> {
   const object = await services.store.get(bucket, key, {
     range: { start: offset, end: offset + length - 1 },
   });
@@ -151,14 +168,14 @@ async function readSpan(
     if (etag !== undefined) throw new StaleHeader(`Object ${key} disappeared while being read`);
     throw new HttpError(404, `Not found: object ${key} disappeared while being read`);
   }
-  const bytes = new Uint8Array(await new Response(object.body).arrayBuffer());
-  if (bytes.byteLength !== length) {
+  if (object.length !== length) {
+    await object.body.cancel().catch(() => {});
     throw new HttpError(
       502,
-      `Short read of ${key}: asked for ${length} bytes at ${offset}, got ${bytes.byteLength}; the object may be truncated`,
+      `Short read of ${key}: asked for ${length} bytes at ${offset}, got ${object.length}; the object may be truncated`,
     );
   }
-  return bytes;
+  return object.body;
 }
 
 /** Where an instance's pixels are read from: its object, the version its header is of, and the header. */
@@ -218,6 +235,15 @@ async function withFreshHeader(
   }
 }
 
+/** `multipart/related` of `parts`, each of `contentType`. */
+function multipartResponse(parts: AsyncIterable<Part>, contentType: string): Response {
+  const boundary = randomBoundary();
+  const type = contentType.split(";")[0];
+  return new Response(multipartStream(parts, boundary), {
+    headers: { "content-type": `multipart/related; type="${type}"; boundary=${boundary}` },
+  });
+}
+
 /** The frames and bulk data handlers. */
 export interface PixelHandlers {
   /** `.../instances/{instance}/frames/{frames}` */
@@ -252,6 +278,26 @@ export function pixelHandlers(services: Services): PixelHandlers {
     const frameOf = choice.decode
       ? async (plan: FramePlan) => (await decodedFrame(header, await readFrame(services, source, plan))).bytes
       : (plan: FramePlan) => readFrame(services, source, plan);
+    // One frame stored as one span, sent as stored: streamed through as the store sends it (the viewer's
+    // usual request; its first bytes go out while the rest arrives).
+    const span = plans[0].ranges[0];
+    if (
+      list.length === 1 && !choice.decode && plans[0].ranges.length === 1 && !plans[0].extract &&
+      !header.inflated && span.length > 0
+    ) {
+      const body = await openSpan(services, source.bucket, source.key, span.offset, span.length, source.etag);
+      if (!choice.multipart) {
+        return new Response(body, {
+          headers: { "content-type": choice.contentType, "content-length": String(span.length) },
+        });
+      }
+      return multipartResponse(
+        (async function* () {
+          yield { headers: { "Content-Type": choice.contentType }, body };
+        })(),
+        choice.contentType,
+      );
+    }
     if (!choice.multipart) {
       const bytes = await frameOf(plans[0]);
       return new Response(bytes as Uint8Array<ArrayBuffer>, {
@@ -266,11 +312,7 @@ export function pixelHandlers(services: Services): PixelHandlers {
         yield { headers: { "Content-Type": choice.contentType }, body: bytes };
       }
     })();
-    const boundary = randomBoundary();
-    const type = choice.contentType.split(";")[0];
-    return new Response(multipartStream(parts, boundary), {
-      headers: { "content-type": `multipart/related; type="${type}"; boundary=${boundary}` },
-    });
+    return multipartResponse(parts, choice.contentType);
   }
 
   function bulkdata(ctx: RouteContext): Promise<Response> {
@@ -378,14 +420,11 @@ async function nestedEncapsulated(
     fragments.map((f) => readSpan(services, bucket, header, key, f.offset, f.length, etag)),
   );
   const ts = header.transferSyntaxUid;
-  const mediaType = frameMediaType(ts);
-  const boundary = randomBoundary();
+  const contentType = `${frameMediaType(ts)}; transfer-syntax=${ts}`;
   const parts = (async function* (): AsyncGenerator<Part> {
-    yield { headers: { "Content-Type": `${mediaType}; transfer-syntax=${ts}` }, body: concatBytes(chunks) };
+    yield { headers: { "Content-Type": contentType }, body: concatBytes(chunks) };
   })();
-  return new Response(multipartStream(parts, boundary), {
-    headers: { "content-type": `multipart/related; type="${mediaType}"; boundary=${boundary}` },
-  });
+  return multipartResponse(parts, contentType);
 }
 
 function wantsSingle(accept: string | null): boolean {

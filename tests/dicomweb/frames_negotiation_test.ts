@@ -8,6 +8,9 @@ import assert from "node:assert/strict";
 import { negotiateFrames } from "../../lib/dicomweb/frames_bulkdata.ts";
 import { frameMediaType } from "../../lib/dicom/frames.ts";
 import { OHIF_FRAME_ACCEPTS } from "../_ohif_requests.ts";
+import { MemoryStore } from "../../lib/store/memory_store.ts";
+import { buildInstance } from "../_corpus.ts";
+import { testHandler } from "../_server.ts";
 
 const ELE = "1.2.840.10008.1.2.1";
 const EBE = "1.2.840.10008.1.2.2";
@@ -58,4 +61,66 @@ Deno.test("negotiateFrames(): transfer-syntax=* leaves the syntax to the server"
       contentType: `image/jpx; transfer-syntax=${J2K_PART2}`,
     });
   });
+});
+
+Deno.test("a single stored frame streams through: its first bytes go out before the store has sent them all", async () => {
+  const uids = { study: "2.25.61", series: "2.25.61.1", sop: "2.25.61.1.1" };
+  const side = 256;
+  const bytes = buildInstance({ ...uids, pixelBytes: side * side * 2, frames: 4 });
+  // Frame reads hand over their first 4 KiB, then hold the rest until released.
+  let release!: () => void;
+  let held!: Promise<void>;
+  const gate = () => held = new Promise<void>((resolve) => release = resolve);
+  class GatedStore extends MemoryStore {
+    override async get(...args: Parameters<MemoryStore["get"]>) {
+      const object = await super.get(...args);
+      // (the header is read from offset 0; frame 2 starts past frame 1)
+      if (object === null || (args[2]?.range?.start ?? 0) < 8192 || object.length < 8192) return object;
+      const all = new Uint8Array(await new Response(object.body).arrayBuffer());
+      let sent = false;
+      return {
+        ...object,
+        body: new ReadableStream<Uint8Array>({
+          async pull(controller) {
+            if (!sent) {
+              sent = true;
+              controller.enqueue(all.subarray(0, 4096));
+              return;
+            }
+            await held;
+            controller.enqueue(all.subarray(4096));
+            controller.close();
+          },
+        }),
+      };
+    }
+  }
+  const gated = new GatedStore(["pacs"]);
+  await gated.put("pacs", `${uids.study}/${uids.series}/${uids.sop}.dcm`, bytes);
+  const app = testHandler({ store: gated, config: { AETS: "PACS=pacs" } });
+  const url = `/aets/PACS/studies/${uids.study}/series/${uids.series}/instances/${uids.sop}/frames/2`;
+  for (
+    const accept of [
+      'multipart/related; type="application/octet-stream"; transfer-syntax=*',
+      "application/octet-stream; transfer-syntax=*",
+    ]
+  ) {
+    gate();
+    const responded = app.fetch(url, { headers: { accept } });
+    const early = await Promise.race([
+      responded,
+      new Promise<"held">((resolve) => setTimeout(() => resolve("held"), 2000)),
+    ]);
+    assert.notEqual(early, "held", `${accept}: the response waited for the whole frame`);
+    const response = early as Response;
+    assert.equal(response.status, 200);
+    const reader = response.body!.getReader();
+    const first = await reader.read();
+    assert.ok(first.value!.byteLength > 0);
+    release();
+    let total = first.value!.byteLength;
+    for (let r = await reader.read(); !r.done; r = await reader.read()) total += r.value.byteLength;
+    assert.ok(total >= side * side * 2, `${accept}: the whole frame (${total} bytes)`);
+    if (!accept.startsWith("multipart")) assert.equal(total, side * side * 2);
+  }
 });
