@@ -18,6 +18,8 @@ export class HeaderCache {
   readonly #entries = new Map<string, { header: Part10Header; bytes: number; json?: string }>();
   /** The ETag last cached for each bucket and key. */
   readonly #latest = new Map<string, string>();
+  /** Bytes up to the pixel data of the header read last in each bucket and folder (a series). */
+  readonly #headerBytes = new Map<string, number>();
   readonly #maxBytes: number;
   #bytes = 0;
   /** Bytes read from the store to parse headers (for benchmarks and tests). */
@@ -49,6 +51,22 @@ export class HeaderCache {
     if (etag === undefined) return undefined;
     const header = this.get(bucket, { key, etag });
     return header && { etag, header };
+  }
+
+  /**
+   * How many bytes the first read of `key`'s header should ask for: those the last header read in the same
+   * folder (its series; a modality writes the headers of a series alike) took, so one GET is enough.
+   */
+  headerHint(bucket: string, key: string): number | undefined {
+    return this.#headerBytes.get(`${bucket}\u0000${key.slice(0, key.lastIndexOf("/") + 1)}`);
+  }
+
+  /** Records that the header of `key` ended (its pixel data began) at `bytes`. */
+  noteHeaderBytes(bucket: string, key: string, bytes: number): void {
+    const id = `${bucket}\u0000${key.slice(0, key.lastIndexOf("/") + 1)}`;
+    this.#headerBytes.delete(id);
+    if (this.#headerBytes.size >= 10_000) this.#headerBytes.delete(this.#headerBytes.keys().next().value!);
+    this.#headerBytes.set(id, bytes);
   }
 
   /** Forgets `key`'s latest version (it proved stale). */
@@ -157,10 +175,14 @@ export async function loadHeader(
   if (cached) return cached;
   cache.misses++;
   let header: Part10Header;
+  // 8 KiB covers most headers; the series' last header says when more is needed (a CT's is often ~9 KiB:
+  // two GETs each without the hint). The tag and length of the pixel data must be in the first read too.
+  const hint = cache.headerHint(bucket, info.key);
+  const initialBytes = Math.min(Math.max(8 * 1024, hint === undefined ? 0 : hint + 1024), 256 * 1024);
   try {
     header = await readHeader(objectSource(store, bucket, info, cache), {
       bulkThreshold: options.bulkThreshold,
-      initialBytes: 8 * 1024,
+      initialBytes,
     });
   } catch (error) {
     // A stored object that is not valid DICOM is the server's problem, not the client's.
@@ -176,5 +198,8 @@ export async function loadHeader(
     throw error;
   }
   cache.set(bucket, info, header);
+  if (header.pixelData !== undefined && !header.deflated) {
+    cache.noteHeaderBytes(bucket, info.key, header.pixelData.offset);
+  }
   return header;
 }
