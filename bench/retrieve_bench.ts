@@ -44,6 +44,7 @@ import {
   timedFetch,
 } from "./_util.ts";
 import { benchMetadata } from "./_metadata.ts";
+import { benchSeriesDir } from "./_s3.ts";
 import { orthancMissing, type OrthancPeer, startOrthancPeer } from "./_orthanc_peer.ts";
 import { startS3, type TestS3 } from "../tests/_s3server.ts";
 
@@ -66,21 +67,7 @@ async function startTaskV8Flags(): Promise<string> {
 }
 
 async function dataset(): Promise<{ dir: string; keys: string[]; bytes: number }> {
-  const dir = Deno.env.get("BENCH_DATA") ?? `${REPO}bench-data/bench`;
-  try {
-    await Deno.stat(`${dir}/index.json`);
-  } catch {
-    console.log(`generating the bench series into ${dir} (gen_dataset.py --preset bench)…`);
-    await run([
-      "/usr/bin/python3",
-      `${SHARED}tools/gen_dataset.py`,
-      "--preset",
-      "bench",
-      "--out",
-      dir,
-      "--force",
-    ]);
-  }
+  const dir = await benchSeriesDir();
   const keys: string[] = [];
   let bytes = 0;
   const walk = async (path: string, prefix: string) => {
