@@ -235,6 +235,30 @@ async function withFreshHeader(
   }
 }
 
+/**
+ * One part whose body is already open: a consumer that stops before taking it (the client went away before
+ * the first byte) cancels the body, so the store's connection is released.
+ */
+function onePart(part: Part & { body: ReadableStream<Uint8Array> }): AsyncIterable<Part> {
+  let taken = false;
+  return {
+    [Symbol.asyncIterator]: () => ({
+      next(): Promise<IteratorResult<Part>> {
+        if (taken) return Promise.resolve({ done: true, value: undefined });
+        taken = true;
+        return Promise.resolve({ done: false, value: part });
+      },
+      async return(): Promise<IteratorResult<Part>> {
+        if (!taken) {
+          taken = true;
+          await part.body.cancel().catch(() => {});
+        }
+        return { done: true, value: undefined };
+      },
+    }),
+  };
+}
+
 /** `multipart/related` of `parts`, each of `contentType`. */
 function multipartResponse(parts: AsyncIterable<Part>, contentType: string): Response {
   const boundary = randomBoundary();
@@ -292,9 +316,7 @@ export function pixelHandlers(services: Services): PixelHandlers {
         });
       }
       return multipartResponse(
-        (async function* () {
-          yield { headers: { "Content-Type": choice.contentType }, body };
-        })(),
+        onePart({ headers: { "Content-Type": choice.contentType }, body }),
         choice.contentType,
       );
     }

@@ -70,6 +70,7 @@ Deno.test("a single stored frame streams through: its first bytes go out before 
   // Frame reads hand over their first 4 KiB, then hold the rest until released.
   let release!: () => void;
   let held!: Promise<void>;
+  let cancelled = 0;
   const gate = () => held = new Promise<void>((resolve) => release = resolve);
   class GatedStore extends MemoryStore {
     override async get(...args: Parameters<MemoryStore["get"]>) {
@@ -90,6 +91,9 @@ Deno.test("a single stored frame streams through: its first bytes go out before 
             await held;
             controller.enqueue(all.subarray(4096));
             controller.close();
+          },
+          cancel() {
+            cancelled++;
           },
         }),
       };
@@ -123,4 +127,13 @@ Deno.test("a single stored frame streams through: its first bytes go out before 
     assert.ok(total >= side * side * 2, `${accept}: the whole frame (${total} bytes)`);
     if (!accept.startsWith("multipart")) assert.equal(total, side * side * 2);
   }
+
+  // a client gone before the first byte: the store's body is cancelled (its connection released)
+  gate();
+  const dropped = await app.fetch(url, {
+    headers: { accept: 'multipart/related; type="application/octet-stream"; transfer-syntax=*' },
+  });
+  await dropped.body!.cancel();
+  release();
+  assert.equal(cancelled, 1, "the opened span was cancelled");
 });
