@@ -143,8 +143,12 @@ if (import.meta.main) {
       grace,
     ]);
     clearTimeout(timer);
-    await services.crawler?.stop().catch(() => {});
-    await catalog?.close().catch(() => {});
+    // a crawl's reads under way and the catalog's last writes get a few seconds, not a hang
+    const closing = (async () => {
+      await services.crawler?.stop().catch(() => {});
+      await catalog?.close().catch(() => {});
+    })();
+    await Promise.race([closing, new Promise((resolve) => setTimeout(resolve, 5000))]);
     console.log(`Stopped (${outcome === "done" ? "every request finished" : outcome})`);
     Deno.exit(0);
   };
