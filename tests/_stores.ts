@@ -82,6 +82,48 @@ export function observe(store: ObjectStore, options: ObserveOptions = {}): Obser
   };
 }
 
+/** `inner` with every call passed on, but for `overrides`. */
+export function delegating(inner: ObjectStore, overrides: Partial<ObjectStore> = {}): ObjectStore {
+  return {
+    kind: inner.kind,
+    location: inner.location,
+    listBuckets: (o) => inner.listBuckets(o),
+    list: (b, p, o) => inner.list(b, p, o),
+    head: (b, k, o) => inner.head(b, k, o),
+    get: (b, k, o) => inner.get(b, k, o),
+    put: (b, k, body, o) => inner.put(b, k, body, o),
+    delete: (b, k, o) => inner.delete(b, k, o),
+    check: (b, o) => inner.check(b, o),
+    ...overrides,
+  };
+}
+
+/**
+ * `bytes` as a byte stream (`type: "bytes"`, as `fetch` and S3 bodies are), at most `piece` bytes a read;
+ * with `failAt`, a read from that offset on errors ("connection reset").
+ */
+export function byteStream(
+  bytes: Uint8Array,
+  piece: number,
+  options: { failAt?: number; autoAllocateChunkSize?: number } = {},
+): ReadableStream<Uint8Array> {
+  let at = 0;
+  return new ReadableStream({
+    type: "bytes",
+    autoAllocateChunkSize: options.autoAllocateChunkSize,
+    pull(controller) {
+      if (options.failAt !== undefined && at >= options.failAt) throw new Error("connection reset");
+      const request = controller.byobRequest!;
+      const view = new Uint8Array(request.view!.buffer, request.view!.byteOffset, request.view!.byteLength);
+      const n = Math.min(view.byteLength, piece, bytes.byteLength - at);
+      view.set(bytes.subarray(at, at + n));
+      at += n;
+      request.respond(n);
+      if (at === bytes.byteLength) controller.close();
+    },
+  });
+}
+
 /** Resolves once `condition()` holds, or rejects after `ms`. */
 export async function eventually(condition: () => boolean, ms = 5_000, what = "condition"): Promise<void> {
   const until = Date.now() + ms;

@@ -5,6 +5,7 @@ import type { GetOptions, ObjectBody, ObjectStore } from "../../lib/store/store.
 import { buildPart10 } from "../_dicom_fixtures.ts";
 import { concatBytes } from "../../lib/util/bytes.ts";
 import { freeHandedOff } from "../../lib/util/handoff.ts";
+import { byteStream, delegating } from "../_stores.ts";
 
 const ELE = "1.2.840.10008.1.2.1";
 const encoder = new TextEncoder();
@@ -28,15 +29,7 @@ async function bytesOf(stream: ReadableStream<Uint8Array>): Promise<Uint8Array> 
 
 /** Wraps a store so bodies arrive in `chunk`-byte pieces and cancellations are recorded. */
 function chunkingStore(inner: ObjectStore, chunk: number, cancelled: string[] = []): ObjectStore {
-  return {
-    kind: inner.kind,
-    location: inner.location,
-    listBuckets: (o) => inner.listBuckets(o),
-    list: (b, p, o) => inner.list(b, p, o),
-    head: (b, k, o) => inner.head(b, k, o),
-    put: (b, k, body, o) => inner.put(b, k, body, o),
-    delete: (b, k, o) => inner.delete(b, k, o),
-    check: (b, o) => inner.check(b, o),
+  return delegating(inner, {
     async get(bucket: string, key: string, options?: GetOptions): Promise<ObjectBody | null> {
       const object = await inner.get(bucket, key, options);
       if (object === null) return null;
@@ -54,37 +47,18 @@ function chunkingStore(inner: ObjectStore, chunk: number, cancelled: string[] = 
       }, { highWaterMark: 0 });
       return { ...object, body };
     },
-  };
+  });
 }
 
 /** `inner` whose bodies are byte streams (as `fetch` bodies are) handing out at most `piece` bytes a read. */
 function byteStreamStore(inner: ObjectStore, piece: number): ObjectStore {
-  return {
-    ...chunkingStore(inner, piece),
+  return delegating(inner, {
     async get(bucket: string, key: string, options?: GetOptions): Promise<ObjectBody | null> {
       const object = await inner.get(bucket, key, options);
       if (object === null) return null;
-      const all = await bytesOf(object.body);
-      let at = 0;
-      const body = new ReadableStream({
-        type: "bytes",
-        pull(controller) {
-          const request = controller.byobRequest!;
-          const view = new Uint8Array(
-            request.view!.buffer,
-            request.view!.byteOffset,
-            request.view!.byteLength,
-          );
-          const n = Math.min(view.byteLength, piece, all.length - at);
-          view.set(all.subarray(at, at + n));
-          at += n;
-          request.respond(n);
-          if (at === all.length) controller.close();
-        },
-      });
-      return { ...object, body };
+      return { ...object, body: byteStream(await bytesOf(object.body), piece) };
     },
-  };
+  });
 }
 
 // ---- ahead() ----

@@ -18,7 +18,7 @@ import { MemoryStore } from "../../lib/store/memory_store.ts";
 import type { GetOptions, ObjectStore } from "../../lib/store/store.ts";
 import { buildInstance } from "../_corpus.ts";
 import { securedHandler } from "../_jwks.ts";
-import { eventually, observe } from "../_stores.ts";
+import { byteStream, delegating, eventually, observe } from "../_stores.ts";
 import { ReadBudget } from "../../lib/store/read_budget.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -317,30 +317,13 @@ Deno.test("ReadBudget: one request's open reads are capped, others are not affec
     "a byte-stream body stays one: BYOB reads pass through, bytes intact, released at the end",
     async () => {
       const bytes = new Uint8Array(300_000).map((_, i) => i % 251);
-      const byteStore: ObjectStore = {
-        ...slowStore(base, 0),
+      const byteStore = delegating(base, {
         get: async (_b, key) => {
           const info = (await base.head("b", "k0"))!;
-          let at = 0;
-          const body = new ReadableStream({
-            type: "bytes",
-            pull(controller) {
-              const request = controller.byobRequest!;
-              const view = new Uint8Array(
-                request.view!.buffer,
-                request.view!.byteOffset,
-                request.view!.byteLength,
-              );
-              const n = Math.min(view.byteLength, 10_000, bytes.byteLength - at);
-              view.set(bytes.subarray(at, at + n));
-              at += n;
-              request.respond(n);
-              if (at === bytes.byteLength) controller.close();
-            },
-          });
+          const body = byteStream(bytes, 10_000);
           return { info: { ...info, key, size: bytes.byteLength }, start: 0, length: bytes.byteLength, body };
         },
-      };
+      });
       const wrapped = budget.store(byteStore);
       await budget.scope(async () => {
         const o = (await wrapped.get("b", "k"))!;
@@ -371,17 +354,10 @@ Deno.test("ReadBudget: one request's open reads are capped, others are not affec
 
 /** A store whose gets (or heads) take `delayMs` first. */
 function slowStore(store: ObjectStore, delayMs: number): ObjectStore {
-  return {
-    kind: store.kind,
-    location: store.location,
-    listBuckets: (o) => store.listBuckets(o),
-    list: (b, p, o) => store.list(b, p, o),
+  return delegating(store, {
     head: async (b, k, o) => (await sleep(delayMs), store.head(b, k, o)),
     get: async (b, k, o) => (await sleep(delayMs), store.get(b, k, o)),
-    put: (b, k, body, o) => store.put(b, k, body, o),
-    delete: (b, k, o) => store.delete(b, k, o),
-    check: (b, o) => store.check(b, o),
-  };
+  });
 }
 
 Deno.test("each limit answers through the guarded handler with its status and message", async (t) => {

@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { ReadBudget } from "../../lib/store/read_budget.ts";
 import { MemoryStore } from "../../lib/store/memory_store.ts";
 import type { ObjectBody, ObjectStore } from "../../lib/store/store.ts";
+import { byteStream, delegating } from "../_stores.ts";
 
 const SIZE = 300_000;
 const BYTES = new Uint8Array(SIZE).map((_, i) => (i * 7) % 251);
@@ -19,31 +20,12 @@ function streamStore(kind: "bytes" | "default", fail = false): ObjectStore {
   const info = { key: "k", size: SIZE, etag: "e" };
   const get = (): Promise<ObjectBody> => {
     let at = 0;
-    const next = (max: number): number => {
-      if (fail && at >= 50_000) throw new Error("connection reset");
-      return Math.min(max, 10_000, SIZE - at);
-    };
     const body = kind === "bytes"
-      ? new ReadableStream({
-        type: "bytes",
-        autoAllocateChunkSize: 65_536,
-        pull(controller) {
-          const request = controller.byobRequest!;
-          const view = new Uint8Array(
-            request.view!.buffer,
-            request.view!.byteOffset,
-            request.view!.byteLength,
-          );
-          const n = next(view.byteLength);
-          view.set(BYTES.subarray(at, at + n));
-          at += n;
-          request.respond(n);
-          if (at === SIZE) controller.close();
-        },
-      })
+      ? byteStream(BYTES, 10_000, { failAt: fail ? 50_000 : undefined, autoAllocateChunkSize: 65_536 })
       : new ReadableStream<Uint8Array>({
         pull(controller) {
-          const n = next(Infinity);
+          if (fail && at >= 50_000) throw new Error("connection reset");
+          const n = Math.min(10_000, SIZE - at);
           controller.enqueue(BYTES.slice(at, at + n));
           at += n;
           if (at === SIZE) controller.close();
@@ -51,17 +33,7 @@ function streamStore(kind: "bytes" | "default", fail = false): ObjectStore {
       }, { highWaterMark: 0 });
     return Promise.resolve({ info, start: 0, length: SIZE, body });
   };
-  return {
-    kind: "test",
-    location: "test",
-    listBuckets: (o) => base.listBuckets(o),
-    list: (b, p, o) => base.list(b, p, o),
-    head: (b, k, o) => base.head(b, k, o),
-    get,
-    put: (b, k, body, o) => base.put(b, k, body, o),
-    delete: (b, k, o) => base.delete(b, k, o),
-    check: (b, o) => base.check(b, o),
-  };
+  return delegating(base, { kind: "test", location: "test", get });
 }
 
 async function viaDefaultReader(body: ReadableStream<Uint8Array>): Promise<Uint8Array> {
