@@ -44,9 +44,9 @@ import {
   timedFetch,
 } from "./_util.ts";
 import { benchMetadata } from "./_metadata.ts";
-import { benchSeriesDir } from "./_s3.ts";
+import { BENCH_CREDENTIALS, type BenchS3, benchSeriesDir, createBenchBucket } from "./_s3.ts";
 import { orthancMissing, type OrthancPeer, startOrthancPeer } from "./_orthanc_peer.ts";
-import { startS3, type TestS3 } from "../tests/_s3server.ts";
+import { startS3 } from "../tests/_s3server.ts";
 
 const CONCURRENCY = Number(Deno.env.get("S3_CONCURRENCY") ?? 8);
 const ROUNDS = Number(Deno.env.get("BENCH_ROUNDS") ?? 5);
@@ -56,7 +56,6 @@ const SERVER_FLAGS = (Deno.env.get("BENCH_SERVER_FLAGS") ?? await startTaskV8Fla
 const REPO = new URL("../", import.meta.url).pathname;
 const SHARED = new URL("../../shared/", import.meta.url).pathname;
 const ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*';
-const CREDENTIALS = { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" };
 
 /** The `--v8-flags=…` of `deno task start`, so the server runs here as it is deployed. */
 async function startTaskV8Flags(): Promise<string> {
@@ -84,13 +83,9 @@ async function dataset(): Promise<{ dir: string; keys: string[]; bytes: number }
   return { dir, keys, bytes };
 }
 
-interface S3Target {
-  endpoint: string;
-  kind: string;
+interface S3Target extends BenchS3 {
   /** The S3 server's processes, when started here (their CPU time is reported). */
   pids: Record<string, number>;
-  stop(): Promise<void>;
-  handle?: TestS3;
 }
 
 async function s3Server(): Promise<S3Target> {
@@ -242,7 +237,7 @@ async function main() {
     endpoint: s3.endpoint,
     region: "us-east-1",
     forcePathStyle: true,
-    credentials: CREDENTIALS,
+    credentials: BENCH_CREDENTIALS,
   });
   const lines: Line[] = [];
   const say = (name: string, value: string, target?: string, met?: boolean) =>
@@ -250,18 +245,7 @@ async function main() {
   const gb = data.bytes / 1e9;
   try {
     if (!given) {
-      if (s3.handle) await s3.handle.createBucket(bucket);
-      else {
-        const { CreateBucketCommand, S3Client } = await import("@aws-sdk/client-s3");
-        const sdk = new S3Client({
-          endpoint: s3.endpoint,
-          region: "us-east-1",
-          forcePathStyle: true,
-          credentials: CREDENTIALS,
-        });
-        await sdk.send(new CreateBucketCommand({ Bucket: bucket }));
-        sdk.destroy();
-      }
+      await createBenchBucket(s3, bucket);
       console.log(`uploading to ${s3.kind} ${s3.endpoint} bucket ${bucket}…`);
       let i = 0;
       await Promise.all(Array.from({ length: 8 }, async () => {
@@ -274,15 +258,15 @@ async function main() {
     }
     const objectUrl = (endpoint: string, key: string) => `${endpoint}/${bucket}/${key}`;
     const directUrls = data.keys.map((k) => objectUrl(s3.endpoint, k));
-    const sigv4 = { key: CREDENTIALS.accessKeyId, secret: CREDENTIALS.secretAccessKey };
+    const sigv4 = { key: BENCH_CREDENTIALS.accessKeyId, secret: BENCH_CREDENTIALS.secretAccessKey };
 
     const scratch = await Deno.makeTempDir({ prefix: "bench-server-" });
     const serverEnv = (endpoint: string, concurrency: number, name: string) => ({
       CATALOG_PATH: `${scratch}/${name}.sqlite`, // not in the repository's ./data
       S3_ENDPOINT: endpoint,
       AETS: `BENCH=${bucket}`,
-      AWS_ACCESS_KEY_ID: CREDENTIALS.accessKeyId,
-      AWS_SECRET_ACCESS_KEY: CREDENTIALS.secretAccessKey,
+      AWS_ACCESS_KEY_ID: BENCH_CREDENTIALS.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: BENCH_CREDENTIALS.secretAccessKey,
       S3_CONCURRENCY: String(concurrency),
     });
     const server = await startServer(serverEnv(s3.endpoint, CONCURRENCY, "main"));
@@ -504,7 +488,7 @@ async function main() {
         ...(await benchMetadata({
           endpoint: s3.endpoint,
           bucket,
-          credentials: CREDENTIALS,
+          credentials: BENCH_CREDENTIALS,
           study,
           series,
           instances: data.keys.length,
