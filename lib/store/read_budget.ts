@@ -119,7 +119,7 @@ export class ReadBudget {
         ...object,
         body: range === undefined
           ? new ReleasingBody(object.body, release)
-          : releaseStream(object.body, release),
+          : releaseStream(object.body, release, object.length),
       };
     };
     return {
@@ -333,6 +333,7 @@ class ReleasingBody extends ReadableStream<Uint8Array> {
 function releaseStream(
   stream: ReadableStream<Uint8Array>,
   release: () => void,
+  length: number,
 ): ReadableStream<Uint8Array> {
   let byob: ReadableStreamBYOBReader;
   try {
@@ -342,7 +343,9 @@ function releaseStream(
   }
   return new ReadableStream({
     type: "bytes",
-    autoAllocateChunkSize: 64 * 1024,
+    // a default reader's buffers: no bigger than the range (a header's is a few KiB; a fresh 64 KiB buffer
+    // per ranged GET was most of its cost)
+    autoAllocateChunkSize: Math.max(1, Math.min(64 * 1024, length)),
     async pull(controller) {
       const request = controller.byobRequest!;
       const view = request.view!;

@@ -161,7 +161,11 @@ export class Http1Client {
       const reader = head.reader;
       const body: ReadableStream<Uint8Array> = new ReadableStream({
         type: "bytes",
-        autoAllocateChunkSize: STREAM_CHUNK,
+        // a default reader gets buffers of this size: no bigger than the body (a header's ranged GET is a few
+        // KiB, and a fresh 256 KiB buffer per answer cost more than the rest of the request)
+        autoAllocateChunkSize: framing.kind === "length"
+          ? Math.min(STREAM_CHUNK, framing.left)
+          : STREAM_CHUNK,
         async pull(controller: ReadableByteStreamController) {
           const request = controller.byobRequest!;
           const view = request.view as Uint8Array;

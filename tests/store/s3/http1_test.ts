@@ -606,6 +606,33 @@ Deno.test("Http1Client streams answers", async (t) => {
     }
   });
 
+  await t.step(
+    "a default reader of a short body gets buffers the size of the body, not of a whole chunk",
+    async () => {
+      // a header's ranged GET is a few KiB: a fresh 256 KiB buffer per answer cost more than the request itself
+      const text = randomText(3_000);
+      const server = rawServer(() =>
+        `HTTP/1.1 206 Partial Content\r\ncontent-length: ${text.length}\r\n\r\n${text}`
+      );
+      const client = new Http1Client();
+      try {
+        const response = await client.stream({ method: "GET", url: new URL(`${server.url}/k`), headers: {} });
+        const reader = response.body!.getReader();
+        let read = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          assert.ok(value.buffer.byteLength <= text.length, `a ${value.buffer.byteLength}-byte buffer`);
+          read += decoder.decode(value);
+        }
+        assert.equal(read, text);
+      } finally {
+        client.close();
+        await server.close();
+      }
+    },
+  );
+
   await t.step("cancelling a body, or aborting its request, closes the connection", async () => {
     const text = randomText(4_000_000);
     const server = rawServer(() => `HTTP/1.1 200 OK\r\ncontent-length: ${text.length}\r\n\r\n${text}`);
