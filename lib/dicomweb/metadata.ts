@@ -13,7 +13,6 @@
  * @module
  */
 
-import { stringifyDicomJson } from "../dicom/dicom_json.ts";
 import { loadHeader } from "../objects/header_cache.ts";
 import { HttpError } from "../http/errors.ts";
 import { ahead } from "../objects/open_instance.ts";
@@ -24,7 +23,7 @@ import { instanceKey, parseInstanceKey, seriesPrefix, studyPrefix } from "../dic
 import { publicBase } from "../http/urls.ts";
 import { describe, instanceUrl, targetOf } from "./retrieve.ts";
 import { CorruptObjectError } from "../util/errors.ts";
-import { headerJson, resolveBulkDataUris } from "../catalog/documents.ts";
+import { documentText, headerJson, resolveBulkDataUris } from "../catalog/documents.ts";
 import { acceptJson } from "../http/negotiation.ts";
 
 /**
@@ -43,7 +42,8 @@ export async function instanceJsonText(
     bulkThreshold: threshold,
   });
   // Small loaded binary values go inline; large ones, Pixel Data and values not loaded become BulkDataURIs.
-  const json = stringifyDicomJson(headerJson(header, threshold));
+  // the catalog's writer: the same text as stringifyDicomJson, one JSON.stringify when keys are in order
+  const json = documentText(headerJson(header, threshold));
   services.headerCache.setJson(bucket, info, json);
   return json;
 }
