@@ -205,6 +205,8 @@ export function summarize(runs: { run: Run; cpu: Record<string, number> }[]) {
 export interface CurlRun extends Run {
   /** Transfers that did not answer 2xx. */
   failed: number;
+  /** CPU time the curl process spent (user + system, ms): what receiving the bytes costs a lean client. */
+  cpuMs: number;
 }
 
 /**
@@ -240,9 +242,20 @@ export async function curlParallel(
     }
     args.push("-K", config);
     const t0 = performance.now();
-    const out = await new Deno.Command("curl", { args, stdout: "piped", stderr: "piped" }).output();
+    // curl under a shell that prints its child's CPU time (cutime + cstime of /proc/$$/stat, in ticks of
+    // 10 ms) once curl is done
+    const script =
+      'curl "$@"; s=$?; read -r -a f < /proc/$$/stat; echo "cpu $((f[15] + f[16]))" >&2; exit $s';
+    const out = await new Deno.Command("bash", {
+      args: ["-c", script, "curl", ...args],
+      stdout: "piped",
+      stderr: "piped",
+    })
+      .output();
     const ms = performance.now() - t0;
-    if (!out.success) throw new Error(`curl failed: ${new TextDecoder().decode(out.stderr)}`);
+    const stderr = new TextDecoder().decode(out.stderr);
+    if (!out.success) throw new Error(`curl failed: ${stderr}`);
+    const cpuMs = Number(/^cpu (\d+)$/m.exec(stderr)?.[1] ?? NaN) * 10;
     let bytes = 0;
     let failed = 0;
     let ttfb = Infinity;
@@ -253,7 +266,7 @@ export async function curlParallel(
       if (num === "0") ttfb = Number(start) * 1000;
       bytes += Number(size);
     }
-    return { ms, ttfb, bytes, failed };
+    return { ms, ttfb, bytes, failed, cpuMs };
   } finally {
     await Deno.remove(config).catch(() => {});
   }
