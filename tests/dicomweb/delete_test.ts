@@ -11,6 +11,7 @@ import { MemoryStore } from "../../lib/store/memory_store.ts";
 import { type ObjectStore, StoreError } from "../../lib/store/store.ts";
 import { generatedCorpus, type GenStudy, STUDIES } from "../_qido_fixtures.ts";
 import { routedServer } from "./_routed.ts";
+import { delegating } from "../_stores.ts";
 
 const AET = "DEL";
 const BUCKET = "del";
@@ -167,22 +168,14 @@ Deno.test("DELETE: an S3 failure half-way answers 5xx naming what remains; repea
   const inner = new MemoryStore([BUCKET]);
   let failing = true;
   let deletes = 0;
-  const store: ObjectStore = {
-    kind: inner.kind,
-    location: inner.location,
-    listBuckets: (o) => inner.listBuckets(o),
-    list: (b, p, o) => inner.list(b, p, o),
-    head: (b, k, o) => inner.head(b, k, o),
-    get: (b, k, o) => inner.get(b, k, o),
-    put: (b, k, body, o) => inner.put(b, k, body, o),
-    check: (b, o) => inner.check(b, o),
+  const store = delegating(inner, {
     delete: (b, k, o) => {
       if (failing && ++deletes > 2) {
         return Promise.reject(new StoreError("unavailable", `S3 ${b} is not reachable (injected)`));
       }
       return inner.delete(b, k, o);
     },
-  };
+  });
   const f = await fixture({ store });
   try {
     const path = `/aets/${AET}/studies/${STUDY}`;

@@ -19,7 +19,7 @@ import type { ObjectStore } from "../../lib/store/store.ts";
 import { buildInstance, CORPUS_DIR, md5, pydicomCorpus } from "../_corpus.ts";
 import { boundaryOf, parseMultipart } from "../_multipart_parser.ts";
 import { startS3, type TestS3 } from "../_s3server.ts";
-import { eventually } from "../_stores.ts";
+import { delegating, eventually } from "../_stores.ts";
 import { documentText, headerJson } from "../../lib/catalog/documents.ts";
 import { FAILURE } from "../../lib/dicomweb/stow_response.ts";
 import { concatBytes } from "../../lib/util/bytes.ts";
@@ -97,15 +97,7 @@ function hooked(store: ObjectStore, hooks: {
   body?: (key: string, body: ReadableStream<Uint8Array>) => ReadableStream<Uint8Array>;
   settled?: (key: string, ok: boolean) => void;
 }): ObjectStore {
-  return {
-    kind: store.kind,
-    location: store.location,
-    listBuckets: (o) => store.listBuckets(o),
-    list: (b, p, o) => store.list(b, p, o),
-    head: (b, k, o) => store.head(b, k, o),
-    get: (b, k, o) => store.get(b, k, o),
-    delete: (b, k, o) => store.delete(b, k, o),
-    check: (b, o) => store.check(b, o),
+  return delegating(store, {
     async put(bucket, key, body, options) {
       const given = body instanceof Uint8Array || !hooks.body ? body : hooks.body(key, body);
       try {
@@ -117,7 +109,7 @@ function hooked(store: ObjectStore, hooks: {
         throw error;
       }
     },
-  };
+  });
 }
 
 /** A TCP relay to S3 that can drop every connection and refuse new ones (S3 unreachable), then come back. */
