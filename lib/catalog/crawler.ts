@@ -41,7 +41,7 @@ export interface CrawlerOptions {
   /** Minimum milliseconds between two progress lines (default 5000). */
   progressInterval?: number;
   /**
-   * Crawl lease duration; renewed every third of it while the crawl runs (default 40 s). A server crawler
+   * Crawl lease duration; a timer renews it every third of it while the crawl runs (default 40 s). A server crawler
    * ({@linkcode Crawler.start}) that finds the lease held tries again every quarter of it until the holder
    * completes or its lease runs out, so a killed replica's crawl is taken over within about a minute.
    */
@@ -124,13 +124,14 @@ interface AetState {
 /** What reading one object into the catalog did (see {@linkcode Crawler.index}). */
 export type ReadOutcome = "indexed" | "failed" | "ignored" | "gone";
 
-/** One crawl under way: its lease, report and progress, its progress lines, and the lease renewal. */
+/** One crawl under way: its lease, report and progress, its progress lines, and whether the lease is held. */
 interface CrawlRun {
   ticket: CrawlTicket;
   report: CrawlReport;
   progress: AetProgress;
   throttle: Throttle;
-  renew: () => Promise<void>;
+  /** Throws once the lease was lost (another process took the crawl over). */
+  checkLease: () => void;
 }
 
 /**
@@ -362,16 +363,28 @@ export class Crawler {
     }
     const started = performance.now();
     const throttle = new Throttle(this.#every, this.#log);
-    let renewedAt = performance.now();
-    const renew = async () => {
-      if (performance.now() - renewedAt < this.#leaseMs / 3) return;
-      renewedAt = performance.now();
-      if (!await this.#catalog.renewCrawl(ticket, this.#leaseMs)) throw new Error("The crawl lease was lost");
+    // The lease says "this process is alive and crawling": a timer renews it every third of a lease whatever
+    // the crawl is waiting on (a slow listing page, a batch write, a header read under load), so only a process
+    // that died or stalls its event loop for a lease loses it. The crawl checks at each step whether it did.
+    let lost = false;
+    let renewing: Promise<void> | undefined;
+    const heartbeat = setInterval(() => {
+      if (renewing || lost) return;
+      renewing = this.#catalog.renewCrawl(ticket, this.#leaseMs).then(
+        (held) => {
+          if (!held) lost = true;
+        },
+        // the catalog is away: try again at the next tick (its other writes fail the crawl if it stays away)
+        () => {},
+      ).finally(() => renewing = undefined);
+    }, Math.max(10, this.#leaseMs / 3));
+    const checkLease = () => {
+      if (lost) throw new Error("The crawl lease was lost");
     };
     try {
       progress.phase = "listing";
       progress.listed = 0;
-      await this.#list({ ticket, report, progress, throttle, renew });
+      await this.#list({ ticket, report, progress, throttle, checkLease });
       if (this.#stopped) {
         await this.#catalog.endCrawl(ticket, { complete: false, error: "Stopped" });
         return finish("stopped");
@@ -379,12 +392,13 @@ export class Crawler {
 
       progress.phase = "series";
       const before = { count: this.#headers.misses, bytes: this.#headers.bytesRead };
-      await this.#seriesPass({ ticket, report, progress, throttle, renew });
+      await this.#seriesPass({ ticket, report, progress, throttle, checkLease });
       report.headerBytes = this.#headers.bytesRead - before.bytes;
       if (this.#stopped) {
         await this.#catalog.endCrawl(ticket, { complete: false, error: "Stopped" });
         return finish("stopped");
       }
+      checkLease();
       await this.#catalog.endCrawl(ticket, { complete: true });
       state.markReady();
       const seconds = ((performance.now() - started) / 1000).toFixed(1);
@@ -407,6 +421,9 @@ export class Crawler {
       this.#log(`catalog ${aet}: crawl of ${bucket} failed: ${why}`);
       await this.#catalog.endCrawl(ticket, { complete: false, error: why }).catch(() => {});
       return finish("failed", why);
+    } finally {
+      clearInterval(heartbeat);
+      await renewing;
     }
   }
 
@@ -443,17 +460,17 @@ export class Crawler {
     }, Math.max(10, this.#leaseMs / 4));
   }
 
-  async #list({ ticket, report, progress, throttle, renew }: CrawlRun): Promise<void> {
+  async #list({ ticket, report, progress, throttle, checkLease }: CrawlRun): Promise<void> {
     const started = performance.now();
     let batch: ObjectInfo[] = [];
     const flush = async () => {
+      checkLease();
       const counts = await this.#catalog.applyListing(ticket, batch);
       report.added += counts.added;
       report.changed += counts.changed;
       report.unchanged += counts.unchanged;
       report.ignored += counts.ignored;
       batch = [];
-      await renew();
     };
     for await (const info of this.#store.list(ticket.bucket, "")) {
       if (this.#stopped) return;
@@ -471,11 +488,12 @@ export class Crawler {
       }
     }
     if (batch.length > 0) await flush();
+    checkLease();
     report.deleted = await this.#catalog.finishListing(ticket);
     report.listingMs = performance.now() - started;
   }
 
-  async #seriesPass({ ticket, report, progress, throttle, renew }: CrawlRun): Promise<void> {
+  async #seriesPass({ ticket, report, progress, throttle, checkLease }: CrawlRun): Promise<void> {
     const started = performance.now();
     let total = 0;
     let done = 0;
@@ -493,7 +511,7 @@ export class Crawler {
         report.seriesHeaders++;
         if (outcome === "failed") report.failed++;
         done++;
-        await renew();
+        checkLease();
         const seconds = (performance.now() - started) / 1000;
         throttle.say(() =>
           `catalog ${ticket.aet}: series headers: ${done}/${total} (${rate(done, seconds)}/s, ETA ${

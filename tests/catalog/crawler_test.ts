@@ -7,7 +7,7 @@ import { openSqliteCatalog, type SqliteCatalog } from "../../lib/catalog/sqlite_
 import { type ObjectStore, StoreError } from "../../lib/store/store.ts";
 import { buildPart10 } from "../_dicom_fixtures.ts";
 import { generatedCorpus, instanceElements, putAll, STUDIES } from "../_qido_fixtures.ts";
-import { observe, type ObservedStore } from "../_stores.ts";
+import { delegating, observe, type ObservedStore } from "../_stores.ts";
 
 const AET = "CRAWL";
 const BUCKET = "crawl";
@@ -263,6 +263,63 @@ Deno.test("Crawler skips an AET whose lease another process holds, and joins a r
     assert.equal((await a).outcome, "complete");
   } finally {
     await s.close();
+  }
+});
+
+Deno.test("Crawler keeps its lease while one step outlasts it (a slow listing page); a stalled holder loses it", async (t) => {
+  const backing = new MemoryStore([BUCKET]);
+  await putAll(backing, BUCKET, files);
+  const LEASE = 150;
+  let pause = 0;
+  const slow = delegating(backing, {
+    async *list(b, p, o) {
+      // the first page takes three leases to come back, as a listing under load can
+      await new Promise((r) => setTimeout(r, pause));
+      yield* backing.list(b, p, o);
+    },
+  });
+  const catalog = await openSqliteCatalog(":memory:");
+  const crawler = new Crawler({
+    store: slow,
+    aets: new AetRegistry(slow, { configured: new Map([[AET, BUCKET]]) }),
+    catalog,
+    log: () => {},
+    leaseMs: LEASE,
+    owner: "slow-replica",
+  });
+  try {
+    await t.step("another process cannot take a lease whose holder is alive but waiting", async () => {
+      pause = LEASE * 3;
+      const crawl = crawler.crawl(AET);
+      await new Promise((r) => setTimeout(r, LEASE * 2));
+      assert.equal(await catalog.beginCrawl(AET, BUCKET, "other-replica", 60_000), undefined);
+      const report = await crawl;
+      assert.equal(report.outcome, "complete", report.error);
+      assert.equal(report.listed, files.length);
+    });
+    await t.step(
+      "a holder whose event loop stalls past its lease loses it to another and writes nothing",
+      async () => {
+        pause = LEASE * 3;
+        const crawl = crawler.crawl(AET);
+        await new Promise((r) => setTimeout(r, LEASE / 2));
+        const stalledUntil = performance.now() + LEASE * 2;
+        while (performance.now() < stalledUntil) {
+          // a stalled event loop: no timer runs, so nothing renews the lease
+        }
+        // in the same task, before any timer: the lease has run out and another process takes it
+        const other = await catalog.beginCrawl(AET, BUCKET, "other-replica", 60_000);
+        assert.ok(other, "the expired lease is taken");
+        const report = await crawl;
+        assert.equal(report.outcome, "failed");
+        assert.equal(report.error, "The crawl lease was lost");
+        assert.equal(report.added + report.changed + report.unchanged + report.deleted, 0, "nothing written");
+        await catalog.endCrawl(other, { complete: false });
+      },
+    );
+  } finally {
+    await crawler.stop();
+    await catalog.close();
   }
 });
 
