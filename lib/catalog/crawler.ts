@@ -569,7 +569,9 @@ export class Crawler {
     } catch (error) {
       this.#log(`catalog ${aet}: background instance pass stopped: ${message(error)}`);
     } finally {
-      progress.phase = state.crawl ? progress.phase : "idle";
+      // "instances" is this pass's own phase (a crawl that runs meanwhile shows "listing" or "series"): the pass
+      // may end before the crawl that started it has settled, so whether a crawl is set says nothing here
+      if (progress.phase === "instances") progress.phase = "idle";
       progress.instancesPending = undefined;
     }
   }

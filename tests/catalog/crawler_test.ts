@@ -251,6 +251,24 @@ Deno.test("Crawler: between the crawl and its background instance pass the phase
   }
 });
 
+Deno.test("Crawler: a background pass with nothing left to read ends idle, however soon it ends", async () => {
+  // The re-crawl of an unchanged bucket starts a pass that finds nothing pending and ends before the crawl has
+  // settled; it must not leave the phase at "instances" (CI, search_s3_test: "Crawl did not finish").
+  const backing = new MemoryStore([BUCKET]);
+  // an unreadable object too: the pass has nothing to read, not even it (its failure is on record)
+  await backing.put(BUCKET, "2.25.66/2.25.66.1/2.25.66.1.1.dcm", new TextEncoder().encode("not DICOM"));
+  const s = await setup(backing, { eager: true, progressInterval: 60_000 });
+  try {
+    await s.crawler.crawl(AET, { waitForInstances: true });
+    const again = await s.crawler.crawl(AET); // as POST /admin/index does: the pass runs on by itself
+    assert.equal(again.unchanged, files.length + 1);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal(s.crawler.progress()[0].phase, "idle");
+  } finally {
+    await s.close();
+  }
+});
+
 Deno.test("Crawler skips an AET whose lease another process holds, and joins a running crawl", async () => {
   const s = await setup(new MemoryStore([BUCKET]));
   try {
