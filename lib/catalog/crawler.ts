@@ -507,11 +507,11 @@ export class Crawler {
       total = Math.max(total, done + candidates.length);
       await pool(candidates, this.#concurrency, async (candidate) => {
         if (this.#stopped) return;
+        checkLease();
         const outcome = await this.#read(ticket.aet, ticket.bucket, candidate.info);
         report.seriesHeaders++;
         if (outcome === "failed") report.failed++;
         done++;
-        checkLease();
         const seconds = (performance.now() - started) / 1000;
         throttle.say(() =>
           `catalog ${ticket.aet}: series headers: ${done}/${total} (${rate(done, seconds)}/s, ETA ${

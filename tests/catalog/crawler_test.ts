@@ -381,18 +381,9 @@ Deno.test("Crawler.start() crawls now and on the interval; stop() ends it", asyn
 Deno.test("Crawler reports a store failure without blaming objects; ready() answers at once", async () => {
   const backing = new MemoryStore([BUCKET]);
   await putAll(backing, BUCKET, files.slice(0, 2));
-  const broken: ObjectStore = {
-    ...backing,
-    kind: backing.kind,
-    location: backing.location,
-    listBuckets: (o) => backing.listBuckets(o),
-    head: (b, k, o) => backing.head(b, k, o),
-    put: (b, k, body, o) => backing.put(b, k, body, o),
-    delete: (b, k, o) => backing.delete(b, k, o),
-    check: (b, o) => backing.check(b, o),
-    list: (b, p, o) => backing.list(b, p, o),
+  const broken = delegating(backing, {
     get: () => Promise.reject(new StoreError("unavailable", "Cannot reach the store: connection refused")),
-  };
+  });
   const catalog = await openSqliteCatalog(":memory:");
   const logs: string[] = [];
   const crawler = new Crawler({
