@@ -177,6 +177,14 @@ Deno.test("a repeated study/series metadata is the response made before while th
   headerCache.lookups = 0;
   assert.equal(await get(), first);
   assert.equal(headerCache.lookups, 0, "the same listing: sent again without touching an instance");
+  // the kept bytes go out as they are (not copied per request), with their length, and stay intact
+  const kept = await app.fetch(path);
+  const length = new TextEncoder().encode(first).byteLength;
+  assert.equal(kept.headers.get("content-length"), String(length));
+  assert.equal(await kept.text(), first);
+  const head = await app.fetch(path, { method: "HEAD" });
+  assert.equal(head.headers.get("content-length"), String(length), "HEAD: the GET's length");
+  assert.equal(await get(), first, "sent three times, the kept response is unchanged");
 
   const other = await get(path, { headers: { host: "pacs.example.org" } });
   assert.ok(
