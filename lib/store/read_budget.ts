@@ -8,6 +8,7 @@
 import { AsyncLocalStorage } from "node:async_hooks";
 import type { GetOptions, ObjectBody, ObjectStore } from "./store.ts";
 import { OutOfRangeError } from "../util/errors.ts";
+import { readInContext } from "../util/streams.ts";
 
 interface Budget {
   max: number;
@@ -174,69 +175,6 @@ function give(budget: Budget, bytes: number): void {
     if (budget.open !== 0 && budget.open + next.bytes > budget.max) break;
     next.grant(); // removes itself from the queue
   }
-}
-
-/**
- * `stream` read by a loop started in the caller's async context (the request's budget), so each read of it,
- * and every store `get` such a read starts, runs in that context although the HTTP server pulls the body from
- * outside it: an `await` resumes in the context it was started in, so no per-chunk context switch is needed.
- * Nothing is read ahead of the consumer.
- */
-function readInContext(stream: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
-  const reader = stream.getReader();
-  // a cancel from outside runs in the request's context too (once, not per chunk)
-  const enter = AsyncLocalStorage.snapshot();
-  let controller!: ReadableStreamDefaultController<Uint8Array>;
-  /** The consumer's pending pull, answered by the loop. */
-  let asked: { resolve: () => void; reject: (error: unknown) => void } | undefined;
-  /** Wakes the loop when it waits for a pull. */
-  let wake: (() => void) | undefined;
-  let cancelled = false;
-  const out = new ReadableStream<Uint8Array>({
-    start(c) {
-      controller = c;
-    },
-    pull() {
-      return new Promise<void>((resolve, reject) => {
-        asked = { resolve, reject };
-        const w = wake;
-        wake = undefined;
-        w?.();
-      });
-    },
-    cancel(reason) {
-      cancelled = true;
-      const w = wake;
-      wake = undefined;
-      w?.();
-      return enter(() => reader.cancel(reason));
-    },
-  }, { highWaterMark: 0 });
-  const loop = async () => {
-    for (;;) {
-      if (asked === undefined) await new Promise<void>((resolve) => (wake = resolve));
-      if (cancelled) return;
-      const answer = asked!;
-      let result: ReadableStreamReadResult<Uint8Array>;
-      try {
-        result = await reader.read();
-      } catch (error) {
-        asked = undefined;
-        answer.reject(error);
-        return;
-      }
-      asked = undefined;
-      if (cancelled) return answer.resolve();
-      if (result.done) {
-        controller.close();
-        return answer.resolve();
-      }
-      controller.enqueue(result.value);
-      answer.resolve();
-    }
-  };
-  loop();
-  return out;
 }
 
 /**

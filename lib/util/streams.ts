@@ -5,6 +5,8 @@
  * @module
  */
 
+import { AsyncLocalStorage } from "node:async_hooks";
+
 /** What {@linkcode watchStream} calls. */
 export interface StreamWatch {
   /** Before each read from the original stream (the consumer has taken the previous chunk). */
@@ -72,6 +74,91 @@ export function watchStream(
   }, { highWaterMark: 0 });
   unread.set(watched, watches);
   return watched;
+}
+
+/**
+ * `stream` read by a loop started in the caller's async context (a request's read budget), so each read of
+ * it, and every store `get` such a read starts, runs in that context although the HTTP server pulls the body
+ * from outside it: an `await` resumes in the context it was started in, so no per-chunk context switch is
+ * needed. Nothing is read ahead of the consumer. Watching the stream this returns with
+ * {@linkcode watchStream} before anything of it is read joins this loop instead of adding a stream layer.
+ */
+export function readInContext(stream: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+  const reader = stream.getReader();
+  // a cancel from outside runs in the caller's context too (once, not per chunk)
+  const enter = AsyncLocalStorage.snapshot();
+  const watches: StreamWatch[] = [];
+  let bytes = 0;
+  let finished = false;
+  const finish = (outcome?: string) => {
+    if (finished) return;
+    finished = true;
+    for (const w of watches) w.done(bytes, outcome);
+  };
+  const beforeRead = () => {
+    for (const w of watches) w.beforeRead?.();
+  };
+  let controller!: ReadableStreamDefaultController<Uint8Array>;
+  /** The consumer's pending pull, answered by the loop. */
+  let asked: { resolve: () => void; reject: (error: unknown) => void } | undefined;
+  /** Wakes the loop when it waits for a pull. */
+  let wake: (() => void) | undefined;
+  let cancelled = false;
+  const out: ReadableStream<Uint8Array> = new ReadableStream<Uint8Array>({
+    start(c) {
+      controller = c;
+    },
+    pull() {
+      unread.delete(out);
+      return new Promise<void>((resolve, reject) => {
+        asked = { resolve, reject };
+        const w = wake;
+        wake = undefined;
+        w?.();
+      });
+    },
+    cancel(reason) {
+      unread.delete(out);
+      cancelled = true;
+      beforeRead();
+      finish("client disconnected");
+      const w = wake;
+      wake = undefined;
+      w?.();
+      return enter(() => reader.cancel(reason));
+    },
+  }, { highWaterMark: 0 });
+  const loop = async () => {
+    for (;;) {
+      if (asked === undefined) await new Promise<void>((resolve) => (wake = resolve));
+      if (cancelled) return;
+      const answer = asked!;
+      let result: ReadableStreamReadResult<Uint8Array>;
+      try {
+        beforeRead();
+        result = await reader.read();
+      } catch (error) {
+        asked = undefined;
+        finish(`aborted: ${error instanceof Error ? error.message : String(error)}`);
+        answer.reject(error);
+        return;
+      }
+      asked = undefined;
+      if (cancelled) return answer.resolve();
+      if (result.done) {
+        finish();
+        controller.close();
+        return answer.resolve();
+      }
+      bytes += result.value.byteLength;
+      for (const w of watches) w.onChunk?.(result.value);
+      controller.enqueue(result.value);
+      answer.resolve();
+    }
+  };
+  loop();
+  unread.set(out, watches);
+  return out;
 }
 
 /** Drops the first `count` bytes of a stream. */
