@@ -287,12 +287,12 @@ export interface AuditLogOptions {
  * ```
  */
 export class AuditLog {
-  readonly #write: (line: string) => void;
+  readonly #write: ((line: string) => void) | null;
   readonly #basePath: string;
   readonly #now: () => Date;
 
-  /** An audit log writing each line with `write`. */
-  constructor(write: (line: string) => void, options: AuditLogOptions = {}) {
+  /** An audit log writing each line with `write`; `null`: off (nothing is recorded, nothing is built). */
+  constructor(write: ((line: string) => void) | null, options: AuditLogOptions = {}) {
     this.#write = write;
     this.#basePath = options.basePath ?? "";
     this.#now = options.now ?? (() => new Date());
@@ -300,6 +300,7 @@ export class AuditLog {
 
   /** Logs `entry` if it addressed patient data; returns the record written (undefined when none). */
   record(entry: AuditEntry): AuditRecord | undefined {
+    if (this.#write === null) return undefined;
     const target = auditTargetOf(entry.url.pathname, this.#basePath);
     if (target === undefined) return undefined;
     const method = entry.method.toUpperCase();
@@ -359,7 +360,7 @@ export class AuditLog {
       ms: 0,
     };
     try {
-      this.#write(JSON.stringify(record));
+      this.#write?.(JSON.stringify(record));
     } catch {
       // as in record()
     }
@@ -382,7 +383,7 @@ export interface OpenedAuditLog {
 export function openAuditLog(target: AuditTarget, options: AuditLogOptions = {}): OpenedAuditLog {
   switch (target.kind) {
     case "off":
-      return { log: new AuditLog(() => {}, options), close() {} };
+      return { log: new AuditLog(null, options), close() {} };
     case "stdout":
       return { log: new AuditLog((line) => console.log(`audit ${line}`), options), close() {} };
     case "stderr":

@@ -191,13 +191,14 @@ Deno.test("openAuditLog() appends JSON lines to a 0600 file and explains a bad p
       () => openAuditLog({ kind: "file", path: `${dir}/missing/dir/audit.jsonl` }),
       /AUDIT_LOG=.* cannot be opened/,
     );
-    openAuditLog({ kind: "off" }).log.record({
+    const off = openAuditLog({ kind: "off" }).log.record({
       method: "GET",
       url: new URL("http://x/aets/A/studies"),
       status: 200,
       bytes: 0,
       ms: 0,
     });
+    assert.equal(off, undefined, "off: no record is built");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
