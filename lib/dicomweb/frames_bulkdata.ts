@@ -20,7 +20,7 @@ import { bucketOf, readAheadOf, type Services } from "./services.ts";
 import type { ObjectInfo } from "../store/store.ts";
 import { EXPLICIT_VR_LITTLE_ENDIAN } from "../dicom/transfer_syntax.ts";
 import { instanceKey } from "../dicom/uid.ts";
-import { describe, targetOf } from "./retrieve.ts";
+import { describe, multipartLength, targetOf } from "./retrieve.ts";
 import type { DicomElement, Part10Header } from "../dicom/dataset.ts";
 import { concatBytes } from "../util/bytes.ts";
 
@@ -259,13 +259,22 @@ function onePart(part: Part & { body: ReadableStream<Uint8Array> }): AsyncIterab
   };
 }
 
-/** `multipart/related` of `parts`, each of `contentType`. */
-function multipartResponse(parts: AsyncIterable<Part>, contentType: string): Response {
+/**
+ * `multipart/related` of `parts`, each of `contentType`; with `sizes` (each part's byte count, known up front),
+ * its `Content-Length` too.
+ */
+function multipartResponse(parts: AsyncIterable<Part>, contentType: string, sizes?: number[]): Response {
   const boundary = randomBoundary();
   const type = contentType.split(";")[0];
-  return new Response(multipartStream(parts, boundary), {
-    headers: { "content-type": `multipart/related; type="${type}"; boundary=${boundary}` },
-  });
+  const headers: Record<string, string> = {
+    "content-type": `multipart/related; type="${type}"; boundary=${boundary}`,
+  };
+  if (sizes !== undefined) {
+    headers["content-length"] = String(
+      multipartLength(boundary, sizes.map((size) => ({ headers: { "Content-Type": contentType }, size }))),
+    );
+  }
+  return new Response(multipartStream(parts, boundary), { headers });
 }
 
 /** The frames and bulk data handlers. */
@@ -315,9 +324,11 @@ export function pixelHandlers(services: Services): PixelHandlers {
           headers: { "content-type": choice.contentType, "content-length": String(span.length) },
         });
       }
+      // its length is known (openSpan checked it): sent with Content-Length, not chunked
       return multipartResponse(
         onePart({ headers: { "Content-Type": choice.contentType }, body }),
         choice.contentType,
+        [span.length],
       );
     }
     if (!choice.multipart) {
