@@ -20,6 +20,32 @@ export interface StreamWatch {
 /** The watches of each stream made by {@linkcode watchStream}, while none of its bytes has been read. */
 const unread = new WeakMap<ReadableStream<Uint8Array>, StreamWatch[]>();
 
+/** The watches of one stream, told of its chunks and, once, of its end. */
+class Watches {
+  readonly list: StreamWatch[];
+  bytes = 0;
+  #finished = false;
+
+  constructor(list: StreamWatch[]) {
+    this.list = list;
+  }
+
+  beforeRead(): void {
+    for (const w of this.list) w.beforeRead?.();
+  }
+
+  chunk(chunk: Uint8Array): void {
+    this.bytes += chunk.byteLength;
+    for (const w of this.list) w.onChunk?.(chunk);
+  }
+
+  finish(outcome?: string): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    for (const w of this.list) w.done(this.bytes, outcome);
+  }
+}
+
 /**
  * `stream` read through, reporting to `watch`; nothing is read ahead of the consumer. Watching a stream this
  * made, before anything of it is read, adds `watch` to it instead of another stream layer (a response watched
@@ -34,45 +60,34 @@ export function watchStream(
     joined.push(watch);
     return stream;
   }
-  const watches = [watch];
+  const watches = new Watches([watch]);
   const reader = stream.getReader();
-  let bytes = 0;
-  let finished = false;
-  const finish = (outcome?: string) => {
-    if (finished) return;
-    finished = true;
-    for (const w of watches) w.done(bytes, outcome);
-  };
-  const beforeRead = () => {
-    for (const w of watches) w.beforeRead?.();
-  };
   const watched = new ReadableStream<Uint8Array>({
     async pull(controller) {
       unread.delete(watched);
       try {
-        beforeRead();
+        watches.beforeRead();
         const { value, done } = await reader.read();
         if (done) {
-          finish();
+          watches.finish();
           controller.close();
         } else {
-          bytes += value.byteLength;
-          for (const w of watches) w.onChunk?.(value);
+          watches.chunk(value);
           controller.enqueue(value);
         }
       } catch (error) {
-        finish(`aborted: ${error instanceof Error ? error.message : String(error)}`);
+        watches.finish(`aborted: ${error instanceof Error ? error.message : String(error)}`);
         throw error;
       }
     },
     async cancel(reason) {
       unread.delete(watched);
-      beforeRead();
-      finish("client disconnected");
+      watches.beforeRead();
+      watches.finish("client disconnected");
       await reader.cancel(reason);
     },
   }, { highWaterMark: 0 });
-  unread.set(watched, watches);
+  unread.set(watched, watches.list);
   return watched;
 }
 
@@ -87,17 +102,7 @@ export function readInContext(stream: ReadableStream<Uint8Array>): ReadableStrea
   const reader = stream.getReader();
   // a cancel from outside runs in the caller's context too (once, not per chunk)
   const enter = AsyncLocalStorage.snapshot();
-  const watches: StreamWatch[] = [];
-  let bytes = 0;
-  let finished = false;
-  const finish = (outcome?: string) => {
-    if (finished) return;
-    finished = true;
-    for (const w of watches) w.done(bytes, outcome);
-  };
-  const beforeRead = () => {
-    for (const w of watches) w.beforeRead?.();
-  };
+  const watches = new Watches([]);
   let controller!: ReadableStreamDefaultController<Uint8Array>;
   /** The consumer's pending pull, answered by the loop. */
   let asked: { resolve: () => void; reject: (error: unknown) => void } | undefined;
@@ -120,8 +125,8 @@ export function readInContext(stream: ReadableStream<Uint8Array>): ReadableStrea
     cancel(reason) {
       unread.delete(out);
       cancelled = true;
-      beforeRead();
-      finish("client disconnected");
+      watches.beforeRead();
+      watches.finish("client disconnected");
       const w = wake;
       wake = undefined;
       w?.();
@@ -135,29 +140,28 @@ export function readInContext(stream: ReadableStream<Uint8Array>): ReadableStrea
       const answer = asked!;
       let result: ReadableStreamReadResult<Uint8Array>;
       try {
-        beforeRead();
+        watches.beforeRead();
         result = await reader.read();
       } catch (error) {
         asked = undefined;
-        finish(`aborted: ${error instanceof Error ? error.message : String(error)}`);
+        watches.finish(`aborted: ${error instanceof Error ? error.message : String(error)}`);
         answer.reject(error);
         return;
       }
       asked = undefined;
       if (cancelled) return answer.resolve();
       if (result.done) {
-        finish();
+        watches.finish();
         controller.close();
         return answer.resolve();
       }
-      bytes += result.value.byteLength;
-      for (const w of watches) w.onChunk?.(result.value);
+      watches.chunk(result.value);
       controller.enqueue(result.value);
       answer.resolve();
     }
   };
   loop();
-  unread.set(out, watches);
+  unread.set(out, watches.list);
   return out;
 }
 
