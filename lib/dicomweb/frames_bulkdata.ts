@@ -12,7 +12,7 @@ import { binaryValue, resolveBulkData } from "../dicom/dicom_json.ts";
 import { frameCount, frameMediaType, type FramePlan, planFrame } from "../dicom/frames.ts";
 import { loadHeader } from "../objects/header_cache.ts";
 import { HttpError } from "../http/errors.ts";
-import { multipartStream, type Part, randomBoundary } from "../http/multipart.ts";
+import { multipartLength, multipartStream, type Part, randomBoundary } from "../http/multipart.ts";
 import { type MediaRange, parseAccept, rankRanges } from "../http/negotiation.ts";
 import { ahead } from "../objects/open_instance.ts";
 import type { Handler, RouteContext } from "../http/router.ts";
@@ -20,7 +20,7 @@ import { bucketOf, readAheadOf, type Services } from "./services.ts";
 import type { ObjectInfo } from "../store/store.ts";
 import { EXPLICIT_VR_LITTLE_ENDIAN } from "../dicom/transfer_syntax.ts";
 import { instanceKey } from "../dicom/uid.ts";
-import { describe, multipartLength, targetOf } from "./retrieve.ts";
+import { describe, targetOf } from "./retrieve.ts";
 import type { DicomElement, Part10Header } from "../dicom/dataset.ts";
 import { concatBytes } from "../util/bytes.ts";
 
@@ -260,20 +260,20 @@ function onePart(part: Part & { body: ReadableStream<Uint8Array> }): AsyncIterab
 }
 
 /**
- * `multipart/related` of `parts`, each of `contentType`; with `sizes` (each part's byte count, known up front),
- * its `Content-Length` too.
+ * `multipart/related` of `parts`, each of `contentType`; with `sized` (each part's headers and byte count,
+ * known up front), its `Content-Length` too.
  */
-function multipartResponse(parts: AsyncIterable<Part>, contentType: string, sizes?: number[]): Response {
+function multipartResponse(
+  parts: AsyncIterable<Part>,
+  contentType: string,
+  sized?: { headers: Record<string, string>; size: number }[],
+): Response {
   const boundary = randomBoundary();
   const type = contentType.split(";")[0];
   const headers: Record<string, string> = {
     "content-type": `multipart/related; type="${type}"; boundary=${boundary}`,
   };
-  if (sizes !== undefined) {
-    headers["content-length"] = String(
-      multipartLength(boundary, sizes.map((size) => ({ headers: { "Content-Type": contentType }, size }))),
-    );
-  }
+  if (sized !== undefined) headers["content-length"] = String(multipartLength(boundary, sized));
   return new Response(multipartStream(parts, boundary), { headers });
 }
 
@@ -325,11 +325,11 @@ export function pixelHandlers(services: Services): PixelHandlers {
         });
       }
       // its length is known (openSpan checked it): sent with Content-Length, not chunked
-      return multipartResponse(
-        onePart({ headers: { "Content-Type": choice.contentType }, body }),
-        choice.contentType,
-        [span.length],
-      );
+      const part = { headers: { "Content-Type": choice.contentType }, body };
+      return multipartResponse(onePart(part), choice.contentType, [{
+        headers: part.headers,
+        size: span.length,
+      }]);
     }
     if (!choice.multipart) {
       const bytes = await frameOf(plans[0]);

@@ -162,7 +162,7 @@ export function metadataHandlers(services: Services): MetadataHandlers {
         throw error;
       }
       if (next.done && seen.length === cached.keys.length) {
-        return keptBytesResponse(cached.bytes, { headers });
+        return keptBytesResponse(cached.bytes, headers);
       }
       // The listing changed: made anew, from the objects listed so far and the rest of the listing.
       const rest = iterator;
@@ -281,7 +281,7 @@ export function metadataHandlers(services: Services): MetadataHandlers {
       // all at hand: one chunk
       const bytes = encoder.encode(`[${first.value}]\n`);
       if (responseId !== undefined && leftOut.size === 0) responses.set(responseId, readyInfos, bytes);
-      return keptBytesResponse(bytes, { headers });
+      return keptBytesResponse(bytes, headers);
     }
     let started = false;
     const body = new ReadableStream<Uint8Array>({

@@ -6,8 +6,7 @@
  */
 
 import { HttpError } from "../http/errors.ts";
-import { type Part, randomBoundary } from "../http/multipart.ts";
-import { multipartStream } from "../http/multipart.ts";
+import { multipartLength, multipartStream, type Part, randomBoundary } from "../http/multipart.ts";
 import { type DicomChoice, negotiateDicom } from "../http/negotiation.ts";
 import { ahead, type OpenedInstance, openInstance } from "../objects/open_instance.ts";
 import { withFileMeta } from "../objects/explicit_le_body.ts";
@@ -401,21 +400,6 @@ const firstKeys = new FirstKeys();
 
 /** Keys in the first page of a retrieve's listing. */
 const FIRST_PAGE = 8;
-
-/** The exact length of a multipart body whose parts have known sizes. */
-export function multipartLength(
-  boundary: string,
-  parts: { headers: Record<string, string>; size: number }[],
-): number {
-  const encoder = new TextEncoder();
-  let total = 0;
-  for (const part of parts) {
-    let head = `--${boundary}\r\n`;
-    for (const [name, value] of Object.entries(part.headers)) head += `${name}: ${value}\r\n`;
-    total += encoder.encode(head + "\r\n").byteLength + part.size + 2;
-  }
-  return total + `--${boundary}--\r\n`.length;
-}
 
 async function* listInstanceKeys(
   services: Services,

@@ -26,13 +26,13 @@ export function watchBody(response: Response, watch: StreamWatch): Response {
  * says; for a 1.7 MB series metadata response that copy and the garbage it leaves were a third of a warm
  * request's CPU. The bytes must not change afterwards.
  */
-export function keptBytesResponse(bytes: Uint8Array, init: { status?: number; headers: Headers }): Response {
-  init.headers.set("content-length", String(bytes.byteLength));
+export function keptBytesResponse(bytes: Uint8Array, headers: Headers): Response {
+  headers.set("content-length", String(bytes.byteLength));
   const body = new ReadableStream<Uint8Array>({
     start(controller) {
       if (bytes.byteLength > 0) controller.enqueue(bytes);
       controller.close();
     },
   });
-  return new Response(body, init);
+  return new Response(body, { headers });
 }

@@ -23,6 +23,25 @@ export function randomBoundary(): string {
   return "dicomweb-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+/** A part's delimiter and headers as {@linkcode multipartStream} writes them, up to its body. */
+function partHeadText(boundary: string, headers: Record<string, string>): string {
+  let head = `--${boundary}\r\n`;
+  for (const [name, value] of Object.entries(headers)) head += `${name}: ${value}\r\n`;
+  return head + "\r\n";
+}
+
+/** The exact length of the body {@linkcode multipartStream} writes for parts of known sizes. */
+export function multipartLength(
+  boundary: string,
+  parts: { headers: Record<string, string>; size: number }[],
+): number {
+  let total = 0;
+  for (const part of parts) {
+    total += encoder.encode(partHeadText(boundary, part.headers)).byteLength + part.size + 2;
+  }
+  return total + `--${boundary}--\r\n`.length;
+}
+
 /** Options for {@linkcode multipartStream}. */
 export interface MultipartOptions {
   /**
@@ -73,11 +92,7 @@ export function multipartStream(
     pendingBytes = 0;
     return out;
   };
-  const partHead = (part: Part) => {
-    let head = `--${boundary}\r\n`;
-    for (const [name, value] of Object.entries(part.headers)) head += `${name}: ${value}\r\n`;
-    return encoder.encode(head + "\r\n");
-  };
+  const partHead = (part: Part) => encoder.encode(partHeadText(boundary, part.headers));
 
   // Stops everything upstream once, whether the consumer cancelled or something failed.
   let stopped = false;

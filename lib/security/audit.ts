@@ -339,9 +339,10 @@ export class AuditLog {
 
   /**
    * Logs one instance a request changed (a DELETE writes one line per deleted instance, besides the line
-   * of the request): `resource` is `instance`, `outcome` `success`, no status or bytes.
+   * of the request): `resource` is `instance`, `outcome` `success`, no status or bytes. Undefined when off.
    */
-  recordInstance(entry: InstanceAuditEntry): AuditRecord {
+  recordInstance(entry: InstanceAuditEntry): AuditRecord | undefined {
+    if (this.#write === null) return undefined;
     const record: AuditRecord = {
       time: this.#now().toISOString(),
       action: entry.action,
@@ -360,7 +361,7 @@ export class AuditLog {
       ms: 0,
     };
     try {
-      this.#write?.(JSON.stringify(record));
+      this.#write(JSON.stringify(record));
     } catch {
       // as in record()
     }
