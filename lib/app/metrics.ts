@@ -24,7 +24,7 @@
  * @module
  */
 
-import { SpanStatusCode, trace } from "@opentelemetry/api";
+import { ProxyTracerProvider, type Span, SpanStatusCode, trace } from "@opentelemetry/api";
 import type { Catalog } from "../catalog/catalog.ts";
 import type { Crawler } from "../catalog/crawler.ts";
 import type { ObjectBody, ObjectInfo, ObjectStore } from "../store/store.ts";
@@ -246,8 +246,22 @@ export function instrumentHandler<I>(
 }
 
 const tracer = trace.getTracer("dicomweb-server");
+let tracing: boolean | undefined;
 
-/** Runs one store call as a span and a sample of the S3 metrics. */
+/**
+ * Whether spans are recorded: a tracer provider is registered (Deno's own when `OTEL_DENO=true`). Without one,
+ * the API's no-op spans cost every store call allocations for nothing, so none is made.
+ */
+function tracingOn(): boolean {
+  if (tracing === undefined) {
+    const provider = trace.getTracerProvider();
+    tracing = !(provider instanceof ProxyTracerProvider) ||
+      provider.getDelegate() !== new ProxyTracerProvider().getDelegate();
+  }
+  return tracing;
+}
+
+/** Runs one store call as a span (when tracing is on) and a sample of the S3 metrics. */
 async function measured<T>(
   metrics: Metrics,
   kind: string,
@@ -255,35 +269,48 @@ async function measured<T>(
   attributes: Record<string, string>,
   call: () => Promise<T>,
 ): Promise<T> {
-  return await tracer.startActiveSpan(`${kind} ${operation}`, { attributes }, async (span) => {
-    const started = performance.now();
-    let outcome = "ok";
-    try {
-      const result = await call();
-      if (result === null) outcome = "not_found";
-      return result;
-    } catch (error) {
-      outcome = "error";
-      if (error instanceof StoreError) {
-        metrics.count("dicomweb_s3_errors_total", "Store calls that failed, by StoreError kind", {
-          operation,
-          kind: error.kind,
-        });
-      }
-      span.recordException(error as Error);
-      span.setStatus({ code: SpanStatusCode.ERROR, message: (error as Error).message });
-      throw error;
-    } finally {
-      metrics.count("dicomweb_s3_requests_total", "Store calls", { operation, outcome });
-      metrics.observe(
-        "dicomweb_s3_request_duration_seconds",
-        "Store call duration (get: until the response headers)",
-        { operation },
-        (performance.now() - started) / 1000,
-      );
-      span.end();
+  if (!tracingOn()) return await sampled(metrics, operation, call);
+  return await tracer.startActiveSpan(
+    `${kind} ${operation}`,
+    { attributes },
+    (span) => sampled(metrics, operation, call, span),
+  );
+}
+
+/** Runs one store call, counted and timed; its failure recorded on `span`, which it ends. */
+async function sampled<T>(
+  metrics: Metrics,
+  operation: string,
+  call: () => Promise<T>,
+  span?: Span,
+): Promise<T> {
+  const started = performance.now();
+  let outcome = "ok";
+  try {
+    const result = await call();
+    if (result === null) outcome = "not_found";
+    return result;
+  } catch (error) {
+    outcome = "error";
+    if (error instanceof StoreError) {
+      metrics.count("dicomweb_s3_errors_total", "Store calls that failed, by StoreError kind", {
+        operation,
+        kind: error.kind,
+      });
     }
-  });
+    span?.recordException(error as Error);
+    span?.setStatus({ code: SpanStatusCode.ERROR, message: (error as Error).message });
+    throw error;
+  } finally {
+    metrics.count("dicomweb_s3_requests_total", "Store calls", { operation, outcome });
+    metrics.observe(
+      "dicomweb_s3_request_duration_seconds",
+      "Store call duration (get: until the response headers)",
+      { operation },
+      (performance.now() - started) / 1000,
+    );
+    span?.end();
+  }
 }
 
 /**

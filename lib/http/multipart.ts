@@ -17,10 +17,14 @@ export interface Part {
 
 const encoder = new TextEncoder();
 
+const HEX = Array.from({ length: 256 }, (_, b) => b.toString(16).padStart(2, "0"));
+
 /** A fresh random boundary (32 hex digits, prefixed so it reads well in logs). */
 export function randomBoundary(): string {
   const bytes = crypto.getRandomValues(new Uint8Array(16));
-  return "dicomweb-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  let text = "dicomweb-";
+  for (let i = 0; i < 16; i++) text += HEX[bytes[i]];
+  return text;
 }
 
 /** A part's delimiter and headers as {@linkcode multipartStream} writes them, up to its body. */

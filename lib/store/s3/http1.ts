@@ -89,6 +89,8 @@ const latin1 = new TextDecoder("latin1");
 /** Keep-alive HTTP/1.1 connections per origin (`http:` and `https:`). */
 export class Http1Client {
   #idle = new Map<string, { conn: Deno.Conn; since: number }[]>();
+  /** Each open connection's reader, kept across the answers on it. */
+  #readers = new WeakMap<Deno.Conn, ResponseReader>();
   #maxIdle: number;
   #idleMs: number;
   #maxBody: number;
@@ -304,7 +306,10 @@ export class Http1Client {
     body: Uint8Array | undefined,
     pooled: boolean,
   ): Promise<Head> {
-    const reader = new ResponseReader(conn);
+    // a connection's reader (and its buffer) serves each answer on it: one comes back to the pool drained
+    let reader = this.#readers.get(conn);
+    if (reader === undefined) this.#readers.set(conn, reader = new ResponseReader(conn));
+    else reader.reset();
     let writeError: { error: unknown } | undefined;
     try {
       await writeAll(conn, head);
@@ -435,6 +440,12 @@ class ResponseReader {
 
   constructor(conn: Deno.Conn) {
     this.#conn = conn;
+  }
+
+  /** Ready for the next answer on the connection (the last one was read to its end, nothing beyond). */
+  reset(): void {
+    this.#start = this.#end = 0;
+    this.received = 0;
   }
 
   /** Whether no bytes beyond the answer were read (a pipelined or stray byte makes the connection unusable). */
