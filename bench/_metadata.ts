@@ -84,6 +84,8 @@ export interface MetadataBenchInput {
   instances: number;
   seriesBytes: number;
   startServer: StartServer;
+  /** Starts `bench/_floor_server.ts` (its `/object/{key}` relays one ranged GET): the frame's floor. */
+  startFloor?: StartServer;
   rounds: number;
 }
 
@@ -119,10 +121,17 @@ export async function benchMetadata(input: MetadataBenchInput): Promise<Metadata
   } finally {
     proxy.close();
   }
+  const floor = await input.startFloor?.({
+    S3_ENDPOINT: input.endpoint,
+    BUCKET: input.bucket,
+    AWS_ACCESS_KEY_ID: input.credentials.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: input.credentials.secretAccessKey,
+  });
   try {
-    timed = await pass(input, input.endpoint, () => 0, { store, cineKey, pixelStart });
+    timed = await pass(input, input.endpoint, () => 0, { store, cineKey, pixelStart }, floor?.url);
   } finally {
     store.close();
+    await floor?.stop();
   }
   const running = await coldOnRunningServer(input);
   const share = counted.cold.s3 / input.seriesBytes * 100;
@@ -158,7 +167,13 @@ export async function benchMetadata(input: MetadataBenchInput): Promise<Metadata
       (frame - direct).toFixed(1)
     } ms; ${(median(counted.frameS3) / 1e3).toFixed(0)} KB from S3 per frame (${
       FRAME_BYTES / 1e3
-    } KB of pixels)`,
+    } KB of pixels)${
+      timed.floor.length > 0
+        ? `; the floor server relaying the same ranged GET ${median(timed.floor).toFixed(1)} ms (+${
+          (median(timed.floor) - direct).toFixed(1)
+        })`
+        : ""
+    }`,
     "≤ direct + 2 ms",
     frame <= direct + 2,
   ]);
@@ -238,6 +253,8 @@ interface Pass {
   first: { ms: number; s3: number };
   frames: number[];
   frameS3: number[];
+  /** The floor server's time for the same frames (empty without it). */
+  floor: number[];
   direct: number[];
 }
 
@@ -247,6 +264,7 @@ async function pass(
   endpoint: string,
   received: () => number,
   cine: { store: S3Store; cineKey: string; pixelStart: number },
+  floorUrl?: string,
 ): Promise<Pass> {
   const server = await input.startServer({
     CATALOG_PATH: "off",
@@ -258,14 +276,16 @@ async function pass(
   try {
     const base = `${server.url}/aets/BENCH/studies`;
     const metadataUrl = `${base}/${input.study}/series/${input.series}/metadata`;
-    const timed = async (url: string, accept: string) => {
+    // `keep`: the body is kept (joined into one buffer, a copy the timing then includes); frames are only
+    // counted, as the direct ranged GETs they are compared with are
+    const timed = async (url: string, accept: string, keep = true) => {
       const before = received();
       const t0 = performance.now();
       const response = await fetch(url, { headers: { accept } });
-      const { body } = await drain(response, true);
+      const { body, bytes } = await drain(response, keep);
       const ms = performance.now() - t0;
       if (!response.ok) throw new Error(`${url}: ${response.status} ${new TextDecoder().decode(body)}`);
-      return { ms, body, s3: received() - before };
+      return { ms, body, bytes, s3: received() - before };
     };
     const json = "application/dicom+json";
     const cold = await timed(metadataUrl, json);
@@ -285,13 +305,15 @@ async function pass(
     if (first.body.byteLength < FRAME_BYTES) throw new Error(`frame 48 has ${first.body.byteLength} bytes`);
     // warm: the frame path run until the JIT has compiled it (24 requests, not timed), then four times three
     // frames per round, each beside a direct ranged GET of the same bytes
-    for (let i = 0; i < 24; i++) await timed(frameUrl(1 + (i * 37) % FRAMES), octets);
+    for (let i = 0; i < 24; i++) await timed(frameUrl(1 + (i * 37) % FRAMES), octets, false);
     const frames: number[] = [];
     const frameS3: number[] = [];
     const direct: number[] = [];
+    const floor: number[] = [];
     for (let i = 0; i < 4 * input.rounds; i++) {
       for (const n of [1, 48, 96]) {
-        const r = await timed(frameUrl(n), octets);
+        const r = await timed(frameUrl(n), octets, false);
+        if (r.bytes < FRAME_BYTES) throw new Error(`frame ${n} has ${r.bytes} bytes`);
         frames.push(r.ms);
         frameS3.push(r.s3);
         const start = cine.pixelStart + (n - 1) * FRAME_BYTES;
@@ -315,6 +337,15 @@ async function pass(
         if (response.status !== 206 || bytes !== FRAME_BYTES) {
           throw new Error(`direct ranged GET: ${response.status}, ${bytes} bytes`);
         }
+        if (floorUrl !== undefined) {
+          // the least a Deno server does for it: the same ranged GET relayed as one part
+          const range = `bytes=${start}-${start + FRAME_BYTES - 1}`;
+          const t1 = performance.now();
+          const relayed = await fetch(`${floorUrl}/object/${cine.cineKey}`, { headers: { range } });
+          const got = await drain(relayed);
+          floor.push(performance.now() - t1);
+          if (!relayed.ok || got.bytes < FRAME_BYTES) throw new Error(`floor frame: ${relayed.status}`);
+        }
       }
     }
     return {
@@ -325,6 +356,7 @@ async function pass(
       frames,
       frameS3,
       direct,
+      floor,
     };
   } finally {
     await server.stop();

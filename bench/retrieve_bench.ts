@@ -312,7 +312,6 @@ async function main() {
     await resetPeak(server.pid);
     const results = await alternate(kinds, ROUNDS);
     const singlePeak = (await memoryOf(server.pid)).peak;
-    await floor.stop();
     const [c, f, s] = [summarize(results.curl), summarize(results.store), summarize(results.server)];
     const fl = summarize(results.floor);
     const busy = (m: ReturnType<typeof summarize>) => `other processes ${m.cpu.other.toFixed(0)} ms`;
@@ -377,7 +376,8 @@ async function main() {
       four8.peak < 150,
     );
 
-    // single instance, 8 connections: curl against the store and against the server
+    // single instance, 8 connections: curl against the store, the floor server (the same one GET relayed with
+    // nothing else) and the server
     const singleKinds = {
       direct: () =>
         measured(pids, () =>
@@ -385,6 +385,14 @@ async function main() {
             parallel: 8,
             sigv4,
           })),
+      floor: () =>
+        measured(
+          { ...pids, server: floor.pid },
+          () =>
+            curlParallel(Array(SINGLE_REQUESTS).fill(`${floor.url}/object/${data.keys[0]}`), {
+              parallel: 8,
+            }),
+        ),
       server: () =>
         measured(
           pids,
@@ -397,11 +405,21 @@ async function main() {
     };
     for (const kind of Object.values(singleKinds)) await kind();
     const single = await alternate(singleKinds, 3);
+    await floor.stop();
     const rps = (m: Measured[]) => median(m.map((x) => SINGLE_REQUESTS / (x.run.ms / 1000)));
-    const [sd, ss] = [rps(single.direct), rps(single.server)];
+    const perRequest = (m: Measured[]) => median(m.map((x) => x.cpu.server)) / SINGLE_REQUESTS;
+    const [sd, sf, ss] = [rps(single.direct), rps(single.floor), rps(single.server)];
     say(
       "S3 single instance (526 KB), 8 connections",
-      `server ${ss.toFixed(0)} req/s vs direct GET ${sd.toFixed(0)} req/s: ${(ss / sd).toFixed(2)}×`,
+      `server ${ss.toFixed(0)} req/s vs direct GET ${sd.toFixed(0)} req/s: ${
+        (ss / sd).toFixed(2)
+      }×; the floor ` +
+        `server ${sf.toFixed(0)} req/s = ${(sf / sd).toFixed(2)}× direct (server ${
+          (ss / sf).toFixed(2)
+        }× the ` +
+        `floor); CPU per request: server ${perRequest(single.server).toFixed(2)} ms, floor ${
+          perRequest(single.floor).toFixed(2)
+        } ms`,
       "≥ 0.85×",
       ss / sd >= 0.85,
     );
@@ -499,6 +517,7 @@ async function main() {
           instances: data.keys.length,
           seriesBytes: data.bytes,
           startServer,
+          startFloor: (env) => startServer(env, `${REPO}bench/_floor_server.ts`),
           rounds: ROUNDS,
         })).map(([name, value, target, met]) => ({ name, value, target, met })),
       );
