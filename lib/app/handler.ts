@@ -16,6 +16,7 @@ import { completeServices, type ServicesInit } from "../dicomweb/services.ts";
 import { addRoutes, type RouteOptions } from "./routes.ts";
 import type { AuthenticatorOptions } from "../security/authenticator.ts";
 import { watchBody } from "../http/body.ts";
+import { gzipResponse } from "../http/compress.ts";
 
 /** A sink for log lines (stdout by default). */
 export type Logger = (line: string) => void;
@@ -88,6 +89,8 @@ export function createHandler(
       }
       response = errorResponse(httpError);
     }
+    // text answers gzipped for clients that accept it (lib/http/compress.ts)
+    if (method !== "HEAD") response = gzipResponse(request, response);
     response = withCors(request, response, config.corsOrigins);
     if (method === "HEAD" && response.body) {
       await response.body.cancel();

@@ -25,7 +25,7 @@ import { describe, instanceUrl, targetOf } from "./retrieve.ts";
 import { CorruptObjectError } from "../util/errors.ts";
 import { documentText, headerJson, resolveBulkDataUris } from "../catalog/documents.ts";
 import { acceptJson } from "../http/negotiation.ts";
-import { keptBytesResponse } from "../http/body.ts";
+import { keptResponse } from "../http/compress.ts";
 
 /**
  * The metadata of one object as DICOM JSON text with BulkDataURIs relative to the instance
@@ -162,7 +162,7 @@ export function metadataHandlers(services: Services): MetadataHandlers {
         throw error;
       }
       if (next.done && seen.length === cached.keys.length) {
-        return keptBytesResponse(cached.bytes, headers);
+        return await keptResponse(ctx.request, cached.bytes, headers);
       }
       // The listing changed: made anew, from the objects listed so far and the rest of the listing.
       const rest = iterator;
@@ -281,7 +281,7 @@ export function metadataHandlers(services: Services): MetadataHandlers {
       // all at hand: one chunk
       const bytes = encoder.encode(`[${first.value}]\n`);
       if (responseId !== undefined && leftOut.size === 0) responses.set(responseId, readyInfos, bytes);
-      return keptBytesResponse(bytes, headers);
+      return await keptResponse(ctx.request, bytes, headers);
     }
     let started = false;
     const body = new ReadableStream<Uint8Array>({

@@ -5,6 +5,7 @@
  */
 
 import assert from "node:assert/strict";
+import { gunzipSync } from "node:zlib";
 import { MemoryStore } from "../../lib/store/memory_store.ts";
 import { memoryCatalog, testHandler } from "../_server.ts";
 import { pydicomCorpus } from "../_corpus.ts";
@@ -184,6 +185,15 @@ Deno.test("a repeated study/series metadata is the response made before while th
   assert.equal(await kept.text(), first);
   const head = await app.fetch(path, { method: "HEAD" });
   assert.equal(head.headers.get("content-length"), String(length), "HEAD: the GET's length");
+  // a browser's request (Accept-Encoding: gzip): the kept response gzipped, with the gzip's length
+  for (let i = 0; i < 2; i++) {
+    const zipped = await app.fetch(path, { headers: { "accept-encoding": "gzip, deflate, br, zstd" } });
+    assert.equal(zipped.headers.get("content-encoding"), "gzip");
+    assert.equal(zipped.headers.get("vary"), "Accept-Encoding");
+    const body = await zipped.bytes();
+    assert.equal(zipped.headers.get("content-length"), String(body.byteLength));
+    assert.equal(new TextDecoder().decode(gunzipSync(body)), first);
+  }
   assert.equal(await get(), first, "sent three times, the kept response is unchanged");
 
   const other = await get(path, { headers: { host: "pacs.example.org" } });

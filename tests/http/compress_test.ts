@@ -1,0 +1,141 @@
+import assert from "node:assert/strict";
+import { gunzipSync } from "node:zlib";
+import { acceptsGzip, compressible, gzipResponse, keptResponse } from "../../lib/http/compress.ts";
+
+const json = JSON.stringify(
+  Array.from({ length: 200 }, (_, i) => ({ "00080018": { vr: "UI", Value: [`1.2.${i}`] } })),
+);
+const request = (acceptEncoding?: string) =>
+  new Request("http://localhost/x", { headers: acceptEncoding ? { "accept-encoding": acceptEncoding } : {} });
+const gunzip = async (response: Response) => new TextDecoder().decode(gunzipSync(await response.bytes()));
+
+Deno.test("acceptsGzip() reads Accept-Encoding with its qualities", () => {
+  const cases: [string | null, boolean][] = [
+    [null, false],
+    ["", false],
+    ["gzip", true],
+    ["gzip, deflate, br, zstd", true], // what browsers send
+    ["GZIP;q=0.5", true],
+    ["x-gzip", true],
+    ["br", false],
+    ["gzip;q=0", false],
+    ["gzip;q=0.0, br", false],
+    ["*", true],
+    ["*;q=0", false],
+    ["br, *;q=0.1", true],
+    ["gzip;q=0, *", false], // gzip named: its own quality counts
+    ["identity", false],
+  ];
+  for (const [header, expected] of cases) assert.equal(acceptsGzip(header), expected, String(header));
+});
+
+Deno.test("compressible() takes JSON, XML and text types, not binary or multipart", () => {
+  for (
+    const type of [
+      "application/dicom+json; charset=utf-8",
+      "application/json",
+      "application/dicom+xml",
+      "text/plain; version=0.0.4",
+    ]
+  ) {
+    assert.ok(compressible(type), type);
+  }
+  for (
+    const type of [
+      null,
+      "application/dicom",
+      'multipart/related; type="application/dicom+xml"',
+      "image/jpeg",
+      "application/octet-stream",
+      "text/event-stream",
+    ]
+  ) {
+    assert.ok(!compressible(type), String(type));
+  }
+});
+
+Deno.test("gzipResponse()", async (t) => {
+  const jsonResponse = (body: BodyInit = json, headers: Record<string, string> = {}) =>
+    new Response(body, { headers: { "content-type": "application/dicom+json; charset=utf-8", ...headers } });
+
+  await t.step(
+    "gzips JSON for a client that accepts it: no length, Vary, the same text once inflated",
+    async () => {
+      const response = gzipResponse(request("gzip, deflate, br"), jsonResponse());
+      assert.equal(response.headers.get("content-encoding"), "gzip");
+      assert.equal(response.headers.get("content-length"), null);
+      assert.equal(response.headers.get("vary"), "Accept-Encoding");
+      assert.equal(await gunzip(response), json);
+    },
+  );
+
+  await t.step("a strong ETag names the gzipped representation apart", () => {
+    const response = gzipResponse(request("gzip"), jsonResponse(json, { etag: '"abc"' }));
+    assert.equal(response.headers.get("etag"), '"abc-gzip"');
+  });
+
+  await t.step("leaves the body alone for a client that does not accept gzip, and says Vary", async () => {
+    for (const accept of [undefined, "br", "gzip;q=0"]) {
+      const response = gzipResponse(request(accept), jsonResponse());
+      assert.equal(response.headers.get("content-encoding"), null, String(accept));
+      assert.equal(response.headers.get("vary"), "Accept-Encoding");
+      assert.equal(await response.text(), json);
+    }
+  });
+
+  await t.step("leaves short text, binary answers and answers already encoded alone", async () => {
+    const short = gzipResponse(request("gzip"), jsonResponse("[]", { "content-length": "2" }));
+    assert.equal(short.headers.get("content-encoding"), null);
+    assert.equal(await short.text(), "[]");
+    const binary = new Response(new Uint8Array(4096), { headers: { "content-type": "application/dicom" } });
+    assert.equal(gzipResponse(request("gzip"), binary), binary);
+    const encoded = jsonResponse(json, { "content-encoding": "gzip", vary: "Accept-Encoding" });
+    const kept = gzipResponse(request("gzip"), encoded);
+    assert.equal(kept.headers.get("content-encoding"), "gzip");
+    assert.equal(kept.headers.get("vary"), "Accept-Encoding", "Vary not said twice");
+    assert.equal(await kept.text(), json, "not gzipped twice");
+  });
+
+  await t.step(
+    "a body that fails fails the gzipped body: the answer is cut off, not ended as complete",
+    async () => {
+      let sent = false;
+      const failing = new ReadableStream<Uint8Array>({
+        pull(controller) {
+          if (!sent) {
+            sent = true;
+            return controller.enqueue(new TextEncoder().encode(json));
+          }
+          controller.error(new Error("the store went away"));
+        },
+      });
+      const response = gzipResponse(request("gzip"), jsonResponse(failing));
+      await assert.rejects(response.bytes());
+    },
+  );
+});
+
+Deno.test("keptResponse() gzips kept bytes once for clients that accept it", async () => {
+  const bytes = new TextEncoder().encode(json);
+  const plain = await keptResponse(
+    request(),
+    bytes,
+    new Headers({ "content-type": "application/dicom+json" }),
+  );
+  assert.equal(plain.headers.get("content-encoding"), null);
+  assert.equal(plain.headers.get("content-length"), String(bytes.byteLength));
+  assert.equal(plain.headers.get("vary"), "Accept-Encoding");
+  assert.equal(await plain.text(), json);
+  const zipped = await keptResponse(
+    request("gzip"),
+    bytes,
+    new Headers({ "content-type": "application/dicom+json" }),
+  );
+  assert.equal(zipped.headers.get("content-encoding"), "gzip");
+  const body = await zipped.bytes();
+  assert.equal(zipped.headers.get("content-length"), String(body.byteLength));
+  assert.ok(body.byteLength < bytes.byteLength / 4, `${body.byteLength} of ${bytes.byteLength} bytes`);
+  assert.equal(new TextDecoder().decode(gunzipSync(body)), json);
+  const again = await (await keptResponse(request("gzip"), bytes, new Headers())).bytes();
+  assert.deepEqual(again, body, "the same gzip again");
+});
