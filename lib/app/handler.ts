@@ -90,7 +90,7 @@ export function createHandler(
       response = errorResponse(httpError);
     }
     // text answers gzipped for clients that accept it (lib/http/compress.ts)
-    if (method !== "HEAD") response = gzipResponse(request, response);
+    if (method !== "HEAD") response = await gzipResponse(request, response);
     response = withCors(request, response, config.corsOrigins);
     if (method === "HEAD" && response.body) {
       await response.body.cancel();

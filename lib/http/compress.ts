@@ -10,6 +10,7 @@
 import { Duplex } from "node:stream";
 import { promisify } from "node:util";
 import zlib from "node:zlib";
+import { concatBytes } from "../util/bytes.ts";
 import { keptBytesResponse } from "./body.ts";
 
 // node:zlib, not CompressionStream: 1.7 MB of series metadata took CompressionStream 14-16 ms, a node:zlib
@@ -67,14 +68,17 @@ export function compressible(contentType: string | null): boolean {
 }
 
 /**
- * `response` gzipped when the request accepts gzip and the body is text of at least 1 KiB (or of unknown
- * length, streamed); otherwise `response` itself. Text answers say `Vary: Accept-Encoding` either way, so
- * caches keep the two apart; a strong `ETag` gets a `-gzip` suffix, as the encoded body is another
- * representation. An answer that already has a `Content-Encoding` (gzipped ahead, see
- * {@linkcode gzipBytes}) is left alone. The compressed stream fails when the body does, so a failed answer
- * is cut off rather than ended as if complete.
+ * `response` gzipped when the request accepts gzip and the body is text of at least 1 KiB; otherwise
+ * `response` itself. Text answers say `Vary: Accept-Encoding` either way, so caches keep the two apart; a
+ * strong `ETag` gets a `-gzip` suffix, as the encoded body is another representation. An answer that already
+ * has a `Content-Encoding` (gzipped ahead, see {@linkcode keptResponse}) is left alone.
+ *
+ * The body's first chunks are read first: a body that is one chunk (a search result, an error) is gzipped
+ * whole and sent with its `Content-Length`, or as it is when short; a longer one (metadata made as it is
+ * read) is gzipped as it streams. The compressed stream fails when the body does, so a failed answer is cut
+ * off rather than ended as if complete.
  */
-export function gzipResponse(request: Request, response: Response): Response {
+export async function gzipResponse(request: Request, response: Response): Promise<Response> {
   if (
     response.body === null || response.status === 206 || !compressible(response.headers.get("content-type"))
   ) {
@@ -84,23 +88,62 @@ export function gzipResponse(request: Request, response: Response): Response {
   if (!/(^|,)\s*accept-encoding\s*(,|$)/i.test(headers.get("vary") ?? "")) {
     headers.append("vary", "Accept-Encoding");
   }
+  const init = { status: response.status, statusText: response.statusText, headers };
   const length = headers.get("content-length");
   if (
     headers.has("content-encoding") || !acceptsGzip(request.headers.get("accept-encoding")) ||
     (length !== null && Number(length) < MIN_BYTES)
   ) {
-    return new Response(response.body, { status: response.status, statusText: response.statusText, headers });
+    return new Response(response.body, init);
+  }
+  const reader = response.body.getReader();
+  const read: Uint8Array[] = [];
+  let ended = false;
+  try {
+    while (read.length < 2) {
+      const { value, done } = await reader.read();
+      if (done) {
+        ended = true;
+        break;
+      }
+      read.push(value);
+    }
+  } catch (error) {
+    // failed before anything was sent: the answer fails as it would have
+    return new Response(failed(error), init);
+  }
+  if (ended) {
+    const whole = read.length === 1 ? read[0] : concatBytes(read);
+    if (whole.byteLength < MIN_BYTES) return keptBytesResponse(whole, headers, init);
+    headers.set("content-encoding", "gzip");
+    markEncoded(headers);
+    return keptBytesResponse(await gzipBytes(whole), headers, init);
   }
   headers.set("content-encoding", "gzip");
   headers.delete("content-length");
+  markEncoded(headers);
+  const rest = new ReadableStream<Uint8Array>({
+    pull: async (controller) => {
+      const next = read.shift();
+      if (next !== undefined) return controller.enqueue(next);
+      const { value, done } = await reader.read();
+      if (done) controller.close();
+      else controller.enqueue(value);
+    },
+    cancel: (reason) => reader.cancel(reason),
+  }, { highWaterMark: 0 });
+  const gzip = Duplex.toWeb(zlib.createGzip()) as unknown as ReadableWritablePair<Uint8Array, Uint8Array>;
+  return new Response(rest.pipeThrough(gzip), init);
+}
+
+/** A strong `ETag` of the encoded body gets a `-gzip` suffix. */
+function markEncoded(headers: Headers): void {
   const etag = headers.get("etag");
   if (etag !== null && etag.startsWith('"')) headers.set("etag", `${etag.slice(0, -1)}-gzip"`);
-  const gzip = Duplex.toWeb(zlib.createGzip()) as unknown as ReadableWritablePair<Uint8Array, Uint8Array>;
-  return new Response(response.body.pipeThrough(gzip), {
-    status: response.status,
-    statusText: response.statusText,
-    headers,
-  });
+}
+
+function failed(error: unknown): ReadableStream<Uint8Array> {
+  return new ReadableStream({ start: (controller) => controller.error(error) });
 }
 
 /** `bytes` gzipped. */

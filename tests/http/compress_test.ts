@@ -58,25 +58,62 @@ Deno.test("gzipResponse()", async (t) => {
   const jsonResponse = (body: BodyInit = json, headers: Record<string, string> = {}) =>
     new Response(body, { headers: { "content-type": "application/dicom+json; charset=utf-8", ...headers } });
 
+  const chunks = (...parts: string[]) =>
+    new ReadableStream<Uint8Array>({
+      pull(controller) {
+        const next = parts.shift();
+        if (next === undefined) controller.close();
+        else controller.enqueue(new TextEncoder().encode(next));
+      },
+    });
+
   await t.step(
-    "gzips JSON for a client that accepts it: no length, Vary, the same text once inflated",
+    "gzips a JSON answer of one chunk whole, with the gzip's Content-Length and Vary",
     async () => {
-      const response = gzipResponse(request("gzip, deflate, br"), jsonResponse());
+      const response = await gzipResponse(request("gzip, deflate, br"), jsonResponse());
       assert.equal(response.headers.get("content-encoding"), "gzip");
-      assert.equal(response.headers.get("content-length"), null);
       assert.equal(response.headers.get("vary"), "Accept-Encoding");
-      assert.equal(await gunzip(response), json);
+      const body = await response.bytes();
+      assert.equal(response.headers.get("content-length"), String(body.byteLength));
+      assert.equal(new TextDecoder().decode(gunzipSync(body)), json);
     },
   );
 
-  await t.step("a strong ETag names the gzipped representation apart", () => {
-    const response = gzipResponse(request("gzip"), jsonResponse(json, { etag: '"abc"' }));
+  await t.step("gzips a body of many chunks as it streams, without a length", async () => {
+    const parts = [json.slice(0, 100), json.slice(100, 5000), json.slice(5000)];
+    const response = await gzipResponse(request("gzip"), jsonResponse(chunks(...parts)));
+    assert.equal(response.headers.get("content-encoding"), "gzip");
+    assert.equal(response.headers.get("content-length"), null);
+    assert.equal(await gunzip(response), json);
+  });
+
+  await t.step(
+    "keeps the status: a long 404 is gzipped, a short one sent as it is with its length",
+    async () => {
+      const type = { "content-type": "application/json" };
+      const long = await gzipResponse(request("gzip"), new Response(json, { status: 404, headers: type }));
+      assert.equal(long.status, 404);
+      assert.equal(await gunzip(long), json);
+      const error = '{"error":"x"}';
+      const short = await gzipResponse(
+        request("gzip"),
+        new Response(chunks(error), { status: 404, headers: type }),
+      );
+      assert.equal(short.status, 404);
+      assert.equal(short.headers.get("content-encoding"), null);
+      assert.equal(short.headers.get("content-length"), String(error.length));
+      assert.equal(await short.text(), error);
+    },
+  );
+
+  await t.step("a strong ETag names the gzipped representation apart", async () => {
+    const response = await gzipResponse(request("gzip"), jsonResponse(json, { etag: '"abc"' }));
     assert.equal(response.headers.get("etag"), '"abc-gzip"');
   });
 
   await t.step("leaves the body alone for a client that does not accept gzip, and says Vary", async () => {
     for (const accept of [undefined, "br", "gzip;q=0"]) {
-      const response = gzipResponse(request(accept), jsonResponse());
+      const response = await gzipResponse(request(accept), jsonResponse());
       assert.equal(response.headers.get("content-encoding"), null, String(accept));
       assert.equal(response.headers.get("vary"), "Accept-Encoding");
       assert.equal(await response.text(), json);
@@ -84,13 +121,13 @@ Deno.test("gzipResponse()", async (t) => {
   });
 
   await t.step("leaves short text, binary answers and answers already encoded alone", async () => {
-    const short = gzipResponse(request("gzip"), jsonResponse("[]", { "content-length": "2" }));
+    const short = await gzipResponse(request("gzip"), jsonResponse("[]", { "content-length": "2" }));
     assert.equal(short.headers.get("content-encoding"), null);
     assert.equal(await short.text(), "[]");
     const binary = new Response(new Uint8Array(4096), { headers: { "content-type": "application/dicom" } });
-    assert.equal(gzipResponse(request("gzip"), binary), binary);
+    assert.equal(await gzipResponse(request("gzip"), binary), binary);
     const encoded = jsonResponse(json, { "content-encoding": "gzip", vary: "Accept-Encoding" });
-    const kept = gzipResponse(request("gzip"), encoded);
+    const kept = await gzipResponse(request("gzip"), encoded);
     assert.equal(kept.headers.get("content-encoding"), "gzip");
     assert.equal(kept.headers.get("vary"), "Accept-Encoding", "Vary not said twice");
     assert.equal(await kept.text(), json, "not gzipped twice");
@@ -109,8 +146,12 @@ Deno.test("gzipResponse()", async (t) => {
           controller.error(new Error("the store went away"));
         },
       });
-      const response = gzipResponse(request("gzip"), jsonResponse(failing));
+      const response = await gzipResponse(request("gzip"), jsonResponse(failing));
       await assert.rejects(response.bytes());
+      const early = new ReadableStream<Uint8Array>({
+        pull: (controller) => controller.error(new Error("gone")),
+      });
+      await assert.rejects((await gzipResponse(request("gzip"), jsonResponse(early))).bytes());
     },
   );
 });
