@@ -89,8 +89,8 @@ export function createHandler(
       }
       response = errorResponse(httpError);
     }
-    // text answers gzipped for clients that accept it (lib/http/compress.ts)
-    if (method !== "HEAD") response = await gzipResponse(request, response);
+    // text answers gzipped for clients that accept it (lib/http/compress.ts); HEAD says what GET would
+    response = await gzipResponse(request, response);
     response = withCors(request, response, config.corsOrigins);
     if (method === "HEAD" && response.body) {
       await response.body.cancel();

@@ -84,18 +84,16 @@ export async function gzipResponse(request: Request, response: Response): Promis
   ) {
     return response;
   }
+  const varies = /(^|,)\s*accept-encoding\s*(,|$)/i.test(response.headers.get("vary") ?? "");
+  const length = response.headers.get("content-length");
+  const asIs = response.headers.has("content-encoding") ||
+    !acceptsGzip(request.headers.get("accept-encoding")) ||
+    (length !== null && Number(length) < MIN_BYTES);
+  if (asIs && varies) return response;
   const headers = new Headers(response.headers);
-  if (!/(^|,)\s*accept-encoding\s*(,|$)/i.test(headers.get("vary") ?? "")) {
-    headers.append("vary", "Accept-Encoding");
-  }
+  if (!varies) headers.append("vary", "Accept-Encoding");
   const init = { status: response.status, statusText: response.statusText, headers };
-  const length = headers.get("content-length");
-  if (
-    headers.has("content-encoding") || !acceptsGzip(request.headers.get("accept-encoding")) ||
-    (length !== null && Number(length) < MIN_BYTES)
-  ) {
-    return new Response(response.body, init);
-  }
+  if (asIs) return new Response(response.body, init);
   const reader = response.body.getReader();
   const read: Uint8Array[] = [];
   let ended = false;

@@ -193,6 +193,9 @@ Deno.test("a repeated study/series metadata is the response made before while th
     const body = await zipped.bytes();
     assert.equal(zipped.headers.get("content-length"), String(body.byteLength));
     assert.equal(new TextDecoder().decode(gunzipSync(body)), first);
+    const head = await app.fetch(path, { method: "HEAD", headers: { "accept-encoding": "gzip" } });
+    assert.equal(head.headers.get("content-encoding"), "gzip", "HEAD says what GET would");
+    assert.equal(head.headers.get("content-length"), String(body.byteLength));
   }
   assert.equal(await get(), first, "sent three times, the kept response is unchanged");
 
