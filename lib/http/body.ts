@@ -24,13 +24,9 @@ export function watchBody(response: Response, watch: StreamWatch): Response {
  * A response whose body is `bytes`, sent without copying them and with their `Content-Length`: for bytes kept
  * and sent again (a cached metadata response). `new Response(bytes)` copies its body as the Fetch standard
  * says; for a 1.7 MB series metadata response that copy and the garbage it leaves were a third of a warm
- * request's CPU. The bytes must not change afterwards. `status` defaults to 200.
+ * request's CPU. The bytes must not change afterwards.
  */
-export function keptBytesResponse(
-  bytes: Uint8Array,
-  headers: Headers,
-  status?: { status: number; statusText: string },
-): Response {
+export function keptBytesResponse(bytes: Uint8Array, headers: Headers): Response {
   headers.set("content-length", String(bytes.byteLength));
   const body = new ReadableStream<Uint8Array>({
     start(controller) {
@@ -38,5 +34,5 @@ export function keptBytesResponse(
       controller.close();
     },
   });
-  return new Response(body, { ...status, headers });
+  return new Response(body, { headers });
 }
