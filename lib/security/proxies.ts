@@ -28,8 +28,6 @@ export interface TrustedProxies {
   readonly text: string;
   /** The address ranges trusted. */
   readonly ranges: readonly AddressRange[];
-  /** Addresses already checked against the ranges, and the answer (kept by {@linkcode isTrustedPeer}). */
-  verdicts?: Map<string, boolean>;
 }
 
 /** One CIDR range; IPv4 addresses are held as IPv4-mapped IPv6 (`::ffff:a.b.c.d`). */
@@ -127,17 +125,21 @@ export function parseTrustedProxies(text: string): TrustedProxies {
   return { text, ranges };
 }
 
+/** Per setting, the addresses checked against its ranges and the answer. */
+const VERDICTS = new WeakMap<TrustedProxies, Map<string, boolean>>();
+
 /** Whether `address` (IPv4, IPv6, IPv4-mapped IPv6, optionally in brackets) lies in one of the ranges. */
 export function isTrustedPeer(address: string | undefined, proxies: TrustedProxies): boolean {
   if (address === undefined) return false;
-  const known = proxies.verdicts?.get(address);
+  // a few peers (the proxies, the clients on the network) ask again and again: their answer is kept
+  let verdicts = VERDICTS.get(proxies);
+  if (verdicts === undefined) VERDICTS.set(proxies, verdicts = new Map());
+  const known = verdicts.get(address);
   if (known !== undefined) return known;
   const bytes = parseAddress(address);
   const trusted = bytes !== undefined && proxies.ranges.some((range) => inRange(bytes, range));
-  // a few peers (the proxies, the clients on the network) ask again and again: their answer is kept
-  proxies.verdicts ??= new Map();
-  if (proxies.verdicts.size >= 1024) proxies.verdicts.clear();
-  proxies.verdicts.set(address, trusted);
+  if (verdicts.size >= 1024) verdicts.clear();
+  verdicts.set(address, trusted);
   return trusted;
 }
 
