@@ -81,7 +81,7 @@ export function compressible(contentType: string | null): boolean {
 /**
  * `response` gzipped when the request accepts gzip and the body is text of at least 8 KiB; otherwise
  * `response` itself. Text answers say `Vary: Accept-Encoding` either way, so caches keep the two apart; a
- * strong `ETag` gets a `-gzip` suffix, as the encoded body is another representation. An answer that already
+ * strong `ETag` becomes weak on the gzipped body. An answer that already
  * has a `Content-Encoding` (gzipped ahead, see {@linkcode keptResponse}) is left alone.
  *
  * The body's first chunks are read first: a body that is one chunk (a search result, an error) is gzipped
@@ -149,10 +149,14 @@ export async function gzipResponse(request: Request, response: Response): Promis
   return new Response(rest.pipeThrough(gzip), init);
 }
 
-/** A strong `ETag` of the encoded body gets a `-gzip` suffix. */
+/**
+ * A strong `ETag` becomes weak (`W/"..."`) on the gzipped body, as nginx does: the bytes differ, the
+ * representation's data does not, and `If-None-Match` compares weakly (RFC 9110 13.1.2), so a browser's
+ * revalidation of the gzipped copy still gets its 304.
+ */
 function markEncoded(headers: Headers): void {
   const etag = headers.get("etag");
-  if (etag !== null && etag.startsWith('"')) headers.set("etag", `${etag.slice(0, -1)}-gzip"`);
+  if (etag !== null && etag.startsWith('"')) headers.set("etag", `W/${etag}`);
 }
 
 function failed(error: unknown): ReadableStream<Uint8Array> {

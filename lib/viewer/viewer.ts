@@ -171,7 +171,9 @@ export function viewerHandler(
       "cache-control": "no-cache",
       etag,
     };
-    if (request.headers.get("if-none-match")?.split(",").some((tag) => tag.trim() === etag)) {
+    // weak comparison (RFC 9110 13.1.2): the gzipped copy's ETag is the weak form of this one
+    const weak = (tag: string) => tag.trim().replace(/^W\//, "");
+    if (request.headers.get("if-none-match")?.split(",").some((tag) => weak(tag) === etag)) {
       await opened.body.cancel();
       return new Response(null, { status: 304, headers });
     }

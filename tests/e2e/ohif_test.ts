@@ -238,6 +238,8 @@ async function fakeDist(): Promise<string> {
     "app.bundle.css": "@font-face{src:url(/abcdef.woff2)}",
     "manifest.json": '{"icons": [{"src": "/assets/icon.png"}], "start_url": "./index.html"}',
     "app-config.js": "window.config = { stale: true };",
+    // big enough to be gzipped for a browser
+    "vendor.bundle.js": `console.log(${JSON.stringify("x".repeat(20_000))});`,
   };
   for (const [name, text] of Object.entries(files)) await Deno.writeTextFile(`${dist}/${name}`, text);
   await Deno.writeFile(`${dist}/codec.wasm`, new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0]));
@@ -300,6 +302,16 @@ Deno.test("viewer routes: none unless VIEWER is set; then /viewer/ serves OHIF r
   const again = await get("/dicomweb/viewer/app.bundle.0123456789abcdef.js", { "if-none-match": etag });
   assert.equal(again.status, 304);
   await again.body?.cancel();
+  // a browser gets the gzipped copy with a weak ETag, and its revalidation is still a 304
+  const browser = { "accept-encoding": "gzip, deflate, br, zstd" };
+  const zipped = await get("/dicomweb/viewer/vendor.bundle.js", browser);
+  assert.equal(zipped.headers.get("content-encoding"), "gzip");
+  const weak = zipped.headers.get("etag")!;
+  assert.match(weak, /^W\/"/);
+  await zipped.body?.cancel();
+  const revalidated = await get("/dicomweb/viewer/vendor.bundle.js", { ...browser, "if-none-match": weak });
+  assert.equal(revalidated.status, 304);
+  await revalidated.body?.cancel();
   assert.equal(
     await (await get("/dicomweb/viewer/app.bundle.css")).text(),
     "@font-face{src:url(/dicomweb/viewer/abcdef.woff2)}",
