@@ -2,7 +2,8 @@
  * The metadata and frame part of `deno task bench` (issue #3's targets): series metadata cold and warm with
  * the bytes the server read from S3, counted by a TCP proxy between the server and the S3 server, and frame
  * latency on a 96-frame 512×512 instance against a direct signed ranged GET of the same bytes by the same client
- * (`fetch` in this process).
+ * (`fetch` in this process) and, when `startFloor` is given, the floor server relaying that ranged GET. The
+ * targets are timed without gzip (`Accept-Encoding: identity`); warm metadata is also timed with gzip.
  *
  * @module
  */

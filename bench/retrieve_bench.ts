@@ -10,11 +10,13 @@
  *   (utime + stime from /proc), 4 clients at once with the server's peak RSS, at `S3_CONCURRENCY` and 16;
  *   and the runtime's floor (`bench/_floor_server.ts`, keys known, the same GETs with nothing else), so the
  *   server's CPU per GB reads against what Deno itself needs on this machine in this run,
- * - one 526 KB instance with 8 connections (curl): the server against a direct signed GET,
+ * - one 526 KB instance with 8 connections (curl): the server against a direct signed GET and against the
+ *   floor server relaying that one GET (`/object/{key}`),
  * - simulated cloud latency: the server's S3 traffic through a proxy that holds each request
  *   `BENCH_DELAY_MS` (20), against the same proxy without delay, then at `S3_CONCURRENCY` 16 (and 32),
  * - series metadata cold (no catalog: bytes read from S3 counted by a proxy) and warm, from the catalog's
- *   JSON, and frame latency on a 96-frame instance vs a direct ranged GET (`bench/_metadata.ts`),
+ *   JSON, and frame latency on a 96-frame instance vs a direct ranged GET and the floor server relaying it
+ *   (`bench/_metadata.ts`),
  * - local folder mode against Debian's Orthanc on its own disk (started here when installed; the report says
  *   so when it is not): series throughput and CPU per GB, one instance with 8 connections.
  *
