@@ -81,12 +81,13 @@ export function compressible(contentType: string | null): boolean {
 /**
  * `response` gzipped when the request accepts gzip and the body is text of at least 8 KiB; otherwise
  * `response` itself. Text answers say `Vary: Accept-Encoding` either way, so caches keep the two apart; a
- * strong `ETag` becomes weak on the gzipped body. An answer that already
- * has a `Content-Encoding` (gzipped ahead, see {@linkcode keptResponse}) is left alone.
+ * strong `ETag` becomes weak on the gzipped body. An answer that already has a `Content-Encoding` (gzipped
+ * ahead, see {@linkcode keptResponse}) is left alone.
  *
  * The body's first chunks are read first: a body that is one chunk (a search result, an error) is gzipped
- * whole, or sent as it is when short; a longer one (metadata made as it is read) is gzipped as it streams. The compressed stream fails when the body does, so a failed answer is cut
- * off rather than ended as if complete.
+ * whole, or sent as it is when short; a longer one (metadata made as it is read) is gzipped as it streams.
+ * The compressed stream fails when the body does, so a failed answer is cut off rather than ended as if
+ * complete.
  */
 export async function gzipResponse(request: Request, response: Response): Promise<Response> {
   if (
